@@ -1,0 +1,539 @@
+//! The `Backend` trait: one method per fused op of the memory-efficient DenseNet (design
+//! §3–5), plus buffer management through a byte-counting allocator.
+//!
+//! Every buffer holds `f32`. Tensors inside buffers are described by plain offsets and
+//! shapes ([`Mat`], [`Spatial`]) rather than by borrowed sub-slices, because the ops read one
+//! column range of a feature storage while another op writes a different range of the same
+//! storage, and because a CUDA kernel receives exactly these numbers in its params struct.
+//!
+//! Conventions shared by all ops:
+//! * activations are NHWC with a channel pitch: element (pixel p, channel c) of a [`Mat`] is at
+//!   `offset + p·ld + c`, pixel p = (n·H + y)·W + x;
+//! * conv weights are OHWI (`[c_out][kh][kw][c_in]`), linear weights `[out][in]`;
+//! * batch-norm is applied as the per-channel affine `a = γ/√(σ²+ε)`, `b = β − μ·a` computed
+//!   from a [`BnRef`] (batch statistics in training, running statistics in eval);
+//! * parameter-gradient outputs always **accumulate** (`+=`); activation-gradient outputs
+//!   overwrite or accumulate as the `accumulate` flag says;
+//! * per-channel reductions used by BN backward are written to a `sums` buffer as
+//!   `[Σg (c values) | Σg·x̂ (c values)]`.
+
+pub mod cpu;
+pub mod memory;
+
+pub use memory::{Category, MemoryReport, MemoryTracker};
+
+use crate::error::Result;
+
+/// Batch-norm ε, as PyTorch.
+pub const BN_EPS: f32 = 1e-5;
+/// Running-statistics momentum, as PyTorch.
+pub const BN_MOMENTUM: f32 = 0.1;
+
+/// A matrix of `rows` pixels × `cols` channels at `offset` with leading dimension `ld`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mat {
+    pub offset: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub ld: usize,
+}
+
+impl Mat {
+    /// A dense matrix (ld = cols) at `offset`.
+    pub fn dense(offset: usize, rows: usize, cols: usize) -> Self {
+        Mat { offset, rows, cols, ld: cols }
+    }
+    /// Columns `[start, start + cols)` of this matrix.
+    pub fn columns(&self, start: usize, cols: usize) -> Self {
+        debug_assert!(start + cols <= self.cols);
+        Mat { offset: self.offset + start, rows: self.rows, cols, ld: self.ld }
+    }
+    /// Index of element (p, c).
+    #[inline]
+    pub fn at(&self, p: usize, c: usize) -> usize {
+        self.offset + p * self.ld + c
+    }
+}
+
+/// Batch and spatial extent of an NHWC activation (pixels = n·h·w).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Spatial {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+}
+
+impl Spatial {
+    pub fn pixels(&self) -> usize {
+        self.n * self.h * self.w
+    }
+}
+
+/// Geometry of a plain (non-fused) convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeom {
+    pub kernel: usize,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+impl ConvGeom {
+    pub fn out(&self, s: Spatial) -> Spatial {
+        let o = |x| crate::config::conv_out(x, self.kernel, self.stride, self.pad);
+        Spatial { n: s.n, h: o(s.h), w: o(s.w) }
+    }
+}
+
+/// Where a batch-norm finds its statistics and affine parameters.
+pub struct BnRef<'a, B: ?Sized> {
+    /// Buffer holding the per-channel mean and (biased) variance.
+    pub stats: &'a B,
+    pub mean: usize,
+    pub var: usize,
+    /// Buffer holding γ and β (the parameter buffer).
+    pub params: &'a B,
+    pub gamma: usize,
+    pub beta: usize,
+}
+
+impl<B: ?Sized> Clone for BnRef<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<B: ?Sized> Copy for BnRef<'_, B> {}
+
+/// Where a batch-norm's statistics live, without the affine parameters (for passes that
+/// only need x̂ = (x − μ)/√(σ²+ε)).
+pub struct StatsRef<'a, B: ?Sized> {
+    pub stats: &'a B,
+    pub mean: usize,
+    pub var: usize,
+}
+
+impl<B: ?Sized> Clone for StatsRef<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<B: ?Sized> Copy for StatsRef<'_, B> {}
+
+/// A tensor inside a buffer, by offset.
+pub struct At<'a, B: ?Sized> {
+    pub buf: &'a B,
+    pub offset: usize,
+}
+
+impl<B: ?Sized> Clone for At<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<B: ?Sized> Copy for At<'_, B> {}
+
+/// Offsets of one BN layer's gradients and of the per-channel deferred-correction
+/// accumulators it contributes to.
+#[derive(Clone, Copy, Debug)]
+pub struct BnGradTarget {
+    /// Offsets of dγ and dβ in the gradient buffer.
+    pub dgamma: usize,
+    pub dbeta: usize,
+    /// Offsets of the α and β correction accumulators (design §4.7) in the correction
+    /// buffer, or `None` when the correction is applied right away (bottleneck BN).
+    pub correction: Option<(usize, usize)>,
+}
+
+/// Hyper-parameters of one SGD step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SgdParams {
+    pub lr: f32,
+    pub momentum: f32,
+    pub weight_decay: f32,
+    pub nesterov: bool,
+}
+
+/// A compute device with the fused DenseNet ops.
+pub trait Backend {
+    /// A device buffer of `f32`. Dropping it returns its bytes to the allocator.
+    type Buf;
+
+    /// Human-readable device name, for messages.
+    fn name(&self) -> String;
+
+    // ---- memory -----------------------------------------------------------------------
+
+    /// A zero-filled buffer of `len` floats, counted under `category`.
+    fn alloc(&self, len: usize, category: Category) -> Result<Self::Buf>;
+    /// Bytes currently allocated and the peak since creation or the last reset.
+    fn memory(&self) -> MemoryReport;
+    /// Forget the peak: it becomes the current allocation.
+    fn reset_peak(&self);
+    /// Copies host data into `dst[offset..offset + src.len()]`.
+    fn upload(&self, dst: &mut Self::Buf, offset: usize, src: &[f32]) -> Result<()>;
+    /// Copies `src[offset..offset + len]` to the host.
+    fn download(&self, src: &Self::Buf, offset: usize, len: usize) -> Result<Vec<f32>>;
+    /// Sets `buf[offset..offset + len]` to zero.
+    fn fill_zero(&self, buf: &mut Self::Buf, offset: usize, len: usize) -> Result<()>;
+    /// Waits for queued work to finish.
+    fn synchronize(&self) -> Result<()>;
+
+    // ---- statistics ---------------------------------------------------------------------
+
+    /// Per-channel batch mean and biased variance of the columns of `x` (two-pass or
+    /// Welford; never E[x²]−E[x]²), written to `out[mean..mean+cols]`, `out[var..var+cols]`.
+    fn channel_stats(
+        &self,
+        x: &Self::Buf,
+        xm: Mat,
+        out: &mut Self::Buf,
+        mean: usize,
+        var: usize,
+    ) -> Result<()>;
+
+    /// `running ← (1−m)·running + m·batch`, the variance term unbiased by `count/(count−1)`.
+    /// Running mean at `running[run_mean..]`, variance at `running[run_var..]`.
+    #[allow(clippy::too_many_arguments)]
+    fn update_running_stats(
+        &self,
+        batch: StatsRef<'_, Self::Buf>,
+        channels: usize,
+        count: usize,
+        running: &mut Self::Buf,
+        run_mean: usize,
+        run_var: usize,
+    ) -> Result<()>;
+
+    // ---- dense layer: bottleneck 1×1 ----------------------------------------------------
+
+    /// `z = relu(a⊙x + b) · Wᵀ`, W = `[z.cols][x.cols]` at `w`. Overwrites z.
+    fn bn_relu_conv1x1_fwd(
+        &self,
+        x: &Self::Buf,
+        xm: Mat,
+        bn: BnRef<'_, Self::Buf>,
+        w: At<'_, Self::Buf>,
+        z: &mut Self::Buf,
+        zm: Mat,
+    ) -> Result<()>;
+
+    /// `dW += dzᵀ · relu(a⊙x + b)`, dW = `[dz.cols][x.cols]` at `dw`.
+    #[allow(clippy::too_many_arguments)]
+    fn bn_relu_conv1x1_wgrad(
+        &self,
+        x: &Self::Buf,
+        xm: Mat,
+        bn: BnRef<'_, Self::Buf>,
+        dz: &Self::Buf,
+        dzm: Mat,
+        dw: &mut Self::Buf,
+        dw_off: usize,
+    ) -> Result<()>;
+
+    /// `g = (dz · W) ⊙ [a⊙x + b > 0]` is never stored: `dx (+)= a ⊙ g` is written to `dx`
+    /// (which may be the storage `x` reads from, another buffer in practice: the gradient
+    /// storage) and `sums ← [Σg | Σg·x̂]` per channel of x.
+    #[allow(clippy::too_many_arguments)]
+    fn bn_relu_conv1x1_dgrad(
+        &self,
+        dz: &Self::Buf,
+        dzm: Mat,
+        w: At<'_, Self::Buf>,
+        x: &Self::Buf,
+        xm: Mat,
+        bn: BnRef<'_, Self::Buf>,
+        dx: &mut Self::Buf,
+        dxm: Mat,
+        accumulate: bool,
+        sums: &mut Self::Buf,
+    ) -> Result<()>;
+
+    // ---- dense layer: 3×3 (stride 1, pad 1) ---------------------------------------------
+
+    /// `y = conv3x3(relu(a⊙z + b), W)`, W = `[y.cols][3][3][z.cols]`. Overwrites y.
+    #[allow(clippy::too_many_arguments)]
+    fn bn_relu_conv3x3_fwd(
+        &self,
+        z: &Self::Buf,
+        zm: Mat,
+        shape: Spatial,
+        bn: BnRef<'_, Self::Buf>,
+        w: At<'_, Self::Buf>,
+        y: &mut Self::Buf,
+        ym: Mat,
+    ) -> Result<()>;
+
+    /// `dW += wgrad3x3(relu(a⊙z + b), dy)`.
+    #[allow(clippy::too_many_arguments)]
+    fn bn_relu_conv3x3_wgrad(
+        &self,
+        z: &Self::Buf,
+        zm: Mat,
+        shape: Spatial,
+        bn: BnRef<'_, Self::Buf>,
+        dy: &Self::Buf,
+        dym: Mat,
+        dw: &mut Self::Buf,
+        dw_off: usize,
+    ) -> Result<()>;
+
+    /// `g = dgrad3x3(dy, W) ⊙ [a⊙z + b > 0]` into `g` (overwrites), and
+    /// `sums ← [Σg | Σg·ẑ]` per channel of z.
+    #[allow(clippy::too_many_arguments)]
+    fn bn_relu_conv3x3_dgrad(
+        &self,
+        dy: &Self::Buf,
+        dym: Mat,
+        shape: Spatial,
+        w: At<'_, Self::Buf>,
+        z: &Self::Buf,
+        zm: Mat,
+        bn: BnRef<'_, Self::Buf>,
+        g: &mut Self::Buf,
+        gm: Mat,
+        sums: &mut Self::Buf,
+    ) -> Result<()>;
+
+    // ---- batch-norm backward pieces -----------------------------------------------------
+
+    /// In place `g ← a·(g − Σg/P − x̂·Σ(g·x̂)/P)`: the full BN backward of an input x whose
+    /// gradient `g` (already masked by the ReLU) and sums are given. P = `gm.rows`.
+    fn bn_backward_elementwise(
+        &self,
+        g: &mut Self::Buf,
+        gm: Mat,
+        x: &Self::Buf,
+        xm: Mat,
+        bn: BnRef<'_, Self::Buf>,
+        sums: &Self::Buf,
+    ) -> Result<()>;
+
+    /// Turns `sums = [Σg | Σg·x̂]` (c channels, over `count` values each) into dγ += Σg·x̂,
+    /// dβ += Σg in `grads`, and, if `target.correction` is set, the deferred-correction
+    /// accumulators `α += a·Σg/P`, `β += a·Σ(g·x̂)/P` in `corr`.
+    #[allow(clippy::too_many_arguments)]
+    fn bn_grad_fold(
+        &self,
+        sums: &Self::Buf,
+        channels: usize,
+        count: usize,
+        bn: BnRef<'_, Self::Buf>,
+        grads: &mut Self::Buf,
+        corr: &mut Self::Buf,
+        target: BnGradTarget,
+    ) -> Result<()>;
+
+    /// The deferred BN correction, applied once per channel:
+    /// `g[:, c] −= α_c + x̂_c·β_c` with α at `corr[alpha + c]`, β at `corr[beta + c]`.
+    #[allow(clippy::too_many_arguments)]
+    fn bn_correction(
+        &self,
+        g: &mut Self::Buf,
+        gm: Mat,
+        x: &Self::Buf,
+        xm: Mat,
+        stats: StatsRef<'_, Self::Buf>,
+        corr: &Self::Buf,
+        alpha: usize,
+        beta: usize,
+    ) -> Result<()>;
+
+    // ---- transition: BN-ReLU-avgpool2-conv1x1 -------------------------------------------
+
+    /// `y = avgpool2(relu(a⊙x + b)) · Wᵀ` (pool first: pool and 1×1 conv commute). x has
+    /// spatial `shape`, y has `⌊h/2⌋×⌊w/2⌋`. Overwrites y.
+    #[allow(clippy::too_many_arguments)]
+    fn bn_relu_avgpool_conv1x1_fwd(
+        &self,
+        x: &Self::Buf,
+        xm: Mat,
+        shape: Spatial,
+        bn: BnRef<'_, Self::Buf>,
+        w: At<'_, Self::Buf>,
+        y: &mut Self::Buf,
+        ym: Mat,
+    ) -> Result<()>;
+
+    /// `dW += dyᵀ · avgpool2(relu(a⊙x + b))`.
+    #[allow(clippy::too_many_arguments)]
+    fn bn_relu_avgpool_conv1x1_wgrad(
+        &self,
+        x: &Self::Buf,
+        xm: Mat,
+        shape: Spatial,
+        bn: BnRef<'_, Self::Buf>,
+        dy: &Self::Buf,
+        dym: Mat,
+        dw: &mut Self::Buf,
+        dw_off: usize,
+    ) -> Result<()>;
+
+    /// `g = unpool2(dy · W)/4 ⊙ [a⊙x + b > 0]`; `dx ← a⊙g` (overwrites, every element of
+    /// dx, zero where the pool dropped an odd row/column); `sums ← [Σg | Σg·x̂]`.
+    #[allow(clippy::too_many_arguments)]
+    fn bn_relu_avgpool_conv1x1_dgrad(
+        &self,
+        dy: &Self::Buf,
+        dym: Mat,
+        w: At<'_, Self::Buf>,
+        x: &Self::Buf,
+        xm: Mat,
+        shape: Spatial,
+        bn: BnRef<'_, Self::Buf>,
+        dx: &mut Self::Buf,
+        dxm: Mat,
+        sums: &mut Self::Buf,
+    ) -> Result<()>;
+
+    // ---- stems ----------------------------------------------------------------------------
+
+    /// Plain convolution `y = conv(x, W)`, W OHWI `[y.cols][k][k][x.cols]`. Overwrites y.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_fwd(
+        &self,
+        x: &Self::Buf,
+        xm: Mat,
+        shape: Spatial,
+        geom: ConvGeom,
+        w: At<'_, Self::Buf>,
+        y: &mut Self::Buf,
+        ym: Mat,
+    ) -> Result<()>;
+
+    /// `dW += wgrad(x, dy)` of a plain convolution.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_wgrad(
+        &self,
+        x: &Self::Buf,
+        xm: Mat,
+        shape: Spatial,
+        geom: ConvGeom,
+        dy: &Self::Buf,
+        dym: Mat,
+        dw: &mut Self::Buf,
+        dw_off: usize,
+    ) -> Result<()>;
+
+    /// `dx = dgrad(dy, W)` of a plain convolution (overwrites dx). `shape` is x's.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_dgrad(
+        &self,
+        dy: &Self::Buf,
+        dym: Mat,
+        shape: Spatial,
+        geom: ConvGeom,
+        w: At<'_, Self::Buf>,
+        dx: &mut Self::Buf,
+        dxm: Mat,
+    ) -> Result<()>;
+
+    /// ImageNet stem tail: `y = maxpool3x3/2,pad1(relu(a⊙t + b))`. Overwrites y.
+    fn bn_relu_maxpool_fwd(
+        &self,
+        t: &Self::Buf,
+        tm: Mat,
+        shape: Spatial,
+        bn: BnRef<'_, Self::Buf>,
+        y: &mut Self::Buf,
+        ym: Mat,
+    ) -> Result<()>;
+
+    /// Backward of [`Backend::bn_relu_maxpool_fwd`] up to the BN: the window's arg-max
+    /// (first maximum in row-major window order, as PyTorch) is recomputed from t; writes
+    /// `g = scatter(dy) ⊙ [a⊙t + b > 0]` into g (overwrites) and `sums ← [Σg | Σg·t̂]`.
+    #[allow(clippy::too_many_arguments)]
+    fn bn_relu_maxpool_bwd(
+        &self,
+        dy: &Self::Buf,
+        dym: Mat,
+        t: &Self::Buf,
+        tm: Mat,
+        shape: Spatial,
+        bn: BnRef<'_, Self::Buf>,
+        g: &mut Self::Buf,
+        gm: Mat,
+        sums: &mut Self::Buf,
+    ) -> Result<()>;
+
+    // ---- head -----------------------------------------------------------------------------
+
+    /// `pooled[n, c] = mean over pixels of image n of relu(a⊙x + b)`; pooled is N×C dense.
+    fn bn_relu_global_pool_fwd(
+        &self,
+        x: &Self::Buf,
+        xm: Mat,
+        shape: Spatial,
+        bn: BnRef<'_, Self::Buf>,
+        pooled: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// `g = dpooled/(h·w) broadcast ⊙ [a⊙x + b > 0]`; `dx ← a⊙g` (overwrites);
+    /// `sums ← [Σg | Σg·x̂]`.
+    #[allow(clippy::too_many_arguments)]
+    fn bn_relu_global_pool_bwd(
+        &self,
+        dpooled: &Self::Buf,
+        x: &Self::Buf,
+        xm: Mat,
+        shape: Spatial,
+        bn: BnRef<'_, Self::Buf>,
+        dx: &mut Self::Buf,
+        dxm: Mat,
+        sums: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// `logits = x · Wᵀ + bias` with x `n×k` dense, W `[out][k]`.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_fwd(
+        &self,
+        x: &Self::Buf,
+        n: usize,
+        k: usize,
+        w: At<'_, Self::Buf>,
+        bias: At<'_, Self::Buf>,
+        out_features: usize,
+        y: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// `dW += dyᵀ·x`, `dbias += Σ dy`, `dx = dy·W` (overwrites dx).
+    #[allow(clippy::too_many_arguments)]
+    fn linear_bwd(
+        &self,
+        dy: &Self::Buf,
+        x: &Self::Buf,
+        n: usize,
+        k: usize,
+        w: At<'_, Self::Buf>,
+        out_features: usize,
+        grads: &mut Self::Buf,
+        dw_off: usize,
+        dbias_off: usize,
+        dx: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// Mean softmax cross-entropy of `logits` (n × classes) against `labels` (n class indices
+    /// stored as exact small integers in f32): `loss[0]` ← the mean loss,
+    /// `dlogits ← (softmax − onehot)/n`. Numerically stable (max subtracted).
+    #[allow(clippy::too_many_arguments)]
+    fn softmax_xent(
+        &self,
+        logits: &Self::Buf,
+        labels: &Self::Buf,
+        n: usize,
+        classes: usize,
+        loss: &mut Self::Buf,
+        dlogits: &mut Self::Buf,
+    ) -> Result<()>;
+
+    // ---- optimiser ------------------------------------------------------------------------
+
+    /// One fused SGD step over `len` parameters: `d = g + wd·p`, `v = μ·v + d`,
+    /// `p −= lr·(d + μ·v)` (Nesterov) or `p −= lr·v`.
+    fn sgd_update(
+        &self,
+        params: &mut Self::Buf,
+        grads: &Self::Buf,
+        velocity: &mut Self::Buf,
+        len: usize,
+        hp: SgdParams,
+    ) -> Result<()>;
+}

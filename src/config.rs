@@ -1,0 +1,319 @@
+//! DenseNet-BC configuration: presets, overrides, validation, and the geometry that follows
+//! from a configuration plus an input size (channels and spatial size of every stage).
+
+use crate::error::{Error, Result};
+use serde::Serialize;
+
+/// The layers before the first dense block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stem {
+    /// CIFAR: one 3×3 conv, stride 1, pad 1, no BN (Pleiss et al., `small_inputs`).
+    Cifar,
+    /// ImageNet (torchvision): 7×7/2 conv pad 3, BN, ReLU, 3×3/2 max-pool pad 1.
+    Imagenet,
+}
+
+impl std::str::FromStr for Stem {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "cifar" => Ok(Stem::Cifar),
+            "imagenet" => Ok(Stem::Imagenet),
+            _ => Err(Error::Config(format!("unknown stem `{s}` (expected `cifar` or `imagenet`)"))),
+        }
+    }
+}
+
+/// Hyper-parameters of a DenseNet-BC.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DenseNetConfig {
+    /// Growth rate k: channels added by every dense layer.
+    pub growth: usize,
+    /// Number of dense layers in each dense block.
+    pub blocks: Vec<usize>,
+    /// Channels written by the stem (input channels of the first block).
+    pub init_features: usize,
+    /// Bottleneck width factor: the 1×1 conv of a dense layer outputs `bn_size · k` channels.
+    pub bn_size: usize,
+    /// Transition compression θ ∈ (0, 1]: a transition maps C channels to ⌊θ·C⌋.
+    pub compression: f64,
+    pub stem: Stem,
+    pub classes: usize,
+    /// Channels of the input image.
+    pub in_channels: usize,
+}
+
+/// Names accepted by [`DenseNetConfig::preset`].
+pub const PRESETS: &[&str] =
+    &["densenet121", "densenet169", "densenet201", "densenet161", "densenet-bc-100-k12"];
+
+impl DenseNetConfig {
+    /// A named configuration: torchvision's ImageNet DenseNets, or DenseNet-BC-100 (k = 12)
+    /// for CIFAR-10.
+    pub fn preset(name: &str) -> Result<Self> {
+        let imagenet = |growth, blocks: &[usize], init| DenseNetConfig {
+            growth,
+            blocks: blocks.to_vec(),
+            init_features: init,
+            bn_size: 4,
+            compression: 0.5,
+            stem: Stem::Imagenet,
+            classes: 1000,
+            in_channels: 3,
+        };
+        Ok(match name {
+            "densenet121" => imagenet(32, &[6, 12, 24, 16], 64),
+            "densenet169" => imagenet(32, &[6, 12, 32, 32], 64),
+            "densenet201" => imagenet(32, &[6, 12, 48, 32], 64),
+            "densenet161" => imagenet(48, &[6, 12, 36, 24], 96),
+            "densenet-bc-100-k12" => Self::bc_cifar(100, 12)?,
+            _ => {
+                return Err(Error::Config(format!(
+                    "unknown model `{name}` (known: {})",
+                    PRESETS.join(", ")
+                )));
+            }
+        })
+    }
+
+    /// DenseNet-BC for CIFAR-10 of the given depth: three blocks of (depth − 4)/6 layers,
+    /// 2k initial features.
+    pub fn bc_cifar(depth: usize, growth: usize) -> Result<Self> {
+        if depth < 10 || (depth - 4) % 6 != 0 {
+            return Err(Error::Config(format!(
+                "DenseNet-BC depth must be 6·n + 4 with n ≥ 1, got {depth}"
+            )));
+        }
+        let n = (depth - 4) / 6;
+        Ok(DenseNetConfig {
+            growth,
+            blocks: vec![n; 3],
+            init_features: 2 * growth,
+            bn_size: 4,
+            compression: 0.5,
+            stem: Stem::Cifar,
+            classes: 10,
+            in_channels: 3,
+        })
+    }
+
+    /// Checks everything that does not depend on the input size.
+    pub fn validate(&self) -> Result<()> {
+        if self.growth == 0 {
+            return Err(Error::Config("growth rate must be at least 1".into()));
+        }
+        if self.blocks.is_empty() {
+            return Err(Error::Config("at least one dense block is needed".into()));
+        }
+        if let Some(i) = self.blocks.iter().position(|&b| b == 0) {
+            return Err(Error::Config(format!("dense block {} has no layers", i + 1)));
+        }
+        if self.init_features == 0 {
+            return Err(Error::Config("initial features must be at least 1".into()));
+        }
+        if self.bn_size == 0 {
+            return Err(Error::Config("bn-size must be at least 1".into()));
+        }
+        if !(self.compression > 0.0 && self.compression <= 1.0) {
+            return Err(Error::Config(format!(
+                "compression must lie in (0, 1], got {}",
+                self.compression
+            )));
+        }
+        if self.classes == 0 {
+            return Err(Error::Config("at least one class is needed".into()));
+        }
+        if self.in_channels == 0 {
+            return Err(Error::Config("input channels must be at least 1".into()));
+        }
+        let mut c = self.init_features;
+        for (i, &layers) in self.blocks.iter().enumerate() {
+            c += layers * self.growth;
+            if i + 1 < self.blocks.len() && self.transition_out(c) == 0 {
+                return Err(Error::Config(format!(
+                    "compression {} leaves transition {} with no output channels",
+                    self.compression,
+                    i + 1
+                )));
+            }
+            if i + 1 < self.blocks.len() {
+                c = self.transition_out(c);
+            }
+        }
+        Ok(())
+    }
+
+    /// Output channels of a transition whose input has `c` channels: ⌊θ·c⌋.
+    pub fn transition_out(&self, c: usize) -> usize {
+        // The small epsilon makes θ = 0.5 on odd c give ⌊c/2⌋ exactly as torchvision's `c // 2`,
+        // while guarding against 0.1·30 = 2.9999999999999996.
+        (self.compression * c as f64 + 1e-9).floor() as usize
+    }
+
+    /// Width of the bottleneck (output of the 1×1 conv, input of the 3×3 conv).
+    pub fn bottleneck(&self) -> usize {
+        self.bn_size * self.growth
+    }
+
+    /// Default input size for the stem: 32×32 for CIFAR, 224×224 for ImageNet.
+    pub fn default_size(&self) -> (usize, usize) {
+        match self.stem {
+            Stem::Cifar => (32, 32),
+            Stem::Imagenet => (224, 224),
+        }
+    }
+
+    /// Total number of dense layers.
+    pub fn num_layers(&self) -> usize {
+        self.blocks.iter().sum()
+    }
+
+    /// Geometry for an input of `height × width`, or an error naming the stage where the
+    /// image becomes too small.
+    pub fn geometry(&self, height: usize, width: usize) -> Result<Geometry> {
+        self.validate()?;
+        if height == 0 || width == 0 {
+            return Err(Error::Config(format!("image size {height}x{width} is empty")));
+        }
+        let (stem_conv, block_hw) = match self.stem {
+            Stem::Cifar => ((height, width), (height, width)),
+            Stem::Imagenet => {
+                let conv = (conv_out(height, 7, 2, 3), conv_out(width, 7, 2, 3));
+                let pool = (conv_out(conv.0, 3, 2, 1), conv_out(conv.1, 3, 2, 1));
+                (conv, pool)
+            }
+        };
+        let mut blocks = Vec::with_capacity(self.blocks.len());
+        let (mut h, mut w) = block_hw;
+        let mut c0 = self.init_features;
+        for (i, &layers) in self.blocks.iter().enumerate() {
+            if h == 0 || w == 0 {
+                return Err(Error::Config(format!(
+                    "image {height}x{width} is too small: dense block {} would have an empty \
+                     feature map (each transition halves the size)",
+                    i + 1
+                )));
+            }
+            let channels = c0 + layers * self.growth;
+            blocks.push(BlockGeometry { height: h, width: w, c0, layers, channels });
+            c0 = self.transition_out(channels);
+            h /= 2;
+            w /= 2;
+        }
+        Ok(Geometry { height, width, stem_conv, blocks })
+    }
+}
+
+/// Output size of a convolution or pooling window along one axis.
+pub fn conv_out(size: usize, kernel: usize, stride: usize, pad: usize) -> usize {
+    if size + 2 * pad < kernel { 0 } else { (size + 2 * pad - kernel) / stride + 1 }
+}
+
+/// Shape of one dense block's feature storage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct BlockGeometry {
+    pub height: usize,
+    pub width: usize,
+    /// Input channels of the block (written by the stem or the previous transition).
+    pub c0: usize,
+    pub layers: usize,
+    /// Final channel count C = c0 + layers·k: the storage's channel pitch.
+    pub channels: usize,
+}
+
+impl BlockGeometry {
+    /// Pixels per image.
+    pub fn hw(&self) -> usize {
+        self.height * self.width
+    }
+    /// Input channels of layer `l` of this block.
+    pub fn layer_in(&self, l: usize, growth: usize) -> usize {
+        self.c0 + l * growth
+    }
+}
+
+/// Spatial sizes and channel counts of every stage for one input size.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Geometry {
+    pub height: usize,
+    pub width: usize,
+    /// Output size of the stem convolution (before the max-pool for the ImageNet stem).
+    pub stem_conv: (usize, usize),
+    pub blocks: Vec<BlockGeometry>,
+}
+
+impl Geometry {
+    pub fn last(&self) -> &BlockGeometry {
+        self.blocks.last().expect("validated configurations have at least one block")
+    }
+
+    /// Checks that every batch-norm in training mode sees more than one value per channel
+    /// (PyTorch refuses the same case), for a batch of `batch` images.
+    pub fn check_batch(&self, batch: usize, stem: Stem) -> Result<()> {
+        if batch == 0 {
+            return Err(Error::Config("batch size must be at least 1".into()));
+        }
+        let smallest = match stem {
+            Stem::Imagenet => self.stem_conv.0 * self.stem_conv.1,
+            Stem::Cifar => usize::MAX,
+        }
+        .min(self.last().hw());
+        if batch * smallest < 2 {
+            return Err(Error::Config(format!(
+                "batch {batch} with a {}x{} final feature map gives batch-norm one value per \
+                 channel; use a larger batch or image",
+                self.last().height,
+                self.last().width
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_have_expected_widths() {
+        let g = DenseNetConfig::preset("densenet121").unwrap().geometry(224, 224).unwrap();
+        let widths: Vec<_> = g.blocks.iter().map(|b| (b.c0, b.channels, b.height)).collect();
+        assert_eq!(widths, vec![(64, 256, 56), (128, 512, 28), (256, 1024, 14), (512, 1024, 7)]);
+        let g = DenseNetConfig::preset("densenet-bc-100-k12").unwrap().geometry(32, 32).unwrap();
+        let widths: Vec<_> = g.blocks.iter().map(|b| (b.c0, b.channels, b.height)).collect();
+        assert_eq!(widths, vec![(24, 216, 32), (108, 300, 16), (150, 342, 8)]);
+    }
+
+    #[test]
+    fn transition_rounds_down_like_torchvision() {
+        let c = DenseNetConfig::preset("densenet121").unwrap();
+        assert_eq!(c.transition_out(257), 128);
+        let mut c = c;
+        c.compression = 0.1;
+        assert_eq!(c.transition_out(30), 3);
+    }
+
+    #[test]
+    fn bad_configs_are_rejected() {
+        let base = DenseNetConfig::preset("densenet-bc-100-k12").unwrap();
+        let mut c = base.clone();
+        c.growth = 0;
+        assert!(matches!(c.validate(), Err(Error::Config(_))));
+        let mut c = base.clone();
+        c.blocks.clear();
+        assert!(matches!(c.validate(), Err(Error::Config(_))));
+        let mut c = base.clone();
+        c.compression = 1.5;
+        assert!(matches!(c.validate(), Err(Error::Config(_))));
+        let mut c = base.clone();
+        c.compression = 0.0;
+        assert!(matches!(c.validate(), Err(Error::Config(_))));
+        assert!(matches!(base.geometry(3, 3), Err(Error::Config(_))));
+        assert!(DenseNetConfig::preset("resnet50").is_err());
+        let g = base.geometry(4, 4).unwrap();
+        assert!(g.check_batch(0, base.stem).is_err());
+        assert!(g.check_batch(1, base.stem).is_err());
+        assert!(g.check_batch(2, base.stem).is_ok());
+    }
+}

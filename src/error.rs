@@ -1,0 +1,33 @@
+//! The crate's typed error. Library code returns `Result<T, Error>`; the binary adds context
+//! with `anyhow` and maps configuration errors to exit status 2.
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum Error {
+    /// The network description is unusable (zero growth, empty blocks, image too small, ...).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// Two tensors or buffers that must agree in shape do not.
+    #[error("shape mismatch: {0}")]
+    Shape(String),
+    /// The backend could not provide the bytes asked for.
+    #[error("out of memory on {device}: requested {requested} bytes, {free} bytes free")]
+    OutOfMemory { device: String, requested: usize, free: usize },
+    /// The requested backend cannot run on this machine.
+    #[error("backend unavailable: {0}")]
+    BackendUnavailable(String),
+    /// A file could not be read or has the wrong contents.
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Shorthand for `Err(Error::Config(..))` with `format!` arguments.
+#[macro_export]
+macro_rules! config_err {
+    ($($arg:tt)*) => { Err($crate::error::Error::Config(format!($($arg)*))) };
+}

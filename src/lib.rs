@@ -1,0 +1,13 @@
+//! Memory-efficient DenseNet-BC training: shared feature storage, fused BN-ReLU-conv ops,
+//! per-channel statistics computed once, and a deferred batch-norm backward correction, over
+//! interchangeable backends (plain Rust on the CPU; hand-written CUDA kernels on NVIDIA GPUs).
+//!
+//! See `docs/ARCHITECTURE.md` for how the pieces fit together.
+
+pub mod backend;
+pub mod config;
+pub mod error;
+pub mod params;
+
+pub use config::{DenseNetConfig, Stem};
+pub use error::{Error, Result};
