@@ -6,8 +6,12 @@
 
 pub mod backend;
 pub mod config;
+pub mod efficient;
 pub mod error;
+pub mod info;
+pub mod naive;
 pub mod params;
+pub mod verify;
 
 pub use config::{DenseNetConfig, Stem};
 pub use error::{Error, Result};

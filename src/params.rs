@@ -90,6 +90,21 @@ pub struct HeadLayout {
     pub classes: usize,
 }
 
+/// One batch-norm of the network, by position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum BnSite {
+    /// After the ImageNet stem's conv.
+    Norm0,
+    /// Before a dense layer's 1×1 conv.
+    Norm1 { block: usize, layer: usize },
+    /// Before a dense layer's 3×3 conv.
+    Norm2 { block: usize, layer: usize },
+    /// The transition after block `block`.
+    Transition { block: usize },
+    /// Before the head's global pool.
+    Norm5,
+}
+
 /// Where every parameter and running statistic of a configuration lives.
 #[derive(Clone, Debug, Serialize)]
 pub struct ParamLayout {
@@ -207,6 +222,17 @@ impl ParamLayout {
             norms: b.norms,
             num_params: b.params,
             num_running: b.running,
+        }
+    }
+
+    /// The BN layer at `site`, if the network has it.
+    pub fn bn(&self, site: BnSite) -> Option<BnLayout> {
+        match site {
+            BnSite::Norm0 => self.stem.norm,
+            BnSite::Norm1 { block, layer } => self.blocks.get(block)?.get(layer).map(|l| l.norm1),
+            BnSite::Norm2 { block, layer } => self.blocks.get(block)?.get(layer).map(|l| l.norm2),
+            BnSite::Transition { block } => self.transitions.get(block).map(|t| t.norm),
+            BnSite::Norm5 => Some(self.head.norm),
         }
     }
 

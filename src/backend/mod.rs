@@ -29,6 +29,15 @@ pub const BN_EPS: f32 = 1e-5;
 /// Running-statistics momentum, as PyTorch.
 pub const BN_MOMENTUM: f32 = 0.1;
 
+/// The per-channel affine `y = a·x + b` of a batch-norm with statistics (mean, biased var):
+/// `a = γ/√(var + ε)`, `b = β − mean·a`, evaluated in this order in f32 by every backend, so
+/// that ReLU decisions `a·x + b > 0` agree bit for bit wherever the inputs do.
+pub fn bn_affine(gamma: &[f32], beta: &[f32], mean: &[f32], var: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let a: Vec<f32> = gamma.iter().zip(var).map(|(g, v)| g * (1.0 / (v + BN_EPS).sqrt())).collect();
+    let b = beta.iter().zip(&a).zip(mean).map(|((be, a), m)| be - m * a).collect();
+    (a, b)
+}
+
 /// A matrix of `rows` pixels × `cols` channels at `offset` with leading dimension `ld`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Mat {

@@ -11,7 +11,7 @@ mod pointwise;
 
 use super::{
     At, Backend, BnGradTarget, BnRef, Category, ConvGeom, Mat, MemoryReport, MemoryTracker,
-    SgdParams, Spatial, StatsRef, BN_EPS,
+    SgdParams, Spatial, StatsRef, BN_EPS, bn_affine,
 };
 use crate::error::{Error, Result};
 use std::sync::Arc;
@@ -70,11 +70,14 @@ impl Bn {
     fn resolve(bn: BnRef<'_, CpuBuf>, channels: usize) -> Bn {
         let stats = StatsRef { stats: bn.stats, mean: bn.mean, var: bn.var };
         let (mean, invstd) = resolve_stats(stats, channels);
+        let s = bn.stats.as_slice();
         let p = bn.params.as_slice();
-        let gamma = &p[bn.gamma..bn.gamma + channels];
-        let beta = &p[bn.beta..bn.beta + channels];
-        let a: Vec<f32> = gamma.iter().zip(&invstd).map(|(g, s)| g * s).collect();
-        let b = beta.iter().zip(&a).zip(&mean).map(|((be, a), m)| be - m * a).collect();
+        let (a, b) = bn_affine(
+            &p[bn.gamma..bn.gamma + channels],
+            &p[bn.beta..bn.beta + channels],
+            &mean,
+            &s[bn.var..bn.var + channels],
+        );
         Bn { a, b, mean, invstd }
     }
 }

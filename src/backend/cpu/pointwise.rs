@@ -1,59 +1,1046 @@
 //! Statistics, batch-norm backward pieces, pooling, head, loss and optimiser ops of the cpu
 //! backend.
-#![allow(unused_variables, clippy::too_many_arguments)]
+//!
+//! Parallel work is cut into pieces of a fixed number of pixels (never one piece per thread),
+//! and per-piece partial reductions, accumulated in f64, are added in piece order: every
+//! result is bit-identical whatever the number of threads.
+#![allow(clippy::too_many_arguments)]
 
 use super::Bn;
-use crate::backend::{BnGradTarget, Mat, SgdParams, Spatial};
+use crate::backend::{BN_MOMENTUM, BnGradTarget, Mat, SgdParams, Spatial};
+use crate::config::conv_out;
+use rayon::prelude::*;
+
+/// Pixels per parallel work item. A constant, so that the reduction order is fixed.
+const CHUNK_ROWS: usize = 512;
+
+/// Row `p` (its `m.cols` channels) of matrix `m` in `buf`.
+fn row(buf: &[f32], m: Mat, p: usize) -> &[f32] {
+    &buf[m.at(p, 0)..][..m.cols]
+}
+
+/// `relu(a·x + b)` for channel `c`; positive exactly where [`active`] is true.
+fn bn_relu(bn: &Bn, c: usize, x: f32) -> f32 {
+    (bn.a[c] * x + bn.b[c]).max(0.0)
+}
+
+/// The ReLU mask `a·x + b > 0` for channel `c`.
+fn active(bn: &Bn, c: usize, x: f32) -> bool {
+    bn.a[c] * x + bn.b[c] > 0.0
+}
+
+/// `x̂ = (x − mean)·invstd`.
+fn normalized(mean: f32, invstd: f32, x: f32) -> f32 {
+    (x - mean) * invstd
+}
+
+/// Rows `first..first + rows` of a matrix, handed to one parallel work item.
+struct RowsMut<'a> {
+    first: usize,
+    rows: usize,
+    ld: usize,
+    cols: usize,
+    data: &'a mut [f32],
+}
+
+impl RowsMut<'_> {
+    /// Row `first + r`.
+    fn row(&mut self, r: usize) -> &mut [f32] {
+        &mut self.data[r * self.ld..][..self.cols]
+    }
+}
+
+/// Runs `f` in parallel on the rows that `m` addresses in `buf`, cut into pieces of
+/// `chunk_rows` rows (each piece is a disjoint sub-slice, so the writes need no
+/// synchronisation), and returns the results in row order.
+fn par_row_chunks<R: Send>(
+    buf: &mut [f32],
+    m: Mat,
+    chunk_rows: usize,
+    f: impl Fn(RowsMut<'_>) -> R + Sync,
+) -> Vec<R> {
+    if m.rows == 0 || m.cols == 0 {
+        return Vec::new();
+    }
+    debug_assert!(chunk_rows > 0);
+    // A single row may come with any pitch; otherwise the pitch is at least `cols`.
+    let pitch = if m.rows == 1 { m.cols } else { m.ld };
+    let span = (m.rows - 1) * m.ld + m.cols;
+    buf[m.offset..m.offset + span]
+        .par_chunks_mut(chunk_rows * pitch)
+        .enumerate()
+        .map(|(i, data)| {
+            let first = i * chunk_rows;
+            f(RowsMut { first, rows: chunk_rows.min(m.rows - first), ld: m.ld, cols: m.cols, data })
+        })
+        .collect()
+}
+
+/// Adds per-piece partial sums in piece order.
+fn add_in_order(partials: Vec<Vec<f64>>, width: usize) -> Vec<f64> {
+    partials.into_iter().fold(vec![0.0; width], |mut total, part| {
+        total.iter_mut().zip(part).for_each(|(t, v)| *t += v);
+        total
+    })
+}
+
+/// `width` f64 accumulators, `f(p, acc)` applied to every row `p < rows`: each piece of
+/// [`CHUNK_ROWS`] rows sums into its own accumulators, then the pieces are added in order.
+fn reduce_rows(rows: usize, width: usize, f: impl Fn(usize, &mut [f64]) + Sync) -> Vec<f64> {
+    let partials = (0..rows.div_ceil(CHUNK_ROWS))
+        .into_par_iter()
+        .map(|i| {
+            let mut acc = vec![0.0; width];
+            (i * CHUNK_ROWS..((i + 1) * CHUNK_ROWS).min(rows)).for_each(|p| f(p, &mut acc));
+            acc
+        })
+        .collect();
+    add_in_order(partials, width)
+}
+
+/// `g ← g ⊙ [a·x + b > 0]` for one pixel, adding `Σg` and `Σg·x̂` into `acc = [Σg | Σg·x̂]`.
+fn mask_and_sum(g: &mut [f32], x: &[f32], bn: &Bn, acc: &mut [f64]) {
+    let (sum_g, sum_gx) = acc.split_at_mut(g.len());
+    for (c, gv) in g.iter_mut().enumerate() {
+        if !active(bn, c, x[c]) {
+            *gv = 0.0;
+        }
+        sum_g[c] += f64::from(*gv);
+        sum_gx[c] += f64::from(*gv) * f64::from(normalized(bn.mean[c], bn.invstd[c], x[c]));
+    }
+}
+
+/// Stores f64 totals into the f32 `sums` buffer.
+fn write_sums(sums: &mut [f32], totals: &[f64]) {
+    sums.iter_mut().zip(totals).for_each(|(s, &t)| *s = t as f32);
+}
 
 pub(super) fn channel_stats(x: &[f32], xm: Mat) -> (Vec<f32>, Vec<f32>) {
-    unimplemented!()
+    let count = xm.rows as f64;
+    // Two passes in f64: the variance is a sum of squared deviations from the exact mean,
+    // so it keeps its precision when |mean| ≫ std (E[x²] − E[x]² would cancel it away).
+    let sum = reduce_rows(xm.rows, xm.cols, |p, acc| {
+        acc.iter_mut().zip(row(x, xm, p)).for_each(|(s, &v)| *s += f64::from(v));
+    });
+    let mean: Vec<f64> = sum.iter().map(|s| s / count).collect();
+    let squares = reduce_rows(xm.rows, xm.cols, |p, acc| {
+        for ((s, &v), m) in acc.iter_mut().zip(row(x, xm, p)).zip(&mean) {
+            let d = f64::from(v) - m;
+            *s += d * d;
+        }
+    });
+    (mean.iter().map(|&m| m as f32).collect(), squares.iter().map(|s| (s / count) as f32).collect())
 }
 
 pub(super) fn update_running_stats(mean: &[f32], var: &[f32], count: usize, running: &mut [f32], run_mean: usize, run_var: usize) {
-    unimplemented!()
+    let m = BN_MOMENTUM;
+    // Running variance is the unbiased estimate, as PyTorch (count = 1 gives ∞, as there).
+    let unbias = count as f64 / (count as f64 - 1.0);
+    for (c, (&bm, &bv)) in mean.iter().zip(var).enumerate() {
+        let rm = &mut running[run_mean + c];
+        *rm = (1.0 - m) * *rm + m * bm;
+        let rv = &mut running[run_var + c];
+        *rv = (1.0 - m) * *rv + m * (f64::from(bv) * unbias) as f32;
+    }
 }
 
 pub(super) fn bn_backward_elementwise(g: &mut [f32], gm: Mat, x: &[f32], xm: Mat, bn: &Bn, sums: &[f32]) {
-    unimplemented!()
+    let count = gm.rows as f32;
+    let (sum_g, sum_gx) = sums.split_at(xm.cols);
+    let mean_g: Vec<f32> = sum_g.iter().map(|s| s / count).collect();
+    let mean_gx: Vec<f32> = sum_gx.iter().map(|s| s / count).collect();
+    par_row_chunks(g, gm, CHUNK_ROWS, |mut piece| {
+        for r in 0..piece.rows {
+            let xr = row(x, xm, piece.first + r);
+            for (c, gv) in piece.row(r).iter_mut().enumerate() {
+                let xh = normalized(bn.mean[c], bn.invstd[c], xr[c]);
+                *gv = bn.a[c] * (*gv - mean_g[c] - xh * mean_gx[c]);
+            }
+        }
+    });
 }
 
 pub(super) fn bn_grad_fold(sums: &[f32], count: usize, bn: &Bn, grads: &mut [f32], corr: &mut [f32], target: BnGradTarget) {
-    unimplemented!()
+    let (sum_g, sum_gx) = sums.split_at(sums.len() / 2);
+    for (c, (&sg, &sgx)) in sum_g.iter().zip(sum_gx).enumerate() {
+        grads[target.dgamma + c] += sgx;
+        grads[target.dbeta + c] += sg;
+    }
+    if let Some((alpha, beta)) = target.correction {
+        let count = count as f32;
+        for (c, (&sg, &sgx)) in sum_g.iter().zip(sum_gx).enumerate() {
+            corr[alpha + c] += bn.a[c] * sg / count;
+            corr[beta + c] += bn.a[c] * sgx / count;
+        }
+    }
 }
 
 pub(super) fn bn_correction(g: &mut [f32], gm: Mat, x: &[f32], xm: Mat, mean: &[f32], invstd: &[f32], alpha: &[f32], beta: &[f32]) {
-    unimplemented!()
+    par_row_chunks(g, gm, CHUNK_ROWS, |mut piece| {
+        for r in 0..piece.rows {
+            let xr = row(x, xm, piece.first + r);
+            for (c, gv) in piece.row(r).iter_mut().enumerate() {
+                *gv -= alpha[c] + normalized(mean[c], invstd[c], xr[c]) * beta[c];
+            }
+        }
+    });
+}
+
+/// Output height and width of the stem max-pool (3×3, stride 2, padding 1).
+fn pool_out(shape: Spatial) -> (usize, usize) {
+    (conv_out(shape.h, 3, 2, 1), conv_out(shape.w, 3, 2, 1))
+}
+
+/// For output pixel `q` of the stem max-pool, the maximum of `relu(a⊙t + b)` per channel
+/// into `best` and the input pixel holding it into `arg`. Padding never wins (−∞, as
+/// PyTorch); the first maximum in row-major window order is kept (replaced only by a
+/// strictly greater value), which is the element PyTorch's max-pool picks. Forward and
+/// backward both call this, so the backward routes the gradient to the forward's choice.
+fn window_max(t: &[f32], tm: Mat, shape: Spatial, bn: &Bn, q: usize, best: &mut [f32], arg: &mut [usize]) {
+    let (oh, ow) = pool_out(shape);
+    let (n, oy, ox) = (q / (oh * ow), q / ow % oh, q % ow);
+    best.fill(f32::NEG_INFINITY);
+    for iy in (2 * oy).saturating_sub(1)..(2 * oy + 2).min(shape.h) {
+        for ix in (2 * ox).saturating_sub(1)..(2 * ox + 2).min(shape.w) {
+            let p = (n * shape.h + iy) * shape.w + ix;
+            for (c, &v) in row(t, tm, p).iter().enumerate() {
+                let v = bn_relu(bn, c, v);
+                if v > best[c] {
+                    best[c] = v;
+                    arg[c] = p;
+                }
+            }
+        }
+    }
 }
 
 pub(super) fn bn_relu_maxpool_fwd(t: &[f32], tm: Mat, shape: Spatial, bn: &Bn, y: &mut [f32], ym: Mat) {
-    unimplemented!()
+    par_row_chunks(y, ym, CHUNK_ROWS, |mut piece| {
+        let mut arg = vec![0; tm.cols];
+        for r in 0..piece.rows {
+            window_max(t, tm, shape, bn, piece.first + r, piece.row(r), &mut arg);
+        }
+    });
 }
 
 pub(super) fn bn_relu_maxpool_bwd(dy: &[f32], dym: Mat, t: &[f32], tm: Mat, shape: Spatial, bn: &Bn, g: &mut [f32], gm: Mat, sums: &mut [f32]) {
-    unimplemented!()
+    let cols = tm.cols;
+    let (oh, ow) = pool_out(shape);
+    let image = shape.h * shape.w;
+    // Windows overlap, so the scatter accumulates. One image per work item keeps each
+    // image's writes private to it and its additions in a fixed order.
+    let partials = par_row_chunks(g, gm, image, |mut piece| {
+        let n = piece.first / image;
+        (0..piece.rows).for_each(|r| piece.row(r).fill(0.0));
+        let (mut best, mut arg) = (vec![0.0; cols], vec![0; cols]);
+        for q in n * oh * ow..(n + 1) * oh * ow {
+            window_max(t, tm, shape, bn, q, &mut best, &mut arg);
+            for (c, &d) in row(dy, dym, q).iter().enumerate() {
+                piece.row(arg[c] - piece.first)[c] += d;
+            }
+        }
+        let mut acc = vec![0.0; 2 * cols];
+        for r in 0..piece.rows {
+            let tr = row(t, tm, piece.first + r);
+            mask_and_sum(piece.row(r), tr, bn, &mut acc);
+        }
+        acc
+    });
+    write_sums(sums, &add_in_order(partials, 2 * cols));
 }
 
 pub(super) fn bn_relu_global_pool_fwd(x: &[f32], xm: Mat, shape: Spatial, bn: &Bn, pooled: &mut [f32]) {
-    unimplemented!()
+    let cols = xm.cols;
+    let image = shape.h * shape.w;
+    pooled[..shape.n * cols].par_chunks_mut(cols.max(1)).enumerate().for_each(|(n, out)| {
+        let mut acc = vec![0.0; cols];
+        for p in n * image..(n + 1) * image {
+            for (c, (s, &v)) in acc.iter_mut().zip(row(x, xm, p)).enumerate() {
+                *s += f64::from(bn_relu(bn, c, v));
+            }
+        }
+        out.iter_mut().zip(&acc).for_each(|(o, s)| *o = (s / image as f64) as f32);
+    });
 }
 
 pub(super) fn bn_relu_global_pool_bwd(dpooled: &[f32], x: &[f32], xm: Mat, shape: Spatial, bn: &Bn, dx: &mut [f32], dxm: Mat, sums: &mut [f32]) {
-    unimplemented!()
+    let cols = xm.cols;
+    let image = shape.h * shape.w;
+    let partials = par_row_chunks(dx, dxm, CHUNK_ROWS, |mut piece| {
+        let mut acc = vec![0.0; 2 * cols];
+        for r in 0..piece.rows {
+            let p = piece.first + r;
+            let n = p / image;
+            let g = piece.row(r);
+            g.iter_mut().zip(&dpooled[n * cols..][..cols]).for_each(|(g, &d)| *g = d / image as f32);
+            mask_and_sum(g, row(x, xm, p), bn, &mut acc);
+            g.iter_mut().zip(&bn.a).for_each(|(g, a)| *g *= a);
+        }
+        acc
+    });
+    write_sums(sums, &add_in_order(partials, 2 * cols));
 }
 
+// The head's GEMMs are tiny next to the convolutions, so they are plain loops parallel over
+// independent output rows (each row's sum in a fixed order).
+
 pub(super) fn linear_fwd(x: &[f32], n: usize, k: usize, w: &[f32], bias: &[f32], y: &mut [f32]) {
-    unimplemented!()
+    let out = bias.len();
+    y[..n * out].par_chunks_mut(out.max(1)).enumerate().for_each(|(i, yi)| {
+        let xi = &x[i * k..][..k];
+        for (o, (yo, &b)) in yi.iter_mut().zip(bias).enumerate() {
+            *yo = b + xi.iter().zip(&w[o * k..][..k]).map(|(a, b)| a * b).sum::<f32>();
+        }
+    });
 }
 
 pub(super) fn linear_bwd(dy: &[f32], x: &[f32], n: usize, k: usize, w: &[f32], grads: &mut [f32], dw_off: usize, dbias_off: usize, dx: &mut [f32]) {
-    unimplemented!()
+    // With k = 0 the weight is empty and says nothing of the output width; nothing to do.
+    let Some(out) = w.len().checked_div(k) else { return };
+    grads[dw_off..dw_off + out * k].par_chunks_mut(k).enumerate().for_each(|(o, dwo)| {
+        for i in 0..n {
+            let d = dy[i * out + o];
+            dwo.iter_mut().zip(&x[i * k..][..k]).for_each(|(g, &xv)| *g += d * xv);
+        }
+    });
+    for (o, db) in grads[dbias_off..dbias_off + out].iter_mut().enumerate() {
+        *db += (0..n).map(|i| dy[i * out + o]).sum::<f32>();
+    }
+    dx[..n * k].par_chunks_mut(k).enumerate().for_each(|(i, dxi)| {
+        dxi.fill(0.0);
+        for (&d, wo) in dy[i * out..][..out].iter().zip(w.chunks_exact(k)) {
+            dxi.iter_mut().zip(wo).for_each(|(g, &wv)| *g += d * wv);
+        }
+    });
 }
 
 /// Returns the mean loss; writes `(softmax − onehot)/n` into dlogits.
 pub(super) fn softmax_xent(logits: &[f32], labels: &[f32], classes: usize, dlogits: &mut [f32]) -> f32 {
-    unimplemented!()
+    let n = labels.len();
+    let width = classes.max(1);
+    // Per-row losses are collected, then added in row order (a parallel sum would not be
+    // deterministic).
+    let losses: Vec<f64> = dlogits
+        .par_chunks_mut(width)
+        .zip(logits.par_chunks(width))
+        .zip(labels.par_iter())
+        .map(|((d, l), &label)| {
+            // Shifting by the row maximum keeps every exponent ≤ 0: no overflow however
+            // large the logits; the shifted differences are exact in f64.
+            let max = f64::from(l.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)));
+            let shifted = |v: f32| f64::from(v) - max;
+            let sum: f64 = l.iter().map(|&v| shifted(v).exp()).sum();
+            let label = label as usize;
+            for (j, (dj, &v)) in d.iter_mut().zip(l).enumerate() {
+                let onehot = if j == label { 1.0 } else { 0.0 };
+                *dj = ((shifted(v).exp() / sum - onehot) / n as f64) as f32;
+            }
+            sum.ln() - shifted(l[label])
+        })
+        .collect();
+    (losses.iter().sum::<f64>() / n as f64) as f32
 }
 
 pub(super) fn sgd_update(params: &mut [f32], grads: &[f32], velocity: &mut [f32], hp: SgdParams) {
-    unimplemented!()
+    let SgdParams { lr, momentum, weight_decay, nesterov } = hp;
+    params
+        .par_iter_mut()
+        .zip(velocity.par_iter_mut())
+        .zip(grads.par_iter())
+        .with_min_len(4096)
+        .for_each(|((p, v), &g)| {
+            let d = g + weight_decay * *p;
+            *v = momentum * *v + d;
+            let step = if nesterov { d + momentum * *v } else { *v };
+            *p -= lr * step;
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    //! Every op against an f64 reference written with plain loops. Tolerance for f32 outputs:
+    //! relative error ‖out − ref‖₂ / ‖ref‖₂ ≤ 1e-5 ([`TOL`]). The batch-norm backward pieces
+    //! are also checked, composed, against central finite differences of f64 scalar losses.
+    use super::*;
+    use crate::backend::BN_EPS;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+    use rand_distr::{Distribution, Normal};
+
+    const TOL: f64 = 1e-5;
+    /// Odd shapes: batch 3 of 7×5 (one piece of rows) and of 23×19 (several pieces, the last
+    /// one partial).
+    const SHAPES: [Spatial; 2] = [Spatial { n: 3, h: 7, w: 5 }, Spatial { n: 3, h: 23, w: 19 }];
+
+    fn uniform(rng: &mut ChaCha8Rng, len: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..len).map(|_| rng.random_range(lo..hi)).collect()
+    }
+
+    fn rel_err(out: &[f32], reference: &[f64]) -> f64 {
+        assert_eq!(out.len(), reference.len());
+        let diff: f64 = out.iter().zip(reference).map(|(&o, r)| (f64::from(o) - r).powi(2)).sum();
+        let norm: f64 = reference.iter().map(|r| r * r).sum();
+        assert!(norm > 0.0, "degenerate reference");
+        (diff / norm).sqrt()
+    }
+
+    /// Asserts and reports the relative error (run with --nocapture to see it).
+    fn check(what: &str, out: &[f32], reference: &[f64]) {
+        let e = rel_err(out, reference);
+        println!("{what}: relative error {e:.2e}");
+        assert!(e <= TOL, "{what}: relative error {e:.2e} > {TOL:e}");
+    }
+
+    /// A `rows × cols` matrix at offset 3 with pitch `cols + 4` in a buffer of random values,
+    /// the gaps included, so that touching a gap shows.
+    fn strided(rng: &mut ChaCha8Rng, rows: usize, cols: usize, lo: f32, hi: f32) -> (Vec<f32>, Mat) {
+        let m = Mat { offset: 3, rows, cols, ld: cols + 4 };
+        (uniform(rng, 3 + rows * m.ld + 2, lo, hi), m)
+    }
+
+    /// The elements of `m`, densely.
+    fn gather(buf: &[f32], m: Mat) -> Vec<f32> {
+        (0..m.rows).flat_map(|p| row(buf, m, p).to_vec()).collect()
+    }
+
+    /// Fills the elements of `m` (an output that must be overwritten) with NaN.
+    fn poison(buf: &mut [f32], m: Mat) {
+        (0..m.rows).for_each(|p| buf[m.at(p, 0)..][..m.cols].fill(f32::NAN));
+    }
+
+    /// Asserts that nothing outside `m` changed.
+    fn gaps_untouched(before: &[f32], after: &[f32], m: Mat) {
+        let mut inside = vec![false; before.len()];
+        (0..m.rows).for_each(|p| inside[m.at(p, 0)..][..m.cols].fill(true));
+        for (i, ((b, a), inside)) in before.iter().zip(after).zip(inside).enumerate() {
+            assert!(inside || b.to_bits() == a.to_bits(), "element {i} outside the matrix changed");
+        }
+    }
+
+    /// A batch-norm as `Bn::resolve` builds it.
+    fn bn_from(mean: &[f32], var: &[f32], gamma: &[f32], beta: &[f32]) -> Bn {
+        let invstd: Vec<f32> = var.iter().map(|v| 1.0 / (v + BN_EPS).sqrt()).collect();
+        let a: Vec<f32> = gamma.iter().zip(&invstd).map(|(g, s)| g * s).collect();
+        let b = beta.iter().zip(&a).zip(mean).map(|((be, a), m)| be - m * a).collect();
+        Bn { a, b, mean: mean.to_vec(), invstd }
+    }
+
+    /// Random statistics and affine parameters (γ of both signs); on inputs in [−2, 2] about
+    /// half the pre-activations are positive.
+    fn random_bn(rng: &mut ChaCha8Rng, c: usize) -> Bn {
+        let mean = uniform(rng, c, -0.5, 0.5);
+        let var = uniform(rng, c, 0.5, 2.0);
+        let gamma = uniform(rng, c, -1.5, 1.5);
+        let beta = uniform(rng, c, -0.5, 0.5);
+        bn_from(&mean, &var, &gamma, &beta)
+    }
+
+    fn pre(bn: &Bn, c: usize, x: f32) -> f64 {
+        f64::from(bn.a[c]) * f64::from(x) + f64::from(bn.b[c])
+    }
+
+    fn xhat(bn: &Bn, c: usize, x: f32) -> f64 {
+        (f64::from(x) - f64::from(bn.mean[c])) * f64::from(bn.invstd[c])
+    }
+
+    fn to_f64(v: &[f32]) -> Vec<f64> {
+        v.iter().map(|&x| f64::from(x)).collect()
+    }
+
+    // ---- f64 references -------------------------------------------------------------------
+
+    /// [Σg | Σg·x̂] of dense `g` (P × c) against x.
+    fn ref_sums(g: &[f64], x: &[f32], xm: Mat, bn: &Bn) -> Vec<f64> {
+        let c = xm.cols;
+        let mut s = vec![0.0; 2 * c];
+        for p in 0..xm.rows {
+            for ch in 0..c {
+                s[ch] += g[p * c + ch];
+                s[c + ch] += g[p * c + ch] * xhat(bn, ch, x[xm.at(p, ch)]);
+            }
+        }
+        s
+    }
+
+    /// The input pixels of max-pool output pixel `q` (3×3, stride 2, pad 1), row-major.
+    fn window(shape: Spatial, q: usize) -> Vec<usize> {
+        let (oh, ow) = (conv_out(shape.h, 3, 2, 1), conv_out(shape.w, 3, 2, 1));
+        let (n, oy, ox) = (q / (oh * ow), q / ow % oh, q % ow);
+        let mut pixels = Vec::new();
+        for ky in 0..3 {
+            for kx in 0..3 {
+                let (iy, ix) = ((2 * oy + ky) as isize - 1, (2 * ox + kx) as isize - 1);
+                if iy >= 0 && ix >= 0 && iy < shape.h as isize && ix < shape.w as isize {
+                    pixels.push((n * shape.h + iy as usize) * shape.w + ix as usize);
+                }
+            }
+        }
+        pixels
+    }
+
+    /// Max-pool of dense activations (P × c): values and first-maximum arg-max.
+    fn ref_maxpool(act: &[f64], shape: Spatial, c: usize) -> (Vec<f64>, Vec<usize>) {
+        let q = shape.n * conv_out(shape.h, 3, 2, 1) * conv_out(shape.w, 3, 2, 1);
+        let mut y = vec![f64::NEG_INFINITY; q * c];
+        let mut arg = vec![usize::MAX; q * c];
+        for (i, (y, arg)) in y.iter_mut().zip(&mut arg).enumerate() {
+            for p in window(shape, i / c) {
+                if act[p * c + i % c] > *y {
+                    *y = act[p * c + i % c];
+                    *arg = p;
+                }
+            }
+        }
+        (y, arg)
+    }
+
+    /// relu(a⊙t + b) in f64, dense.
+    fn ref_bn_relu(t: &[f32], tm: Mat, bn: &Bn) -> Vec<f64> {
+        (0..tm.rows * tm.cols).map(|i| pre(bn, i % tm.cols, t[tm.at(i / tm.cols, i % tm.cols)]).max(0.0)).collect()
+    }
+
+    /// Training-mode BN `γ·(x − μ)/√(σ² + ε) + β` of dense x (P × c), batch statistics in f64.
+    fn ref_bn_train(x: &[f64], c: usize, gamma: &[f64], beta: &[f64]) -> Vec<f64> {
+        let rows = x.len() / c;
+        let mut y = vec![0.0; x.len()];
+        for ch in 0..c {
+            let mean = (0..rows).map(|p| x[p * c + ch]).sum::<f64>() / rows as f64;
+            let var = (0..rows).map(|p| (x[p * c + ch] - mean).powi(2)).sum::<f64>() / rows as f64;
+            let invstd = 1.0 / (var + f64::from(BN_EPS)).sqrt();
+            for p in 0..rows {
+                y[p * c + ch] = gamma[ch] * (x[p * c + ch] - mean) * invstd + beta[ch];
+            }
+        }
+        y
+    }
+
+    /// Central finite differences of `f` at `v`.
+    fn fd_grad(v: &[f64], f: impl Fn(&[f64]) -> f64) -> Vec<f64> {
+        const H: f64 = 1e-4;
+        let mut v = v.to_vec();
+        (0..v.len())
+            .map(|i| {
+                let keep = v[i];
+                v[i] = keep + H;
+                let up = f(&v);
+                v[i] = keep - H;
+                let down = f(&v);
+                v[i] = keep;
+                (up - down) / (2.0 * H)
+            })
+            .collect()
+    }
+
+    // ---- statistics -------------------------------------------------------------------------
+
+    #[test]
+    fn channel_stats_matches_f64_reference() {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        for shape in SHAPES {
+            let (x, xm) = strided(&mut rng, shape.pixels(), 13, -3.0, 5.0);
+            let (mean, var) = channel_stats(&x, xm);
+            let (mut rm, mut rv) = (vec![0.0; 13], vec![0.0; 13]);
+            for c in 0..13 {
+                rm[c] = (0..xm.rows).map(|p| f64::from(x[xm.at(p, c)])).sum::<f64>() / xm.rows as f64;
+                let sq = (0..xm.rows).map(|p| (f64::from(x[xm.at(p, c)]) - rm[c]).powi(2));
+                rv[c] = sq.sum::<f64>() / xm.rows as f64;
+            }
+            check(&format!("channel_stats mean {shape:?}"), &mean, &rm);
+            check(&format!("channel_stats var {shape:?}"), &var, &rv);
+        }
+    }
+
+    #[test]
+    fn channel_stats_is_exact_on_large_offset_data() {
+        // 10⁶ pixels of mean 1000 and std 0.01: E[x²] − E[x]² would lose every digit.
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        let normal = Normal::new(1000.0f32, 0.01).unwrap();
+        let xm = Mat { offset: 1, rows: 1_000_000, cols: 2, ld: 3 };
+        let x: Vec<f32> = (0..1 + xm.rows * xm.ld).map(|_| normal.sample(&mut rng)).collect();
+        let (mean, var) = channel_stats(&x, xm);
+        for c in 0..2 {
+            let col: Vec<f64> = (0..xm.rows).map(|p| f64::from(x[xm.at(p, c)])).collect();
+            let m = col.iter().sum::<f64>() / col.len() as f64;
+            let v = col.iter().map(|x| (x - m).powi(2)).sum::<f64>() / col.len() as f64;
+            let (em, ev) = ((f64::from(mean[c]) - m).abs() / m, (f64::from(var[c]) - v).abs() / v);
+            println!("channel_stats 1e6 values (mean 1000, std 0.01), channel {c}: mean {em:.2e}, var {ev:.2e}");
+            // Within one f32 rounding of the exact value.
+            assert!(em <= f64::from(f32::EPSILON) && ev <= f64::from(f32::EPSILON), "{em:e} {ev:e}");
+        }
+    }
+
+    #[test]
+    fn update_running_stats_matches_pytorch_formula() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let (c, count) = (13, 105);
+        let mean = uniform(&mut rng, c, -1.0, 1.0);
+        let var = uniform(&mut rng, c, 0.1, 2.0);
+        let mut running = uniform(&mut rng, 2 * c + 5, 0.1, 1.0);
+        let before = running.clone();
+        let (run_mean, run_var) = (2, 2 + c + 1);
+        update_running_stats(&mean, &var, count, &mut running, run_mean, run_var);
+        let m = f64::from(BN_MOMENTUM);
+        let unbias = count as f64 / (count - 1) as f64;
+        let old = |i: usize| f64::from(before[i]);
+        let rm: Vec<f64> = (0..c).map(|i| (1.0 - m) * old(run_mean + i) + m * f64::from(mean[i])).collect();
+        let rv: Vec<f64> = (0..c).map(|i| (1.0 - m) * old(run_var + i) + m * f64::from(var[i]) * unbias).collect();
+        check("running mean", &running[run_mean..run_mean + c], &rm);
+        check("running var", &running[run_var..run_var + c], &rv);
+        for i in [0, 1, run_mean + c, 2 * c + 4] {
+            assert_eq!(running[i], before[i]);
+        }
+    }
+
+    // ---- batch-norm backward pieces -------------------------------------------------------
+
+    #[test]
+    fn bn_backward_elementwise_matches_reference() {
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        for shape in SHAPES {
+            let c = 13;
+            let (x, xm) = strided(&mut rng, shape.pixels(), c, -2.0, 2.0);
+            let (mut g, gm) = strided(&mut rng, shape.pixels(), c, -1.0, 1.0);
+            let bn = random_bn(&mut rng, c);
+            let sums = uniform(&mut rng, 2 * c, -5.0, 5.0);
+            let p = xm.rows as f64;
+            let reference: Vec<f64> = (0..xm.rows * c)
+                .map(|i| {
+                    let (r, ch) = (i / c, i % c);
+                    let (gv, xh) = (f64::from(g[gm.at(r, ch)]), xhat(&bn, ch, x[xm.at(r, ch)]));
+                    f64::from(bn.a[ch]) * (gv - f64::from(sums[ch]) / p - xh * f64::from(sums[c + ch]) / p)
+                })
+                .collect();
+            let before = g.clone();
+            bn_backward_elementwise(&mut g, gm, &x, xm, &bn, &sums);
+            check(&format!("bn_backward_elementwise {shape:?}"), &gather(&g, gm), &reference);
+            gaps_untouched(&before, &g, gm);
+        }
+    }
+
+    #[test]
+    fn bn_grad_fold_accumulates_grads_and_corrections() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let (c, count) = (5, 105);
+        let bn = random_bn(&mut rng, c);
+        let sums = uniform(&mut rng, 2 * c, -5.0, 5.0);
+        for correction in [None, Some((1, 2 + c))] {
+            let target = BnGradTarget { dgamma: 3, dbeta: 3 + c, correction };
+            let mut grads = uniform(&mut rng, 2 * c + 4, -1.0, 1.0);
+            let mut corr = uniform(&mut rng, 2 * c + 3, -1.0, 1.0);
+            let (grads0, corr0) = (grads.clone(), corr.clone());
+            bn_grad_fold(&sums, count, &bn, &mut grads, &mut corr, target);
+            let dgamma: Vec<f64> = (0..c).map(|i| f64::from(grads0[3 + i]) + f64::from(sums[c + i])).collect();
+            let dbeta: Vec<f64> = (0..c).map(|i| f64::from(grads0[3 + c + i]) + f64::from(sums[i])).collect();
+            check("bn_grad_fold dgamma", &grads[3..3 + c], &dgamma);
+            check("bn_grad_fold dbeta", &grads[3 + c..3 + 2 * c], &dbeta);
+            assert_eq!(grads[..3], grads0[..3]);
+            assert_eq!(grads[3 + 2 * c..], grads0[3 + 2 * c..]);
+            match correction {
+                None => assert_eq!(corr, corr0),
+                Some((alpha, beta)) => {
+                    let term = |i: usize, s: usize| f64::from(bn.a[i]) * f64::from(sums[s]) / count as f64;
+                    let ra: Vec<f64> = (0..c).map(|i| f64::from(corr0[alpha + i]) + term(i, i)).collect();
+                    let rb: Vec<f64> = (0..c).map(|i| f64::from(corr0[beta + i]) + term(i, c + i)).collect();
+                    check("bn_grad_fold alpha", &corr[alpha..alpha + c], &ra);
+                    check("bn_grad_fold beta", &corr[beta..beta + c], &rb);
+                    assert_eq!(corr[0], corr0[0]);
+                    assert_eq!(corr[alpha + c], corr0[alpha + c]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bn_correction_matches_reference() {
+        let mut rng = ChaCha8Rng::seed_from_u64(6);
+        for shape in SHAPES {
+            let c = 13;
+            let (x, xm) = strided(&mut rng, shape.pixels(), c, -2.0, 2.0);
+            let (mut g, gm) = strided(&mut rng, shape.pixels(), c, -1.0, 1.0);
+            let bn = random_bn(&mut rng, c);
+            let alpha = uniform(&mut rng, c, -0.5, 0.5);
+            let beta = uniform(&mut rng, c, -0.5, 0.5);
+            let reference: Vec<f64> = (0..xm.rows * c)
+                .map(|i| {
+                    let (r, ch) = (i / c, i % c);
+                    let xh = xhat(&bn, ch, x[xm.at(r, ch)]);
+                    f64::from(g[gm.at(r, ch)]) - f64::from(alpha[ch]) - xh * f64::from(beta[ch])
+                })
+                .collect();
+            let before = g.clone();
+            bn_correction(&mut g, gm, &x, xm, &bn.mean, &bn.invstd, &alpha, &beta);
+            check(&format!("bn_correction {shape:?}"), &gather(&g, gm), &reference);
+            gaps_untouched(&before, &g, gm);
+        }
+    }
+
+    /// Statistics of x (as channel_stats gives them) and the BN built from them.
+    fn train_bn(x: &[f32], xm: Mat, gamma: &[f32], beta: &[f32]) -> Bn {
+        let (mean, var) = channel_stats(x, xm);
+        bn_from(&mean, &var, gamma, beta)
+    }
+
+    #[test]
+    fn bn_backward_matches_finite_differences() {
+        // L = Σ w ⊙ BN_train(x): dL/dy = w, so g = w and the BN backward must give dL/dx,
+        // both directly (bn_backward_elementwise) and deferred (a⊙g, then bn_grad_fold's
+        // correction applied by bn_correction).
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let (shape, c) = (SHAPES[0], 5);
+        let (x, xm) = strided(&mut rng, shape.pixels(), c, -2.0, 2.0);
+        let w = uniform(&mut rng, xm.rows * c, -1.0, 1.0);
+        let gamma = uniform(&mut rng, c, -1.5, 1.5);
+        let beta = uniform(&mut rng, c, -0.5, 0.5);
+        let (x64, w64, gamma64, beta64) = (to_f64(&gather(&x, xm)), to_f64(&w), to_f64(&gamma), to_f64(&beta));
+        let loss = |x: &[f64], gamma: &[f64], beta: &[f64]| -> f64 {
+            ref_bn_train(x, c, gamma, beta).iter().zip(&w64).map(|(y, w)| y * w).sum()
+        };
+        let dx_fd = fd_grad(&x64, |x| loss(x, &gamma64, &beta64));
+        let dgamma_fd = fd_grad(&gamma64, |g| loss(&x64, g, &beta64));
+        let dbeta_fd = fd_grad(&beta64, |b| loss(&x64, &gamma64, b));
+
+        let bn = train_bn(&x, xm, &gamma, &beta);
+        let sums: Vec<f32> = ref_sums(&w64, &x, xm, &bn).iter().map(|&s| s as f32).collect();
+
+        let (mut g, gm) = strided(&mut rng, xm.rows, c, 0.0, 1.0);
+        (0..xm.rows).for_each(|p| g[gm.at(p, 0)..][..c].copy_from_slice(&w[p * c..][..c]));
+        bn_backward_elementwise(&mut g, gm, &x, xm, &bn, &sums);
+        check("bn_backward_elementwise vs finite differences", &gather(&g, gm), &dx_fd);
+
+        let target = BnGradTarget { dgamma: 0, dbeta: c, correction: Some((0, c)) };
+        let (mut grads, mut corr) = (vec![0.0; 2 * c], vec![0.0; 2 * c]);
+        bn_grad_fold(&sums, xm.rows, &bn, &mut grads, &mut corr, target);
+        check("bn_grad_fold dgamma vs finite differences", &grads[..c], &dgamma_fd);
+        check("bn_grad_fold dbeta vs finite differences", &grads[c..], &dbeta_fd);
+        let (mut dx, dxm) = strided(&mut rng, xm.rows, c, 0.0, 1.0);
+        for p in 0..xm.rows {
+            for ch in 0..c {
+                dx[dxm.at(p, ch)] = bn.a[ch] * w[p * c + ch];
+            }
+        }
+        bn_correction(&mut dx, dxm, &x, xm, &bn.mean, &bn.invstd, &corr[..c], &corr[c..]);
+        check("deferred correction vs finite differences", &gather(&dx, dxm), &dx_fd);
+    }
+
+    // ---- stem max-pool ----------------------------------------------------------------------
+
+    /// Runs forward and backward of the max-pool on `t` and checks them against the f64
+    /// reference.
+    fn check_maxpool(rng: &mut ChaCha8Rng, what: &str, t: &[f32], tm: Mat, shape: Spatial, bn: &Bn) {
+        let c = tm.cols;
+        let (ref_y, arg) = ref_maxpool(&ref_bn_relu(t, tm, bn), shape, c);
+        let q = ref_y.len() / c;
+        let (mut y, ym) = strided(rng, q, c, 0.0, 1.0);
+        poison(&mut y, ym);
+        let before = y.clone();
+        bn_relu_maxpool_fwd(t, tm, shape, bn, &mut y, ym);
+        check(&format!("maxpool fwd {what}"), &gather(&y, ym), &ref_y);
+        gaps_untouched(&before, &y, ym);
+
+        let (dy, dym) = strided(rng, q, c, -1.0, 1.0);
+        let mut ref_g = vec![0.0; tm.rows * c];
+        for i in 0..q * c {
+            ref_g[arg[i] * c + i % c] += f64::from(dy[dym.at(i / c, i % c)]);
+        }
+        for (i, g) in ref_g.iter_mut().enumerate() {
+            if pre(bn, i % c, t[tm.at(i / c, i % c)]) <= 0.0 {
+                *g = 0.0;
+            }
+        }
+        let ref_sums = ref_sums(&ref_g, t, tm, bn);
+        let (mut g, gm) = strided(rng, tm.rows, c, 0.0, 1.0);
+        poison(&mut g, gm);
+        let before = g.clone();
+        let mut sums = vec![f32::NAN; 2 * c + 1];
+        bn_relu_maxpool_bwd(&dy, dym, t, tm, shape, bn, &mut g, gm, &mut sums);
+        check(&format!("maxpool bwd g {what}"), &gather(&g, gm), &ref_g);
+        check(&format!("maxpool bwd sums {what}"), &sums[..2 * c], &ref_sums);
+        assert!(sums[2 * c].is_nan());
+        gaps_untouched(&before, &g, gm);
+    }
+
+    #[test]
+    fn maxpool_fwd_bwd_match_reference() {
+        let mut rng = ChaCha8Rng::seed_from_u64(8);
+        for (shape, c) in [(Spatial { n: 3, h: 7, w: 5 }, 13), (Spatial { n: 3, h: 9, w: 6 }, 5)] {
+            let (t, tm) = strided(&mut rng, shape.pixels(), c, -2.0, 2.0);
+            let bn = random_bn(&mut rng, c);
+            check_maxpool(&mut rng, &format!("{shape:?}"), &t, tm, shape, &bn);
+        }
+    }
+
+    #[test]
+    fn maxpool_picks_first_maximum_on_ties() {
+        // Inputs on a coarse grid: many windows hold the same positive maximum several
+        // times, and many are all ≤ 0 (a tie at 0 after the ReLU). The reference keeps the
+        // first maximum in row-major window order; the scattered gradient shows which one
+        // the op chose, so a different choice fails the comparison.
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        for (shape, c) in [(Spatial { n: 3, h: 7, w: 5 }, 13), (Spatial { n: 3, h: 9, w: 6 }, 5)] {
+            let (mut t, tm) = strided(&mut rng, shape.pixels(), c, 0.0, 1.0);
+            for p in 0..tm.rows {
+                for ch in 0..c {
+                    t[tm.at(p, ch)] = rng.random_range(-2..=1) as f32 * 0.5;
+                }
+            }
+            let bn = bn_from(&vec![0.0; c], &vec![1.0; c], &vec![1.0; c], &vec![-0.1; c]);
+            check_maxpool(&mut rng, &format!("ties {shape:?}"), &t, tm, shape, &bn);
+            // The data really has windows whose maximum occurs more than once, both at 0
+            // and above.
+            let act = ref_bn_relu(&t, tm, &bn);
+            let (y, _) = ref_maxpool(&act, shape, c);
+            let tied = |i: usize| window(shape, i / c).iter().filter(|&&p| act[p * c + i % c] == y[i]).count() > 1;
+            let zero_ties = (0..y.len()).filter(|&i| y[i] == 0.0 && tied(i)).count();
+            let positive_ties = (0..y.len()).filter(|&i| y[i] > 0.0 && tied(i)).count();
+            println!("ties {shape:?}: {zero_ties} windows tied at 0, {positive_ties} tied above 0");
+            assert!(zero_ties > 10 && positive_ties > 10);
+        }
+    }
+
+    #[test]
+    fn stem_maxpool_bn_backward_matches_finite_differences() {
+        // L = Σ v ⊙ maxpool(relu(BN_train(t))): maxpool_bwd's g and sums, then
+        // bn_backward_elementwise, must give dL/dt; bn_grad_fold dL/dγ and dL/dβ.
+        let mut rng = ChaCha8Rng::seed_from_u64(10);
+        let (shape, c) = (Spatial { n: 3, h: 7, w: 5 }, 5);
+        let (t, tm) = strided(&mut rng, shape.pixels(), c, -2.0, 2.0);
+        let gamma = uniform(&mut rng, c, -1.5, 1.5);
+        let beta = uniform(&mut rng, c, -0.5, 0.5);
+        let q = conv_out(shape.h, 3, 2, 1) * conv_out(shape.w, 3, 2, 1) * shape.n;
+        let (dy, dym) = strided(&mut rng, q, c, -1.0, 1.0);
+        let (t64, v64) = (to_f64(&gather(&t, tm)), to_f64(&gather(&dy, dym)));
+        let (gamma64, beta64) = (to_f64(&gamma), to_f64(&beta));
+        let loss = |t: &[f64], gamma: &[f64], beta: &[f64]| -> f64 {
+            let act: Vec<f64> = ref_bn_train(t, c, gamma, beta).iter().map(|y| y.max(0.0)).collect();
+            ref_maxpool(&act, shape, c).0.iter().zip(&v64).map(|(y, v)| y * v).sum()
+        };
+        let dt_fd = fd_grad(&t64, |t| loss(t, &gamma64, &beta64));
+        let dgamma_fd = fd_grad(&gamma64, |g| loss(&t64, g, &beta64));
+        let dbeta_fd = fd_grad(&beta64, |b| loss(&t64, &gamma64, b));
+
+        let bn = train_bn(&t, tm, &gamma, &beta);
+        let (mut g, gm) = strided(&mut rng, tm.rows, c, 0.0, 1.0);
+        let mut sums = vec![0.0; 2 * c];
+        bn_relu_maxpool_bwd(&dy, dym, &t, tm, shape, &bn, &mut g, gm, &mut sums);
+        let target = BnGradTarget { dgamma: 0, dbeta: c, correction: None };
+        let mut grads = vec![0.0; 2 * c];
+        bn_grad_fold(&sums, tm.rows, &bn, &mut grads, &mut [], target);
+        check("stem dgamma vs finite differences", &grads[..c], &dgamma_fd);
+        check("stem dbeta vs finite differences", &grads[c..], &dbeta_fd);
+        bn_backward_elementwise(&mut g, gm, &t, tm, &bn, &sums);
+        check("stem dt vs finite differences", &gather(&g, gm), &dt_fd);
+    }
+
+    // ---- head -------------------------------------------------------------------------------
+
+    #[test]
+    fn global_pool_fwd_bwd_match_reference() {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        for shape in SHAPES {
+            let c = 13;
+            let hw = shape.h * shape.w;
+            let (x, xm) = strided(&mut rng, shape.pixels(), c, -2.0, 2.0);
+            let bn = random_bn(&mut rng, c);
+            let act = ref_bn_relu(&x, xm, &bn);
+            let mut ref_pooled = vec![0.0; shape.n * c];
+            for p in 0..xm.rows {
+                for ch in 0..c {
+                    ref_pooled[p / hw * c + ch] += act[p * c + ch] / hw as f64;
+                }
+            }
+            let mut pooled = vec![f32::NAN; shape.n * c + 2];
+            bn_relu_global_pool_fwd(&x, xm, shape, &bn, &mut pooled);
+            check(&format!("global pool fwd {shape:?}"), &pooled[..shape.n * c], &ref_pooled);
+            assert!(pooled[shape.n * c..].iter().all(|v| v.is_nan()));
+
+            let dpooled = uniform(&mut rng, shape.n * c + 2, -1.0, 1.0);
+            let mut ref_g = vec![0.0; xm.rows * c];
+            for (i, g) in ref_g.iter_mut().enumerate() {
+                let (p, ch) = (i / c, i % c);
+                if pre(&bn, ch, x[xm.at(p, ch)]) > 0.0 {
+                    *g = f64::from(dpooled[p / hw * c + ch]) / hw as f64;
+                }
+            }
+            let ref_dx: Vec<f64> = ref_g.iter().enumerate().map(|(i, g)| f64::from(bn.a[i % c]) * g).collect();
+            let ref_sums = ref_sums(&ref_g, &x, xm, &bn);
+            let (mut dx, dxm) = strided(&mut rng, xm.rows, c, 0.0, 1.0);
+            poison(&mut dx, dxm);
+            let before = dx.clone();
+            let mut sums = vec![f32::NAN; 2 * c];
+            bn_relu_global_pool_bwd(&dpooled, &x, xm, shape, &bn, &mut dx, dxm, &mut sums);
+            check(&format!("global pool bwd dx {shape:?}"), &gather(&dx, dxm), &ref_dx);
+            check(&format!("global pool bwd sums {shape:?}"), &sums, &ref_sums);
+            gaps_untouched(&before, &dx, dxm);
+        }
+    }
+
+    #[test]
+    fn head_global_pool_deferred_bn_backward_matches_finite_differences() {
+        // L = Σ v ⊙ global_pool(relu(BN_train(x))): global_pool_bwd's a⊙g plus the deferred
+        // correction (bn_grad_fold, then bn_correction) must give dL/dx.
+        let mut rng = ChaCha8Rng::seed_from_u64(12);
+        let (shape, c) = (SHAPES[0], 5);
+        let hw = shape.h * shape.w;
+        let (x, xm) = strided(&mut rng, shape.pixels(), c, -2.0, 2.0);
+        let gamma = uniform(&mut rng, c, -1.5, 1.5);
+        let beta = uniform(&mut rng, c, -0.5, 0.5);
+        let v = uniform(&mut rng, shape.n * c, -1.0, 1.0);
+        let (x64, gamma64, beta64) = (to_f64(&gather(&x, xm)), to_f64(&gamma), to_f64(&beta));
+        let loss = |x: &[f64], gamma: &[f64], beta: &[f64]| -> f64 {
+            let y = ref_bn_train(x, c, gamma, beta);
+            (0..y.len()).map(|i| y[i].max(0.0) * f64::from(v[i / c / hw * c + i % c]) / hw as f64).sum()
+        };
+        let dx_fd = fd_grad(&x64, |x| loss(x, &gamma64, &beta64));
+        let dgamma_fd = fd_grad(&gamma64, |g| loss(&x64, g, &beta64));
+        let dbeta_fd = fd_grad(&beta64, |b| loss(&x64, &gamma64, b));
+
+        let bn = train_bn(&x, xm, &gamma, &beta);
+        let (mut dx, dxm) = strided(&mut rng, xm.rows, c, 0.0, 1.0);
+        let mut sums = vec![0.0; 2 * c];
+        bn_relu_global_pool_bwd(&v, &x, xm, shape, &bn, &mut dx, dxm, &mut sums);
+        let target = BnGradTarget { dgamma: 0, dbeta: c, correction: Some((0, c)) };
+        let (mut grads, mut corr) = (vec![0.0; 2 * c], vec![0.0; 2 * c]);
+        bn_grad_fold(&sums, xm.rows, &bn, &mut grads, &mut corr, target);
+        check("head dgamma vs finite differences", &grads[..c], &dgamma_fd);
+        check("head dbeta vs finite differences", &grads[c..], &dbeta_fd);
+        bn_correction(&mut dx, dxm, &x, xm, &bn.mean, &bn.invstd, &corr[..c], &corr[c..]);
+        check("head dx vs finite differences", &gather(&dx, dxm), &dx_fd);
+    }
+
+    #[test]
+    fn linear_fwd_bwd_match_reference() {
+        let mut rng = ChaCha8Rng::seed_from_u64(13);
+        let (n, k, out) = (3, 13, 5);
+        let x = uniform(&mut rng, n * k + 3, -1.0, 1.0);
+        let w = uniform(&mut rng, out * k, -1.0, 1.0);
+        let bias = uniform(&mut rng, out, -1.0, 1.0);
+        let mut y = vec![f32::NAN; n * out + 2];
+        linear_fwd(&x, n, k, &w, &bias, &mut y);
+        let ref_y: Vec<f64> = (0..n * out)
+            .map(|i| {
+                let (r, o) = (i / out, i % out);
+                f64::from(bias[o]) + (0..k).map(|j| f64::from(x[r * k + j]) * f64::from(w[o * k + j])).sum::<f64>()
+            })
+            .collect();
+        check("linear fwd", &y[..n * out], &ref_y);
+        assert!(y[n * out..].iter().all(|v| v.is_nan()));
+
+        let dy = uniform(&mut rng, n * out + 2, -1.0, 1.0);
+        let (dw_off, dbias_off) = (7, 7 + out * k + 2);
+        let mut grads = uniform(&mut rng, dbias_off + out + 1, -1.0, 1.0);
+        let grads0 = grads.clone();
+        let mut dx = vec![f32::NAN; n * k + 2];
+        linear_bwd(&dy, &x, n, k, &w, &mut grads, dw_off, dbias_off, &mut dx);
+        let d = |r: usize, o: usize| f64::from(dy[r * out + o]);
+        let ref_dw: Vec<f64> = (0..out * k)
+            .map(|i| {
+                let (o, j) = (i / k, i % k);
+                f64::from(grads0[dw_off + i]) + (0..n).map(|r| d(r, o) * f64::from(x[r * k + j])).sum::<f64>()
+            })
+            .collect();
+        let ref_db: Vec<f64> =
+            (0..out).map(|o| f64::from(grads0[dbias_off + o]) + (0..n).map(|r| d(r, o)).sum::<f64>()).collect();
+        let ref_dx: Vec<f64> =
+            (0..n * k).map(|i| (0..out).map(|o| d(i / k, o) * f64::from(w[o * k + i % k])).sum()).collect();
+        check("linear bwd dW", &grads[dw_off..dw_off + out * k], &ref_dw);
+        check("linear bwd dbias", &grads[dbias_off..dbias_off + out], &ref_db);
+        check("linear bwd dx", &dx[..n * k], &ref_dx);
+        assert!(dx[n * k..].iter().all(|v| v.is_nan()));
+        for i in (0..dw_off).chain(dw_off + out * k..dbias_off).chain([dbias_off + out]) {
+            assert_eq!(grads[i], grads0[i]);
+        }
+    }
+
+    #[test]
+    fn softmax_xent_matches_reference_and_is_stable() {
+        // Logits around +1000 and −1000: exp would overflow or underflow without the shift.
+        let mut rng = ChaCha8Rng::seed_from_u64(14);
+        let (n, classes) = (5, 7);
+        let normal = Normal::new(0.0f32, 5.0).unwrap();
+        let logits: Vec<f32> = (0..n * classes)
+            .map(|i| if i / classes % 2 == 0 { 1000.0 } else { -1000.0 } + normal.sample(&mut rng))
+            .collect();
+        let labels: Vec<f32> = (0..n).map(|_| rng.random_range(0..classes) as f32).collect();
+        let mut dlogits = vec![f32::NAN; n * classes];
+        let loss = softmax_xent(&logits, &labels, classes, &mut dlogits);
+
+        let mut ref_loss = 0.0;
+        let mut ref_d = vec![0.0; n * classes];
+        for r in 0..n {
+            let l = to_f64(&logits[r * classes..][..classes]);
+            let max = l.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let lse = max + l.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
+            let label = labels[r] as usize;
+            ref_loss += (lse - l[label]) / n as f64;
+            for j in 0..classes {
+                ref_d[r * classes + j] = ((l[j] - lse).exp() - if j == label { 1.0 } else { 0.0 }) / n as f64;
+            }
+        }
+        assert!(loss.is_finite() && dlogits.iter().all(|d| d.is_finite()));
+        check("softmax_xent loss", &[loss], &[ref_loss]);
+        check("softmax_xent dlogits", &dlogits, &ref_d);
+    }
+
+    #[test]
+    fn sgd_matches_pytorch_three_steps() {
+        // PyTorch's SGD, literally: d = g + wd·p; the momentum buffer is d on the first step
+        // and μ·buf + d after (no buffer at all when μ = 0); Nesterov steps along d + μ·buf.
+        for (momentum, nesterov) in [(0.9, true), (0.9, false), (0.0, false)] {
+            let mut rng = ChaCha8Rng::seed_from_u64(15);
+            let len = 37;
+            let hp = SgdParams { lr: 0.1, momentum, weight_decay: 0.05, nesterov };
+            let mut params = uniform(&mut rng, len, -1.0, 1.0);
+            let mut velocity = vec![0.0; len];
+            let mut ref_p = to_f64(&params);
+            let mut ref_buf: Option<Vec<f64>> = None;
+            let (mu, wd, lr) = (f64::from(momentum), f64::from(hp.weight_decay), f64::from(hp.lr));
+            for _ in 0..3 {
+                let grads = uniform(&mut rng, len, -1.0, 1.0);
+                sgd_update(&mut params, &grads, &mut velocity, hp);
+                let mut d: Vec<f64> = grads.iter().zip(&ref_p).map(|(&g, p)| f64::from(g) + wd * p).collect();
+                if momentum != 0.0 {
+                    let buf = match ref_buf.take() {
+                        None => d.clone(),
+                        Some(b) => b.iter().zip(&d).map(|(b, d)| mu * b + d).collect(),
+                    };
+                    if nesterov {
+                        d.iter_mut().zip(&buf).for_each(|(d, b)| *d += mu * b);
+                    } else {
+                        d = buf.clone();
+                    }
+                    ref_buf = Some(buf);
+                }
+                ref_p.iter_mut().zip(&d).for_each(|(p, d)| *p -= lr * d);
+            }
+            check(&format!("sgd params (momentum {momentum}, nesterov {nesterov})"), &params, &ref_p);
+            if let Some(buf) = ref_buf {
+                check(&format!("sgd velocity (momentum {momentum}, nesterov {nesterov})"), &velocity, &buf);
+            }
+        }
+    }
+
+    #[test]
+    fn results_do_not_depend_on_thread_count() {
+        let mut rng = ChaCha8Rng::seed_from_u64(16);
+        let (shape, c) = (SHAPES[1], 13);
+        let (x, xm) = strided(&mut rng, shape.pixels(), c, -2.0, 2.0);
+        let bn = random_bn(&mut rng, c);
+        let q = conv_out(shape.h, 3, 2, 1) * conv_out(shape.w, 3, 2, 1) * shape.n;
+        let (dy, dym) = strided(&mut rng, q, c, -1.0, 1.0);
+        let dpooled = uniform(&mut rng, shape.n * c, -1.0, 1.0);
+        let run = || {
+            let (mean, var) = channel_stats(&x, xm);
+            let (mut g, mut sums) = (x.clone(), vec![0.0; 4 * c]);
+            bn_relu_maxpool_bwd(&dy, dym, &x, xm, shape, &bn, &mut g, xm, &mut sums[..2 * c]);
+            bn_backward_elementwise(&mut g, xm, &x, xm, &bn, &sums[..2 * c]);
+            let mut dx = x.clone();
+            bn_relu_global_pool_bwd(&dpooled, &x, xm, shape, &bn, &mut dx, xm, &mut sums[2 * c..]);
+            [mean, var, g, dx, sums].concat()
+        };
+        let with = |threads| rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(run);
+        let one = with(1);
+        for threads in [2, 3, 8] {
+            assert!(one.iter().zip(with(threads)).all(|(a, b)| a.to_bits() == b.to_bits()), "{threads} threads");
+        }
+    }
 }

@@ -1,0 +1,251 @@
+//! Verification of the efficient path against the f64 oracle: one training step's forward and
+//! backward on random weights and inputs, compared output by output.
+
+use crate::backend::{bn_affine, Backend};
+use crate::config::DenseNetConfig;
+use crate::efficient::{BnInput, Mode, Network, Options};
+use crate::error::Result;
+use crate::naive::{self, KinkResolver};
+use crate::params::{BnSite, ParamLayout};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
+use serde::Serialize;
+
+/// Tolerance on the relative error of an f32 backend against the f64 oracle.
+pub const F32_TOLERANCE: f64 = 1e-4;
+
+/// Half-width of the band around a ReLU or max-pool kink in which the oracle follows the
+/// backend's decision. f32 activations deviate from f64 by ~1e-6 after a hundred layers; the
+/// band is a hundred times wider, and still so narrow that a wrong mask elsewhere shows.
+pub const KINK_MARGIN: f64 = 1e-4;
+
+/// One compared quantity.
+#[derive(Clone, Debug, Serialize)]
+pub struct Comparison {
+    pub name: String,
+    /// ‖a − b‖ / ‖b‖ (or ‖a‖ when b = 0).
+    pub rel_error: f64,
+}
+
+/// Everything `verify` compared, and the largest error.
+#[derive(Clone, Debug, Serialize)]
+pub struct VerifyReport {
+    pub backend: String,
+    pub batch: usize,
+    pub height: usize,
+    pub width: usize,
+    pub seed: u64,
+    pub loss: f64,
+    /// ReLU and max-pool decisions within [`KINK_MARGIN`] of their kink, which the oracle
+    /// took as the backend did (see [`KinkResolver`]).
+    pub kink_decisions: usize,
+    pub comparisons: Vec<Comparison>,
+    pub max_rel_error: f64,
+}
+
+impl VerifyReport {
+    pub fn passed(&self, tolerance: f64) -> bool {
+        self.max_rel_error.is_finite() && self.max_rel_error <= tolerance
+    }
+}
+
+/// Relative error ‖a − b‖ / ‖b‖ in f64 (absolute when b is all zero).
+pub fn rel_error(a: &[f32], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len(), "compared tensors must have equal length");
+    let (mut diff, mut norm) = (0.0f64, 0.0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        diff += (x as f64 - y).powi(2);
+        norm += y * y;
+    }
+    if norm == 0.0 { diff.sqrt() } else { (diff / norm).sqrt() }
+}
+
+/// Random test inputs: NCHW images (standard normal) and labels.
+pub fn random_batch(cfg: &DenseNetConfig, n: usize, h: usize, w: usize, seed: u64) -> (Vec<f64>, Vec<usize>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(1));
+    let images = (0..n * cfg.in_channels * h * w).map(|_| StandardNormal.sample(&mut rng)).collect();
+    let labels = (0..n).map(|_| rng.random_range(0..cfg.classes)).collect();
+    (images, labels)
+}
+
+/// NCHW → NHWC (f64 → f32).
+pub fn nchw_to_nhwc(x: &[f64], n: usize, c: usize, h: usize, w: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; x.len()];
+    for i in 0..n {
+        for ch in 0..c {
+            for p in 0..h * w {
+                out[(i * h * w + p) * c + ch] = x[(i * c + ch) * h * w + p] as f32;
+            }
+        }
+    }
+    out
+}
+
+/// NHWC → NCHW.
+pub fn nhwc_to_nchw(x: &[f32], n: usize, c: usize, h: usize, w: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; x.len()];
+    for i in 0..n {
+        for ch in 0..c {
+            for p in 0..h * w {
+                out[(i * c + ch) * h * w + p] = x[(i * h * w + p) * c + ch];
+            }
+        }
+    }
+    out
+}
+
+/// Runs one training step (and an eval forward) through the efficient path on `backend` and
+/// through the oracle, with random weights (γ, β and running statistics random too) and
+/// inputs drawn from `seed`, and compares logits, loss, every parameter group's gradient, the
+/// input gradient, the updated running statistics and the eval-mode logits.
+pub fn verify<B: Backend + Clone>(
+    backend: &B,
+    cfg: &DenseNetConfig,
+    batch: usize,
+    height: usize,
+    width: usize,
+    seed: u64,
+) -> Result<VerifyReport> {
+    let layout = ParamLayout::new(cfg);
+    let (params, running) = layout.init_random(seed);
+    let (images, labels) = random_batch(cfg, batch, height, width, seed);
+    let images_nhwc = nchw_to_nhwc(&images, batch, cfg.in_channels, height, width);
+    let labels_u32: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
+
+    // Efficient path: training step.
+    let opts = Options { mode: Mode::Train, input_grad: true };
+    let mut net = Network::new(backend.clone(), cfg, batch, height, width, opts)?;
+    net.set_params(&params, &running)?;
+    net.set_batch(&images_nhwc, &labels_u32)?;
+    net.forward()?;
+    net.backward()?;
+    let logits = net.logits()?;
+    let loss = net.loss()?;
+    let grads = net.grads()?;
+    let input_grad = nhwc_to_nchw(&net.input_grad()?, batch, cfg.in_channels, height, width);
+    let running_after = net.running()?;
+    let kinks = BackendDecisions::new(&mut net, &params);
+
+    // Efficient path: eval forward with the initial running statistics.
+    let mut eval = Network::new(backend.clone(), cfg, batch, height, width, Options::eval())?;
+    eval.set_params(&params, &running)?;
+    eval.set_batch(&images_nhwc, &[])?;
+    eval.forward()?;
+    let eval_logits = eval.logits()?;
+    drop(eval);
+
+    // Oracle.
+    let p64: Vec<f64> = params.iter().map(|&v| v as f64).collect();
+    let r64: Vec<f64> = running.iter().map(|&v| v as f64).collect();
+    let nb = naive::Batch { images: &images, labels: &labels, n: batch, h: height, w: width };
+    let (oracle, kink_decisions) = naive::train_step_resolved(cfg, &layout, &p64, &r64, &nb, Some(&kinks))?;
+    kinks.finish()?;
+    let oracle_eval = naive::eval_logits(cfg, &layout, &p64, &r64, &nb)?;
+
+    let mut comparisons = vec![
+        Comparison { name: "logits".into(), rel_error: rel_error(&logits, &oracle.logits) },
+        Comparison { name: "loss".into(), rel_error: rel_error(&[loss], &[oracle.loss]) },
+    ];
+    for group in layout.groups() {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for t in layout.tensors.iter().filter(|t| t.group == group) {
+            a.extend_from_slice(&grads[t.offset..t.offset + t.len]);
+            b.extend_from_slice(&oracle.grads[t.offset..t.offset + t.len]);
+        }
+        comparisons.push(Comparison { name: format!("grad {group}"), rel_error: rel_error(&a, &b) });
+    }
+    comparisons.push(Comparison { name: "grad input".into(), rel_error: rel_error(&input_grad, &oracle.input_grad) });
+    comparisons.push(Comparison {
+        name: "running statistics".into(),
+        rel_error: rel_error(&running_after, &oracle.running),
+    });
+    comparisons.push(Comparison { name: "eval logits".into(), rel_error: rel_error(&eval_logits, &oracle_eval) });
+    // NaN must not hide behind `f64::max`, which ignores it.
+    let max_rel_error = comparisons
+        .iter()
+        .map(|c| c.rel_error)
+        .fold(0.0, |m: f64, e| if e.is_nan() || m.is_nan() { f64::NAN } else { m.max(e) });
+    Ok(VerifyReport {
+        backend: backend.name(),
+        batch,
+        height,
+        width,
+        seed,
+        loss: oracle.loss,
+        kink_decisions,
+        comparisons,
+        max_rel_error,
+    })
+}
+
+/// The backend's own ReLU and max-pool decisions, read back from the network's stored (or
+/// recomputed) BN inputs and evaluated with the same f32 formula the backend uses.
+struct BackendDecisions<'n, B: Backend> {
+    net: RefCell<&'n mut Network<B>>,
+    params: &'n [f32],
+    /// BN inputs with their per-channel affine (a, b), loaded on first use.
+    sites: RefCell<HashMap<BnSite, (BnInput, Vec<f32>, Vec<f32>)>>,
+    /// The first download error, reported after the oracle finishes (the trait cannot fail).
+    error: RefCell<Option<crate::Error>>,
+}
+
+impl<'n, B: Backend> BackendDecisions<'n, B> {
+    fn new(net: &'n mut Network<B>, params: &'n [f32]) -> Self {
+        BackendDecisions { net: RefCell::new(net), params, sites: RefCell::default(), error: RefCell::default() }
+    }
+
+    fn finish(self) -> Result<()> {
+        self.error.into_inner().map_or(Ok(()), Err)
+    }
+
+    /// The backend's pre-activation a·x + b at `[n, c, y, x]` of the BN at `site`, or `None`
+    /// if it could not be read (the error is kept for `finish`).
+    fn preactivation(&self, site: BnSite, [n, c, y, x]: [usize; 4]) -> Option<f32> {
+        let mut sites = self.sites.borrow_mut();
+        if !sites.contains_key(&site) {
+            let mut net = self.net.borrow_mut();
+            let norm = net.layout().bn(site)?;
+            match net.bn_input(site) {
+                Ok(input) => {
+                    let p = self.params;
+                    let gamma = &p[norm.gamma..norm.gamma + norm.channels];
+                    let beta = &p[norm.beta..norm.beta + norm.channels];
+                    let (a, b) = bn_affine(gamma, beta, &input.mean, &input.var);
+                    sites.insert(site, (input, a, b));
+                }
+                Err(e) => {
+                    self.error.borrow_mut().get_or_insert(e);
+                    return None;
+                }
+            }
+        }
+        let (input, a, b) = &sites[&site];
+        let p = (n * input.height + y) * input.width + x;
+        Some(a[c] * input.values[p * input.pitch + c] + b[c])
+    }
+}
+
+impl<B: Backend> KinkResolver for BackendDecisions<'_, B> {
+    fn margin(&self) -> f64 {
+        KINK_MARGIN
+    }
+
+    fn relu_passes(&self, site: BnSite, at: [usize; 4], v: f64) -> bool {
+        self.preactivation(site, at).map_or(v > 0.0, |v32| v32 > 0.0)
+    }
+
+    fn maxpool_pick(&self, candidates: &[[usize; 4]]) -> usize {
+        // The backend takes the first maximum of relu(a·t + b) in window order.
+        let mut best = (0, f32::NEG_INFINITY);
+        for (i, &at) in candidates.iter().enumerate() {
+            let v = self.preactivation(BnSite::Norm0, at).unwrap_or(0.0).max(0.0);
+            if v > best.1 {
+                best = (i, v);
+            }
+        }
+        best.0
+    }
+}
