@@ -60,9 +60,9 @@ pub struct TrainOutput {
     pub running: Vec<f64>,
 }
 
-/// Decides the non-differentiable choices that lie within a margin of their kink: ReLU
-/// inputs with |v| ≤ margin and max-pool windows whose runner-up is within margin of the
-/// maximum.
+/// Decides the non-differentiable choices that lie strictly within a margin of their kink:
+/// ReLU inputs with |v| < margin and max-pool windows whose runner-up is less than margin
+/// below the maximum.
 ///
 /// Why: an f32 implementation computes every activation with a relative error of ~1e-7, so
 /// in a network with millions of ReLU inputs a few land on the other side of zero than in
@@ -77,10 +77,10 @@ pub trait KinkResolver {
     /// Half-width of the ambiguous band around each kink, in activation units.
     fn margin(&self) -> f64;
     /// Whether the ReLU after the BN at `site` passes element `[n, c, y, x]`, whose input the
-    /// oracle computed as `v` (|v| ≤ margin).
+    /// oracle computed as `v` (|v| < margin).
     fn relu_passes(&self, site: BnSite, at: [usize; 4], v: f64) -> bool;
     /// Which of `candidates` (positions `[n, c, y, x]` in the ImageNet stem's BN-ReLU output,
-    /// in row-major window order, all within margin of the window's maximum) the stem's
+    /// in row-major window order: the oracle's arg-max and every value less than margin below it) the stem's
     /// max-pool picks; an index into `candidates`.
     fn maxpool_pick(&self, candidates: &[[usize; 4]]) -> usize;
 }

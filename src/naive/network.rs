@@ -122,7 +122,7 @@ impl Net<'_> {
             .iter()
             .enumerate()
             .map(|(i, &v)| {
-                if v.abs() > margin {
+                if v.abs() >= margin {
                     v > 0.0
                 } else {
                     ambiguous += 1;
@@ -147,7 +147,7 @@ impl Net<'_> {
             let (rows, cols) = ops::maxpool3s2p1_window(act.h, act.w, oy, ox);
             let candidates: Vec<[usize; 4]> = rows
                 .flat_map(|y| cols.clone().map(move |x| (y, x)))
-                .filter(|&(y, x)| plane[y * act.w + x] >= max - margin)
+                .filter(|&(y, x)| y * act.w + x == *best || max - plane[y * act.w + x] < margin)
                 .map(|(y, x)| [n, c, y, x])
                 .collect();
             if candidates.len() > 1 {
