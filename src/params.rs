@@ -285,7 +285,7 @@ impl ParamLayout {
     /// (γ of either sign), so that no gradient path is hidden by γ = 1 or β = 0.
     pub fn init_random(&self, seed: u64) -> (Vec<f32>, Vec<f32>) {
         let mut p = self.init(seed);
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_0f_b4a7_c4);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_0fb4_a7c4);
         for t in &self.tensors {
             let dst = &mut p[t.offset..t.offset + t.len];
             match t.kind {

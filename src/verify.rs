@@ -181,13 +181,20 @@ pub fn verify<B: Backend + Clone>(
     })
 }
 
+/// A BN input and the affine `a·x + b` the backend applied to it.
+struct SiteInput {
+    input: BnInput,
+    a: Vec<f32>,
+    b: Vec<f32>,
+}
+
 /// The backend's own ReLU and max-pool decisions, read back from the network's stored (or
 /// recomputed) BN inputs and evaluated with the same f32 formula the backend uses.
 struct BackendDecisions<'n, B: Backend> {
     net: RefCell<&'n mut Network<B>>,
     params: &'n [f32],
-    /// BN inputs with their per-channel affine (a, b), loaded on first use.
-    sites: RefCell<HashMap<BnSite, (BnInput, Vec<f32>, Vec<f32>)>>,
+    /// BN inputs with their per-channel affine, loaded on first use.
+    sites: RefCell<HashMap<BnSite, SiteInput>>,
     /// The first download error, reported after the oracle finishes (the trait cannot fail).
     error: RefCell<Option<crate::Error>>,
 }
@@ -205,26 +212,28 @@ impl<'n, B: Backend> BackendDecisions<'n, B> {
     /// if it could not be read (the error is kept for `finish`).
     fn preactivation(&self, site: BnSite, [n, c, y, x]: [usize; 4]) -> Option<f32> {
         let mut sites = self.sites.borrow_mut();
-        if !sites.contains_key(&site) {
-            let mut net = self.net.borrow_mut();
-            let norm = net.layout().bn(site)?;
-            match net.bn_input(site) {
-                Ok(input) => {
-                    let p = self.params;
-                    let gamma = &p[norm.gamma..norm.gamma + norm.channels];
-                    let beta = &p[norm.beta..norm.beta + norm.channels];
-                    let (a, b) = bn_affine(gamma, beta, &input.mean, &input.var);
-                    sites.insert(site, (input, a, b));
-                }
-                Err(e) => {
-                    self.error.borrow_mut().get_or_insert(e);
-                    return None;
+        let s = match sites.entry(site) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let mut net = self.net.borrow_mut();
+                let norm = net.layout().bn(site)?;
+                match net.bn_input(site) {
+                    Ok(input) => {
+                        let p = self.params;
+                        let gamma = &p[norm.gamma..norm.gamma + norm.channels];
+                        let beta = &p[norm.beta..norm.beta + norm.channels];
+                        let (a, b) = bn_affine(gamma, beta, &input.mean, &input.var);
+                        e.insert(SiteInput { input, a, b })
+                    }
+                    Err(err) => {
+                        self.error.borrow_mut().get_or_insert(err);
+                        return None;
+                    }
                 }
             }
-        }
-        let (input, a, b) = &sites[&site];
-        let p = (n * input.height + y) * input.width + x;
-        Some(a[c] * input.values[p * input.pitch + c] + b[c])
+        };
+        let p = (n * s.input.height + y) * s.input.width + x;
+        Some(s.a[c] * s.input.values[p * s.input.pitch + c] + s.b[c])
     }
 }
 
