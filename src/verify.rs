@@ -3,7 +3,7 @@
 
 use crate::backend::{bn_affine, Backend};
 use crate::config::DenseNetConfig;
-use crate::efficient::{BnInput, Mode, Network, Options};
+use crate::efficient::{BnInput, Network, Options};
 use crate::error::Result;
 use crate::naive::{self, KinkResolver};
 use crate::params::{BnSite, ParamLayout};
@@ -116,7 +116,7 @@ pub fn verify<B: Backend + Clone>(
     let labels_u32: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
 
     // Efficient path: training step.
-    let opts = Options { mode: Mode::Train, input_grad: true };
+    let opts = Options { input_grad: true, ..Options::train() };
     let mut net = Network::new(backend.clone(), cfg, batch, height, width, opts)?;
     net.set_params(&params, &running)?;
     net.set_batch(&images_nhwc, &labels_u32)?;

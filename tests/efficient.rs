@@ -78,3 +78,62 @@ fn wrong_inputs_are_errors() {
     assert!(Network::new(CpuBackend::new(), &cfg, 0, 9, 7, Options::train()).is_err());
     assert!(Network::new(CpuBackend::new(), &cfg, 1, 3, 3, Options::train()).is_err());
 }
+
+#[test]
+fn eval_forward_of_a_training_network_matches_an_eval_network() {
+    let cfg = small();
+    let (n, h, w) = (3, 9, 7);
+    let layout = ParamLayout::new(&cfg);
+    let (params, running) = layout.init_random(5);
+    let (images, labels) = random_batch(&cfg, n, h, w, 5);
+    let images = nchw_to_nhwc(&images, n, 3, h, w);
+    let labels: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
+
+    let mut eval = Network::new(CpuBackend::new(), &cfg, n, h, w, Options::eval()).unwrap();
+    eval.set_params(&params, &running).unwrap();
+    eval.set_batch(&images, &[]).unwrap();
+    eval.forward().unwrap();
+
+    let mut train = Network::new(CpuBackend::new(), &cfg, n, h, w, Options::train()).unwrap();
+    train.set_params(&params, &running).unwrap();
+    train.set_batch(&images, &labels).unwrap();
+    train.forward_eval().unwrap();
+    assert_eq!(train.logits().unwrap(), eval.logits().unwrap());
+    assert_eq!(train.running().unwrap(), running, "an eval pass leaves running statistics alone");
+    assert!(train.backward().is_err(), "backward needs a training forward");
+    train.forward().unwrap();
+    assert_ne!(train.running().unwrap(), running);
+    train.backward().unwrap();
+    assert!(train.backward().is_err(), "one backward per forward");
+}
+
+#[test]
+fn sgd_step_applies_nesterov_momentum_and_weight_decay() {
+    let cfg = small();
+    let (n, h, w) = (3, 9, 7);
+    let layout = ParamLayout::new(&cfg);
+    let (params, running) = layout.init_random(8);
+    let (images, labels) = random_batch(&cfg, n, h, w, 8);
+    let labels: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
+    let mut net = Network::new(CpuBackend::new(), &cfg, n, h, w, Options::train()).unwrap();
+    let hp = densenet::backend::SgdParams { lr: 0.1, momentum: 0.9, weight_decay: 1e-4, nesterov: true };
+    assert!(net.sgd_step(hp).is_err(), "no optimiser state was asked for");
+    let mut net = Network::new(CpuBackend::new(), &cfg, n, h, w, Options::train().with_optimizer()).unwrap();
+    net.set_params(&params, &running).unwrap();
+    net.set_batch(&nchw_to_nhwc(&images, n, 3, h, w), &labels).unwrap();
+    net.forward().unwrap();
+    net.backward().unwrap();
+    let grads = net.grads().unwrap();
+    net.sgd_step(hp).unwrap();
+    let after = net.params().unwrap();
+    let velocity = net.velocity().unwrap();
+    for i in (0..params.len()).step_by(97) {
+        // First step from zero momentum: v = d, p -= lr·(d + μ·v).
+        let d = grads[i] + hp.weight_decay * params[i];
+        assert!((velocity[i] - d).abs() <= 1e-7 * d.abs().max(1.0));
+        let expected = params[i] - hp.lr * (d + hp.momentum * d);
+        assert!((after[i] - expected).abs() <= 1e-6 * expected.abs().max(1.0), "param {i}");
+    }
+    net.set_velocity(&vec![0.5; params.len()]).unwrap();
+    assert_eq!(net.velocity().unwrap()[3], 0.5);
+}

@@ -9,7 +9,7 @@
 
 use super::storage::FeatureStorage;
 use crate::backend::{
-    At, Backend, BnGradTarget, BnRef, Category, ConvGeom, Mat, Spatial, StatsRef,
+    At, Backend, BnGradTarget, BnRef, Category, ConvGeom, Mat, SgdParams, Spatial, StatsRef,
 };
 use crate::config::{DenseNetConfig, Geometry, Stem};
 use crate::error::{Error, Result};
@@ -29,14 +29,22 @@ pub struct Options {
     pub mode: Mode,
     /// Also compute dL/d(input image) (only verification needs it).
     pub input_grad: bool,
+    /// Allocate SGD momentum buffers for [`Network::sgd_step`] (training only).
+    pub optimizer: bool,
 }
 
 impl Options {
+    /// Training: batch statistics, gradients.
     pub fn train() -> Self {
-        Options { mode: Mode::Train, input_grad: false }
+        Options { mode: Mode::Train, input_grad: false, optimizer: false }
     }
+    /// Inference: running statistics, no gradient buffers.
     pub fn eval() -> Self {
-        Options { mode: Mode::Eval, input_grad: false }
+        Options { mode: Mode::Eval, input_grad: false, optimizer: false }
+    }
+    /// Also allocate the optimiser state.
+    pub fn with_optimizer(self) -> Self {
+        Options { optimizer: true, ..self }
     }
 }
 
@@ -72,6 +80,8 @@ struct TrainState<B: Backend> {
     zstats: B::Buf,
     /// `[mean | var]` of the ImageNet stem's conv output.
     stem_stats: B::Buf,
+    /// SGD momentum, parameter layout (with `Options::optimizer`).
+    velocity: Option<B::Buf>,
     labels: B::Buf,
     loss: B::Buf,
     dlogits: B::Buf,
@@ -86,7 +96,12 @@ pub struct Network<B: Backend> {
     layout: ParamLayout,
     geometry: Geometry,
     batch: usize,
+    /// What the network was built for.
     mode: Mode,
+    /// BN mode of the forward pass being run or last run.
+    pass: Mode,
+    /// Whether a training forward has run since the last backward (backward needs one).
+    pending_backward: bool,
     params: B::Buf,
     running: B::Buf,
     /// Input batch, NHWC.
@@ -175,6 +190,11 @@ impl<B: Backend> Network<B> {
                     if cfg.stem == Stem::Imagenet { 2 * c0 } else { 0 },
                     Category::StemHead,
                 )?,
+                velocity: if opts.optimizer {
+                    Some(backend.alloc(layout.num_params, Category::Parameters)?)
+                } else {
+                    None
+                },
                 labels: backend.alloc(batch, Category::StemHead)?,
                 loss: backend.alloc(1, Category::StemHead)?,
                 dlogits: backend.alloc(batch * cfg.classes, Category::StemHead)?,
@@ -195,6 +215,8 @@ impl<B: Backend> Network<B> {
             geometry,
             batch,
             mode: opts.mode,
+            pass: opts.mode,
+            pending_backward: false,
             params,
             running,
             input,
@@ -331,7 +353,7 @@ impl<B: Backend> Network<B> {
                 let lay = self.layout.blocks[block][layer];
                 let s = &self.storages[block];
                 let zm = Mat::dense(0, s.pixels(), channels);
-                let bn1 = bn_ref(self.mode, &lay.norm1, s.stats_from(0), &self.params, &self.running);
+                let bn1 = bn_ref(self.pass, &lay.norm1, s.stats_from(0), &self.params, &self.running);
                 let w1 = At { buf: &self.params, offset: lay.conv1 };
                 be.bn_relu_conv1x1_fwd(&s.data, s.columns(0, lay.c_in), bn1, w1, &mut self.z, zm)?;
                 let g = self.global_layer(block, layer);
@@ -347,6 +369,29 @@ impl<B: Backend> Network<B> {
                 })
             }
         }
+    }
+
+    /// One SGD step on all parameters with the gradients of the last backward (needs
+    /// `Options::optimizer`).
+    pub fn sgd_step(&mut self, hp: SgdParams) -> Result<()> {
+        let n = self.layout.num_params;
+        let t = self.train.as_mut().ok_or_else(|| Error::Config("SGD needs training mode".into()))?;
+        let v = t.velocity.as_mut().ok_or_else(|| no_optimizer())?;
+        self.backend.sgd_update(&mut self.params, &t.grads, v, n, hp)
+    }
+
+    /// SGD momentum buffer (parameter layout).
+    pub fn velocity(&self) -> Result<Vec<f32>> {
+        let t = self.train_state("the optimiser state")?;
+        let v = t.velocity.as_ref().ok_or_else(no_optimizer)?;
+        self.backend.download(v, 0, self.layout.num_params)
+    }
+
+    pub fn set_velocity(&mut self, velocity: &[f32]) -> Result<()> {
+        expect_len("velocity", velocity.len(), self.layout.num_params)?;
+        let t = self.train.as_mut().ok_or_else(|| Error::Config("the optimiser state exists only in training mode".into()))?;
+        let v = t.velocity.as_mut().ok_or_else(no_optimizer)?;
+        self.backend.upload(v, 0, velocity)
     }
 
     fn train_state(&self, what: &str) -> Result<&TrainState<B>> {
@@ -370,9 +415,21 @@ impl<B: Backend> Network<B> {
     // forward
     // ---------------------------------------------------------------------------------------
 
-    /// Forward pass. Training: batch statistics, running statistics updated, loss and its
-    /// gradient w.r.t. the logits computed. Eval: running statistics, logits only.
+    /// Forward pass. Built for training: batch statistics, running statistics updated, loss
+    /// and its gradient w.r.t. the logits computed. Built for eval: as [`Network::forward_eval`].
     pub fn forward(&mut self) -> Result<()> {
+        self.run_forward(self.mode)
+    }
+
+    /// Inference forward with the running statistics (logits only; nothing is updated),
+    /// whatever the network was built for.
+    pub fn forward_eval(&mut self) -> Result<()> {
+        self.run_forward(Mode::Eval)
+    }
+
+    fn run_forward(&mut self, pass: Mode) -> Result<()> {
+        self.pass = pass;
+        self.pending_backward = false;
         self.stem_forward()?;
         for b in 0..self.storages.len() {
             for l in 0..self.storages[b].geom.layers {
@@ -382,13 +439,16 @@ impl<B: Backend> Network<B> {
                 self.transition_forward(b)?;
             }
         }
-        self.head_forward()
+        self.head_forward()?;
+        self.pending_backward = pass == Mode::Train;
+        Ok(())
     }
+
 
     /// A BN whose statistics are the batch statistics `stats` (training) or the layer's
     /// running statistics (eval).
     fn bn<'a>(&'a self, norm: &BnLayout, stats: StatsRef<'a, B::Buf>) -> BnRef<'a, B::Buf> {
-        let (stats, mean, var) = match self.mode {
+        let (stats, mean, var) = match self.pass {
             Mode::Train => (stats.stats, stats.mean, stats.var),
             Mode::Eval => (&self.running, norm.running_mean, norm.running_var),
         };
@@ -397,6 +457,9 @@ impl<B: Backend> Network<B> {
 
     /// Updates a BN layer's running statistics from batch statistics (training only).
     fn update_running(&mut self, norm: BnLayout, source: StatsSource, count: usize) -> Result<()> {
+        if self.pass != Mode::Train {
+            return Ok(());
+        }
         let Some(t) = self.train.as_ref() else { return Ok(()) };
         let stats = match source {
             StatsSource::Storage(b, start) => self.storages[b].stats_from(start),
@@ -415,7 +478,7 @@ impl<B: Backend> Network<B> {
 
     /// Batch statistics of freshly written storage channels `[start, start + cols)`.
     fn storage_stats(&mut self, b: usize, start: usize, cols: usize) -> Result<()> {
-        if self.mode == Mode::Eval {
+        if self.pass == Mode::Eval {
             return Ok(());
         }
         let s = &mut self.storages[b];
@@ -440,7 +503,9 @@ impl<B: Backend> Network<B> {
                 let t_shape = geom.out(in_shape);
                 let tm = Mat::dense(0, t_shape.pixels(), c0);
                 self.backend.conv_fwd(&self.input, xm, in_shape, geom, w, &mut self.stem_out, tm)?;
-                if let Some(t) = self.train.as_mut() {
+                if self.pass == Mode::Train
+                    && let Some(t) = self.train.as_mut()
+                {
                     self.backend.channel_stats(&self.stem_out, tm, &mut t.stem_stats, 0, c0)?;
                 }
                 let stem_stats = match &self.train {
@@ -448,7 +513,7 @@ impl<B: Backend> Network<B> {
                     None => StatsRef { stats: &self.running, mean: 0, var: 0 },
                 };
                 // Split the borrow: BN reads params/running/stats, the max-pool writes S.
-                let bn = bn_ref(self.mode, &norm, stem_stats, &self.params, &self.running);
+                let bn = bn_ref(self.pass, &norm, stem_stats, &self.params, &self.running);
                 let s = &mut self.storages[0];
                 let ym = s.columns(0, c0);
                 self.backend.bn_relu_maxpool_fwd(&self.stem_out, tm, t_shape, bn, &mut s.data, ym)?;
@@ -468,11 +533,13 @@ impl<B: Backend> Network<B> {
         let shape = s.spatial();
         let zm = Mat::dense(0, p, bott);
 
-        let bn1 = bn_ref(self.mode, &lay.norm1, s.stats_from(0), &self.params, &self.running);
+        let bn1 = bn_ref(self.pass, &lay.norm1, s.stats_from(0), &self.params, &self.running);
         let w1 = At { buf: &self.params, offset: lay.conv1 };
         self.backend.bn_relu_conv1x1_fwd(&s.data, s.columns(0, lay.c_in), bn1, w1, &mut self.z, zm)?;
 
-        if let Some(t) = self.train.as_mut() {
+        if self.pass == Mode::Train
+            && let Some(t) = self.train.as_mut()
+        {
             let (mean, var) = zstats_offsets(layer, bott);
             self.backend.channel_stats(&self.z, zm, &mut t.zstats, mean, var)?;
         }
@@ -480,7 +547,7 @@ impl<B: Backend> Network<B> {
             Some(t) => zstats_ref(&t.zstats, layer, bott),
             None => StatsRef { stats: &self.running, mean: 0, var: 0 },
         };
-        let bn2 = bn_ref(self.mode, &lay.norm2, zstats, &self.params, &self.running);
+        let bn2 = bn_ref(self.pass, &lay.norm2, zstats, &self.params, &self.running);
         let w2 = At { buf: &self.params, offset: lay.conv2 };
         let s = &mut self.storages[b];
         let ym = s.columns(lay.c_in, k);
@@ -495,7 +562,7 @@ impl<B: Backend> Network<B> {
         let tr = self.layout.transitions[b];
         let (src, dst) = self.storages.split_at_mut(b + 1);
         let (src, dst) = (&src[b], &mut dst[0]);
-        let bn = bn_ref(self.mode, &tr.norm, src.stats_from(0), &self.params, &self.running);
+        let bn = bn_ref(self.pass, &tr.norm, src.stats_from(0), &self.params, &self.running);
         let w = At { buf: &self.params, offset: tr.conv };
         let ym = dst.columns(0, tr.c_out);
         self.backend.bn_relu_avgpool_conv1x1_fwd(&src.data, src.all(), src.spatial(), bn, w, &mut dst.data, ym)?;
@@ -508,14 +575,16 @@ impl<B: Backend> Network<B> {
         let h = self.layout.head;
         let last = self.storages.len() - 1;
         let s = &self.storages[last];
-        let bn = bn_ref(self.mode, &h.norm, s.stats_from(0), &self.params, &self.running);
+        let bn = bn_ref(self.pass, &h.norm, s.stats_from(0), &self.params, &self.running);
         self.backend.bn_relu_global_pool_fwd(&s.data, s.all(), s.spatial(), bn, &mut self.pooled)?;
         let w = At { buf: &self.params, offset: h.fc_weight };
         let bias = At { buf: &self.params, offset: h.fc_bias };
         self.backend.linear_fwd(&self.pooled, self.batch, h.channels, w, bias, h.classes, &mut self.logits)?;
         let p = s.pixels();
         self.update_running(h.norm, StatsSource::Storage(last, 0), p)?;
-        if let Some(t) = self.train.as_mut() {
+        if self.pass == Mode::Train
+            && let Some(t) = self.train.as_mut()
+        {
             self.backend.softmax_xent(&self.logits, &t.labels, self.batch, h.classes, &mut t.loss, &mut t.dlogits)?;
         }
         Ok(())
@@ -532,9 +601,13 @@ impl<B: Backend> Network<B> {
     /// Backward pass of the last training forward: parameter gradients (overwritten, not
     /// accumulated across calls) and, if requested, the input gradient.
     pub fn backward(&mut self) -> Result<()> {
+        if !self.pending_backward {
+            return Err(Error::Config("backward needs a training forward first".into()));
+        }
         let Some(mut t) = self.train.take() else {
             return Err(Error::Config("backward needs a network built in training mode".into()));
         };
+        self.pending_backward = false;
         // Put the state back even when a backend op fails, so the network stays usable.
         let result = self.backward_with(&mut t);
         self.train = Some(t);
@@ -584,7 +657,7 @@ impl<B: Backend> Network<B> {
         let bott = self.cfg.bottleneck();
         let layer = self.global_layer(b, l);
         // Disjoint borrows: the recomputed Z is written while parameters and S are read.
-        let Network { backend: be, storages, params, running, z, mode, .. } = self;
+        let Network { backend: be, storages, params, running, z, pass: mode, .. } = self;
         let s = &storages[b];
         let (p, shape, c_l) = (s.pixels(), s.spatial(), lay.c_in);
         let cmax = t.corr_half;
@@ -713,6 +786,10 @@ fn fold_target(norm: &BnLayout, corr_half: Option<usize>) -> BnGradTarget {
         dbeta: norm.beta,
         correction: corr_half.map(|half| (0, half)),
     }
+}
+
+fn no_optimizer() -> Error {
+    Error::Config("the network was built without optimiser state (Options::with_optimizer)".into())
 }
 
 fn expect_len(what: &str, got: usize, want: usize) -> Result<()> {
