@@ -20,6 +20,15 @@ pub enum Error {
     /// A file could not be read or has the wrong contents.
     #[error("{path}: {message}")]
     File { path: String, message: String },
+    /// The CUDA driver reported an error.
+    #[error("CUDA driver: {0}")]
+    Driver(#[from] cudarc::driver::DriverError),
+    /// A kernel module could not be compiled or loaded.
+    #[error("kernel module `{module}`: {message}")]
+    KernelLoad { module: String, message: String },
+    /// A kernel could not be launched or broke a CUDA rule (emulator diagnostics).
+    #[error("kernel `{kernel}`: {message}")]
+    Launch { kernel: String, message: String },
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }

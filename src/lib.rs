@@ -7,8 +7,11 @@
 pub mod backend;
 pub mod config;
 pub mod efficient;
+#[cfg(feature = "cuda-emu")]
+pub mod emu;
 pub mod error;
 pub mod info;
+pub mod kernels;
 pub mod naive;
 pub mod params;
 pub mod verify;

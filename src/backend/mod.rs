@@ -18,6 +18,7 @@
 //!   `[Σg (c values) | Σg·x̂ (c values)]`.
 
 pub mod cpu;
+pub mod cuda;
 pub mod memory;
 
 pub use memory::{Category, MemoryReport, MemoryTracker};

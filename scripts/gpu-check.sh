@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# GPU checks, in two steps:
+#
+#   scripts/gpu-check.sh build   on a machine with Rust (no GPU needed): installs the pinned
+#                                CUDA toolchain, builds the GPU test binaries and the CLI with
+#                                PTX from nvcc (sm_90) into gpu-build/ (git-ignored).
+#   scripts/gpu-check.sh run     on a machine with an NVIDIA GPU (no Rust needed), from the
+#                                repository root with gpu-build/ present: runs every GPU test
+#                                (each kernel against the cpu backend on random odd-sized
+#                                inputs), compute-sanitizer memcheck on the kernel tests when
+#                                it is installed, and prints a summary table last.
+#
+# Keep `run` under five minutes: it is meant for short sessions on a borrowed GPU.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=gpu-build
+# Test targets whose binaries exercise the GPU (each skips itself without a driver).
+gpu_tests=(kernels)
+
+build() {
+    local nvcc
+    nvcc="$(scripts/install-cuda-toolchain.sh)"
+    rm -rf "$out" && mkdir -p "$out"
+    local args=()
+    for t in "${gpu_tests[@]}"; do args+=(--test "$t"); done
+    NVCC="$nvcc" CUDA_ARCH=sm_90 cargo test --release --no-run "${args[@]}" --message-format=json \
+        | python3 -c '
+import json, sys, shutil
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
+        shutil.copy(m["executable"], sys.argv[1] + "/" + m["target"]["name"])
+        print("built", m["target"]["name"])
+' "$out"
+    NVCC="$nvcc" CUDA_ARCH=sm_90 cargo build --release --bin densenet
+    cp target/release/densenet "$out/"
+    echo "gpu-build/ is ready: copy the repository with it to the GPU machine and run: scripts/gpu-check.sh run"
+}
+
+run() {
+    [[ -d "$out" ]] || { echo "no $out/: run 'scripts/gpu-check.sh build' first" >&2; exit 1; }
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+    local rows=()
+    for t in "${gpu_tests[@]}"; do
+        local log="$out/$t.log"
+        if "$out/$t" gpu:: --test-threads 1 >"$log" 2>&1; then status=ok; else status=FAILED; fi
+        local passed skipped
+        passed="$(grep -c '^test .* ok$' "$log" || true)"
+        skipped="$(grep -c '^skipped:' "$log" || true)"
+        rows+=("$(printf '%-28s %-8s %6s passed %4s skipped' "test $t (gpu)" "$status" "$passed" "$skipped")")
+        [[ "$status" == ok ]] || tail -n 40 "$log"
+    done
+    if command -v compute-sanitizer >/dev/null; then
+        local log="$out/memcheck.log"
+        if compute-sanitizer --tool memcheck --error-exitcode 3 "$out/kernels" gpu:: --test-threads 1 >"$log" 2>&1; then
+            status=clean
+        else
+            status=ERRORS
+            tail -n 40 "$log"
+        fi
+        rows+=("$(printf '%-28s %-8s' "memcheck kernels" "$status")")
+    else
+        rows+=("$(printf '%-28s %-8s' "memcheck kernels" "absent")")
+    fi
+    echo
+    echo "== gpu-check summary =="
+    printf '%s\n' "${rows[@]}"
+}
+
+case "${1:-}" in
+    build) build ;;
+    run) run ;;
+    *) echo "usage: scripts/gpu-check.sh build|run" >&2; exit 2 ;;
+esac

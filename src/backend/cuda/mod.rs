@@ -1,0 +1,164 @@
+//! Backends that run the hand-written kernels of `kernels/*.cu`: [`CudaBackend`] on a GPU
+//! through the CUDA driver and, with feature `cuda-emu`, [`EmuBackend`] on the CPU emulator.
+//! Both are [`KernelBackend`] over a [`Device`]: the launch wrappers (params structs, grids,
+//! blocks, bounds checks) are written once, so CI exercises the Rust side of every launch.
+//!
+//! Kernels present so far: batch statistics and running-statistics update, the batch-norm
+//! backward pieces (elementwise pass, gradient fold with the deferred-correction
+//! accumulators, the correction itself), softmax cross-entropy and the fused SGD step.
+
+mod device;
+mod driver;
+#[cfg(feature = "cuda-emu")]
+mod emulated;
+mod ops;
+pub mod params;
+
+pub use device::{Device, LaunchCfg};
+pub use driver::CudaDevice;
+#[cfg(feature = "cuda-emu")]
+pub use emulated::EmuDevice;
+
+use super::{Category, Mat, MemoryReport, MemoryTracker};
+use crate::error::{Error, Result};
+use std::sync::Arc;
+
+/// A device buffer of `f32` whose bytes are counted while it lives.
+pub struct DeviceBuf<D: Device> {
+    mem: D::Mem,
+    len: usize,
+    category: Category,
+    tracker: Arc<MemoryTracker>,
+}
+
+impl<D: Device> DeviceBuf<D> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl<D: Device> Drop for DeviceBuf<D> {
+    fn drop(&mut self) {
+        self.tracker.freed(self.len * 4, self.category);
+    }
+}
+
+/// Kernel launches on a device, with a byte-counting allocator.
+pub struct KernelBackend<D: Device> {
+    device: Arc<D>,
+    tracker: Arc<MemoryTracker>,
+}
+
+impl<D: Device> Clone for KernelBackend<D> {
+    fn clone(&self) -> Self {
+        KernelBackend { device: self.device.clone(), tracker: self.tracker.clone() }
+    }
+}
+
+/// The GPU backend.
+pub type CudaBackend = KernelBackend<CudaDevice>;
+/// The same kernels on the CPU emulator.
+#[cfg(feature = "cuda-emu")]
+pub type EmuBackend = KernelBackend<EmuDevice>;
+
+impl CudaBackend {
+    /// Opens GPU `ordinal`; a clear error when there is no CUDA driver or no such GPU.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        Ok(Self::on(CudaDevice::new(ordinal)?))
+    }
+}
+
+#[cfg(feature = "cuda-emu")]
+impl EmuBackend {
+    pub fn new() -> Self {
+        Self::on(EmuDevice)
+    }
+}
+
+#[cfg(feature = "cuda-emu")]
+impl Default for EmuBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<D: Device> KernelBackend<D> {
+    pub fn on(device: D) -> Self {
+        KernelBackend { device: Arc::new(device), tracker: Arc::new(MemoryTracker::new()) }
+    }
+
+    pub fn name(&self) -> String {
+        self.device.name()
+    }
+
+    /// A zero-filled buffer of `len` floats, counted under `category`.
+    pub fn alloc(&self, len: usize, category: Category) -> Result<DeviceBuf<D>> {
+        let mem = self.device.alloc_zeroed(len)?;
+        self.tracker.allocated(len * 4, category);
+        Ok(DeviceBuf { mem, len, category, tracker: self.tracker.clone() })
+    }
+
+    pub fn memory(&self) -> MemoryReport {
+        self.tracker.report()
+    }
+
+    pub fn reset_peak(&self) {
+        self.tracker.reset_peak()
+    }
+
+    pub fn upload(&self, dst: &mut DeviceBuf<D>, offset: usize, src: &[f32]) -> Result<()> {
+        check_range(dst, offset, src.len(), "upload")?;
+        self.device.upload(&mut dst.mem, offset, src)
+    }
+
+    pub fn download(&self, src: &DeviceBuf<D>, offset: usize, len: usize) -> Result<Vec<f32>> {
+        check_range(src, offset, len, "download")?;
+        self.device.download(&src.mem, offset, len)
+    }
+
+    pub fn fill_zero(&self, buf: &mut DeviceBuf<D>, offset: usize, len: usize) -> Result<()> {
+        check_range(buf, offset, len, "fill_zero")?;
+        self.device.zero(&mut buf.mem, offset, len)
+    }
+
+    pub fn synchronize(&self) -> Result<()> {
+        self.device.synchronize()
+    }
+
+    /// Address of element `offset` of `buf`, for a kernel argument.
+    fn addr(&self, buf: &DeviceBuf<D>, offset: usize) -> u64 {
+        self.device.address(&buf.mem, offset)
+    }
+}
+
+fn check_range<D: Device>(buf: &DeviceBuf<D>, offset: usize, len: usize, what: &str) -> Result<()> {
+    if offset.checked_add(len).is_none_or(|end| end > buf.len) {
+        return Err(Error::Shape(format!(
+            "{what}: range {offset}..{} outside a buffer of {} floats",
+            offset.saturating_add(len),
+            buf.len
+        )));
+    }
+    Ok(())
+}
+
+/// Checks that every element `m` addresses lies in `buf`, and that its extents fit the
+/// kernels' 32-bit shape fields.
+fn check_mat<D: Device>(buf: &DeviceBuf<D>, m: Mat, what: &str) -> Result<()> {
+    if m.cols > m.ld && m.rows > 1 {
+        return Err(Error::Shape(format!("{what}: {} columns exceed the pitch {}", m.cols, m.ld)));
+    }
+    if [m.rows, m.cols, m.ld].iter().any(|&v| u32::try_from(v).is_err()) {
+        return Err(Error::Shape(format!("{what}: {m:?} exceeds the kernels' 32-bit extents")));
+    }
+    let len = if m.rows == 0 || m.cols == 0 { 0 } else { (m.rows - 1) * m.ld + m.cols };
+    check_range(buf, m.offset, len, what)
+}
+
+/// `v` as a 32-bit kernel field (callers have bounded it by a buffer length check).
+fn u32_of(v: usize, what: &str) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::Shape(format!("{what} = {v} exceeds the kernels' 32-bit extents")))
+}

@@ -1,0 +1,256 @@
+//! Launch wrappers: each checks its buffers and shapes, fills the kernel family's params
+//! struct, picks grid and block, and launches. Signatures mirror the `Backend` trait's ops.
+
+use super::device::{Device, LaunchCfg};
+use super::params::{
+    BnElementwiseParams, BnFoldParams, ChannelStatsParams, RunningStatsParams, SgdKernelParams,
+    SoftmaxXentParams,
+};
+use super::{DeviceBuf, KernelBackend, check_mat, check_range, u32_of};
+use crate::backend::{BN_MOMENTUM, BnGradTarget, BnRef, Mat, SgdParams, StatsRef};
+use crate::error::{Error, Result};
+
+/// Rows each thread of an elementwise kernel walks through (grid-stride), so a launch has
+/// enough blocks to fill the GPU without one block per handful of rows.
+const ROWS_PER_THREAD: usize = 16;
+/// Channel-tile width and row threads of the elementwise kernels (`kEwCols`, `kEwRows`).
+const EW_COLS: u32 = 32;
+const EW_ROWS: u32 = 8;
+
+fn same_shape(g: Mat, x: Mat, what: &str) -> Result<()> {
+    if (g.rows, g.cols) != (x.rows, x.cols) {
+        return Err(Error::Shape(format!(
+            "{what}: gradient is {}x{} but the input is {}x{}",
+            g.rows, g.cols, x.rows, x.cols
+        )));
+    }
+    Ok(())
+}
+
+/// An elementwise launch over a rows × cols matrix.
+fn elementwise_cfg(rows: usize, cols: usize) -> LaunchCfg {
+    let row_blocks = rows.div_ceil(EW_ROWS as usize * ROWS_PER_THREAD).clamp(1, 65_535) as u32;
+    LaunchCfg::channel_tiles::<EW_COLS, EW_ROWS>(cols, row_blocks)
+}
+
+impl<D: Device> KernelBackend<D> {
+    fn check_stats(&self, s: StatsRef<'_, DeviceBuf<D>>, channels: usize, what: &str) -> Result<()> {
+        check_range(s.stats, s.mean, channels, what)?;
+        check_range(s.stats, s.var, channels, what)
+    }
+
+    fn check_bn(&self, bn: BnRef<'_, DeviceBuf<D>>, channels: usize, what: &str) -> Result<()> {
+        self.check_stats(StatsRef { stats: bn.stats, mean: bn.mean, var: bn.var }, channels, what)?;
+        check_range(bn.params, bn.gamma, channels, what)?;
+        check_range(bn.params, bn.beta, channels, what)
+    }
+
+    /// Addresses of a BN's mean, var, γ, β.
+    fn bn_addresses(&self, bn: BnRef<'_, DeviceBuf<D>>) -> [u64; 4] {
+        [
+            self.addr(bn.stats, bn.mean),
+            self.addr(bn.stats, bn.var),
+            self.addr(bn.params, bn.gamma),
+            self.addr(bn.params, bn.beta),
+        ]
+    }
+
+    /// See `Backend::channel_stats`.
+    pub fn channel_stats(
+        &self,
+        x: &DeviceBuf<D>,
+        xm: Mat,
+        out: &mut DeviceBuf<D>,
+        mean: usize,
+        var: usize,
+    ) -> Result<()> {
+        check_mat(x, xm, "channel_stats input")?;
+        check_range(out, mean, xm.cols, "channel_stats mean")?;
+        check_range(out, var, xm.cols, "channel_stats var")?;
+        if xm.cols == 0 {
+            return Ok(());
+        }
+        let p = ChannelStatsParams { rows: u32_of(xm.rows, "rows")?, cols: u32_of(xm.cols, "cols")?, ld: u32_of(xm.ld, "ld")? };
+        let cfg = LaunchCfg::channel_tiles::<32, 16>(xm.cols, 1);
+        let addrs = [self.addr(x, xm.offset), self.addr(out, mean), self.addr(out, var)];
+        // SAFETY: x covers xm, out covers both cols-long outputs (checked above).
+        unsafe { self.device.launch("channel_stats_f32", cfg, &p, &addrs) }
+    }
+
+    /// See `Backend::update_running_stats`.
+    pub fn update_running_stats(
+        &self,
+        batch: StatsRef<'_, DeviceBuf<D>>,
+        channels: usize,
+        count: usize,
+        running: &mut DeviceBuf<D>,
+        run_mean: usize,
+        run_var: usize,
+    ) -> Result<()> {
+        self.check_stats(batch, channels, "batch statistics")?;
+        check_range(running, run_mean, channels, "running mean")?;
+        check_range(running, run_var, channels, "running var")?;
+        let p = RunningStatsParams { channels: u32_of(channels, "channels")?, count: u32_of(count, "count")?, momentum: BN_MOMENTUM };
+        let addrs = [
+            self.addr(batch.stats, batch.mean),
+            self.addr(batch.stats, batch.var),
+            self.addr(running, run_mean),
+            self.addr(running, run_var),
+        ];
+        // SAFETY: every pointer covers `channels` floats (checked above).
+        unsafe { self.device.launch("update_running_stats_f32", LaunchCfg::per_element::<128>(channels), &p, &addrs) }
+    }
+
+    /// See `Backend::bn_backward_elementwise`.
+    pub fn bn_backward_elementwise(
+        &self,
+        g: &mut DeviceBuf<D>,
+        gm: Mat,
+        x: &DeviceBuf<D>,
+        xm: Mat,
+        bn: BnRef<'_, DeviceBuf<D>>,
+        sums: &DeviceBuf<D>,
+    ) -> Result<()> {
+        check_mat(g, gm, "bn backward gradient")?;
+        check_mat(x, xm, "bn backward input")?;
+        same_shape(gm, xm, "bn backward")?;
+        check_range(sums, 0, 2 * xm.cols, "bn backward sums")?;
+        self.check_bn(bn, xm.cols, "bn backward statistics")?;
+        let p = BnElementwiseParams {
+            rows: u32_of(gm.rows, "rows")?,
+            cols: u32_of(gm.cols, "cols")?,
+            ld_g: u32_of(gm.ld, "ld")?,
+            ld_x: u32_of(xm.ld, "ld")?,
+            count: u32_of(gm.rows, "rows")?,
+        };
+        let [mean, var, gamma, beta] = self.bn_addresses(bn);
+        let addrs = [self.addr(g, gm.offset), self.addr(x, xm.offset), mean, var, gamma, beta, self.addr(sums, 0)];
+        // SAFETY: g and x cover their matrices, per-channel vectors cover cols (checked).
+        unsafe { self.device.launch("bn_backward_elementwise_f32", elementwise_cfg(gm.rows, gm.cols), &p, &addrs) }
+    }
+
+    /// See `Backend::bn_grad_fold`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn bn_grad_fold(
+        &self,
+        sums: &DeviceBuf<D>,
+        channels: usize,
+        count: usize,
+        bn: BnRef<'_, DeviceBuf<D>>,
+        grads: &mut DeviceBuf<D>,
+        corr: &mut DeviceBuf<D>,
+        target: BnGradTarget,
+    ) -> Result<()> {
+        check_range(sums, 0, 2 * channels, "bn grad sums")?;
+        self.check_bn(bn, channels, "bn grad statistics")?;
+        check_range(grads, target.dgamma, channels, "dgamma")?;
+        check_range(grads, target.dbeta, channels, "dbeta")?;
+        let (alpha, beta) = target.correction.unwrap_or((0, 0));
+        if target.correction.is_some() {
+            check_range(corr, alpha, channels, "correction alpha")?;
+            check_range(corr, beta, channels, "correction beta")?;
+        }
+        let p = BnFoldParams {
+            channels: u32_of(channels, "channels")?,
+            count: u32_of(count, "count")?,
+            correct: u32::from(target.correction.is_some()),
+        };
+        let [mean, var, gamma, beta_p] = self.bn_addresses(bn);
+        let addrs = [
+            self.addr(sums, 0),
+            mean,
+            var,
+            gamma,
+            beta_p,
+            self.addr(grads, target.dgamma),
+            self.addr(grads, target.dbeta),
+            self.addr(corr, alpha),
+            self.addr(corr, beta),
+        ];
+        // SAFETY: all vectors cover `channels` floats; the correction pointers are only
+        // dereferenced when `correct` is set, and then they were checked.
+        unsafe { self.device.launch("bn_grad_fold_f32", LaunchCfg::per_element::<128>(channels), &p, &addrs) }
+    }
+
+    /// See `Backend::bn_correction`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn bn_correction(
+        &self,
+        g: &mut DeviceBuf<D>,
+        gm: Mat,
+        x: &DeviceBuf<D>,
+        xm: Mat,
+        stats: StatsRef<'_, DeviceBuf<D>>,
+        corr: &DeviceBuf<D>,
+        alpha: usize,
+        beta: usize,
+    ) -> Result<()> {
+        check_mat(g, gm, "bn correction gradient")?;
+        check_mat(x, xm, "bn correction input")?;
+        same_shape(gm, xm, "bn correction")?;
+        self.check_stats(stats, xm.cols, "bn correction statistics")?;
+        check_range(corr, alpha, xm.cols, "correction alpha")?;
+        check_range(corr, beta, xm.cols, "correction beta")?;
+        let p = BnElementwiseParams {
+            rows: u32_of(gm.rows, "rows")?,
+            cols: u32_of(gm.cols, "cols")?,
+            ld_g: u32_of(gm.ld, "ld")?,
+            ld_x: u32_of(xm.ld, "ld")?,
+            count: u32_of(gm.rows, "rows")?,
+        };
+        let addrs = [
+            self.addr(g, gm.offset),
+            self.addr(x, xm.offset),
+            self.addr(stats.stats, stats.mean),
+            self.addr(stats.stats, stats.var),
+            self.addr(corr, alpha),
+            self.addr(corr, beta),
+        ];
+        // SAFETY: g and x cover their matrices, per-channel vectors cover cols (checked).
+        unsafe { self.device.launch("bn_correction_f32", elementwise_cfg(gm.rows, gm.cols), &p, &addrs) }
+    }
+
+    /// See `Backend::softmax_xent`. A label that is not a class index gives a NaN loss.
+    pub fn softmax_xent(
+        &self,
+        logits: &DeviceBuf<D>,
+        labels: &DeviceBuf<D>,
+        n: usize,
+        classes: usize,
+        loss: &mut DeviceBuf<D>,
+        dlogits: &mut DeviceBuf<D>,
+    ) -> Result<()> {
+        check_range(logits, 0, n * classes, "logits")?;
+        check_range(labels, 0, n, "labels")?;
+        check_range(loss, 0, 1, "loss")?;
+        check_range(dlogits, 0, n * classes, "logit grad")?;
+        let p = SoftmaxXentParams { rows: u32_of(n, "batch")?, classes: u32_of(classes, "classes")? };
+        let addrs = [self.addr(logits, 0), self.addr(labels, 0), self.addr(loss, 0), self.addr(dlogits, 0)];
+        // SAFETY: logits/dlogits cover n × classes, labels n, loss 1 (checked above).
+        unsafe { self.device.launch("softmax_xent_f32", LaunchCfg::single_block::<256>(), &p, &addrs) }
+    }
+
+    /// See `Backend::sgd_update`.
+    pub fn sgd_update(
+        &self,
+        params: &mut DeviceBuf<D>,
+        grads: &DeviceBuf<D>,
+        velocity: &mut DeviceBuf<D>,
+        len: usize,
+        hp: SgdParams,
+    ) -> Result<()> {
+        check_range(params, 0, len, "parameters")?;
+        check_range(grads, 0, len, "gradients")?;
+        check_range(velocity, 0, len, "velocity")?;
+        let p = SgdKernelParams {
+            len: len as u64,
+            lr: hp.lr,
+            momentum: hp.momentum,
+            weight_decay: hp.weight_decay,
+            nesterov: u32::from(hp.nesterov),
+        };
+        let addrs = [self.addr(params, 0), self.addr(grads, 0), self.addr(velocity, 0)];
+        // SAFETY: the three buffers cover `len` floats (checked above).
+        unsafe { self.device.launch("sgd_update_f32", LaunchCfg::grid_stride::<256>(len, 1024), &p, &addrs) }
+    }
+}
