@@ -32,3 +32,128 @@ __device__ __forceinline__ float dn_invstd(float var) {
 __device__ __forceinline__ size_t dn_at(unsigned int row, unsigned int col, unsigned int ld) {
     return static_cast<size_t>(row) * ld + col;
 }
+
+// ---- Stem max-pool window (3×3, stride 2, padding 1) ----------------------------------------
+// Output (oy, ox) covers input rows 2oy−1 .. 2oy+1 and columns 2ox−1 .. 2ox+1, clipped to the
+// image: padding never wins (PyTorch pads with −∞). Returns the first maximum of act(x) over
+// channel c of that window in row-major window order — a later value replaces it only when
+// strictly greater, the element PyTorch and the cpu backend (`window_max`) pick — and its
+// position iy·w + ix inside the image in `arg`. `arg` starts at the window's first pixel, as on
+// the host, so it stays inside the window when NaNs never compare greater. Forward and
+// backward kernels both call this, so the backward routes each gradient to the forward's choice.
+template <typename T, typename Act>
+__device__ __forceinline__ float dn_maxpool_first_max(const T* __restrict__ x, unsigned int ld,
+                                                      unsigned int image_first, unsigned int h,
+                                                      unsigned int w, unsigned int c,
+                                                      unsigned int oy, unsigned int ox,
+                                                      const Act& act, unsigned int& arg) {
+    const unsigned int y0 = oy > 0 ? 2 * oy - 1 : 0;
+    const unsigned int x0 = ox > 0 ? 2 * ox - 1 : 0;
+    const unsigned int y1 = min(2 * oy + 2, h);
+    const unsigned int x1 = min(2 * ox + 2, w);
+    float best = __int_as_float(static_cast<int>(0xff800000u)); // −∞ (no <math.h> under NVRTC)
+    arg = y0 * w + x0;
+    for (unsigned int iy = y0; iy < y1; ++iy)
+        for (unsigned int ix = x0; ix < x1; ++ix) {
+            const float v = act(static_cast<float>(x[dn_at(image_first + iy * w + ix, c, ld)]));
+            if (v > best) {
+                best = v;
+                arg = iy * w + ix;
+            }
+        }
+    return best;
+}
+
+// ---- Deterministic per-channel sums over pixel tiles -----------------------------------------
+// BN backward reductions `sums = [Σg (cols values) | Σg·x̂ (cols values)]` over P pixels without
+// float atomics: a first kernel runs blocks of kDnTileCols channels × kDnTileRows row threads
+// (blockIdx.x: channel tile, blockIdx.y: pixel tile), each thread accumulating in double over its
+// rows of the tile; dn_tile_sums_store adds the block's row threads in a fixed order and stores
+// the tile's totals as doubles, partials[tile·2·cols + k·cols + c] (k = 0: Σg, 1: Σg·x̂). A second
+// kernel, dn_tile_sums_finish, adds the tiles in a fixed order. The tile count depends on P and
+// cols only (the launch wrappers choose it), so the result is bit-identical run to run and GPU to
+// GPU. The block shape mirrors EW_COLS × EW_ROWS of src/backend/cuda/ops/mod.rs.
+constexpr int kDnTileCols = 32;
+constexpr int kDnTileRows = 8;
+
+// Mirrors backend::cuda::params::pool::TileSumsParams: `tiles` rows of `width` = 2·cols doubles.
+struct TileSumsParams {
+    unsigned int tiles;
+    unsigned int width;
+};
+
+// Stores this block's tile totals of Σg (s1) and Σg·x̂ (s2) for channel blockIdx.x·kDnTileCols +
+// threadIdx.x. Every thread of the block calls it exactly once, last (it has a barrier and no
+// trailing one).
+__device__ __forceinline__ void dn_tile_sums_store(double s1, double s2, unsigned int cols,
+                                                   double* __restrict__ partials) {
+    __shared__ double part[2][kDnTileRows][kDnTileCols];
+    part[0][threadIdx.y][threadIdx.x] = s1;
+    part[1][threadIdx.y][threadIdx.x] = s2;
+    __syncthreads();
+    const unsigned int c = blockIdx.x * kDnTileCols + threadIdx.x;
+    // Row thread 0 totals Σg, row thread 1 totals Σg·x̂: two warps, 32 channels each.
+    if (threadIdx.y < 2 && c < cols) {
+        double total = 0.0;
+        for (int i = 0; i < kDnTileRows; ++i) total += part[threadIdx.y][i][threadIdx.x];
+        partials[static_cast<size_t>(blockIdx.y) * 2 * cols + threadIdx.y * cols + c] = total;
+    }
+}
+
+// sums[j] = Σ over the tiles of partials[tile·width + j], as f32: one column j per thread x of
+// blocks of kDnTileCols × kDnTileRows; row thread y adds tiles y, y + kDnTileRows, ... and the
+// row threads' totals are added in order.
+__device__ __forceinline__ void dn_tile_sums_finish(const TileSumsParams p,
+                                                    const double* __restrict__ partials,
+                                                    float* __restrict__ sums) {
+    __shared__ double part[kDnTileRows][kDnTileCols];
+    const unsigned int j = blockIdx.x * kDnTileCols + threadIdx.x;
+    double s = 0.0;
+    if (j < p.width)
+        for (unsigned int t = threadIdx.y; t < p.tiles; t += kDnTileRows)
+            s += partials[static_cast<size_t>(t) * p.width + j];
+    part[threadIdx.y][threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.y == 0 && j < p.width) {
+        double total = 0.0;
+        for (int i = 0; i < kDnTileRows; ++i) total += part[i][threadIdx.x];
+        sums[j] = static_cast<float>(total);
+    }
+}
+
+// ---- deterministic split reductions ---------------------------------------------------------
+// A kernel that reduces over many pixels in parallel (split-K weight gradients, per-channel
+// sums over pixel tiles) writes one row of partials per split to the backend's scratch instead
+// of racing float atomics; a second kernel adds the rows with dn_split_sum in a fixed order.
+// Mirrors backend::cuda::params::conv3x3::SplitSumParams.
+struct SplitSumParams {
+    unsigned int len;        // entries per row
+    unsigned int splits;     // rows of partials
+    unsigned int accumulate; // non-zero: out += Σ rows; zero: out = Σ rows
+};
+
+// Block shape of dn_split_sum: kSplitSumCols entries × kSplitSumRows row threads.
+constexpr int kSplitSumCols = 32;
+constexpr int kSplitSumRows = 8;
+
+// out[e] (+)= Σ_s partials[s·len + e] for this block's kSplitSumCols entries, in double: row
+// thread y adds rows y, y + kSplitSumRows, ... in order, then the subtotals are added in row
+// thread order. The result does not depend on scheduling.
+__device__ __forceinline__ void dn_split_sum(const SplitSumParams& p,
+                                             const float* __restrict__ partials,
+                                             float* __restrict__ out) {
+    __shared__ double subtotal[kSplitSumRows][kSplitSumCols];
+    const unsigned int e = blockIdx.x * kSplitSumCols + threadIdx.x;
+    double sum = 0.0;
+    if (e < p.len)
+        for (unsigned int s = threadIdx.y; s < p.splits; s += kSplitSumRows)
+            sum += static_cast<double>(partials[static_cast<size_t>(s) * p.len + e]);
+    subtotal[threadIdx.y][threadIdx.x] = sum;
+    __syncthreads();
+    if (threadIdx.y == 0 && e < p.len) {
+        double total = 0.0;
+        for (int r = 0; r < kSplitSumRows; ++r) total += subtotal[r][threadIdx.x];
+        out[e] = p.accumulate ? static_cast<float>(static_cast<double>(out[e]) + total)
+                              : static_cast<float>(total);
+    }
+}

@@ -2,10 +2,10 @@
 //! from a configuration plus an input size (channels and spatial size of every stage).
 
 use crate::error::{Error, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The layers before the first dense block.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Stem {
     /// CIFAR: one 3×3 conv, stride 1, pad 1, no BN (Pleiss et al., `small_inputs`).
@@ -26,7 +26,7 @@ impl std::str::FromStr for Stem {
 }
 
 /// Hyper-parameters of a DenseNet-BC.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DenseNetConfig {
     /// Growth rate k: channels added by every dense layer.
     pub growth: usize,
@@ -68,12 +68,16 @@ impl DenseNetConfig {
             "densenet201" => imagenet(32, &[6, 12, 48, 32], 64),
             "densenet161" => imagenet(48, &[6, 12, 36, 24], 96),
             "densenet-bc-100-k12" => Self::bc_cifar(100, 12)?,
-            _ => {
-                return Err(Error::Config(format!(
-                    "unknown model `{name}` (known: {})",
-                    PRESETS.join(", ")
-                )));
-            }
+            _ => match parse_bc_name(name) {
+                // Any other CIFAR DenseNet-BC by name, e.g. `densenet-bc-22-k12`.
+                Some((depth, growth)) => Self::bc_cifar(depth, growth)?,
+                None => {
+                    return Err(Error::Config(format!(
+                        "unknown model `{name}` (known: {}, or densenet-bc-<depth>-k<growth>)",
+                        PRESETS.join(", ")
+                    )));
+                }
+            },
         })
     }
 
@@ -203,6 +207,12 @@ impl DenseNetConfig {
         }
         Ok(Geometry { height, width, stem_conv, blocks })
     }
+}
+
+/// `densenet-bc-<depth>-k<growth>` → (depth, growth).
+fn parse_bc_name(name: &str) -> Option<(usize, usize)> {
+    let (depth, growth) = name.strip_prefix("densenet-bc-")?.split_once("-k")?;
+    Some((depth.parse().ok()?, growth.parse().ok()?))
 }
 
 /// Output size of a convolution or pooling window along one axis.

@@ -20,6 +20,9 @@ pub enum Error {
     /// A file could not be read or has the wrong contents.
     #[error("{path}: {message}")]
     File { path: String, message: String },
+    /// Training produced a non-finite loss.
+    #[error("training diverged: {0}")]
+    Diverged(String),
     /// The CUDA driver reported an error.
     #[error("CUDA driver: {0}")]
     Driver(#[from] cudarc::driver::DriverError),

@@ -5,7 +5,10 @@
 //! See `docs/ARCHITECTURE.md` for how the pieces fit together.
 
 pub mod backend;
+pub mod baseline;
+pub mod checkpoint;
 pub mod config;
+pub mod data;
 pub mod efficient;
 #[cfg(feature = "cuda-emu")]
 pub mod emu;
@@ -14,6 +17,9 @@ pub mod info;
 pub mod kernels;
 pub mod naive;
 pub mod params;
+pub mod plan;
+pub mod profile;
+pub mod train;
 pub mod verify;
 
 pub use config::{DenseNetConfig, Stem};

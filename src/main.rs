@@ -11,16 +11,25 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Info(args) => cli::info::run(args).map(|()| Outcome::Success),
         Command::Verify(args) => cli::verify::run(args),
+        Command::Train(args) => cli::train::run(args).map(|()| Outcome::Success),
+        Command::Eval(args) => cli::eval::run(args).map(|()| Outcome::Success),
+        Command::Profile(args) => cli::profile::run(args),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::Failure) => ExitCode::from(1),
         Err(e) => {
             eprintln!("error: {e:#}");
-            // Bad input (configuration, shapes) is a usage error, like clap's own: status 2.
+            // Bad input (configuration, shapes, unusable files, a backend this build or machine
+            // lacks) is a usage error, like clap's own: status 2.
             let usage = matches!(
                 e.downcast_ref::<densenet::Error>(),
-                Some(densenet::Error::Config(_) | densenet::Error::Shape(_))
+                Some(
+                    densenet::Error::Config(_)
+                        | densenet::Error::Shape(_)
+                        | densenet::Error::File { .. }
+                        | densenet::Error::BackendUnavailable(_)
+                )
             );
             ExitCode::from(if usage { 2 } else { 1 })
         }

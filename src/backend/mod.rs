@@ -94,6 +94,20 @@ impl ConvGeom {
     }
 }
 
+/// Window of a non-overlapping average pool (the stride equals the window).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolWindow {
+    pub h: usize,
+    pub w: usize,
+}
+
+impl PoolWindow {
+    /// Output extent: ⌊h/kh⌋ × ⌊w/kw⌋ per image.
+    pub fn out(&self, s: Spatial) -> Spatial {
+        Spatial { n: s.n, h: s.h / self.h.max(1), w: s.w / self.w.max(1) }
+    }
+}
+
 /// Where a batch-norm finds its statistics and affine parameters.
 pub struct BnRef<'a, B: ?Sized> {
     /// Buffer holding the per-channel mean and (biased) variance.
@@ -545,5 +559,109 @@ pub trait Backend {
         velocity: &mut Self::Buf,
         len: usize,
         hp: SgdParams,
+    ) -> Result<()>;
+
+    // ---- unfused ops of the naive baseline (`crate::baseline`) ----------------------------
+    //
+    // The textbook DenseNet materialises what the fused ops above keep in registers: the
+    // concatenation, the BN output and the ReLU output of every layer. These ops exist so
+    // that baseline runs on the same backend, through the same allocator, as the efficient
+    // path; combined with `channel_stats`, `conv_*`, `bn_grad_fold`, `bn_backward_elementwise`
+    // and the head ops they make a complete unfused training step.
+
+    /// `dst ← src` (or `dst += src` with `accumulate`), element by element, for two matrices
+    /// of the same shape: builds a concatenation column range by column range, and splits
+    /// its gradient back onto the concatenated tensors.
+    fn copy_columns(
+        &self,
+        src: &Self::Buf,
+        sm: Mat,
+        dst: &mut Self::Buf,
+        dm: Mat,
+        accumulate: bool,
+    ) -> Result<()>;
+
+    /// `y = a⊙x + b`: a batch-norm's output, stored (same f32 formula as the fused ops'
+    /// pre-activation, so a ReLU of it makes the same decisions). Overwrites y.
+    fn bn_apply(
+        &self,
+        x: &Self::Buf,
+        xm: Mat,
+        bn: BnRef<'_, Self::Buf>,
+        y: &mut Self::Buf,
+        ym: Mat,
+    ) -> Result<()>;
+
+    /// `y = max(x, 0)`. Overwrites y.
+    fn relu_fwd(&self, x: &Self::Buf, xm: Mat, y: &mut Self::Buf, ym: Mat) -> Result<()>;
+
+    /// ReLU backward in place: `g ← g ⊙ [x > 0]`, x being the ReLU's input.
+    fn relu_bwd(&self, g: &mut Self::Buf, gm: Mat, x: &Self::Buf, xm: Mat) -> Result<()>;
+
+    /// The reductions of a batch-norm backward: `sums ← [Σg | Σg·x̂]` per channel, g being the
+    /// gradient of the BN output and x̂ = (x − mean)/√(var + ε) of its input. Feeds
+    /// [`Backend::bn_grad_fold`] (dγ, dβ) and [`Backend::bn_backward_elementwise`] (dx).
+    fn bn_grad_sums(
+        &self,
+        g: &Self::Buf,
+        gm: Mat,
+        x: &Self::Buf,
+        xm: Mat,
+        stats: StatsRef<'_, Self::Buf>,
+        sums: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// Average pooling over non-overlapping `window`s (stride = window, no padding; a last
+    /// partial row or column of windows is dropped, as PyTorch's `AvgPool2d(k)`): y has
+    /// ⌊h/kh⌋×⌊w/kw⌋ pixels per image. `window = (2, 2)` is the transition's pool,
+    /// `window = (h, w)` the head's global pool. Overwrites y.
+    #[allow(clippy::too_many_arguments)]
+    fn avg_pool_fwd(
+        &self,
+        x: &Self::Buf,
+        xm: Mat,
+        shape: Spatial,
+        window: PoolWindow,
+        y: &mut Self::Buf,
+        ym: Mat,
+    ) -> Result<()>;
+
+    /// Backward of [`Backend::avg_pool_fwd`]: `dx = dy/(kh·kw)` on every pixel of a window,
+    /// 0 on dropped pixels. `shape` is x's. Overwrites dx.
+    #[allow(clippy::too_many_arguments)]
+    fn avg_pool_bwd(
+        &self,
+        dy: &Self::Buf,
+        dym: Mat,
+        shape: Spatial,
+        window: PoolWindow,
+        dx: &mut Self::Buf,
+        dxm: Mat,
+    ) -> Result<()>;
+
+    /// The ImageNet stem's max-pool 3×3, stride 2, padding 1 (padding never wins).
+    /// Overwrites y.
+    fn max_pool_fwd(
+        &self,
+        x: &Self::Buf,
+        xm: Mat,
+        shape: Spatial,
+        y: &mut Self::Buf,
+        ym: Mat,
+    ) -> Result<()>;
+
+    /// Backward of [`Backend::max_pool_fwd`]: each dy goes to its window's first maximum in
+    /// row-major window order (recomputed from x; PyTorch's choice), summed where windows
+    /// overlap. `shape` is x's. Overwrites dx.
+    #[allow(clippy::too_many_arguments)]
+    fn max_pool_bwd(
+        &self,
+        dy: &Self::Buf,
+        dym: Mat,
+        x: &Self::Buf,
+        xm: Mat,
+        shape: Spatial,
+        dx: &mut Self::Buf,
+        dxm: Mat,
     ) -> Result<()>;
 }

@@ -1,7 +1,12 @@
 //! Command-line interface of the `densenet` binary.
 
+pub mod backend_choice;
+pub mod eval;
 pub mod info;
 pub mod model_args;
+pub mod profile;
+pub mod progress;
+pub mod train;
 pub mod verify;
 
 use clap::{Parser, Subcommand};
@@ -22,6 +27,17 @@ pub enum Command {
     /// Check one training step of the efficient path against the f64 reference network
     /// (relative errors of logits, loss, every gradient); exit status 1 above tolerance.
     Verify(verify::VerifyArgs),
+    /// Train a DenseNet-BC with SGD (Nesterov momentum 0.9, weight decay 1e-4), evaluating
+    /// the test set after every epoch and checkpointing atomically. With no flags: a small
+    /// DenseNet-BC on the embedded synthetic data set, in a few minutes on a CPU.
+    Train(train::TrainArgs),
+    /// Evaluate a checkpoint on a test set with running statistics (no model flags needed:
+    /// the configuration is stored in the checkpoint).
+    Eval(eval::EvalArgs),
+    /// Planned and measured peak memory of one training step, efficient path vs the naive
+    /// baseline (and of efficient inference), by category; optionally over depths, with CSV
+    /// and an SVG plot. Paths too large for the run limit are planned only.
+    Profile(profile::ProfileArgs),
 }
 
 /// How a command that ran to completion ended.

@@ -9,15 +9,18 @@
 
 use super::storage::FeatureStorage;
 use crate::backend::{
-    At, Backend, BnGradTarget, BnRef, Category, ConvGeom, Mat, SgdParams, Spatial, StatsRef,
+    At, Backend, BnGradTarget, BnRef, ConvGeom, Mat, SgdParams, Spatial, StatsRef,
 };
 use crate::config::{DenseNetConfig, Geometry, Stem};
 use crate::error::{Error, Result};
 use crate::params::{BnLayout, BnSite, ParamLayout};
+use crate::plan::{Dtype, EfficientPlan, Planned};
+use serde::Serialize;
 
 /// Training (batch statistics, gradients) or inference (running statistics, no gradient
 /// buffers).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Mode {
     Train,
     Eval,
@@ -116,27 +119,6 @@ pub struct Network<B: Backend> {
     train: Option<TrainState<B>>,
 }
 
-/// Largest bottleneck/channel extents, which size the shared workspaces.
-struct Extents {
-    max_storage: usize,
-    max_channels: usize,
-    max_z: usize,
-    stem_pixels: usize,
-    sums: usize,
-}
-
-fn extents(cfg: &DenseNetConfig, geo: &Geometry, batch: usize) -> Extents {
-    let max_storage = geo.blocks.iter().map(|b| batch * b.hw() * b.channels).max().unwrap_or(0);
-    let max_channels = geo.blocks.iter().map(|b| b.channels).max().unwrap_or(0);
-    let max_z = geo.blocks.iter().map(|b| batch * b.hw()).max().unwrap_or(0) * cfg.bottleneck();
-    let stem_pixels = match cfg.stem {
-        Stem::Imagenet => batch * geo.stem_conv.0 * geo.stem_conv.1,
-        Stem::Cifar => 0,
-    };
-    let sums = 2 * max_channels.max(cfg.bottleneck()).max(cfg.init_features);
-    Extents { max_storage, max_channels, max_z, stem_pixels, sums }
-}
-
 impl<B: Backend> Network<B> {
     /// Allocates every buffer the network needs for `batch` images of `height × width`:
     /// nothing is allocated later, so the peak of a step is known before it runs.
@@ -148,71 +130,49 @@ impl<B: Backend> Network<B> {
         width: usize,
         opts: Options,
     ) -> Result<Self> {
-        let geometry = cfg.geometry(height, width)?;
-        if opts.mode == Mode::Train {
-            geometry.check_batch(batch, cfg.stem)?;
-        } else if batch == 0 {
-            return Err(Error::Config("batch size must be at least 1".into()));
-        }
+        // Every buffer comes from the plan, so the planner's prediction is the allocation.
+        let plan = EfficientPlan::new(cfg, batch, height, width, Dtype::F32, opts)?;
+        let alloc = |p: Planned| backend.alloc(p.len, p.category);
         let layout = ParamLayout::new(cfg);
-        let ext = extents(cfg, &geometry, batch);
-        let train = opts.mode == Mode::Train;
-        let c0 = cfg.init_features;
-        let last = geometry.last().channels;
 
-        let params = backend.alloc(layout.num_params, Category::Parameters)?;
-        let running = backend.alloc(layout.num_running, Category::Parameters)?;
-        let input = backend.alloc(batch * height * width * cfg.in_channels, Category::StemHead)?;
-        let stem_out = backend.alloc(ext.stem_pixels * c0, Category::StemHead)?;
-        let storages = geometry
-            .blocks
+        let params = alloc(plan.params)?;
+        let running = alloc(plan.running)?;
+        let input = alloc(plan.input)?;
+        let stem_out = alloc(plan.stem_out)?;
+        let storages = plan
+            .storages
             .iter()
-            .map(|g| FeatureStorage::new(&backend, *g, batch, train))
+            .zip(&plan.geometry.blocks)
+            .map(|(s, g)| FeatureStorage::new(&backend, *g, batch, s))
             .collect::<Result<Vec<_>>>()?;
-        let z = backend.alloc(ext.max_z, Category::Workspace)?;
-        let pooled = backend.alloc(batch * last, Category::StemHead)?;
-        let logits = backend.alloc(batch * cfg.classes, Category::StemHead)?;
+        let z = alloc(plan.z)?;
+        let pooled = alloc(plan.pooled)?;
+        let logits = alloc(plan.logits)?;
 
-        let train = if train {
-            let g_len = ext.max_storage.max(ext.stem_pixels * c0);
-            Some(TrainState {
-                grads: backend.alloc(layout.num_params, Category::Parameters)?,
-                g: [
-                    backend.alloc(g_len, Category::GradientBuffers)?,
-                    backend.alloc(g_len, Category::GradientBuffers)?,
-                ],
-                corr: backend.alloc(2 * ext.max_channels, Category::GradientBuffers)?,
-                corr_half: ext.max_channels,
-                sums: backend.alloc(ext.sums, Category::GradientBuffers)?,
-                dz: backend.alloc(ext.max_z, Category::Workspace)?,
-                zstats: backend.alloc(2 * cfg.bottleneck() * cfg.num_layers(), Category::FeatureStorage)?,
-                stem_stats: backend.alloc(
-                    if cfg.stem == Stem::Imagenet { 2 * c0 } else { 0 },
-                    Category::StemHead,
-                )?,
-                velocity: if opts.optimizer {
-                    Some(backend.alloc(layout.num_params, Category::Parameters)?)
-                } else {
-                    None
-                },
-                labels: backend.alloc(batch, Category::StemHead)?,
-                loss: backend.alloc(1, Category::StemHead)?,
-                dlogits: backend.alloc(batch * cfg.classes, Category::StemHead)?,
-                dpooled: backend.alloc(batch * last, Category::StemHead)?,
-                input_grad: if opts.input_grad {
-                    Some(backend.alloc(batch * height * width * cfg.in_channels, Category::StemHead)?)
-                } else {
-                    None
-                },
-            })
-        } else {
-            None
+        let train = match &plan.train {
+            Some(t) => Some(TrainState {
+                grads: alloc(t.grads)?,
+                g: [alloc(t.g)?, alloc(t.g)?],
+                corr: alloc(t.corr)?,
+                corr_half: t.corr_half,
+                sums: alloc(t.sums)?,
+                dz: alloc(t.dz)?,
+                zstats: alloc(t.zstats)?,
+                stem_stats: alloc(t.stem_stats)?,
+                velocity: t.velocity.map(alloc).transpose()?,
+                labels: alloc(t.labels)?,
+                loss: alloc(t.loss)?,
+                dlogits: alloc(t.dlogits)?,
+                dpooled: alloc(t.dpooled)?,
+                input_grad: t.input_grad.map(alloc).transpose()?,
+            }),
+            None => None,
         };
         let mut net = Network {
             backend,
             cfg: cfg.clone(),
             layout,
-            geometry,
+            geometry: plan.geometry,
             batch,
             mode: opts.mode,
             pass: opts.mode,
@@ -376,7 +336,7 @@ impl<B: Backend> Network<B> {
     pub fn sgd_step(&mut self, hp: SgdParams) -> Result<()> {
         let n = self.layout.num_params;
         let t = self.train.as_mut().ok_or_else(|| Error::Config("SGD needs training mode".into()))?;
-        let v = t.velocity.as_mut().ok_or_else(|| no_optimizer())?;
+        let v = t.velocity.as_mut().ok_or_else(no_optimizer)?;
         self.backend.sgd_update(&mut self.params, &t.grads, v, n, hp)
     }
 

@@ -2,9 +2,10 @@
 //! block's final width, so layer l reads the prefix `[0, c_l)` and writes `[c_l, c_l + k)` —
 //! the concatenation is the growing prefix and costs nothing.
 
-use crate::backend::{Backend, Category, Mat, Spatial, StatsRef};
+use crate::backend::{Backend, Mat, Spatial, StatsRef};
 use crate::config::BlockGeometry;
 use crate::error::Result;
+use crate::plan::StoragePlan;
 
 /// The shared buffer S of one dense block and the batch statistics of its channels.
 pub struct FeatureStorage<B: Backend> {
@@ -18,18 +19,12 @@ pub struct FeatureStorage<B: Backend> {
 }
 
 impl<B: Backend> FeatureStorage<B> {
-    /// Allocates the storage; statistics are allocated only when training (`with_stats`).
-    pub fn new(backend: &B, geom: BlockGeometry, batch: usize, with_stats: bool) -> Result<Self> {
-        let pixels = batch * geom.hw();
-        let data = backend.alloc(pixels * geom.channels, Category::FeatureStorage)?;
-        let stats_len = if with_stats { 2 * geom.channels } else { 0 };
-        let stats = backend.alloc(stats_len, Category::FeatureStorage)?;
+    /// Allocates the storage and its statistics as planned (the statistics are empty in eval
+    /// mode, where the running statistics are used).
+    pub fn new(backend: &B, geom: BlockGeometry, batch: usize, plan: &StoragePlan) -> Result<Self> {
+        let data = backend.alloc(plan.data.len, plan.data.category)?;
+        let stats = backend.alloc(plan.stats.len, plan.stats.category)?;
         Ok(FeatureStorage { geom, batch, data, stats })
-    }
-
-    /// Bytes [`FeatureStorage::new`] allocates.
-    pub fn bytes(geom: &BlockGeometry, batch: usize, with_stats: bool) -> usize {
-        4 * (batch * geom.hw() * geom.channels + if with_stats { 2 * geom.channels } else { 0 })
     }
 
     pub fn pixels(&self) -> usize {

@@ -8,10 +8,11 @@
 
 mod conv;
 mod pointwise;
+mod unfused;
 
 use super::{
     At, Backend, BnGradTarget, BnRef, Category, ConvGeom, Mat, MemoryReport, MemoryTracker,
-    SgdParams, Spatial, StatsRef, BN_EPS, bn_affine,
+    PoolWindow, SgdParams, Spatial, StatsRef, BN_EPS, bn_affine,
 };
 use crate::error::{Error, Result};
 use std::sync::Arc;
@@ -107,6 +108,54 @@ fn check_mat(buf: &CpuBuf, m: Mat, what: &str) -> Result<()> {
     }
     let len = if m.rows == 0 || m.cols == 0 { 0 } else { (m.rows - 1) * m.ld + m.cols };
     check_range(buf, m.offset, len, what)
+}
+
+/// Checks that two matrices an elementwise op pairs up have the same shape.
+fn check_same_shape(a: Mat, b: Mat, what: &str) -> Result<()> {
+    if (a.rows, a.cols) != (b.rows, b.cols) {
+        return Err(Error::Shape(format!(
+            "{what}: {}x{} and {}x{} matrices",
+            a.rows, a.cols, b.rows, b.cols
+        )));
+    }
+    Ok(())
+}
+
+/// Checks that two matrices have the same number of channels (columns).
+fn check_channels(a: Mat, b: Mat, what: &str) -> Result<()> {
+    if a.cols != b.cols {
+        return Err(Error::Shape(format!("{what}: {} and {} channels", a.cols, b.cols)));
+    }
+    Ok(())
+}
+
+/// Checks that a matrix has one row per pixel of `shape`.
+fn check_pixels(m: Mat, shape: Spatial, what: &str) -> Result<()> {
+    if m.rows != shape.pixels() {
+        return Err(Error::Shape(format!(
+            "{what}: {} rows for {} pixels ({}x{}x{})",
+            m.rows,
+            shape.pixels(),
+            shape.n,
+            shape.h,
+            shape.w
+        )));
+    }
+    Ok(())
+}
+
+/// Checks that the statistics of `channels` channels lie inside their buffer.
+fn check_stats(s: StatsRef<'_, CpuBuf>, channels: usize, what: &str) -> Result<()> {
+    check_range(s.stats, s.mean, channels, &format!("{what} mean"))?;
+    check_range(s.stats, s.var, channels, &format!("{what} variance"))
+}
+
+/// Checks that statistics and affine parameters of `channels` channels lie inside their
+/// buffers.
+fn check_bn(bn: BnRef<'_, CpuBuf>, channels: usize, what: &str) -> Result<()> {
+    check_stats(StatsRef { stats: bn.stats, mean: bn.mean, var: bn.var }, channels, what)?;
+    check_range(bn.params, bn.gamma, channels, &format!("{what} gamma"))?;
+    check_range(bn.params, bn.beta, channels, &format!("{what} beta"))
 }
 
 impl Backend for CpuBackend {
@@ -693,4 +742,139 @@ impl Backend for CpuBackend {
         pointwise::sgd_update(&mut params.data[..len], &grads.data[..len], &mut velocity.data[..len], hp);
         Ok(())
     }
+
+    fn copy_columns(&self, src: &CpuBuf, sm: Mat, dst: &mut CpuBuf, dm: Mat, accumulate: bool) -> Result<()> {
+        check_mat(src, sm, "copy_columns source")?;
+        check_mat(dst, dm, "copy_columns destination")?;
+        check_same_shape(sm, dm, "copy_columns")?;
+        unfused::copy_columns(src.as_slice(), sm, dst.as_mut_slice(), dm, accumulate);
+        Ok(())
+    }
+
+    fn bn_apply(&self, x: &CpuBuf, xm: Mat, bn: BnRef<'_, CpuBuf>, y: &mut CpuBuf, ym: Mat) -> Result<()> {
+        check_mat(x, xm, "bn_apply input")?;
+        check_mat(y, ym, "bn_apply output")?;
+        check_same_shape(xm, ym, "bn_apply")?;
+        check_bn(bn, xm.cols, "bn_apply")?;
+        let bn = Bn::resolve(bn, xm.cols);
+        unfused::bn_apply(x.as_slice(), xm, &bn, y.as_mut_slice(), ym);
+        Ok(())
+    }
+
+    fn relu_fwd(&self, x: &CpuBuf, xm: Mat, y: &mut CpuBuf, ym: Mat) -> Result<()> {
+        check_mat(x, xm, "relu input")?;
+        check_mat(y, ym, "relu output")?;
+        check_same_shape(xm, ym, "relu")?;
+        unfused::relu_fwd(x.as_slice(), xm, y.as_mut_slice(), ym);
+        Ok(())
+    }
+
+    fn relu_bwd(&self, g: &mut CpuBuf, gm: Mat, x: &CpuBuf, xm: Mat) -> Result<()> {
+        check_mat(g, gm, "relu backward gradient")?;
+        check_mat(x, xm, "relu backward input")?;
+        check_same_shape(gm, xm, "relu backward")?;
+        unfused::relu_bwd(g.as_mut_slice(), gm, x.as_slice(), xm);
+        Ok(())
+    }
+
+    fn bn_grad_sums(
+        &self,
+        g: &CpuBuf,
+        gm: Mat,
+        x: &CpuBuf,
+        xm: Mat,
+        stats: StatsRef<'_, CpuBuf>,
+        sums: &mut CpuBuf,
+    ) -> Result<()> {
+        check_mat(g, gm, "bn_grad_sums gradient")?;
+        check_mat(x, xm, "bn_grad_sums input")?;
+        check_same_shape(gm, xm, "bn_grad_sums")?;
+        check_stats(stats, xm.cols, "bn_grad_sums")?;
+        check_range(sums, 0, 2 * xm.cols, "bn_grad_sums sums")?;
+        let (mean, invstd) = resolve_stats(stats, xm.cols);
+        unfused::bn_grad_sums(g.as_slice(), gm, x.as_slice(), xm, &mean, &invstd, sums.as_mut_slice());
+        Ok(())
+    }
+
+    fn avg_pool_fwd(
+        &self,
+        x: &CpuBuf,
+        xm: Mat,
+        shape: Spatial,
+        window: PoolWindow,
+        y: &mut CpuBuf,
+        ym: Mat,
+    ) -> Result<()> {
+        check_window(window)?;
+        check_mat(x, xm, "avg_pool input")?;
+        check_mat(y, ym, "avg_pool output")?;
+        check_pixels(xm, shape, "avg_pool input")?;
+        check_pixels(ym, window.out(shape), "avg_pool output")?;
+        check_channels(xm, ym, "avg_pool")?;
+        unfused::avg_pool_fwd(x.as_slice(), xm, shape, window, y.as_mut_slice(), ym);
+        Ok(())
+    }
+
+    fn avg_pool_bwd(
+        &self,
+        dy: &CpuBuf,
+        dym: Mat,
+        shape: Spatial,
+        window: PoolWindow,
+        dx: &mut CpuBuf,
+        dxm: Mat,
+    ) -> Result<()> {
+        check_window(window)?;
+        check_mat(dy, dym, "avg_pool output grad")?;
+        check_mat(dx, dxm, "avg_pool input grad")?;
+        check_pixels(dxm, shape, "avg_pool input grad")?;
+        check_pixels(dym, window.out(shape), "avg_pool output grad")?;
+        check_channels(dxm, dym, "avg_pool")?;
+        unfused::avg_pool_bwd(dy.as_slice(), dym, shape, window, dx.as_mut_slice(), dxm);
+        Ok(())
+    }
+
+    fn max_pool_fwd(&self, x: &CpuBuf, xm: Mat, shape: Spatial, y: &mut CpuBuf, ym: Mat) -> Result<()> {
+        check_mat(x, xm, "max_pool input")?;
+        check_mat(y, ym, "max_pool output")?;
+        check_pixels(xm, shape, "max_pool input")?;
+        check_pixels(ym, max_pool_out(shape), "max_pool output")?;
+        check_channels(xm, ym, "max_pool")?;
+        unfused::max_pool_fwd(x.as_slice(), xm, shape, y.as_mut_slice(), ym);
+        Ok(())
+    }
+
+    fn max_pool_bwd(
+        &self,
+        dy: &CpuBuf,
+        dym: Mat,
+        x: &CpuBuf,
+        xm: Mat,
+        shape: Spatial,
+        dx: &mut CpuBuf,
+        dxm: Mat,
+    ) -> Result<()> {
+        check_mat(dy, dym, "max_pool output grad")?;
+        check_mat(x, xm, "max_pool input")?;
+        check_mat(dx, dxm, "max_pool input grad")?;
+        check_pixels(xm, shape, "max_pool input")?;
+        check_same_shape(xm, dxm, "max_pool input grad")?;
+        check_pixels(dym, max_pool_out(shape), "max_pool output grad")?;
+        check_channels(xm, dym, "max_pool")?;
+        unfused::max_pool_bwd(dy.as_slice(), dym, x.as_slice(), xm, shape, dx.as_mut_slice(), dxm);
+        Ok(())
+    }
+}
+
+fn check_window(w: PoolWindow) -> Result<()> {
+    if w.h == 0 || w.w == 0 {
+        return Err(Error::Shape(format!("pooling window {}x{} is empty", w.h, w.w)));
+    }
+    Ok(())
+}
+
+/// Output extent of the stem max-pool (3×3, stride 2, padding 1).
+fn max_pool_out(s: Spatial) -> Spatial {
+    let (h, w) = pointwise::pool_out(s);
+    Spatial { n: s.n, h, w }
 }

@@ -12,10 +12,10 @@ use crate::config::conv_out;
 use rayon::prelude::*;
 
 /// Pixels per parallel work item. A constant, so that the reduction order is fixed.
-const CHUNK_ROWS: usize = 512;
+pub(super) const CHUNK_ROWS: usize = 512;
 
 /// Row `p` (its `m.cols` channels) of matrix `m` in `buf`.
-fn row(buf: &[f32], m: Mat, p: usize) -> &[f32] {
+pub(super) fn row(buf: &[f32], m: Mat, p: usize) -> &[f32] {
     &buf[m.at(p, 0)..][..m.cols]
 }
 
@@ -35,9 +35,9 @@ fn normalized(mean: f32, invstd: f32, x: f32) -> f32 {
 }
 
 /// Rows `first..first + rows` of a matrix, handed to one parallel work item.
-struct RowsMut<'a> {
-    first: usize,
-    rows: usize,
+pub(super) struct RowsMut<'a> {
+    pub(super) first: usize,
+    pub(super) rows: usize,
     ld: usize,
     cols: usize,
     data: &'a mut [f32],
@@ -45,7 +45,7 @@ struct RowsMut<'a> {
 
 impl RowsMut<'_> {
     /// Row `first + r`.
-    fn row(&mut self, r: usize) -> &mut [f32] {
+    pub(super) fn row(&mut self, r: usize) -> &mut [f32] {
         &mut self.data[r * self.ld..][..self.cols]
     }
 }
@@ -53,7 +53,7 @@ impl RowsMut<'_> {
 /// Runs `f` in parallel on the rows that `m` addresses in `buf`, cut into pieces of
 /// `chunk_rows` rows (each piece is a disjoint sub-slice, so the writes need no
 /// synchronisation), and returns the results in row order.
-fn par_row_chunks<R: Send>(
+pub(super) fn par_row_chunks<R: Send>(
     buf: &mut [f32],
     m: Mat,
     chunk_rows: usize,
@@ -86,7 +86,7 @@ fn add_in_order(partials: Vec<Vec<f64>>, width: usize) -> Vec<f64> {
 
 /// `width` f64 accumulators, `f(p, acc)` applied to every row `p < rows`: each piece of
 /// [`CHUNK_ROWS`] rows sums into its own accumulators, then the pieces are added in order.
-fn reduce_rows(rows: usize, width: usize, f: impl Fn(usize, &mut [f64]) + Sync) -> Vec<f64> {
+pub(super) fn reduce_rows(rows: usize, width: usize, f: impl Fn(usize, &mut [f64]) + Sync) -> Vec<f64> {
     let partials = (0..rows.div_ceil(CHUNK_ROWS))
         .into_par_iter()
         .map(|i| {
@@ -111,7 +111,7 @@ fn mask_and_sum(g: &mut [f32], x: &[f32], bn: &Bn, acc: &mut [f64]) {
 }
 
 /// Stores f64 totals into the f32 `sums` buffer.
-fn write_sums(sums: &mut [f32], totals: &[f64]) {
+pub(super) fn write_sums(sums: &mut [f32], totals: &[f64]) {
     sums.iter_mut().zip(totals).for_each(|(s, &t)| *s = t as f32);
 }
 
@@ -187,24 +187,36 @@ pub(super) fn bn_correction(g: &mut [f32], gm: Mat, x: &[f32], xm: Mat, mean: &[
 }
 
 /// Output height and width of the stem max-pool (3×3, stride 2, padding 1).
-fn pool_out(shape: Spatial) -> (usize, usize) {
+pub(super) fn pool_out(shape: Spatial) -> (usize, usize) {
     (conv_out(shape.h, 3, 2, 1), conv_out(shape.w, 3, 2, 1))
 }
 
-/// For output pixel `q` of the stem max-pool, the maximum of `relu(a⊙t + b)` per channel
-/// into `best` and the input pixel holding it into `arg`. Padding never wins (−∞, as
-/// PyTorch); the first maximum in row-major window order is kept (replaced only by a
-/// strictly greater value), which is the element PyTorch's max-pool picks. Forward and
-/// backward both call this, so the backward routes the gradient to the forward's choice.
-fn window_max(t: &[f32], tm: Mat, shape: Spatial, bn: &Bn, q: usize, best: &mut [f32], arg: &mut [usize]) {
+/// For output pixel `q` of the stem max-pool, the maximum of `act(c, t)` per channel (the
+/// fused op's `relu(a⊙t + b)`, or the plain max-pool's identity) into `best` and the input
+/// pixel holding it into `arg`. Padding never wins (−∞, as PyTorch); the first maximum in
+/// row-major window order is kept (replaced only by a strictly greater value), which is the
+/// element PyTorch's max-pool picks. Forward and backward both call this, so the backward
+/// routes the gradient to the forward's choice. `arg` starts at the window's first pixel, so
+/// it stays inside the window even where NaN inputs never compare greater.
+pub(super) fn window_max(
+    t: &[f32],
+    tm: Mat,
+    shape: Spatial,
+    act: impl Fn(usize, f32) -> f32,
+    q: usize,
+    best: &mut [f32],
+    arg: &mut [usize],
+) {
     let (oh, ow) = pool_out(shape);
     let (n, oy, ox) = (q / (oh * ow), q / ow % oh, q % ow);
+    let (y0, x0) = ((2 * oy).saturating_sub(1), (2 * ox).saturating_sub(1));
     best.fill(f32::NEG_INFINITY);
-    for iy in (2 * oy).saturating_sub(1)..(2 * oy + 2).min(shape.h) {
-        for ix in (2 * ox).saturating_sub(1)..(2 * ox + 2).min(shape.w) {
+    arg.fill((n * shape.h + y0) * shape.w + x0);
+    for iy in y0..(2 * oy + 2).min(shape.h) {
+        for ix in x0..(2 * ox + 2).min(shape.w) {
             let p = (n * shape.h + iy) * shape.w + ix;
             for (c, &v) in row(t, tm, p).iter().enumerate() {
-                let v = bn_relu(bn, c, v);
+                let v = act(c, v);
                 if v > best[c] {
                     best[c] = v;
                     arg[c] = p;
@@ -218,7 +230,7 @@ pub(super) fn bn_relu_maxpool_fwd(t: &[f32], tm: Mat, shape: Spatial, bn: &Bn, y
     par_row_chunks(y, ym, CHUNK_ROWS, |mut piece| {
         let mut arg = vec![0; tm.cols];
         for r in 0..piece.rows {
-            window_max(t, tm, shape, bn, piece.first + r, piece.row(r), &mut arg);
+            window_max(t, tm, shape, |c, v| bn_relu(bn, c, v), piece.first + r, piece.row(r), &mut arg);
         }
     });
 }
@@ -234,7 +246,7 @@ pub(super) fn bn_relu_maxpool_bwd(dy: &[f32], dym: Mat, t: &[f32], tm: Mat, shap
         (0..piece.rows).for_each(|r| piece.row(r).fill(0.0));
         let (mut best, mut arg) = (vec![0.0; cols], vec![0; cols]);
         for q in n * oh * ow..(n + 1) * oh * ow {
-            window_max(t, tm, shape, bn, q, &mut best, &mut arg);
+            window_max(t, tm, shape, |c, v| bn_relu(bn, c, v), q, &mut best, &mut arg);
             for (c, &d) in row(dy, dym, q).iter().enumerate() {
                 piece.row(arg[c] - piece.first)[c] += d;
             }

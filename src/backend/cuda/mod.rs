@@ -21,7 +21,7 @@ pub use emulated::EmuDevice;
 
 use super::{Category, Mat, MemoryReport, MemoryTracker};
 use crate::error::{Error, Result};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// A device buffer of `f32` whose bytes are counted while it lives.
 pub struct DeviceBuf<D: Device> {
@@ -46,15 +46,25 @@ impl<D: Device> Drop for DeviceBuf<D> {
     }
 }
 
+/// Floats of device scratch a kernel backend reserves when it is created (16 MiB, counted
+/// under [`Category::Workspace`]): room for the per-split partial results of deterministic
+/// split reductions (split-K weight gradients, per-channel sums over many pixel tiles), which
+/// a second kernel combines in a fixed order instead of racing float atomics.
+pub const SCRATCH_FLOATS: usize = 1 << 22;
+
 /// Kernel launches on a device, with a byte-counting allocator.
 pub struct KernelBackend<D: Device> {
     device: Arc<D>,
     tracker: Arc<MemoryTracker>,
+    /// Shared by clones. The lock is held while a wrapper enqueues the kernels that use the
+    /// scratch; later launches on the device's one stream run after them, so the next user
+    /// cannot overwrite partials that are still to be read.
+    scratch: Arc<Mutex<DeviceBuf<D>>>,
 }
 
 impl<D: Device> Clone for KernelBackend<D> {
     fn clone(&self) -> Self {
-        KernelBackend { device: self.device.clone(), tracker: self.tracker.clone() }
+        KernelBackend { device: self.device.clone(), tracker: self.tracker.clone(), scratch: self.scratch.clone() }
     }
 }
 
@@ -67,27 +77,35 @@ pub type EmuBackend = KernelBackend<EmuDevice>;
 impl CudaBackend {
     /// Opens GPU `ordinal`; a clear error when there is no CUDA driver or no such GPU.
     pub fn new(ordinal: usize) -> Result<Self> {
-        Ok(Self::on(CudaDevice::new(ordinal)?))
+        Self::on(CudaDevice::new(ordinal)?)
     }
 }
 
 #[cfg(feature = "cuda-emu")]
 impl EmuBackend {
-    pub fn new() -> Self {
+    pub fn new() -> Result<Self> {
         Self::on(EmuDevice)
     }
 }
 
-#[cfg(feature = "cuda-emu")]
-impl Default for EmuBackend {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl<D: Device> KernelBackend<D> {
-    pub fn on(device: D) -> Self {
-        KernelBackend { device: Arc::new(device), tracker: Arc::new(MemoryTracker::new()) }
+    /// A backend on `device`; reserves the [`SCRATCH_FLOATS`] scratch.
+    pub fn on(device: D) -> Result<Self> {
+        let tracker = Arc::new(MemoryTracker::new());
+        let mem = device.alloc_zeroed(SCRATCH_FLOATS)?;
+        tracker.allocated(SCRATCH_FLOATS * 4, Category::Workspace);
+        let scratch = DeviceBuf { mem, len: SCRATCH_FLOATS, category: Category::Workspace, tracker: tracker.clone() };
+        Ok(KernelBackend { device: Arc::new(device), tracker, scratch: Arc::new(Mutex::new(scratch)) })
+    }
+
+    /// Runs `enqueue` with the device address of `floats` floats of scratch (see
+    /// [`SCRATCH_FLOATS`]); errors if more is asked for.
+    pub(crate) fn with_scratch<R>(&self, floats: usize, enqueue: impl FnOnce(u64) -> Result<R>) -> Result<R> {
+        if floats > SCRATCH_FLOATS {
+            return Err(Error::Shape(format!("{floats} floats of kernel scratch requested, {SCRATCH_FLOATS} reserved")));
+        }
+        let scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        enqueue(self.device.address(&scratch.mem, 0))
     }
 
     pub fn name(&self) -> String {

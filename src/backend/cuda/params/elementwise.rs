@@ -1,22 +1,6 @@
-//! `#[repr(C)]` parameter structs, one per kernel family, passed by value as each kernel's
-//! first argument. Each mirrors, field for field, the struct of the same name in the `.cu`
-//! file named in its doc comment; `tests` pins their sizes so a one-sided edit is caught.
+//! Params of `kernels/stats.cu`, `bn_backward.cu`, `loss.cu` and `sgd.cu`.
 
 use bytemuck::{Pod, Zeroable};
-use cudarc::driver::DeviceRepr;
-
-/// A params struct a kernel takes by value.
-pub trait KernelParams: Pod + DeviceRepr {}
-
-macro_rules! kernel_params {
-    ($($name:ident),* $(,)?) => {
-        $(
-            // SAFETY: plain-old-data `#[repr(C)]` structs laid out as their CUDA mirrors.
-            unsafe impl DeviceRepr for $name {}
-            impl KernelParams for $name {}
-        )*
-    };
-}
 
 /// `kernels/stats.cu`: a rows × cols matrix with leading dimension ld.
 #[repr(C)]

@@ -1,0 +1,1 @@
+//! Launch wrappers of `kernels/conv.cu`.

@@ -1,0 +1,1 @@
+//! Launch wrappers of `kernels/conv1x1.cu`.

@@ -1,0 +1,249 @@
+//! Launch wrappers of `kernels/pool.cu`, and the pieces shared with `unfused.rs`: the stem
+//! max-pool's extent, pixel-count checks, and the deterministic tile sums (per-tile partials in
+//! the backend's scratch, added by a finishing kernel).
+
+use super::{EW_COLS, EW_ROWS, elementwise_cfg, same_shape};
+use crate::backend::cuda::device::{Device, LaunchCfg};
+use crate::backend::cuda::params::pool::{GlobalPoolParams, MaxPoolParams, TileSumsParams};
+use crate::backend::cuda::{DeviceBuf, KernelBackend, SCRATCH_FLOATS, check_mat, check_range, u32_of};
+use crate::backend::{BnRef, Mat, Spatial};
+use crate::config::conv_out;
+use crate::error::{Error, Result};
+
+/// Fewest pixels of a partial-sum tile: a 32 × 8 block then walks at least 16 pixels per
+/// thread, enough to amortise its final in-block combine.
+const MIN_TILE_ROWS: usize = 128;
+/// Most partial-sum tiles: ImageNet's stem (64 channels) then runs 2 × 1024 blocks, several
+/// waves on any GPU, while the finishing pass adds at most 1024 partials per sum.
+const MAX_TILES: usize = 1024;
+/// Most blocks along a grid's y dimension.
+const MAX_GRID_Y: usize = 65_535;
+
+/// The pixel tiling of a deterministic per-channel reduction (`kernels/common.cuh`,
+/// "Deterministic per-channel sums"). It depends on the shape only, never on the device, so
+/// the sums are bit-identical on every run.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct SumTiles {
+    pub(super) tile_rows: u32,
+    tiles: u32,
+    cols: usize,
+}
+
+impl SumTiles {
+    pub(super) fn new(rows: usize, cols: usize) -> Result<Self> {
+        // A tile's partials are 2·cols doubles (4·cols floats); one float is kept for alignment.
+        let fit = (SCRATCH_FLOATS - 1) / (4 * cols.max(1));
+        if fit == 0 {
+            return Err(Error::Shape(format!("{cols} channels: their partial sums exceed the kernel scratch")));
+        }
+        let tile_rows = rows.div_ceil(fit.min(MAX_TILES)).max(MIN_TILE_ROWS);
+        let tiles = rows.div_ceil(tile_rows).max(1);
+        Ok(SumTiles { tile_rows: u32_of(tile_rows, "tile rows")?, tiles: u32_of(tiles, "tiles")?, cols })
+    }
+
+    /// The partial kernel's grid: blocks of 32 channels × 8 row threads, one block row per tile.
+    pub(super) fn cfg(&self) -> LaunchCfg {
+        LaunchCfg::channel_tiles::<EW_COLS, EW_ROWS>(self.cols, self.tiles)
+    }
+}
+
+/// Output extent of the stem max-pool (3×3, stride 2, padding 1).
+pub(super) fn stem_pool_out(s: Spatial) -> Spatial {
+    Spatial { n: s.n, h: conv_out(s.h, 3, 2, 1), w: conv_out(s.w, 3, 2, 1) }
+}
+
+/// Errors unless `m` has one row per pixel of `shape`: the kernels index rows by pixel.
+pub(super) fn check_pixels(m: Mat, shape: Spatial, what: &str) -> Result<()> {
+    let pixels = shape.n.checked_mul(shape.h).and_then(|v| v.checked_mul(shape.w));
+    if pixels != Some(m.rows) {
+        return Err(Error::Shape(format!("{what}: {} rows for {}x{}x{} pixels", m.rows, shape.n, shape.h, shape.w)));
+    }
+    Ok(())
+}
+
+/// Errors unless two matrices have the same number of channels.
+pub(super) fn check_channels(a: Mat, b: Mat, what: &str) -> Result<()> {
+    if a.cols != b.cols {
+        return Err(Error::Shape(format!("{what}: {} and {} channels", a.cols, b.cols)));
+    }
+    Ok(())
+}
+
+/// The stem max-pool's params for input matrix `tm` of `shape`, output pitch `ld_y`, input
+/// gradient pitch `ld_g` and partial-sum tile `tile_rows` (both 0 in the forward).
+fn max_pool_params(tm: Mat, shape: Spatial, ld_y: usize, ld_g: usize, tile_rows: u32) -> Result<MaxPoolParams> {
+    let out = stem_pool_out(shape);
+    Ok(MaxPoolParams {
+        n: u32_of(shape.n, "batch")?,
+        h: u32_of(shape.h, "height")?,
+        w: u32_of(shape.w, "width")?,
+        out_h: u32_of(out.h, "pooled height")?,
+        out_w: u32_of(out.w, "pooled width")?,
+        cols: u32_of(tm.cols, "cols")?,
+        ld_t: u32_of(tm.ld, "ld")?,
+        ld_y: u32_of(ld_y, "ld")?,
+        ld_g: u32_of(ld_g, "ld")?,
+        tile_rows,
+    })
+}
+
+impl<D: Device> KernelBackend<D> {
+    /// A deterministic reduction into `sums[0..2·cols]` (checked by the caller): `partial`
+    /// launches the per-tile kernel with the address of its double partials in the scratch,
+    /// then `finish` (a `dn_tile_sums_finish` entry point) adds the tiles in a fixed order.
+    pub(super) fn tile_sums(
+        &self,
+        tiles: SumTiles,
+        finish: &'static str,
+        sums: &mut DeviceBuf<D>,
+        partial: impl FnOnce(u64) -> Result<()>,
+    ) -> Result<()> {
+        let width = 2 * tiles.cols;
+        let p = TileSumsParams { tiles: tiles.tiles, width: u32_of(width, "sum width")? };
+        let sums = self.addr(sums, 0);
+        self.with_scratch(tiles.tiles as usize * 2 * width + 1, |scratch| {
+            // Doubles need 8-byte alignment; the emulator's scratch is only f32-aligned.
+            let partials = scratch.next_multiple_of(8);
+            partial(partials)?;
+            let cfg = LaunchCfg::channel_tiles::<EW_COLS, EW_ROWS>(width, 1);
+            // SAFETY: `partials` holds tiles × width doubles inside the scratch reserved above
+            // (2·width floats a tile plus the alignment float); sums covers width floats.
+            unsafe { self.device.launch(finish, cfg, &p, &[partials, sums]) }
+        })
+    }
+
+    /// See `Backend::bn_relu_maxpool_fwd`.
+    pub fn bn_relu_maxpool_fwd(
+        &self,
+        t: &DeviceBuf<D>,
+        tm: Mat,
+        shape: Spatial,
+        bn: BnRef<'_, DeviceBuf<D>>,
+        y: &mut DeviceBuf<D>,
+        ym: Mat,
+    ) -> Result<()> {
+        check_mat(t, tm, "maxpool input")?;
+        check_mat(y, ym, "maxpool output")?;
+        check_pixels(tm, shape, "maxpool input")?;
+        check_pixels(ym, stem_pool_out(shape), "maxpool output")?;
+        check_channels(tm, ym, "maxpool")?;
+        self.check_bn(bn, tm.cols, "maxpool statistics")?;
+        let p = max_pool_params(tm, shape, ym.ld, 0, 0)?;
+        let [mean, var, gamma, beta] = self.bn_addresses(bn);
+        let addrs = [self.addr(t, tm.offset), mean, var, gamma, beta, self.addr(y, ym.offset)];
+        // SAFETY: t covers tm (shape's pixels), y covers ym (the pooled pixels), per-channel
+        // vectors cover cols (checked above).
+        unsafe { self.device.launch("bn_relu_maxpool_fwd_f32", elementwise_cfg(ym.rows, ym.cols), &p, &addrs) }
+    }
+
+    /// See `Backend::bn_relu_maxpool_bwd`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn bn_relu_maxpool_bwd(
+        &self,
+        dy: &DeviceBuf<D>,
+        dym: Mat,
+        t: &DeviceBuf<D>,
+        tm: Mat,
+        shape: Spatial,
+        bn: BnRef<'_, DeviceBuf<D>>,
+        g: &mut DeviceBuf<D>,
+        gm: Mat,
+        sums: &mut DeviceBuf<D>,
+    ) -> Result<()> {
+        check_mat(dy, dym, "maxpool output grad")?;
+        check_mat(t, tm, "maxpool input")?;
+        check_mat(g, gm, "maxpool input grad")?;
+        check_pixels(tm, shape, "maxpool input")?;
+        check_pixels(dym, stem_pool_out(shape), "maxpool output grad")?;
+        check_channels(tm, dym, "maxpool backward")?;
+        same_shape(gm, tm, "maxpool backward")?;
+        check_range(sums, 0, 2 * tm.cols, "maxpool sums")?;
+        self.check_bn(bn, tm.cols, "maxpool statistics")?;
+        let tiles = SumTiles::new(tm.rows, tm.cols)?;
+        let p = max_pool_params(tm, shape, dym.ld, gm.ld, tiles.tile_rows)?;
+        let [mean, var, gamma, beta] = self.bn_addresses(bn);
+        let (dy, t, g) = (self.addr(dy, dym.offset), self.addr(t, tm.offset), self.addr(g, gm.offset));
+        self.tile_sums(tiles, "pool_sums_finish_f32", sums, |partials| {
+            // SAFETY: dy, t and g cover their matrices (the pooled and the input pixels), the
+            // per-channel vectors cover cols, partials one row of 2·cols doubles per tile.
+            unsafe {
+                self.device.launch("bn_relu_maxpool_bwd_f32", tiles.cfg(), &p, &[dy, t, mean, var, gamma, beta, g, partials])
+            }
+        })
+    }
+
+    /// See `Backend::bn_relu_global_pool_fwd`.
+    pub fn bn_relu_global_pool_fwd(
+        &self,
+        x: &DeviceBuf<D>,
+        xm: Mat,
+        shape: Spatial,
+        bn: BnRef<'_, DeviceBuf<D>>,
+        pooled: &mut DeviceBuf<D>,
+    ) -> Result<()> {
+        check_mat(x, xm, "global pool input")?;
+        check_pixels(xm, shape, "global pool input")?;
+        check_range(pooled, 0, shape.n.saturating_mul(xm.cols), "pooled features")?;
+        self.check_bn(bn, xm.cols, "global pool statistics")?;
+        let p = global_pool_params(xm, shape, 0, 0)?;
+        let [mean, var, gamma, beta] = self.bn_addresses(bn);
+        let addrs = [self.addr(x, xm.offset), mean, var, gamma, beta, self.addr(pooled, 0)];
+        // One block row per image (looping past the grid's limit): each image's sums are made
+        // inside one block, in a fixed order.
+        let cfg = LaunchCfg::channel_tiles::<EW_COLS, EW_ROWS>(xm.cols, shape.n.min(MAX_GRID_Y) as u32);
+        // SAFETY: x covers xm (shape's pixels), pooled n × cols floats, per-channel vectors
+        // cover cols (checked above).
+        unsafe { self.device.launch("bn_relu_global_pool_fwd_f32", cfg, &p, &addrs) }
+    }
+
+    /// See `Backend::bn_relu_global_pool_bwd`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn bn_relu_global_pool_bwd(
+        &self,
+        dpooled: &DeviceBuf<D>,
+        x: &DeviceBuf<D>,
+        xm: Mat,
+        shape: Spatial,
+        bn: BnRef<'_, DeviceBuf<D>>,
+        dx: &mut DeviceBuf<D>,
+        dxm: Mat,
+        sums: &mut DeviceBuf<D>,
+    ) -> Result<()> {
+        check_range(dpooled, 0, shape.n.saturating_mul(xm.cols), "pooled gradient")?;
+        check_mat(x, xm, "global pool input")?;
+        check_mat(dx, dxm, "global pool input grad")?;
+        check_pixels(xm, shape, "global pool input")?;
+        same_shape(dxm, xm, "global pool backward")?;
+        check_range(sums, 0, 2 * xm.cols, "global pool sums")?;
+        self.check_bn(bn, xm.cols, "global pool statistics")?;
+        let tiles = SumTiles::new(xm.rows, xm.cols)?;
+        let p = global_pool_params(xm, shape, dxm.ld, tiles.tile_rows)?;
+        let [mean, var, gamma, beta] = self.bn_addresses(bn);
+        let (dpooled, x, dx) = (self.addr(dpooled, 0), self.addr(x, xm.offset), self.addr(dx, dxm.offset));
+        self.tile_sums(tiles, "pool_sums_finish_f32", sums, |partials| {
+            // SAFETY: dpooled covers n × cols floats, x and dx their matrices, the per-channel
+            // vectors cols, partials one row of 2·cols doubles per tile.
+            unsafe {
+                self.device.launch(
+                    "bn_relu_global_pool_bwd_f32",
+                    tiles.cfg(),
+                    &p,
+                    &[dpooled, x, mean, var, gamma, beta, dx, partials],
+                )
+            }
+        })
+    }
+}
+
+/// The global pool's params for input matrix `xm` of `shape`, input-gradient pitch `ld_dx`
+/// and partial-sum tile `tile_rows` (both 0 in the forward).
+fn global_pool_params(xm: Mat, shape: Spatial, ld_dx: usize, tile_rows: u32) -> Result<GlobalPoolParams> {
+    Ok(GlobalPoolParams {
+        n: u32_of(shape.n, "batch")?,
+        image: u32_of(shape.h * shape.w, "image pixels")?,
+        cols: u32_of(xm.cols, "cols")?,
+        ld_x: u32_of(xm.ld, "ld")?,
+        ld_dx: u32_of(ld_dx, "ld")?,
+        tile_rows,
+    })
+}

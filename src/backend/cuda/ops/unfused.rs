@@ -1,0 +1,238 @@
+//! Launch wrappers of `kernels/unfused.cu`: the unfused ops of the naive baseline.
+
+use super::pool::{SumTiles, check_channels, check_pixels, stem_pool_out};
+use super::elementwise_cfg;
+use crate::backend::cuda::device::Device;
+use crate::backend::cuda::params::unfused::{UnfusedParams, UnfusedPoolParams};
+use crate::backend::cuda::{DeviceBuf, KernelBackend, check_mat, check_range, u32_of};
+use crate::backend::{BnRef, Mat, PoolWindow, Spatial, StatsRef};
+use crate::error::{Error, Result};
+
+/// Errors unless two matrices an elementwise op pairs up have the same shape.
+fn same_extent(a: Mat, b: Mat, what: &str) -> Result<()> {
+    if (a.rows, a.cols) != (b.rows, b.cols) {
+        return Err(Error::Shape(format!("{what}: {}x{} and {}x{} matrices", a.rows, a.cols, b.rows, b.cols)));
+    }
+    Ok(())
+}
+
+/// Params of an elementwise op reading `xm` and writing (or reading) `ym`.
+fn unfused_params(xm: Mat, ym: Mat, accumulate: bool, tile_rows: u32) -> Result<UnfusedParams> {
+    Ok(UnfusedParams {
+        rows: u32_of(xm.rows, "rows")?,
+        cols: u32_of(xm.cols, "cols")?,
+        ld_x: u32_of(xm.ld, "ld")?,
+        ld_y: u32_of(ym.ld, "ld")?,
+        accumulate: u32::from(accumulate),
+        tile_rows,
+    })
+}
+
+/// Params of a pool with input `xm` of `shape`, output `out` with pitch `ld_y`, input-gradient
+/// pitch `ld_dx` (0 in the forward) and average-pool `window` (1 × 1 for the max-pool).
+fn pool_params(xm: Mat, shape: Spatial, out: Spatial, ld_y: usize, ld_dx: usize, window: PoolWindow) -> Result<UnfusedPoolParams> {
+    Ok(UnfusedPoolParams {
+        n: u32_of(shape.n, "batch")?,
+        h: u32_of(shape.h, "height")?,
+        w: u32_of(shape.w, "width")?,
+        out_h: u32_of(out.h, "pooled height")?,
+        out_w: u32_of(out.w, "pooled width")?,
+        win_h: u32_of(window.h, "window height")?,
+        win_w: u32_of(window.w, "window width")?,
+        cols: u32_of(xm.cols, "cols")?,
+        ld_x: u32_of(xm.ld, "ld")?,
+        ld_y: u32_of(ld_y, "ld")?,
+        ld_dx: u32_of(ld_dx, "ld")?,
+    })
+}
+
+fn check_window(w: PoolWindow) -> Result<()> {
+    if w.h == 0 || w.w == 0 {
+        return Err(Error::Shape(format!("pooling window {}x{} is empty", w.h, w.w)));
+    }
+    Ok(())
+}
+
+/// The max-pool's window field, unused by its kernels.
+const NO_WINDOW: PoolWindow = PoolWindow { h: 1, w: 1 };
+
+impl<D: Device> KernelBackend<D> {
+    /// See `Backend::copy_columns`.
+    pub fn copy_columns(
+        &self,
+        src: &DeviceBuf<D>,
+        sm: Mat,
+        dst: &mut DeviceBuf<D>,
+        dm: Mat,
+        accumulate: bool,
+    ) -> Result<()> {
+        check_mat(src, sm, "copy_columns source")?;
+        check_mat(dst, dm, "copy_columns destination")?;
+        same_extent(sm, dm, "copy_columns")?;
+        let p = unfused_params(sm, dm, accumulate, 0)?;
+        let addrs = [self.addr(src, sm.offset), self.addr(dst, dm.offset)];
+        // SAFETY: src covers sm, dst covers dm, of the same shape (checked above).
+        unsafe { self.device.launch("copy_columns_f32", elementwise_cfg(sm.rows, sm.cols), &p, &addrs) }
+    }
+
+    /// See `Backend::bn_apply`.
+    pub fn bn_apply(
+        &self,
+        x: &DeviceBuf<D>,
+        xm: Mat,
+        bn: BnRef<'_, DeviceBuf<D>>,
+        y: &mut DeviceBuf<D>,
+        ym: Mat,
+    ) -> Result<()> {
+        check_mat(x, xm, "bn_apply input")?;
+        check_mat(y, ym, "bn_apply output")?;
+        same_extent(xm, ym, "bn_apply")?;
+        self.check_bn(bn, xm.cols, "bn_apply")?;
+        let p = unfused_params(xm, ym, false, 0)?;
+        let [mean, var, gamma, beta] = self.bn_addresses(bn);
+        let addrs = [self.addr(x, xm.offset), mean, var, gamma, beta, self.addr(y, ym.offset)];
+        // SAFETY: x covers xm, y covers ym (same shape), per-channel vectors cover cols.
+        unsafe { self.device.launch("bn_apply_f32", elementwise_cfg(xm.rows, xm.cols), &p, &addrs) }
+    }
+
+    /// See `Backend::relu_fwd`.
+    pub fn relu_fwd(&self, x: &DeviceBuf<D>, xm: Mat, y: &mut DeviceBuf<D>, ym: Mat) -> Result<()> {
+        check_mat(x, xm, "relu input")?;
+        check_mat(y, ym, "relu output")?;
+        same_extent(xm, ym, "relu")?;
+        let p = unfused_params(xm, ym, false, 0)?;
+        let addrs = [self.addr(x, xm.offset), self.addr(y, ym.offset)];
+        // SAFETY: x covers xm, y covers ym, of the same shape (checked above).
+        unsafe { self.device.launch("relu_fwd_f32", elementwise_cfg(xm.rows, xm.cols), &p, &addrs) }
+    }
+
+    /// See `Backend::relu_bwd`.
+    pub fn relu_bwd(&self, g: &mut DeviceBuf<D>, gm: Mat, x: &DeviceBuf<D>, xm: Mat) -> Result<()> {
+        check_mat(g, gm, "relu backward gradient")?;
+        check_mat(x, xm, "relu backward input")?;
+        same_extent(gm, xm, "relu backward")?;
+        let p = unfused_params(xm, gm, false, 0)?;
+        let addrs = [self.addr(g, gm.offset), self.addr(x, xm.offset)];
+        // SAFETY: g covers gm, x covers xm, of the same shape (checked above).
+        unsafe { self.device.launch("relu_bwd_f32", elementwise_cfg(xm.rows, xm.cols), &p, &addrs) }
+    }
+
+    /// See `Backend::bn_grad_sums`.
+    pub fn bn_grad_sums(
+        &self,
+        g: &DeviceBuf<D>,
+        gm: Mat,
+        x: &DeviceBuf<D>,
+        xm: Mat,
+        stats: StatsRef<'_, DeviceBuf<D>>,
+        sums: &mut DeviceBuf<D>,
+    ) -> Result<()> {
+        check_mat(g, gm, "bn_grad_sums gradient")?;
+        check_mat(x, xm, "bn_grad_sums input")?;
+        same_extent(gm, xm, "bn_grad_sums")?;
+        self.check_stats(stats, xm.cols, "bn_grad_sums")?;
+        check_range(sums, 0, 2 * xm.cols, "bn_grad_sums sums")?;
+        let tiles = SumTiles::new(xm.rows, xm.cols)?;
+        let p = unfused_params(xm, gm, false, tiles.tile_rows)?;
+        let addrs = [
+            self.addr(g, gm.offset),
+            self.addr(x, xm.offset),
+            self.addr(stats.stats, stats.mean),
+            self.addr(stats.stats, stats.var),
+        ];
+        self.tile_sums(tiles, "bn_grad_sums_finish_f32", sums, |partials| {
+            let [g, x, mean, var] = addrs;
+            // SAFETY: g and x cover their (same-shaped) matrices, mean and var cover cols,
+            // partials one row of 2·cols doubles per tile.
+            unsafe { self.device.launch("bn_grad_sums_f32", tiles.cfg(), &p, &[g, x, mean, var, partials]) }
+        })
+    }
+
+    /// See `Backend::avg_pool_fwd`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn avg_pool_fwd(
+        &self,
+        x: &DeviceBuf<D>,
+        xm: Mat,
+        shape: Spatial,
+        window: PoolWindow,
+        y: &mut DeviceBuf<D>,
+        ym: Mat,
+    ) -> Result<()> {
+        check_window(window)?;
+        check_mat(x, xm, "avg_pool input")?;
+        check_mat(y, ym, "avg_pool output")?;
+        let out = window.out(shape);
+        check_pixels(xm, shape, "avg_pool input")?;
+        check_pixels(ym, out, "avg_pool output")?;
+        check_channels(xm, ym, "avg_pool")?;
+        let p = pool_params(xm, shape, out, ym.ld, 0, window)?;
+        let addrs = [self.addr(x, xm.offset), self.addr(y, ym.offset)];
+        // SAFETY: x covers xm (shape's pixels), y covers ym (the pooled pixels), same channels.
+        unsafe { self.device.launch("avg_pool_fwd_f32", elementwise_cfg(ym.rows, ym.cols), &p, &addrs) }
+    }
+
+    /// See `Backend::avg_pool_bwd`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn avg_pool_bwd(
+        &self,
+        dy: &DeviceBuf<D>,
+        dym: Mat,
+        shape: Spatial,
+        window: PoolWindow,
+        dx: &mut DeviceBuf<D>,
+        dxm: Mat,
+    ) -> Result<()> {
+        check_window(window)?;
+        check_mat(dy, dym, "avg_pool output grad")?;
+        check_mat(dx, dxm, "avg_pool input grad")?;
+        let out = window.out(shape);
+        check_pixels(dxm, shape, "avg_pool input grad")?;
+        check_pixels(dym, out, "avg_pool output grad")?;
+        check_channels(dxm, dym, "avg_pool")?;
+        let p = pool_params(dxm, shape, out, dym.ld, dxm.ld, window)?;
+        let addrs = [self.addr(dy, dym.offset), self.addr(dx, dxm.offset)];
+        // SAFETY: dy covers dym (the pooled pixels), dx covers dxm (shape's pixels).
+        unsafe { self.device.launch("avg_pool_bwd_f32", elementwise_cfg(dxm.rows, dxm.cols), &p, &addrs) }
+    }
+
+    /// See `Backend::max_pool_fwd`.
+    pub fn max_pool_fwd(&self, x: &DeviceBuf<D>, xm: Mat, shape: Spatial, y: &mut DeviceBuf<D>, ym: Mat) -> Result<()> {
+        check_mat(x, xm, "max_pool input")?;
+        check_mat(y, ym, "max_pool output")?;
+        let out = stem_pool_out(shape);
+        check_pixels(xm, shape, "max_pool input")?;
+        check_pixels(ym, out, "max_pool output")?;
+        check_channels(xm, ym, "max_pool")?;
+        let p = pool_params(xm, shape, out, ym.ld, 0, NO_WINDOW)?;
+        let addrs = [self.addr(x, xm.offset), self.addr(y, ym.offset)];
+        // SAFETY: x covers xm (shape's pixels), y covers ym (the pooled pixels), same channels.
+        unsafe { self.device.launch("max_pool_fwd_f32", elementwise_cfg(ym.rows, ym.cols), &p, &addrs) }
+    }
+
+    /// See `Backend::max_pool_bwd`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn max_pool_bwd(
+        &self,
+        dy: &DeviceBuf<D>,
+        dym: Mat,
+        x: &DeviceBuf<D>,
+        xm: Mat,
+        shape: Spatial,
+        dx: &mut DeviceBuf<D>,
+        dxm: Mat,
+    ) -> Result<()> {
+        check_mat(dy, dym, "max_pool output grad")?;
+        check_mat(x, xm, "max_pool input")?;
+        check_mat(dx, dxm, "max_pool input grad")?;
+        let out = stem_pool_out(shape);
+        check_pixels(xm, shape, "max_pool input")?;
+        same_extent(xm, dxm, "max_pool input grad")?;
+        check_pixels(dym, out, "max_pool output grad")?;
+        check_channels(xm, dym, "max_pool")?;
+        let p = pool_params(xm, shape, out, dym.ld, dxm.ld, NO_WINDOW)?;
+        let addrs = [self.addr(dy, dym.offset), self.addr(x, xm.offset), self.addr(dx, dxm.offset)];
+        // SAFETY: dy covers dym (the pooled pixels), x and dx their same-shaped matrices.
+        unsafe { self.device.launch("max_pool_bwd_f32", elementwise_cfg(xm.rows, xm.cols), &p, &addrs) }
+    }
+}

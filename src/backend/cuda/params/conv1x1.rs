@@ -1,0 +1,1 @@
+//! Params of `kernels/conv1x1.cu`.

@@ -1,0 +1,31 @@
+//! `#[repr(C)]` parameter structs, one per kernel family, passed by value as each kernel's
+//! first argument. Each mirrors, field for field, the struct of the same name in the `.cu`
+//! file named in its doc comment; `tests` pins their sizes so a one-sided edit is caught.
+
+use bytemuck::Pod;
+use cudarc::driver::DeviceRepr;
+
+/// A params struct a kernel takes by value.
+pub trait KernelParams: Pod + DeviceRepr {}
+
+/// Implements cudarc's `DeviceRepr` and [`KernelParams`] for params structs.
+macro_rules! kernel_params {
+    ($($name:ident),* $(,)?) => {
+        $(
+            // SAFETY: plain-old-data `#[repr(C)]` structs laid out as their CUDA mirrors.
+            unsafe impl cudarc::driver::DeviceRepr for $name {}
+            impl $crate::backend::cuda::params::KernelParams for $name {}
+        )*
+    };
+}
+
+mod elementwise;
+pub mod conv1x1;
+pub mod conv3x3;
+pub mod conv;
+pub mod transition;
+pub mod pool;
+pub mod head;
+pub mod unfused;
+
+pub use elementwise::*;

@@ -1,0 +1,1 @@
+//! Params of `kernels/transition.cu`.

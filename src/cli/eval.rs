@@ -1,0 +1,96 @@
+//! `densenet eval`: test-set accuracy of a checkpoint with an eval-mode network (running
+//! statistics, no gradient buffers).
+
+use super::backend_choice::{BackendChoice, BackendTask, run_on};
+use super::progress::{Progress, megabytes};
+use clap::Args;
+use densenet::backend::Backend;
+use densenet::checkpoint::Checkpoint;
+use densenet::data::DataSource;
+use densenet::efficient::Options;
+use densenet::error::Error;
+use densenet::train::evaluate;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Checkpoint written by `densenet train` (the model configuration is read from it).
+    #[arg(long, value_name = "FILE")]
+    pub checkpoint: PathBuf,
+    /// CIFAR directory whose test split to evaluate (default: the data set recorded in the
+    /// checkpoint).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Images per batch.
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// Where to run.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub backend: BackendChoice,
+    /// Print one JSON object (`accuracy`, `loss`, `images`, `peak_memory_bytes`) instead of
+    /// a sentence.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct Report {
+    images: usize,
+    loss: f64,
+    accuracy: f64,
+    peak_memory_bytes: usize,
+}
+
+pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
+    run_on(args.backend, Eval { args })
+}
+
+/// `eval` on the chosen backend.
+struct Eval<'a> {
+    args: &'a EvalArgs,
+}
+
+impl BackendTask for Eval<'_> {
+    type Output = ();
+
+    fn run<B: Backend>(self, backend: B) -> anyhow::Result<()> {
+        let args = self.args;
+        let checkpoint = Checkpoint::load(&args.checkpoint)?;
+        let source = match (&args.data, &checkpoint.data) {
+            (Some(dir), _) => DataSource::Cifar { dir: dir.clone() },
+            (None, Some(source)) => source.clone(),
+            (None, None) => {
+                return Err(Error::File {
+                    path: args.checkpoint.display().to_string(),
+                    message: "records no data set; pass --data DIR".into(),
+                }
+                .into());
+            }
+        };
+        let test = Arc::new(source.load_test()?);
+        let model = &checkpoint.model;
+        let mut net = model.network(backend, args.batch, test.height, test.width, Options::eval())?;
+        let mut progress = Progress::new(None);
+        let result = evaluate(&mut net, test.clone(), &model.normalization, &mut progress);
+        progress.finish();
+        let e = result?;
+        let peak_memory_bytes = net.backend().memory().peak;
+        let report = Report { images: e.images, loss: e.loss, accuracy: e.accuracy, peak_memory_bytes };
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            println!(
+                "{}: test accuracy {:.2}% on {} images of {}, loss {:.4}; eval-mode peak memory {}",
+                args.checkpoint.display(),
+                100.0 * report.accuracy,
+                report.images,
+                test.name,
+                report.loss,
+                megabytes(report.peak_memory_bytes)
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,77 @@
+//! Memory planner: the bytes a training step (or an inference pass) will allocate, by
+//! [`Category`], computed from the configuration alone — before anything is allocated.
+//!
+//! * [`EfficientPlan`] lists every buffer of the memory-efficient path. It is the single
+//!   source of truth: [`Network::new`](crate::efficient::Network::new) allocates exactly the
+//!   buffers of its plan, and a step allocates nothing more, so the plan *is* the peak
+//!   (tested against the byte-counting allocator in `tests/plan.rs`).
+//! * [`NaivePlan`] predicts the peak of the textbook baseline ([`crate::baseline`]) by replaying
+//!   its allocation schedule — which buffers it creates and frees, in which order — without
+//!   allocating them. The baseline allocates while it runs, so this is a model of its code
+//!   rather than a list the code reads; `tests/baseline.rs` checks that it matches the
+//!   measured peak byte for byte.
+//!
+//! All sizes are computed with checked arithmetic: a configuration too large to address is a
+//! configuration error, not an overflow.
+
+mod efficient;
+mod naive;
+
+pub use efficient::{EfficientPlan, Planned, StoragePlan, TrainPlan};
+pub use naive::NaivePlan;
+
+use crate::backend::Category;
+use crate::error::{Error, Result};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// Element type of activations and parameters. Only f32 exists for now; the planner takes it
+/// explicitly so that reduced-precision storage later changes one place.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    #[default]
+    F32,
+}
+
+impl Dtype {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            Dtype::F32 => 4,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "f32",
+        }
+    }
+}
+
+/// One named buffer of a plan.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PlannedBuffer {
+    pub name: String,
+    pub category: Category,
+    /// Number of elements.
+    pub len: usize,
+    pub bytes: usize,
+}
+
+/// Bytes per category; categories with no bytes are absent.
+pub type CategoryBytes = BTreeMap<Category, usize>;
+
+/// `a · b · …` or a configuration error naming `what` when it does not fit in a `usize`.
+pub(crate) fn product(what: &str, factors: &[usize]) -> Result<usize> {
+    factors.iter().try_fold(1usize, |acc, &f| acc.checked_mul(f)).ok_or_else(|| too_large(what))
+}
+
+/// `a + b` or a configuration error naming `what`.
+pub(crate) fn sum(what: &str, a: usize, b: usize) -> Result<usize> {
+    a.checked_add(b).ok_or_else(|| too_large(what))
+}
+
+fn too_large(what: &str) -> Error {
+    Error::Config(format!("{what} is too large to address"))
+}

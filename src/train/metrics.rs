@@ -1,0 +1,65 @@
+//! What training reports: per batch to an [`Observer`], per epoch as [`EpochMetrics`] (one
+//! JSON line each in `densenet train --log`).
+
+use crate::backend::MemoryReport;
+use crate::error::Result;
+use serde::Serialize;
+
+/// Progress after one training batch.
+#[derive(Clone, Debug)]
+pub struct BatchProgress {
+    /// 1-based epoch and its total.
+    pub epoch: usize,
+    pub epochs: usize,
+    /// Batches done in this epoch, of `batches`.
+    pub batch: usize,
+    pub batches: usize,
+    /// Loss of this batch.
+    pub loss: f32,
+    /// Mean loss and accuracy over the epoch's batches so far.
+    pub mean_loss: f64,
+    pub accuracy: f64,
+    pub images_per_second: f64,
+    /// Learning rate used for this batch.
+    pub lr: f32,
+    /// The backend's allocation counter.
+    pub memory: MemoryReport,
+}
+
+/// Results of one epoch.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EpochMetrics {
+    /// 1-based epoch and the total planned.
+    pub epoch: usize,
+    pub epochs: usize,
+    /// Optimiser steps taken since the start of training.
+    pub step: u64,
+    /// Learning rate of the epoch's last step.
+    pub lr: f32,
+    /// Mean of the batch losses (training mode, augmented images).
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub test_loss: f64,
+    pub test_accuracy: f64,
+    /// Training throughput (the test pass not included).
+    pub images_per_second: f64,
+    pub train_seconds: f64,
+    pub eval_seconds: f64,
+    /// Peak bytes allocated on the device during the epoch.
+    pub peak_memory_bytes: usize,
+}
+
+/// Receives progress while a model trains or evaluates. Every method does nothing by
+/// default; `()` is the observer that ignores everything.
+pub trait Observer {
+    fn train_batch(&mut self, _progress: &BatchProgress) {}
+    /// `done` of `total` evaluation batches are finished.
+    fn eval_batch(&mut self, _done: usize, _total: usize) {}
+    /// An epoch is finished (and its checkpoint written, under [`super::Trainer::fit`]). An
+    /// error here (say, a log file that cannot be written) stops training.
+    fn epoch_end(&mut self, _metrics: &EpochMetrics) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl Observer for () {}

@@ -1,0 +1,76 @@
+//! A network's learned state, independent of any backend or batch size.
+
+use super::Observer;
+use super::evaluate::{Evaluation, evaluate};
+use crate::backend::Backend;
+use crate::config::DenseNetConfig;
+use crate::data::{Dataset, Normalization};
+use crate::efficient::{Network, Options};
+use crate::error::Result;
+use crate::params::ParamLayout;
+use std::sync::Arc;
+
+/// A DenseNet-BC with its parameters, batch-norm running statistics and the input
+/// normalisation it was trained with: everything needed to run it, and what a checkpoint
+/// stores (see [`crate::checkpoint`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Model {
+    pub config: DenseNetConfig,
+    /// How input bytes are normalised before the first convolution.
+    pub normalization: Normalization,
+    /// Every parameter in [`ParamLayout`] order (conv weights OHWI).
+    pub params: Vec<f32>,
+    /// Running means and variances in [`ParamLayout`] order.
+    pub running: Vec<f32>,
+    /// Training forward passes the batch-norm layers have seen (PyTorch's
+    /// `num_batches_tracked`, the same for every layer).
+    pub batches_tracked: u64,
+}
+
+impl Model {
+    /// A freshly initialised model (torchvision's initialisation, drawn from `seed`).
+    pub fn new(config: &DenseNetConfig, normalization: Normalization, seed: u64) -> Result<Model> {
+        config.validate()?;
+        let layout = ParamLayout::new(config);
+        Ok(Model {
+            config: config.clone(),
+            normalization,
+            params: layout.init(seed),
+            running: layout.init_running(),
+            batches_tracked: 0,
+        })
+    }
+
+    /// Where every tensor of this model lives in [`Model::params`] and [`Model::running`].
+    pub fn layout(&self) -> ParamLayout {
+        ParamLayout::new(&self.config)
+    }
+
+    /// A network on `backend` for batches of `batch` images of `height × width`, loaded with
+    /// this model's parameters and running statistics.
+    pub fn network<B: Backend>(
+        &self,
+        backend: B,
+        batch: usize,
+        height: usize,
+        width: usize,
+        opts: Options,
+    ) -> Result<Network<B>> {
+        let mut net = Network::new(backend, &self.config, batch, height, width, opts)?;
+        net.set_params(&self.params, &self.running)?;
+        Ok(net)
+    }
+
+    /// Loss and accuracy on `data`, with an eval-mode network (running statistics, no
+    /// gradient buffers) of `batch` images.
+    pub fn evaluate<B: Backend>(
+        &self,
+        backend: B,
+        data: Arc<Dataset>,
+        batch: usize,
+        observer: &mut dyn Observer,
+    ) -> Result<Evaluation> {
+        let mut net = self.network(backend, batch, data.height, data.width, Options::eval())?;
+        evaluate(&mut net, data, &self.normalization, observer)
+    }
+}

@@ -1,0 +1,3 @@
+//! Cases of `kernels/conv.cu`.
+
+crate::kernel_cases! {}

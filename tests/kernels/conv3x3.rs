@@ -1,0 +1,3 @@
+//! Cases of `kernels/conv3x3.cu`.
+
+crate::kernel_cases! {}

@@ -1,0 +1,154 @@
+//! Statistics, batch-norm backward pieces, loss and optimiser kernels.
+
+use crate::{Bench, bn_cpu, bn_emu};
+use densenet::backend::cuda::{Device, KernelBackend};
+use densenet::backend::{Backend, BnGradTarget, SgdParams, StatsRef};
+use rand::Rng;
+
+crate::kernel_cases! {
+    channel_stats => ["channel_stats_f32"],
+    update_running_stats => ["update_running_stats_f32"],
+    bn_backward_elementwise => ["bn_backward_elementwise_f32"],
+    bn_grad_fold => ["bn_grad_fold_f32"],
+    bn_correction => ["bn_correction_f32"],
+    softmax_xent => ["softmax_xent_f32"],
+    sgd_update => ["sgd_update_f32"],
+}
+
+fn channel_stats<D: Device>(device: &KernelBackend<D>) {
+    {
+        let mut b = Bench::new(device, 1);
+        // 105 rows (batch 3 of 7×5) and 4551 rows (3 × 37×41), 13 and 37 channels; the
+        // second with values around 1000 ± 0.01, where E[x²] − E[x]² would lose every digit.
+        for (rows, cols, lo, hi) in [(105, 13, -2.0, 2.0), (4551, 37, 999.99, 1000.01)] {
+            let (x, xm) = b.matrix(rows, cols, lo, hi);
+            let mut out = b.pair(&vec![7.0; 2 * cols + 4]);
+            b.cpu.channel_stats(&x.cpu, xm, &mut out.cpu, 1, 2 + cols).unwrap();
+            b.emu.channel_stats(&x.emu, xm, &mut out.emu, 1, 2 + cols).unwrap();
+            b.compare(&format!("channel_stats mean {rows}x{cols}"), &out, 1, cols);
+            b.compare(&format!("channel_stats var {rows}x{cols}"), &out, 2 + cols, cols);
+            b.compare_all(&format!("channel_stats buffer {rows}x{cols}"), &out);
+        }
+    }
+}
+
+fn update_running_stats<D: Device>(device: &KernelBackend<D>) {
+    {
+        let mut b = Bench::new(device, 2);
+        let c = 37;
+        let (stats, _) = b.bn_buffers(c);
+        let running = b.uniform(2 * c + 6, 0.1, 1.5);
+        let mut running = b.pair(&running);
+        let cpu_stats = StatsRef { stats: &stats.cpu, mean: 0, var: c };
+        let emu_stats = StatsRef { stats: &stats.emu, mean: 0, var: c };
+        b.cpu.update_running_stats(cpu_stats, c, 105, &mut running.cpu, 2, 4 + c).unwrap();
+        b.emu.update_running_stats(emu_stats, c, 105, &mut running.emu, 2, 4 + c).unwrap();
+        b.compare_all("update_running_stats", &running);
+    }
+}
+
+fn bn_backward_elementwise<D: Device>(device: &KernelBackend<D>) {
+    {
+        let mut b = Bench::new(device, 3);
+        for (rows, c) in [(105, 13), (4551, 37)] {
+            let (x, xm) = b.matrix(rows, c, -2.0, 2.0);
+            let (mut g, gm) = b.matrix(rows, c, -1.0, 1.0);
+            let (stats, params) = b.bn_buffers(c);
+            let sums = b.uniform(2 * c, -5.0, 5.0);
+            let sums = b.pair(&sums);
+            b.cpu.bn_backward_elementwise(&mut g.cpu, gm, &x.cpu, xm, bn_cpu(&stats, &params, c), &sums.cpu).unwrap();
+            b.emu.bn_backward_elementwise(&mut g.emu, gm, &x.emu, xm, bn_emu(&stats, &params, c), &sums.emu).unwrap();
+            b.compare_all(&format!("bn_backward_elementwise {rows}x{c}"), &g);
+        }
+    }
+}
+
+fn bn_grad_fold<D: Device>(device: &KernelBackend<D>) {
+    {
+        let mut b = Bench::new(device, 4);
+        let c = 37;
+        for correction in [None, Some((1, 3 + c))] {
+            let (stats, params) = b.bn_buffers(c);
+            let sums = b.uniform(2 * c, -5.0, 5.0);
+            let sums = b.pair(&sums);
+            let grads = b.uniform(2 * c + 9, -1.0, 1.0);
+            let mut grads = b.pair(&grads);
+            let corr = b.uniform(2 * c + 5, -1.0, 1.0);
+            let mut corr = b.pair(&corr);
+            let target = BnGradTarget { dgamma: 4, dbeta: 5 + c, correction };
+            b.cpu.bn_grad_fold(&sums.cpu, c, 4551, bn_cpu(&stats, &params, c), &mut grads.cpu, &mut corr.cpu, target).unwrap();
+            b.emu.bn_grad_fold(&sums.emu, c, 4551, bn_emu(&stats, &params, c), &mut grads.emu, &mut corr.emu, target).unwrap();
+            b.compare_all(&format!("bn_grad_fold grads, correction {correction:?}"), &grads);
+            b.compare_all(&format!("bn_grad_fold corr, correction {correction:?}"), &corr);
+        }
+    }
+}
+
+fn bn_correction<D: Device>(device: &KernelBackend<D>) {
+    {
+        let mut b = Bench::new(device, 5);
+        for (rows, c) in [(105, 13), (4551, 37)] {
+            let (x, xm) = b.matrix(rows, c, -2.0, 2.0);
+            let (mut g, gm) = b.matrix(rows, c, -1.0, 1.0);
+            let (stats, _) = b.bn_buffers(c);
+            let corr = b.uniform(2 * c + 3, -0.5, 0.5);
+            let corr = b.pair(&corr);
+            let s_cpu = StatsRef { stats: &stats.cpu, mean: 0, var: c };
+            let s_emu = StatsRef { stats: &stats.emu, mean: 0, var: c };
+            b.cpu.bn_correction(&mut g.cpu, gm, &x.cpu, xm, s_cpu, &corr.cpu, 1, 2 + c).unwrap();
+            b.emu.bn_correction(&mut g.emu, gm, &x.emu, xm, s_emu, &corr.emu, 1, 2 + c).unwrap();
+            b.compare_all(&format!("bn_correction {rows}x{c}"), &g);
+        }
+    }
+}
+
+fn softmax_xent<D: Device>(device: &KernelBackend<D>) {
+    {
+        let mut b = Bench::new(device, 6);
+        // 1000 classes: more classes than threads in the block; logits near ±1000 would
+        // overflow exp without the max shift.
+        for (n, classes, shift) in [(3, 10, 0.0), (7, 1000, 1000.0)] {
+            let logits: Vec<f32> =
+                (0..n * classes).map(|i| b.rng.random_range(-5.0..5.0) + if i / classes % 2 == 0 { shift } else { -shift }).collect();
+            let logits = b.pair(&logits);
+            let labels: Vec<f32> = (0..n).map(|_| b.rng.random_range(0..classes) as f32).collect();
+            let labels = b.pair(&labels);
+            let mut loss = b.pair(&[0.0]);
+            let mut dlogits = b.pair(&vec![3.0; n * classes]);
+            b.cpu.softmax_xent(&logits.cpu, &labels.cpu, n, classes, &mut loss.cpu, &mut dlogits.cpu).unwrap();
+            b.emu.softmax_xent(&logits.emu, &labels.emu, n, classes, &mut loss.emu, &mut dlogits.emu).unwrap();
+            b.compare_all(&format!("softmax_xent loss {n}x{classes}"), &loss);
+            b.compare_all(&format!("softmax_xent dlogits {n}x{classes}"), &dlogits);
+        }
+        // A label that is not a class index: NaN, not an out-of-bounds read.
+        let logits = b.pair(&[0.5, -0.5, 1.0, 2.0]);
+        let labels = b.pair(&[1.0, 7.0]);
+        let (mut loss, mut dlogits) = (b.pair(&[0.0]), b.pair(&[0.0; 4]));
+        b.emu.softmax_xent(&logits.emu, &labels.emu, 2, 2, &mut loss.emu, &mut dlogits.emu).unwrap();
+        assert!(b.emu.download(&loss.emu, 0, 1).unwrap()[0].is_nan());
+    }
+}
+
+fn sgd_update<D: Device>(device: &KernelBackend<D>) {
+    {
+        let mut b = Bench::new(device, 7);
+        // 10007 parameters: more than one grid-stride pass of 1024 blocks is not needed, but
+        // the length is not a multiple of the block size.
+        for nesterov in [true, false] {
+            let len = 10_007;
+            let params = b.uniform(len, -1.0, 1.0);
+            let mut params = b.pair(&params);
+            let velocity = b.uniform(len, -0.1, 0.1);
+            let mut velocity = b.pair(&velocity);
+            let hp = SgdParams { lr: 0.1, momentum: 0.9, weight_decay: 1e-4, nesterov };
+            for _ in 0..3 {
+                let grads = b.uniform(len, -1.0, 1.0);
+                let grads = b.pair(&grads);
+                b.cpu.sgd_update(&mut params.cpu, &grads.cpu, &mut velocity.cpu, len, hp).unwrap();
+                b.emu.sgd_update(&mut params.emu, &grads.emu, &mut velocity.emu, len, hp).unwrap();
+            }
+            b.compare_all(&format!("sgd params, nesterov {nesterov}"), &params);
+            b.compare_all(&format!("sgd velocity, nesterov {nesterov}"), &velocity);
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! Cases of `kernels/head.cu`.
+
+crate::kernel_cases! {}

@@ -1,0 +1,3 @@
+//! Cases of `kernels/transition.cu`.
+
+crate::kernel_cases! {}

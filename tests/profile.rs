@@ -1,0 +1,146 @@
+//! `densenet profile` end to end: planned = measured for every path it runs, paths over the
+//! run limit planned only, CSV and SVG written, the two targets, and one-line errors
+//! (exit status 2) for bad input.
+
+use std::process::{Command, Output};
+
+fn densenet(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_densenet")).args(args).output().expect("binary runs")
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("stdout is one JSON object")
+}
+
+#[test]
+fn runs_every_path_and_measures_exactly_the_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let (csv, svg) = (dir.path().join("m.csv"), dir.path().join("m.svg"));
+    let out = densenet(&[
+        "profile",
+        "--batch",
+        "2",
+        "--depths",
+        "52,40",
+        "--size",
+        "8x8",
+        "--json",
+        "--csv",
+        csv.to_str().unwrap(),
+        "--svg",
+        svg.to_str().unwrap(),
+    ]);
+    let v = json(&out);
+    let profiles = v["profiles"].as_array().unwrap();
+    let depths: Vec<u64> = profiles.iter().map(|p| p["depth"].as_u64().unwrap()).collect();
+    assert_eq!(depths, vec![40, 52], "sorted by depth");
+    for p in profiles {
+        for path in p["paths"].as_array().unwrap() {
+            let planned = path["planned_bytes"].as_u64().unwrap();
+            assert_eq!(path["measured"]["peak_bytes"].as_u64(), Some(planned), "{path}");
+            assert_eq!(path["measured"]["peak_by_category"], path["planned_by_category"], "{path}");
+        }
+    }
+    let csv = std::fs::read_to_string(csv).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert!(
+        lines[0].starts_with("model,depth,growth,batch,height,width,dtype,backend,path,planned_bytes,measured_bytes")
+    );
+    assert_eq!(lines.len(), 1 + 2 * 3);
+    assert!(lines[1..].iter().all(|l| l.contains(",true,true,")), "{csv}");
+    let svg = std::fs::read_to_string(svg).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert_eq!(svg.matches("<polyline").count(), 3);
+    for text in ["depth (layers with weights)", "peak memory (log scale", "naive training", "efficient training"] {
+        assert!(svg.contains(text), "{text}");
+    }
+}
+
+#[test]
+fn the_table_says_what_was_measured() {
+    let out = densenet(&[
+        "profile",
+        "--model",
+        "densenet121",
+        "--growth",
+        "8",
+        "--blocks",
+        "2,2",
+        "--batch",
+        "2",
+        "--size",
+        "40x40",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    for expected in [
+        "densenet121 (modified)",
+        "planned peak",
+        "measured peak",
+        "yes, to the byte",
+        "gradient buffers",
+        "naive activations",
+        "naive / efficient training peak",
+    ] {
+        assert!(text.contains(expected), "{expected}: {text}");
+    }
+}
+
+#[test]
+fn paths_over_the_run_limit_are_planned_only() {
+    let v = json(&densenet(&["profile", "--batch", "64", "--max-run-bytes", "0", "--json"]));
+    let paths = v["profiles"][0]["paths"].as_array().unwrap();
+    assert_eq!(paths.len(), 3);
+    for path in paths {
+        assert!(path["measured"].is_null());
+        assert!(path["not_run"].as_str().unwrap().contains("--max-run-bytes"), "{path}");
+    }
+    // DenseNet-BC-100 at batch 64: efficient ≤ 300 MB, naive over ten times that.
+    let planned = |i: usize| paths[i]["planned_bytes"].as_u64().unwrap();
+    assert!(planned(0) <= 300_000_000, "{}", planned(0));
+    assert!(planned(2) >= 10 * planned(0));
+    let out = densenet(&["profile", "--batch", "64", "--max-run-bytes", "200M"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("naive training not run: planned 3.42 GB > run limit 200 MB (--max-run-bytes)"), "{text}");
+}
+
+#[test]
+fn densenet121_at_batch_256_is_planned_under_6_gb() {
+    let v = json(&densenet(&["profile", "--model", "densenet121", "--batch", "256", "--max-run-bytes", "0", "--json"]));
+    let p = &v["profiles"][0];
+    assert_eq!((p["height"].as_u64(), p["depth"].as_u64()), (Some(224), Some(121)));
+    assert!(p["paths"][0]["planned_bytes"].as_u64().unwrap() < 6_000_000_000);
+}
+
+#[test]
+fn bad_input_gets_one_line_and_status_2() {
+    let ours: &[&[&str]] = &[
+        &["profile", "--batch", "2", "--backend", "cuda"],
+        &["profile", "--batch", "0"],
+        &["profile", "--batch", "2", "--depths", "41"],
+        &["profile", "--batch", "2", "--max-run-bytes", "lots"],
+        &["profile", "--batch", "2", "--size", "2x2"],
+        &["profile", "--batch", "2", "--model", "resnet50"],
+        &["profile", "--batch", "2", "--max-run-bytes", "0", "--svg", "/nonexistent-dir/m.svg"],
+    ];
+    // Rejected by the argument parser, whose message adds a usage line.
+    let parser: &[&[&str]] = &[
+        &["profile"],
+        &["profile", "--batch", "2", "--dtype", "f16"],
+        &["profile", "--batch", "2", "--depths", "40", "--blocks", "2,2"],
+        &["profile", "--batch", "2", "--depths", "40", "--bn-size", "2"],
+    ];
+    for args in ours.iter().chain(parser) {
+        let out = densenet(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+        if ours.contains(args) {
+            assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+        }
+    }
+    let cuda = densenet(&["profile", "--batch", "2", "--backend", "cuda"]);
+    assert!(String::from_utf8_lossy(&cuda.stderr).contains("CUDA backend is not available in this build"));
+}
