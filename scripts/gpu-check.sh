@@ -8,7 +8,8 @@
 #                                repository root with gpu-build/ present: runs every GPU test
 #                                (each kernel against the cpu backend on random odd-sized
 #                                inputs), compute-sanitizer memcheck on the kernel tests when
-#                                it is installed, and prints a summary table last.
+#                                it is installed, whole-network verification against the f64
+#                                oracle, and prints a summary table last.
 #
 # Keep `run` under five minutes: it is meant for short sessions on a borrowed GPU.
 set -euo pipefail
@@ -62,6 +63,20 @@ run() {
     else
         rows+=("$(printf '%-28s %-8s' "memcheck kernels" "absent")")
     fi
+    # Whole training steps on the GPU against the f64 oracle (max relative error < 1e-4).
+    local verify_cases=(
+        "--model densenet-bc-100-k12 --batch 64"
+        "--model densenet121 --batch 8 --size 224x224"
+    )
+    for v in "${verify_cases[@]}"; do
+        local log="$out/verify.log"
+        # shellcheck disable=SC2086
+        if "$out/densenet" verify --backend cuda $v --json >"$log" 2>&1; then status=ok; else status=FAILED; fi
+        local err
+        err="$(python3 -c 'import json,sys; print("%.2e" % json.load(open(sys.argv[1]))["max_rel_error"])' "$log" 2>/dev/null || echo "?")"
+        rows+=("$(printf '%-28s %-8s max rel error %s  (%s)' "verify cuda" "$status" "$err" "$v")")
+        [[ "$status" == ok ]] || tail -n 20 "$log"
+    done
     echo
     echo "== gpu-check summary =="
     printf '%s\n' "${rows[@]}"

@@ -55,7 +55,7 @@ struct Eval<'a> {
 impl BackendTask for Eval<'_> {
     type Output = ();
 
-    fn run<B: Backend>(self, backend: B) -> anyhow::Result<()> {
+    fn run<B: Backend + Clone>(self, backend: B) -> anyhow::Result<()> {
         let args = self.args;
         let checkpoint = Checkpoint::load(&args.checkpoint)?;
         let source = match (&args.data, &checkpoint.data) {

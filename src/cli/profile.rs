@@ -219,7 +219,7 @@ struct BackendName;
 
 impl BackendTask for BackendName {
     type Output = String;
-    fn run<B: Backend>(self, backend: B) -> anyhow::Result<String> {
+    fn run<B: Backend + Clone>(self, backend: B) -> anyhow::Result<String> {
         Ok(backend.name())
     }
 }
@@ -232,7 +232,7 @@ struct Measure<'a> {
 
 impl BackendTask for Measure<'_> {
     type Output = profile::Measured;
-    fn run<B: Backend>(self, backend: B) -> anyhow::Result<profile::Measured> {
+    fn run<B: Backend + Clone>(self, backend: B) -> anyhow::Result<profile::Measured> {
         Ok(profile::measure(backend, self.profile, self.path)?)
     }
 }

@@ -149,7 +149,7 @@ struct Run<'a> {
 impl BackendTask for Run<'_> {
     type Output = ();
 
-    fn run<B: Backend>(self, backend: B) -> anyhow::Result<()> {
+    fn run<B: Backend + Clone>(self, backend: B) -> anyhow::Result<()> {
         let args = self.args;
         let train = args.train_config();
         train.validate()?;

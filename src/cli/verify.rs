@@ -3,18 +3,12 @@
 
 use super::model_args::{size_or_default, ModelArgs};
 use super::Outcome;
-use clap::{Args, ValueEnum};
-use densenet::backend::cpu::CpuBackend;
-use densenet::backend::cuda::CudaBackend;
+use super::backend_choice::{BackendChoice, BackendTask, run_on};
+use clap::Args;
+use densenet::backend::Backend;
+use densenet::config::DenseNetConfig;
 use densenet::verify::{verify, VerifyReport, F32_TOLERANCE, KINK_MARGIN};
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum BackendChoice {
-    /// Plain Rust on the CPU (f32).
-    Cpu,
-    /// Hand-written CUDA kernels on GPU 0.
-    Cuda,
-}
 
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
@@ -27,7 +21,7 @@ pub struct VerifyArgs {
     #[arg(long)]
     pub size: Option<String>,
     /// Backend running the efficient path.
-    #[arg(long, value_enum, default_value = "cpu")]
+    #[arg(long, value_enum, default_value = "auto")]
     pub backend: BackendChoice,
     /// Seed of the random weights and inputs.
     #[arg(long, default_value_t = 0)]
@@ -40,18 +34,7 @@ pub struct VerifyArgs {
 pub fn run(args: &VerifyArgs) -> anyhow::Result<Outcome> {
     let cfg = args.model.config()?;
     let (h, w) = size_or_default(&args.size, &cfg)?;
-    let report = match args.backend {
-        BackendChoice::Cpu => verify(&CpuBackend::new(), &cfg, args.batch, h, w, args.seed)?,
-        BackendChoice::Cuda => {
-            let gpu = CudaBackend::new(0)?;
-            return Err(densenet::Error::BackendUnavailable(format!(
-                "{} is present, but the CUDA backend does not run whole networks yet: its fused \
-                 convolution kernels are still being written; use --backend cpu",
-                gpu.name()
-            ))
-            .into());
-        }
-    };
+    let report = run_on(args.backend, Verify { cfg: &cfg, batch: args.batch, h, w, seed: args.seed })?;
     let passed = report.passed(F32_TOLERANCE);
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -79,4 +62,20 @@ fn print_table(r: &VerifyReport, passed: bool) {
         F32_TOLERANCE,
         if passed { "PASS" } else { "FAIL" }
     );
+}
+
+/// One verification on whichever backend was chosen.
+struct Verify<'a> {
+    cfg: &'a DenseNetConfig,
+    batch: usize,
+    h: usize,
+    w: usize,
+    seed: u64,
+}
+
+impl BackendTask for Verify<'_> {
+    type Output = VerifyReport;
+    fn run<B: Backend + Clone>(self, backend: B) -> anyhow::Result<VerifyReport> {
+        Ok(verify(&backend, self.cfg, self.batch, self.h, self.w, self.seed)?)
+    }
 }

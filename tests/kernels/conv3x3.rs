@@ -1,3 +1,174 @@
-//! Cases of `kernels/conv3x3.cu`.
+//! The dense layer's fused BN-ReLU-conv3x3 kernels against the cpu backend: batch 3 of 7×5,
+//! 1×1 and 1×6 images (padding on every side of every pixel), and 2×37×41 images, larger than
+//! a block tile in every GEMM dimension; channel counts that are not multiples of 8 or of the
+//! tiles, picked so that every tile variant of each kernel runs; inputs at an offset with a
+//! pitch wider than their columns, outputs in the middle of a wider storage whose other
+//! elements must keep their values bit for bit, dW starting non-zero.
+//!
+//! Tolerance: the default 1e-5 everywhere. The longest reduction is the weight gradient's,
+//! over 3034 pixels, split in 12 blocks of 256 summed in double; f32 rounding over that many
+//! terms stays near 1e-7 relative.
 
-crate::kernel_cases! {}
+use crate::{Bench, Pair, TOL, bn_cpu, bn_emu, rel_error};
+use densenet::backend::cuda::{Device, KernelBackend};
+use densenet::backend::{At, Backend, Category, Mat, Spatial};
+
+crate::kernel_cases! {
+    conv3x3_fwd => ["bn_relu_conv3x3_fwd_f32"],
+    conv3x3_wgrad => ["bn_relu_conv3x3_wgrad_f32", "conv3x3_split_sum_f32"],
+    conv3x3_dgrad => ["bn_relu_conv3x3_dgrad_f32", "conv3x3_split_sum_f32"],
+    conv3x3_gradients_repeat_bit_for_bit => ["bn_relu_conv3x3_wgrad_f32", "bn_relu_conv3x3_dgrad_f32"],
+    conv3x3_rejects_inconsistent_shapes => [],
+}
+
+const fn s(n: usize, h: usize, w: usize) -> Spatial {
+    Spatial { n, h, w }
+}
+
+/// (shape, c_in, c_out). Tile variants: forward N = c_out → 8 (5), 16 (12, 48), 32 (32);
+/// data gradient N = c_in → 16 (13, 48), 8 (20, 37), 32 (57); weight gradient c_out tiles
+/// 8, 16, 32 as the forward.
+const CASES: [(Spatial, usize, usize); 6] = [
+    (s(3, 7, 5), 13, 5),
+    (s(3, 1, 1), 20, 12),
+    (s(3, 1, 6), 37, 32),
+    (s(3, 7, 5), 57, 12),
+    (s(2, 37, 41), 37, 48),
+    (s(2, 37, 41), 48, 32),
+];
+
+/// A random storage of `rows` pixels with `cols + 9` channels at offset 2; the op's output is
+/// its columns [4, 4 + cols).
+fn storage<D: Device>(b: &mut Bench<'_, D>, rows: usize, cols: usize) -> (Pair<D>, Mat, Vec<f32>) {
+    let m = Mat { offset: 2 + 4, rows, cols, ld: cols + 9 };
+    let values = b.uniform(2 + rows * m.ld + 3, -1.0, 1.0);
+    (b.pair(&values), m, values)
+}
+
+/// Relative error of the device's result inside `m` against the cpu's; every element of the
+/// buffer outside `m` must still hold its value from `before`.
+pub fn check_output<D: Device>(b: &Bench<'_, D>, what: &str, out: &Pair<D>, m: Mat, before: &[f32]) -> f64 {
+    let emu = b.emu.download(&out.emu, 0, before.len()).unwrap();
+    let cpu = b.cpu.download(&out.cpu, 0, before.len()).unwrap();
+    let inside = |i: usize| i >= m.offset && (i - m.offset) / m.ld < m.rows && (i - m.offset) % m.ld < m.cols;
+    let (mut got, mut want) = (Vec::new(), Vec::new());
+    for (i, (&e, &c)) in emu.iter().zip(&cpu).enumerate() {
+        if inside(i) {
+            got.push(e);
+            want.push(c);
+        } else {
+            assert_eq!(e.to_bits(), before[i].to_bits(), "{what}: element {i} outside the output changed");
+        }
+    }
+    let err = rel_error(&got, &want);
+    println!("{what}: relative error {err:.2e}");
+    assert!(err <= TOL, "{what}: relative error {err:.3e} > {TOL:.0e}");
+    err
+}
+
+fn conv3x3_fwd<D: Device>(device: &KernelBackend<D>) {
+    let mut b = Bench::new(device, 31);
+    for (shape, c_in, c_out) in CASES {
+        let p = shape.pixels();
+        let (z, zm) = b.matrix(p, c_in, -2.0, 2.0);
+        let (stats, params) = b.bn_buffers(c_in);
+        let w = b.uniform(4 + c_out * 9 * c_in, -1.0, 1.0);
+        let w = b.pair(&w);
+        let (mut y, ym, before) = storage(&mut b, p, c_out);
+        let (wc, we) = (At { buf: &w.cpu, offset: 4 }, At { buf: &w.emu, offset: 4 });
+        b.cpu.bn_relu_conv3x3_fwd(&z.cpu, zm, shape, bn_cpu(&stats, &params, c_in), wc, &mut y.cpu, ym).unwrap();
+        b.emu.bn_relu_conv3x3_fwd(&z.emu, zm, shape, bn_emu(&stats, &params, c_in), we, &mut y.emu, ym).unwrap();
+        check_output(&b, &format!("conv3x3 fwd {shape:?} {c_in}->{c_out}"), &y, ym, &before);
+    }
+}
+
+fn conv3x3_wgrad<D: Device>(device: &KernelBackend<D>) {
+    let mut b = Bench::new(device, 32);
+    for (shape, c_in, c_out) in CASES {
+        let p = shape.pixels();
+        let (z, zm) = b.matrix(p, c_in, -2.0, 2.0);
+        let (stats, params) = b.bn_buffers(c_in);
+        let (dy, dym) = b.matrix(p, c_out, -1.0, 1.0);
+        let len = c_out * 9 * c_in;
+        let before = b.uniform(len + 5, -1.0, 1.0);
+        let mut dw = b.pair(&before);
+        b.cpu.bn_relu_conv3x3_wgrad(&z.cpu, zm, shape, bn_cpu(&stats, &params, c_in), &dy.cpu, dym, &mut dw.cpu, 2).unwrap();
+        b.emu.bn_relu_conv3x3_wgrad(&z.emu, zm, shape, bn_emu(&stats, &params, c_in), &dy.emu, dym, &mut dw.emu, 2).unwrap();
+        check_output(&b, &format!("conv3x3 wgrad {shape:?} {c_in}->{c_out}"), &dw, Mat::dense(2, 1, len), &before);
+    }
+}
+
+fn conv3x3_dgrad<D: Device>(device: &KernelBackend<D>) {
+    let mut b = Bench::new(device, 33);
+    for (shape, c_in, c_out) in CASES {
+        let p = shape.pixels();
+        let (dy, dym) = b.matrix(p, c_out, -1.0, 1.0);
+        let w = b.uniform(c_out * 9 * c_in + 3, -1.0, 1.0);
+        let w = b.pair(&w);
+        let (z, zm) = b.matrix(p, c_in, -2.0, 2.0);
+        let (stats, params) = b.bn_buffers(c_in);
+        let (mut g, gm, g_before) = storage(&mut b, p, c_in);
+        let sums_before = b.uniform(2 * c_in + 4, -1.0, 1.0);
+        let mut sums = b.pair(&sums_before);
+        let (wc, we) = (At { buf: &w.cpu, offset: 3 }, At { buf: &w.emu, offset: 3 });
+        let bc = bn_cpu(&stats, &params, c_in);
+        b.cpu.bn_relu_conv3x3_dgrad(&dy.cpu, dym, shape, wc, &z.cpu, zm, bc, &mut g.cpu, gm, &mut sums.cpu).unwrap();
+        let be = bn_emu(&stats, &params, c_in);
+        b.emu.bn_relu_conv3x3_dgrad(&dy.emu, dym, shape, we, &z.emu, zm, be, &mut g.emu, gm, &mut sums.emu).unwrap();
+        let what = format!("conv3x3 dgrad {shape:?} {c_out}->{c_in}");
+        check_output(&b, &format!("{what} g"), &g, gm, &g_before);
+        check_output(&b, &format!("{what} sums"), &sums, Mat::dense(0, 1, 2 * c_in), &sums_before);
+    }
+}
+
+/// The gradients reduce over pixels through per-split partials, never float atomics: two runs
+/// give the same bits (blocks of the emulator run on several threads in varying order).
+fn conv3x3_gradients_repeat_bit_for_bit<D: Device>(device: &KernelBackend<D>) {
+    let mut b = Bench::new(device, 34);
+    let (shape, c_in, c_out) = (s(2, 37, 41), 37, 12);
+    let p = shape.pixels();
+    let (z, zm) = b.matrix(p, c_in, -2.0, 2.0);
+    let (stats, params) = b.bn_buffers(c_in);
+    let (dy, dym) = b.matrix(p, c_out, -1.0, 1.0);
+    let w = b.uniform(c_out * 9 * c_in, -1.0, 1.0);
+    let w = b.pair(&w);
+    let bn = bn_emu(&stats, &params, c_in);
+    let run = || {
+        let mut dw = b.emu.alloc(c_out * 9 * c_in, Category::Workspace).unwrap();
+        b.emu.bn_relu_conv3x3_wgrad(&z.emu, zm, shape, bn, &dy.emu, dym, &mut dw, 0).unwrap();
+        let gm = Mat::dense(0, p, c_in);
+        let mut g = b.emu.alloc(p * c_in, Category::Workspace).unwrap();
+        let mut sums = b.emu.alloc(2 * c_in, Category::Workspace).unwrap();
+        let wa = At { buf: &w.emu, offset: 0 };
+        b.emu.bn_relu_conv3x3_dgrad(&dy.emu, dym, shape, wa, &z.emu, zm, bn, &mut g, gm, &mut sums).unwrap();
+        [&dw, &g, &sums].map(|buf| b.emu.download(buf, 0, buf.len()).unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>())
+    };
+    assert!(run() == run(), "conv3x3 gradients differ between two runs");
+}
+
+fn conv3x3_rejects_inconsistent_shapes<D: Device>(device: &KernelBackend<D>) {
+    let mut b = Bench::new(device, 35);
+    let shape = s(1, 3, 4);
+    let (x, xm) = b.matrix(12, 5, -1.0, 1.0);
+    let (stats, params) = b.bn_buffers(5);
+    let bn = bn_emu(&stats, &params, 5);
+    let w = b.pair(&vec![0.5; 2 * 9 * 5]);
+    let wa = At { buf: &w.emu, offset: 0 };
+    let mut y = b.emu.alloc(12 * 2, Category::Workspace).unwrap();
+    let ym = Mat::dense(0, 12, 2);
+    // Rows that are not the pixels of the shape, a weight buffer one short, too many channels.
+    assert!(b.emu.bn_relu_conv3x3_fwd(&x.emu, xm, s(1, 3, 5), bn, wa, &mut y, ym).is_err());
+    assert!(b.emu.bn_relu_conv3x3_fwd(&x.emu, xm, shape, bn, At { buf: &w.emu, offset: 1 }, &mut y, ym).is_err());
+    let (wide, wm) = b.matrix(12, 1025, -1.0, 1.0);
+    let (stats_w, params_w) = b.bn_buffers(1025);
+    let wide_w = b.pair(&vec![0.5; 2 * 9 * 1025]);
+    let wide_bn = bn_emu(&stats_w, &params_w, 1025);
+    let err = b.emu.bn_relu_conv3x3_fwd(&wide.emu, wm, shape, wide_bn, At { buf: &wide_w.emu, offset: 0 }, &mut y, ym);
+    assert!(err.is_err());
+    // The data gradient's sums must hold 2·c_in values.
+    let mut g = b.emu.alloc(12 * 5, Category::Workspace).unwrap();
+    let mut sums = b.emu.alloc(2 * 5 - 1, Category::Workspace).unwrap();
+    let dy = b.emu.alloc(12 * 2, Category::Workspace).unwrap();
+    let gm = Mat::dense(0, 12, 5);
+    assert!(b.emu.bn_relu_conv3x3_dgrad(&dy, ym, shape, wa, &x.emu, xm, bn, &mut g, gm, &mut sums).is_err());
+}

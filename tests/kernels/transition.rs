@@ -1,3 +1,113 @@
-//! Cases of `kernels/transition.cu`.
+//! The transition kernels (`kernels/transition.cu`): BN-ReLU-AvgPool2-Conv1x1 and its gradients.
+//! Tolerance as for the 1×1 convolutions (see `conv1x1.rs`): the pooled GEMM input is
+//! bit-identical to the host's, the GEMMs differ in summation order only.
 
-crate::kernel_cases! {}
+use crate::conv1x1::{W_OFF, assert_same_bits, check_mat, check_range, copy, weights, wide_output};
+use crate::{Bench, bn_cpu, bn_emu};
+use densenet::backend::cuda::{Device, KernelBackend};
+use densenet::backend::{At, Backend, Spatial};
+
+crate::kernel_cases! {
+    transition_fwd => ["bn_relu_avgpool_conv1x1_fwd_f32"],
+    transition_wgrad => ["bn_relu_avgpool_conv1x1_wgrad_f32", "transition_wgrad_finish_f32"],
+    transition_dgrad => ["bn_relu_avgpool_conv1x1_dgrad_f32", "transition_sums_finish_f32"],
+}
+
+/// (input shape, c_in, c_out): odd height and width, even height and odd width, odd height and
+/// even width (the pool drops the odd last row/column), images too small to pool (1×1, 1×3:
+/// nothing survives), and 3 × 37×41 → 3 × 18×20 with 70 → 72 channels, more than one 64 × 64
+/// tile along every dimension (the wgrad is split and the dgrad runs go through the scratch).
+const SHAPES: [(Spatial, usize, usize); 6] = [
+    (Spatial { n: 3, h: 7, w: 5 }, 13, 7),
+    (Spatial { n: 3, h: 6, w: 7 }, 37, 18),
+    (Spatial { n: 3, h: 9, w: 6 }, 5, 12),
+    (Spatial { n: 3, h: 1, w: 1 }, 13, 6),
+    (Spatial { n: 2, h: 1, w: 3 }, 5, 4),
+    (Spatial { n: 3, h: 37, w: 41 }, 70, 72),
+];
+
+fn pooled(s: Spatial) -> Spatial {
+    Spatial { n: s.n, h: s.h / 2, w: s.w / 2 }
+}
+
+fn transition_fwd<D: Device>(device: &KernelBackend<D>) {
+    let mut b = Bench::new(device, 21);
+    for (s, cin, cout) in SHAPES {
+        let (x, xm) = b.matrix(s.pixels(), cin, -2.0, 2.0);
+        let (stats, params) = b.bn_buffers(cin);
+        let w = weights(&mut b, cout * cin);
+        let (mut y, ym) = wide_output(&mut b, pooled(s).pixels(), cout);
+        let w_cpu = At { buf: &w.cpu, offset: W_OFF };
+        let w_emu = At { buf: &w.emu, offset: W_OFF };
+        b.cpu.bn_relu_avgpool_conv1x1_fwd(&x.cpu, xm, s, bn_cpu(&stats, &params, cin), w_cpu, &mut y.cpu, ym).unwrap();
+        b.emu.bn_relu_avgpool_conv1x1_fwd(&x.emu, xm, s, bn_emu(&stats, &params, cin), w_emu, &mut y.emu, ym).unwrap();
+        check_mat(&b, &format!("transition fwd {s:?} {cin}->{cout}"), &y, ym);
+    }
+}
+
+fn transition_wgrad<D: Device>(device: &KernelBackend<D>) {
+    let mut b = Bench::new(device, 22);
+    for (s, cin, cout) in SHAPES {
+        let (x, xm) = b.matrix(s.pixels(), cin, -2.0, 2.0);
+        let (stats, params) = b.bn_buffers(cin);
+        let (dy, dym) = b.matrix(pooled(s).pixels(), cout, -1.0, 1.0);
+        // dW starts non-zero: the op accumulates.
+        let mut dw = weights(&mut b, cout * cin);
+        let mut again = copy(&mut b, &dw);
+        let bn = bn_emu(&stats, &params, cin);
+        b.cpu.bn_relu_avgpool_conv1x1_wgrad(&x.cpu, xm, s, bn_cpu(&stats, &params, cin), &dy.cpu, dym, &mut dw.cpu, W_OFF).unwrap();
+        b.emu.bn_relu_avgpool_conv1x1_wgrad(&x.emu, xm, s, bn, &dy.emu, dym, &mut dw.emu, W_OFF).unwrap();
+        let what = format!("transition wgrad {s:?} {cin}->{cout}");
+        check_range(&b, &what, &dw, W_OFF, cout * cin);
+        b.emu.bn_relu_avgpool_conv1x1_wgrad(&x.emu, xm, s, bn, &dy.emu, dym, &mut again.emu, W_OFF).unwrap();
+        assert_same_bits(&b, &what, &dw, &again);
+    }
+}
+
+fn transition_dgrad<D: Device>(device: &KernelBackend<D>) {
+    let mut b = Bench::new(device, 23);
+    for (s, cin, cout) in SHAPES {
+        let (dy, dym) = b.matrix(pooled(s).pixels(), cout, -1.0, 1.0);
+        let w = weights(&mut b, cout * cin);
+        let (x, xm) = b.matrix(s.pixels(), cin, -2.0, 2.0);
+        let (stats, params) = b.bn_buffers(cin);
+        // dx starts random: every element of it must be overwritten, zeros where the pool
+        // dropped a row or column.
+        let (mut dx, dxm) = wide_output(&mut b, s.pixels(), cin);
+        let sums = b.uniform(2 * cin + 3, -1.0, 1.0);
+        let mut sums = b.pair(&sums);
+        let (mut dx2, mut sums2) = (copy(&mut b, &dx), copy(&mut b, &sums));
+        let w_emu = At { buf: &w.emu, offset: W_OFF };
+        let bn = bn_emu(&stats, &params, cin);
+        b.cpu
+            .bn_relu_avgpool_conv1x1_dgrad(
+                &dy.cpu,
+                dym,
+                At { buf: &w.cpu, offset: W_OFF },
+                &x.cpu,
+                xm,
+                s,
+                bn_cpu(&stats, &params, cin),
+                &mut dx.cpu,
+                dxm,
+                &mut sums.cpu,
+            )
+            .unwrap();
+        b.emu.bn_relu_avgpool_conv1x1_dgrad(&dy.emu, dym, w_emu, &x.emu, xm, s, bn, &mut dx.emu, dxm, &mut sums.emu).unwrap();
+        let what = format!("transition dgrad {s:?} {cout}->{cin}");
+        check_mat(&b, &format!("{what} dx"), &dx, dxm);
+        check_range(&b, &format!("{what} sums"), &sums, 0, 2 * cin);
+        let got = b.emu.download(&dx.emu, 0, dx.emu.len()).unwrap();
+        for p in 0..s.pixels() {
+            let (iy, ix) = (p / s.w % s.h, p % s.w);
+            if iy >= s.h / 2 * 2 || ix >= s.w / 2 * 2 {
+                let row = &got[dxm.at(p, 0)..][..cin];
+                assert!(row.iter().all(|&v| v == 0.0), "{what}: dropped pixel {p} not zeroed");
+            }
+        }
+        // A rerun gives the same bits.
+        b.emu.bn_relu_avgpool_conv1x1_dgrad(&dy.emu, dym, w_emu, &x.emu, xm, s, bn, &mut dx2.emu, dxm, &mut sums2.emu).unwrap();
+        assert_same_bits(&b, &format!("{what} dx"), &dx, &dx2);
+        assert_same_bits(&b, &format!("{what} sums"), &sums, &sums2);
+    }
+}

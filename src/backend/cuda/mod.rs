@@ -3,10 +3,15 @@
 //! Both are [`KernelBackend`] over a [`Device`]: the launch wrappers (params structs, grids,
 //! blocks, bounds checks) are written once, so CI exercises the Rust side of every launch.
 //!
-//! Kernels present so far: batch statistics and running-statistics update, the batch-norm
-//! backward pieces (elementwise pass, gradient fold with the deferred-correction
-//! accumulators, the correction itself), softmax cross-entropy and the fused SGD step.
+//! `KernelBackend` implements the whole `Backend` trait (`backend_impl.rs`): every op is a
+//! launch wrapper in `ops/` over a kernel family in `kernels/` — statistics, batch-norm
+//! backward pieces, the fused 1×1 / 3×3 / transition GEMMs with their BN-ReLU prologues and
+//! BN-backward epilogues, stem convolutions and pooling, the head, loss, optimiser, and the
+//! unfused ops of the naive baseline. Reductions that span many blocks write per-split
+//! partials into the backend's scratch and a second kernel adds them in a fixed order, so
+//! every result is deterministic.
 
+mod backend_impl;
 mod device;
 mod driver;
 #[cfg(feature = "cuda-emu")]

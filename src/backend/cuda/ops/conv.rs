@@ -1,1 +1,165 @@
-//! Launch wrappers of `kernels/conv.cu`.
+//! Launch wrappers of `kernels/conv.cu`: the stems' plain convolution (forward, weight
+//! gradient through the scratch and `conv_split_sum_f32`, data gradient as a gather).
+
+use super::conv3x3::{check_pixels, spatial_u32, split_sum_launch, wgrad_splits};
+use crate::backend::cuda::device::{Device, LaunchCfg};
+use crate::backend::cuda::params::conv::ConvParams;
+use crate::backend::cuda::{DeviceBuf, KernelBackend, check_mat, check_range, u32_of};
+use crate::backend::{At, ConvGeom, Mat, Spatial};
+use crate::error::{Error, Result};
+
+/// Threads per block of the three kernels (`conv::kThreads`).
+const THREADS: u32 = 256;
+/// Forward tile: output pixels × output channels per block (`kBM`, `kBN`).
+const FWD_PIXELS: usize = 128;
+const FWD_COLS: usize = 32;
+/// Weight-gradient tile: output channels × GEMM-K columns per block, pixels per stage
+/// (`kWgradBCO`, `kWgradBK`, `kWgradBP`).
+const WGRAD_CO: usize = 32;
+const WGRAD_COLS: usize = 64;
+const WGRAD_STAGE_PIXELS: usize = 16;
+/// Data gradient: channels per thread, and (output channel, tap) weight vectors staged per
+/// chunk, which bounds the kernel to k² ≤ 512 (`kDgradChannels`, `kDgradPairs`).
+const DGRAD_CHANNELS: usize = 4;
+const DGRAD_PAIRS: usize = 512;
+
+/// The kernels' params for a convolution of `shape` with `c_in` → `c_out` channels, and the
+/// output extent. Errors on a zero kernel or stride and on extents the kernels' 32-bit
+/// coordinates cannot hold.
+fn conv_params(shape: Spatial, geom: ConvGeom, c_in: usize, c_out: usize, ld_x: usize, ld_y: usize) -> Result<(ConvParams, Spatial)> {
+    if geom.kernel == 0 || geom.stride == 0 {
+        return Err(Error::Shape(format!("conv: kernel {} and stride {} must be at least 1", geom.kernel, geom.stride)));
+    }
+    let out = geom.out(shape);
+    let [n, h, w] = spatial_u32(shape, "conv input")?;
+    let [_, oh, ow] = spatial_u32(out, "conv output")?;
+    for (size, what) in [(shape.h, "height"), (shape.w, "width")] {
+        if size.checked_add(2 * geom.pad).is_none_or(|s| i32::try_from(s).is_err()) {
+            return Err(Error::Shape(format!("conv: padded {what} exceeds the kernels' 32-bit coordinates")));
+        }
+    }
+    let p = ConvParams {
+        n,
+        h,
+        w,
+        oh,
+        ow,
+        c_in: u32_of(c_in, "input channels")?,
+        c_out: u32_of(c_out, "output channels")?,
+        kernel: u32_of(geom.kernel, "kernel")?,
+        stride: u32_of(geom.stride, "stride")?,
+        pad: u32_of(geom.pad, "padding")?,
+        ld_x: u32_of(ld_x, "input pitch")?,
+        ld_y: u32_of(ld_y, "output pitch")?,
+        split_pixels: 0,
+    };
+    Ok((p, out))
+}
+
+impl<D: Device> KernelBackend<D> {
+    /// See `Backend::conv_fwd`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv_fwd(
+        &self,
+        x: &DeviceBuf<D>,
+        xm: Mat,
+        shape: Spatial,
+        geom: ConvGeom,
+        w: At<'_, DeviceBuf<D>>,
+        y: &mut DeviceBuf<D>,
+        ym: Mat,
+    ) -> Result<()> {
+        check_mat(x, xm, "conv input")?;
+        check_mat(y, ym, "conv output")?;
+        let (p, out) = conv_params(shape, geom, xm.cols, ym.cols, xm.ld, ym.ld)?;
+        check_pixels(xm, shape, "conv input")?;
+        check_pixels(ym, out, "conv output")?;
+        check_range(w.buf, w.offset, ym.cols * geom.kernel * geom.kernel * xm.cols, "conv weight")?;
+        if out.pixels() == 0 || ym.cols == 0 {
+            return Ok(());
+        }
+        let grid = [u32_of(out.pixels().div_ceil(FWD_PIXELS), "blocks")?, u32_of(ym.cols.div_ceil(FWD_COLS), "blocks")?, 1];
+        let cfg = LaunchCfg { grid, block: [THREADS, 1, 1], shared_bytes: 0 };
+        let addrs = [self.addr(x, xm.offset), self.addr(w.buf, w.offset), self.addr(y, ym.offset)];
+        // SAFETY: x covers xm (one row per input pixel), y covers ym (one row per output
+        // pixel; only its columns are written), W c_out·k²·c_in floats (checked above).
+        unsafe { self.device.launch("conv_fwd_f32", cfg, &p, &addrs) }
+    }
+
+    /// See `Backend::conv_wgrad`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv_wgrad(
+        &self,
+        x: &DeviceBuf<D>,
+        xm: Mat,
+        shape: Spatial,
+        geom: ConvGeom,
+        dy: &DeviceBuf<D>,
+        dym: Mat,
+        dw: &mut DeviceBuf<D>,
+        dw_off: usize,
+    ) -> Result<()> {
+        check_mat(x, xm, "conv wgrad input")?;
+        check_mat(dy, dym, "conv wgrad output grad")?;
+        let (mut p, out) = conv_params(shape, geom, xm.cols, dym.cols, xm.ld, dym.ld)?;
+        check_pixels(xm, shape, "conv wgrad input")?;
+        check_pixels(dym, out, "conv wgrad output grad")?;
+        let cols = geom.kernel * geom.kernel * xm.cols;
+        let len = dym.cols * cols;
+        check_range(dw, dw_off, len, "conv weight grad")?;
+        if len == 0 || out.pixels() == 0 {
+            return Ok(());
+        }
+        let tile_blocks = [cols.div_ceil(WGRAD_COLS), dym.cols.div_ceil(WGRAD_CO)];
+        let (splits, split_pixels) = wgrad_splits(out.pixels(), tile_blocks[0] * tile_blocks[1], len, WGRAD_STAGE_PIXELS);
+        p.split_pixels = u32_of(split_pixels, "split pixels")?;
+        let grid = [u32_of(tile_blocks[0], "blocks")?, u32_of(tile_blocks[1], "blocks")?, u32_of(splits, "splits")?];
+        let cfg = LaunchCfg { grid, block: [THREADS, 1, 1], shared_bytes: 0 };
+        let (sum_p, sum_cfg) = split_sum_launch(len, splits, true)?;
+        let (x_addr, dy_addr, dw_addr) = (self.addr(x, xm.offset), self.addr(dy, dym.offset), self.addr(dw, dw_off));
+        self.with_scratch(splits * len, |scratch| {
+            // SAFETY: x covers xm, dy covers dym (one row per input / output pixel); split s
+            // writes rows [s·len, (s+1)·len) of the scratch, which holds splits·len floats.
+            unsafe { self.device.launch("conv_wgrad_f32", cfg, &p, &[x_addr, dy_addr, scratch])? };
+            // SAFETY: the scratch holds splits rows of len partials, dw covers len floats at
+            // dw_off (checked above).
+            unsafe { self.device.launch("conv_split_sum_f32", sum_cfg, &sum_p, &[scratch, dw_addr]) }
+        })
+    }
+
+    /// See `Backend::conv_dgrad`. Kernels up to 22×22 (k² ≤ 512).
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv_dgrad(
+        &self,
+        dy: &DeviceBuf<D>,
+        dym: Mat,
+        shape: Spatial,
+        geom: ConvGeom,
+        w: At<'_, DeviceBuf<D>>,
+        dx: &mut DeviceBuf<D>,
+        dxm: Mat,
+    ) -> Result<()> {
+        check_mat(dy, dym, "conv dgrad output grad")?;
+        check_mat(dx, dxm, "conv dgrad input grad")?;
+        let (p, out) = conv_params(shape, geom, dxm.cols, dym.cols, dxm.ld, dym.ld)?;
+        check_pixels(dym, out, "conv dgrad output grad")?;
+        check_pixels(dxm, shape, "conv dgrad input grad")?;
+        check_range(w.buf, w.offset, dym.cols * geom.kernel * geom.kernel * dxm.cols, "conv weight")?;
+        if geom.kernel * geom.kernel > DGRAD_PAIRS {
+            return Err(Error::Shape(format!("conv dgrad: a {0}x{0} kernel exceeds the supported 22x22", geom.kernel)));
+        }
+        if shape.pixels() == 0 || dxm.cols == 0 {
+            return Ok(());
+        }
+        let grid = [
+            u32_of(shape.pixels().div_ceil(THREADS as usize), "blocks")?,
+            u32_of(dxm.cols.div_ceil(DGRAD_CHANNELS), "blocks")?,
+            1,
+        ];
+        let cfg = LaunchCfg { grid, block: [THREADS, 1, 1], shared_bytes: 0 };
+        let addrs = [self.addr(dy, dym.offset), self.addr(w.buf, w.offset), self.addr(dx, dxm.offset)];
+        // SAFETY: dy covers dym (one row per output pixel), dx covers dxm (one row per input
+        // pixel; only its columns are written), W c_out·k²·c_in floats (checked above).
+        unsafe { self.device.launch("conv_dgrad_f32", cfg, &p, &addrs) }
+    }
+}

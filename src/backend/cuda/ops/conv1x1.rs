@@ -1,1 +1,295 @@
-//! Launch wrappers of `kernels/conv1x1.cu`.
+//! Launch wrappers of `kernels/conv1x1.cu`, and what `transition.rs` shares with them: the GEMM
+//! grid of `kernels/fused_gemm.cuh` and its deterministic split reductions — weight-gradient
+//! splits and data-gradient runs whose partials live in the backend's scratch and are added in
+//! a fixed order by a finishing kernel. The splits depend on the shape only, never on the device.
+
+use super::{EW_COLS, EW_ROWS, same_shape};
+use crate::backend::cuda::device::{Device, LaunchCfg};
+use crate::backend::cuda::params::conv1x1::{Conv1x1Params, WgradFinishParams};
+use crate::backend::cuda::params::pool::TileSumsParams;
+use crate::backend::cuda::{DeviceBuf, KernelBackend, SCRATCH_FLOATS, check_mat, check_range, u32_of};
+use crate::backend::{At, BnRef, Mat};
+use crate::error::{Error, Result};
+
+/// Threadblock tile of `kernels/fused_gemm.cuh` (`kTileM` = `kTileN`), its reduction step
+/// (`kTileK`) and its block size (`kGemmThreads`).
+const TILE: usize = 64;
+const TILE_K: usize = 16;
+const GEMM_THREADS: u32 = 256;
+/// Blocks a split launch aims at: two to three waves of resident 256-thread blocks on a
+/// 132-SM H100/H200, so that the last wave's tail is short.
+const TARGET_BLOCKS: usize = 1024;
+/// Fewest reduction steps (of 16 rows) in a weight-gradient split: 512 rows, so that a split's
+/// GEMM outweighs writing and re-reading its partial tile.
+const MIN_WGRAD_RUN: usize = 32;
+/// Fewest row tiles (of 64 rows) in a data-gradient run, to amortise a block's fixed costs
+/// (BN constants, the final combine of its sums).
+const MIN_DGRAD_RUN: usize = 4;
+
+/// A launch of GEMM blocks over `tiles` = [x, y, z] tiles.
+fn gemm_cfg(tiles: [usize; 3]) -> Result<LaunchCfg> {
+    Ok(LaunchCfg {
+        grid: [u32_of(tiles[0], "grid x")?, u32_of(tiles[1], "grid y")?, u32_of(tiles[2], "grid z")?],
+        block: [GEMM_THREADS, 1, 1],
+        shared_bytes: 0,
+    })
+}
+
+/// The forward's grid: tiles of `rows` output rows × tiles of `cout` channels.
+pub(super) fn fwd_cfg(rows: usize, cout: usize) -> Result<LaunchCfg> {
+    gemm_cfg([rows.div_ceil(TILE), cout.div_ceil(TILE), 1])
+}
+
+/// Errors unless two matrices have one row per pixel of the same pixels.
+pub(super) fn same_rows(a: Mat, b: Mat, what: &str) -> Result<()> {
+    if a.rows != b.rows {
+        return Err(Error::Shape(format!("{what}: {} and {} pixel rows", a.rows, b.rows)));
+    }
+    Ok(())
+}
+
+/// How a weight gradient `dW (cout × cin) += Σ over rows` is split along the rows: `splits`
+/// runs of `run` steps of 16 rows, as many as reach [`TARGET_BLOCKS`] blocks with at least
+/// [`MIN_WGRAD_RUN`] steps each and partials that fit the scratch.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct WgradSplit {
+    pub(super) splits: u32,
+    pub(super) run: u32,
+    cout: usize,
+    cin: usize,
+}
+
+impl WgradSplit {
+    /// The split of `rows` rows for a `cout × cin` weight (none of them 0).
+    pub(super) fn new(rows: usize, cout: usize, cin: usize) -> Result<Self> {
+        let steps = rows.div_ceil(TILE_K);
+        let tiles = cout.div_ceil(TILE) * cin.div_ceil(TILE);
+        let fit = SCRATCH_FLOATS / (cout * cin);
+        let want = steps.div_ceil(MIN_WGRAD_RUN).min(TARGET_BLOCKS.div_ceil(tiles)).min(fit).max(1);
+        let run = steps.div_ceil(want);
+        Ok(WgradSplit { splits: u32_of(steps.div_ceil(run), "splits")?, run: u32_of(run, "run")?, cout, cin })
+    }
+
+    /// Grid: output-channel tiles × input-channel tiles × splits.
+    pub(super) fn cfg(&self) -> Result<LaunchCfg> {
+        gemm_cfg([self.cout.div_ceil(TILE), self.cin.div_ceil(TILE), self.splits as usize])
+    }
+}
+
+/// How a data gradient's rows are cut into runs of row tiles for its per-channel sums:
+/// `splits` runs of `run` tiles of 64 rows, as many as reach [`TARGET_BLOCKS`] blocks with at
+/// least [`MIN_DGRAD_RUN`] tiles each and double partials that fit the scratch.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct DgradRuns {
+    pub(super) splits: u32,
+    pub(super) run: u32,
+    cin: usize,
+}
+
+impl DgradRuns {
+    /// The runs over `rows` rows of a gradient with `cin` channels (neither 0).
+    pub(super) fn new(rows: usize, cin: usize) -> Result<Self> {
+        let tiles = rows.div_ceil(TILE);
+        // Each run stores 2·cin doubles (4·cin floats); one float more aligns them.
+        let fit = (SCRATCH_FLOATS - 1) / (4 * cin);
+        let want = tiles.div_ceil(MIN_DGRAD_RUN).min(TARGET_BLOCKS.div_ceil(cin.div_ceil(TILE))).min(fit).max(1);
+        let run = tiles.div_ceil(want);
+        Ok(DgradRuns { splits: u32_of(tiles.div_ceil(run), "runs")?, run: u32_of(run, "run")?, cin })
+    }
+
+    /// Grid: input-channel tiles × runs.
+    pub(super) fn cfg(&self) -> Result<LaunchCfg> {
+        gemm_cfg([self.cin.div_ceil(TILE), self.splits as usize, 1])
+    }
+}
+
+impl<D: Device> KernelBackend<D> {
+    /// A split weight gradient into the `cout × cin` floats at `dw[dw_off..]`:
+    /// `partial` launches the GEMM with the address of its partials (0 when there is a single
+    /// split: the kernel then adds into dW itself), then `finish` (a `dn_wgrad_finish` entry
+    /// point) adds the splits into dW in order.
+    pub(super) fn split_wgrad(
+        &self,
+        split: WgradSplit,
+        finish: &'static str,
+        dw: &mut DeviceBuf<D>,
+        dw_off: usize,
+        partial: impl FnOnce(u64) -> Result<()>,
+    ) -> Result<()> {
+        if split.splits == 1 {
+            return partial(0);
+        }
+        let len = split.cout * split.cin;
+        check_range(dw, dw_off, len, "weight grad")?;
+        let p = WgradFinishParams { len: u32_of(len, "weights")?, splits: split.splits };
+        let dw = self.addr(dw, dw_off);
+        self.with_scratch(split.splits as usize * len, |partials| {
+            partial(partials)?;
+            // SAFETY: `partials` holds splits × len floats of the scratch reserved above; dw
+            // covers len floats (checked above).
+            unsafe { self.device.launch(finish, LaunchCfg::per_element::<256>(len), &p, &[partials, dw]) }
+        })
+    }
+
+    /// The per-channel sums of a data gradient into `sums[0..2·cin]`:
+    /// `partial` launches the GEMM with the address of its double partials (0 when there is a
+    /// single run: the kernel then stores the sums itself), then `finish` (a
+    /// `dn_tile_sums_finish` entry point) adds the runs in order.
+    pub(super) fn split_sums(
+        &self,
+        runs: DgradRuns,
+        finish: &'static str,
+        sums: &mut DeviceBuf<D>,
+        partial: impl FnOnce(u64) -> Result<()>,
+    ) -> Result<()> {
+        if runs.splits == 1 {
+            return partial(0);
+        }
+        let width = 2 * runs.cin;
+        check_range(sums, 0, width, "sums")?;
+        let p = TileSumsParams { tiles: runs.splits, width: u32_of(width, "sum width")? };
+        let sums = self.addr(sums, 0);
+        self.with_scratch(runs.splits as usize * 2 * width + 1, |scratch| {
+            // Doubles need 8-byte alignment; the emulator's scratch is only f32-aligned.
+            let partials = scratch.next_multiple_of(8);
+            partial(partials)?;
+            let cfg = LaunchCfg::channel_tiles::<EW_COLS, EW_ROWS>(width, 1);
+            // SAFETY: `partials` holds runs × width doubles inside the scratch reserved above
+            // (2·width floats a run plus the alignment float); sums covers width floats.
+            unsafe { self.device.launch(finish, cfg, &p, &[partials, sums]) }
+        })
+    }
+
+    /// See `Backend::bn_relu_conv1x1_fwd`.
+    pub fn bn_relu_conv1x1_fwd(
+        &self,
+        x: &DeviceBuf<D>,
+        xm: Mat,
+        bn: BnRef<'_, DeviceBuf<D>>,
+        w: At<'_, DeviceBuf<D>>,
+        z: &mut DeviceBuf<D>,
+        zm: Mat,
+    ) -> Result<()> {
+        check_mat(x, xm, "conv1x1 input")?;
+        check_mat(z, zm, "conv1x1 output")?;
+        same_rows(xm, zm, "conv1x1")?;
+        check_range(w.buf, w.offset, zm.cols * xm.cols, "conv1x1 weight")?;
+        self.check_bn(bn, xm.cols, "conv1x1 statistics")?;
+        if zm.rows == 0 || zm.cols == 0 {
+            return Ok(());
+        }
+        let p = conv1x1_params(xm, zm, 0, false, 1, 0)?;
+        let [mean, var, gamma, beta] = self.bn_addresses(bn);
+        let addrs = [self.addr(x, xm.offset), mean, var, gamma, beta, self.addr(w.buf, w.offset), self.addr(z, zm.offset)];
+        // SAFETY: x covers xm, z covers zm (same pixels), W cout × cin floats, the per-channel
+        // vectors cin floats (checked above).
+        unsafe { self.device.launch("bn_relu_conv1x1_fwd_f32", fwd_cfg(zm.rows, zm.cols)?, &p, &addrs) }
+    }
+
+    /// See `Backend::bn_relu_conv1x1_wgrad`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn bn_relu_conv1x1_wgrad(
+        &self,
+        x: &DeviceBuf<D>,
+        xm: Mat,
+        bn: BnRef<'_, DeviceBuf<D>>,
+        dz: &DeviceBuf<D>,
+        dzm: Mat,
+        dw: &mut DeviceBuf<D>,
+        dw_off: usize,
+    ) -> Result<()> {
+        check_mat(x, xm, "conv1x1 wgrad input")?;
+        check_mat(dz, dzm, "conv1x1 wgrad output grad")?;
+        same_rows(xm, dzm, "conv1x1 wgrad")?;
+        check_range(dw, dw_off, dzm.cols * xm.cols, "conv1x1 weight grad")?;
+        self.check_bn(bn, xm.cols, "conv1x1 wgrad statistics")?;
+        if xm.rows == 0 || xm.cols == 0 || dzm.cols == 0 {
+            return Ok(());
+        }
+        let split = WgradSplit::new(xm.rows, dzm.cols, xm.cols)?;
+        let p = conv1x1_params(xm, dzm, 0, false, split.splits, split.run)?;
+        let [mean, var, gamma, beta] = self.bn_addresses(bn);
+        let (x, dz, dw_addr) = (self.addr(x, xm.offset), self.addr(dz, dzm.offset), self.addr(dw, dw_off));
+        let cfg = split.cfg()?;
+        self.split_wgrad(split, "conv1x1_wgrad_finish_f32", dw, dw_off, |partials| {
+            // SAFETY: x covers xm, dz covers dzm (same pixels), dW cout × cin floats, the
+            // per-channel vectors cin floats (checked above); partials is 0 with one split (the
+            // kernel adds into dW) or holds a dW-sized tile per split (split_wgrad).
+            unsafe {
+                self.device.launch("bn_relu_conv1x1_wgrad_f32", cfg, &p, &[x, mean, var, gamma, beta, dz, dw_addr, partials])
+            }
+        })
+    }
+
+    /// See `Backend::bn_relu_conv1x1_dgrad`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn bn_relu_conv1x1_dgrad(
+        &self,
+        dz: &DeviceBuf<D>,
+        dzm: Mat,
+        w: At<'_, DeviceBuf<D>>,
+        x: &DeviceBuf<D>,
+        xm: Mat,
+        bn: BnRef<'_, DeviceBuf<D>>,
+        dx: &mut DeviceBuf<D>,
+        dxm: Mat,
+        accumulate: bool,
+        sums: &mut DeviceBuf<D>,
+    ) -> Result<()> {
+        check_mat(dz, dzm, "conv1x1 dgrad output grad")?;
+        check_mat(x, xm, "conv1x1 dgrad input")?;
+        check_mat(dx, dxm, "conv1x1 dgrad input grad")?;
+        same_rows(dzm, xm, "conv1x1 dgrad")?;
+        same_shape(dxm, xm, "conv1x1 dgrad")?;
+        check_range(w.buf, w.offset, dzm.cols * xm.cols, "conv1x1 weight")?;
+        check_range(sums, 0, 2 * xm.cols, "conv1x1 dgrad sums")?;
+        self.check_bn(bn, xm.cols, "conv1x1 dgrad statistics")?;
+        if xm.cols == 0 {
+            return Ok(());
+        }
+        if xm.rows == 0 {
+            // No pixel: every sum is empty.
+            return self.fill_zero(sums, 0, 2 * xm.cols);
+        }
+        let runs = DgradRuns::new(xm.rows, xm.cols)?;
+        let p = conv1x1_params(xm, dzm, dxm.ld, accumulate, runs.splits, runs.run)?;
+        let [mean, var, gamma, beta] = self.bn_addresses(bn);
+        let addrs = [
+            self.addr(dz, dzm.offset),
+            self.addr(w.buf, w.offset),
+            self.addr(x, xm.offset),
+            mean,
+            var,
+            gamma,
+            beta,
+            self.addr(dx, dxm.offset),
+            self.addr(sums, 0),
+        ];
+        let cfg = runs.cfg()?;
+        self.split_sums(runs, "conv1x1_sums_finish_f32", sums, |partials| {
+            let [dz, w, x, mean, var, gamma, beta, dx, sums] = addrs;
+            // SAFETY: dz covers dzm, x covers xm, dx covers dxm (same pixels and channels), W
+            // cout × cin floats, sums and the per-channel vectors 2·cin and cin floats (checked
+            // above); partials is 0 with one run (the kernel stores the sums) or holds 2·cin
+            // doubles per run (split_sums).
+            unsafe {
+                self.device.launch("bn_relu_conv1x1_dgrad_f32", cfg, &p, &[dz, w, x, mean, var, gamma, beta, dx, sums, partials])
+            }
+        })
+    }
+}
+
+/// The params of a 1×1 convolution between x (`xm`) and z or dz (`zm`).
+fn conv1x1_params(xm: Mat, zm: Mat, ld_dx: usize, accumulate: bool, splits: u32, run: u32) -> Result<Conv1x1Params> {
+    Ok(Conv1x1Params {
+        pixels: u32_of(xm.rows, "pixels")?,
+        cin: u32_of(xm.cols, "input channels")?,
+        cout: u32_of(zm.cols, "output channels")?,
+        ld_x: u32_of(xm.ld, "ld")?,
+        ld_z: u32_of(zm.ld, "ld")?,
+        ld_dx: u32_of(ld_dx, "ld")?,
+        accumulate: u32::from(accumulate),
+        splits,
+        run,
+    })
+}

@@ -1,1 +1,180 @@
-//! Launch wrappers of `kernels/transition.cu`.
+//! Launch wrappers of `kernels/transition.cu`. The GEMM grid and the split reductions are the
+//! ones of `conv1x1.rs`.
+
+use super::conv1x1::{DgradRuns, WgradSplit, fwd_cfg};
+use super::pool::{check_channels, check_pixels};
+use crate::backend::cuda::device::Device;
+use crate::backend::cuda::params::transition::TransitionParams;
+use crate::backend::cuda::{DeviceBuf, KernelBackend, check_mat, check_range, u32_of};
+use crate::backend::{At, BnRef, Mat, Spatial};
+use crate::error::Result;
+
+/// Output extent of the transition's AvgPool2d(2): an odd last row or column is dropped.
+fn pooled(s: Spatial) -> Spatial {
+    Spatial { n: s.n, h: s.h / 2, w: s.w / 2 }
+}
+
+/// The params of a transition from x (`xm`, spatial `shape`) to y or dy (`ym`).
+fn transition_params(xm: Mat, shape: Spatial, ym: Mat, ld_dx: usize, splits: u32, run: u32) -> Result<TransitionParams> {
+    Ok(TransitionParams {
+        images: u32_of(shape.n, "batch")?,
+        h: u32_of(shape.h, "height")?,
+        w: u32_of(shape.w, "width")?,
+        cin: u32_of(xm.cols, "input channels")?,
+        cout: u32_of(ym.cols, "output channels")?,
+        ld_x: u32_of(xm.ld, "ld")?,
+        ld_y: u32_of(ym.ld, "ld")?,
+        ld_dx: u32_of(ld_dx, "ld")?,
+        splits,
+        run,
+    })
+}
+
+impl<D: Device> KernelBackend<D> {
+    /// See `Backend::bn_relu_avgpool_conv1x1_fwd`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn bn_relu_avgpool_conv1x1_fwd(
+        &self,
+        x: &DeviceBuf<D>,
+        xm: Mat,
+        shape: Spatial,
+        bn: BnRef<'_, DeviceBuf<D>>,
+        w: At<'_, DeviceBuf<D>>,
+        y: &mut DeviceBuf<D>,
+        ym: Mat,
+    ) -> Result<()> {
+        check_mat(x, xm, "transition input")?;
+        check_mat(y, ym, "transition output")?;
+        check_pixels(xm, shape, "transition input")?;
+        check_pixels(ym, pooled(shape), "transition output")?;
+        check_range(w.buf, w.offset, ym.cols * xm.cols, "transition weight")?;
+        self.check_bn(bn, xm.cols, "transition statistics")?;
+        if ym.rows == 0 || ym.cols == 0 {
+            return Ok(());
+        }
+        let p = transition_params(xm, shape, ym, 0, 1, 0)?;
+        let [mean, var, gamma, beta] = self.bn_addresses(bn);
+        let addrs = [self.addr(x, xm.offset), mean, var, gamma, beta, self.addr(w.buf, w.offset), self.addr(y, ym.offset)];
+        // SAFETY: x covers xm (shape's pixels), y covers ym (the pooled pixels), W cout × cin
+        // floats, the per-channel vectors cin floats (checked above).
+        unsafe { self.device.launch("bn_relu_avgpool_conv1x1_fwd_f32", fwd_cfg(ym.rows, ym.cols)?, &p, &addrs) }
+    }
+
+    /// See `Backend::bn_relu_avgpool_conv1x1_wgrad`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn bn_relu_avgpool_conv1x1_wgrad(
+        &self,
+        x: &DeviceBuf<D>,
+        xm: Mat,
+        shape: Spatial,
+        bn: BnRef<'_, DeviceBuf<D>>,
+        dy: &DeviceBuf<D>,
+        dym: Mat,
+        dw: &mut DeviceBuf<D>,
+        dw_off: usize,
+    ) -> Result<()> {
+        check_mat(x, xm, "transition wgrad input")?;
+        check_mat(dy, dym, "transition wgrad output grad")?;
+        check_pixels(xm, shape, "transition wgrad input")?;
+        check_pixels(dym, pooled(shape), "transition wgrad output grad")?;
+        check_range(dw, dw_off, dym.cols * xm.cols, "transition weight grad")?;
+        self.check_bn(bn, xm.cols, "transition wgrad statistics")?;
+        if dym.rows == 0 || xm.cols == 0 || dym.cols == 0 {
+            return Ok(());
+        }
+        let split = WgradSplit::new(dym.rows, dym.cols, xm.cols)?;
+        let p = transition_params(xm, shape, dym, 0, split.splits, split.run)?;
+        let [mean, var, gamma, beta] = self.bn_addresses(bn);
+        let (x, dy, dw_addr) = (self.addr(x, xm.offset), self.addr(dy, dym.offset), self.addr(dw, dw_off));
+        let cfg = split.cfg()?;
+        self.split_wgrad(split, "transition_wgrad_finish_f32", dw, dw_off, |partials| {
+            // SAFETY: x covers xm (shape's pixels), dy covers dym (the pooled pixels), dW
+            // cout × cin floats, the per-channel vectors cin floats (checked above); partials is
+            // 0 with one split (the kernel adds into dW) or holds a dW-sized tile per split.
+            unsafe {
+                self.device.launch(
+                    "bn_relu_avgpool_conv1x1_wgrad_f32",
+                    cfg,
+                    &p,
+                    &[x, mean, var, gamma, beta, dy, dw_addr, partials],
+                )
+            }
+        })
+    }
+
+    /// See `Backend::bn_relu_avgpool_conv1x1_dgrad`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn bn_relu_avgpool_conv1x1_dgrad(
+        &self,
+        dy: &DeviceBuf<D>,
+        dym: Mat,
+        w: At<'_, DeviceBuf<D>>,
+        x: &DeviceBuf<D>,
+        xm: Mat,
+        shape: Spatial,
+        bn: BnRef<'_, DeviceBuf<D>>,
+        dx: &mut DeviceBuf<D>,
+        dxm: Mat,
+        sums: &mut DeviceBuf<D>,
+    ) -> Result<()> {
+        check_mat(dy, dym, "transition dgrad output grad")?;
+        check_mat(x, xm, "transition dgrad input")?;
+        check_mat(dx, dxm, "transition dgrad input grad")?;
+        check_pixels(xm, shape, "transition dgrad input")?;
+        check_pixels(dxm, shape, "transition dgrad input grad")?;
+        check_pixels(dym, pooled(shape), "transition dgrad output grad")?;
+        check_channels(dxm, xm, "transition dgrad")?;
+        check_range(w.buf, w.offset, dym.cols * xm.cols, "transition weight")?;
+        check_range(sums, 0, 2 * xm.cols, "transition dgrad sums")?;
+        self.check_bn(bn, xm.cols, "transition dgrad statistics")?;
+        if xm.cols == 0 {
+            return Ok(());
+        }
+        if dym.rows == 0 {
+            // Nothing survives the pool (or there is no pixel): no input gets a gradient.
+            self.zero_rows(dx, dxm)?;
+            return self.fill_zero(sums, 0, 2 * xm.cols);
+        }
+        let runs = DgradRuns::new(dym.rows, xm.cols)?;
+        let p = transition_params(xm, shape, dym, dxm.ld, runs.splits, runs.run)?;
+        let [mean, var, gamma, beta] = self.bn_addresses(bn);
+        let addrs = [
+            self.addr(dy, dym.offset),
+            self.addr(w.buf, w.offset),
+            self.addr(x, xm.offset),
+            mean,
+            var,
+            gamma,
+            beta,
+            self.addr(dx, dxm.offset),
+            self.addr(sums, 0),
+        ];
+        let cfg = runs.cfg()?;
+        self.split_sums(runs, "transition_sums_finish_f32", sums, |partials| {
+            let [dy, w, x, mean, var, gamma, beta, dx, sums] = addrs;
+            // SAFETY: dy covers dym (the pooled pixels), x and dx cover xm and dxm (shape's
+            // pixels, same channels), W cout × cin floats, sums and the per-channel vectors
+            // 2·cin and cin floats (checked above); partials is 0 with one run (the kernel
+            // stores the sums) or holds 2·cin doubles per run (split_sums).
+            unsafe {
+                self.device.launch(
+                    "bn_relu_avgpool_conv1x1_dgrad_f32",
+                    cfg,
+                    &p,
+                    &[dy, w, x, mean, var, gamma, beta, dx, sums, partials],
+                )
+            }
+        })
+    }
+
+    /// Zeroes every element `m` addresses in `buf` (and nothing between its rows).
+    fn zero_rows(&self, buf: &mut DeviceBuf<D>, m: Mat) -> Result<()> {
+        if m.rows == 0 || m.cols == 0 {
+            return Ok(());
+        }
+        if m.rows == 1 || m.ld == m.cols {
+            return self.fill_zero(buf, m.offset, (m.rows - 1) * m.ld + m.cols);
+        }
+        (0..m.rows).try_for_each(|r| self.fill_zero(buf, m.offset + r * m.ld, m.cols))
+    }
+}

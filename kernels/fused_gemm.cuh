@@ -1,0 +1,458 @@
+// fused_gemm.cuh — the tiled f32 GEMM behind the fused 1×1 convolutions (conv1x1.cu) and the
+// transition (transition.cu), with its BN-ReLU(-pool) prologue and BN-backward epilogue.
+//
+// WHAT
+//   Every op of those two files is one GEMM over the NHWC-with-pitch storage. The operands are
+//   read in place and transformed while they are loaded, so the BN-ReLU'd (and pooled) input
+//   only ever exists in registers and shared memory:
+//     forward  out[R × cout]  = A[R × cin] · Wᵀ          A = relu(a⊙x + b), pooled 2×2 for
+//                                                         the transition (R = its output pixels)
+//     wgrad    dW[cout × cin] += dOutᵀ[cout × R] · A[R × cin]   (reduction over the R pixels)
+//     dgrad    gpre[R × cin]   = dOut[R × cout] · W,  handed to a BN-ReLU backward epilogue.
+//
+// HOW (CUTLASS's names)
+//   * Threadblock tile kTileM × kTileN = 64 × 64 outputs, kGemmThreads = 256 threads, each owning
+//     a 4 × 4 register micro-tile: per reduction index, 16 FFMA for two float4 shared loads.
+//     Reduction steps of kTileK = 16.
+//   * Shared memory holds both operand tiles k-major (a[k][m], b[k][n]), double-buffered: the
+//     loaders fetch step s + 1 from global memory into registers while step s is multiplied, then
+//     store it into the other buffer; one barrier per step.
+//   * Loaders. An operand whose global rows run along the reduction index (x and W in the
+//     forward, dOut in dgrad: K-contiguous) is read 16 consecutive elements per row — a warp reads
+//     two 64-byte row pieces — and transposed on its way into shared memory; the row pitch of 68
+//     floats keeps float4 alignment and makes that store 2-way bank-conflicted instead of 16-way.
+//     An operand whose rows run along the output index (dOut and x in wgrad, W in dgrad) is read
+//     as 32 consecutive floats per warp and stored as is. What an element is — a plain value,
+//     relu(a·x + b), the mean of four of those — is the loader's Source. Rows and channels
+//     outside the matrices read as 0 (never as relu(b)), so no size needs to be a multiple of a
+//     tile.
+//   * Epilogue. The accumulators are staged through shared memory (aliasing the operand
+//     buffers): thread t then owns channel column t mod 64 and tile rows t/64 + 4i, so a warp
+//     reads and writes 32 consecutive channels of one pixel, and each thread's BN constants
+//     (one channel) are computed once.
+//
+// DETERMINISM (no float atomics anywhere; the splits depend on the shape only)
+//   * wgrad splits the reduction into `splits` runs of `run` steps (blockIdx.z). With one split
+//     each block adds its tile into dW; otherwise it stores the tile into the backend's scratch
+//     and dn_wgrad_finish adds the splits in order, in double, into dW.
+//   * dgrad: a block owns a 64-channel tile (blockIdx.x) and a run of `run` consecutive row tiles
+//     (blockIdx.y). Each thread adds its channel's Σg and Σg·x̂ in f32 over one row tile and in
+//     double across tiles; the block adds its 4 row threads in order and stores the totals into
+//     `sums` (one run) or, as doubles, into the scratch for dn_tile_sums_finish (common.cuh),
+//     which adds the runs in order. Runs rather than one partial per row tile: R/64 partials of
+//     2·cin doubles would overflow the 4 Mi-float scratch at ImageNet sizes (R = 64·56·56,
+//     cin up to 1024), and a run amortises a block's fixed costs (BN constants, final combine).
+//     Runs rather than one block per channel tile looping over all pixels: cin/64 blocks cannot
+//     fill a GPU.
+//
+// CPU references: src/backend/cpu/conv.rs (same op names).
+#pragma once
+#include "common.cuh"
+
+constexpr int kTileM = 64;
+constexpr int kTileN = 64;
+constexpr int kTileK = 16;
+constexpr int kGemmThreads = 256;
+constexpr int kMicro = 4;
+static_assert(kTileM == kTileN, "both operand tiles share one shared-memory pitch");
+static_assert((kTileM / kMicro) * (kTileN / kMicro) == kGemmThreads, "one micro-tile a thread");
+static_assert(kMicro == 4, "micro-tile rows and columns are read as float4");
+// Shared row pitch: +4 floats keeps float4 alignment and spreads transposing stores over banks.
+constexpr int kSmemPitch = kTileM + 4;
+// Elements each thread loads per operand tile.
+constexpr int kLoads = kTileK * kTileM / kGemmThreads;
+// Epilogue: row threads per channel column, and rows per thread.
+constexpr int kEpiRowThreads = kGemmThreads / kTileN;
+constexpr int kEpiRows = kTileM / kEpiRowThreads;
+
+struct GemmOperands {
+    float a[2][kTileK][kSmemPitch];
+    float b[2][kTileK][kSmemPitch];
+};
+
+// The operand buffers, and the accumulator tile the epilogue reads once they are free.
+union __align__(16) GemmSmem {
+    GemmOperands op;
+    float c[kTileM][kSmemPitch];
+};
+
+__device__ __forceinline__ unsigned int dn_ceil_div(unsigned int a, unsigned int b) {
+    return (a + b - 1) / b;
+}
+
+// ---- Sources: what element (row, column) of an operand is --------------------------------------
+
+// A pixel row of a source: the offset of its first element, and whether it exists.
+struct SrcRow {
+    size_t offset;
+    bool valid;
+};
+
+// A column of a plain source.
+struct PlainCol {
+    unsigned int c;
+    bool valid;
+};
+
+// Element (r, c) of a rows × cols matrix with pitch ld, as it is.
+template <typename T>
+struct PlainSource {
+    using Col = PlainCol;
+    const T* p;
+    unsigned int rows, cols, ld;
+
+    __device__ SrcRow row(unsigned int r) const { return {dn_at(r, 0, ld), r < rows}; }
+    __device__ Col col(unsigned int c) const { return {c, c < cols}; }
+    __device__ float load(SrcRow r, Col c) const {
+        return r.valid && c.valid ? static_cast<float>(p[r.offset + c.c]) : 0.0f;
+    }
+};
+
+// Where a BN finds its per-channel statistics and parameters (the kernels' argument order).
+struct BnParams {
+    const float* mean;
+    const float* var;
+    const float* gamma;
+    const float* beta;
+};
+
+// A BN-ReLU'd column: channel c and its affine a, b as the host computes them.
+struct BnCol {
+    unsigned int c;
+    bool valid;
+    float a, b;
+};
+
+__device__ __forceinline__ BnCol dn_bn_col(const BnParams& bn, unsigned int c, unsigned int cols) {
+    BnCol k{c, c < cols, 0.0f, 0.0f};
+    if (k.valid) dn_bn_affine(bn.gamma[c], bn.beta[c], bn.mean[c], bn.var[c], k.a, k.b);
+    return k;
+}
+
+// relu(a·x + b), the pre-activation rounded as on the host.
+__device__ __forceinline__ float dn_bn_relu(const BnCol& k, float x) {
+    return fmaxf(dn_affine(k.a, x, k.b), 0.0f);
+}
+
+// Element (r, c) of relu(a⊙x + b), x a rows × cols matrix with pitch ld.
+template <typename T>
+struct BnReluSource {
+    using Col = BnCol;
+    const T* x;
+    unsigned int rows, cols, ld;
+    BnParams bn;
+
+    __device__ SrcRow row(unsigned int r) const { return {dn_at(r, 0, ld), r < rows}; }
+    __device__ Col col(unsigned int c) const { return dn_bn_col(bn, c, cols); }
+    __device__ float load(SrcRow r, Col c) const {
+        return r.valid && c.valid ? dn_bn_relu(c, static_cast<float>(x[r.offset + c.c])) : 0.0f;
+    }
+};
+
+// The transition's pooled input: row r is output pixel (n, oy, ox) of AvgPool2d(2) over an
+// images × h × w input, element c the mean of relu(a·x + b) over input pixels (2oy + i, 2ox + j),
+// added in the host's order (pool_rows in cpu/conv.rs), so it is bit-identical to the host's.
+template <typename T>
+struct PoolBnReluSource {
+    using Col = BnCol;
+    const T* x;
+    unsigned int ld, h, w, out_h, out_w, rows, cols;
+    BnParams bn;
+
+    __device__ SrcRow row(unsigned int r) const {
+        if (r >= rows) return {0, false};
+        const unsigned int image = out_h * out_w;
+        const unsigned int n = r / image, oy = (r - n * image) / out_w;
+        const unsigned int ox = r - n * image - oy * out_w;
+        return {dn_at((n * h + 2 * oy) * w + 2 * ox, 0, ld), true};
+    }
+    __device__ Col col(unsigned int c) const { return dn_bn_col(bn, c, cols); }
+    __device__ float load(SrcRow r, Col c) const {
+        if (!(r.valid && c.valid)) return 0.0f;
+        const T* q = x + r.offset + c.c;
+        const size_t below = static_cast<size_t>(w) * ld;
+        float s = dn_bn_relu(c, static_cast<float>(q[0]));
+        s += dn_bn_relu(c, static_cast<float>(q[ld]));
+        s += dn_bn_relu(c, static_cast<float>(q[below]));
+        s += dn_bn_relu(c, static_cast<float>(q[below + ld]));
+        return s * 0.25f;
+    }
+};
+
+// ---- Loaders: global → registers → shared, one reduction step at a time ------------------------
+
+// A tile whose source rows run along the reduction: tile element (k, i) = src(i0 + i, k0 + k).
+// Thread t reads index k0 + t mod 16 of rows i0 + t/16 + 16e; the tile is transposed into shared
+// memory. The rows are resolved once, the column (a BN affine) once per step.
+template <class Src>
+struct TransposingLoader {
+    Src src;
+    SrcRow rows[kLoads];
+    float v[kLoads];
+
+    __device__ TransposingLoader(const Src& s, unsigned int i0) : src(s) {
+#pragma unroll
+        for (int e = 0; e < kLoads; ++e)
+            rows[e] = src.row(i0 + threadIdx.x / kTileK + e * (kGemmThreads / kTileK));
+    }
+    __device__ void fetch(unsigned int k0) {
+        const typename Src::Col c = src.col(k0 + threadIdx.x % kTileK);
+#pragma unroll
+        for (int e = 0; e < kLoads; ++e) v[e] = src.load(rows[e], c);
+    }
+    __device__ void store(float (*s)[kSmemPitch]) const {
+#pragma unroll
+        for (int e = 0; e < kLoads; ++e)
+            s[threadIdx.x % kTileK][threadIdx.x / kTileK + e * (kGemmThreads / kTileK)] = v[e];
+    }
+};
+
+// A tile whose source rows run along the output index: tile element (k, i) = src(k0 + k, i0 + i).
+// Thread t reads column i0 + t mod 64 of rows k0 + t/64 + 4e, stored as they are. The column (a
+// BN affine) is resolved once, the rows once per step.
+template <class Src>
+struct DirectLoader {
+    Src src;
+    typename Src::Col col;
+    float v[kLoads];
+
+    __device__ DirectLoader(const Src& s, unsigned int i0)
+        : src(s), col(s.col(i0 + threadIdx.x % kTileM)) {}
+    __device__ void fetch(unsigned int k0) {
+#pragma unroll
+        for (int e = 0; e < kLoads; ++e)
+            v[e] = src.load(src.row(k0 + threadIdx.x / kTileM + e * (kGemmThreads / kTileM)), col);
+    }
+    __device__ void store(float (*s)[kSmemPitch]) const {
+#pragma unroll
+        for (int e = 0; e < kLoads; ++e)
+            s[threadIdx.x / kTileM + e * (kGemmThreads / kTileM)][threadIdx.x % kTileM] = v[e];
+    }
+};
+
+// ---- Main loop and accumulator staging ---------------------------------------------------------
+
+// First tile row and column of this thread's micro-tile.
+__device__ __forceinline__ int dn_micro_row() { return threadIdx.x / (kTileN / kMicro) * kMicro; }
+__device__ __forceinline__ int dn_micro_col() { return threadIdx.x % (kTileN / kMicro) * kMicro; }
+
+__device__ __forceinline__ void dn_multiply_step(const float (*a)[kSmemPitch],
+                                                 const float (*b)[kSmemPitch],
+                                                 float (&acc)[kMicro][kMicro]) {
+    const int m = dn_micro_row(), n = dn_micro_col();
+#pragma unroll
+    for (int k = 0; k < kTileK; ++k) {
+        const float4 av = *reinterpret_cast<const float4*>(&a[k][m]);
+        const float4 bv = *reinterpret_cast<const float4*>(&b[k][n]);
+        const float ar[kMicro] = {av.x, av.y, av.z, av.w};
+        const float br[kMicro] = {bv.x, bv.y, bv.z, bv.w};
+#pragma unroll
+        for (int i = 0; i < kMicro; ++i)
+#pragma unroll
+            for (int j = 0; j < kMicro; ++j) acc[i][j] += ar[i] * br[j];
+    }
+}
+
+// acc += A·B over the reduction steps [first, first + steps). Ends with a barrier (when there is
+// any step), after which the operand buffers are free.
+template <class LoadA, class LoadB>
+__device__ void dn_gemm_mainloop(GemmSmem& s, LoadA& la, LoadB& lb, unsigned int first,
+                                 unsigned int steps, float (&acc)[kMicro][kMicro]) {
+    if (steps == 0) return;
+    la.fetch(first * kTileK);
+    lb.fetch(first * kTileK);
+    la.store(s.op.a[0]);
+    lb.store(s.op.b[0]);
+    __syncthreads();
+    for (unsigned int i = 0; i < steps; ++i) {
+        const int cur = i & 1;
+        const bool more = i + 1 < steps;
+        if (more) {
+            la.fetch((first + i + 1) * kTileK);
+            lb.fetch((first + i + 1) * kTileK);
+        }
+        dn_multiply_step(s.op.a[cur], s.op.b[cur], acc);
+        // The other buffer was last read in step i − 1, which every thread finished before the
+        // barrier that ended it.
+        if (more) {
+            la.store(s.op.a[cur ^ 1]);
+            lb.store(s.op.b[cur ^ 1]);
+        }
+        __syncthreads();
+    }
+}
+
+// Writes the micro-tiles into s.c and waits for the whole tile. The caller has passed a barrier
+// since the operand buffers were last read (the main loop ends with one).
+__device__ __forceinline__ void dn_stage_accumulators(GemmSmem& s,
+                                                      const float (&acc)[kMicro][kMicro]) {
+    const int m = dn_micro_row(), n = dn_micro_col();
+#pragma unroll
+    for (int i = 0; i < kMicro; ++i)
+        *reinterpret_cast<float4*>(&s.c[m + i][n]) =
+            make_float4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]);
+    __syncthreads();
+}
+
+// The epilogue's channel column of this thread, and its q-th tile row.
+__device__ __forceinline__ int dn_epi_col() { return threadIdx.x % kTileN; }
+__device__ __forceinline__ int dn_epi_row(int q) {
+    return threadIdx.x / kTileN + q * kEpiRowThreads;
+}
+
+// ---- The three GEMMs ----------------------------------------------------------------------------
+
+// Forward: out[r][n] = Σ_k src(r, k)·W[n][k] (W is cout × cin), overwriting out (pitch ld_out).
+// blockIdx.x: tile of rows, blockIdx.y: tile of output channels.
+template <typename T, class Src>
+__device__ void dn_fused_gemm_fwd(const Src& src, unsigned int rows, unsigned int cin,
+                                  const float* __restrict__ w, unsigned int cout,
+                                  T* __restrict__ out, unsigned int ld_out) {
+    __shared__ GemmSmem s;
+    const unsigned int m0 = blockIdx.x * kTileM, n0 = blockIdx.y * kTileN;
+    TransposingLoader<Src> la(src, m0);
+    TransposingLoader<PlainSource<float>> lb(PlainSource<float>{w, cout, cin, cin}, n0);
+    float acc[kMicro][kMicro] = {};
+    dn_gemm_mainloop(s, la, lb, 0, dn_ceil_div(cin, kTileK), acc);
+    dn_stage_accumulators(s, acc);
+    const unsigned int c = n0 + dn_epi_col();
+    if (c >= cout) return;
+#pragma unroll 4
+    for (int q = 0; q < kEpiRows; ++q) {
+        const unsigned int r = m0 + dn_epi_row(q);
+        if (r < rows) out[dn_at(r, c, ld_out)] = static_cast<T>(s.c[dn_epi_row(q)][dn_epi_col()]);
+    }
+}
+
+// Weight gradient: dw[n][c] += Σ_r dout[r][n]·src(r, c) over the rows, dw dense cout × cin.
+// blockIdx.x: tile of output channels n, blockIdx.y: tile of input channels c, blockIdx.z: the
+// split, reduction steps [z·run, (z + 1)·run). With one split the block adds into dw, otherwise it
+// stores its tile into partials[z][n][c] for dn_wgrad_finish.
+template <typename T, class Src>
+__device__ void dn_fused_gemm_wgrad(const Src& src, const T* __restrict__ dout, unsigned int rows,
+                                    unsigned int ld_dout, unsigned int cout, unsigned int cin,
+                                    unsigned int splits, unsigned int run, float* __restrict__ dw,
+                                    float* __restrict__ partials) {
+    __shared__ GemmSmem s;
+    const unsigned int m0 = blockIdx.x * kTileM, n0 = blockIdx.y * kTileN;
+    DirectLoader<PlainSource<T>> la(PlainSource<T>{dout, rows, cout, ld_dout}, m0);
+    DirectLoader<Src> lb(src, n0);
+    const unsigned int first = blockIdx.z * run;
+    const unsigned int steps = min(run, dn_ceil_div(rows, kTileK) - first);
+    float acc[kMicro][kMicro] = {};
+    dn_gemm_mainloop(s, la, lb, first, steps, acc);
+    dn_stage_accumulators(s, acc);
+    const unsigned int c = n0 + dn_epi_col();
+    if (c >= cin) return;
+    float* target = splits == 1 ? dw : partials + static_cast<size_t>(blockIdx.z) * cout * cin;
+#pragma unroll 4
+    for (int q = 0; q < kEpiRows; ++q) {
+        const unsigned int n = m0 + dn_epi_row(q);
+        if (n >= cout) continue;
+        const float v = s.c[dn_epi_row(q)][dn_epi_col()];
+        float& t = target[static_cast<size_t>(n) * cin + c];
+        t = splits == 1 ? t + v : v;
+    }
+}
+
+// Mirrors backend::cuda::params::conv1x1::WgradFinishParams: `splits` partial weight gradients of
+// `len` floats each.
+struct WgradFinishParams {
+    unsigned int len;
+    unsigned int splits;
+};
+
+// dw[i] += Σ_s partials[s·len + i], the splits added in order in double, as the host adds its
+// segments (wgrad_in_segments in cpu/conv.rs). One thread per weight: coalesced along i.
+__device__ __forceinline__ void dn_wgrad_finish(const WgradFinishParams p,
+                                                const float* __restrict__ partials,
+                                                float* __restrict__ dw) {
+    const unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= p.len) return;
+    double total = 0.0;
+    for (unsigned int s = 0; s < p.splits; ++s)
+        total += static_cast<double>(partials[static_cast<size_t>(s) * p.len + i]);
+    dw[i] = static_cast<float>(static_cast<double>(dw[i]) + total);
+}
+
+// The per-channel constants of a BN backward epilogue: affine a, b and x̂ = (x − mean)·invstd.
+struct BnChannel {
+    float a, b, mean, invstd;
+};
+
+__device__ __forceinline__ BnChannel dn_bn_channel(const BnParams& bn, unsigned int c,
+                                                   unsigned int cols) {
+    BnChannel k{0.0f, 0.0f, 0.0f, 0.0f};
+    if (c < cols) {
+        dn_bn_affine(bn.gamma[c], bn.beta[c], bn.mean[c], bn.var[c], k.a, k.b);
+        k.mean = bn.mean[c];
+        k.invstd = dn_invstd(bn.var[c]);
+    }
+    return k;
+}
+
+// g = gpre ⊙ [a·x + b > 0] (the forward's ReLU decision, bit for bit), added to the thread's
+// Σg (s1) and Σg·x̂ (s2).
+__device__ __forceinline__ float dn_masked_grad(const BnChannel& k, float x, float gpre, float& s1,
+                                                float& s2) {
+    const float g = dn_affine(k.a, x, k.b) > 0.0f ? gpre : 0.0f;
+    s1 += g;
+    s2 += g * ((x - k.mean) * k.invstd);
+    return g;
+}
+
+// Data gradient with a BN-ReLU backward epilogue: gpre = dout · W (W cout × cin, dense) for the
+// block's run of row tiles (blockIdx.y: tiles [y·run, (y + 1)·run)) and 64 channels (blockIdx.x);
+// each element goes to epi.apply(k, r, c, gpre, s1, s2), which stores the input gradient of row
+// r, channel c and adds to the thread's sums. The block's [Σg | Σg·x̂] go to `sums` (one run)
+// or, as doubles, to partials[y·2·cin + c] and [y·2·cin + cin + c] for dn_tile_sums_finish.
+template <typename T, class Epi>
+__device__ void dn_fused_gemm_dgrad(const Epi& epi, const T* __restrict__ dout, unsigned int rows,
+                                    unsigned int ld_dout, const float* __restrict__ w,
+                                    unsigned int cout, unsigned int cin, unsigned int splits,
+                                    unsigned int run, float* __restrict__ sums,
+                                    double* __restrict__ partials) {
+    __shared__ GemmSmem s;
+    __shared__ double totals[2][kEpiRowThreads][kTileN];
+    const unsigned int n0 = blockIdx.x * kTileN;
+    const unsigned int c = n0 + dn_epi_col();
+    const BnChannel k = epi.channel(c);
+    const unsigned int first = blockIdx.y * run;
+    const unsigned int last = min(first + run, dn_ceil_div(rows, kTileM));
+    double s1 = 0.0, s2 = 0.0;
+    for (unsigned int tile = first; tile < last; ++tile) {
+        const unsigned int m0 = tile * kTileM;
+        TransposingLoader<PlainSource<T>> la(PlainSource<T>{dout, rows, cout, ld_dout}, m0);
+        DirectLoader<PlainSource<float>> lb(PlainSource<float>{w, cout, cin, cin}, n0);
+        float acc[kMicro][kMicro] = {};
+        dn_gemm_mainloop(s, la, lb, 0, dn_ceil_div(cout, kTileK), acc);
+        dn_stage_accumulators(s, acc);
+        // f32 over one tile's rows (at most 16 pixels, 144 for the transition), double beyond.
+        float t1 = 0.0f, t2 = 0.0f;
+        if (c < cin) {
+#pragma unroll 4
+            for (int q = 0; q < kEpiRows; ++q) {
+                const unsigned int r = m0 + dn_epi_row(q);
+                if (r < rows) epi.apply(k, r, c, s.c[dn_epi_row(q)][dn_epi_col()], t1, t2);
+            }
+        }
+        s1 += t1;
+        s2 += t2;
+        // s.c is read before the next tile's operands overwrite it.
+        __syncthreads();
+    }
+    totals[0][threadIdx.x / kTileN][dn_epi_col()] = s1;
+    totals[1][threadIdx.x / kTileN][dn_epi_col()] = s2;
+    __syncthreads();
+    // Threads 0–63 total Σg, threads 64–127 Σg·x̂, of channel n0 + t mod 64.
+    const unsigned int which = threadIdx.x / kTileN;
+    if (which < 2 && c < cin) {
+        double total = 0.0;
+        for (int i = 0; i < kEpiRowThreads; ++i) total += totals[which][i][dn_epi_col()];
+        if (splits == 1)
+            sums[which * cin + c] = static_cast<float>(total);
+        else
+            partials[static_cast<size_t>(blockIdx.y) * 2 * cin + which * cin + c] = total;
+    }
+}
+
