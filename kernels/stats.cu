@@ -2,12 +2,17 @@
 // running-statistics update.
 //
 // channel_stats_<T>: mean and biased variance of each column of a rows × cols matrix with
-//   leading dimension ld (a channel range of an NHWC storage). Two passes (mean, then
-//   Σ(x − mean)²) with double accumulation — never E[x²] − E[x]², which loses every digit
-//   when |mean| ≫ std. One block per 32 channels: threadIdx.x is the channel (a warp reads
-//   32 consecutive floats of a pixel, one 128-byte transaction), threadIdx.y strides over
-//   rows; the per-thread partials are combined in a fixed order, so the result is
-//   deterministic.
+//   leading dimension ld (a channel range of an NHWC storage). Blocks of 32 channels × 16 row
+//   threads (a warp reads 32 consecutive floats of a pixel, one 128-byte transaction); the
+//   rows are cut into `splits` runs of `rows_per_split` (grid.y), because one block per
+//   32 channels could not fill a GPU when a layer adds only 12–32 channels over ~10⁵ pixels.
+//   Each block makes two passes over its run (mean, then Σ(x − mean)²) in double — never
+//   E[x²] − E[x]², which loses every digit when |mean| ≫ std — and combines its row threads
+//   in a fixed order. One split writes mean and variance directly; otherwise each run's
+//   (mean, M2) goes to the backend's scratch as doubles and
+// channel_stats_finish_<T> merges the runs in order with Chan's pairwise formula
+//   (mean += δ·n_s/n, M2 += M2_s + δ²·n_acc·n_s/n), exact and stable in double. The split
+//   depends on the shape only, so results are deterministic.
 // update_running_stats_<T>: running ← (1 − m)·running + m·batch, the variance unbiased by
 //   count/(count − 1), as PyTorch.
 //
@@ -19,6 +24,8 @@ struct ChannelStatsParams {
     unsigned int rows;
     unsigned int cols;
     unsigned int ld;
+    unsigned int splits;
+    unsigned int rows_per_split;
 };
 
 // Mirrors backend::cuda::params::RunningStatsParams.
@@ -42,31 +49,64 @@ __device__ __forceinline__ double column_total(double partial, double (*scratch)
     return total;
 }
 
+// Rows of split `s`.
+__device__ __forceinline__ unsigned int split_rows(const ChannelStatsParams& p, unsigned int s) {
+    const unsigned int r0 = s * p.rows_per_split;
+    return min(p.rows, r0 + p.rows_per_split) - r0;
+}
+
 template <typename T>
 __device__ void channel_stats(const ChannelStatsParams p, const T* __restrict__ x,
-                              float* __restrict__ mean, float* __restrict__ var) {
+                              float* __restrict__ mean, float* __restrict__ var,
+                              double* __restrict__ partials) {
     __shared__ double scratch[kStatsRowThreads][kStatsCols];
     const unsigned int col = blockIdx.x * kStatsCols + threadIdx.x;
     const bool active = col < p.cols;
+    const unsigned int r0 = blockIdx.y * p.rows_per_split;
+    const unsigned int r1 = r0 + split_rows(p, blockIdx.y);
 
     double sum = 0.0;
     if (active)
-        for (unsigned int r = threadIdx.y; r < p.rows; r += kStatsRowThreads)
+        for (unsigned int r = r0 + threadIdx.y; r < r1; r += kStatsRowThreads)
             sum += static_cast<double>(x[dn_at(r, col, p.ld)]);
-    const double m = column_total(sum, scratch) / p.rows;
+    const double m = column_total(sum, scratch) / (r1 - r0);
 
     double sq = 0.0;
     if (active)
-        for (unsigned int r = threadIdx.y; r < p.rows; r += kStatsRowThreads) {
+        for (unsigned int r = r0 + threadIdx.y; r < r1; r += kStatsRowThreads) {
             const double d = static_cast<double>(x[dn_at(r, col, p.ld)]) - m;
             sq += d * d;
         }
-    const double v = column_total(sq, scratch) / p.rows;
+    const double m2 = column_total(sq, scratch);
 
     if (active && threadIdx.y == 0) {
-        mean[col] = static_cast<float>(m);
-        var[col] = static_cast<float>(v);
+        if (p.splits == 1) {
+            mean[col] = static_cast<float>(m);
+            var[col] = static_cast<float>(m2 / p.rows);
+        } else {
+            partials[(static_cast<size_t>(blockIdx.y) * 2) * p.cols + col] = m;
+            partials[(static_cast<size_t>(blockIdx.y) * 2 + 1) * p.cols + col] = m2;
+        }
     }
+}
+
+__device__ void channel_stats_finish(const ChannelStatsParams p, const double* __restrict__ partials,
+                                     float* __restrict__ mean, float* __restrict__ var) {
+    const unsigned int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= p.cols) return;
+    double n = 0.0, m = 0.0, m2 = 0.0;
+    for (unsigned int s = 0; s < p.splits; ++s) {
+        const double ns = split_rows(p, s);
+        const double ms = partials[(static_cast<size_t>(s) * 2) * p.cols + c];
+        const double m2s = partials[(static_cast<size_t>(s) * 2 + 1) * p.cols + c];
+        const double total = n + ns;
+        const double delta = ms - m;
+        m += delta * (ns / total);
+        m2 += m2s + delta * delta * (n * ns / total);
+        n = total;
+    }
+    mean[c] = static_cast<float>(m);
+    var[c] = static_cast<float>(m2 / p.rows);
 }
 
 template <typename T>
@@ -85,8 +125,9 @@ __device__ void update_running_stats(const RunningStatsParams p, const float* __
 
 #define DN_STATS_KERNELS(T, SUFFIX)                                                              \
     extern "C" __global__ void channel_stats_##SUFFIX(const ChannelStatsParams p, const T* x,   \
-                                                      float* mean, float* var) {                 \
-        channel_stats<T>(p, x, mean, var);                                                       \
+                                                      float* mean, float* var,                   \
+                                                      double* partials) {                        \
+        channel_stats<T>(p, x, mean, var, partials);                                             \
     }                                                                                            \
     extern "C" __global__ void update_running_stats_##SUFFIX(                                    \
         const RunningStatsParams p, const float* mean, const float* var, T* run_mean,            \
@@ -95,3 +136,10 @@ __device__ void update_running_stats(const RunningStatsParams p, const float* __
     }
 
 DN_STATS_KERNELS(float, f32)
+
+// Statistics are f32 whatever the activation type: one instance.
+extern "C" __global__ void channel_stats_finish_f32(const ChannelStatsParams p,
+                                                    const double* partials, float* mean,
+                                                    float* var) {
+    channel_stats_finish(p, partials, mean, var);
+}

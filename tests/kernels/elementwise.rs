@@ -6,7 +6,7 @@ use densenet::backend::{Backend, BnGradTarget, SgdParams, StatsRef};
 use rand::Rng;
 
 crate::kernel_cases! {
-    channel_stats => ["channel_stats_f32"],
+    channel_stats => ["channel_stats_f32", "channel_stats_finish_f32"],
     update_running_stats => ["update_running_stats_f32"],
     bn_backward_elementwise => ["bn_backward_elementwise_f32"],
     bn_grad_fold => ["bn_grad_fold_f32"],

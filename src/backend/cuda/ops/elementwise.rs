@@ -6,9 +6,14 @@ use crate::backend::cuda::params::{
     BnElementwiseParams, BnFoldParams, ChannelStatsParams, RunningStatsParams, SgdKernelParams,
     SoftmaxXentParams,
 };
-use crate::backend::cuda::{DeviceBuf, KernelBackend, check_mat, check_range, u32_of};
+use crate::backend::cuda::{DeviceBuf, KernelBackend, SCRATCH_FLOATS, check_mat, check_range, u32_of};
 use crate::backend::{BN_MOMENTUM, BnGradTarget, BnRef, Mat, SgdParams, StatsRef};
 use crate::error::Result;
+
+/// Fewest rows per run of `channel_stats` (enough work to amortise a block).
+const STATS_MIN_ROWS: usize = 1024;
+/// Most runs of `channel_stats`: enough blocks to fill a GPU with one 32-channel tile.
+const STATS_MAX_SPLITS: usize = 256;
 
 impl<D: Device> KernelBackend<D> {
     /// See `Backend::channel_stats`.
@@ -26,11 +31,36 @@ impl<D: Device> KernelBackend<D> {
         if xm.cols == 0 {
             return Ok(());
         }
-        let p = ChannelStatsParams { rows: u32_of(xm.rows, "rows")?, cols: u32_of(xm.cols, "cols")?, ld: u32_of(xm.ld, "ld")? };
-        let cfg = LaunchCfg::channel_tiles::<32, 16>(xm.cols, 1);
-        let addrs = [self.addr(x, xm.offset), self.addr(out, mean), self.addr(out, var)];
-        // SAFETY: x covers xm, out covers both cols-long outputs (checked above).
-        unsafe { self.device.launch("channel_stats_f32", cfg, &p, &addrs) }
+        // Runs of at least STATS_MIN_ROWS rows, at most STATS_MAX_SPLITS of them, and no more
+        // than the scratch holds: (mean, M2) per run and channel as doubles, plus one float
+        // to align them.
+        let by_scratch = (SCRATCH_FLOATS - 1) / (4 * xm.cols);
+        let splits = xm.rows.div_ceil(STATS_MIN_ROWS).clamp(1, STATS_MAX_SPLITS.min(by_scratch.max(1)));
+        let rows_per_split = xm.rows.div_ceil(splits).max(1);
+        let splits = xm.rows.div_ceil(rows_per_split).max(1);
+        let p = ChannelStatsParams {
+            rows: u32_of(xm.rows, "rows")?,
+            cols: u32_of(xm.cols, "cols")?,
+            ld: u32_of(xm.ld, "ld")?,
+            splits: u32_of(splits, "splits")?,
+            rows_per_split: u32_of(rows_per_split, "rows per split")?,
+        };
+        let (mean_addr, var_addr) = (self.addr(out, mean), self.addr(out, var));
+        self.with_scratch(4 * splits * xm.cols + 1, |scratch| {
+            // Doubles need 8-byte alignment; the emulator's scratch is only f32-aligned.
+            let partials = scratch.next_multiple_of(8);
+            let cfg = LaunchCfg::channel_tiles::<32, 16>(xm.cols, splits as u32);
+            let addrs = [self.addr(x, xm.offset), mean_addr, var_addr, partials];
+            // SAFETY: x covers xm, out covers both cols-long outputs (checked above); the
+            // partials (2·splits·cols doubles) fit the scratch requested.
+            unsafe { self.device.launch("channel_stats_f32", cfg, &p, &addrs) }?;
+            if splits > 1 {
+                let cfg = LaunchCfg::per_element::<128>(xm.cols);
+                // SAFETY: as above; the first kernel wrote every partial this one reads.
+                unsafe { self.device.launch("channel_stats_finish_f32", cfg, &p, &[partials, mean_addr, var_addr]) }?;
+            }
+            Ok(())
+        })
     }
 
     /// See `Backend::update_running_stats`.

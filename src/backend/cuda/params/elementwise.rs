@@ -2,13 +2,16 @@
 
 use bytemuck::{Pod, Zeroable};
 
-/// `kernels/stats.cu`: a rows × cols matrix with leading dimension ld.
+/// `kernels/stats.cu`: a rows × cols matrix with leading dimension ld, its rows cut into
+/// `splits` runs of `rows_per_split`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct ChannelStatsParams {
     pub rows: u32,
     pub cols: u32,
     pub ld: u32,
+    pub splits: u32,
+    pub rows_per_split: u32,
 }
 
 /// `kernels/stats.cu`.
