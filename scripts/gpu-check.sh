@@ -9,7 +9,9 @@
 #                                (each kernel against the cpu backend on random odd-sized
 #                                inputs), compute-sanitizer memcheck on the kernel tests when
 #                                it is installed, whole-network verification against the f64
-#                                oracle, and prints a summary table last.
+#                                oracle, scripts/torch-compare.py when PyTorch is installed
+#                                (torchvision's DenseNet: gradients, step time, peak memory),
+#                                and prints a summary table last.
 #
 # Keep `run` under five minutes: it is meant for short sessions on a borrowed GPU.
 set -euo pipefail
@@ -77,9 +79,25 @@ run() {
         rows+=("$(printf '%-28s %-8s max rel error %s  (%s)' "verify cuda" "$status" "$err" "$v")")
         [[ "$status" == ok ]] || tail -n 20 "$log"
     done
+    # Ours against torchvision (gradients, step time, peak memory) where PyTorch is installed;
+    # its table goes into the summary.
+    local torch_dir="$out/torch-compare"
+    rm -rf "$torch_dir"
+    if python3 -c 'import torch' >/dev/null 2>&1; then
+        local log="$out/torch-compare.log"
+        if python3 scripts/torch-compare.py "$out/densenet" --work "$torch_dir" >"$log" 2>&1; then status=ok; else status=FAILED; fi
+        rows+=("$(printf '%-28s %-8s' "torch-compare" "$status")")
+        [[ "$status" == ok ]] || tail -n 40 "$log"
+    else
+        rows+=("$(printf '%-28s %-8s' "torch-compare" "absent")")
+    fi
     echo
     echo "== gpu-check summary =="
     printf '%s\n' "${rows[@]}"
+    if [[ -f "$torch_dir/summary.txt" ]]; then
+        echo
+        cat "$torch_dir/summary.txt"
+    fi
 }
 
 case "${1:-}" in

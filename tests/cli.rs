@@ -84,3 +84,31 @@ fn bad_input_gets_one_line_and_status_2() {
     let out = densenet(&["info", "--blocks", ""]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn verify_dump_writes_a_loadable_checkpoint_and_the_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let out = densenet(&[
+        "verify", "--backend", "cpu", "--blocks", "2,2", "--growth", "5", "--size", "9x7", "--batch", "3",
+        "--dump", d, "--json",
+    ]);
+    let v = json(&out);
+    assert!(v["max_rel_error"].as_f64().unwrap() < 1e-4);
+    let ckpt = densenet::checkpoint::Checkpoint::load(&dir.path().join("checkpoint.safetensors")).unwrap();
+    assert_eq!(ckpt.model.config.blocks, vec![2, 2]);
+    for f in ["gradients.safetensors", "outputs.safetensors"] {
+        assert!(dir.path().join(f).metadata().unwrap().len() > 0, "{f}");
+    }
+}
+
+#[test]
+fn profile_reports_the_median_of_several_steps() {
+    let v = json(&densenet(&[
+        "profile", "--blocks", "2,2", "--batch", "2", "--size", "8x8", "--steps", "3", "--json",
+    ]));
+    let text = v.to_string();
+    assert!(text.contains("\"steps\":3"), "{text}");
+    let out = densenet(&["profile", "--blocks", "2,2", "--batch", "2", "--steps", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+}

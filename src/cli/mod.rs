@@ -1,6 +1,7 @@
 //! Command-line interface of the `densenet` binary.
 
 pub mod backend_choice;
+pub mod dump;
 pub mod eval;
 pub mod info;
 pub mod model_args;

@@ -18,9 +18,10 @@ use std::time::Duration;
 
 const AFTER_HELP: &str = "\
 Each path is planned first, from the configuration alone. A path whose planned peak is at \
-most the run limit is then run once (one training step: forward, backward, SGD; or one \
-inference forward) on random data, and the backend allocator's peak is compared with the \
-plan byte for byte. Larger ones are reported as planned only.
+most the run limit is then run (one training step: forward, backward, SGD; or one \
+inference forward; with --steps N > 1, an untimed warm-up step and N timed ones, for a median) \
+on random data, and the backend allocator's peak is compared with the plan byte for byte. \
+Larger ones are reported as planned only.
 
 The run limit is half the available memory (MemAvailable in /proc/meminfo: the rest is left \
 for the host-side batch, op scratch and other processes), lowered by --max-run-bytes. Exit \
@@ -76,6 +77,10 @@ pub struct ProfileArgs {
     /// Print one JSON object (`run_limit`, `profiles`) instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Time N steps of each path and report the median; for N > 1 an untimed warm-up step
+    /// runs first (a GPU loads its kernels on first use). The peak covers every step.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub steps: u64,
 }
 
 /// The JSON output.
@@ -97,7 +102,7 @@ pub fn run(args: &ProfileArgs) -> anyhow::Result<Outcome> {
         let (h, w) = size_or_default(&args.size, &cfg)?;
         profiles.push(profile::plan(&name, &cfg, args.batch, h, w, dtype, &backend, &limit)?);
     }
-    run_steps(args.backend, &mut profiles)?;
+    run_steps(args.backend, &mut profiles, args.steps as usize)?;
 
     if args.json {
         println!("{}", serde_json::to_string_pretty(&Report { run_limit: &limit, profiles: &profiles })?);
@@ -177,7 +182,7 @@ fn parse_bytes(s: &str) -> densenet::Result<usize> {
 
 /// Runs every path that fits, with a progress bar (on stderr, hidden when it is not a
 /// terminal). A step can take minutes on a CPU, so the bar ticks on its own.
-fn run_steps(choice: BackendChoice, profiles: &mut [ConfigProfile]) -> anyhow::Result<()> {
+fn run_steps(choice: BackendChoice, profiles: &mut [ConfigProfile], steps: usize) -> anyhow::Result<()> {
     let todo: Vec<(usize, usize)> = profiles
         .iter()
         .enumerate()
@@ -191,7 +196,7 @@ fn run_steps(choice: BackendChoice, profiles: &mut [ConfigProfile]) -> anyhow::R
     for (i, j) in todo {
         let path = profiles[i].paths[j].path;
         bar.set_message(format!("{}: {}", profiles[i].name, path.label()));
-        let measured = run_on(choice, Measure { profile: &profiles[i], path });
+        let measured = run_on(choice, Measure { profile: &profiles[i], path, steps });
         let slot = &mut profiles[i].paths[j];
         match measured {
             Ok(m) => slot.measured = Some(m),
@@ -228,12 +233,13 @@ impl BackendTask for BackendName {
 struct Measure<'a> {
     profile: &'a ConfigProfile,
     path: PathKind,
+    steps: usize,
 }
 
 impl BackendTask for Measure<'_> {
     type Output = profile::Measured;
     fn run<B: Backend + Clone>(self, backend: B) -> anyhow::Result<profile::Measured> {
-        Ok(profile::measure(backend, self.profile, self.path)?)
+        Ok(profile::measure(backend, self.profile, self.path, self.steps)?)
     }
 }
 

@@ -3,11 +3,13 @@
 
 use super::model_args::{size_or_default, ModelArgs};
 use super::Outcome;
+use super::dump;
 use super::backend_choice::{BackendChoice, BackendTask, run_on};
 use clap::Args;
 use densenet::backend::Backend;
 use densenet::config::DenseNetConfig;
 use densenet::verify::{verify, VerifyReport, F32_TOLERANCE, KINK_MARGIN};
+use std::path::{Path, PathBuf};
 
 
 #[derive(Args, Debug)]
@@ -29,12 +31,18 @@ pub struct VerifyArgs {
     /// Print one JSON object (`max_rel_error`, `comparisons`, ...) instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Also write the weights (a checkpoint), the batch and the efficient path's logits,
+    /// loss, parameter and input gradients and updated running statistics to DIR, as
+    /// safetensors files with torchvision's names (for scripts/torch-compare.py).
+    #[arg(long, value_name = "DIR")]
+    pub dump: Option<PathBuf>,
 }
 
 pub fn run(args: &VerifyArgs) -> anyhow::Result<Outcome> {
     let cfg = args.model.config()?;
     let (h, w) = size_or_default(&args.size, &cfg)?;
-    let report = run_on(args.backend, Verify { cfg: &cfg, batch: args.batch, h, w, seed: args.seed })?;
+    let task = Verify { cfg: &cfg, batch: args.batch, h, w, seed: args.seed, dump: args.dump.as_deref() };
+    let report = run_on(args.backend, task)?;
     let passed = report.passed(F32_TOLERANCE);
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -71,11 +79,16 @@ struct Verify<'a> {
     h: usize,
     w: usize,
     seed: u64,
+    dump: Option<&'a Path>,
 }
 
 impl BackendTask for Verify<'_> {
     type Output = VerifyReport;
     fn run<B: Backend + Clone>(self, backend: B) -> anyhow::Result<VerifyReport> {
-        Ok(verify(&backend, self.cfg, self.batch, self.h, self.w, self.seed)?)
+        let report = verify(&backend, self.cfg, self.batch, self.h, self.w, self.seed)?;
+        if let Some(dir) = self.dump {
+            dump::write(backend, self.cfg, self.batch, self.h, self.w, self.seed, dir)?;
+        }
+        Ok(report)
     }
 }

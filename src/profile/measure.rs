@@ -12,10 +12,11 @@ use std::time::Instant;
 /// The paper's optimiser settings; the values do not change what is allocated.
 const SGD: SgdParams = SgdParams { lr: 0.1, momentum: 0.9, weight_decay: 1e-4, nesterov: true };
 
-/// Runs one step of `path` for `profile`'s configuration on `backend` with torchvision-style
-/// initial weights and a random batch, and returns the allocator's peak from the network's
-/// construction to the end of the step (bytes the backend held before are not counted).
-pub fn measure<B: Backend>(backend: B, profile: &ConfigProfile, path: PathKind) -> Result<Measured> {
+/// Runs `steps` steps of `path` for `profile`'s configuration on `backend` with
+/// torchvision-style initial weights and a random batch (after one untimed warm-up step when
+/// `steps > 1`), and returns the allocator's peak from the network's construction to the end
+/// of the last step (bytes the backend held before are not counted) and the median step time.
+pub fn measure<B: Backend>(backend: B, profile: &ConfigProfile, path: PathKind, steps: usize) -> Result<Measured> {
     let (cfg, n, h, w) = (&profile.config, profile.batch, profile.height, profile.width);
     let layout = ParamLayout::new(cfg);
     let (params, running) = (layout.init(0), layout.init_running());
@@ -30,39 +31,61 @@ pub fn measure<B: Backend>(backend: B, profile: &ConfigProfile, path: PathKind) 
             let mut net = Network::new(backend, cfg, n, h, w, Options::train().with_optimizer())?;
             net.set_params(&params, &running)?;
             net.set_batch(&images, &labels)?;
-            let start = Instant::now();
-            net.forward()?;
-            net.backward()?;
-            net.sgd_step(SGD)?;
-            net.backend().synchronize()?;
-            (net.backend().memory(), start.elapsed().as_secs_f64())
+            let seconds = median_seconds(steps, || {
+                net.forward()?;
+                net.backward()?;
+                net.sgd_step(SGD)?;
+                net.backend().synchronize()
+            })?;
+            (net.backend().memory(), seconds)
         }
         PathKind::EfficientInference => {
             let mut net = Network::new(backend, cfg, n, h, w, Options::eval())?;
             net.set_params(&params, &running)?;
             net.set_batch(&images, &[])?;
-            let start = Instant::now();
-            net.forward()?;
-            net.backend().synchronize()?;
-            (net.backend().memory(), start.elapsed().as_secs_f64())
+            let seconds = median_seconds(steps, || {
+                net.forward()?;
+                net.backend().synchronize()
+            })?;
+            (net.backend().memory(), seconds)
         }
         PathKind::NaiveTraining => {
             let mut net = NaiveNetwork::new(backend, cfg, n, h, w, true)?;
             net.set_params(&params, &running)?;
             net.set_batch(&images, &labels)?;
-            let start = Instant::now();
-            net.forward()?;
-            net.backward()?;
-            net.sgd_step(SGD)?;
-            net.backend().synchronize()?;
-            (net.backend().memory(), start.elapsed().as_secs_f64())
+            let seconds = median_seconds(steps, || {
+                net.forward()?;
+                net.backward()?;
+                net.sgd_step(SGD)?;
+                net.backend().synchronize()
+            })?;
+            (net.backend().memory(), seconds)
         }
     };
     Ok(Measured {
         peak_bytes: report.peak.saturating_sub(before.current),
         peak_by_category: by_category(&report, &before),
         seconds,
+        steps,
     })
+}
+
+/// Median wall time of `steps` calls of `step` (each ends by synchronising the backend). With
+/// more than one, an untimed call comes first, so one-time costs (a GPU loading its kernels)
+/// stay out of the median.
+fn median_seconds(steps: usize, mut step: impl FnMut() -> Result<()>) -> Result<f64> {
+    if steps > 1 {
+        step()?;
+    }
+    let mut times = Vec::with_capacity(steps);
+    for _ in 0..steps.max(1) {
+        let start = Instant::now();
+        step()?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    let mid = times.len() / 2;
+    Ok(if times.len() % 2 == 0 { (times[mid - 1] + times[mid]) / 2.0 } else { times[mid] })
 }
 
 /// Bytes per category at the peak, less what each category held before.

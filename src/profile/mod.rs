@@ -58,8 +58,10 @@ pub struct Measured {
     pub peak_bytes: usize,
     /// Bytes per category at the moment of the peak.
     pub peak_by_category: CategoryBytes,
-    /// Wall time of the step (construction excluded).
+    /// Median wall time of the timed steps (construction excluded).
     pub seconds: f64,
+    /// Steps timed (`densenet profile --steps`).
+    pub steps: usize,
 }
 
 /// Planned (and possibly measured) peak of one path.
