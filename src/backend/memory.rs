@@ -5,6 +5,14 @@
 use serde::Serialize;
 use std::sync::Mutex;
 
+/// Available host memory from `/proc/meminfo` (`MemAvailable`), if the system reports it.
+pub fn host_available_bytes() -> Option<usize> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
 /// What an allocation is for; the memory planner predicts bytes per category.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]

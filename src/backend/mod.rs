@@ -192,6 +192,9 @@ pub trait Backend {
     fn memory(&self) -> MemoryReport;
     /// Forget the peak: it becomes the current allocation.
     fn reset_peak(&self);
+    /// Bytes the device could still hand out (host memory for the cpu backend, free device
+    /// memory for a GPU), if it can tell: what decides whether a planned run is attempted.
+    fn available_bytes(&self) -> Option<usize>;
     /// Copies host data into `dst[offset..offset + src.len()]`.
     fn upload(&self, dst: &mut Self::Buf, offset: usize, src: &[f32]) -> Result<()>;
     /// Copies `src[offset..offset + len]` to the host.

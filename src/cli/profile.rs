@@ -23,7 +23,8 @@ inference forward; with --steps N > 1, an untimed warm-up step and N timed ones,
 on random data, and the backend allocator's peak is compared with the plan byte for byte. \
 Larger ones are reported as planned only.
 
-The run limit is half the available memory (MemAvailable in /proc/meminfo: the rest is left \
+The run limit is half the memory the backend has available (MemAvailable in /proc/meminfo for \
+cpu, free device memory for cuda: the rest is left \
 for the host-side batch, op scratch and other processes), lowered by --max-run-bytes. Exit \
 status 1 if a measured peak differs from its plan.
 
@@ -95,8 +96,8 @@ pub fn run(args: &ProfileArgs) -> anyhow::Result<Outcome> {
         DtypeArg::F32 => Dtype::F32,
     };
     // Fails at once for a backend this build or machine lacks, before any planning.
-    let backend = run_on(args.backend, BackendName)?;
-    let limit = run_limit(args.max_run_bytes.as_deref())?;
+    let (backend, available) = run_on(args.backend, BackendMemory)?;
+    let limit = run_limit(&backend, available, args.max_run_bytes.as_deref())?;
     let mut profiles = Vec::new();
     for (name, cfg) in configurations(args)? {
         let (h, w) = size_or_default(&args.size, &cfg)?;
@@ -136,10 +137,13 @@ fn configurations(args: &ProfileArgs) -> densenet::Result<Vec<(String, DenseNetC
         .collect()
 }
 
-/// Half the available host memory, lowered by `--max-run-bytes`.
-fn run_limit(max_run_bytes: Option<&str>) -> densenet::Result<RunLimit> {
-    let available = profile::host_memory_available()
-        .map(|a| RunLimit { bytes: a / 2, reason: format!("half of the {} available", format_bytes(a)) });
+/// Half of what the backend has available (host memory for cpu, free device memory for a
+/// GPU), lowered by `--max-run-bytes`.
+fn run_limit(backend: &str, available: Option<usize>, max_run_bytes: Option<&str>) -> densenet::Result<RunLimit> {
+    let available = available.map(|a| RunLimit {
+        bytes: a / 2,
+        reason: format!("half of the {} available on {backend}", format_bytes(a)),
+    });
     let explicit = max_run_bytes
         .map(|s| parse_bytes(s).map(|bytes| RunLimit { bytes, reason: "--max-run-bytes".into() }))
         .transpose()?;
@@ -147,7 +151,7 @@ fn run_limit(max_run_bytes: Option<&str>) -> densenet::Result<RunLimit> {
         (Some(a), Some(e)) => Ok(if e.bytes < a.bytes { e } else { a }),
         (Some(limit), None) | (None, Some(limit)) => Ok(limit),
         (None, None) => {
-            Err(Error::Config("the available memory is unknown (no /proc/meminfo): set --max-run-bytes".into()))
+            Err(Error::Config(format!("the memory available on {backend} is unknown: set --max-run-bytes")))
         }
     }
 }
@@ -220,12 +224,13 @@ fn write_file(path: &Path, contents: &str) -> densenet::Result<()> {
     std::fs::write(path, contents).map_err(|e| Error::File { path: path.display().to_string(), message: e.to_string() })
 }
 
-struct BackendName;
+/// The backend's name and the bytes it has available.
+struct BackendMemory;
 
-impl BackendTask for BackendName {
-    type Output = String;
-    fn run<B: Backend + Clone>(self, backend: B) -> anyhow::Result<String> {
-        Ok(backend.name())
+impl BackendTask for BackendMemory {
+    type Output = (String, Option<usize>);
+    fn run<B: Backend + Clone>(self, backend: B) -> anyhow::Result<(String, Option<usize>)> {
+        Ok((backend.name(), backend.available_bytes()))
     }
 }
 

@@ -179,14 +179,6 @@ pub fn plan(
     })
 }
 
-/// Available host memory from `/proc/meminfo` (`MemAvailable`), if the system reports it.
-pub fn host_memory_available() -> Option<usize> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
-    kib.checked_mul(1024)
-}
-
 /// Bytes in decimal units with three significant digits: `950 B`, `56.6 MB`, `3.32 GB`.
 pub fn format_bytes(bytes: usize) -> String {
     const UNITS: [&str; 6] = ["B", "kB", "MB", "GB", "TB", "PB"];

@@ -185,6 +185,10 @@ impl Backend for CpuBackend {
         self.tracker.reset_peak()
     }
 
+    fn available_bytes(&self) -> Option<usize> {
+        super::memory::host_available_bytes()
+    }
+
     fn upload(&self, dst: &mut CpuBuf, offset: usize, src: &[f32]) -> Result<()> {
         check_range(dst, offset, src.len(), "upload")?;
         dst.data[offset..offset + src.len()].copy_from_slice(src);

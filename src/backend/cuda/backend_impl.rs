@@ -28,6 +28,10 @@ impl<D: Device> Backend for KernelBackend<D> {
         KernelBackend::reset_peak(self)
     }
 
+    fn available_bytes(&self) -> Option<usize> {
+        KernelBackend::available_bytes(self)
+    }
+
     fn upload(&self, dst: &mut DeviceBuf<D>, offset: usize, src: &[f32]) -> Result<()> {
         KernelBackend::upload(self, dst, offset, src)
     }

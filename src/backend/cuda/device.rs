@@ -57,6 +57,8 @@ pub trait Device: Send + Sync + 'static {
     fn download(&self, mem: &Self::Mem, offset: usize, len: usize) -> Result<Vec<f32>>;
     fn zero(&self, mem: &mut Self::Mem, offset: usize, len: usize) -> Result<()>;
     fn synchronize(&self) -> Result<()>;
+    /// Bytes the device could still allocate, if it can tell.
+    fn free_bytes(&self) -> Option<usize>;
 
     /// Launches `kernel(params, addresses...)`.
     ///

@@ -134,6 +134,10 @@ impl Device for CudaDevice {
         Ok(self.stream.synchronize()?)
     }
 
+    fn free_bytes(&self) -> Option<usize> {
+        self.ctx.mem_get_info().ok().map(|(free, _total)| free)
+    }
+
     unsafe fn launch<P: KernelParams>(
         &self,
         kernel: &'static str,

@@ -49,6 +49,10 @@ impl Device for EmuDevice {
         Ok(())
     }
 
+    fn free_bytes(&self) -> Option<usize> {
+        crate::backend::memory::host_available_bytes()
+    }
+
     unsafe fn launch<P: KernelParams>(
         &self,
         kernel: &'static str,

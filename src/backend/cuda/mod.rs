@@ -132,6 +132,11 @@ impl<D: Device> KernelBackend<D> {
         self.tracker.reset_peak()
     }
 
+    /// Free device memory (host memory for the emulator), if the device can tell.
+    pub fn available_bytes(&self) -> Option<usize> {
+        self.device.free_bytes()
+    }
+
     pub fn upload(&self, dst: &mut DeviceBuf<D>, offset: usize, src: &[f32]) -> Result<()> {
         check_range(dst, offset, src.len(), "upload")?;
         self.device.upload(&mut dst.mem, offset, src)
