@@ -64,6 +64,35 @@ __device__ __forceinline__ float dn_maxpool_first_max(const T* __restrict__ x, u
     return best;
 }
 
+// ---- Fixed-order sums of rows of partials --------------------------------------------------
+// out[e] (+)= Σ_r rows[r·len + e] in double, for this block's kDnSumCols entries (blocks of
+// kDnSumCols × kDnSumRows threads): row thread y adds rows y, y + kDnSumRows, ... in order, then
+// the row threads' subtotals are added in order. The result does not depend on scheduling. Both
+// the per-tile BN sums (double partials) and the split-K weight gradients (float partials) end
+// with this.
+constexpr int kDnSumCols = 32;
+constexpr int kDnSumRows = 8;
+
+template <typename P>
+__device__ __forceinline__ void dn_sum_rows(unsigned int len, unsigned int rows, bool accumulate,
+                                            const P* __restrict__ partials,
+                                            float* __restrict__ out) {
+    __shared__ double subtotal[kDnSumRows][kDnSumCols];
+    const unsigned int e = blockIdx.x * kDnSumCols + threadIdx.x;
+    double sum = 0.0;
+    if (e < len)
+        for (unsigned int r = threadIdx.y; r < rows; r += kDnSumRows)
+            sum += static_cast<double>(partials[static_cast<size_t>(r) * len + e]);
+    subtotal[threadIdx.y][threadIdx.x] = sum;
+    __syncthreads();
+    if (threadIdx.y == 0 && e < len) {
+        double total = 0.0;
+        for (int i = 0; i < kDnSumRows; ++i) total += subtotal[i][threadIdx.x];
+        out[e] = accumulate ? static_cast<float>(static_cast<double>(out[e]) + total)
+                            : static_cast<float>(total);
+    }
+}
+
 // ---- Deterministic per-channel sums over pixel tiles -----------------------------------------
 // BN backward reductions `sums = [Σg (cols values) | Σg·x̂ (cols values)]` over P pixels without
 // float atomics: a first kernel runs blocks of kDnTileCols channels × kDnTileRows row threads
@@ -100,31 +129,18 @@ __device__ __forceinline__ void dn_tile_sums_store(double s1, double s2, unsigne
     }
 }
 
-// sums[j] = Σ over the tiles of partials[tile·width + j], as f32: one column j per thread x of
-// blocks of kDnTileCols × kDnTileRows; row thread y adds tiles y, y + kDnTileRows, ... and the
-// row threads' totals are added in order.
+// sums[j] = Σ over the tiles of partials[tile·width + j], as f32 (dn_sum_rows above).
 __device__ __forceinline__ void dn_tile_sums_finish(const TileSumsParams p,
                                                     const double* __restrict__ partials,
                                                     float* __restrict__ sums) {
-    __shared__ double part[kDnTileRows][kDnTileCols];
-    const unsigned int j = blockIdx.x * kDnTileCols + threadIdx.x;
-    double s = 0.0;
-    if (j < p.width)
-        for (unsigned int t = threadIdx.y; t < p.tiles; t += kDnTileRows)
-            s += partials[static_cast<size_t>(t) * p.width + j];
-    part[threadIdx.y][threadIdx.x] = s;
-    __syncthreads();
-    if (threadIdx.y == 0 && j < p.width) {
-        double total = 0.0;
-        for (int i = 0; i < kDnTileRows; ++i) total += part[i][threadIdx.x];
-        sums[j] = static_cast<float>(total);
-    }
+    dn_sum_rows(p.width, p.tiles, false, partials, sums);
 }
 
 // ---- deterministic split reductions ---------------------------------------------------------
 // A kernel that reduces over many pixels in parallel (split-K weight gradients, per-channel
 // sums over pixel tiles) writes one row of partials per split to the backend's scratch instead
-// of racing float atomics; a second kernel adds the rows with dn_split_sum in a fixed order.
+// of racing float atomics; a second kernel adds the rows with dn_split_sum in a fixed order
+// (blocks of kDnSumCols × kDnSumRows).
 // Mirrors backend::cuda::params::conv3x3::SplitSumParams.
 struct SplitSumParams {
     unsigned int len;        // entries per row
@@ -132,28 +148,9 @@ struct SplitSumParams {
     unsigned int accumulate; // non-zero: out += Σ rows; zero: out = Σ rows
 };
 
-// Block shape of dn_split_sum: kSplitSumCols entries × kSplitSumRows row threads.
-constexpr int kSplitSumCols = 32;
-constexpr int kSplitSumRows = 8;
-
-// out[e] (+)= Σ_s partials[s·len + e] for this block's kSplitSumCols entries, in double: row
-// thread y adds rows y, y + kSplitSumRows, ... in order, then the subtotals are added in row
-// thread order. The result does not depend on scheduling.
+// out[e] (+)= Σ_s partials[s·len + e] (dn_sum_rows above).
 __device__ __forceinline__ void dn_split_sum(const SplitSumParams& p,
                                              const float* __restrict__ partials,
                                              float* __restrict__ out) {
-    __shared__ double subtotal[kSplitSumRows][kSplitSumCols];
-    const unsigned int e = blockIdx.x * kSplitSumCols + threadIdx.x;
-    double sum = 0.0;
-    if (e < p.len)
-        for (unsigned int s = threadIdx.y; s < p.splits; s += kSplitSumRows)
-            sum += static_cast<double>(partials[static_cast<size_t>(s) * p.len + e]);
-    subtotal[threadIdx.y][threadIdx.x] = sum;
-    __syncthreads();
-    if (threadIdx.y == 0 && e < p.len) {
-        double total = 0.0;
-        for (int r = 0; r < kSplitSumRows; ++r) total += subtotal[r][threadIdx.x];
-        out[e] = p.accumulate ? static_cast<float>(static_cast<double>(out[e]) + total)
-                              : static_cast<float>(total);
-    }
+    dn_sum_rows(p.len, p.splits, p.accumulate != 0, partials, out);
 }
