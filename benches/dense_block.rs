@@ -70,7 +70,13 @@ trait Step {
 macro_rules! impl_step {
     ($net:ident) => {
         impl<B: Backend> Step for $net<B> {
-            fn load(&mut self, params: &[f32], running: &[f32], images: &[f32], labels: &[u32]) -> Result<()> {
+            fn load(
+                &mut self,
+                params: &[f32],
+                running: &[f32],
+                images: &[f32],
+                labels: &[u32],
+            ) -> Result<()> {
                 self.set_params(params, running)?;
                 self.set_batch(images, labels)
             }
@@ -93,7 +99,13 @@ impl_step!(NaiveNetwork);
 
 /// Benchmarks `net` as `id`: one untimed step, then `iters` steps per sample, the backend
 /// synchronised before the clock stops.
-fn bench_net(group: &mut BenchmarkGroup<'_, WallTime>, id: &str, case: &Case, batch: usize, mut net: impl Step) {
+fn bench_net(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    id: &str,
+    case: &Case,
+    batch: usize,
+    mut net: impl Step,
+) {
     let layout = ParamLayout::new(&case.cfg);
     let (images, labels) = random_batch(&case.cfg, batch, SIZE, SIZE, 0);
     let images = nchw_to_nhwc(&images, batch, case.cfg.in_channels, SIZE, SIZE);
@@ -123,9 +135,11 @@ fn bench_backend<B: Backend + Clone>(c: &mut Criterion, label: &str, backend: B,
         group.sampling_mode(SamplingMode::Flat);
         let optimizer = matches!(case.work, Work::TrainStep);
         let opts = if optimizer { Options::train().with_optimizer() } else { Options::train() };
-        let efficient = Network::new(backend.clone(), &case.cfg, batch, SIZE, SIZE, opts).expect("efficient network");
+        let efficient =
+            Network::new(backend.clone(), &case.cfg, batch, SIZE, SIZE, opts).expect("efficient network");
         bench_net(&mut group, "efficient", &case, batch, efficient);
-        let naive = NaiveNetwork::new(backend.clone(), &case.cfg, batch, SIZE, SIZE, optimizer).expect("naive network");
+        let naive = NaiveNetwork::new(backend.clone(), &case.cfg, batch, SIZE, SIZE, optimizer)
+            .expect("naive network");
         bench_net(&mut group, "naive", &case, batch, naive);
         group.finish();
     }

@@ -47,7 +47,9 @@
 
 use criterion::Criterion;
 use densenet::backend::cuda::CudaBackend;
-use densenet::backend::{At, Backend, BnRef, Category, ConvGeom, Mat, PoolWindow, SgdParams, Spatial, StatsRef};
+use densenet::backend::{
+    At, Backend, BnRef, Category, ConvGeom, Mat, PoolWindow, SgdParams, Spatial, StatsRef,
+};
 use densenet::config::{DenseNetConfig, Stem};
 use densenet::error::Result;
 use densenet::params::ParamLayout;
@@ -79,7 +81,12 @@ fn models() -> Result<Vec<Model>> {
             layer_blocks: &[0, 2],
             transitions: &[0, 2],
         },
-        Model { name: "bc100", cfg: DenseNetConfig::bc_cifar(100, 12)?, layer_blocks: &[0, 2], transitions: &[0, 1] },
+        Model {
+            name: "bc100",
+            cfg: DenseNetConfig::bc_cifar(100, 12)?,
+            layer_blocks: &[0, 2],
+            transitions: &[0, 1],
+        },
     ])
 }
 
@@ -102,7 +109,12 @@ struct Bench<'a, B: Backend> {
 impl<B: Backend> Bench<'_, B> {
     /// Benchmarks `launch(ctx)` as `id`; the mean seconds per timed launch, `None` when
     /// criterion's filter skipped it.
-    fn time<C>(&mut self, id: &str, ctx: &mut C, mut launch: impl FnMut(&mut C) -> Result<()>) -> Option<f64> {
+    fn time<C>(
+        &mut self,
+        id: &str,
+        ctx: &mut C,
+        mut launch: impl FnMut(&mut C) -> Result<()>,
+    ) -> Option<f64> {
         let be = &self.be;
         let (mut launches, mut total, mut warm) = (0u64, Duration::ZERO, false);
         self.c.bench_function(id, |b| {
@@ -128,7 +140,14 @@ impl<B: Backend> Bench<'_, B> {
     }
 
     /// An op without an unfused counterpart.
-    fn op<C>(&mut self, id: String, flops: f64, bytes: f64, ctx: &mut C, launch: impl FnMut(&mut C) -> Result<()>) {
+    fn op<C>(
+        &mut self,
+        id: String,
+        flops: f64,
+        bytes: f64,
+        ctx: &mut C,
+        launch: impl FnMut(&mut C) -> Result<()>,
+    ) {
         if let Some(seconds) = self.time(&id, ctx, launch) {
             self.rows.push(Row { id, flops, bytes, seconds, unfused: None });
         }
@@ -267,7 +286,8 @@ impl<B: Backend + Clone> Block<B> {
         let (c_in, c_out) = (c - k, cfg.transition_out(c));
         let pooled = POOL2.out(shape).pixels();
         let mut params = Params::new();
-        let (w1, w3, wt) = (params.weights(bott * c_in), params.weights(k * 9 * bott), params.weights(c_out * c));
+        let (w1, w3, wt) =
+            (params.weights(bott * c_in), params.weights(k * 9 * bott), params.weights(c_out * c));
         let norm1 = params.norm(c, 0, c);
         let norm2 = params.norm(bott, 2 * c, 2 * c + bott);
         let mut x = Block {
@@ -301,7 +321,14 @@ impl<B: Backend + Clone> Block<B> {
         be.channel_stats(&x.s, Mat::dense(0, p, c), &mut x.stats, norm1.mean, norm1.var)?;
         let xm = Mat { offset: 0, rows: p, cols: c_in, ld: c };
         let w = At { buf: &x.params, offset: w1 };
-        be.bn_relu_conv1x1_fwd(&x.s, xm, bn(&x.stats, &x.params, norm1), w, &mut x.z, Mat::dense(0, p, bott))?;
+        be.bn_relu_conv1x1_fwd(
+            &x.s,
+            xm,
+            bn(&x.stats, &x.params, norm1),
+            w,
+            &mut x.z,
+            Mat::dense(0, p, bott),
+        )?;
         be.channel_stats(&x.z, Mat::dense(0, p, bott), &mut x.stats, norm2.mean, norm2.var)?;
         Ok(x)
     }
@@ -367,7 +394,18 @@ fn bench_layer<B: Backend>(h: &mut Bench<'_, B>, site: &str, x: &mut Block<B>) {
         flops3,
         bytes(&[p * bott, p * k, 2 * 9 * bott * k]),
         x,
-        |x| x.be.bn_relu_conv3x3_wgrad(&x.z, zm, shape, bn(&x.stats, &x.params, x.norm2), &x.g, ym, &mut x.grads, x.w3),
+        |x| {
+            x.be.bn_relu_conv3x3_wgrad(
+                &x.z,
+                zm,
+                shape,
+                bn(&x.stats, &x.params, x.norm2),
+                &x.g,
+                ym,
+                &mut x.grads,
+                x.w3,
+            )
+        },
         |x| {
             x.be.bn_apply(&x.z, zm, bn(&x.stats, &x.params, x.norm2), &mut x.t1, zm)?;
             x.be.relu_fwd(&x.t1, zm, &mut x.t2, zm)?;
@@ -399,7 +437,17 @@ fn bench_layer<B: Backend>(h: &mut Bench<'_, B>, site: &str, x: &mut Block<B>) {
         flops1,
         bytes(&[p * c_in, p * bott, 2 * bott * c_in]),
         x,
-        |x| x.be.bn_relu_conv1x1_wgrad(&x.s, xm, bn(&x.stats, &x.params, x.norm1), &x.dz, zm, &mut x.grads, x.w1),
+        |x| {
+            x.be.bn_relu_conv1x1_wgrad(
+                &x.s,
+                xm,
+                bn(&x.stats, &x.params, x.norm1),
+                &x.dz,
+                zm,
+                &mut x.grads,
+                x.w1,
+            )
+        },
         |x| {
             x.be.bn_apply(&x.s, xm, bn(&x.stats, &x.params, x.norm1), &mut x.t1, xd)?;
             x.be.relu_fwd(&x.t1, xd, &mut x.t2, xd)?;
@@ -448,7 +496,15 @@ fn bench_transition<B: Backend>(h: &mut Bench<'_, B>, site: &str, x: &mut Block<
         x,
         |x| {
             let w = At { buf: &x.params, offset: x.wt };
-            x.be.bn_relu_avgpool_conv1x1_fwd(&x.s, all, shape, bn(&x.stats, &x.params, x.norm1), w, &mut x.y, ym)
+            x.be.bn_relu_avgpool_conv1x1_fwd(
+                &x.s,
+                all,
+                shape,
+                bn(&x.stats, &x.params, x.norm1),
+                w,
+                &mut x.y,
+                ym,
+            )
         },
         |x| {
             pool_chain(x)?;
@@ -477,7 +533,18 @@ fn bench_transition<B: Backend>(h: &mut Bench<'_, B>, site: &str, x: &mut Block<
         |x| {
             let w = At { buf: &x.params, offset: x.wt };
             let bn1 = bn(&x.stats, &x.params, x.norm1);
-            x.be.bn_relu_avgpool_conv1x1_dgrad(&x.dy, ym, w, &x.s, all, shape, bn1, &mut x.g, all, &mut x.sums)
+            x.be.bn_relu_avgpool_conv1x1_dgrad(
+                &x.dy,
+                ym,
+                w,
+                &x.s,
+                all,
+                shape,
+                bn1,
+                &mut x.g,
+                all,
+                &mut x.sums,
+            )
         },
         |x| {
             x.be.conv_dgrad(&x.dy, ym, pooled, CONV1, At { buf: &x.params, offset: x.wt }, &mut x.t1, pm)?;
@@ -670,10 +737,16 @@ fn bench_head<B: Backend + Clone>(h: &mut Bench<'_, B>, be: &B, model: &Model) -
             x.be.avg_pool_fwd(&x.t2, all, shape, window, &mut x.pooled, nm)
         },
     );
-    h.op(format!("{site}/linear_fwd"), linear_flops, bytes(&[n * c, classes * c + classes, n * classes]), &mut x, |x| {
-        let (w, b) = (At { buf: &x.params, offset: x.fc }, At { buf: &x.params, offset: x.bias });
-        x.be.linear_fwd(&x.pooled, n, c, w, b, classes, &mut x.logits)
-    });
+    h.op(
+        format!("{site}/linear_fwd"),
+        linear_flops,
+        bytes(&[n * c, classes * c + classes, n * classes]),
+        &mut x,
+        |x| {
+            let (w, b) = (At { buf: &x.params, offset: x.fc }, At { buf: &x.params, offset: x.bias });
+            x.be.linear_fwd(&x.pooled, n, c, w, b, classes, &mut x.logits)
+        },
+    );
     h.op(format!("{site}/softmax_xent"), 0.0, bytes(&[2 * n * classes + n]), &mut x, |x| {
         x.be.softmax_xent(&x.logits, &x.labels, n, classes, &mut x.loss, &mut x.dlogits)
     });
@@ -684,7 +757,18 @@ fn bench_head<B: Backend + Clone>(h: &mut Bench<'_, B>, be: &B, model: &Model) -
         &mut x,
         |x| {
             let w = At { buf: &x.params, offset: x.fc };
-            x.be.linear_bwd(&x.dlogits, &x.pooled, n, c, w, classes, &mut x.grads, x.fc, x.bias, &mut x.dpooled)
+            x.be.linear_bwd(
+                &x.dlogits,
+                &x.pooled,
+                n,
+                c,
+                w,
+                classes,
+                &mut x.grads,
+                x.fc,
+                x.bias,
+                &mut x.dpooled,
+            )
         },
     );
     h.fused(
@@ -724,8 +808,13 @@ fn format_time(seconds: f64) -> String {
 }
 
 fn print_table(device: &str, rows: &[Row]) {
-    println!("\nkernels on {device}, batch {BATCH}: mean time per launch; rates from counted FLOPs and bytes");
-    println!("{:<44} {:>11} {:>9} {:>8} {:>11} {:>8}", "benchmark", "time", "GFLOP/s", "GB/s", "unfused", "gain");
+    println!(
+        "\nkernels on {device}, batch {BATCH}: mean time per launch; rates from counted FLOPs and bytes"
+    );
+    println!(
+        "{:<44} {:>11} {:>9} {:>8} {:>11} {:>8}",
+        "benchmark", "time", "GFLOP/s", "GB/s", "unfused", "gain"
+    );
     for r in rows {
         let gflops = if r.flops > 0.0 { format!("{:.0}", r.flops / r.seconds / 1e9) } else { "-".into() };
         let (unfused, gain) = match r.unfused {

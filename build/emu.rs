@@ -59,11 +59,7 @@ pub fn build() {
         writeln!(tu, "#include \"{}\"", cu.display()).unwrap();
         for name in found.kernels {
             if let Some(other) = kernels.insert(name.clone(), cu.clone()) {
-                panic!(
-                    "kernel `{name}` is defined in both {} and {}",
-                    other.display(),
-                    cu.display()
-                );
+                panic!("kernel `{name}` is defined in both {} and {}", other.display(), cu.display());
             }
             writeln!(tu, "EMU_EXPORT_KERNEL({name})").unwrap();
         }
@@ -83,10 +79,7 @@ pub fn build() {
         panic!("compiling the CUDA emulator failed: {e}");
     }
 
-    write_if_changed(
-        &PathBuf::from(env("OUT_DIR")).join("emu_kernels.rs"),
-        &kernel_table(&kernels),
-    );
+    write_if_changed(&PathBuf::from(env("OUT_DIR")).join("emu_kernels.rs"), &kernel_table(&kernels));
 }
 
 fn env(name: &str) -> String {
@@ -116,17 +109,10 @@ fn write_if_changed(path: &Path, contents: &str) {
 /// (-D options take effect before the force-included shim).
 fn preprocess(build: &cc::Build, cu: &Path) -> String {
     let mut cmd: Command = build.get_compiler().to_command();
-    cmd.args(["-E", "-P", "-DDENSENET_EMU_SCAN", "-x", "c++"])
-        .arg(cu);
-    let output = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    cmd.args(["-E", "-P", "-DDENSENET_EMU_SCAN", "-x", "c++"]).arg(cu);
+    let output = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
     if !output.status.success() {
-        panic!(
-            "preprocessing {} failed:\n{}",
-            cu.display(),
-            String::from_utf8_lossy(&output.stderr)
-        );
+        panic!("preprocessing {} failed:\n{}", cu.display(), String::from_utf8_lossy(&output.stderr));
     }
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
@@ -160,22 +146,13 @@ fn tokenize(src: &str) -> Vec<Tok> {
                 i += if b[i] == b'\\' { 2 } else { 1 };
             }
             i += 1;
-            let text = src
-                .get(start + 1..i.saturating_sub(1).max(start + 1))
-                .unwrap_or("");
-            toks.push(if c == b'"' {
-                Tok::Str(text.to_owned())
-            } else {
-                Tok::Other
-            });
+            let text = src.get(start + 1..i.saturating_sub(1).max(start + 1)).unwrap_or("");
+            toks.push(if c == b'"' { Tok::Str(text.to_owned()) } else { Tok::Other });
         } else if c == b'R' && b.get(i + 1) == Some(&b'"') {
             // raw string R"delim( ... )delim"
             let open = src[i + 2..].find('(').map(|p| i + 2 + p).unwrap_or(b.len());
             let close = format!("){}\"", &src[i + 2..open.min(b.len())]);
-            i = src[open..]
-                .find(&close)
-                .map(|p| open + p + close.len())
-                .unwrap_or(b.len());
+            i = src[open..].find(&close).map(|p| open + p + close.len()).unwrap_or(b.len());
             toks.push(Tok::Other);
         } else if c.is_ascii_alphabetic() || c == b'_' {
             let start = i;
@@ -183,12 +160,10 @@ fn tokenize(src: &str) -> Vec<Tok> {
                 i += 1;
             }
             toks.push(Tok::Ident(src[start..i].to_owned()));
-        } else if c.is_ascii_digit() || (c == b'.' && b.get(i + 1).is_some_and(u8::is_ascii_digit))
-        {
+        } else if c.is_ascii_digit() || (c == b'.' && b.get(i + 1).is_some_and(u8::is_ascii_digit)) {
             while i < b.len() {
                 let d = b[i];
-                let exp_sign =
-                    (d == b'+' || d == b'-') && matches!(b[i - 1], b'e' | b'E' | b'p' | b'P');
+                let exp_sign = (d == b'+' || d == b'-') && matches!(b[i - 1], b'e' | b'E' | b'p' | b'P');
                 if d.is_ascii_alphanumeric() || d == b'.' || d == b'\'' || d == b'_' || exp_sign {
                     i += 1;
                 } else {
@@ -246,10 +221,7 @@ fn skip_parens(t: &[Tok], open: usize) -> usize {
 
 /// Start of the declaration containing token `i`: just after the previous `;`, `{` or `}`.
 fn decl_start(t: &[Tok], i: usize) -> usize {
-    t[..i]
-        .iter()
-        .rposition(|x| matches!(x, Tok::Punct(';' | '{' | '}')))
-        .map_or(0, |p| p + 1)
+    t[..i].iter().rposition(|x| matches!(x, Tok::Punct(';' | '{' | '}'))).map_or(0, |p| p + 1)
 }
 
 fn scan(t: &[Tok]) -> Result<Found, String> {
@@ -261,20 +233,13 @@ fn scan(t: &[Tok]) -> Result<Found, String> {
             Tok::Punct('{') => {
                 let start = decl_start(t, i);
                 let head = &t[start..i];
-                let scope = if let Some(k) = head
-                    .iter()
-                    .position(|x| ident(Some(x)) == Some("namespace"))
-                {
+                let scope = if let Some(k) = head.iter().position(|x| ident(Some(x)) == Some("namespace")) {
                     let names = head[k + 1..]
                         .iter()
                         .filter_map(|x| ident(Some(x)).map(str::to_owned))
                         .filter(|n| n != "inline")
                         .collect::<Vec<_>>();
-                    Scope::Namespace(if names.is_empty() {
-                        vec![String::new()]
-                    } else {
-                        names
-                    })
+                    Scope::Namespace(if names.is_empty() { vec![String::new()] } else { names })
                 } else if head.len() == 2
                     && ident(head.first()) == Some("extern")
                     && head[1] == Tok::Str("C".into())
@@ -291,18 +256,16 @@ fn scan(t: &[Tok]) -> Result<Found, String> {
             Tok::Ident(s) if s == "__emu_global__" => {
                 let head = &t[decl_start(t, i)..i];
                 let extern_c = scopes.iter().any(|s| matches!(s, Scope::ExternC))
-                    || head.windows(2).any(|w| {
-                        ident(Some(&w[0])) == Some("extern") && w[1] == Tok::Str("C".into())
-                    });
+                    || head
+                        .windows(2)
+                        .any(|w| ident(Some(&w[0])) == Some("extern") && w[1] == Tok::Str("C".into()));
                 // The name is the identifier before the parameter list's `(`, skipping
                 // `__attribute__((...))` and `alignas(...)`.
                 let mut k = i + 1;
                 let mut name = None;
                 while k < t.len() {
                     match &t[k] {
-                        Tok::Ident(a)
-                            if a == "__attribute__" || a == "alignas" || a == "__declspec" =>
-                        {
+                        Tok::Ident(a) if a == "__attribute__" || a == "alignas" || a == "__declspec" => {
                             k = skip_parens(t, k + 1);
                             continue;
                         }
@@ -328,10 +291,7 @@ fn scan(t: &[Tok]) -> Result<Found, String> {
             Tok::Ident(s) if s == "__emu_shared__" => {
                 let start = decl_start(t, i);
                 if t[start..i].iter().any(|x| ident(Some(x)) == Some("extern")) {
-                    let end = t[i..]
-                        .iter()
-                        .position(|x| *x == Tok::Punct(';'))
-                        .map_or(t.len(), |p| i + p);
+                    let end = t[i..].iter().position(|x| *x == Tok::Punct(';')).map_or(t.len(), |p| i + p);
                     let mut namespaces = Vec::new();
                     for scope in &scopes {
                         if let Scope::Namespace(names) = scope {
@@ -347,9 +307,7 @@ fn scan(t: &[Tok]) -> Result<Found, String> {
                         if let (Some(name), Tok::Punct('['), Tok::Punct(']')) =
                             (ident(t.get(k)), &t[k + 1], &t[k + 2])
                         {
-                            found
-                                .dynamic_shared
-                                .push((namespaces.clone(), name.to_owned()));
+                            found.dynamic_shared.push((namespaces.clone(), name.to_owned()));
                         }
                     }
                 }
@@ -390,11 +348,8 @@ fn dynamic_shared_tu(names: &BTreeSet<(Vec<String>, String)>) -> String {
 fn kernel_table(kernels: &BTreeMap<String, PathBuf>) -> String {
     let mut s = String::from("// @generated by build/emu.rs\nunsafe extern \"C\" {\n");
     for name in kernels.keys() {
-        writeln!(
-            s,
-            "    fn emu_launch_{name}(cfg: *const LaunchConfig, args: *mut *mut c_void) -> c_int;"
-        )
-        .unwrap();
+        writeln!(s, "    fn emu_launch_{name}(cfg: *const LaunchConfig, args: *mut *mut c_void) -> c_int;")
+            .unwrap();
     }
     s.push_str("}\n\n/// Every emulated kernel with its launch function, sorted by name.\n");
     s.push_str("static EMU_KERNELS: &[(&str, LaunchFn)] = &[\n");

@@ -28,7 +28,9 @@ pub fn build() {
 
     let arch = std::env::var("CUDA_ARCH").unwrap_or_else(|_| "sm_90".into());
     let nvcc = find_nvcc();
-    let mut table = String::from("/// Every kernel module, in file-name order.\npub const MODULES: &[KernelModule] = &[\n");
+    let mut table = String::from(
+        "/// Every kernel module, in file-name order.\npub const MODULES: &[KernelModule] = &[\n",
+    );
     for file in cu {
         let name = file.file_stem().and_then(|s| s.to_str()).expect("kernel file names are UTF-8");
         let source = match &nvcc {
@@ -39,7 +41,8 @@ pub fn build() {
             }
             None => {
                 let src = out.join(format!("{name}.cu"));
-                fs::write(&src, inline_includes(file, &kernels, &mut Vec::new())).expect("write kernel source");
+                fs::write(&src, inline_includes(file, &kernels, &mut Vec::new()))
+                    .expect("write kernel source");
                 format!("KernelSource::Cuda(include_str!({:?}))", src.display().to_string())
             }
         };

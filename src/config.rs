@@ -85,9 +85,7 @@ impl DenseNetConfig {
     /// 2k initial features.
     pub fn bc_cifar(depth: usize, growth: usize) -> Result<Self> {
         if depth < 10 || (depth - 4) % 6 != 0 {
-            return Err(Error::Config(format!(
-                "DenseNet-BC depth must be 6·n + 4 with n ≥ 1, got {depth}"
-            )));
+            return Err(Error::Config(format!("DenseNet-BC depth must be 6·n + 4 with n ≥ 1, got {depth}")));
         }
         let n = (depth - 4) / 6;
         Ok(DenseNetConfig {
@@ -120,10 +118,7 @@ impl DenseNetConfig {
             return Err(Error::Config("bn-size must be at least 1".into()));
         }
         if !(self.compression > 0.0 && self.compression <= 1.0) {
-            return Err(Error::Config(format!(
-                "compression must lie in (0, 1], got {}",
-                self.compression
-            )));
+            return Err(Error::Config(format!("compression must lie in (0, 1], got {}", self.compression)));
         }
         if self.classes == 0 {
             return Err(Error::Config("at least one class is needed".into()));

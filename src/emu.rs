@@ -66,11 +66,7 @@ pub enum EmuError {
     /// The kernel ran, but broke a CUDA rule (see the module docs); blocks that did were
     /// abandoned, so outputs are incomplete.
     #[error("kernel `{kernel}`: {count} diagnostic(s):\n{}", messages.join("\n"))]
-    Diagnostics {
-        kernel: String,
-        count: u64,
-        messages: Vec<String>,
-    },
+    Diagnostics { kernel: String, count: u64, messages: Vec<String> },
     /// The emulator itself failed (e.g. it could not allocate fiber stacks).
     #[error("kernel `{kernel}`: emulator failure: {reason}")]
     Runtime { kernel: String, reason: String },
@@ -130,18 +126,8 @@ pub unsafe fn launch(
         return Err(EmuError::UnknownKernel(name.to_owned()));
     };
     let launch_fn = EMU_KERNELS[index].1;
-    let mut report = Box::new(Report {
-        diagnostics: 0,
-        len: 0,
-        messages: [0; REPORT_BYTES],
-    });
-    let cfg = LaunchConfig {
-        grid,
-        block,
-        shared_bytes,
-        num_args: args.len(),
-        report: &mut *report,
-    };
+    let mut report = Box::new(Report { diagnostics: 0, len: 0, messages: [0; REPORT_BYTES] });
+    let cfg = LaunchConfig { grid, block, shared_bytes, num_args: args.len(), report: &mut *report };
     // SAFETY: `cfg` and `report` outlive the call; the arguments are the caller's contract.
     let status = unsafe { launch_fn(&cfg, args.as_mut_ptr()) };
     let len = (report.len as usize).min(REPORT_BYTES);
@@ -161,19 +147,9 @@ pub unsafe fn launch(
                 d.count += count;
                 d.messages.extend(messages.iter().cloned());
             });
-            Err(EmuError::Diagnostics {
-                kernel,
-                count,
-                messages,
-            })
+            Err(EmuError::Diagnostics { kernel, count, messages })
         }
-        EMU_ERR_CONFIG => Err(EmuError::InvalidLaunch {
-            kernel,
-            reason: text,
-        }),
-        _ => Err(EmuError::Runtime {
-            kernel,
-            reason: text,
-        }),
+        EMU_ERR_CONFIG => Err(EmuError::InvalidLaunch { kernel, reason: text }),
+        _ => Err(EmuError::Runtime { kernel, reason: text }),
     }
 }

@@ -17,10 +17,17 @@ use serde::Serialize;
 #[serde(rename_all = "snake_case")]
 pub enum TensorKind {
     /// OHWI conv weight.
-    ConvWeight { c_out: usize, kernel: usize, c_in: usize },
+    ConvWeight {
+        c_out: usize,
+        kernel: usize,
+        c_in: usize,
+    },
     BnWeight,
     BnBias,
-    LinearWeight { out: usize, inp: usize },
+    LinearWeight {
+        out: usize,
+        inp: usize,
+    },
     LinearBias,
 }
 

@@ -1,18 +1,18 @@
 //! Verification of the efficient path against the f64 oracle: one training step's forward and
 //! backward on random weights and inputs, compared output by output.
 
-use crate::backend::{bn_affine, Backend};
+use crate::backend::{Backend, bn_affine};
 use crate::config::DenseNetConfig;
 use crate::efficient::{BnInput, Network, Options};
 use crate::error::Result;
 use crate::naive::{self, KinkResolver};
 use crate::params::{BnSite, ParamLayout};
-use std::cell::RefCell;
-use std::collections::HashMap;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::Serialize;
+use std::cell::RefCell;
+use std::collections::HashMap;
 
 /// Tolerance on the relative error of an f32 backend against the f64 oracle.
 pub const F32_TOLERANCE: f64 = 1e-4;
@@ -157,12 +157,16 @@ pub fn verify<B: Backend + Clone>(
         }
         comparisons.push(Comparison { name: format!("grad {group}"), rel_error: rel_error(&a, &b) });
     }
-    comparisons.push(Comparison { name: "grad input".into(), rel_error: rel_error(&input_grad, &oracle.input_grad) });
+    comparisons.push(Comparison {
+        name: "grad input".into(),
+        rel_error: rel_error(&input_grad, &oracle.input_grad),
+    });
     comparisons.push(Comparison {
         name: "running statistics".into(),
         rel_error: rel_error(&running_after, &oracle.running),
     });
-    comparisons.push(Comparison { name: "eval logits".into(), rel_error: rel_error(&eval_logits, &oracle_eval) });
+    comparisons
+        .push(Comparison { name: "eval logits".into(), rel_error: rel_error(&eval_logits, &oracle_eval) });
     // NaN must not hide behind `f64::max`, which ignores it.
     let max_rel_error = comparisons
         .iter()
@@ -201,7 +205,12 @@ struct BackendDecisions<'n, B: Backend> {
 
 impl<'n, B: Backend> BackendDecisions<'n, B> {
     fn new(net: &'n mut Network<B>, params: &'n [f32]) -> Self {
-        BackendDecisions { net: RefCell::new(net), params, sites: RefCell::default(), error: RefCell::default() }
+        BackendDecisions {
+            net: RefCell::new(net),
+            params,
+            sites: RefCell::default(),
+            error: RefCell::default(),
+        }
     }
 
     fn finish(self) -> Result<()> {

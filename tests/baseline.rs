@@ -90,7 +90,8 @@ fn naive_matches_the_efficient_path() {
         let labels: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
 
         let sgd = SgdParams { lr: 0.1, momentum: 0.9, weight_decay: 1e-4, nesterov: true };
-        let mut eff = Network::new(CpuBackend::new(), &cfg, n, h, w, Options::train().with_optimizer()).unwrap();
+        let mut eff =
+            Network::new(CpuBackend::new(), &cfg, n, h, w, Options::train().with_optimizer()).unwrap();
         eff.set_params(&params, &running).unwrap();
         eff.set_batch(&images, &labels).unwrap();
         eff.forward().unwrap();

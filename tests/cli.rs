@@ -35,8 +35,20 @@ fn info_reports_exact_parameters_and_macs() {
 #[test]
 fn flags_override_the_preset() {
     let v = json(&densenet(&[
-        "info", "--model", "densenet121", "--growth", "12", "--blocks", "2,3", "--stem", "cifar",
-        "--classes", "7", "--size", "9x11", "--json",
+        "info",
+        "--model",
+        "densenet121",
+        "--growth",
+        "12",
+        "--blocks",
+        "2,3",
+        "--stem",
+        "cifar",
+        "--classes",
+        "7",
+        "--size",
+        "9x11",
+        "--json",
     ]));
     assert_eq!(v["config"]["growth"], 12);
     assert_eq!(v["config"]["blocks"], serde_json::json!([2, 3]));
@@ -48,8 +60,24 @@ fn flags_override_the_preset() {
 #[test]
 fn verify_passes_on_a_small_imagenet_network() {
     let out = densenet(&[
-        "verify", "--model", "densenet121", "--growth", "6", "--blocks", "2,2", "--init-features",
-        "10", "--classes", "5", "--batch", "3", "--size", "37x29", "--seed", "7", "--json",
+        "verify",
+        "--model",
+        "densenet121",
+        "--growth",
+        "6",
+        "--blocks",
+        "2,2",
+        "--init-features",
+        "10",
+        "--classes",
+        "5",
+        "--batch",
+        "3",
+        "--size",
+        "37x29",
+        "--seed",
+        "7",
+        "--json",
     ]);
     let v = json(&out);
     let err = v["max_rel_error"].as_f64().unwrap();
@@ -90,8 +118,20 @@ fn verify_dump_writes_a_loadable_checkpoint_and_the_step() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
     let out = densenet(&[
-        "verify", "--backend", "cpu", "--blocks", "2,2", "--growth", "5", "--size", "9x7", "--batch", "3",
-        "--dump", d, "--json",
+        "verify",
+        "--backend",
+        "cpu",
+        "--blocks",
+        "2,2",
+        "--growth",
+        "5",
+        "--size",
+        "9x7",
+        "--batch",
+        "3",
+        "--dump",
+        d,
+        "--json",
     ]);
     let v = json(&out);
     assert!(v["max_rel_error"].as_f64().unwrap() < 1e-4);

@@ -37,10 +37,7 @@ fn launch(
     args: Args,
 ) -> Result<(), EmuError> {
     let mut slots = args.0;
-    let mut ptrs: Vec<*mut c_void> = slots
-        .iter_mut()
-        .map(|s| (s as *mut u64).cast::<c_void>())
-        .collect();
+    let mut ptrs: Vec<*mut c_void> = slots.iter_mut().map(|s| (s as *mut u64).cast::<c_void>()).collect();
     // SAFETY: every test passes arguments of the kernel's parameter types, and buffers large
     // enough for what the kernel touches.
     unsafe { emu::launch(name, grid, block, shared_bytes, &mut ptrs) }
@@ -55,10 +52,7 @@ fn assert_no_diagnostics() {
 struct Lcg(u64);
 impl Lcg {
     fn next_u32(&mut self) -> u32 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         (self.0 >> 33) as u32
     }
     fn next_f32(&mut self) -> f32 {
@@ -70,9 +64,7 @@ fn matmul_cpu(a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
     let mut c = vec![0.0f32; m * n];
     for i in 0..m {
         for j in 0..n {
-            c[i * n + j] = (0..k)
-                .map(|p| a[i * k + p] as f64 * b[p * n + j] as f64)
-                .sum::<f64>() as f32;
+            c[i * n + j] = (0..k).map(|p| a[i * k + p] as f64 * b[p * n + j] as f64).sum::<f64>() as f32;
         }
     }
     c
@@ -97,10 +89,7 @@ fn random_matrix(rng: &mut Lcg, len: usize) -> Vec<f32> {
 }
 
 fn max_abs_diff(x: &[f32], y: &[f32]) -> f32 {
-    x.iter()
-        .zip(y)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max)
+    x.iter().zip(y).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
 }
 
 #[test]
@@ -119,11 +108,7 @@ fn tiled_matmul_with_odd_sizes_matches_cpu() {
     let b = random_matrix(&mut rng, k * n);
     let got = matmul_emu("selftest_matmul", &a, &b, m, n, k);
     let want = matmul_cpu(&a, &b, m, n, k);
-    assert!(
-        max_abs_diff(&got, &want) < 1e-4,
-        "max diff {}",
-        max_abs_diff(&got, &want)
-    );
+    assert!(max_abs_diff(&got, &want) < 1e-4, "max diff {}", max_abs_diff(&got, &want));
     assert_no_diagnostics();
 }
 
@@ -147,18 +132,8 @@ fn block_reduction_with_warp_shuffles_equals_the_sum() {
     let x: Vec<f32> = (0..n).map(|i| (i % 7) as f32 - 3.0).collect(); // exact in f32
     let blocks = 7;
     let mut partial = vec![f32::NAN; blocks];
-    let args = Args::new()
-        .arg(x.as_ptr())
-        .arg(partial.as_mut_ptr())
-        .arg(n as i32);
-    launch(
-        "selftest_block_sum",
-        [blocks as u32, 1, 1],
-        [256, 1, 1],
-        0,
-        args,
-    )
-    .unwrap();
+    let args = Args::new().arg(x.as_ptr()).arg(partial.as_mut_ptr()).arg(n as i32);
+    launch("selftest_block_sum", [blocks as u32, 1, 1], [256, 1, 1], 0, args).unwrap();
     let want: f64 = x.iter().map(|&v| v as f64).sum();
     assert_eq!(partial.iter().map(|&v| v as f64).sum::<f64>(), want);
     assert_no_diagnostics();
@@ -182,11 +157,7 @@ fn atomic_add_histogram_matches_cpu() {
     let (n, bins) = (50_000usize, 37u32);
     let x = histogram_input(n);
     let mut hist = vec![0u32; bins as usize];
-    let args = Args::new()
-        .arg(x.as_ptr())
-        .arg(hist.as_mut_ptr())
-        .arg(n as i32)
-        .arg(bins as i32);
+    let args = Args::new().arg(x.as_ptr()).arg(hist.as_mut_ptr()).arg(n as i32).arg(bins as i32);
     launch("selftest_histogram", [13, 1, 1], [128, 1, 1], 0, args).unwrap();
     assert_eq!(hist, histogram_cpu(&x, bins));
     assert_no_diagnostics();
@@ -197,20 +168,9 @@ fn dynamic_shared_memory_histogram_matches_cpu() {
     let (n, bins) = (50_000usize, 37u32);
     let x = histogram_input(n);
     let mut hist = vec![0u32; bins as usize];
-    let args = Args::new()
-        .arg(x.as_ptr())
-        .arg(hist.as_mut_ptr())
-        .arg(n as i32)
-        .arg(bins as i32);
+    let args = Args::new().arg(x.as_ptr()).arg(hist.as_mut_ptr()).arg(n as i32).arg(bins as i32);
     let smem = bins as usize * size_of::<u32>();
-    launch(
-        "selftest_histogram_shared",
-        [9, 1, 1],
-        [96, 1, 1],
-        smem,
-        args,
-    )
-    .unwrap();
+    launch("selftest_histogram_shared", [9, 1, 1], [96, 1, 1], smem, args).unwrap();
     assert_eq!(hist, histogram_cpu(&x, bins));
     assert_no_diagnostics();
 }
@@ -255,14 +215,7 @@ fn extern_shared_arrays_alias_one_dynamic_buffer() {
     let (rows, n) = (3usize, 50usize);
     let mut data: Vec<f32> = (0..rows * n).map(|i| i as f32).collect();
     let args = Args::new().arg(data.as_mut_ptr()).arg(n as i32);
-    launch(
-        "selftest_reverse",
-        [rows as u32, 1, 1],
-        [64, 1, 1],
-        n * 4,
-        args,
-    )
-    .unwrap();
+    launch("selftest_reverse", [rows as u32, 1, 1], [64, 1, 1], n * 4, args).unwrap();
     for r in 0..rows {
         let want: Vec<f32> = (0..n).rev().map(|i| (r * n + i) as f32).collect();
         assert_eq!(&data[r * n..(r + 1) * n], &want[..], "row {r}");
@@ -274,14 +227,7 @@ fn extern_shared_arrays_alias_one_dynamic_buffer() {
 fn dynamic_shared_memory_starts_poisoned() {
     let mut out = vec![0u32; 64];
     let args = Args::new().arg(out.as_mut_ptr());
-    launch(
-        "selftest_read_unwritten_shared",
-        [1, 1, 1],
-        [64, 1, 1],
-        64 * 4,
-        args,
-    )
-    .unwrap();
+    launch("selftest_read_unwritten_shared", [1, 1, 1], [64, 1, 1], 64 * 4, args).unwrap();
     assert!(out.iter().all(|&v| v == u32::MAX), "{out:x?}");
     assert_no_diagnostics();
 }
@@ -292,14 +238,7 @@ fn thread_and_block_indices_cover_a_3d_launch() {
     let threads = (block[0] * block[1] * block[2]) as usize;
     let blocks = (grid[0] * grid[1] * grid[2]) as usize;
     let mut out = vec![u32::MAX; 8 * threads * blocks];
-    launch(
-        "selftest_indices",
-        grid,
-        block,
-        0,
-        Args::new().arg(out.as_mut_ptr()),
-    )
-    .unwrap();
+    launch("selftest_indices", grid, block, 0, Args::new().arg(out.as_mut_ptr())).unwrap();
     let mut i = 0;
     for (bz, by, bx) in zyx(grid[2], grid[1], grid[0]) {
         for (tz, ty, tx) in zyx(block[2], block[1], block[0]) {
@@ -324,32 +263,20 @@ fn warp_collectives_match_their_definitions() {
     assert!(input.contains(&17) && input.contains(&5));
     let mut out = vec![i32::MIN; threads * OPS];
     let args = Args::new().arg(input.as_ptr()).arg(out.as_mut_ptr());
-    launch(
-        "selftest_warp_ops",
-        [1, 1, 1],
-        [threads as u32, 1, 1],
-        0,
-        args,
-    )
-    .unwrap();
+    launch("selftest_warp_ops", [1, 1, 1], [threads as u32, 1, 1], 0, args).unwrap();
     for t in 0..threads {
         let lane = t % 32;
         let warp = &input[t - lane..t - lane + 32];
         let v = |l: usize| warp[l];
-        let bits = |p: &dyn Fn(i32) -> bool| {
-            (0..32).filter(|&l| p(v(l))).fold(0u32, |m, l| m | 1 << l) as i32
-        };
+        let bits =
+            |p: &dyn Fn(i32) -> bool| (0..32).filter(|&l| p(v(l))).fold(0u32, |m, l| m | 1 << l) as i32;
         let want: [i32; OPS] = [
             v(lane * 7 % 32),
             if lane >= 3 { v(lane - 3) } else { v(lane) },
             if lane + 5 < 32 { v(lane + 5) } else { v(lane) },
             v(lane ^ 9),
             v(lane ^ 1),
-            if lane % 16 + 2 < 16 {
-                v(lane + 2)
-            } else {
-                v(lane)
-            },
+            if lane % 16 + 2 < 16 { v(lane + 2) } else { v(lane) },
             bits(&|x| x & 1 == 1),
             warp.contains(&17) as i32,
             1,
@@ -374,14 +301,7 @@ fn syncwarp_waits_only_for_lanes_that_have_not_exited() {
     let active = 45;
     let mut out = vec![-1i32; 48];
     let args = Args::new().arg(out.as_mut_ptr()).arg(active);
-    launch(
-        "selftest_syncwarp_after_exit",
-        [1, 1, 1],
-        [48, 1, 1],
-        0,
-        args,
-    )
-    .unwrap();
+    launch("selftest_syncwarp_after_exit", [1, 1, 1], [48, 1, 1], 0, args).unwrap();
     let want: Vec<i32> = (0..48)
         .map(|t| {
             if t >= active {
@@ -401,10 +321,7 @@ fn syncwarp_waits_only_for_lanes_that_have_not_exited() {
 
 fn convert<T: Copy, U: Copy + Default>(kernel: &str, input: &[T]) -> Vec<U> {
     let mut out = vec![U::default(); input.len()];
-    let args = Args::new()
-        .arg(input.as_ptr())
-        .arg(out.as_mut_ptr())
-        .arg(input.len() as i32);
+    let args = Args::new().arg(input.as_ptr()).arg(out.as_mut_ptr()).arg(input.len() as i32);
     let blocks = input.len().div_ceil(256).min(64) as u32;
     launch(kernel, [blocks, 1, 1], [256, 1, 1], 0, args).unwrap();
     out
@@ -483,19 +400,13 @@ fn half_and_bfloat16_conversions_round_known_patterns_to_nearest_even() {
     ];
     let inputs: Vec<f64> = f64_cases.iter().map(|c| c.0).collect();
     let mut out = vec![0u16; 2 * inputs.len()];
-    let args = Args::new()
-        .arg(inputs.as_ptr())
-        .arg(out.as_mut_ptr())
-        .arg(inputs.len() as i32);
+    let args = Args::new().arg(inputs.as_ptr()).arg(out.as_mut_ptr()).arg(inputs.len() as i32);
     launch("selftest_f64_to_small", [1, 1, 1], [32, 1, 1], 0, args).unwrap();
     for (i, &(x, h, b)) in f64_cases.iter().enumerate() {
         assert_eq!((out[2 * i], out[2 * i + 1]), (h, b), "f64 {x:e}");
     }
 
-    let back: Vec<f32> = convert(
-        "selftest_f16_to_f32",
-        &[0x0001u16, 0x03ff, 0x7c00, 0x8000, 0x3555],
-    );
+    let back: Vec<f32> = convert("selftest_f16_to_f32", &[0x0001u16, 0x03ff, 0x7c00, 0x8000, 0x3555]);
     assert_eq!(back[0], p(-24));
     assert_eq!(back[1], 1023.0 * p(-24));
     assert_eq!(back[2], f32::INFINITY);
@@ -515,9 +426,7 @@ fn half_and_bfloat16_conversions_match_the_half_crate() {
     }
     for b in 0..0x7f80u16 {
         let (lo, hi) = (bf16::from_bits(b).to_f32(), bf16::from_bits(b + 1).to_f32());
-        x.push(f32::from_bits(
-            ((lo.to_bits() as u64 + hi.to_bits() as u64) / 2) as u32,
-        ));
+        x.push(f32::from_bits(((lo.to_bits() as u64 + hi.to_bits() as u64) / 2) as u32));
     }
     let halves: Vec<u16> = convert("selftest_f32_to_f16", &x);
     let bhalves: Vec<u16> = convert("selftest_f32_to_bf16", &x);
@@ -526,35 +435,21 @@ fn half_and_bfloat16_conversions_match_the_half_crate() {
             assert_eq!((h, b), (0x7fff, 0x7fff));
             continue;
         }
-        assert_eq!(
-            h,
-            f16::from_f32(v).to_bits(),
-            "f16({v:e}) [{:#010x}]",
-            v.to_bits()
-        );
-        assert_eq!(
-            b,
-            bf16::from_f32(v).to_bits(),
-            "bf16({v:e}) [{:#010x}]",
-            v.to_bits()
-        );
+        assert_eq!(h, f16::from_f32(v).to_bits(), "f16({v:e}) [{:#010x}]", v.to_bits());
+        assert_eq!(b, bf16::from_f32(v).to_bits(), "bf16({v:e}) [{:#010x}]", v.to_bits());
     }
     // From f64: a sweep over f64 bit patterns in the range where f16/bf16 are interesting.
     let mut rng = Lcg(6);
     let wide: Vec<f64> = (0..200_000)
         .map(|_| {
             let e = (rng.next_u32() % 300) as i32 - 150; // beyond both formats' ranges
-            let m = 1.0
-                + (((rng.next_u32() as u64) << 20) ^ rng.next_u32() as u64) as f64 / 2f64.powi(52);
+            let m = 1.0 + (((rng.next_u32() as u64) << 20) ^ rng.next_u32() as u64) as f64 / 2f64.powi(52);
             let sign = if rng.next_u32() & 1 == 1 { -1.0 } else { 1.0 };
             sign * m * 2f64.powi(e)
         })
         .collect();
     let mut small = vec![0u16; 2 * wide.len()];
-    let args = Args::new()
-        .arg(wide.as_ptr())
-        .arg(small.as_mut_ptr())
-        .arg(wide.len() as i32);
+    let args = Args::new().arg(wide.as_ptr()).arg(small.as_mut_ptr()).arg(wide.len() as i32);
     launch("selftest_f64_to_small", [32, 1, 1], [256, 1, 1], 0, args).unwrap();
     for (i, &v) in wide.iter().enumerate() {
         let odd = round_to_odd_f32(v);
@@ -567,14 +462,8 @@ fn half_and_bfloat16_conversions_match_the_half_crate() {
     let from_bhalf: Vec<f32> = convert("selftest_bf16_to_f32", &all);
     for (&b, (&h, &bh)) in all.iter().zip(from_half.iter().zip(&from_bhalf)) {
         let (wh, wb) = (f16::from_bits(b).to_f32(), bf16::from_bits(b).to_f32());
-        assert!(
-            h.to_bits() == wh.to_bits() || (h.is_nan() && wh.is_nan()),
-            "f16 {b:#06x}"
-        );
-        assert!(
-            bh.to_bits() == wb.to_bits() || (bh.is_nan() && wb.is_nan()),
-            "bf16 {b:#06x}"
-        );
+        assert!(h.to_bits() == wh.to_bits() || (h.is_nan() && wh.is_nan()), "f16 {b:#06x}");
+        assert!(bh.to_bits() == wb.to_bits() || (bh.is_nan() && wb.is_nan()), "bf16 {b:#06x}");
     }
     assert_no_diagnostics();
 }
@@ -606,12 +495,8 @@ fn exact_fma(x: f64, y: f64, z: f64) -> Option<f64> {
 /// a+b, a*b, fma(a,b,c), a/b of the kernel `name` for 16-bit operands.
 fn arith(name: &str, a: &[u16], b: &[u16], c: &[u16]) -> Vec<[u16; 4]> {
     let mut out = vec![0u16; 4 * a.len()];
-    let args = Args::new()
-        .arg(a.as_ptr())
-        .arg(b.as_ptr())
-        .arg(c.as_ptr())
-        .arg(out.as_mut_ptr())
-        .arg(a.len() as i32);
+    let args =
+        Args::new().arg(a.as_ptr()).arg(b.as_ptr()).arg(c.as_ptr()).arg(out.as_mut_ptr()).arg(a.len() as i32);
     launch(name, [8, 1, 1], [128, 1, 1], 0, args).unwrap();
     out.chunks(4).map(|c| [c[0], c[1], c[2], c[3]]).collect()
 }
@@ -695,14 +580,7 @@ fn expect_diagnostics(name: &str, grid: [u32; 3], block: [u32; 3], args: Args) -
     let start = Instant::now();
     let err = launch(name, grid, block, 0, args).expect_err("the bug went unreported");
     assert!(start.elapsed().as_secs() < 10, "took {:?}", start.elapsed());
-    let EmuError::Diagnostics {
-        kernel,
-        count,
-        messages,
-    } = err
-    else {
-        panic!("unexpected error {err}")
-    };
+    let EmuError::Diagnostics { kernel, count, messages } = err else { panic!("unexpected error {err}") };
     assert_eq!(kernel, name);
     let taken = emu::take_diagnostics();
     assert_eq!((taken.count, &taken.messages), (count, &messages));
@@ -728,11 +606,7 @@ fn syncthreads_inside_if_is_reported() {
     );
     assert_mentions(
         &msgs,
-        &[
-            "block (0,0,0) thread (128,0,0)",
-            "exits while 128 thread(s)",
-            &bug_site("barrier-in-if"),
-        ],
+        &["block (0,0,0) thread (128,0,0)", "exits while 128 thread(s)", &bug_site("barrier-in-if")],
     );
 }
 
@@ -741,24 +615,14 @@ fn early_return_before_a_barrier_is_reported() {
     let n = 1000; // the 4th block of 256 has 232 threads past the end
     let x = vec![1.0f32; n];
     let mut out = vec![0.0f32; n];
-    let args = Args::new()
-        .arg(x.as_ptr())
-        .arg(out.as_mut_ptr())
-        .arg(n as i32);
+    let args = Args::new().arg(x.as_ptr()).arg(out.as_mut_ptr()).arg(n as i32);
     let msgs = expect_diagnostics("selftest_bug_early_return", [4, 1, 1], [256, 1, 1], args);
     assert_eq!(msgs.len(), 1, "only the last block is wrong: {msgs:#?}");
     assert_mentions(
         &msgs,
-        &[
-            "block (3,0,0) thread (232,0,0)",
-            "exits while 232 thread(s)",
-            &bug_site("barrier-after-return"),
-        ],
+        &["block (3,0,0) thread (232,0,0)", "exits while 232 thread(s)", &bug_site("barrier-after-return")],
     );
-    assert!(
-        out[..768].iter().all(|&v| v == 1.0),
-        "the correct blocks completed"
-    );
+    assert!(out[..768].iter().all(|&v| v == 1.0), "the correct blocks completed");
 }
 
 #[test]
@@ -772,23 +636,15 @@ fn full_mask_shuffle_skipped_by_half_the_warp_is_reported() {
     );
     assert_mentions(
         &msgs,
-        &[
-            "thread (16,0,0)",
-            "__shfl_xor_sync(mask 0xffffffff)",
-            &bug_site("partial-shuffle"),
-        ],
+        &["thread (16,0,0)", "__shfl_xor_sync(mask 0xffffffff)", &bug_site("partial-shuffle")],
     );
 }
 
 #[test]
 fn deadlock_is_reported_instead_of_hanging() {
     let mut out = vec![0.0f32; 64];
-    let msgs = expect_diagnostics(
-        "selftest_bug_deadlock",
-        [2, 1, 1],
-        [64, 1, 1],
-        Args::new().arg(out.as_mut_ptr()),
-    );
+    let msgs =
+        expect_diagnostics("selftest_bug_deadlock", [2, 1, 1], [64, 1, 1], Args::new().arg(out.as_mut_ptr()));
     assert_eq!(msgs.len(), 2, "one per block: {msgs:#?}");
     assert_mentions(
         &msgs,
@@ -798,10 +654,7 @@ fn deadlock_is_reported_instead_of_hanging() {
                 "threads 0-15 wait in __shfl_xor_sync(mask 0xffffffff) at {}",
                 bug_site("deadlock-shuffle")
             ),
-            &format!(
-                "threads 16-63 wait at __syncthreads {}",
-                bug_site("deadlock-barrier")
-            ),
+            &format!("threads 16-63 wait at __syncthreads {}", bug_site("deadlock-barrier")),
         ],
     );
 }
@@ -815,29 +668,15 @@ fn barriers_at_different_call_sites_are_reported() {
         [128, 1, 1],
         Args::new().arg(out.as_mut_ptr()),
     );
-    assert_mentions(
-        &msgs,
-        &[
-            "divergent barrier",
-            &bug_site("divergent-a"),
-            &bug_site("divergent-b"),
-        ],
-    );
+    assert_mentions(&msgs, &["divergent barrier", &bug_site("divergent-a"), &bug_site("divergent-b")]);
 }
 
 #[test]
 fn trap_is_reported_and_other_blocks_finish() {
     let mut out = vec![0.0f32; 3 * 32];
-    let msgs = expect_diagnostics(
-        "selftest_bug_trap",
-        [3, 1, 1],
-        [32, 1, 1],
-        Args::new().arg(out.as_mut_ptr()),
-    );
-    assert_mentions(
-        &msgs,
-        &["block (1,0,0) thread (3,0,0): __trap()", &bug_site("trap")],
-    );
+    let msgs =
+        expect_diagnostics("selftest_bug_trap", [3, 1, 1], [32, 1, 1], Args::new().arg(out.as_mut_ptr()));
+    assert_mentions(&msgs, &["block (1,0,0) thread (3,0,0): __trap()", &bug_site("trap")]);
     assert!(out[..32].iter().chain(&out[64..]).all(|&v| v == 1.0));
 }
 
@@ -848,10 +687,7 @@ fn invalid_launches_are_refused() {
     let mut out = vec![0.0f32; 2048];
     let p = out.as_mut_ptr();
     let err = launch("no_such_kernel", [1, 1, 1], [1, 1, 1], 0, Args::new()).unwrap_err();
-    assert!(
-        matches!(err, EmuError::UnknownKernel(ref n) if n == "no_such_kernel"),
-        "{err}"
-    );
+    assert!(matches!(err, EmuError::UnknownKernel(ref n) if n == "no_such_kernel"), "{err}");
     let refused = |grid: [u32; 3], block: [u32; 3], smem: usize, args: Args, why: &str| match launch(
         "selftest_bug_trap",
         grid,
@@ -866,35 +702,11 @@ fn invalid_launches_are_refused() {
         other => panic!("{grid:?} {block:?} {smem}: {other:?}"),
     };
     let one = || Args::new().arg(p);
-    refused(
-        [1, 1, 1],
-        [1025, 1, 1],
-        0,
-        one(),
-        "exceeds (1024, 1024, 64)",
-    );
-    refused(
-        [1, 1, 1],
-        [64, 4, 8],
-        0,
-        one(),
-        "2048 threads per block exceed 1024",
-    );
+    refused([1, 1, 1], [1025, 1, 1], 0, one(), "exceeds (1024, 1024, 64)");
+    refused([1, 1, 1], [64, 4, 8], 0, one(), "2048 threads per block exceed 1024");
     refused([0, 1, 1], [32, 1, 1], 0, one(), "must be >= 1");
-    refused(
-        [1, 1, 1],
-        [32, 1, 1],
-        300 * 1024,
-        one(),
-        "dynamic shared memory exceed",
-    );
-    refused(
-        [1, 1, 1],
-        [32, 1, 1],
-        0,
-        Args::new(),
-        "takes 1 argument(s), 0 given",
-    );
+    refused([1, 1, 1], [32, 1, 1], 300 * 1024, one(), "dynamic shared memory exceed");
+    refused([1, 1, 1], [32, 1, 1], 0, Args::new(), "takes 1 argument(s), 0 given");
     assert!(out.iter().all(|&v| v == 0.0), "a refused launch ran");
     assert_no_diagnostics();
 }
@@ -959,10 +771,7 @@ fn timings_of_barriers_shuffles_and_matmul() {
         let t = best_of(5, || {
             matmul_emu("selftest_matmul", &a, &b, m, n, k);
         });
-        eprintln!(
-            "emulator: tiled matmul {m}x{k} . {k}x{n} (16x16 blocks): {:.3} ms",
-            t * 1e3
-        );
+        eprintln!("emulator: tiled matmul {m}x{k} . {k}x{n} (16x16 blocks): {:.3} ms", t * 1e3);
     }
     assert_no_diagnostics();
 }

@@ -40,7 +40,13 @@ fn configs() -> Vec<(&'static str, DenseNetConfig, usize, usize, usize)> {
 /// Builds the network on a fresh backend, runs one step as `opts` says (training: forward,
 /// backward, and an SGD step with the optimiser; eval: an inference forward), and returns
 /// the allocator's peak, in total and per category.
-fn measured_peak(cfg: &DenseNetConfig, n: usize, h: usize, w: usize, opts: Options) -> (usize, Vec<(Category, usize)>) {
+fn measured_peak(
+    cfg: &DenseNetConfig,
+    n: usize,
+    h: usize,
+    w: usize,
+    opts: Options,
+) -> (usize, Vec<(Category, usize)>) {
     let backend = CpuBackend::new();
     let mut net = Network::new(backend.clone(), cfg, n, h, w, opts).unwrap();
     let layout = ParamLayout::new(cfg);
@@ -85,7 +91,8 @@ fn predicted_equals_measured_for_training_inference_and_optimizer() {
 fn inference_needs_no_gradient_buffers_and_optimizer_adds_one_parameter_copy() {
     let cfg = DenseNetConfig::preset("densenet-bc-100-k12").unwrap();
     let plan = |opts| EfficientPlan::new(&cfg, 64, 32, 32, Dtype::F32, opts).unwrap();
-    let (train, sgd, eval) = (plan(Options::train()), plan(Options::train().with_optimizer()), plan(Options::eval()));
+    let (train, sgd, eval) =
+        (plan(Options::train()), plan(Options::train().with_optimizer()), plan(Options::eval()));
     assert!(!eval.by_category().contains_key(&Category::GradientBuffers));
     assert!(eval.total_bytes < train.total_bytes / 2);
     let params = 4 * ParamLayout::new(&cfg).num_params;
@@ -115,7 +122,8 @@ fn densenet_bc_100_matches_the_design_memory_model() {
 #[test]
 fn densenet121_at_batch_256_plans_under_6_gb() {
     let cfg = DenseNetConfig::preset("densenet121").unwrap();
-    let plan = EfficientPlan::new(&cfg, 256, 224, 224, Dtype::F32, Options::train().with_optimizer()).unwrap();
+    let plan =
+        EfficientPlan::new(&cfg, 256, 224, 224, Dtype::F32, Options::train().with_optimizer()).unwrap();
     assert!(plan.total_bytes < 6_000 * MB, "{} bytes", plan.total_bytes);
 }
 

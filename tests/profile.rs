@@ -44,15 +44,17 @@ fn runs_every_path_and_measures_exactly_the_plan() {
     }
     let csv = std::fs::read_to_string(csv).unwrap();
     let lines: Vec<&str> = csv.lines().collect();
-    assert!(
-        lines[0].starts_with("model,depth,growth,batch,height,width,dtype,backend,path,planned_bytes,measured_bytes")
-    );
+    assert!(lines[0].starts_with(
+        "model,depth,growth,batch,height,width,dtype,backend,path,planned_bytes,measured_bytes"
+    ));
     assert_eq!(lines.len(), 1 + 2 * 3);
     assert!(lines[1..].iter().all(|l| l.contains(",true,true,")), "{csv}");
     let svg = std::fs::read_to_string(svg).unwrap();
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     assert_eq!(svg.matches("<polyline").count(), 3);
-    for text in ["depth (layers with weights)", "peak memory (log scale", "naive training", "efficient training"] {
+    for text in
+        ["depth (layers with weights)", "peak memory (log scale", "naive training", "efficient training"]
+    {
         assert!(svg.contains(text), "{text}");
     }
 }
@@ -102,12 +104,24 @@ fn paths_over_the_run_limit_are_planned_only() {
     assert!(planned(2) >= 10 * planned(0));
     let out = densenet(&["profile", "--batch", "64", "--max-run-bytes", "200M"]);
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains("naive training not run: planned 3.42 GB > run limit 200 MB (--max-run-bytes)"), "{text}");
+    assert!(
+        text.contains("naive training not run: planned 3.42 GB > run limit 200 MB (--max-run-bytes)"),
+        "{text}"
+    );
 }
 
 #[test]
 fn densenet121_at_batch_256_is_planned_under_6_gb() {
-    let v = json(&densenet(&["profile", "--model", "densenet121", "--batch", "256", "--max-run-bytes", "0", "--json"]));
+    let v = json(&densenet(&[
+        "profile",
+        "--model",
+        "densenet121",
+        "--batch",
+        "256",
+        "--max-run-bytes",
+        "0",
+        "--json",
+    ]));
     let p = &v["profiles"][0];
     assert_eq!((p["height"].as_u64(), p["depth"].as_u64()), (Some(224), Some(121)));
     assert!(p["paths"][0]["planned_bytes"].as_u64().unwrap() < 6_000_000_000);

@@ -6,9 +6,16 @@
 
 use densenet::backend::cpu::CpuBackend;
 use densenet::config::{DenseNetConfig, Stem};
-use densenet::verify::{verify, F32_TOLERANCE};
+use densenet::verify::{F32_TOLERANCE, verify};
 
-fn custom(stem: Stem, growth: usize, blocks: &[usize], init: usize, bn_size: usize, compression: f64) -> DenseNetConfig {
+fn custom(
+    stem: Stem,
+    growth: usize,
+    blocks: &[usize],
+    init: usize,
+    bn_size: usize,
+    compression: f64,
+) -> DenseNetConfig {
     DenseNetConfig {
         growth,
         blocks: blocks.to_vec(),

@@ -644,14 +644,7 @@ pub trait Backend {
 
     /// The ImageNet stem's max-pool 3×3, stride 2, padding 1 (padding never wins).
     /// Overwrites y.
-    fn max_pool_fwd(
-        &self,
-        x: &Self::Buf,
-        xm: Mat,
-        shape: Spatial,
-        y: &mut Self::Buf,
-        ym: Mat,
-    ) -> Result<()>;
+    fn max_pool_fwd(&self, x: &Self::Buf, xm: Mat, shape: Spatial, y: &mut Self::Buf, ym: Mat) -> Result<()>;
 
     /// Backward of [`Backend::max_pool_fwd`]: each dy goes to its window's first maximum in
     /// row-major window order (recomputed from x; PyTorch's choice), summed where windows

@@ -205,7 +205,15 @@ impl<B: Backend> NaiveNetwork<B> {
         match stem.norm {
             None => {
                 let mut f0 = self.backend.alloc(rows * c0, NAIVE)?;
-                self.backend.conv_fwd(&self.input, xm, in_shape, CONV3X3, w, &mut f0, Mat::dense(0, rows, c0))?;
+                self.backend.conv_fwd(
+                    &self.input,
+                    xm,
+                    in_shape,
+                    CONV3X3,
+                    w,
+                    &mut f0,
+                    Mat::dense(0, rows, c0),
+                )?;
                 Ok((None, Feature { buf: f0, cols: c0 }))
             }
             Some(norm) => {
@@ -234,7 +242,12 @@ impl<B: Backend> NaiveNetwork<B> {
         Ok((feats, tapes))
     }
 
-    fn layer_forward(&mut self, b: usize, l: usize, feats: &[Feature<B>]) -> Result<(LayerTape<B>, Feature<B>)> {
+    fn layer_forward(
+        &mut self,
+        b: usize,
+        l: usize,
+        feats: &[Feature<B>],
+    ) -> Result<(LayerTape<B>, Feature<B>)> {
         let lay = self.layout.blocks[b][l];
         let (shape, rows) = self.block_shape(b);
         let (k, bott, c) = (self.cfg.growth, self.cfg.bottleneck(), lay.c_in);
@@ -253,7 +266,11 @@ impl<B: Backend> NaiveNetwork<B> {
 
     /// BN → ReLU → conv1×1 → avg-pool 2×2 after block b; returns the tape and block b+1's
     /// input.
-    fn transition_forward(&mut self, b: usize, feats: &[Feature<B>]) -> Result<(TransitionTape<B>, Feature<B>)> {
+    fn transition_forward(
+        &mut self,
+        b: usize,
+        feats: &[Feature<B>],
+    ) -> Result<(TransitionTape<B>, Feature<B>)> {
         let tr = self.layout.transitions[b];
         let (shape, rows) = self.block_shape(b);
         let cat = self.concat(feats, rows)?;
@@ -261,7 +278,15 @@ impl<B: Backend> NaiveNetwork<B> {
         let mut conv = self.backend.alloc(rows * tr.c_out, NAIVE)?;
         let w = At { buf: &self.params, offset: tr.conv };
         let convm = Mat::dense(0, rows, tr.c_out);
-        self.backend.conv_fwd(&stage.relu, Mat::dense(0, rows, tr.c_in), shape, CONV1X1, w, &mut conv, convm)?;
+        self.backend.conv_fwd(
+            &stage.relu,
+            Mat::dense(0, rows, tr.c_in),
+            shape,
+            CONV1X1,
+            w,
+            &mut conv,
+            convm,
+        )?;
         let out = POOL2.out(shape).pixels();
         let mut pooled = self.backend.alloc(out * tr.c_out, NAIVE)?;
         self.backend.avg_pool_fwd(&conv, convm, shape, POOL2, &mut pooled, Mat::dense(0, out, tr.c_out))?;
@@ -282,7 +307,14 @@ impl<B: Backend> NaiveNetwork<B> {
         let bias = At { buf: &self.params, offset: h.fc_bias };
         let be = &self.backend;
         be.linear_fwd(&pooled, self.batch, h.channels, w, bias, h.classes, &mut self.logits)?;
-        be.softmax_xent(&self.logits, &self.labels, self.batch, h.classes, &mut self.loss, &mut self.dlogits)?;
+        be.softmax_xent(
+            &self.logits,
+            &self.labels,
+            self.batch,
+            h.classes,
+            &mut self.loss,
+            &mut self.dlogits,
+        )?;
         Ok((stage, pooled))
     }
 
@@ -302,19 +334,38 @@ impl<B: Backend> NaiveNetwork<B> {
 
     /// Batch statistics of x, the BN output and the ReLU output, all kept; the running
     /// statistics are updated as PyTorch does.
-    fn bn_relu_forward(&mut self, x: B::Buf, rows: usize, channels: usize, norm: &BnLayout) -> Result<BnRelu<B>> {
+    fn bn_relu_forward(
+        &mut self,
+        x: B::Buf,
+        rows: usize,
+        channels: usize,
+        norm: &BnLayout,
+    ) -> Result<BnRelu<B>> {
         let be = &self.backend;
         let m = Mat::dense(0, rows, channels);
         let mut stats = be.alloc(2 * channels, NAIVE)?;
         be.channel_stats(&x, m, &mut stats, 0, channels)?;
-        let bn =
-            BnRef { stats: &stats, mean: 0, var: channels, params: &self.params, gamma: norm.gamma, beta: norm.beta };
+        let bn = BnRef {
+            stats: &stats,
+            mean: 0,
+            var: channels,
+            params: &self.params,
+            gamma: norm.gamma,
+            beta: norm.beta,
+        };
         let mut bn_out = be.alloc(rows * channels, NAIVE)?;
         be.bn_apply(&x, m, bn, &mut bn_out, m)?;
         let mut relu = be.alloc(rows * channels, NAIVE)?;
         be.relu_fwd(&bn_out, m, &mut relu, m)?;
         let batch_stats = StatsRef { stats: &stats, mean: 0, var: channels };
-        be.update_running_stats(batch_stats, channels, rows, &mut self.running, norm.running_mean, norm.running_var)?;
+        be.update_running_stats(
+            batch_stats,
+            channels,
+            rows,
+            &mut self.running,
+            norm.running_mean,
+            norm.running_var,
+        )?;
         Ok(BnRelu { x, stats, bn: bn_out, relu, rows, channels })
     }
 
@@ -328,7 +379,8 @@ impl<B: Backend> NaiveNetwork<B> {
         let tape = self.tape.take().ok_or_else(|| Error::Config("backward needs a forward first".into()))?;
         self.backend.fill_zero(&mut self.grads, 0, self.layout.num_params)?;
         let Tape { mut stem, features, layers, mut transitions, head, pooled } = tape;
-        let last_widths: Vec<usize> = features.last().map_or(Vec::new(), |f| f.iter().map(|f| f.cols).collect());
+        let last_widths: Vec<usize> =
+            features.last().map_or(Vec::new(), |f| f.iter().map(|f| f.cols).collect());
         let mut dfeat = self.head_backward(head, pooled, &last_widths)?;
         for (b, (mut feats, tapes)) in features.into_iter().zip(layers).enumerate().rev() {
             for (l, tape) in tapes.into_iter().enumerate().rev() {
@@ -349,7 +401,12 @@ impl<B: Backend> NaiveNetwork<B> {
         Ok(())
     }
 
-    fn head_backward(&mut self, stage: BnRelu<B>, pooled: B::Buf, widths: &[usize]) -> Result<Vec<Feature<B>>> {
+    fn head_backward(
+        &mut self,
+        stage: BnRelu<B>,
+        pooled: B::Buf,
+        widths: &[usize],
+    ) -> Result<Vec<Feature<B>>> {
         let h = self.layout.head;
         let (shape, rows) = self.block_shape(self.geometry.blocks.len() - 1);
         let be = &self.backend;
@@ -395,7 +452,16 @@ impl<B: Backend> NaiveNetwork<B> {
 
         let mut dz = self.backend.alloc(rows * bott, NAIVE)?;
         let w2 = At { buf: &self.params, offset: lay.conv2 };
-        self.backend.conv_wgrad(&bottleneck.relu, zm, shape, CONV3X3, &dy.buf, ym, &mut self.grads, lay.conv2)?;
+        self.backend.conv_wgrad(
+            &bottleneck.relu,
+            zm,
+            shape,
+            CONV3X3,
+            &dy.buf,
+            ym,
+            &mut self.grads,
+            lay.conv2,
+        )?;
         self.backend.conv_dgrad(&dy.buf, ym, shape, CONV3X3, w2, &mut dz, zm)?;
         drop(dy);
         self.bn_relu_backward(bottleneck, &mut dz, &lay.norm2)?;
@@ -423,7 +489,14 @@ impl<B: Backend> NaiveNetwork<B> {
         let (cm, convm) = (Mat::dense(0, rows, tr.c_in), Mat::dense(0, rows, tr.c_out));
         let out = POOL2.out(shape).pixels();
         let mut dconv = self.backend.alloc(rows * tr.c_out, NAIVE)?;
-        self.backend.avg_pool_bwd(&dpooled.buf, Mat::dense(0, out, tr.c_out), shape, POOL2, &mut dconv, convm)?;
+        self.backend.avg_pool_bwd(
+            &dpooled.buf,
+            Mat::dense(0, out, tr.c_out),
+            shape,
+            POOL2,
+            &mut dconv,
+            convm,
+        )?;
         drop(dpooled);
         drop(conv);
         let mut d = self.backend.alloc(rows * tr.c_in, NAIVE)?;
@@ -452,14 +525,31 @@ impl<B: Backend> NaiveNetwork<B> {
                 let t_shape = geom.out(in_shape);
                 let tm = Mat::dense(0, t_shape.pixels(), c0);
                 let mut dt = self.backend.alloc(t_shape.pixels() * c0, NAIVE)?;
-                self.backend.max_pool_bwd(&d0.buf, Mat::dense(0, rows, c0), &stage.relu, tm, t_shape, &mut dt, tm)?;
+                self.backend.max_pool_bwd(
+                    &d0.buf,
+                    Mat::dense(0, rows, c0),
+                    &stage.relu,
+                    tm,
+                    t_shape,
+                    &mut dt,
+                    tm,
+                )?;
                 drop(d0);
                 self.bn_relu_backward(stage, &mut dt, &norm)?;
                 self.backend.conv_wgrad(&self.input, xm, in_shape, geom, &dt, tm, &mut self.grads, conv)
             }
             (None, None) => {
                 let dm = Mat::dense(0, rows, c0);
-                self.backend.conv_wgrad(&self.input, xm, in_shape, CONV3X3, &d0.buf, dm, &mut self.grads, conv)
+                self.backend.conv_wgrad(
+                    &self.input,
+                    xm,
+                    in_shape,
+                    CONV3X3,
+                    &d0.buf,
+                    dm,
+                    &mut self.grads,
+                    conv,
+                )
             }
             _ => Err(tape_mismatch()),
         }
@@ -476,8 +566,14 @@ impl<B: Backend> NaiveNetwork<B> {
         be.relu_bwd(g, m, &bn, m)?;
         drop(bn);
         be.bn_grad_sums(g, m, &x, m, StatsRef { stats: &stats, mean: 0, var: channels }, &mut self.sums)?;
-        let bnref =
-            BnRef { stats: &stats, mean: 0, var: channels, params: &self.params, gamma: norm.gamma, beta: norm.beta };
+        let bnref = BnRef {
+            stats: &stats,
+            mean: 0,
+            var: channels,
+            params: &self.params,
+            gamma: norm.gamma,
+            beta: norm.beta,
+        };
         let target = BnGradTarget { dgamma: norm.gamma, dbeta: norm.beta, correction: None };
         be.bn_grad_fold(&self.sums, channels, rows, bnref, &mut self.grads, &mut self.no_correction, target)?;
         be.bn_backward_elementwise(g, m, &x, m, bnref, &self.sums)

@@ -1,6 +1,6 @@
 //! `densenet info`: layers, parameter count and multiply-adds of a network.
 
-use super::model_args::{size_or_default, ModelArgs};
+use super::model_args::{ModelArgs, size_or_default};
 use clap::Args;
 use densenet::info::{render, summarize};
 

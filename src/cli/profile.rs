@@ -125,7 +125,8 @@ fn configurations(args: &ProfileArgs) -> densenet::Result<Vec<(String, DenseNetC
     let cfg = args.model.config()?;
     let Some(depths) = &args.depths else {
         let unmodified = DenseNetConfig::preset(&args.model.model)? == cfg;
-        let name = if unmodified { args.model.model.clone() } else { format!("{} (modified)", args.model.model) };
+        let name =
+            if unmodified { args.model.model.clone() } else { format!("{} (modified)", args.model.model) };
         return Ok(vec![(name, cfg)]);
     };
     let mut depths = depths.clone();
@@ -139,7 +140,11 @@ fn configurations(args: &ProfileArgs) -> densenet::Result<Vec<(String, DenseNetC
 
 /// Half of what the backend has available (host memory for cpu, free device memory for a
 /// GPU), lowered by `--max-run-bytes`.
-fn run_limit(backend: &str, available: Option<usize>, max_run_bytes: Option<&str>) -> densenet::Result<RunLimit> {
+fn run_limit(
+    backend: &str,
+    available: Option<usize>,
+    max_run_bytes: Option<&str>,
+) -> densenet::Result<RunLimit> {
     let available = available.map(|a| RunLimit {
         bytes: a / 2,
         reason: format!("half of the {} available on {backend}", format_bytes(a)),
@@ -190,11 +195,14 @@ fn run_steps(choice: BackendChoice, profiles: &mut [ConfigProfile], steps: usize
     let todo: Vec<(usize, usize)> = profiles
         .iter()
         .enumerate()
-        .flat_map(|(i, p)| p.paths.iter().enumerate().filter(|(_, x)| x.not_run.is_none()).map(move |(j, _)| (i, j)))
+        .flat_map(|(i, p)| {
+            p.paths.iter().enumerate().filter(|(_, x)| x.not_run.is_none()).map(move |(j, _)| (i, j))
+        })
         .collect();
-    let style = ProgressStyle::with_template("{spinner} profiling [{bar:24}] {pos}/{len} {elapsed_precise} {msg}")
-        .expect("the template is valid")
-        .progress_chars("=> ");
+    let style =
+        ProgressStyle::with_template("{spinner} profiling [{bar:24}] {pos}/{len} {elapsed_precise} {msg}")
+            .expect("the template is valid")
+            .progress_chars("=> ");
     let bar = ProgressBar::new(todo.len() as u64).with_style(style);
     bar.enable_steady_tick(Duration::from_millis(200));
     for (i, j) in todo {
@@ -221,7 +229,8 @@ fn run_steps(choice: BackendChoice, profiles: &mut [ConfigProfile], steps: usize
 }
 
 fn write_file(path: &Path, contents: &str) -> densenet::Result<()> {
-    std::fs::write(path, contents).map_err(|e| Error::File { path: path.display().to_string(), message: e.to_string() })
+    std::fs::write(path, contents)
+        .map_err(|e| Error::File { path: path.display().to_string(), message: e.to_string() })
 }
 
 /// The backend's name and the bytes it has available.

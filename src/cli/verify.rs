@@ -1,16 +1,15 @@
 //! `densenet verify`: one training step through the efficient path and through the f64
 //! oracle, compared.
 
-use super::model_args::{size_or_default, ModelArgs};
 use super::Outcome;
-use super::dump;
 use super::backend_choice::{BackendChoice, BackendTask, run_on};
+use super::dump;
+use super::model_args::{ModelArgs, size_or_default};
 use clap::Args;
 use densenet::backend::Backend;
 use densenet::config::DenseNetConfig;
-use densenet::verify::{verify, VerifyReport, F32_TOLERANCE, KINK_MARGIN};
+use densenet::verify::{F32_TOLERANCE, KINK_MARGIN, VerifyReport, verify};
 use std::path::{Path, PathBuf};
-
 
 #[derive(Args, Debug)]
 pub struct VerifyArgs {

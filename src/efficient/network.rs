@@ -8,9 +8,7 @@
 //! backward once per channel (the deferred correction, §4.7).
 
 use super::storage::FeatureStorage;
-use crate::backend::{
-    At, Backend, BnGradTarget, BnRef, ConvGeom, Mat, SgdParams, Spatial, StatsRef,
-};
+use crate::backend::{At, Backend, BnGradTarget, BnRef, ConvGeom, Mat, SgdParams, Spatial, StatsRef};
 use crate::config::{DenseNetConfig, Geometry, Stem};
 use crate::error::{Error, Result};
 use crate::params::{BnLayout, BnSite, ParamLayout};
@@ -266,9 +264,10 @@ impl<B: Backend> Network<B> {
     /// dL/d(images), NHWC, of the last backward (needs `Options::input_grad`).
     pub fn input_grad(&self) -> Result<Vec<f32>> {
         let t = self.train_state("the input gradient")?;
-        let buf = t.input_grad.as_ref().ok_or_else(|| {
-            Error::Config("the network was built without `input_grad`".into())
-        })?;
+        let buf = t
+            .input_grad
+            .as_ref()
+            .ok_or_else(|| Error::Config("the network was built without `input_grad`".into()))?;
         let g = &self.geometry;
         self.backend.download(buf, 0, self.batch * g.height * g.width * self.cfg.in_channels)
     }
@@ -285,7 +284,10 @@ impl<B: Backend> Network<B> {
         let be = &self.backend;
         let channels = norm.channels;
         let download_stats = |stats: StatsRef<'_, B::Buf>| -> Result<(Vec<f32>, Vec<f32>)> {
-            Ok((be.download(stats.stats, stats.mean, channels)?, be.download(stats.stats, stats.var, channels)?))
+            Ok((
+                be.download(stats.stats, stats.mean, channels)?,
+                be.download(stats.stats, stats.var, channels)?,
+            ))
         };
         let from_storage = |b: usize| -> Result<BnInput> {
             let s = &self.storages[b];
@@ -349,15 +351,16 @@ impl<B: Backend> Network<B> {
 
     pub fn set_velocity(&mut self, velocity: &[f32]) -> Result<()> {
         expect_len("velocity", velocity.len(), self.layout.num_params)?;
-        let t = self.train.as_mut().ok_or_else(|| Error::Config("the optimiser state exists only in training mode".into()))?;
+        let t = self
+            .train
+            .as_mut()
+            .ok_or_else(|| Error::Config("the optimiser state exists only in training mode".into()))?;
         let v = t.velocity.as_mut().ok_or_else(no_optimizer)?;
         self.backend.upload(v, 0, velocity)
     }
 
     fn train_state(&self, what: &str) -> Result<&TrainState<B>> {
-        self.train
-            .as_ref()
-            .ok_or_else(|| Error::Config(format!("{what} exists only in training mode")))
+        self.train.as_ref().ok_or_else(|| Error::Config(format!("{what} exists only in training mode")))
     }
 
     fn input_spatial(&self) -> Spatial {
@@ -403,7 +406,6 @@ impl<B: Backend> Network<B> {
         self.pending_backward = pass == Mode::Train;
         Ok(())
     }
-
 
     /// A BN whose statistics are the batch statistics `stats` (training) or the layer's
     /// running statistics (eval).
@@ -525,7 +527,15 @@ impl<B: Backend> Network<B> {
         let bn = bn_ref(self.pass, &tr.norm, src.stats_from(0), &self.params, &self.running);
         let w = At { buf: &self.params, offset: tr.conv };
         let ym = dst.columns(0, tr.c_out);
-        self.backend.bn_relu_avgpool_conv1x1_fwd(&src.data, src.all(), src.spatial(), bn, w, &mut dst.data, ym)?;
+        self.backend.bn_relu_avgpool_conv1x1_fwd(
+            &src.data,
+            src.all(),
+            src.spatial(),
+            bn,
+            w,
+            &mut dst.data,
+            ym,
+        )?;
         let p = src.pixels();
         self.storage_stats(b + 1, 0, tr.c_out)?;
         self.update_running(tr.norm, StatsSource::Storage(b, 0), p)
@@ -539,13 +549,28 @@ impl<B: Backend> Network<B> {
         self.backend.bn_relu_global_pool_fwd(&s.data, s.all(), s.spatial(), bn, &mut self.pooled)?;
         let w = At { buf: &self.params, offset: h.fc_weight };
         let bias = At { buf: &self.params, offset: h.fc_bias };
-        self.backend.linear_fwd(&self.pooled, self.batch, h.channels, w, bias, h.classes, &mut self.logits)?;
+        self.backend.linear_fwd(
+            &self.pooled,
+            self.batch,
+            h.channels,
+            w,
+            bias,
+            h.classes,
+            &mut self.logits,
+        )?;
         let p = s.pixels();
         self.update_running(h.norm, StatsSource::Storage(last, 0), p)?;
         if self.pass == Mode::Train
             && let Some(t) = self.train.as_mut()
         {
-            self.backend.softmax_xent(&self.logits, &t.labels, self.batch, h.classes, &mut t.loss, &mut t.dlogits)?;
+            self.backend.softmax_xent(
+                &self.logits,
+                &t.labels,
+                self.batch,
+                h.classes,
+                &mut t.loss,
+                &mut t.dlogits,
+            )?;
         }
         Ok(())
     }
@@ -588,7 +613,16 @@ impl<B: Backend> Network<B> {
             let s = &self.storages[b];
             let c0 = s.geom.c0;
             let g = &mut t.g[b % 2];
-            be.bn_correction(g, s.columns(0, c0), &s.data, s.columns(0, c0), s.stats_from(0), &t.corr, 0, cmax)?;
+            be.bn_correction(
+                g,
+                s.columns(0, c0),
+                &s.data,
+                s.columns(0, c0),
+                s.stats_from(0),
+                &t.corr,
+                0,
+                cmax,
+            )?;
             if b > 0 {
                 self.transition_backward(t, b - 1)?;
             }
@@ -602,13 +636,32 @@ impl<B: Backend> Network<B> {
         let last = self.storages.len() - 1;
         let s = &self.storages[last];
         let w = At { buf: &self.params, offset: h.fc_weight };
-        be.linear_bwd(&t.dlogits, &self.pooled, self.batch, h.channels, w, h.classes, &mut t.grads, h.fc_weight, h.fc_bias, &mut t.dpooled)?;
+        be.linear_bwd(
+            &t.dlogits,
+            &self.pooled,
+            self.batch,
+            h.channels,
+            w,
+            h.classes,
+            &mut t.grads,
+            h.fc_weight,
+            h.fc_bias,
+            &mut t.dpooled,
+        )?;
         let bn = self.bn(&h.norm, s.stats_from(0));
         let g = &mut t.g[last % 2];
         be.bn_relu_global_pool_bwd(&t.dpooled, &s.data, s.all(), s.spatial(), bn, g, s.all(), &mut t.sums)?;
         let cmax = t.corr_half;
         be.fill_zero(&mut t.corr, 0, 2 * cmax)?;
-        be.bn_grad_fold(&t.sums, h.channels, s.pixels(), bn, &mut t.grads, &mut t.corr, fold_target(&h.norm, Some(cmax)))
+        be.bn_grad_fold(
+            &t.sums,
+            h.channels,
+            s.pixels(),
+            bn,
+            &mut t.grads,
+            &mut t.corr,
+            fold_target(&h.norm, Some(cmax)),
+        )
     }
 
     fn layer_backward(&mut self, t: &mut TrainState<B>, b: usize, l: usize) -> Result<()> {
@@ -648,7 +701,18 @@ impl<B: Backend> Network<B> {
         // 5–6. 1×1 conv backward; its dgrad adds a·g straight into G[:, 0:c_l].
         be.bn_relu_conv1x1_wgrad(&s.data, s.columns(0, c_l), bn1, &t.dz, zm, &mut t.grads, lay.conv1)?;
         let g = &mut t.g[b % 2];
-        be.bn_relu_conv1x1_dgrad(&t.dz, zm, w1, &s.data, s.columns(0, c_l), bn1, g, s.columns(0, c_l), true, &mut t.sums)?;
+        be.bn_relu_conv1x1_dgrad(
+            &t.dz,
+            zm,
+            w1,
+            &s.data,
+            s.columns(0, c_l),
+            bn1,
+            g,
+            s.columns(0, c_l),
+            true,
+            &mut t.sums,
+        )?;
 
         // 7. Defer the rest of BN1's backward to the per-channel accumulators.
         be.bn_grad_fold(&t.sums, c_l, p, bn1, &mut t.grads, &mut t.corr, fold_target(&lay.norm1, Some(cmax)))
@@ -663,11 +727,39 @@ impl<B: Backend> Network<B> {
         let cmax = t.corr_half;
         let (g_lo, g_hi) = t.g.split_at_mut(1);
         let (g_src, g_dst) = if b % 2 == 0 { (&mut g_lo[0], &g_hi[0]) } else { (&mut g_hi[0], &g_lo[0]) };
-        be.bn_relu_avgpool_conv1x1_wgrad(&src.data, src.all(), src.spatial(), bn, g_dst, dym, &mut t.grads, tr.conv)?;
+        be.bn_relu_avgpool_conv1x1_wgrad(
+            &src.data,
+            src.all(),
+            src.spatial(),
+            bn,
+            g_dst,
+            dym,
+            &mut t.grads,
+            tr.conv,
+        )?;
         let w = At { buf: &self.params, offset: tr.conv };
-        be.bn_relu_avgpool_conv1x1_dgrad(g_dst, dym, w, &src.data, src.all(), src.spatial(), bn, g_src, src.all(), &mut t.sums)?;
+        be.bn_relu_avgpool_conv1x1_dgrad(
+            g_dst,
+            dym,
+            w,
+            &src.data,
+            src.all(),
+            src.spatial(),
+            bn,
+            g_src,
+            src.all(),
+            &mut t.sums,
+        )?;
         be.fill_zero(&mut t.corr, 0, 2 * cmax)?;
-        be.bn_grad_fold(&t.sums, tr.c_in, src.pixels(), bn, &mut t.grads, &mut t.corr, fold_target(&tr.norm, Some(cmax)))
+        be.bn_grad_fold(
+            &t.sums,
+            tr.c_in,
+            src.pixels(),
+            bn,
+            &mut t.grads,
+            &mut t.corr,
+            fold_target(&tr.norm, Some(cmax)),
+        )
     }
 
     fn stem_backward(&self, t: &mut TrainState<B>) -> Result<()> {
@@ -692,7 +784,15 @@ impl<B: Backend> Network<B> {
                 let stats = StatsRef { stats: &t.stem_stats, mean: 0, var: c0 };
                 let bn = self.bn(&norm, stats);
                 be.bn_relu_maxpool_bwd(g0, ds, &self.stem_out, tm, t_shape, bn, g1, tm, &mut t.sums)?;
-                be.bn_grad_fold(&t.sums, c0, t_shape.pixels(), bn, &mut t.grads, &mut t.corr, fold_target(&norm, None))?;
+                be.bn_grad_fold(
+                    &t.sums,
+                    c0,
+                    t_shape.pixels(),
+                    bn,
+                    &mut t.grads,
+                    &mut t.corr,
+                    fold_target(&norm, None),
+                )?;
                 be.bn_backward_elementwise(g1, tm, &self.stem_out, tm, bn, &t.sums)?;
                 (&*g1, tm)
             }
@@ -704,7 +804,6 @@ impl<B: Backend> Network<B> {
         Ok(())
     }
 }
-
 
 #[derive(Clone, Copy)]
 enum StatsSource {
@@ -741,11 +840,7 @@ fn bn_ref<'a, B>(
 }
 
 fn fold_target(norm: &BnLayout, corr_half: Option<usize>) -> BnGradTarget {
-    BnGradTarget {
-        dgamma: norm.gamma,
-        dbeta: norm.beta,
-        correction: corr_half.map(|half| (0, half)),
-    }
+    BnGradTarget { dgamma: norm.gamma, dbeta: norm.beta, correction: corr_half.map(|half| (0, half)) }
 }
 
 fn no_optimizer() -> Error {

@@ -30,8 +30,8 @@ use crate::config::{DenseNetConfig, Geometry};
 use crate::error::{Error, Result};
 use crate::params::{BnSite, ParamLayout};
 use network::{Net, Stats};
-use std::cell::Cell;
 use ops::Tensor;
+use std::cell::Cell;
 
 /// A batch of images with their labels.
 #[derive(Clone, Copy, Debug)]

@@ -126,7 +126,9 @@ impl EfficientPlan {
         let max_channels = geometry.blocks.iter().map(|b| b.channels).max().unwrap_or(0);
         let max_z = product("the bottleneck workspace", &[max_pixels, bott])?;
         let stem_out = match cfg.stem {
-            Stem::Imagenet => product("the stem output", &[batch, geometry.stem_conv.0, geometry.stem_conv.1, c0])?,
+            Stem::Imagenet => {
+                product("the stem output", &[batch, geometry.stem_conv.0, geometry.stem_conv.1, c0])?
+            }
             Stem::Cifar => 0,
         };
         let pooled = product("the pooled features", &[batch, last])?;

@@ -16,7 +16,12 @@ const SGD: SgdParams = SgdParams { lr: 0.1, momentum: 0.9, weight_decay: 1e-4, n
 /// torchvision-style initial weights and a random batch (after one untimed warm-up step when
 /// `steps > 1`), and returns the allocator's peak from the network's construction to the end
 /// of the last step (bytes the backend held before are not counted) and the median step time.
-pub fn measure<B: Backend>(backend: B, profile: &ConfigProfile, path: PathKind, steps: usize) -> Result<Measured> {
+pub fn measure<B: Backend>(
+    backend: B,
+    profile: &ConfigProfile,
+    path: PathKind,
+    steps: usize,
+) -> Result<Measured> {
     let (cfg, n, h, w) = (&profile.config, profile.batch, profile.height, profile.width);
     let layout = ParamLayout::new(cfg);
     let (params, running) = (layout.init(0), layout.init_running());

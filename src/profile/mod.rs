@@ -41,7 +41,8 @@ pub enum PathKind {
 }
 
 impl PathKind {
-    pub const ALL: [PathKind; 3] = [PathKind::EfficientTraining, PathKind::EfficientInference, PathKind::NaiveTraining];
+    pub const ALL: [PathKind; 3] =
+        [PathKind::EfficientTraining, PathKind::EfficientInference, PathKind::NaiveTraining];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -158,7 +159,12 @@ pub fn plan(
         planned_by_category: by,
         measured: None,
         not_run: (bytes > limit.bytes).then(|| {
-            format!("planned {} > run limit {} ({})", format_bytes(bytes), format_bytes(limit.bytes), limit.reason)
+            format!(
+                "planned {} > run limit {} ({})",
+                format_bytes(bytes),
+                format_bytes(limit.bytes),
+                limit.reason
+            )
         }),
     };
     Ok(ConfigProfile {

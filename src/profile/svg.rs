@@ -66,8 +66,11 @@ pub fn render(profiles: &[ConfigProfile]) -> String {
     for p in &ps {
         let px = x.map(p.depth as f64);
         let _ = writeln!(s, r##"<line x1="{px:.1}" y1="{TOP}" x2="{px:.1}" y2="{BOTTOM}" stroke="#eee"/>"##);
-        let _ =
-            writeln!(s, r#"<line x1="{px:.1}" y1="{BOTTOM}" x2="{px:.1}" y2="{:.1}" stroke="black"/>"#, BOTTOM + 5.0);
+        let _ = writeln!(
+            s,
+            r#"<line x1="{px:.1}" y1="{BOTTOM}" x2="{px:.1}" y2="{:.1}" stroke="black"/>"#,
+            BOTTOM + 5.0
+        );
         let _ = writeln!(
             s,
             r#"<text x="{px:.1}" y="{:.1}" font-size="12" text-anchor="middle">{}</text>"#,
@@ -169,9 +172,16 @@ fn legend(s: &mut String) {
             r#"<circle cx="{:.1}" cy="{y:.1}" r="5" fill="{colour}" stroke="{colour}" stroke-width="2"/>"#,
             x0 + 26.0
         );
-        let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}" font-size="13">{}</text>"#, x0 + 52.0, y + 4.5, kind.label());
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" font-size="13">{}</text>"#,
+            x0 + 52.0,
+            y + 4.5,
+            kind.label()
+        );
     }
-    for (i, (fill, text)) in [("#555", "measured (= planned)"), ("white", "planned only (not run)")].iter().enumerate()
+    for (i, (fill, text)) in
+        [("#555", "measured (= planned)"), ("white", "planned only (not run)")].iter().enumerate()
     {
         let y = y0 + 98.0 + 22.0 * i as f64;
         let _ = writeln!(
@@ -187,7 +197,11 @@ fn legend(s: &mut String) {
         r##"<text x="{:.1}" y="{y:.1}" font-size="12" text-anchor="middle" fill="#d62728">n×</text>"##,
         x0 + 26.0
     );
-    let _ = writeln!(s, r#"<text x="{:.1}" y="{y:.1}" font-size="13">naive / efficient training</text>"#, x0 + 52.0);
+    let _ = writeln!(
+        s,
+        r#"<text x="{:.1}" y="{y:.1}" font-size="13">naive / efficient training</text>"#,
+        x0 + 52.0
+    );
 }
 
 /// A tick value (1, 2 or 5 × 10ᵉ bytes) without trailing zeros: `500 kB`, `2 MB`, `10 GB`.

@@ -70,7 +70,10 @@ fn config_table(out: &mut String, p: &ConfigProfile) {
     let _ = writeln!(out, "  bytes by category at the planned peak:");
     for c in Category::ALL {
         if p.paths.iter().any(|x| x.planned_by_category.contains_key(&c)) {
-            let cells = p.paths.iter().map(|x| x.planned_by_category.get(&c).map_or("-".into(), |&b| format_bytes(b)));
+            let cells = p
+                .paths
+                .iter()
+                .map(|x| x.planned_by_category.get(&c).map_or("-".into(), |&b| format_bytes(b)));
             row(out, &format!("  {}", category_label(c)), cells);
         }
     }

@@ -74,7 +74,13 @@ fn conv_wgrad<D: Device>(device: &KernelBackend<D>) {
         let mut dw = b.pair(&before);
         b.cpu.conv_wgrad(&x.cpu, xm, shape, g, &dy.cpu, dym, &mut dw.cpu, 3).unwrap();
         b.emu.conv_wgrad(&x.emu, xm, shape, g, &dy.emu, dym, &mut dw.emu, 3).unwrap();
-        check_output(&b, &format!("conv wgrad {shape:?} {g:?} {c_in}->{c_out}"), &dw, Mat::dense(3, 1, len), &before);
+        check_output(
+            &b,
+            &format!("conv wgrad {shape:?} {g:?} {c_in}->{c_out}"),
+            &dw,
+            Mat::dense(3, 1, len),
+            &before,
+        );
     }
 }
 
@@ -114,8 +120,12 @@ fn conv_rejects_unsupported_geometry<D: Device>(device: &KernelBackend<D>) {
     let w = b.pair(&vec![0.5; 2 * 23 * 23 * 3]);
     let wa = At { buf: &w.emu, offset: 0 };
     // Stride 0, and an output with the wrong number of pixels (4×4/2 gives 2×2).
-    assert!(b.emu.conv_fwd(&x.emu, xm, shape, ConvGeom { kernel: 3, stride: 0, pad: 1 }, wa, &mut y, ym).is_err());
-    assert!(b.emu.conv_fwd(&x.emu, xm, shape, ConvGeom { kernel: 2, stride: 2, pad: 0 }, wa, &mut y, ym).is_err());
+    assert!(
+        b.emu.conv_fwd(&x.emu, xm, shape, ConvGeom { kernel: 3, stride: 0, pad: 1 }, wa, &mut y, ym).is_err()
+    );
+    assert!(
+        b.emu.conv_fwd(&x.emu, xm, shape, ConvGeom { kernel: 2, stride: 2, pad: 0 }, wa, &mut y, ym).is_err()
+    );
     // The data gradient stages k² ≤ 512 weight vectors per chunk: 23×23 is refused.
     let big = ConvGeom { kernel: 23, stride: 1, pad: 11 };
     let mut dx = b.emu.alloc(16 * 3, Category::Workspace).unwrap();

@@ -112,7 +112,9 @@ fn conv1x1_wgrad<D: Device>(device: &KernelBackend<D>) {
         let mut dw = weights(&mut b, cout * cin);
         let mut again = copy(&mut b, &dw);
         let bn = bn_emu(&stats, &params, cin);
-        b.cpu.bn_relu_conv1x1_wgrad(&x.cpu, xm, bn_cpu(&stats, &params, cin), &dz.cpu, dzm, &mut dw.cpu, W_OFF).unwrap();
+        b.cpu
+            .bn_relu_conv1x1_wgrad(&x.cpu, xm, bn_cpu(&stats, &params, cin), &dz.cpu, dzm, &mut dw.cpu, W_OFF)
+            .unwrap();
         b.emu.bn_relu_conv1x1_wgrad(&x.emu, xm, bn, &dz.emu, dzm, &mut dw.emu, W_OFF).unwrap();
         let what = format!("conv1x1 wgrad {rows}x{cin}->{cout}");
         check_range(&b, &what, &dw, W_OFF, cout * cin);
@@ -149,12 +151,38 @@ fn conv1x1_dgrad<D: Device>(device: &KernelBackend<D>) {
                     &mut sums.cpu,
                 )
                 .unwrap();
-            b.emu.bn_relu_conv1x1_dgrad(&dz.emu, dzm, w_emu, &x.emu, xm, bn, &mut dx.emu, dxm, accumulate, &mut sums.emu).unwrap();
+            b.emu
+                .bn_relu_conv1x1_dgrad(
+                    &dz.emu,
+                    dzm,
+                    w_emu,
+                    &x.emu,
+                    xm,
+                    bn,
+                    &mut dx.emu,
+                    dxm,
+                    accumulate,
+                    &mut sums.emu,
+                )
+                .unwrap();
             let what = format!("conv1x1 dgrad {rows}x{cout}->{cin} accumulate {accumulate}");
             check_mat(&b, &format!("{what} dx"), &dx, dxm);
             check_range(&b, &format!("{what} sums"), &sums, 0, 2 * cin);
             // A rerun gives the same bits.
-            b.emu.bn_relu_conv1x1_dgrad(&dz.emu, dzm, w_emu, &x.emu, xm, bn, &mut dx2.emu, dxm, accumulate, &mut sums2.emu).unwrap();
+            b.emu
+                .bn_relu_conv1x1_dgrad(
+                    &dz.emu,
+                    dzm,
+                    w_emu,
+                    &x.emu,
+                    xm,
+                    bn,
+                    &mut dx2.emu,
+                    dxm,
+                    accumulate,
+                    &mut sums2.emu,
+                )
+                .unwrap();
             assert_same_bits(&b, &format!("{what} dx"), &dx, &dx2);
             assert_same_bits(&b, &format!("{what} sums"), &sums, &sums2);
         }

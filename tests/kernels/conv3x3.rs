@@ -76,8 +76,12 @@ fn conv3x3_fwd<D: Device>(device: &KernelBackend<D>) {
         let w = b.pair(&w);
         let (mut y, ym, before) = storage(&mut b, p, c_out);
         let (wc, we) = (At { buf: &w.cpu, offset: 4 }, At { buf: &w.emu, offset: 4 });
-        b.cpu.bn_relu_conv3x3_fwd(&z.cpu, zm, shape, bn_cpu(&stats, &params, c_in), wc, &mut y.cpu, ym).unwrap();
-        b.emu.bn_relu_conv3x3_fwd(&z.emu, zm, shape, bn_emu(&stats, &params, c_in), we, &mut y.emu, ym).unwrap();
+        b.cpu
+            .bn_relu_conv3x3_fwd(&z.cpu, zm, shape, bn_cpu(&stats, &params, c_in), wc, &mut y.cpu, ym)
+            .unwrap();
+        b.emu
+            .bn_relu_conv3x3_fwd(&z.emu, zm, shape, bn_emu(&stats, &params, c_in), we, &mut y.emu, ym)
+            .unwrap();
         check_output(&b, &format!("conv3x3 fwd {shape:?} {c_in}->{c_out}"), &y, ym, &before);
     }
 }
@@ -92,9 +96,37 @@ fn conv3x3_wgrad<D: Device>(device: &KernelBackend<D>) {
         let len = c_out * 9 * c_in;
         let before = b.uniform(len + 5, -1.0, 1.0);
         let mut dw = b.pair(&before);
-        b.cpu.bn_relu_conv3x3_wgrad(&z.cpu, zm, shape, bn_cpu(&stats, &params, c_in), &dy.cpu, dym, &mut dw.cpu, 2).unwrap();
-        b.emu.bn_relu_conv3x3_wgrad(&z.emu, zm, shape, bn_emu(&stats, &params, c_in), &dy.emu, dym, &mut dw.emu, 2).unwrap();
-        check_output(&b, &format!("conv3x3 wgrad {shape:?} {c_in}->{c_out}"), &dw, Mat::dense(2, 1, len), &before);
+        b.cpu
+            .bn_relu_conv3x3_wgrad(
+                &z.cpu,
+                zm,
+                shape,
+                bn_cpu(&stats, &params, c_in),
+                &dy.cpu,
+                dym,
+                &mut dw.cpu,
+                2,
+            )
+            .unwrap();
+        b.emu
+            .bn_relu_conv3x3_wgrad(
+                &z.emu,
+                zm,
+                shape,
+                bn_emu(&stats, &params, c_in),
+                &dy.emu,
+                dym,
+                &mut dw.emu,
+                2,
+            )
+            .unwrap();
+        check_output(
+            &b,
+            &format!("conv3x3 wgrad {shape:?} {c_in}->{c_out}"),
+            &dw,
+            Mat::dense(2, 1, len),
+            &before,
+        );
     }
 }
 
@@ -112,9 +144,13 @@ fn conv3x3_dgrad<D: Device>(device: &KernelBackend<D>) {
         let mut sums = b.pair(&sums_before);
         let (wc, we) = (At { buf: &w.cpu, offset: 3 }, At { buf: &w.emu, offset: 3 });
         let bc = bn_cpu(&stats, &params, c_in);
-        b.cpu.bn_relu_conv3x3_dgrad(&dy.cpu, dym, shape, wc, &z.cpu, zm, bc, &mut g.cpu, gm, &mut sums.cpu).unwrap();
+        b.cpu
+            .bn_relu_conv3x3_dgrad(&dy.cpu, dym, shape, wc, &z.cpu, zm, bc, &mut g.cpu, gm, &mut sums.cpu)
+            .unwrap();
         let be = bn_emu(&stats, &params, c_in);
-        b.emu.bn_relu_conv3x3_dgrad(&dy.emu, dym, shape, we, &z.emu, zm, be, &mut g.emu, gm, &mut sums.emu).unwrap();
+        b.emu
+            .bn_relu_conv3x3_dgrad(&dy.emu, dym, shape, we, &z.emu, zm, be, &mut g.emu, gm, &mut sums.emu)
+            .unwrap();
         let what = format!("conv3x3 dgrad {shape:?} {c_out}->{c_in}");
         check_output(&b, &format!("{what} g"), &g, gm, &g_before);
         check_output(&b, &format!("{what} sums"), &sums, Mat::dense(0, 1, 2 * c_in), &sums_before);
@@ -141,7 +177,9 @@ fn conv3x3_gradients_repeat_bit_for_bit<D: Device>(device: &KernelBackend<D>) {
         let mut sums = b.emu.alloc(2 * c_in, Category::Workspace).unwrap();
         let wa = At { buf: &w.emu, offset: 0 };
         b.emu.bn_relu_conv3x3_dgrad(&dy.emu, dym, shape, wa, &z.emu, zm, bn, &mut g, gm, &mut sums).unwrap();
-        [&dw, &g, &sums].map(|buf| b.emu.download(buf, 0, buf.len()).unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>())
+        [&dw, &g, &sums].map(|buf| {
+            b.emu.download(buf, 0, buf.len()).unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        })
     };
     assert!(run() == run(), "conv3x3 gradients differ between two runs");
 }
@@ -158,12 +196,22 @@ fn conv3x3_rejects_inconsistent_shapes<D: Device>(device: &KernelBackend<D>) {
     let ym = Mat::dense(0, 12, 2);
     // Rows that are not the pixels of the shape, a weight buffer one short, too many channels.
     assert!(b.emu.bn_relu_conv3x3_fwd(&x.emu, xm, s(1, 3, 5), bn, wa, &mut y, ym).is_err());
-    assert!(b.emu.bn_relu_conv3x3_fwd(&x.emu, xm, shape, bn, At { buf: &w.emu, offset: 1 }, &mut y, ym).is_err());
+    assert!(
+        b.emu.bn_relu_conv3x3_fwd(&x.emu, xm, shape, bn, At { buf: &w.emu, offset: 1 }, &mut y, ym).is_err()
+    );
     let (wide, wm) = b.matrix(12, 1025, -1.0, 1.0);
     let (stats_w, params_w) = b.bn_buffers(1025);
     let wide_w = b.pair(&vec![0.5; 2 * 9 * 1025]);
     let wide_bn = bn_emu(&stats_w, &params_w, 1025);
-    let err = b.emu.bn_relu_conv3x3_fwd(&wide.emu, wm, shape, wide_bn, At { buf: &wide_w.emu, offset: 0 }, &mut y, ym);
+    let err = b.emu.bn_relu_conv3x3_fwd(
+        &wide.emu,
+        wm,
+        shape,
+        wide_bn,
+        At { buf: &wide_w.emu, offset: 0 },
+        &mut y,
+        ym,
+    );
     assert!(err.is_err());
     // The data gradient's sums must hold 2·c_in values.
     let mut g = b.emu.alloc(12 * 5, Category::Workspace).unwrap();

@@ -56,8 +56,12 @@ fn bn_backward_elementwise<D: Device>(device: &KernelBackend<D>) {
             let (stats, params) = b.bn_buffers(c);
             let sums = b.uniform(2 * c, -5.0, 5.0);
             let sums = b.pair(&sums);
-            b.cpu.bn_backward_elementwise(&mut g.cpu, gm, &x.cpu, xm, bn_cpu(&stats, &params, c), &sums.cpu).unwrap();
-            b.emu.bn_backward_elementwise(&mut g.emu, gm, &x.emu, xm, bn_emu(&stats, &params, c), &sums.emu).unwrap();
+            b.cpu
+                .bn_backward_elementwise(&mut g.cpu, gm, &x.cpu, xm, bn_cpu(&stats, &params, c), &sums.cpu)
+                .unwrap();
+            b.emu
+                .bn_backward_elementwise(&mut g.emu, gm, &x.emu, xm, bn_emu(&stats, &params, c), &sums.emu)
+                .unwrap();
             b.compare_all(&format!("bn_backward_elementwise {rows}x{c}"), &g);
         }
     }
@@ -76,8 +80,28 @@ fn bn_grad_fold<D: Device>(device: &KernelBackend<D>) {
             let corr = b.uniform(2 * c + 5, -1.0, 1.0);
             let mut corr = b.pair(&corr);
             let target = BnGradTarget { dgamma: 4, dbeta: 5 + c, correction };
-            b.cpu.bn_grad_fold(&sums.cpu, c, 4551, bn_cpu(&stats, &params, c), &mut grads.cpu, &mut corr.cpu, target).unwrap();
-            b.emu.bn_grad_fold(&sums.emu, c, 4551, bn_emu(&stats, &params, c), &mut grads.emu, &mut corr.emu, target).unwrap();
+            b.cpu
+                .bn_grad_fold(
+                    &sums.cpu,
+                    c,
+                    4551,
+                    bn_cpu(&stats, &params, c),
+                    &mut grads.cpu,
+                    &mut corr.cpu,
+                    target,
+                )
+                .unwrap();
+            b.emu
+                .bn_grad_fold(
+                    &sums.emu,
+                    c,
+                    4551,
+                    bn_emu(&stats, &params, c),
+                    &mut grads.emu,
+                    &mut corr.emu,
+                    target,
+                )
+                .unwrap();
             b.compare_all(&format!("bn_grad_fold grads, correction {correction:?}"), &grads);
             b.compare_all(&format!("bn_grad_fold corr, correction {correction:?}"), &corr);
         }
@@ -108,15 +132,20 @@ fn softmax_xent<D: Device>(device: &KernelBackend<D>) {
         // 1000 classes: more classes than threads in the block; logits near ±1000 would
         // overflow exp without the max shift.
         for (n, classes, shift) in [(3, 10, 0.0), (7, 1000, 1000.0)] {
-            let logits: Vec<f32> =
-                (0..n * classes).map(|i| b.rng.random_range(-5.0..5.0) + if i / classes % 2 == 0 { shift } else { -shift }).collect();
+            let logits: Vec<f32> = (0..n * classes)
+                .map(|i| b.rng.random_range(-5.0..5.0) + if i / classes % 2 == 0 { shift } else { -shift })
+                .collect();
             let logits = b.pair(&logits);
             let labels: Vec<f32> = (0..n).map(|_| b.rng.random_range(0..classes) as f32).collect();
             let labels = b.pair(&labels);
             let mut loss = b.pair(&[0.0]);
             let mut dlogits = b.pair(&vec![3.0; n * classes]);
-            b.cpu.softmax_xent(&logits.cpu, &labels.cpu, n, classes, &mut loss.cpu, &mut dlogits.cpu).unwrap();
-            b.emu.softmax_xent(&logits.emu, &labels.emu, n, classes, &mut loss.emu, &mut dlogits.emu).unwrap();
+            b.cpu
+                .softmax_xent(&logits.cpu, &labels.cpu, n, classes, &mut loss.cpu, &mut dlogits.cpu)
+                .unwrap();
+            b.emu
+                .softmax_xent(&logits.emu, &labels.emu, n, classes, &mut loss.emu, &mut dlogits.emu)
+                .unwrap();
             b.compare_all(&format!("softmax_xent loss {n}x{classes}"), &loss);
             b.compare_all(&format!("softmax_xent dlogits {n}x{classes}"), &dlogits);
         }

@@ -2,8 +2,8 @@
 //! the dot products have at most 342 terms (forward, weight gradient over 17 images, input
 //! gradient over 1000 classes), summed in another order than the host's only in the forward.
 
-use crate::conv1x1::{W_OFF, check_range, weights};
 use crate::Bench;
+use crate::conv1x1::{W_OFF, check_range, weights};
 use densenet::backend::cuda::{Device, KernelBackend};
 use densenet::backend::{At, Backend};
 
@@ -50,8 +50,12 @@ fn linear_bwd<D: Device>(device: &KernelBackend<D>) {
         let dx = b.uniform(n * k + 3, -5.0, 5.0);
         let mut dx = b.pair(&dx);
         let (w_cpu, w_emu) = (At { buf: &w.cpu, offset: W_OFF }, At { buf: &w.emu, offset: W_OFF });
-        b.cpu.linear_bwd(&dy.cpu, &x.cpu, n, k, w_cpu, out, &mut grads.cpu, dw_off, dbias_off, &mut dx.cpu).unwrap();
-        b.emu.linear_bwd(&dy.emu, &x.emu, n, k, w_emu, out, &mut grads.emu, dw_off, dbias_off, &mut dx.emu).unwrap();
+        b.cpu
+            .linear_bwd(&dy.cpu, &x.cpu, n, k, w_cpu, out, &mut grads.cpu, dw_off, dbias_off, &mut dx.cpu)
+            .unwrap();
+        b.emu
+            .linear_bwd(&dy.emu, &x.emu, n, k, w_emu, out, &mut grads.emu, dw_off, dbias_off, &mut dx.emu)
+            .unwrap();
         let what = format!("linear bwd {n}x{k}->{out}");
         check_range(&b, &format!("{what} dW"), &grads, dw_off, out * k);
         check_range(&b, &format!("{what} dbias"), &grads, dbias_off, out);

@@ -61,8 +61,9 @@ impl<'d, D: Device> Bench<'d, D> {
     pub fn bn_buffers(&mut self, c: usize) -> (Pair<D>, Pair<D>) {
         let mut stats = self.uniform(c, -0.5, 0.5);
         stats.extend(self.uniform(c, 0.2, 2.0));
-        let mut params: Vec<f32> =
-            (0..c).map(|_| self.rng.random_range(0.5..1.5) * if self.rng.random_bool(0.2) { -1.0 } else { 1.0 }).collect();
+        let mut params: Vec<f32> = (0..c)
+            .map(|_| self.rng.random_range(0.5..1.5) * if self.rng.random_bool(0.2) { -1.0 } else { 1.0 })
+            .collect();
         params.extend(self.uniform(c, -0.3, 0.3));
         (self.pair(&stats), self.pair(&params))
     }
@@ -133,14 +134,14 @@ macro_rules! kernel_cases {
     };
 }
 
-/// One module per kernel family.
-mod elementwise;
+mod conv;
 mod conv1x1;
 mod conv3x3;
-mod conv;
-mod transition;
-mod pool;
+/// One module per kernel family.
+mod elementwise;
 mod head;
+mod pool;
+mod transition;
 mod unfused;
 
 /// Runs a case on the GPU, or says why it cannot.
@@ -170,7 +171,8 @@ pub fn on_emulator(kernels: &[&str], case: impl FnOnce(&densenet::backend::cuda:
 #[cfg(feature = "cuda-emu")]
 #[test]
 fn every_kernel_has_an_emulated_test() {
-    let production: Vec<&str> = densenet::emu::kernel_names().filter(|k| !k.starts_with("selftest_")).collect();
+    let production: Vec<&str> =
+        densenet::emu::kernel_names().filter(|k| !k.starts_with("selftest_")).collect();
     println!("kernels: {production:?}");
     assert!(!production.is_empty());
     let covered: Vec<&str> = [

@@ -43,7 +43,8 @@ pub(crate) fn storage<D: Device>(b: &mut Bench<'_, D>, rows: usize, cols: usize)
 /// ties, both above 0 and (after a BN-ReLU) at 0, so the first-maximum rule decides.
 pub(crate) fn coarse<D: Device>(b: &mut Bench<'_, D>, rows: usize, cols: usize) -> (Pair<D>, Mat) {
     let m = Mat { offset: 3, rows, cols, ld: cols + 5 };
-    let values: Vec<f32> = (0..3 + rows * m.ld + 2).map(|_| b.rng.random_range(-4i32..=4) as f32 * 0.5).collect();
+    let values: Vec<f32> =
+        (0..3 + rows * m.ld + 2).map(|_| b.rng.random_range(-4i32..=4) as f32 * 0.5).collect();
     (b.pair(&values), m)
 }
 
@@ -53,7 +54,8 @@ fn bn_relu_maxpool<D: Device>(device: &KernelBackend<D>) {
         for ties in [false, true] {
             let what = format!("{}x{}x{}x{c}{}", shape.n, shape.h, shape.w, if ties { " ties" } else { "" });
             let out = stem_pool_out(shape);
-            let (t, tm) = if ties { coarse(&mut b, shape.pixels(), c) } else { b.matrix(shape.pixels(), c, -2.0, 2.0) };
+            let (t, tm) =
+                if ties { coarse(&mut b, shape.pixels(), c) } else { b.matrix(shape.pixels(), c, -2.0, 2.0) };
             let (stats, params) = b.bn_buffers(c);
 
             let (mut y, ym) = storage(&mut b, out.pixels(), c);
@@ -65,13 +67,36 @@ fn bn_relu_maxpool<D: Device>(device: &KernelBackend<D>) {
             let (mut g, gm) = storage(&mut b, shape.pixels(), c);
             let mut sums = b.pair(&vec![7.0; 2 * c + 3]);
             b.cpu
-                .bn_relu_maxpool_bwd(&dy.cpu, dym, &t.cpu, tm, shape, bn_cpu(&stats, &params, c), &mut g.cpu, gm, &mut sums.cpu)
+                .bn_relu_maxpool_bwd(
+                    &dy.cpu,
+                    dym,
+                    &t.cpu,
+                    tm,
+                    shape,
+                    bn_cpu(&stats, &params, c),
+                    &mut g.cpu,
+                    gm,
+                    &mut sums.cpu,
+                )
                 .unwrap();
             let mut run = || {
                 b.emu
-                    .bn_relu_maxpool_bwd(&dy.emu, dym, &t.emu, tm, shape, bn_emu(&stats, &params, c), &mut g.emu, gm, &mut sums.emu)
+                    .bn_relu_maxpool_bwd(
+                        &dy.emu,
+                        dym,
+                        &t.emu,
+                        tm,
+                        shape,
+                        bn_emu(&stats, &params, c),
+                        &mut g.emu,
+                        gm,
+                        &mut sums.emu,
+                    )
                     .unwrap();
-                (b.emu.download(&g.emu, 0, g.cpu.len()).unwrap(), b.emu.download(&sums.emu, 0, sums.cpu.len()).unwrap())
+                (
+                    b.emu.download(&g.emu, 0, g.cpu.len()).unwrap(),
+                    b.emu.download(&sums.emu, 0, sums.cpu.len()).unwrap(),
+                )
             };
             let first = run();
             // No atomics: a second run gives the same bits.
@@ -90,8 +115,12 @@ fn bn_relu_global_pool<D: Device>(device: &KernelBackend<D>) {
         let (stats, params) = b.bn_buffers(c);
 
         let mut pooled = b.pair(&vec![5.0; shape.n * c + 4]);
-        b.cpu.bn_relu_global_pool_fwd(&x.cpu, xm, shape, bn_cpu(&stats, &params, c), &mut pooled.cpu).unwrap();
-        b.emu.bn_relu_global_pool_fwd(&x.emu, xm, shape, bn_emu(&stats, &params, c), &mut pooled.emu).unwrap();
+        b.cpu
+            .bn_relu_global_pool_fwd(&x.cpu, xm, shape, bn_cpu(&stats, &params, c), &mut pooled.cpu)
+            .unwrap();
+        b.emu
+            .bn_relu_global_pool_fwd(&x.emu, xm, shape, bn_emu(&stats, &params, c), &mut pooled.emu)
+            .unwrap();
         check_output(&b, &format!("bn_relu_global_pool_fwd {what}"), &pooled, Mat::dense(0, shape.n, c));
 
         let dpooled = b.uniform(shape.n * c, -1.0, 1.0);
@@ -99,10 +128,28 @@ fn bn_relu_global_pool<D: Device>(device: &KernelBackend<D>) {
         let (mut dx, dxm) = storage(&mut b, shape.pixels(), c);
         let mut sums = b.pair(&vec![7.0; 2 * c + 3]);
         b.cpu
-            .bn_relu_global_pool_bwd(&dpooled.cpu, &x.cpu, xm, shape, bn_cpu(&stats, &params, c), &mut dx.cpu, dxm, &mut sums.cpu)
+            .bn_relu_global_pool_bwd(
+                &dpooled.cpu,
+                &x.cpu,
+                xm,
+                shape,
+                bn_cpu(&stats, &params, c),
+                &mut dx.cpu,
+                dxm,
+                &mut sums.cpu,
+            )
             .unwrap();
         b.emu
-            .bn_relu_global_pool_bwd(&dpooled.emu, &x.emu, xm, shape, bn_emu(&stats, &params, c), &mut dx.emu, dxm, &mut sums.emu)
+            .bn_relu_global_pool_bwd(
+                &dpooled.emu,
+                &x.emu,
+                xm,
+                shape,
+                bn_emu(&stats, &params, c),
+                &mut dx.emu,
+                dxm,
+                &mut sums.emu,
+            )
             .unwrap();
         check_output(&b, &format!("bn_relu_global_pool_bwd dx {what}"), &dx, dxm);
         check_output(&b, &format!("bn_relu_global_pool_bwd sums {what}"), &sums, Mat::dense(0, 1, 2 * c));
@@ -116,11 +163,14 @@ pub(crate) fn check_output<D: Device>(b: &Bench<'_, D>, what: &str, p: &Pair<D>,
     let cpu = b.cpu.download(&p.cpu, 0, p.cpu.len()).unwrap();
     let mut inside = vec![false; cpu.len()];
     (0..m.rows).for_each(|r| inside[m.at(r, 0)..][..m.cols].fill(true));
-    let pick = |v: &[f32], keep: bool| -> Vec<f32> { v.iter().zip(&inside).filter(|(_, i)| **i == keep).map(|(v, _)| *v).collect() };
+    let pick = |v: &[f32], keep: bool| -> Vec<f32> {
+        v.iter().zip(&inside).filter(|(_, i)| **i == keep).map(|(v, _)| *v).collect()
+    };
     let err = rel_error(&pick(&emu, true), &pick(&cpu, true));
     println!("{what}: relative error {err:.2e}");
     assert!(err <= TOL, "{what}: relative error {err:.3e} > {TOL:.0e}");
-    let changed = emu.iter().zip(&cpu).zip(&inside).filter(|((e, c), i)| !**i && e.to_bits() != c.to_bits()).count();
+    let changed =
+        emu.iter().zip(&cpu).zip(&inside).filter(|((e, c), i)| !**i && e.to_bits() != c.to_bits()).count();
     assert_eq!(changed, 0, "{what}: {changed} elements outside the output differ");
 }
 
@@ -147,14 +197,49 @@ fn pool_wrappers_reject_mismatched_shapes() {
     let tm = Mat::dense(0, shape.pixels(), c);
     emu::take_launches();
     assert!(b.bn_relu_maxpool_fwd(&t, tm, shape, bn, &mut y, Mat::dense(0, pooled_rows + 1, c)).is_err());
-    assert!(b.bn_relu_maxpool_fwd(&t, Mat::dense(0, shape.pixels() - 1, c), shape, bn, &mut y, Mat::dense(0, pooled_rows, c)).is_err());
+    assert!(
+        b.bn_relu_maxpool_fwd(
+            &t,
+            Mat::dense(0, shape.pixels() - 1, c),
+            shape,
+            bn,
+            &mut y,
+            Mat::dense(0, pooled_rows, c)
+        )
+        .is_err()
+    );
     assert!(b.bn_relu_maxpool_fwd(&t, tm, shape, bn, &mut y, Mat::dense(0, pooled_rows, c - 1)).is_err());
     let dy = Mat::dense(0, pooled_rows, c);
-    assert!(b.bn_relu_maxpool_bwd(&t, dy, &t, tm, shape, bn, &mut y, Mat::dense(0, shape.pixels() - 1, c), &mut sums).is_err());
+    assert!(
+        b.bn_relu_maxpool_bwd(
+            &t,
+            dy,
+            &t,
+            tm,
+            shape,
+            bn,
+            &mut y,
+            Mat::dense(0, shape.pixels() - 1, c),
+            &mut sums
+        )
+        .is_err()
+    );
     let mut short = b.alloc(2 * c - 1, Category::Workspace).unwrap();
     assert!(b.bn_relu_maxpool_bwd(&t, dy, &t, tm, shape, bn, &mut y, tm, &mut short).is_err());
     assert!(b.bn_relu_global_pool_fwd(&t, tm, shape, bn, &mut short).is_err());
-    assert!(b.bn_relu_global_pool_bwd(&t, &t, tm, shape, bn, &mut y, Mat::dense(0, shape.pixels(), c - 1), &mut sums).is_err());
+    assert!(
+        b.bn_relu_global_pool_bwd(
+            &t,
+            &t,
+            tm,
+            shape,
+            bn,
+            &mut y,
+            Mat::dense(0, shape.pixels(), c - 1),
+            &mut sums
+        )
+        .is_err()
+    );
     assert_eq!(emu::take_launches(), Vec::<&str>::new());
     b.bn_relu_maxpool_fwd(&t, tm, shape, bn, &mut y, Mat::dense(0, pooled_rows, c)).unwrap();
     assert_eq!(emu::take_launches(), vec!["bn_relu_maxpool_fwd_f32"]);

@@ -39,8 +39,12 @@ fn transition_fwd<D: Device>(device: &KernelBackend<D>) {
         let (mut y, ym) = wide_output(&mut b, pooled(s).pixels(), cout);
         let w_cpu = At { buf: &w.cpu, offset: W_OFF };
         let w_emu = At { buf: &w.emu, offset: W_OFF };
-        b.cpu.bn_relu_avgpool_conv1x1_fwd(&x.cpu, xm, s, bn_cpu(&stats, &params, cin), w_cpu, &mut y.cpu, ym).unwrap();
-        b.emu.bn_relu_avgpool_conv1x1_fwd(&x.emu, xm, s, bn_emu(&stats, &params, cin), w_emu, &mut y.emu, ym).unwrap();
+        b.cpu
+            .bn_relu_avgpool_conv1x1_fwd(&x.cpu, xm, s, bn_cpu(&stats, &params, cin), w_cpu, &mut y.cpu, ym)
+            .unwrap();
+        b.emu
+            .bn_relu_avgpool_conv1x1_fwd(&x.emu, xm, s, bn_emu(&stats, &params, cin), w_emu, &mut y.emu, ym)
+            .unwrap();
         check_mat(&b, &format!("transition fwd {s:?} {cin}->{cout}"), &y, ym);
     }
 }
@@ -55,7 +59,18 @@ fn transition_wgrad<D: Device>(device: &KernelBackend<D>) {
         let mut dw = weights(&mut b, cout * cin);
         let mut again = copy(&mut b, &dw);
         let bn = bn_emu(&stats, &params, cin);
-        b.cpu.bn_relu_avgpool_conv1x1_wgrad(&x.cpu, xm, s, bn_cpu(&stats, &params, cin), &dy.cpu, dym, &mut dw.cpu, W_OFF).unwrap();
+        b.cpu
+            .bn_relu_avgpool_conv1x1_wgrad(
+                &x.cpu,
+                xm,
+                s,
+                bn_cpu(&stats, &params, cin),
+                &dy.cpu,
+                dym,
+                &mut dw.cpu,
+                W_OFF,
+            )
+            .unwrap();
         b.emu.bn_relu_avgpool_conv1x1_wgrad(&x.emu, xm, s, bn, &dy.emu, dym, &mut dw.emu, W_OFF).unwrap();
         let what = format!("transition wgrad {s:?} {cin}->{cout}");
         check_range(&b, &what, &dw, W_OFF, cout * cin);
@@ -93,7 +108,20 @@ fn transition_dgrad<D: Device>(device: &KernelBackend<D>) {
                 &mut sums.cpu,
             )
             .unwrap();
-        b.emu.bn_relu_avgpool_conv1x1_dgrad(&dy.emu, dym, w_emu, &x.emu, xm, s, bn, &mut dx.emu, dxm, &mut sums.emu).unwrap();
+        b.emu
+            .bn_relu_avgpool_conv1x1_dgrad(
+                &dy.emu,
+                dym,
+                w_emu,
+                &x.emu,
+                xm,
+                s,
+                bn,
+                &mut dx.emu,
+                dxm,
+                &mut sums.emu,
+            )
+            .unwrap();
         let what = format!("transition dgrad {s:?} {cout}->{cin}");
         check_mat(&b, &format!("{what} dx"), &dx, dxm);
         check_range(&b, &format!("{what} sums"), &sums, 0, 2 * cin);
@@ -106,7 +134,20 @@ fn transition_dgrad<D: Device>(device: &KernelBackend<D>) {
             }
         }
         // A rerun gives the same bits.
-        b.emu.bn_relu_avgpool_conv1x1_dgrad(&dy.emu, dym, w_emu, &x.emu, xm, s, bn, &mut dx2.emu, dxm, &mut sums2.emu).unwrap();
+        b.emu
+            .bn_relu_avgpool_conv1x1_dgrad(
+                &dy.emu,
+                dym,
+                w_emu,
+                &x.emu,
+                xm,
+                s,
+                bn,
+                &mut dx2.emu,
+                dxm,
+                &mut sums2.emu,
+            )
+            .unwrap();
         assert_same_bits(&b, &format!("{what} dx"), &dx, &dx2);
         assert_same_bits(&b, &format!("{what} sums"), &sums, &sums2);
     }

@@ -81,7 +81,9 @@ fn avg_pool<D: Device>(device: &KernelBackend<D>) {
     let mut b = Bench::new(device, 34);
     for (shape, c) in SHAPES {
         // 2×2 (odd extents drop a row or column), a non-square window, the global pool.
-        for window in [PoolWindow { h: 2, w: 2 }, PoolWindow { h: 3, w: 2 }, PoolWindow { h: shape.h, w: shape.w }] {
+        for window in
+            [PoolWindow { h: 2, w: 2 }, PoolWindow { h: 3, w: 2 }, PoolWindow { h: shape.h, w: shape.w }]
+        {
             let what = format!("{}x{}x{}x{c} window {}x{}", shape.n, shape.h, shape.w, window.h, window.w);
             let out = window.out(shape);
             let (x, xm) = b.matrix(shape.pixels(), c, -2.0, 2.0);
@@ -105,7 +107,8 @@ fn max_pool<D: Device>(device: &KernelBackend<D>) {
         for ties in [false, true] {
             let what = format!("{}x{}x{}x{c}{}", shape.n, shape.h, shape.w, if ties { " ties" } else { "" });
             let out = stem_pool_out(shape);
-            let (x, xm) = if ties { coarse(&mut b, shape.pixels(), c) } else { b.matrix(shape.pixels(), c, -2.0, 2.0) };
+            let (x, xm) =
+                if ties { coarse(&mut b, shape.pixels(), c) } else { b.matrix(shape.pixels(), c, -2.0, 2.0) };
             let (mut y, ym) = storage(&mut b, out.pixels(), c);
             b.cpu.max_pool_fwd(&x.cpu, xm, shape, &mut y.cpu, ym).unwrap();
             b.emu.max_pool_fwd(&x.emu, xm, shape, &mut y.emu, ym).unwrap();
@@ -138,7 +141,9 @@ fn unfused_wrappers_reject_mismatched_shapes() {
     assert!(b.relu_bwd(&mut y, fewer, &x, xm).is_err());
     assert!(b.avg_pool_fwd(&x, xm, shape, PoolWindow { h: 0, w: 2 }, &mut y, Mat::dense(0, 0, c)).is_err());
     assert!(b.avg_pool_fwd(&x, xm, shape, PoolWindow { h: 2, w: 2 }, &mut y, Mat::dense(0, 9, c)).is_err());
-    assert!(b.avg_pool_bwd(&x, Mat::dense(0, 8, c), shape, PoolWindow { h: 2, w: 2 }, &mut y, fewer).is_err());
+    assert!(
+        b.avg_pool_bwd(&x, Mat::dense(0, 8, c), shape, PoolWindow { h: 2, w: 2 }, &mut y, fewer).is_err()
+    );
     assert!(b.max_pool_fwd(&x, fewer, shape, &mut y, Mat::dense(0, 12, c)).is_err());
     assert!(b.max_pool_bwd(&x, Mat::dense(0, 12, c), &x, xm, shape, &mut y, fewer).is_err());
     assert_eq!(emu::take_launches(), Vec::<&str>::new());

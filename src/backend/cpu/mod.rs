@@ -11,8 +11,8 @@ mod pointwise;
 mod unfused;
 
 use super::{
-    At, Backend, BnGradTarget, BnRef, Category, ConvGeom, Mat, MemoryReport, MemoryTracker,
-    PoolWindow, SgdParams, Spatial, StatsRef, BN_EPS, bn_affine,
+    At, BN_EPS, Backend, BnGradTarget, BnRef, Category, ConvGeom, Mat, MemoryReport, MemoryTracker,
+    PoolWindow, SgdParams, Spatial, StatsRef, bn_affine,
 };
 use crate::error::{Error, Result};
 use std::sync::Arc;
@@ -326,7 +326,15 @@ impl Backend for CpuBackend {
         check_mat(y, ym, "conv3x3 output")?;
         check_range(w.buf, w.offset, ym.cols * 9 * zm.cols, "conv3x3 weight")?;
         let bn = Bn::resolve(bn, zm.cols);
-        conv::bn_relu_conv3x3_fwd(z.as_slice(), zm, shape, &bn, &w.buf.data[w.offset..], y.as_mut_slice(), ym);
+        conv::bn_relu_conv3x3_fwd(
+            z.as_slice(),
+            zm,
+            shape,
+            &bn,
+            &w.buf.data[w.offset..],
+            y.as_mut_slice(),
+            ym,
+        );
         Ok(())
     }
 
@@ -396,7 +404,14 @@ impl Backend for CpuBackend {
         check_mat(x, xm, "bn backward input")?;
         check_range(sums, 0, 2 * xm.cols, "bn backward sums")?;
         let bn = Bn::resolve(bn, xm.cols);
-        pointwise::bn_backward_elementwise(g.as_mut_slice(), gm, x.as_slice(), xm, &bn, &sums.data[..2 * xm.cols]);
+        pointwise::bn_backward_elementwise(
+            g.as_mut_slice(),
+            gm,
+            x.as_slice(),
+            xm,
+            &bn,
+            &sums.data[..2 * xm.cols],
+        );
         Ok(())
     }
 
@@ -472,7 +487,15 @@ impl Backend for CpuBackend {
         check_mat(y, ym, "transition output")?;
         check_range(w.buf, w.offset, ym.cols * xm.cols, "transition weight")?;
         let bn = Bn::resolve(bn, xm.cols);
-        conv::bn_relu_avgpool_conv1x1_fwd(x.as_slice(), xm, shape, &bn, &w.buf.data[w.offset..], y.as_mut_slice(), ym);
+        conv::bn_relu_avgpool_conv1x1_fwd(
+            x.as_slice(),
+            xm,
+            shape,
+            &bn,
+            &w.buf.data[w.offset..],
+            y.as_mut_slice(),
+            ym,
+        );
         Ok(())
     }
 
@@ -491,7 +514,15 @@ impl Backend for CpuBackend {
         check_mat(dy, dym, "transition wgrad output grad")?;
         check_range(dw, dw_off, dym.cols * xm.cols, "transition weight grad")?;
         let bn = Bn::resolve(bn, xm.cols);
-        conv::bn_relu_avgpool_conv1x1_wgrad(x.as_slice(), xm, shape, &bn, dy.as_slice(), dym, &mut dw.data[dw_off..]);
+        conv::bn_relu_avgpool_conv1x1_wgrad(
+            x.as_slice(),
+            xm,
+            shape,
+            &bn,
+            dy.as_slice(),
+            dym,
+            &mut dw.data[dw_off..],
+        );
         Ok(())
     }
 
@@ -614,7 +645,17 @@ impl Backend for CpuBackend {
         check_mat(g, gm, "maxpool input grad")?;
         check_range(sums, 0, 2 * tm.cols, "maxpool sums")?;
         let bn = Bn::resolve(bn, tm.cols);
-        pointwise::bn_relu_maxpool_bwd(dy.as_slice(), dym, t.as_slice(), tm, shape, &bn, g.as_mut_slice(), gm, sums.as_mut_slice());
+        pointwise::bn_relu_maxpool_bwd(
+            dy.as_slice(),
+            dym,
+            t.as_slice(),
+            tm,
+            shape,
+            &bn,
+            g.as_mut_slice(),
+            gm,
+            sums.as_mut_slice(),
+        );
         Ok(())
     }
 
@@ -649,7 +690,16 @@ impl Backend for CpuBackend {
         check_mat(dx, dxm, "global pool input grad")?;
         check_range(sums, 0, 2 * xm.cols, "global pool sums")?;
         let bn = Bn::resolve(bn, xm.cols);
-        pointwise::bn_relu_global_pool_bwd(dpooled.as_slice(), x.as_slice(), xm, shape, &bn, dx.as_mut_slice(), dxm, sums.as_mut_slice());
+        pointwise::bn_relu_global_pool_bwd(
+            dpooled.as_slice(),
+            x.as_slice(),
+            xm,
+            shape,
+            &bn,
+            dx.as_mut_slice(),
+            dxm,
+            sums.as_mut_slice(),
+        );
         Ok(())
     }
 
@@ -725,10 +775,16 @@ impl Backend for CpuBackend {
         check_range(loss, 0, 1, "loss")?;
         check_range(dlogits, 0, n * classes, "logit grad")?;
         let labels = &labels.data[..n];
-        if let Some(bad) = labels.iter().find(|&&l| !(l >= 0.0 && (l as usize) < classes && l.fract() == 0.0)) {
+        if let Some(bad) = labels.iter().find(|&&l| !(l >= 0.0 && (l as usize) < classes && l.fract() == 0.0))
+        {
             return Err(Error::Shape(format!("label {bad} is not a class index below {classes}")));
         }
-        loss.data[0] = pointwise::softmax_xent(&logits.data[..n * classes], labels, classes, &mut dlogits.data[..n * classes]);
+        loss.data[0] = pointwise::softmax_xent(
+            &logits.data[..n * classes],
+            labels,
+            classes,
+            &mut dlogits.data[..n * classes],
+        );
         Ok(())
     }
 

@@ -132,7 +132,14 @@ pub(super) fn channel_stats(x: &[f32], xm: Mat) -> (Vec<f32>, Vec<f32>) {
     (mean.iter().map(|&m| m as f32).collect(), squares.iter().map(|s| (s / count) as f32).collect())
 }
 
-pub(super) fn update_running_stats(mean: &[f32], var: &[f32], count: usize, running: &mut [f32], run_mean: usize, run_var: usize) {
+pub(super) fn update_running_stats(
+    mean: &[f32],
+    var: &[f32],
+    count: usize,
+    running: &mut [f32],
+    run_mean: usize,
+    run_var: usize,
+) {
     let m = BN_MOMENTUM;
     // Running variance is the unbiased estimate, as PyTorch (count = 1 gives ∞, as there).
     let unbias = count as f64 / (count as f64 - 1.0);
@@ -160,7 +167,14 @@ pub(super) fn bn_backward_elementwise(g: &mut [f32], gm: Mat, x: &[f32], xm: Mat
     });
 }
 
-pub(super) fn bn_grad_fold(sums: &[f32], count: usize, bn: &Bn, grads: &mut [f32], corr: &mut [f32], target: BnGradTarget) {
+pub(super) fn bn_grad_fold(
+    sums: &[f32],
+    count: usize,
+    bn: &Bn,
+    grads: &mut [f32],
+    corr: &mut [f32],
+    target: BnGradTarget,
+) {
     let (sum_g, sum_gx) = sums.split_at(sums.len() / 2);
     for (c, (&sg, &sgx)) in sum_g.iter().zip(sum_gx).enumerate() {
         grads[target.dgamma + c] += sgx;
@@ -175,7 +189,16 @@ pub(super) fn bn_grad_fold(sums: &[f32], count: usize, bn: &Bn, grads: &mut [f32
     }
 }
 
-pub(super) fn bn_correction(g: &mut [f32], gm: Mat, x: &[f32], xm: Mat, mean: &[f32], invstd: &[f32], alpha: &[f32], beta: &[f32]) {
+pub(super) fn bn_correction(
+    g: &mut [f32],
+    gm: Mat,
+    x: &[f32],
+    xm: Mat,
+    mean: &[f32],
+    invstd: &[f32],
+    alpha: &[f32],
+    beta: &[f32],
+) {
     par_row_chunks(g, gm, CHUNK_ROWS, |mut piece| {
         for r in 0..piece.rows {
             let xr = row(x, xm, piece.first + r);
@@ -235,7 +258,17 @@ pub(super) fn bn_relu_maxpool_fwd(t: &[f32], tm: Mat, shape: Spatial, bn: &Bn, y
     });
 }
 
-pub(super) fn bn_relu_maxpool_bwd(dy: &[f32], dym: Mat, t: &[f32], tm: Mat, shape: Spatial, bn: &Bn, g: &mut [f32], gm: Mat, sums: &mut [f32]) {
+pub(super) fn bn_relu_maxpool_bwd(
+    dy: &[f32],
+    dym: Mat,
+    t: &[f32],
+    tm: Mat,
+    shape: Spatial,
+    bn: &Bn,
+    g: &mut [f32],
+    gm: Mat,
+    sums: &mut [f32],
+) {
     let cols = tm.cols;
     let (oh, ow) = pool_out(shape);
     let image = shape.h * shape.w;
@@ -275,7 +308,16 @@ pub(super) fn bn_relu_global_pool_fwd(x: &[f32], xm: Mat, shape: Spatial, bn: &B
     });
 }
 
-pub(super) fn bn_relu_global_pool_bwd(dpooled: &[f32], x: &[f32], xm: Mat, shape: Spatial, bn: &Bn, dx: &mut [f32], dxm: Mat, sums: &mut [f32]) {
+pub(super) fn bn_relu_global_pool_bwd(
+    dpooled: &[f32],
+    x: &[f32],
+    xm: Mat,
+    shape: Spatial,
+    bn: &Bn,
+    dx: &mut [f32],
+    dxm: Mat,
+    sums: &mut [f32],
+) {
     let cols = xm.cols;
     let image = shape.h * shape.w;
     let partials = par_row_chunks(dx, dxm, CHUNK_ROWS, |mut piece| {
@@ -306,7 +348,17 @@ pub(super) fn linear_fwd(x: &[f32], n: usize, k: usize, w: &[f32], bias: &[f32],
     });
 }
 
-pub(super) fn linear_bwd(dy: &[f32], x: &[f32], n: usize, k: usize, w: &[f32], grads: &mut [f32], dw_off: usize, dbias_off: usize, dx: &mut [f32]) {
+pub(super) fn linear_bwd(
+    dy: &[f32],
+    x: &[f32],
+    n: usize,
+    k: usize,
+    w: &[f32],
+    grads: &mut [f32],
+    dw_off: usize,
+    dbias_off: usize,
+    dx: &mut [f32],
+) {
     // With k = 0 the weight is empty and says nothing of the output width; nothing to do.
     let Some(out) = w.len().checked_div(k) else { return };
     grads[dw_off..dw_off + out * k].par_chunks_mut(k).enumerate().for_each(|(o, dwo)| {
@@ -355,17 +407,14 @@ pub(super) fn softmax_xent(logits: &[f32], labels: &[f32], classes: usize, dlogi
 
 pub(super) fn sgd_update(params: &mut [f32], grads: &[f32], velocity: &mut [f32], hp: SgdParams) {
     let SgdParams { lr, momentum, weight_decay, nesterov } = hp;
-    params
-        .par_iter_mut()
-        .zip(velocity.par_iter_mut())
-        .zip(grads.par_iter())
-        .with_min_len(4096)
-        .for_each(|((p, v), &g)| {
+    params.par_iter_mut().zip(velocity.par_iter_mut()).zip(grads.par_iter()).with_min_len(4096).for_each(
+        |((p, v), &g)| {
             let d = g + weight_decay * *p;
             *v = momentum * *v + d;
             let step = if nesterov { d + momentum * *v } else { *v };
             *p -= lr * step;
-        });
+        },
+    );
 }
 
 #[cfg(test)]
@@ -508,7 +557,9 @@ mod tests {
 
     /// relu(a⊙t + b) in f64, dense.
     fn ref_bn_relu(t: &[f32], tm: Mat, bn: &Bn) -> Vec<f64> {
-        (0..tm.rows * tm.cols).map(|i| pre(bn, i % tm.cols, t[tm.at(i / tm.cols, i % tm.cols)]).max(0.0)).collect()
+        (0..tm.rows * tm.cols)
+            .map(|i| pre(bn, i % tm.cols, t[tm.at(i / tm.cols, i % tm.cols)]).max(0.0))
+            .collect()
     }
 
     /// Training-mode BN `γ·(x − μ)/√(σ² + ε) + β` of dense x (P × c), batch statistics in f64.
@@ -575,7 +626,9 @@ mod tests {
             let m = col.iter().sum::<f64>() / col.len() as f64;
             let v = col.iter().map(|x| (x - m).powi(2)).sum::<f64>() / col.len() as f64;
             let (em, ev) = ((f64::from(mean[c]) - m).abs() / m, (f64::from(var[c]) - v).abs() / v);
-            println!("channel_stats 1e6 values (mean 1000, std 0.01), channel {c}: mean {em:.2e}, var {ev:.2e}");
+            println!(
+                "channel_stats 1e6 values (mean 1000, std 0.01), channel {c}: mean {em:.2e}, var {ev:.2e}"
+            );
             // Within one f32 rounding of the exact value.
             assert!(em <= f64::from(f32::EPSILON) && ev <= f64::from(f32::EPSILON), "{em:e} {ev:e}");
         }
@@ -595,7 +648,8 @@ mod tests {
         let unbias = count as f64 / (count - 1) as f64;
         let old = |i: usize| f64::from(before[i]);
         let rm: Vec<f64> = (0..c).map(|i| (1.0 - m) * old(run_mean + i) + m * f64::from(mean[i])).collect();
-        let rv: Vec<f64> = (0..c).map(|i| (1.0 - m) * old(run_var + i) + m * f64::from(var[i]) * unbias).collect();
+        let rv: Vec<f64> =
+            (0..c).map(|i| (1.0 - m) * old(run_var + i) + m * f64::from(var[i]) * unbias).collect();
         check("running mean", &running[run_mean..run_mean + c], &rm);
         check("running var", &running[run_var..run_var + c], &rv);
         for i in [0, 1, run_mean + c, 2 * c + 4] {
@@ -641,7 +695,8 @@ mod tests {
             let mut corr = uniform(&mut rng, 2 * c + 3, -1.0, 1.0);
             let (grads0, corr0) = (grads.clone(), corr.clone());
             bn_grad_fold(&sums, count, &bn, &mut grads, &mut corr, target);
-            let dgamma: Vec<f64> = (0..c).map(|i| f64::from(grads0[3 + i]) + f64::from(sums[c + i])).collect();
+            let dgamma: Vec<f64> =
+                (0..c).map(|i| f64::from(grads0[3 + i]) + f64::from(sums[c + i])).collect();
             let dbeta: Vec<f64> = (0..c).map(|i| f64::from(grads0[3 + c + i]) + f64::from(sums[i])).collect();
             check("bn_grad_fold dgamma", &grads[3..3 + c], &dgamma);
             check("bn_grad_fold dbeta", &grads[3 + c..3 + 2 * c], &dbeta);
@@ -703,7 +758,8 @@ mod tests {
         let w = uniform(&mut rng, xm.rows * c, -1.0, 1.0);
         let gamma = uniform(&mut rng, c, -1.5, 1.5);
         let beta = uniform(&mut rng, c, -0.5, 0.5);
-        let (x64, w64, gamma64, beta64) = (to_f64(&gather(&x, xm)), to_f64(&w), to_f64(&gamma), to_f64(&beta));
+        let (x64, w64, gamma64, beta64) =
+            (to_f64(&gather(&x, xm)), to_f64(&w), to_f64(&gamma), to_f64(&beta));
         let loss = |x: &[f64], gamma: &[f64], beta: &[f64]| -> f64 {
             ref_bn_train(x, c, gamma, beta).iter().zip(&w64).map(|(y, w)| y * w).sum()
         };
@@ -801,7 +857,8 @@ mod tests {
             // and above.
             let act = ref_bn_relu(&t, tm, &bn);
             let (y, _) = ref_maxpool(&act, shape, c);
-            let tied = |i: usize| window(shape, i / c).iter().filter(|&&p| act[p * c + i % c] == y[i]).count() > 1;
+            let tied =
+                |i: usize| window(shape, i / c).iter().filter(|&&p| act[p * c + i % c] == y[i]).count() > 1;
             let zero_ties = (0..y.len()).filter(|&i| y[i] == 0.0 && tied(i)).count();
             let positive_ties = (0..y.len()).filter(|&i| y[i] > 0.0 && tied(i)).count();
             println!("ties {shape:?}: {zero_ties} windows tied at 0, {positive_ties} tied above 0");
@@ -873,7 +930,8 @@ mod tests {
                     *g = f64::from(dpooled[p / hw * c + ch]) / hw as f64;
                 }
             }
-            let ref_dx: Vec<f64> = ref_g.iter().enumerate().map(|(i, g)| f64::from(bn.a[i % c]) * g).collect();
+            let ref_dx: Vec<f64> =
+                ref_g.iter().enumerate().map(|(i, g)| f64::from(bn.a[i % c]) * g).collect();
             let ref_sums = ref_sums(&ref_g, &x, xm, &bn);
             let (mut dx, dxm) = strided(&mut rng, xm.rows, c, 0.0, 1.0);
             poison(&mut dx, dxm);
@@ -931,7 +989,8 @@ mod tests {
         let ref_y: Vec<f64> = (0..n * out)
             .map(|i| {
                 let (r, o) = (i / out, i % out);
-                f64::from(bias[o]) + (0..k).map(|j| f64::from(x[r * k + j]) * f64::from(w[o * k + j])).sum::<f64>()
+                f64::from(bias[o])
+                    + (0..k).map(|j| f64::from(x[r * k + j]) * f64::from(w[o * k + j])).sum::<f64>()
             })
             .collect();
         check("linear fwd", &y[..n * out], &ref_y);
@@ -950,8 +1009,9 @@ mod tests {
                 f64::from(grads0[dw_off + i]) + (0..n).map(|r| d(r, o) * f64::from(x[r * k + j])).sum::<f64>()
             })
             .collect();
-        let ref_db: Vec<f64> =
-            (0..out).map(|o| f64::from(grads0[dbias_off + o]) + (0..n).map(|r| d(r, o)).sum::<f64>()).collect();
+        let ref_db: Vec<f64> = (0..out)
+            .map(|o| f64::from(grads0[dbias_off + o]) + (0..n).map(|r| d(r, o)).sum::<f64>())
+            .collect();
         let ref_dx: Vec<f64> =
             (0..n * k).map(|i| (0..out).map(|o| d(i / k, o) * f64::from(w[o * k + i % k])).sum()).collect();
         check("linear bwd dW", &grads[dw_off..dw_off + out * k], &ref_dw);
@@ -1049,10 +1109,14 @@ mod tests {
             bn_relu_global_pool_bwd(&dpooled, &x, xm, shape, &bn, &mut dx, xm, &mut sums[2 * c..]);
             [mean, var, g, dx, sums].concat()
         };
-        let with = |threads| rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(run);
+        let with =
+            |threads| rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(run);
         let one = with(1);
         for threads in [2, 3, 8] {
-            assert!(one.iter().zip(with(threads)).all(|(a, b)| a.to_bits() == b.to_bits()), "{threads} threads");
+            assert!(
+                one.iter().zip(with(threads)).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{threads} threads"
+            );
         }
     }
 }

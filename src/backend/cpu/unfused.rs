@@ -51,12 +51,25 @@ pub(super) fn relu_bwd(g: &mut [f32], gm: Mat, x: &[f32], xm: Mat) {
         for r in 0..piece.rows {
             let xr = row(x, xm, piece.first + r);
             // A NaN input passes no gradient, like an input ≤ 0.
-            piece.row(r).iter_mut().zip(xr).filter(|(_, v)| v.is_nan() || **v <= 0.0).for_each(|(g, _)| *g = 0.0);
+            piece
+                .row(r)
+                .iter_mut()
+                .zip(xr)
+                .filter(|(_, v)| v.is_nan() || **v <= 0.0)
+                .for_each(|(g, _)| *g = 0.0);
         }
     });
 }
 
-pub(super) fn bn_grad_sums(g: &[f32], gm: Mat, x: &[f32], xm: Mat, mean: &[f32], invstd: &[f32], sums: &mut [f32]) {
+pub(super) fn bn_grad_sums(
+    g: &[f32],
+    gm: Mat,
+    x: &[f32],
+    xm: Mat,
+    mean: &[f32],
+    invstd: &[f32],
+    sums: &mut [f32],
+) {
     let c = xm.cols;
     let totals = reduce_rows(gm.rows, 2 * c, |p, acc| {
         let (sum_g, sum_gx) = acc.split_at_mut(c);
@@ -94,7 +107,14 @@ pub(super) fn avg_pool_fwd(x: &[f32], xm: Mat, shape: Spatial, window: PoolWindo
     });
 }
 
-pub(super) fn avg_pool_bwd(dy: &[f32], dym: Mat, shape: Spatial, window: PoolWindow, dx: &mut [f32], dxm: Mat) {
+pub(super) fn avg_pool_bwd(
+    dy: &[f32],
+    dym: Mat,
+    shape: Spatial,
+    window: PoolWindow,
+    dx: &mut [f32],
+    dxm: Mat,
+) {
     let out = window.out(shape);
     let area = (window.h * window.w) as f32;
     par_row_chunks(dx, dxm, CHUNK_ROWS, |mut piece| {
@@ -123,7 +143,15 @@ pub(super) fn max_pool_fwd(x: &[f32], xm: Mat, shape: Spatial, y: &mut [f32], ym
     });
 }
 
-pub(super) fn max_pool_bwd(dy: &[f32], dym: Mat, x: &[f32], xm: Mat, shape: Spatial, dx: &mut [f32], dxm: Mat) {
+pub(super) fn max_pool_bwd(
+    dy: &[f32],
+    dym: Mat,
+    x: &[f32],
+    xm: Mat,
+    shape: Spatial,
+    dx: &mut [f32],
+    dxm: Mat,
+) {
     let cols = xm.cols;
     let (oh, ow) = pool_out(shape);
     let image = shape.h * shape.w;
@@ -216,8 +244,9 @@ mod tests {
             let (x, xm) = strided(&mut rng, rows, C);
             let (y, ym) = strided(&mut rng, rows, C);
             let bn = random_bn(&mut rng);
-            let dense =
-                |f: &dyn Fn(usize, usize) -> f64| -> Vec<f64> { (0..rows * C).map(|i| f(i / C, i % C)).collect() };
+            let dense = |f: &dyn Fn(usize, usize) -> f64| -> Vec<f64> {
+                (0..rows * C).map(|i| f(i / C, i % C)).collect()
+            };
 
             let reference = dense(&|p, c| at(&x, xm, p, c));
             check_overwrite("copy_columns", &y, ym, &reference, |out| copy_columns(&x, xm, out, ym, false));
@@ -266,7 +295,8 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(13);
         for shape in SHAPES {
             // 2×2 (odd sizes drop a row and a column), a non-square window, the global pool.
-            for window in [PoolWindow { h: 2, w: 2 }, PoolWindow { h: 3, w: 2 }, PoolWindow { h: shape.h, w: shape.w }]
+            for window in
+                [PoolWindow { h: 2, w: 2 }, PoolWindow { h: 3, w: 2 }, PoolWindow { h: shape.h, w: shape.w }]
             {
                 let out = window.out(shape);
                 let (x, xm) = strided(&mut rng, shape.pixels(), C);
@@ -305,7 +335,9 @@ mod tests {
                     }
                 }
                 let what = format!("avg_pool_bwd {window:?} on {shape:?}");
-                check_overwrite(&what, &dx, dxm, &reference, |o| avg_pool_bwd(&dy, dym, shape, window, o, dxm));
+                check_overwrite(&what, &dx, dxm, &reference, |o| {
+                    avg_pool_bwd(&dy, dym, shape, window, o, dxm)
+                });
             }
         }
     }
@@ -347,7 +379,9 @@ mod tests {
                 }
             }
             check_overwrite("max_pool_fwd", &y, ym, &fwd, |o| max_pool_fwd(&x, xm, shape, o, ym));
-            check_overwrite("max_pool_bwd", &dx, dxm, &bwd, |o| max_pool_bwd(&dy, dym, &x, xm, shape, o, dxm));
+            check_overwrite("max_pool_bwd", &dx, dxm, &bwd, |o| {
+                max_pool_bwd(&dy, dym, &x, xm, shape, o, dxm)
+            });
         }
     }
 

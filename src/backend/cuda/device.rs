@@ -29,7 +29,11 @@ impl LaunchCfg {
     /// Blocks of `COLS × ROWS` threads, one block column per `COLS` channels and
     /// `row_blocks` blocks along the rows.
     pub fn channel_tiles<const COLS: u32, const ROWS: u32>(cols: usize, row_blocks: u32) -> Self {
-        LaunchCfg { grid: [blocks_for(cols, COLS), row_blocks.max(1), 1], block: [COLS, ROWS, 1], shared_bytes: 0 }
+        LaunchCfg {
+            grid: [blocks_for(cols, COLS), row_blocks.max(1), 1],
+            block: [COLS, ROWS, 1],
+            shared_bytes: 0,
+        }
     }
 
     /// A single block of `THREADS`.

@@ -7,8 +7,8 @@ use crate::error::{Error, Result};
 use crate::kernels::{KernelSource, MODULES};
 use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DriverError,
-    LaunchConfig, PushKernelArg, sys,
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DriverError, LaunchConfig,
+    PushKernelArg, sys,
 };
 use cudarc::nvrtc::{CompileOptions, Ptx};
 use std::collections::HashMap;
@@ -58,13 +58,16 @@ impl CudaDevice {
         let ptx = match spec.source {
             KernelSource::Ptx(text) => Ptx::from_src(text),
             KernelSource::Cuda(src) => {
-                let major = self.ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
-                let minor = self.ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
+                let major =
+                    self.ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
+                let minor =
+                    self.ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
                 let opts = CompileOptions {
                     options: vec![format!("--gpu-architecture=compute_{major}{minor}"), "-std=c++17".into()],
                     ..Default::default()
                 };
-                cudarc::nvrtc::compile_ptx_with_opts(src, opts).map_err(|e| load_err(format!("NVRTC: {e:?}")))?
+                cudarc::nvrtc::compile_ptx_with_opts(src, opts)
+                    .map_err(|e| load_err(format!("NVRTC: {e:?}")))?
             }
         };
         let module = self.ctx.load_module(ptx).map_err(|e| load_err(e.to_string()))?;

@@ -21,8 +21,11 @@ impl Device for EmuDevice {
 
     fn alloc_zeroed(&self, len: usize) -> Result<Box<[f32]>> {
         let mut v = Vec::new();
-        v.try_reserve_exact(len.max(1))
-            .map_err(|_| Error::OutOfMemory { device: self.name(), requested: len * 4, free: 0 })?;
+        v.try_reserve_exact(len.max(1)).map_err(|_| Error::OutOfMemory {
+            device: self.name(),
+            requested: len * 4,
+            free: 0,
+        })?;
         v.resize(len.max(1), 0.0);
         Ok(v.into_boxed_slice())
     }

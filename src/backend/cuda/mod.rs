@@ -69,7 +69,11 @@ pub struct KernelBackend<D: Device> {
 
 impl<D: Device> Clone for KernelBackend<D> {
     fn clone(&self) -> Self {
-        KernelBackend { device: self.device.clone(), tracker: self.tracker.clone(), scratch: self.scratch.clone() }
+        KernelBackend {
+            device: self.device.clone(),
+            tracker: self.tracker.clone(),
+            scratch: self.scratch.clone(),
+        }
     }
 }
 
@@ -99,7 +103,8 @@ impl<D: Device> KernelBackend<D> {
         let tracker = Arc::new(MemoryTracker::new());
         let mem = device.alloc_zeroed(SCRATCH_FLOATS)?;
         tracker.allocated(SCRATCH_FLOATS * 4, Category::Workspace);
-        let scratch = DeviceBuf { mem, len: SCRATCH_FLOATS, category: Category::Workspace, tracker: tracker.clone() };
+        let scratch =
+            DeviceBuf { mem, len: SCRATCH_FLOATS, category: Category::Workspace, tracker: tracker.clone() };
         Ok(KernelBackend { device: Arc::new(device), tracker, scratch: Arc::new(Mutex::new(scratch)) })
     }
 
@@ -107,7 +112,9 @@ impl<D: Device> KernelBackend<D> {
     /// [`SCRATCH_FLOATS`]); errors if more is asked for.
     pub(crate) fn with_scratch<R>(&self, floats: usize, enqueue: impl FnOnce(u64) -> Result<R>) -> Result<R> {
         if floats > SCRATCH_FLOATS {
-            return Err(Error::Shape(format!("{floats} floats of kernel scratch requested, {SCRATCH_FLOATS} reserved")));
+            return Err(Error::Shape(format!(
+                "{floats} floats of kernel scratch requested, {SCRATCH_FLOATS} reserved"
+            )));
         }
         let scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         enqueue(self.device.address(&scratch.mem, 0))

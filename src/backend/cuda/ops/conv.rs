@@ -26,9 +26,19 @@ const DGRAD_PAIRS: usize = 512;
 /// The kernels' params for a convolution of `shape` with `c_in` → `c_out` channels, and the
 /// output extent. Errors on a zero kernel or stride and on extents the kernels' 32-bit
 /// coordinates cannot hold.
-fn conv_params(shape: Spatial, geom: ConvGeom, c_in: usize, c_out: usize, ld_x: usize, ld_y: usize) -> Result<(ConvParams, Spatial)> {
+fn conv_params(
+    shape: Spatial,
+    geom: ConvGeom,
+    c_in: usize,
+    c_out: usize,
+    ld_x: usize,
+    ld_y: usize,
+) -> Result<(ConvParams, Spatial)> {
     if geom.kernel == 0 || geom.stride == 0 {
-        return Err(Error::Shape(format!("conv: kernel {} and stride {} must be at least 1", geom.kernel, geom.stride)));
+        return Err(Error::Shape(format!(
+            "conv: kernel {} and stride {} must be at least 1",
+            geom.kernel, geom.stride
+        )));
     }
     let out = geom.out(shape);
     let [n, h, w] = spatial_u32(shape, "conv input")?;
@@ -78,7 +88,11 @@ impl<D: Device> KernelBackend<D> {
         if out.pixels() == 0 || ym.cols == 0 {
             return Ok(());
         }
-        let grid = [u32_of(out.pixels().div_ceil(FWD_PIXELS), "blocks")?, u32_of(ym.cols.div_ceil(FWD_COLS), "blocks")?, 1];
+        let grid = [
+            u32_of(out.pixels().div_ceil(FWD_PIXELS), "blocks")?,
+            u32_of(ym.cols.div_ceil(FWD_COLS), "blocks")?,
+            1,
+        ];
         let cfg = LaunchCfg { grid, block: [THREADS, 1, 1], shared_bytes: 0 };
         let addrs = [self.addr(x, xm.offset), self.addr(w.buf, w.offset), self.addr(y, ym.offset)];
         // SAFETY: x covers xm (one row per input pixel), y covers ym (one row per output
@@ -111,12 +125,15 @@ impl<D: Device> KernelBackend<D> {
             return Ok(());
         }
         let tile_blocks = [cols.div_ceil(WGRAD_COLS), dym.cols.div_ceil(WGRAD_CO)];
-        let (splits, split_pixels) = wgrad_splits(out.pixels(), tile_blocks[0] * tile_blocks[1], len, WGRAD_STAGE_PIXELS);
+        let (splits, split_pixels) =
+            wgrad_splits(out.pixels(), tile_blocks[0] * tile_blocks[1], len, WGRAD_STAGE_PIXELS);
         p.split_pixels = u32_of(split_pixels, "split pixels")?;
-        let grid = [u32_of(tile_blocks[0], "blocks")?, u32_of(tile_blocks[1], "blocks")?, u32_of(splits, "splits")?];
+        let grid =
+            [u32_of(tile_blocks[0], "blocks")?, u32_of(tile_blocks[1], "blocks")?, u32_of(splits, "splits")?];
         let cfg = LaunchCfg { grid, block: [THREADS, 1, 1], shared_bytes: 0 };
         let (sum_p, sum_cfg) = split_sum_launch(len, splits, true)?;
-        let (x_addr, dy_addr, dw_addr) = (self.addr(x, xm.offset), self.addr(dy, dym.offset), self.addr(dw, dw_off));
+        let (x_addr, dy_addr, dw_addr) =
+            (self.addr(x, xm.offset), self.addr(dy, dym.offset), self.addr(dw, dw_off));
         self.with_scratch(splits * len, |scratch| {
             // SAFETY: x covers xm, dy covers dym (one row per input / output pixel); split s
             // writes rows [s·len, (s+1)·len) of the scratch, which holds splits·len floats.
@@ -146,7 +163,10 @@ impl<D: Device> KernelBackend<D> {
         check_pixels(dxm, shape, "conv dgrad input grad")?;
         check_range(w.buf, w.offset, dym.cols * geom.kernel * geom.kernel * dxm.cols, "conv weight")?;
         if geom.kernel * geom.kernel > DGRAD_PAIRS {
-            return Err(Error::Shape(format!("conv dgrad: a {0}x{0} kernel exceeds the supported 22x22", geom.kernel)));
+            return Err(Error::Shape(format!(
+                "conv dgrad: a {0}x{0} kernel exceeds the supported 22x22",
+                geom.kernel
+            )));
         }
         if shape.pixels() == 0 || dxm.cols == 0 {
             return Ok(());

@@ -92,7 +92,8 @@ impl DgradRuns {
         let tiles = rows.div_ceil(TILE);
         // Each run stores 2·cin doubles (4·cin floats); one float more aligns them.
         let fit = (SCRATCH_FLOATS - 1) / (4 * cin);
-        let want = tiles.div_ceil(MIN_DGRAD_RUN).min(TARGET_BLOCKS.div_ceil(cin.div_ceil(TILE))).min(fit).max(1);
+        let want =
+            tiles.div_ceil(MIN_DGRAD_RUN).min(TARGET_BLOCKS.div_ceil(cin.div_ceil(TILE))).min(fit).max(1);
         let run = tiles.div_ceil(want);
         Ok(DgradRuns { splits: u32_of(tiles.div_ceil(run), "runs")?, run: u32_of(run, "run")?, cin })
     }
@@ -180,7 +181,15 @@ impl<D: Device> KernelBackend<D> {
         }
         let p = conv1x1_params(xm, zm, 0, false, 1, 0)?;
         let [mean, var, gamma, beta] = self.bn_addresses(bn);
-        let addrs = [self.addr(x, xm.offset), mean, var, gamma, beta, self.addr(w.buf, w.offset), self.addr(z, zm.offset)];
+        let addrs = [
+            self.addr(x, xm.offset),
+            mean,
+            var,
+            gamma,
+            beta,
+            self.addr(w.buf, w.offset),
+            self.addr(z, zm.offset),
+        ];
         // SAFETY: x covers xm, z covers zm (same pixels), W cout × cin floats, the per-channel
         // vectors cin floats (checked above).
         unsafe { self.device.launch("bn_relu_conv1x1_fwd_f32", fwd_cfg(zm.rows, zm.cols)?, &p, &addrs) }
@@ -216,7 +225,12 @@ impl<D: Device> KernelBackend<D> {
             // per-channel vectors cin floats (checked above); partials is 0 with one split (the
             // kernel adds into dW) or holds a dW-sized tile per split (split_wgrad).
             unsafe {
-                self.device.launch("bn_relu_conv1x1_wgrad_f32", cfg, &p, &[x, mean, var, gamma, beta, dz, dw_addr, partials])
+                self.device.launch(
+                    "bn_relu_conv1x1_wgrad_f32",
+                    cfg,
+                    &p,
+                    &[x, mean, var, gamma, beta, dz, dw_addr, partials],
+                )
             }
         })
     }
@@ -273,14 +287,26 @@ impl<D: Device> KernelBackend<D> {
             // above); partials is 0 with one run (the kernel stores the sums) or holds 2·cin
             // doubles per run (split_sums).
             unsafe {
-                self.device.launch("bn_relu_conv1x1_dgrad_f32", cfg, &p, &[dz, w, x, mean, var, gamma, beta, dx, sums, partials])
+                self.device.launch(
+                    "bn_relu_conv1x1_dgrad_f32",
+                    cfg,
+                    &p,
+                    &[dz, w, x, mean, var, gamma, beta, dx, sums, partials],
+                )
             }
         })
     }
 }
 
 /// The params of a 1×1 convolution between x (`xm`) and z or dz (`zm`).
-fn conv1x1_params(xm: Mat, zm: Mat, ld_dx: usize, accumulate: bool, splits: u32, run: u32) -> Result<Conv1x1Params> {
+fn conv1x1_params(
+    xm: Mat,
+    zm: Mat,
+    ld_dx: usize,
+    accumulate: bool,
+    splits: u32,
+    run: u32,
+) -> Result<Conv1x1Params> {
     Ok(Conv1x1Params {
         pixels: u32_of(xm.rows, "pixels")?,
         cin: u32_of(xm.cols, "input channels")?,

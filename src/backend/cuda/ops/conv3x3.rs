@@ -51,7 +51,10 @@ pub(super) fn check_pixels(m: Mat, shape: Spatial, what: &str) -> Result<()> {
 /// must fit in an `i32`.
 pub(super) fn spatial_u32(shape: Spatial, what: &str) -> Result<[u32; 3]> {
     if i32::try_from(shape.pixels()).is_err() {
-        return Err(Error::Shape(format!("{what}: {} pixels exceed the kernels' 32-bit indices", shape.pixels())));
+        return Err(Error::Shape(format!(
+            "{what}: {} pixels exceed the kernels' 32-bit indices",
+            shape.pixels()
+        )));
     }
     Ok([u32_of(shape.n, "batch")?, u32_of(shape.h, "height")?, u32_of(shape.w, "width")?])
 }
@@ -78,8 +81,16 @@ pub(super) fn wgrad_splits(pixels: usize, tile_blocks: usize, len: usize, stage:
 
 /// Params and launch shape of the split reduction `out (+)= Σ rows` over `splits` rows of `len`
 /// partials (`dn_split_sum`).
-pub(super) fn split_sum_launch(len: usize, splits: usize, accumulate: bool) -> Result<(SplitSumParams, LaunchCfg)> {
-    let p = SplitSumParams { len: u32_of(len, "partials per split")?, splits: u32_of(splits, "splits")?, accumulate: u32::from(accumulate) };
+pub(super) fn split_sum_launch(
+    len: usize,
+    splits: usize,
+    accumulate: bool,
+) -> Result<(SplitSumParams, LaunchCfg)> {
+    let p = SplitSumParams {
+        len: u32_of(len, "partials per split")?,
+        splits: u32_of(splits, "splits")?,
+        accumulate: u32::from(accumulate),
+    };
     Ok((p, LaunchCfg::channel_tiles::<SPLIT_SUM_COLS, SPLIT_SUM_ROWS>(len, 1)))
 }
 
@@ -104,7 +115,9 @@ impl<D: Device> KernelBackend<D> {
         check_range(w.buf, w.offset, c_out * 9 * c_in, "conv3x3 weight")?;
         self.check_bn(bn, c_in, "conv3x3 batch-norm")?;
         if c_in > MAX_CHANNELS {
-            return Err(Error::Shape(format!("conv3x3: {c_in} input channels, the kernel supports {MAX_CHANNELS}")));
+            return Err(Error::Shape(format!(
+                "conv3x3: {c_in} input channels, the kernel supports {MAX_CHANNELS}"
+            )));
         }
         let [n, h, width] = spatial_u32(shape, "conv3x3")?;
         if shape.pixels() == 0 || c_out == 0 {
@@ -123,10 +136,22 @@ impl<D: Device> KernelBackend<D> {
             tile,
             split_pixels: 0,
         };
-        let grid = [u32_of(shape.pixels().div_ceil(rows), "blocks")?, u32_of(c_out.div_ceil(tile as usize), "blocks")?, 1];
+        let grid = [
+            u32_of(shape.pixels().div_ceil(rows), "blocks")?,
+            u32_of(c_out.div_ceil(tile as usize), "blocks")?,
+            1,
+        ];
         let cfg = LaunchCfg { grid, block: [THREADS, 1, 1], shared_bytes: 0 };
         let [mean, var, gamma, beta] = self.bn_addresses(bn);
-        let addrs = [self.addr(z, zm.offset), mean, var, gamma, beta, self.addr(w.buf, w.offset), self.addr(y, ym.offset)];
+        let addrs = [
+            self.addr(z, zm.offset),
+            mean,
+            var,
+            gamma,
+            beta,
+            self.addr(w.buf, w.offset),
+            self.addr(y, ym.offset),
+        ];
         // SAFETY: z covers zm and y covers ym, both with one row per pixel of `shape`; the
         // kernel writes only columns [0, c_out) of ym's rows. W covers c_out·9·c_in floats, the
         // BN vectors c_in each (all checked above).
@@ -178,7 +203,8 @@ impl<D: Device> KernelBackend<D> {
         let cfg = LaunchCfg { grid, block: [THREADS, 1, 1], shared_bytes: 0 };
         let (sum_p, sum_cfg) = split_sum_launch(len, splits, true)?;
         let [mean, var, gamma, beta] = self.bn_addresses(bn);
-        let (z_addr, dy_addr, dw_addr) = (self.addr(z, zm.offset), self.addr(dy, dym.offset), self.addr(dw, dw_off));
+        let (z_addr, dy_addr, dw_addr) =
+            (self.addr(z, zm.offset), self.addr(dy, dym.offset), self.addr(dw, dw_off));
         self.with_scratch(splits * len, |scratch| {
             let addrs = [z_addr, mean, var, gamma, beta, dy_addr, scratch];
             // SAFETY: z covers zm and dy covers dym (one row per pixel each), the BN vectors
@@ -225,7 +251,8 @@ impl<D: Device> KernelBackend<D> {
             return self.fill_zero(sums, 0, 2 * c_in);
         }
         let (tile, rows) = least_padding(c_in, &GEMM_TILES, |t| t.0);
-        let pixel_blocks = pixels.div_ceil(rows).min(DGRAD_MAX_PIXEL_BLOCKS).min(SCRATCH_FLOATS / (2 * c_in)).max(1);
+        let pixel_blocks =
+            pixels.div_ceil(rows).min(DGRAD_MAX_PIXEL_BLOCKS).min(SCRATCH_FLOATS / (2 * c_in)).max(1);
         let p = Conv3x3Params {
             n,
             h,
@@ -242,7 +269,8 @@ impl<D: Device> KernelBackend<D> {
         let cfg = LaunchCfg { grid, block: [THREADS, 1, 1], shared_bytes: 0 };
         let (sum_p, sum_cfg) = split_sum_launch(2 * c_in, pixel_blocks, false)?;
         let [mean, var, gamma, beta] = self.bn_addresses(bn);
-        let (dy_addr, w_addr, z_addr) = (self.addr(dy, dym.offset), self.addr(w.buf, w.offset), self.addr(z, zm.offset));
+        let (dy_addr, w_addr, z_addr) =
+            (self.addr(dy, dym.offset), self.addr(w.buf, w.offset), self.addr(z, zm.offset));
         let (g_addr, sums_addr) = (self.addr(g, gm.offset), self.addr(sums, 0));
         self.with_scratch(pixel_blocks * 2 * c_in, |scratch| {
             let addrs = [dy_addr, w_addr, z_addr, mean, var, gamma, beta, g_addr, scratch];

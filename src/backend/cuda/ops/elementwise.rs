@@ -57,7 +57,9 @@ impl<D: Device> KernelBackend<D> {
             if splits > 1 {
                 let cfg = LaunchCfg::per_element::<128>(xm.cols);
                 // SAFETY: as above; the first kernel wrote every partial this one reads.
-                unsafe { self.device.launch("channel_stats_finish_f32", cfg, &p, &[partials, mean_addr, var_addr]) }?;
+                unsafe {
+                    self.device.launch("channel_stats_finish_f32", cfg, &p, &[partials, mean_addr, var_addr])
+                }?;
             }
             Ok(())
         })
@@ -76,7 +78,11 @@ impl<D: Device> KernelBackend<D> {
         self.check_stats(batch, channels, "batch statistics")?;
         check_range(running, run_mean, channels, "running mean")?;
         check_range(running, run_var, channels, "running var")?;
-        let p = RunningStatsParams { channels: u32_of(channels, "channels")?, count: u32_of(count, "count")?, momentum: BN_MOMENTUM };
+        let p = RunningStatsParams {
+            channels: u32_of(channels, "channels")?,
+            count: u32_of(count, "count")?,
+            momentum: BN_MOMENTUM,
+        };
         let addrs = [
             self.addr(batch.stats, batch.mean),
             self.addr(batch.stats, batch.var),
@@ -84,7 +90,14 @@ impl<D: Device> KernelBackend<D> {
             self.addr(running, run_var),
         ];
         // SAFETY: every pointer covers `channels` floats (checked above).
-        unsafe { self.device.launch("update_running_stats_f32", LaunchCfg::per_element::<128>(channels), &p, &addrs) }
+        unsafe {
+            self.device.launch(
+                "update_running_stats_f32",
+                LaunchCfg::per_element::<128>(channels),
+                &p,
+                &addrs,
+            )
+        }
     }
 
     /// See `Backend::bn_backward_elementwise`.
@@ -110,9 +123,12 @@ impl<D: Device> KernelBackend<D> {
             count: u32_of(gm.rows, "rows")?,
         };
         let [mean, var, gamma, beta] = self.bn_addresses(bn);
-        let addrs = [self.addr(g, gm.offset), self.addr(x, xm.offset), mean, var, gamma, beta, self.addr(sums, 0)];
+        let addrs =
+            [self.addr(g, gm.offset), self.addr(x, xm.offset), mean, var, gamma, beta, self.addr(sums, 0)];
         // SAFETY: g and x cover their matrices, per-channel vectors cover cols (checked).
-        unsafe { self.device.launch("bn_backward_elementwise_f32", elementwise_cfg(gm.rows, gm.cols), &p, &addrs) }
+        unsafe {
+            self.device.launch("bn_backward_elementwise_f32", elementwise_cfg(gm.rows, gm.cols), &p, &addrs)
+        }
     }
 
     /// See `Backend::bn_grad_fold`.

@@ -1,16 +1,20 @@
 //! Launch wrappers of `kernels/linear.cu`.
 
+use crate::backend::At;
 use crate::backend::cuda::device::{Device, LaunchCfg};
 use crate::backend::cuda::params::head::LinearParams;
 use crate::backend::cuda::{DeviceBuf, KernelBackend, check_range, u32_of};
-use crate::backend::At;
 use crate::error::Result;
 
 /// Threads of a warp: `linear_fwd_f32` runs one warp per output.
 const WARP: usize = 32;
 
 fn linear_params(n: usize, k: usize, out_features: usize) -> Result<LinearParams> {
-    Ok(LinearParams { n: u32_of(n, "batch")?, k: u32_of(k, "features")?, out: u32_of(out_features, "outputs")? })
+    Ok(LinearParams {
+        n: u32_of(n, "batch")?,
+        k: u32_of(k, "features")?,
+        out: u32_of(out_features, "outputs")?,
+    })
 }
 
 impl<D: Device> KernelBackend<D> {
@@ -34,7 +38,8 @@ impl<D: Device> KernelBackend<D> {
             return Ok(());
         }
         let p = linear_params(n, k, out_features)?;
-        let addrs = [self.addr(x, 0), self.addr(w.buf, w.offset), self.addr(bias.buf, bias.offset), self.addr(y, 0)];
+        let addrs =
+            [self.addr(x, 0), self.addr(w.buf, w.offset), self.addr(bias.buf, bias.offset), self.addr(y, 0)];
         let cfg = LaunchCfg::per_element::<256>(n * out_features * WARP);
         // SAFETY: x covers n × k floats, W out × k, bias out, y n × out (checked above).
         unsafe { self.device.launch("linear_fwd_f32", cfg, &p, &addrs) }

@@ -2,13 +2,13 @@
 //! struct, picks grid and block, and launches. Every wrapper is an inherent method of
 //! [`KernelBackend`] named and typed exactly as the `Backend` trait's op it implements.
 
-mod elementwise;
+mod conv;
 mod conv1x1;
 mod conv3x3;
-mod conv;
-mod transition;
-mod pool;
+mod elementwise;
 mod head;
+mod pool;
+mod transition;
 mod unfused;
 
 use super::device::{Device, LaunchCfg};
@@ -42,7 +42,12 @@ pub(super) fn elementwise_cfg(rows: usize, cols: usize) -> LaunchCfg {
 
 impl<D: Device> KernelBackend<D> {
     /// Checks that a BN's statistics cover `channels`.
-    pub(super) fn check_stats(&self, s: StatsRef<'_, DeviceBuf<D>>, channels: usize, what: &str) -> Result<()> {
+    pub(super) fn check_stats(
+        &self,
+        s: StatsRef<'_, DeviceBuf<D>>,
+        channels: usize,
+        what: &str,
+    ) -> Result<()> {
         check_range(s.stats, s.mean, channels, what)?;
         check_range(s.stats, s.var, channels, what)
     }

@@ -34,7 +34,9 @@ impl SumTiles {
         // A tile's partials are 2·cols doubles (4·cols floats); one float is kept for alignment.
         let fit = (SCRATCH_FLOATS - 1) / (4 * cols.max(1));
         if fit == 0 {
-            return Err(Error::Shape(format!("{cols} channels: their partial sums exceed the kernel scratch")));
+            return Err(Error::Shape(format!(
+                "{cols} channels: their partial sums exceed the kernel scratch"
+            )));
         }
         let tile_rows = rows.div_ceil(fit.min(MAX_TILES)).max(MIN_TILE_ROWS);
         let tiles = rows.div_ceil(tile_rows).max(1);
@@ -56,7 +58,10 @@ pub(super) fn stem_pool_out(s: Spatial) -> Spatial {
 pub(super) fn check_pixels(m: Mat, shape: Spatial, what: &str) -> Result<()> {
     let pixels = shape.n.checked_mul(shape.h).and_then(|v| v.checked_mul(shape.w));
     if pixels != Some(m.rows) {
-        return Err(Error::Shape(format!("{what}: {} rows for {}x{}x{} pixels", m.rows, shape.n, shape.h, shape.w)));
+        return Err(Error::Shape(format!(
+            "{what}: {} rows for {}x{}x{} pixels",
+            m.rows, shape.n, shape.h, shape.w
+        )));
     }
     Ok(())
 }
@@ -71,7 +76,13 @@ pub(super) fn check_channels(a: Mat, b: Mat, what: &str) -> Result<()> {
 
 /// The stem max-pool's params for input matrix `tm` of `shape`, output pitch `ld_y`, input
 /// gradient pitch `ld_g` and partial-sum tile `tile_rows` (both 0 in the forward).
-fn max_pool_params(tm: Mat, shape: Spatial, ld_y: usize, ld_g: usize, tile_rows: u32) -> Result<MaxPoolParams> {
+fn max_pool_params(
+    tm: Mat,
+    shape: Spatial,
+    ld_y: usize,
+    ld_g: usize,
+    tile_rows: u32,
+) -> Result<MaxPoolParams> {
     let out = stem_pool_out(shape);
     Ok(MaxPoolParams {
         n: u32_of(shape.n, "batch")?,
@@ -133,7 +144,9 @@ impl<D: Device> KernelBackend<D> {
         let addrs = [self.addr(t, tm.offset), mean, var, gamma, beta, self.addr(y, ym.offset)];
         // SAFETY: t covers tm (shape's pixels), y covers ym (the pooled pixels), per-channel
         // vectors cover cols (checked above).
-        unsafe { self.device.launch("bn_relu_maxpool_fwd_f32", elementwise_cfg(ym.rows, ym.cols), &p, &addrs) }
+        unsafe {
+            self.device.launch("bn_relu_maxpool_fwd_f32", elementwise_cfg(ym.rows, ym.cols), &p, &addrs)
+        }
     }
 
     /// See `Backend::bn_relu_maxpool_bwd`.
@@ -167,7 +180,12 @@ impl<D: Device> KernelBackend<D> {
             // SAFETY: dy, t and g cover their matrices (the pooled and the input pixels), the
             // per-channel vectors cover cols, partials one row of 2·cols doubles per tile.
             unsafe {
-                self.device.launch("bn_relu_maxpool_bwd_f32", tiles.cfg(), &p, &[dy, t, mean, var, gamma, beta, g, partials])
+                self.device.launch(
+                    "bn_relu_maxpool_bwd_f32",
+                    tiles.cfg(),
+                    &p,
+                    &[dy, t, mean, var, gamma, beta, g, partials],
+                )
             }
         })
     }

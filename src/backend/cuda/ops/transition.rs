@@ -15,7 +15,14 @@ fn pooled(s: Spatial) -> Spatial {
 }
 
 /// The params of a transition from x (`xm`, spatial `shape`) to y or dy (`ym`).
-fn transition_params(xm: Mat, shape: Spatial, ym: Mat, ld_dx: usize, splits: u32, run: u32) -> Result<TransitionParams> {
+fn transition_params(
+    xm: Mat,
+    shape: Spatial,
+    ym: Mat,
+    ld_dx: usize,
+    splits: u32,
+    run: u32,
+) -> Result<TransitionParams> {
     Ok(TransitionParams {
         images: u32_of(shape.n, "batch")?,
         h: u32_of(shape.h, "height")?,
@@ -54,10 +61,20 @@ impl<D: Device> KernelBackend<D> {
         }
         let p = transition_params(xm, shape, ym, 0, 1, 0)?;
         let [mean, var, gamma, beta] = self.bn_addresses(bn);
-        let addrs = [self.addr(x, xm.offset), mean, var, gamma, beta, self.addr(w.buf, w.offset), self.addr(y, ym.offset)];
+        let addrs = [
+            self.addr(x, xm.offset),
+            mean,
+            var,
+            gamma,
+            beta,
+            self.addr(w.buf, w.offset),
+            self.addr(y, ym.offset),
+        ];
         // SAFETY: x covers xm (shape's pixels), y covers ym (the pooled pixels), W cout × cin
         // floats, the per-channel vectors cin floats (checked above).
-        unsafe { self.device.launch("bn_relu_avgpool_conv1x1_fwd_f32", fwd_cfg(ym.rows, ym.cols)?, &p, &addrs) }
+        unsafe {
+            self.device.launch("bn_relu_avgpool_conv1x1_fwd_f32", fwd_cfg(ym.rows, ym.cols)?, &p, &addrs)
+        }
     }
 
     /// See `Backend::bn_relu_avgpool_conv1x1_wgrad`.

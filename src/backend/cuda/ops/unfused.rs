@@ -1,7 +1,7 @@
 //! Launch wrappers of `kernels/unfused.cu`: the unfused ops of the naive baseline.
 
-use super::pool::{SumTiles, check_channels, check_pixels, stem_pool_out};
 use super::elementwise_cfg;
+use super::pool::{SumTiles, check_channels, check_pixels, stem_pool_out};
 use crate::backend::cuda::device::Device;
 use crate::backend::cuda::params::unfused::{UnfusedParams, UnfusedPoolParams};
 use crate::backend::cuda::{DeviceBuf, KernelBackend, check_mat, check_range, u32_of};
@@ -11,7 +11,10 @@ use crate::error::{Error, Result};
 /// Errors unless two matrices an elementwise op pairs up have the same shape.
 fn same_extent(a: Mat, b: Mat, what: &str) -> Result<()> {
     if (a.rows, a.cols) != (b.rows, b.cols) {
-        return Err(Error::Shape(format!("{what}: {}x{} and {}x{} matrices", a.rows, a.cols, b.rows, b.cols)));
+        return Err(Error::Shape(format!(
+            "{what}: {}x{} and {}x{} matrices",
+            a.rows, a.cols, b.rows, b.cols
+        )));
     }
     Ok(())
 }
@@ -30,7 +33,14 @@ fn unfused_params(xm: Mat, ym: Mat, accumulate: bool, tile_rows: u32) -> Result<
 
 /// Params of a pool with input `xm` of `shape`, output `out` with pitch `ld_y`, input-gradient
 /// pitch `ld_dx` (0 in the forward) and average-pool `window` (1 × 1 for the max-pool).
-fn pool_params(xm: Mat, shape: Spatial, out: Spatial, ld_y: usize, ld_dx: usize, window: PoolWindow) -> Result<UnfusedPoolParams> {
+fn pool_params(
+    xm: Mat,
+    shape: Spatial,
+    out: Spatial,
+    ld_y: usize,
+    ld_dx: usize,
+    window: PoolWindow,
+) -> Result<UnfusedPoolParams> {
     Ok(UnfusedPoolParams {
         n: u32_of(shape.n, "batch")?,
         h: u32_of(shape.h, "height")?,
@@ -197,7 +207,14 @@ impl<D: Device> KernelBackend<D> {
     }
 
     /// See `Backend::max_pool_fwd`.
-    pub fn max_pool_fwd(&self, x: &DeviceBuf<D>, xm: Mat, shape: Spatial, y: &mut DeviceBuf<D>, ym: Mat) -> Result<()> {
+    pub fn max_pool_fwd(
+        &self,
+        x: &DeviceBuf<D>,
+        xm: Mat,
+        shape: Spatial,
+        y: &mut DeviceBuf<D>,
+        ym: Mat,
+    ) -> Result<()> {
         check_mat(x, xm, "max_pool input")?;
         check_mat(y, ym, "max_pool output")?;
         let out = stem_pool_out(shape);

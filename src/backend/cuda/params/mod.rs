@@ -19,13 +19,13 @@ macro_rules! kernel_params {
     };
 }
 
-mod elementwise;
+pub mod conv;
 pub mod conv1x1;
 pub mod conv3x3;
-pub mod conv;
-pub mod transition;
-pub mod pool;
+mod elementwise;
 pub mod head;
+pub mod pool;
+pub mod transition;
 pub mod unfused;
 
 pub use elementwise::*;
