@@ -9,7 +9,7 @@
 //                   X(p, (ky·k + kx)·c_in + c) = x(n, oy·stride − pad + ky, ox·stride − pad + kx, c),
 //                   0 in the padding; overwrites columns [0, c_out) of y's view, nothing else.
 //   conv_wgrad_<T>: per split s of the output pixels, partial_s(o, k') = Σ_{p in s} dy(p, o)·X(p, k')
-//                   into the scratch; conv_split_sum_f32 adds Σ_s partial_s to dW in split order.
+//                   into the scratch; split_sum_f32 (reduce.cu) adds Σ_s partial_s to dW in split order.
 //   conv_dgrad_<T>: dx(q, c) = Σ dy(p, o)·W(o, ky, kx, c) over the output pixels p that read input
 //                   pixel q (at tap (ky, kx)) and every o; overwrites dx (0 where nothing reads q).
 //
@@ -351,9 +351,3 @@ __device__ __forceinline__ void data_grad(const ConvParams& p, const T* __restri
     }
 
 DN_CONV_KERNELS(float, f32)
-
-// Partials are f32 whatever the activation type: one instance.
-extern "C" __global__ void conv_split_sum_f32(const SplitSumParams p, const float* partials,
-                                              float* out) {
-    dn_split_sum(p, partials, out);
-}

@@ -5,12 +5,12 @@
 // bn_relu_conv1x1_fwd_<T>: z = relu(a⊙x + b)·Wᵀ, overwriting z. Grid (pixel tiles, cout tiles).
 // bn_relu_conv1x1_wgrad_<T>: dW += dzᵀ·relu(a⊙x + b). Grid (cout tiles, cin tiles, splits of the
 //   pixels); with more than one split the tiles go to the backend's scratch and
-//   conv1x1_wgrad_finish_f32 adds them into dW in a fixed order.
+//   split_sum_f32 (reduce.cu) adds them into dW in a fixed order.
 // bn_relu_conv1x1_dgrad_<T>: g = (dz·W) ⊙ [a⊙x + b > 0] is never stored: the epilogue writes
 //   dx (+)= a⊙g and the per-channel [Σg | Σg·x̂]. Grid (cin tiles, runs of pixel tiles): a block
 //   owns one channel tile and a run of pixel tiles, so its sums need no atomics; with more than
-//   one run the run totals go to the scratch as doubles and conv1x1_sums_finish_f32
-//   (dn_tile_sums_finish, common.cuh) adds them in a fixed order.
+//   one run the run totals go to the scratch as doubles and tile_sums_finish_f32
+//   (reduce.cu) adds them in a fixed order.
 // Results are bit-identical run to run: the splits and runs depend on the shape only.
 //
 // CPU reference: src/backend/cpu/conv.rs (same op names).
@@ -93,14 +93,3 @@ __device__ void bn_relu_conv1x1_dgrad(const Conv1x1Params p, const T* dz, const 
     }
 
 DN_CONV1X1_KERNELS(float, f32)
-
-// The split passes hold f32 weights and double sums whatever the activation type: one instance.
-extern "C" __global__ void conv1x1_wgrad_finish_f32(const WgradFinishParams p,
-                                                    const float* partials, float* dw) {
-    dn_wgrad_finish(p, partials, dw);
-}
-
-extern "C" __global__ void conv1x1_sums_finish_f32(const TileSumsParams p, const double* partials,
-                                                   float* sums) {
-    dn_tile_sums_finish(p, partials, sums);
-}

@@ -12,12 +12,12 @@
 //   bn_relu_conv3x3_fwd_<T>:   y(p, o) = Σ_k A(p, k)·W(o, k), A(p, tap·c_in + c) = r(p + off(tap), c);
 //                              stores columns [0, c_out) of y's view (pitch ld_y) and nothing else.
 //   bn_relu_conv3x3_wgrad_<T>: per pixel split s, partial_s(o, k) = Σ_{p in s} dy(p, o)·A(p, k)
-//                              into the scratch; conv3x3_split_sum_f32 then adds Σ_s partial_s
+//                              into the scratch; split_sum_f32 (reduce.cu) then adds Σ_s partial_s
 //                              to dW in split order.
 //   bn_relu_conv3x3_dgrad_<T>: g(p, c) = [a_c·z(p, c) + b_c > 0] · Σ_{tap, o} dy(p − off(tap), o)·W(o, tap, c)
 //                              (GEMM-K index tap·c_out + o) overwrites g, and per block of pixel
 //                              tiles the partial [Σ g | Σ g·x̂] (x̂ = (z − mean)/√(var + ε)) goes
-//                              to the scratch; conv3x3_split_sum_f32 sums them into `sums`.
+//                              to the scratch; split_sum_f32 (reduce.cu) sums them into `sums`.
 //
 // HOW
 //   Forward and data gradient share one main loop (CUTLASS's "analytic" implicit GEMM): a block
@@ -44,7 +44,7 @@
 //   dimension is P (up to ~800k pixels), so the pixels are split across grid.z and each split
 //   writes its own partial dW to the scratch.
 //   Determinism: no atomics. Each partial is written by exactly one block, and
-//   conv3x3_split_sum_f32 adds them in split order in double (dn_split_sum, common.cuh).
+//   split_sum_f32 (reduce.cu) adds them in split order in double (dn_split_sum, common.cuh).
 //   The data gradient's channel sums reduce over all P pixels too. Blocks owning a channel tile
 //   and looping over every pixel would be deterministic without scratch, but give only
 //   ⌈c_in/BN⌉ blocks (4 for c_in = 128) for a GPU of 132 SMs. So blocks own pixel tiles
@@ -701,9 +701,3 @@ __device__ __forceinline__ void weight_grad_dispatch(
     }
 
 DN_CONV3X3_KERNELS(float, f32)
-
-// Partials are f32 whatever the activation type: one instance.
-extern "C" __global__ void conv3x3_split_sum_f32(const SplitSumParams p, const float* partials,
-                                                 float* out) {
-    dn_split_sum(p, partials, out);
-}

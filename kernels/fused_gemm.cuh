@@ -34,7 +34,7 @@
 // DETERMINISM (no float atomics anywhere; the splits depend on the shape only)
 //   * wgrad splits the reduction into `splits` runs of `run` steps (blockIdx.z). With one split
 //     each block adds its tile into dW; otherwise it stores the tile into the backend's scratch
-//     and dn_wgrad_finish adds the splits in order, in double, into dW.
+//     and split_sum_f32 (reduce.cu) adds the splits in order, in double, into dW.
 //   * dgrad: a block owns a 64-channel tile (blockIdx.x) and a run of `run` consecutive row tiles
 //     (blockIdx.y). Each thread adds its channel's Σg and Σg·x̂ in f32 over one row tile and in
 //     double across tiles; the block adds its 4 row threads in order and stores the totals into
@@ -327,7 +327,7 @@ __device__ void dn_fused_gemm_fwd(const Src& src, unsigned int rows, unsigned in
 // Weight gradient: dw[n][c] += Σ_r dout[r][n]·src(r, c) over the rows, dw dense cout × cin.
 // blockIdx.x: tile of output channels n, blockIdx.y: tile of input channels c, blockIdx.z: the
 // split, reduction steps [z·run, (z + 1)·run). With one split the block adds into dw, otherwise it
-// stores its tile into partials[z][n][c] for dn_wgrad_finish.
+// stores its tile into partials[z][n][c] for split_sum_f32 (reduce.cu).
 template <typename T, class Src>
 __device__ void dn_fused_gemm_wgrad(const Src& src, const T* __restrict__ dout, unsigned int rows,
                                     unsigned int ld_dout, unsigned int cout, unsigned int cin,
@@ -353,26 +353,6 @@ __device__ void dn_fused_gemm_wgrad(const Src& src, const T* __restrict__ dout, 
         float& t = target[static_cast<size_t>(n) * cin + c];
         t = splits == 1 ? t + v : v;
     }
-}
-
-// Mirrors backend::cuda::params::conv1x1::WgradFinishParams: `splits` partial weight gradients of
-// `len` floats each.
-struct WgradFinishParams {
-    unsigned int len;
-    unsigned int splits;
-};
-
-// dw[i] += Σ_s partials[s·len + i], the splits added in order in double, as the host adds its
-// segments (wgrad_in_segments in cpu/conv.rs). One thread per weight: coalesced along i.
-__device__ __forceinline__ void dn_wgrad_finish(const WgradFinishParams p,
-                                                const float* __restrict__ partials,
-                                                float* __restrict__ dw) {
-    const unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= p.len) return;
-    double total = 0.0;
-    for (unsigned int s = 0; s < p.splits; ++s)
-        total += static_cast<double>(partials[static_cast<size_t>(s) * p.len + i]);
-    dw[i] = static_cast<float>(static_cast<double>(dw[i]) + total);
 }
 
 // The per-channel constants of a BN backward epilogue: affine a, b and x̂ = (x − mean)·invstd.

@@ -16,12 +16,12 @@
 //   double, the 8 totals are added in order (fixed order, deterministic).
 // bn_relu_global_pool_bwd_<T>: g = dpooled[n, c]/(h·w) ⊙ [a·x + b > 0]; dx = a·g (overwrites);
 //   partial sums of [Σg | Σg·x̂].
-// pool_sums_finish_f32: adds the backward kernels' per-tile partial sums into `sums`.
+// tile_sums_finish_f32 (reduce.cu): adds the backward kernels' per-tile partial sums into `sums`.
 //
 // Determinism of the per-channel sums (common.cuh, "Deterministic per-channel sums"): the
 // backward kernels run a grid of (channel tiles of 32) × (pixel tiles); each block writes its
 // tile's [Σg | Σg·x̂] as doubles into the backend's scratch (`KernelBackend::with_scratch`) and
-// pool_sums_finish_f32 adds the tiles in a fixed order. This beats one block per 32 channels
+// tile_sums_finish_f32 (reduce.cu) adds the tiles in a fixed order. This beats one block per 32 channels
 // looping over all pixels, which gives the stem (64 channels, 64·112·112 pixels) two blocks on a
 // 132-SM GPU; the tile count (≤ 1024, ≥ 128 pixels a tile) depends on the shape only.
 //
@@ -228,9 +228,3 @@ __device__ void bn_relu_global_pool_bwd(const GlobalPoolParams p, const T* __res
     }
 
 DN_POOL_KERNELS(float, f32)
-
-// The sums are f32 whatever the activation type: one instance.
-extern "C" __global__ void __launch_bounds__(kPoolThreads)
-    pool_sums_finish_f32(const TileSumsParams p, const double* partials, float* sums) {
-    dn_tile_sums_finish(p, partials, sums);
-}

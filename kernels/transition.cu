@@ -8,13 +8,13 @@
 //   Grid (output-pixel tiles, cout tiles).
 // bn_relu_avgpool_conv1x1_wgrad_<T>: dW += dyᵀ·avgpool2(relu(a⊙x + b)). Grid (cout tiles, cin
 //   tiles, splits of the output pixels); more than one split goes through the scratch and
-//   transition_wgrad_finish_f32.
+//   split_sum_f32 (reduce.cu).
 // bn_relu_avgpool_conv1x1_dgrad_<T>: gpre = (dy·W)/4 per output pixel; the epilogue scatters it
 //   to the 4 input pixels of the window, g = gpre ⊙ [a⊙x + b > 0], dx = a⊙g, and adds
 //   [Σg | Σg·x̂]. It overwrites every element of dx: the last output row (column) of an image
 //   also owns the input row (column) an odd height (width) drops, and writes 0 there. Grid (cin
 //   tiles, runs of output-pixel tiles); more than one run goes through the scratch and
-//   transition_sums_finish_f32. An input too small to pool (h or w < 2) has no output pixel: the
+//   tile_sums_finish_f32 (reduce.cu). An input too small to pool (h or w < 2) has no output pixel: the
 //   launch wrapper zeroes dx and the sums instead.
 // Results are bit-identical run to run: the splits and runs depend on the shape only.
 //
@@ -130,14 +130,3 @@ __device__ void bn_relu_avgpool_conv1x1_dgrad(const TransitionParams p, const T*
     }
 
 DN_TRANSITION_KERNELS(float, f32)
-
-// The split passes hold f32 weights and double sums whatever the activation type: one instance.
-extern "C" __global__ void transition_wgrad_finish_f32(const WgradFinishParams p,
-                                                       const float* partials, float* dw) {
-    dn_wgrad_finish(p, partials, dw);
-}
-
-extern "C" __global__ void transition_sums_finish_f32(const TileSumsParams p,
-                                                      const double* partials, float* sums) {
-    dn_tile_sums_finish(p, partials, sums);
-}

@@ -7,7 +7,7 @@
 // relu_fwd_<T>: y = max(x, 0) (0 for NaN, as the host's f32::max). relu_bwd_<T>: g ← 0 where
 //   !(x > 0), in place.
 // bn_grad_sums_<T>: per-pixel-tile partials of [Σg | Σg·x̂], x̂ in double as on the host;
-//   bn_grad_sums_finish_f32 adds the tiles in a fixed order (common.cuh, "Deterministic
+//   tile_sums_finish_f32 (reduce.cu) adds the tiles in a fixed order (common.cuh, "Deterministic
 //   per-channel sums"; the tiles live in the backend's scratch): no float atomics,
 //   bit-identical run to run.
 // avg_pool_fwd_<T>: mean over non-overlapping kh × kw windows (a partial last row/column of
@@ -251,9 +251,3 @@ __device__ void max_pool_bwd(const UnfusedPoolParams p, const T* __restrict__ dy
     }
 
 DN_UNFUSED_KERNELS(float, f32)
-
-// The sums are f32 whatever the activation type: one instance.
-extern "C" __global__ void __launch_bounds__(kUnfusedThreads)
-    bn_grad_sums_finish_f32(const TileSumsParams p, const double* partials, float* sums) {
-    dn_tile_sums_finish(p, partials, sums);
-}

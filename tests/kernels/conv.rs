@@ -15,9 +15,9 @@ use densenet::backend::{At, Backend, Category, ConvGeom, Mat, Spatial};
 
 crate::kernel_cases! {
     conv_fwd => ["conv_fwd_f32"],
-    conv_wgrad => ["conv_wgrad_f32", "conv_split_sum_f32"],
+    conv_wgrad => ["conv_wgrad_f32", "split_sum_f32"],
     conv_dgrad => ["conv_dgrad_f32"],
-    conv_wgrad_repeats_bit_for_bit => ["conv_wgrad_f32", "conv_split_sum_f32"],
+    conv_wgrad_repeats_bit_for_bit => ["conv_wgrad_f32", "split_sum_f32"],
     conv_rejects_unsupported_geometry => [],
 }
 

@@ -13,8 +13,8 @@ use densenet::backend::{At, Backend, Mat};
 
 crate::kernel_cases! {
     conv1x1_fwd => ["bn_relu_conv1x1_fwd_f32"],
-    conv1x1_wgrad => ["bn_relu_conv1x1_wgrad_f32", "conv1x1_wgrad_finish_f32"],
-    conv1x1_dgrad => ["bn_relu_conv1x1_dgrad_f32", "conv1x1_sums_finish_f32"],
+    conv1x1_wgrad => ["bn_relu_conv1x1_wgrad_f32", "split_sum_f32"],
+    conv1x1_dgrad => ["bn_relu_conv1x1_dgrad_f32", "tile_sums_finish_f32"],
 }
 
 /// (pixels, c_in, c_out): batch 3 of 7×5 images; 1×1 images; 3 × 37×41 pixels, more than one

@@ -15,8 +15,8 @@ use densenet::backend::{At, Backend, Category, Mat, Spatial};
 
 crate::kernel_cases! {
     conv3x3_fwd => ["bn_relu_conv3x3_fwd_f32"],
-    conv3x3_wgrad => ["bn_relu_conv3x3_wgrad_f32", "conv3x3_split_sum_f32"],
-    conv3x3_dgrad => ["bn_relu_conv3x3_dgrad_f32", "conv3x3_split_sum_f32"],
+    conv3x3_wgrad => ["bn_relu_conv3x3_wgrad_f32", "split_sum_f32"],
+    conv3x3_dgrad => ["bn_relu_conv3x3_dgrad_f32", "split_sum_f32"],
     conv3x3_gradients_repeat_bit_for_bit => ["bn_relu_conv3x3_wgrad_f32", "bn_relu_conv3x3_dgrad_f32"],
     conv3x3_rejects_inconsistent_shapes => [],
 }

@@ -14,8 +14,8 @@ use densenet::backend::{Backend, Mat, Spatial};
 use rand::Rng;
 
 crate::kernel_cases! {
-    bn_relu_maxpool => ["bn_relu_maxpool_fwd_f32", "bn_relu_maxpool_bwd_f32", "pool_sums_finish_f32"],
-    bn_relu_global_pool => ["bn_relu_global_pool_fwd_f32", "bn_relu_global_pool_bwd_f32", "pool_sums_finish_f32"],
+    bn_relu_maxpool => ["bn_relu_maxpool_fwd_f32", "bn_relu_maxpool_bwd_f32", "tile_sums_finish_f32"],
+    bn_relu_global_pool => ["bn_relu_global_pool_fwd_f32", "bn_relu_global_pool_bwd_f32", "tile_sums_finish_f32"],
 }
 
 /// (shape, channels) of every case here and in `unfused.rs`.

@@ -12,7 +12,7 @@ use densenet::backend::{Backend, Mat, PoolWindow, StatsRef};
 crate::kernel_cases! {
     copy_columns => ["copy_columns_f32"],
     bn_apply_relu => ["bn_apply_f32", "relu_fwd_f32", "relu_bwd_f32"],
-    bn_grad_sums => ["bn_grad_sums_f32", "bn_grad_sums_finish_f32"],
+    bn_grad_sums => ["bn_grad_sums_f32", "tile_sums_finish_f32"],
     avg_pool => ["avg_pool_fwd_f32", "avg_pool_bwd_f32"],
     max_pool => ["max_pool_fwd_f32", "max_pool_bwd_f32"],
 }

@@ -1,7 +1,8 @@
 //! Launch wrappers of `kernels/conv.cu`: the stems' plain convolution (forward, weight
-//! gradient through the scratch and `conv_split_sum_f32`, data gradient as a gather).
+//! gradient through the scratch and `split_sum_f32`, data gradient as a gather).
 
-use super::conv3x3::{check_pixels, spatial_u32, split_sum_launch, wgrad_splits};
+use super::conv3x3::{spatial_u32, wgrad_splits};
+use super::{check_pixels, split_sum_launch};
 use crate::backend::cuda::device::{Device, LaunchCfg};
 use crate::backend::cuda::params::conv::ConvParams;
 use crate::backend::cuda::{DeviceBuf, KernelBackend, check_mat, check_range, u32_of};
@@ -140,7 +141,7 @@ impl<D: Device> KernelBackend<D> {
             unsafe { self.device.launch("conv_wgrad_f32", cfg, &p, &[x_addr, dy_addr, scratch])? };
             // SAFETY: the scratch holds splits rows of len partials, dw covers len floats at
             // dw_off (checked above).
-            unsafe { self.device.launch("conv_split_sum_f32", sum_cfg, &sum_p, &[scratch, dw_addr]) }
+            unsafe { self.device.launch("split_sum_f32", sum_cfg, &sum_p, &[scratch, dw_addr]) }
         })
     }
 

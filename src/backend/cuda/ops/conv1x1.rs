@@ -3,10 +3,9 @@
 //! splits and data-gradient runs whose partials live in the backend's scratch and are added in
 //! a fixed order by a finishing kernel. The splits depend on the shape only, never on the device.
 
-use super::{EW_COLS, EW_ROWS, same_shape};
+use super::{same_shape, split_sum_launch};
 use crate::backend::cuda::device::{Device, LaunchCfg};
-use crate::backend::cuda::params::conv1x1::{Conv1x1Params, WgradFinishParams};
-use crate::backend::cuda::params::pool::TileSumsParams;
+use crate::backend::cuda::params::conv1x1::Conv1x1Params;
 use crate::backend::cuda::{DeviceBuf, KernelBackend, SCRATCH_FLOATS, check_mat, check_range, u32_of};
 use crate::backend::{At, BnRef, Mat};
 use crate::error::{Error, Result};
@@ -107,12 +106,11 @@ impl DgradRuns {
 impl<D: Device> KernelBackend<D> {
     /// A split weight gradient into the `cout × cin` floats at `dw[dw_off..]`:
     /// `partial` launches the GEMM with the address of its partials (0 when there is a single
-    /// split: the kernel then adds into dW itself), then `finish` (a `dn_wgrad_finish` entry
-    /// point) adds the splits into dW in order.
+    /// split: the kernel then adds into dW itself), then `split_sum_f32` (`kernels/reduce.cu`)
+    /// adds the splits into dW in order.
     pub(super) fn split_wgrad(
         &self,
         split: WgradSplit,
-        finish: &'static str,
         dw: &mut DeviceBuf<D>,
         dw_off: usize,
         partial: impl FnOnce(u64) -> Result<()>,
@@ -122,43 +120,30 @@ impl<D: Device> KernelBackend<D> {
         }
         let len = split.cout * split.cin;
         check_range(dw, dw_off, len, "weight grad")?;
-        let p = WgradFinishParams { len: u32_of(len, "weights")?, splits: split.splits };
+        let (p, cfg) = split_sum_launch(len, split.splits as usize, true)?;
         let dw = self.addr(dw, dw_off);
         self.with_scratch(split.splits as usize * len, |partials| {
             partial(partials)?;
             // SAFETY: `partials` holds splits × len floats of the scratch reserved above; dw
             // covers len floats (checked above).
-            unsafe { self.device.launch(finish, LaunchCfg::per_element::<256>(len), &p, &[partials, dw]) }
+            unsafe { self.device.launch("split_sum_f32", cfg, &p, &[partials, dw]) }
         })
     }
 
-    /// The per-channel sums of a data gradient into `sums[0..2·cin]`:
-    /// `partial` launches the GEMM with the address of its double partials (0 when there is a
-    /// single run: the kernel then stores the sums itself), then `finish` (a
-    /// `dn_tile_sums_finish` entry point) adds the runs in order.
+    /// The per-channel sums of a data gradient into `sums[0..2·cin]`: `partial` launches the
+    /// GEMM with the address of its double partials (0 when there is a single run: the kernel
+    /// then stores the sums itself), then `tile_sums` adds the runs in order.
     pub(super) fn split_sums(
         &self,
         runs: DgradRuns,
-        finish: &'static str,
         sums: &mut DeviceBuf<D>,
         partial: impl FnOnce(u64) -> Result<()>,
     ) -> Result<()> {
         if runs.splits == 1 {
             return partial(0);
         }
-        let width = 2 * runs.cin;
-        check_range(sums, 0, width, "sums")?;
-        let p = TileSumsParams { tiles: runs.splits, width: u32_of(width, "sum width")? };
-        let sums = self.addr(sums, 0);
-        self.with_scratch(runs.splits as usize * 2 * width + 1, |scratch| {
-            // Doubles need 8-byte alignment; the emulator's scratch is only f32-aligned.
-            let partials = scratch.next_multiple_of(8);
-            partial(partials)?;
-            let cfg = LaunchCfg::channel_tiles::<EW_COLS, EW_ROWS>(width, 1);
-            // SAFETY: `partials` holds runs × width doubles inside the scratch reserved above
-            // (2·width floats a run plus the alignment float); sums covers width floats.
-            unsafe { self.device.launch(finish, cfg, &p, &[partials, sums]) }
-        })
+        check_range(sums, 0, 2 * runs.cin, "sums")?;
+        self.tile_sums(runs.splits, runs.cin, sums, partial)
     }
 
     /// See `Backend::bn_relu_conv1x1_fwd`.
@@ -220,7 +205,7 @@ impl<D: Device> KernelBackend<D> {
         let [mean, var, gamma, beta] = self.bn_addresses(bn);
         let (x, dz, dw_addr) = (self.addr(x, xm.offset), self.addr(dz, dzm.offset), self.addr(dw, dw_off));
         let cfg = split.cfg()?;
-        self.split_wgrad(split, "conv1x1_wgrad_finish_f32", dw, dw_off, |partials| {
+        self.split_wgrad(split, dw, dw_off, |partials| {
             // SAFETY: x covers xm, dz covers dzm (same pixels), dW cout × cin floats, the
             // per-channel vectors cin floats (checked above); partials is 0 with one split (the
             // kernel adds into dW) or holds a dW-sized tile per split (split_wgrad).
@@ -280,7 +265,7 @@ impl<D: Device> KernelBackend<D> {
             self.addr(sums, 0),
         ];
         let cfg = runs.cfg()?;
-        self.split_sums(runs, "conv1x1_sums_finish_f32", sums, |partials| {
+        self.split_sums(runs, sums, |partials| {
             let [dz, w, x, mean, var, gamma, beta, dx, sums] = addrs;
             // SAFETY: dz covers dzm, x covers xm, dx covers dxm (same pixels and channels), W
             // cout × cin floats, sums and the per-channel vectors 2·cin and cin floats (checked

@@ -1,9 +1,10 @@
 //! Launch wrappers of `kernels/conv3x3.cu`: the dense layer's fused BN-ReLU-conv3x3 forward,
 //! weight gradient and data gradient (implicit GEMMs; the gradients reduce over pixels through
-//! the backend's scratch and `conv3x3_split_sum_f32`, deterministically).
+//! the backend's scratch and `split_sum_f32`, deterministically).
 
+use super::{check_pixels, split_sum_launch};
 use crate::backend::cuda::device::{Device, LaunchCfg};
-use crate::backend::cuda::params::conv3x3::{Conv3x3Params, SplitSumParams};
+use crate::backend::cuda::params::conv3x3::Conv3x3Params;
 use crate::backend::cuda::{DeviceBuf, KernelBackend, SCRATCH_FLOATS, check_mat, check_range, u32_of};
 use crate::backend::{At, BnRef, Mat, Spatial};
 use crate::error::{Error, Result};
@@ -28,24 +29,6 @@ const WGRAD_MIN_SPLIT_PIXELS: usize = 256;
 /// Most pixel blocks of a data-gradient launch: each writes one row of partial channel sums,
 /// so this bounds the scratch and the final reduction; blocks loop over the remaining tiles.
 const DGRAD_MAX_PIXEL_BLOCKS: usize = 2048;
-/// Block shape of the split reduction (`kSplitSumCols` × `kSplitSumRows`).
-const SPLIT_SUM_COLS: u32 = 32;
-const SPLIT_SUM_ROWS: u32 = 8;
-
-/// Errors unless `m` has one row per pixel of `shape`.
-pub(super) fn check_pixels(m: Mat, shape: Spatial, what: &str) -> Result<()> {
-    if m.rows != shape.pixels() {
-        return Err(Error::Shape(format!(
-            "{what}: {} rows for {} pixels ({}x{}x{})",
-            m.rows,
-            shape.pixels(),
-            shape.n,
-            shape.h,
-            shape.w
-        )));
-    }
-    Ok(())
-}
 
 /// `shape` as the kernels' 32-bit fields; they index pixels with `int`, so the pixel count
 /// must fit in an `i32`.
@@ -77,21 +60,6 @@ pub(super) fn wgrad_splits(pixels: usize, tile_blocks: usize, len: usize, stage:
         .max(1);
     let split_pixels = pixels.div_ceil(splits).next_multiple_of(stage);
     (pixels.div_ceil(split_pixels), split_pixels)
-}
-
-/// Params and launch shape of the split reduction `out (+)= Σ rows` over `splits` rows of `len`
-/// partials (`dn_split_sum`).
-pub(super) fn split_sum_launch(
-    len: usize,
-    splits: usize,
-    accumulate: bool,
-) -> Result<(SplitSumParams, LaunchCfg)> {
-    let p = SplitSumParams {
-        len: u32_of(len, "partials per split")?,
-        splits: u32_of(splits, "splits")?,
-        accumulate: u32::from(accumulate),
-    };
-    Ok((p, LaunchCfg::channel_tiles::<SPLIT_SUM_COLS, SPLIT_SUM_ROWS>(len, 1)))
 }
 
 impl<D: Device> KernelBackend<D> {
@@ -213,7 +181,7 @@ impl<D: Device> KernelBackend<D> {
             unsafe { self.device.launch("bn_relu_conv3x3_wgrad_f32", cfg, &p, &addrs)? };
             // SAFETY: the scratch holds splits rows of len partials, dw covers len floats at
             // dw_off (checked above).
-            unsafe { self.device.launch("conv3x3_split_sum_f32", sum_cfg, &sum_p, &[scratch, dw_addr]) }
+            unsafe { self.device.launch("split_sum_f32", sum_cfg, &sum_p, &[scratch, dw_addr]) }
         })
     }
 
@@ -279,7 +247,7 @@ impl<D: Device> KernelBackend<D> {
             // of 2·c_in partials, and the scratch holds pixel_blocks such rows.
             unsafe { self.device.launch("bn_relu_conv3x3_dgrad_f32", cfg, &p, &addrs)? };
             // SAFETY: pixel_blocks rows of 2·c_in partials in the scratch; sums covers 2·c_in.
-            unsafe { self.device.launch("conv3x3_split_sum_f32", sum_cfg, &sum_p, &[scratch, sums_addr]) }
+            unsafe { self.device.launch("split_sum_f32", sum_cfg, &sum_p, &[scratch, sums_addr]) }
         })
     }
 }

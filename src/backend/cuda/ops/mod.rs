@@ -12,8 +12,10 @@ mod transition;
 mod unfused;
 
 use super::device::{Device, LaunchCfg};
-use super::{DeviceBuf, KernelBackend, check_range};
-use crate::backend::{BnRef, Mat, StatsRef};
+use super::params::conv3x3::SplitSumParams;
+use super::params::pool::TileSumsParams;
+use super::{DeviceBuf, KernelBackend, check_range, u32_of};
+use crate::backend::{BnRef, Mat, Spatial, StatsRef};
 use crate::error::{Error, Result};
 
 /// Rows each thread of an elementwise kernel walks through (grid-stride), so a launch has
@@ -32,6 +34,33 @@ pub(super) fn same_shape(g: Mat, x: Mat, what: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Errors unless `m` has one row per pixel of `shape`: the kernels index rows by pixel.
+pub(super) fn check_pixels(m: Mat, shape: Spatial, what: &str) -> Result<()> {
+    let pixels = shape.n.checked_mul(shape.h).and_then(|v| v.checked_mul(shape.w));
+    if pixels != Some(m.rows) {
+        return Err(Error::Shape(format!(
+            "{what}: {} rows for {}x{}x{} pixels",
+            m.rows, shape.n, shape.h, shape.w
+        )));
+    }
+    Ok(())
+}
+
+/// Params and launch shape of `split_sum_f32` (`kernels/reduce.cu`): `out (+)= Σ rows` over
+/// `splits` rows of `len` f32 partials, in blocks of `kDnSumCols × kDnSumRows` = 32 × 8.
+pub(super) fn split_sum_launch(
+    len: usize,
+    splits: usize,
+    accumulate: bool,
+) -> Result<(SplitSumParams, LaunchCfg)> {
+    let p = SplitSumParams {
+        len: u32_of(len, "partials per split")?,
+        splits: u32_of(splits, "splits")?,
+        accumulate: u32::from(accumulate),
+    };
+    Ok((p, LaunchCfg::channel_tiles::<EW_COLS, EW_ROWS>(len, 1)))
 }
 
 /// An elementwise launch over a rows × cols matrix: 32-channel × 8-row blocks.
@@ -57,6 +86,31 @@ impl<D: Device> KernelBackend<D> {
         self.check_stats(StatsRef { stats: bn.stats, mean: bn.mean, var: bn.var }, channels, what)?;
         check_range(bn.params, bn.gamma, channels, what)?;
         check_range(bn.params, bn.beta, channels, what)
+    }
+
+    /// A deterministic per-channel reduction into `sums[0..2·cols]` (checked by the caller):
+    /// `partial` launches the kernel that writes `tiles` rows of `[Σg | Σg·x̂]` double
+    /// partials at the address it is given (in the scratch), then `tile_sums_finish_f32`
+    /// (`kernels/reduce.cu`) adds the rows in a fixed order.
+    pub(super) fn tile_sums(
+        &self,
+        tiles: u32,
+        cols: usize,
+        sums: &mut DeviceBuf<D>,
+        partial: impl FnOnce(u64) -> Result<()>,
+    ) -> Result<()> {
+        let width = 2 * cols;
+        let p = TileSumsParams { tiles, width: u32_of(width, "sum width")? };
+        let sums = self.addr(sums, 0);
+        self.with_scratch(tiles as usize * 2 * width + 1, |scratch| {
+            // Doubles need 8-byte alignment; the emulator's scratch is only f32-aligned.
+            let partials = scratch.next_multiple_of(8);
+            partial(partials)?;
+            let cfg = LaunchCfg::channel_tiles::<EW_COLS, EW_ROWS>(width, 1);
+            // SAFETY: `partials` holds tiles × width doubles inside the scratch reserved above
+            // (2·width floats a tile plus the alignment float); sums covers width floats.
+            unsafe { self.device.launch("tile_sums_finish_f32", cfg, &p, &[partials, sums]) }
+        })
     }
 
     /// Addresses of a BN's mean, var, γ, β (the argument order of every fused kernel).

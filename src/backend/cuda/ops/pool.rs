@@ -1,10 +1,10 @@
 //! Launch wrappers of `kernels/pool.cu`, and the pieces shared with `unfused.rs`: the stem
-//! max-pool's extent, pixel-count checks, and the deterministic tile sums (per-tile partials in
-//! the backend's scratch, added by a finishing kernel).
+//! max-pool's extent, channel checks, and the pixel tiling of the deterministic per-channel
+//! sums (`KernelBackend::tile_sums`).
 
-use super::{EW_COLS, EW_ROWS, elementwise_cfg, same_shape};
+use super::{EW_COLS, EW_ROWS, check_pixels, elementwise_cfg, same_shape};
 use crate::backend::cuda::device::{Device, LaunchCfg};
-use crate::backend::cuda::params::pool::{GlobalPoolParams, MaxPoolParams, TileSumsParams};
+use crate::backend::cuda::params::pool::{GlobalPoolParams, MaxPoolParams};
 use crate::backend::cuda::{DeviceBuf, KernelBackend, SCRATCH_FLOATS, check_mat, check_range, u32_of};
 use crate::backend::{BnRef, Mat, Spatial};
 use crate::config::conv_out;
@@ -25,8 +25,8 @@ const MAX_GRID_Y: usize = 65_535;
 #[derive(Clone, Copy, Debug)]
 pub(super) struct SumTiles {
     pub(super) tile_rows: u32,
-    tiles: u32,
-    cols: usize,
+    pub(super) tiles: u32,
+    pub(super) cols: usize,
 }
 
 impl SumTiles {
@@ -52,18 +52,6 @@ impl SumTiles {
 /// Output extent of the stem max-pool (3×3, stride 2, padding 1).
 pub(super) fn stem_pool_out(s: Spatial) -> Spatial {
     Spatial { n: s.n, h: conv_out(s.h, 3, 2, 1), w: conv_out(s.w, 3, 2, 1) }
-}
-
-/// Errors unless `m` has one row per pixel of `shape`: the kernels index rows by pixel.
-pub(super) fn check_pixels(m: Mat, shape: Spatial, what: &str) -> Result<()> {
-    let pixels = shape.n.checked_mul(shape.h).and_then(|v| v.checked_mul(shape.w));
-    if pixels != Some(m.rows) {
-        return Err(Error::Shape(format!(
-            "{what}: {} rows for {}x{}x{} pixels",
-            m.rows, shape.n, shape.h, shape.w
-        )));
-    }
-    Ok(())
 }
 
 /// Errors unless two matrices have the same number of channels.
@@ -99,30 +87,6 @@ fn max_pool_params(
 }
 
 impl<D: Device> KernelBackend<D> {
-    /// A deterministic reduction into `sums[0..2·cols]` (checked by the caller): `partial`
-    /// launches the per-tile kernel with the address of its double partials in the scratch,
-    /// then `finish` (a `dn_tile_sums_finish` entry point) adds the tiles in a fixed order.
-    pub(super) fn tile_sums(
-        &self,
-        tiles: SumTiles,
-        finish: &'static str,
-        sums: &mut DeviceBuf<D>,
-        partial: impl FnOnce(u64) -> Result<()>,
-    ) -> Result<()> {
-        let width = 2 * tiles.cols;
-        let p = TileSumsParams { tiles: tiles.tiles, width: u32_of(width, "sum width")? };
-        let sums = self.addr(sums, 0);
-        self.with_scratch(tiles.tiles as usize * 2 * width + 1, |scratch| {
-            // Doubles need 8-byte alignment; the emulator's scratch is only f32-aligned.
-            let partials = scratch.next_multiple_of(8);
-            partial(partials)?;
-            let cfg = LaunchCfg::channel_tiles::<EW_COLS, EW_ROWS>(width, 1);
-            // SAFETY: `partials` holds tiles × width doubles inside the scratch reserved above
-            // (2·width floats a tile plus the alignment float); sums covers width floats.
-            unsafe { self.device.launch(finish, cfg, &p, &[partials, sums]) }
-        })
-    }
-
     /// See `Backend::bn_relu_maxpool_fwd`.
     pub fn bn_relu_maxpool_fwd(
         &self,
@@ -176,7 +140,7 @@ impl<D: Device> KernelBackend<D> {
         let p = max_pool_params(tm, shape, dym.ld, gm.ld, tiles.tile_rows)?;
         let [mean, var, gamma, beta] = self.bn_addresses(bn);
         let (dy, t, g) = (self.addr(dy, dym.offset), self.addr(t, tm.offset), self.addr(g, gm.offset));
-        self.tile_sums(tiles, "pool_sums_finish_f32", sums, |partials| {
+        self.tile_sums(tiles.tiles, tiles.cols, sums, |partials| {
             // SAFETY: dy, t and g cover their matrices (the pooled and the input pixels), the
             // per-channel vectors cover cols, partials one row of 2·cols doubles per tile.
             unsafe {
@@ -238,7 +202,7 @@ impl<D: Device> KernelBackend<D> {
         let p = global_pool_params(xm, shape, dxm.ld, tiles.tile_rows)?;
         let [mean, var, gamma, beta] = self.bn_addresses(bn);
         let (dpooled, x, dx) = (self.addr(dpooled, 0), self.addr(x, xm.offset), self.addr(dx, dxm.offset));
-        self.tile_sums(tiles, "pool_sums_finish_f32", sums, |partials| {
+        self.tile_sums(tiles.tiles, tiles.cols, sums, |partials| {
             // SAFETY: dpooled covers n × cols floats, x and dx their matrices, the per-channel
             // vectors cols, partials one row of 2·cols doubles per tile.
             unsafe {

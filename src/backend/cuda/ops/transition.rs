@@ -1,8 +1,9 @@
 //! Launch wrappers of `kernels/transition.cu`. The GEMM grid and the split reductions are the
 //! ones of `conv1x1.rs`.
 
+use super::check_pixels;
 use super::conv1x1::{DgradRuns, WgradSplit, fwd_cfg};
-use super::pool::{check_channels, check_pixels};
+use super::pool::check_channels;
 use crate::backend::cuda::device::Device;
 use crate::backend::cuda::params::transition::TransitionParams;
 use crate::backend::cuda::{DeviceBuf, KernelBackend, check_mat, check_range, u32_of};
@@ -104,7 +105,7 @@ impl<D: Device> KernelBackend<D> {
         let [mean, var, gamma, beta] = self.bn_addresses(bn);
         let (x, dy, dw_addr) = (self.addr(x, xm.offset), self.addr(dy, dym.offset), self.addr(dw, dw_off));
         let cfg = split.cfg()?;
-        self.split_wgrad(split, "transition_wgrad_finish_f32", dw, dw_off, |partials| {
+        self.split_wgrad(split, dw, dw_off, |partials| {
             // SAFETY: x covers xm (shape's pixels), dy covers dym (the pooled pixels), dW
             // cout × cin floats, the per-channel vectors cin floats (checked above); partials is
             // 0 with one split (the kernel adds into dW) or holds a dW-sized tile per split.
@@ -167,7 +168,7 @@ impl<D: Device> KernelBackend<D> {
             self.addr(sums, 0),
         ];
         let cfg = runs.cfg()?;
-        self.split_sums(runs, "transition_sums_finish_f32", sums, |partials| {
+        self.split_sums(runs, sums, |partials| {
             let [dy, w, x, mean, var, gamma, beta, dx, sums] = addrs;
             // SAFETY: dy covers dym (the pooled pixels), x and dx cover xm and dxm (shape's
             // pixels, same channels), W cout × cin floats, sums and the per-channel vectors

@@ -1,7 +1,7 @@
 //! Launch wrappers of `kernels/unfused.cu`: the unfused ops of the naive baseline.
 
-use super::elementwise_cfg;
-use super::pool::{SumTiles, check_channels, check_pixels, stem_pool_out};
+use super::pool::{SumTiles, check_channels, stem_pool_out};
+use super::{check_pixels, elementwise_cfg};
 use crate::backend::cuda::device::Device;
 use crate::backend::cuda::params::unfused::{UnfusedParams, UnfusedPoolParams};
 use crate::backend::cuda::{DeviceBuf, KernelBackend, check_mat, check_range, u32_of};
@@ -150,7 +150,7 @@ impl<D: Device> KernelBackend<D> {
             self.addr(stats.stats, stats.mean),
             self.addr(stats.stats, stats.var),
         ];
-        self.tile_sums(tiles, "bn_grad_sums_finish_f32", sums, |partials| {
+        self.tile_sums(tiles.tiles, tiles.cols, sums, |partials| {
             let [g, x, mean, var] = addrs;
             // SAFETY: g and x cover their (same-shaped) matrices, mean and var cover cols,
             // partials one row of 2·cols doubles per tile.

@@ -22,13 +22,4 @@ pub struct Conv1x1Params {
     pub run: u32,
 }
 
-/// `kernels/fused_gemm.cuh` (`dn_wgrad_finish`, launched as `conv1x1_wgrad_finish_f32` and
-/// `transition_wgrad_finish_f32`): `splits` partial weight gradients of `len` floats.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
-pub struct WgradFinishParams {
-    pub len: u32,
-    pub splits: u32,
-}
-
-kernel_params!(Conv1x1Params, WgradFinishParams);
+kernel_params!(Conv1x1Params);

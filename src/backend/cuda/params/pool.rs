@@ -35,7 +35,7 @@ pub struct GlobalPoolParams {
     pub tile_rows: u32,
 }
 
-/// `kernels/common.cuh` (`dn_tile_sums_finish`, behind each family's `*_sums_finish_f32`):
+/// `tile_sums_finish_f32` (`kernels/reduce.cu`, `dn_tile_sums_finish`):
 /// `tiles` rows of `width` = 2·channels double partial sums.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
