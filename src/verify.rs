@@ -97,6 +97,25 @@ pub fn nhwc_to_nchw(x: &[f32], n: usize, c: usize, h: usize, w: usize) -> Vec<f3
     out
 }
 
+/// The inputs and the efficient path's outputs of `verify`'s training step (for writing them
+/// out, e.g. `densenet verify --dump`).
+#[derive(Clone, Debug)]
+pub struct Step {
+    /// Parameters and running statistics before the step (`ParamLayout` order).
+    pub params: Vec<f32>,
+    pub running: Vec<f32>,
+    /// The batch, NCHW, and its labels.
+    pub images: Vec<f64>,
+    pub labels: Vec<usize>,
+    pub logits: Vec<f32>,
+    pub loss: f32,
+    pub grads: Vec<f32>,
+    /// dL/d(images), NCHW.
+    pub input_grad: Vec<f32>,
+    /// Running statistics after the step.
+    pub running_after: Vec<f32>,
+}
+
 /// Runs one training step (and an eval forward) through the efficient path on `backend` and
 /// through the oracle, with random weights (γ, β and running statistics random too) and
 /// inputs drawn from `seed`, and compares logits, loss, every parameter group's gradient, the
@@ -109,6 +128,18 @@ pub fn verify<B: Backend + Clone>(
     width: usize,
     seed: u64,
 ) -> Result<VerifyReport> {
+    verify_with_step(backend, cfg, batch, height, width, seed).map(|(report, _)| report)
+}
+
+/// [`verify`], also returning the step it checked.
+pub fn verify_with_step<B: Backend + Clone>(
+    backend: &B,
+    cfg: &DenseNetConfig,
+    batch: usize,
+    height: usize,
+    width: usize,
+    seed: u64,
+) -> Result<(VerifyReport, Step)> {
     let layout = ParamLayout::new(cfg);
     let (params, running) = layout.init_random(seed);
     let (images, labels) = random_batch(cfg, batch, height, width, seed);
@@ -172,7 +203,7 @@ pub fn verify<B: Backend + Clone>(
         .iter()
         .map(|c| c.rel_error)
         .fold(0.0, |m: f64, e| if e.is_nan() || m.is_nan() { f64::NAN } else { m.max(e) });
-    Ok(VerifyReport {
+    let report = VerifyReport {
         backend: backend.name(),
         batch,
         height,
@@ -182,7 +213,9 @@ pub fn verify<B: Backend + Clone>(
         kink_decisions,
         comparisons,
         max_rel_error,
-    })
+    };
+    let step = Step { params, running, images, labels, logits, loss, grads, input_grad, running_after };
+    Ok((report, step))
 }
 
 /// A BN input and the affine `a·x + b` the backend applied to it.

@@ -1,5 +1,5 @@
 //! `densenet verify --dump DIR`: the weights, the batch and the efficient path's outputs of
-//! `verify`'s training step, for comparing with another implementation
+//! `verify`'s training step (the one it just checked), for comparing with another implementation
 //! (`scripts/torch-compare.py` loads them into torchvision's DenseNet). Three files:
 //!
 //! * `checkpoint.safetensors`: a checkpoint (torchvision `state_dict` names, OIHW weights) of
@@ -12,43 +12,25 @@
 //!
 //! The input is NCHW, as PyTorch takes it; the network received the same values in NHWC.
 
-use densenet::backend::Backend;
 use densenet::checkpoint::Checkpoint;
 use densenet::config::DenseNetConfig;
 use densenet::data::Normalization;
-use densenet::efficient::{Network, Options};
 use densenet::error::Error;
-use densenet::params::ParamLayout;
 use densenet::train::Model;
-use densenet::verify::{nchw_to_nhwc, nhwc_to_nchw, random_batch};
+use densenet::verify::Step;
 use safetensors::tensor::{Dtype, TensorView};
 use std::path::Path;
 
-/// One training step of the efficient path on `verify`'s weights and batch for `seed`, written
-/// to `dir` (created if missing).
-#[allow(clippy::too_many_arguments)]
-pub fn write<B: Backend>(
-    backend: B,
+/// `verify`'s training step (`step`, for a batch of `height × width` images), written to
+/// `dir` (created if missing).
+pub fn write(
     cfg: &DenseNetConfig,
-    batch: usize,
+    step: &Step,
     height: usize,
     width: usize,
-    seed: u64,
     dir: &Path,
 ) -> anyhow::Result<()> {
-    let layout = ParamLayout::new(cfg);
-    let (params, running) = layout.init_random(seed);
-    let (images, labels) = random_batch(cfg, batch, height, width, seed);
-    let c = cfg.in_channels;
-    let labels_u32: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
-
-    let opts = Options { input_grad: true, ..Options::train() };
-    let mut net = Network::new(backend, cfg, batch, height, width, opts)?;
-    net.set_params(&params, &running)?;
-    net.set_batch(&nchw_to_nhwc(&images, batch, c, height, width), &labels_u32)?;
-    net.forward()?;
-    net.backward()?;
-
+    let (batch, c) = (step.labels.len(), cfg.in_channels);
     std::fs::create_dir_all(dir).map_err(|e| Error::File {
         path: dir.display().to_string(),
         message: format!("cannot create: {e}"),
@@ -62,19 +44,25 @@ pub fn write<B: Backend>(
         running,
         batches_tracked,
     };
-    Checkpoint::of_model(model(params, running, 0)).save(&dir.join("checkpoint.safetensors"))?;
-    Checkpoint::of_model(model(net.grads()?, net.running()?, 1)).save(&dir.join("gradients.safetensors"))?;
+    Checkpoint::of_model(model(step.params.clone(), step.running.clone(), 0))
+        .save(&dir.join("checkpoint.safetensors"))?;
+    Checkpoint::of_model(model(step.grads.clone(), step.running_after.clone(), 1))
+        .save(&dir.join("gradients.safetensors"))?;
 
     let f32_bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
-    let input: Vec<f32> = images.iter().map(|&v| v as f32).collect();
-    let input_grad = nhwc_to_nchw(&net.input_grad()?, batch, c, height, width);
+    let input: Vec<f32> = step.images.iter().map(|&v| v as f32).collect();
     let image_shape = vec![batch, c, height, width];
     let tensors = [
         ("input", Dtype::F32, image_shape.clone(), f32_bytes(&input)),
-        ("labels", Dtype::I64, vec![batch], labels.iter().flat_map(|&l| (l as i64).to_le_bytes()).collect()),
-        ("logits", Dtype::F32, vec![batch, cfg.classes], f32_bytes(&net.logits()?)),
-        ("loss", Dtype::F32, vec![], f32_bytes(&[net.loss()?])),
-        ("input_grad", Dtype::F32, image_shape, f32_bytes(&input_grad)),
+        (
+            "labels",
+            Dtype::I64,
+            vec![batch],
+            step.labels.iter().flat_map(|&l| (l as i64).to_le_bytes()).collect(),
+        ),
+        ("logits", Dtype::F32, vec![batch, cfg.classes], f32_bytes(&step.logits)),
+        ("loss", Dtype::F32, vec![], f32_bytes(&[step.loss])),
+        ("input_grad", Dtype::F32, image_shape, f32_bytes(&step.input_grad)),
     ];
     let views = tensors
         .iter()

@@ -8,7 +8,7 @@ use super::model_args::{ModelArgs, size_or_default};
 use clap::Args;
 use densenet::backend::Backend;
 use densenet::config::DenseNetConfig;
-use densenet::verify::{F32_TOLERANCE, KINK_MARGIN, VerifyReport, verify};
+use densenet::verify::{F32_TOLERANCE, KINK_MARGIN, VerifyReport, verify_with_step};
 use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug)]
@@ -84,9 +84,9 @@ struct Verify<'a> {
 impl BackendTask for Verify<'_> {
     type Output = VerifyReport;
     fn run<B: Backend + Clone>(self, backend: B) -> anyhow::Result<VerifyReport> {
-        let report = verify(&backend, self.cfg, self.batch, self.h, self.w, self.seed)?;
+        let (report, step) = verify_with_step(&backend, self.cfg, self.batch, self.h, self.w, self.seed)?;
         if let Some(dir) = self.dump {
-            dump::write(backend, self.cfg, self.batch, self.h, self.w, self.seed, dir)?;
+            dump::write(self.cfg, &step, self.h, self.w, dir)?;
         }
         Ok(report)
     }

@@ -410,11 +410,7 @@ impl<B: Backend> Network<B> {
     /// A BN whose statistics are the batch statistics `stats` (training) or the layer's
     /// running statistics (eval).
     fn bn<'a>(&'a self, norm: &BnLayout, stats: StatsRef<'a, B::Buf>) -> BnRef<'a, B::Buf> {
-        let (stats, mean, var) = match self.pass {
-            Mode::Train => (stats.stats, stats.mean, stats.var),
-            Mode::Eval => (&self.running, norm.running_mean, norm.running_var),
-        };
-        BnRef { stats, mean, var, params: &self.params, gamma: norm.gamma, beta: norm.beta }
+        bn_ref(self.pass, norm, stats, &self.params, &self.running)
     }
 
     /// Updates a BN layer's running statistics from batch statistics (training only).
