@@ -4,6 +4,8 @@
 
 #[path = "build/emu.rs"]
 mod emu;
+#[path = "build/emu_shared.rs"]
+mod emu_shared;
 #[path = "build/ptx.rs"]
 mod ptx;
 

@@ -57,6 +57,14 @@
 //     conversions (NaN -> canonical 0x7fff, as the GPU's cvt.rn); arithmetic is done in f32
 //     and rounded once, which is correctly rounded for + - * / (f32 has >= 2p+2 bits); fused
 //     multiply-add rounds to odd in f64 first, so it is correctly rounded too.
+//   * Checks a launch may ask for (EmuLaunchConfig::checks, emu/checker.cpp): kernel code is
+//     compiled with ThreadSanitizer's access instrumentation (no TSan runtime), so every load
+//     and store passes through a hook that knows the thread, the block's shared variables
+//     (each registers itself, see build/emu_shared.rs), the device buffers handed to the
+//     launch and their guard zones. EMU_CHECK_MEMORY reports out-of-bounds and misaligned
+//     accesses and reads of device memory never written; EMU_CHECK_RACES reports shared-memory
+//     accesses of different threads not ordered by a barrier (or, within a warp, a full-warp
+//     __syncwarp); EMU_CHECK_SHUFFLE runs the ready threads of a block in a seeded random order.
 //   * Each `extern "C" __global__ void NAME(...)` is exported as
 //     `extern "C" int emu_launch_NAME(const EmuLaunchConfig*, void** args)`, where `args` is
 //     the same array `cuLaunchKernel` takes (args[i] points at the i-th argument's value).
@@ -70,9 +78,9 @@
 //     and no user-provided constructors, which CUDA forbids as well.
 //   * Fast-math intrinsics (`__expf`, `rsqrtf`, ...) are exact here; summation order differs
 //     from the GPU's: compare with tolerances.
-//   * Out-of-bounds *global* accesses can be found with AddressSanitizer; out-of-bounds
-//     *shared* accesses are not (thread_local storage is not instrumented), and ASan would
-//     need fiber-switch annotations that are not implemented.
+//   * The race check covers shared memory only (not global memory between blocks) and treats
+//     atomics and warp shuffles as unordered; an out-of-bounds shared access that lands inside
+//     another variable the block declared is seen as an access to that variable.
 //   * Blocks of one launch run concurrently on several OS threads, but not all at once: a
 //     block spinning on a flag set by another block may hang. One launch runs at a time
 //     (launches from several host threads queue up); a kernel cannot launch kernels.
@@ -99,6 +107,7 @@
 #define __managed__
 #define __grid_constant__
 #define __align__(n)
+#define EMU_SHARED_VAR(name)
 #else
 
 #include <atomic>
@@ -130,17 +139,40 @@ enum {
 #define EMU_REPORT_BYTES 8192
 /// Filled by the runtime for every launch (diagnostics, or the reason a launch was refused).
 typedef struct EmuReport {
-    unsigned long long diagnostics; ///< number of diagnostics raised by the launch
-    unsigned long long len;         ///< bytes used in `messages`
-    char messages[EMU_REPORT_BYTES]; ///< first messages, one per line, NUL-terminated
+    unsigned long long diagnostics;   ///< number of diagnostics raised by the launch (all kinds)
+    unsigned long long races;         ///< of which shared-memory races (distinct site pairs)
+    unsigned long long memory_errors; ///< of which invalid memory accesses (distinct sites)
+    unsigned long long len;           ///< bytes used in `messages`
+    char messages[EMU_REPORT_BYTES];  ///< first messages, one per line, NUL-terminated
 } EmuReport;
+/// Checks a launch may ask for (`EmuLaunchConfig::checks`), see emu/checker.cpp.
+enum {
+    EMU_CHECK_MEMORY = 1,  ///< every access inside a buffer handed to the launch, a declared
+                           ///< shared variable or the thread's own stack; no read of unwritten
+                           ///< device memory; natural alignment
+    EMU_CHECK_RACES = 2,   ///< shared-memory accesses ordered by barriers
+    EMU_CHECK_SHUFFLE = 4, ///< threads of a block run in a seeded random order
+};
 typedef struct EmuLaunchConfig {
     unsigned grid[3];
     unsigned block[3];
     size_t shared_bytes; ///< dynamic shared memory per block
     size_t num_args;     ///< entries in the argument array (checked against the kernel's arity)
     EmuReport* report;   ///< may be null
+    unsigned checks;     ///< EMU_CHECK_* flags
+    unsigned long long seed;                ///< of EMU_CHECK_SHUFFLE
+    const unsigned long long* buffers;      ///< device addresses handed to the launch (the
+    size_t num_buffers;                     ///< pointer arguments), for EMU_CHECK_MEMORY
 } EmuLaunchConfig;
+
+/// Device memory for the memory check (emu/checker.cpp): `bytes` at `base`, `guard` bytes of
+/// guard zone on each side (owned by the caller, never to be touched by kernels), contents
+/// initialised or not.
+void emu_mem_register(void* base, size_t bytes, size_t guard, int initialised);
+void emu_mem_unregister(void* base);
+/// The host wrote (`initialised` = 1) or poisoned (0) `bytes` at `p` inside a registered
+/// buffer.
+void emu_mem_mark(void* p, size_t bytes, int initialised);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -198,6 +230,8 @@ namespace detail {
 /// The part of a fiber that inline code reads; `t_self` points at the running fiber's.
 struct ThreadSelf {
     uint3 tid;
+    unsigned linear;            ///< x + y·bx + z·bx·by
+    std::uintptr_t stack_lo;    ///< the fiber's stack: [stack_lo, stack_lo + kStackBytes)
 };
 extern thread_local constinit ThreadSelf* t_self;
 extern thread_local constinit uint3 t_block_idx;
@@ -238,8 +272,13 @@ std::uint64_t warp_op(int op, unsigned mask, std::uint64_t value, int param, int
 unsigned active_mask();
 [[noreturn]] void trap(const char* what, const char* file, int line);
 
-/// Runs a launch: `invoke(ctx)` is called once per CUDA thread.
-int run_launch(const char* kernel, const EmuLaunchConfig* cfg, void (*invoke)(void*), void* ctx);
+/// Runs a launch: `invoke(ctx)` is called once per CUDA thread. The `ctx_bytes` at `ctx` hold
+/// the kernel's arguments, which kernel code may read (as a GPU's parameter space).
+int run_launch(const char* kernel, const EmuLaunchConfig* cfg, void (*invoke)(void*), void* ctx,
+               std::size_t ctx_bytes);
+/// Registers a statically sized `__shared__` variable of the running block (see
+/// `EMU_SHARED_VAR`).
+void shared_var(const void* p, std::size_t bytes, const char* name, const char* file, int line);
 /// Refuses a launch whose argument array is missing or has the wrong length.
 int bad_arguments(const char* kernel, const EmuLaunchConfig* cfg, std::size_t arity);
 
@@ -263,18 +302,17 @@ int launch_impl(void (*kernel)(A...), const char* name, const EmuLaunchConfig* c
         return bad_arguments(name, cfg, sizeof...(A));
     using Values = std::tuple<std::remove_cvref_t<A>...>;
     // One copy of the arguments per launch; every thread gets its own by-value copy from it.
-    Values values(*static_cast<std::remove_cvref_t<A>*>(args[I])...);
     struct Ctx {
         void (*kernel)(A...);
-        Values* values;
-    } ctx{kernel, &values};
+        Values values;
+    } ctx{kernel, Values(*static_cast<std::remove_cvref_t<A>*>(args[I])...)};
     return run_launch(
         name, cfg,
         [](void* p) {
             auto* c = static_cast<Ctx*>(p);
-            std::apply(c->kernel, *c->values);
+            std::apply(c->kernel, c->values);
         },
-        &ctx);
+        &ctx, sizeof ctx);
 }
 /// Unpacks a `cuLaunchKernel`-style argument array for `kernel` and runs it.
 template <class... A>
@@ -288,6 +326,11 @@ int launch(void (*kernel)(A...), const char* name, const EmuLaunchConfig* cfg, v
     extern "C" int emu_launch_##name(const EmuLaunchConfig* cfg, void** args) {                   \
         return ::emu::launch(&name, #name, cfg, args);                                            \
     }
+
+/// Follows every statically sized `__shared__` declaration in the copies of the sources the
+/// emulator compiles (build/emu_shared.rs).
+#define EMU_SHARED_VAR(name)                                                                      \
+    ::emu::shared_var(&(name), sizeof(name), #name, __builtin_FILE(), __builtin_LINE());
 
 #define threadIdx (::emu::detail::thread_idx())
 #define blockIdx (::emu::detail::block_idx())

@@ -1,7 +1,7 @@
 // runtime.cpp — the scheduler behind cuda_emu.h: fibers, barriers, warp collectives, the
 // worker pool and diagnostics. The design and its limits are described at the top of
 // cuda_emu.h.
-#include "cuda_emu.h"
+#include "checker.h"
 
 #include <algorithm>
 #include <condition_variable>
@@ -89,7 +89,6 @@ thread_local constinit dim3 t_grid_dim{1, 1, 1};
 
 namespace {
 
-constexpr std::size_t kStackBytes = 64 * 1024;
 constexpr unsigned kMaxMessages = 8;
 constexpr unsigned kQueueMask = EMU_MAX_THREADS_PER_BLOCK - 1;
 static_assert((EMU_MAX_THREADS_PER_BLOCK & kQueueMask) == 0);
@@ -193,6 +192,10 @@ struct Launch {
     std::atomic<std::uint64_t> next_block{0};
     std::atomic<std::uint64_t> diagnostics{0};
     std::atomic<bool> runtime_error{false};
+    std::atomic<std::uint64_t> races{0}, memory_errors{0}; // findings of the checks
+    unsigned flags = 0;                                     // EMU_CHECK_*
+    std::uint64_t seed = 0;                                 // of EMU_CHECK_SHUFFLE
+    check::LaunchChecks* checks = nullptr;
     std::mutex mu; // guards messages
     std::string messages;
     unsigned stored = 0;
@@ -213,9 +216,13 @@ struct Worker {
     std::size_t guard = 0;
     dim3 prepared{0, 0, 0};
     unsigned n = 0; // threads per block
-    // FIFO of ready fibers (each fiber is in it at most once).
+    // Ready fibers (each fiber is in it at most once): a FIFO, or drawn at random with
+    // EMU_CHECK_SHUFFLE from `rng` (seeded per block, so a block's order does not depend on
+    // which worker runs it).
     std::uint16_t queue[EMU_MAX_THREADS_PER_BLOCK];
     unsigned q_head = 0, q_count = 0;
+    bool shuffle = false;
+    std::uint64_t rng = 0;
     // Block barrier.
     std::vector<std::uint16_t> bar_waiters;
     unsigned n_bar_waiting = 0;
@@ -246,6 +253,26 @@ inline Fiber& current() { return *reinterpret_cast<Fiber*>(detail::t_self); }
 
 inline void push_ready(Worker& w, unsigned i) {
     w.queue[(w.q_head + w.q_count++) & kQueueMask] = (std::uint16_t)i;
+}
+
+/// splitmix64
+std::uint64_t next_random(std::uint64_t& state) {
+    std::uint64_t z = (state += 0x9e3779b97f4a7c15u);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9u;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebu;
+    return z ^ (z >> 31);
+}
+
+/// Takes the next fiber to run off the ready queue (which must not be empty).
+unsigned pop_ready(Worker& w) {
+    if (w.shuffle && w.q_count > 1) {
+        unsigned k = (unsigned)(next_random(w.rng) % w.q_count);
+        std::swap(w.queue[w.q_head], w.queue[(w.q_head + k) & kQueueMask]);
+    }
+    unsigned i = w.queue[w.q_head];
+    w.q_head = (w.q_head + 1) & kQueueMask;
+    --w.q_count;
+    return i;
 }
 
 bool same_site(const char* fa, int la, const char* fb, int lb) {
@@ -326,9 +353,7 @@ std::string describe_wait(const Worker& w, const Fiber& g) {
 /// `f` cannot continue: run the next ready fiber of the block (or report a deadlock).
 void wait_for_others(Worker& w, Fiber& f) {
     if (w.q_count == 0) deadlock(w, f);
-    Fiber& next = w.fibers[w.queue[w.q_head]];
-    w.q_head = (w.q_head + 1) & kQueueMask;
-    --w.q_count;
+    Fiber& next = w.fibers[pop_ready(w)];
     detail::t_self = &next.self;
     ctx_switch(f.ctx, next.ctx);
     // Resumed: whoever switched here has set t_self to this fiber.
@@ -362,6 +387,7 @@ void wait_for_others(Worker& w, Fiber& f) {
         // __syncwarp waits only for the lanes of its mask that have not exited.
         c.mask &= ~bit;
         if (c.arrived == c.mask) {
+            check::syncwarp_done(f.linear / 32, c.mask, wp.present & ~wp.exited);
             for (unsigned m = c.arrived; m; m &= m - 1) {
                 unsigned i = (f.linear & ~31u) + std::countr_zero(m);
                 w.fibers[i].state = State::Ready;
@@ -408,6 +434,8 @@ bool prepare(Worker& w, const Launch& j) {
         Fiber& f = w.fibers[i];
         f.linear = i;
         f.self.tid = {i % j.block.x, (i / j.block.x) % j.block.y, i / (j.block.x * j.block.y)};
+        f.self.linear = i;
+        f.self.stack_lo = reinterpret_cast<std::uintptr_t>(w.stacks[i] + w.guard);
         w.warps[i / 32].present |= 1u << (i % 32);
     }
     w.prepared = j.block;
@@ -418,6 +446,8 @@ void run_block(Worker& w, Launch& j, std::uint64_t b) {
     detail::t_block_idx = {(unsigned)(b % j.grid.x), (unsigned)(b / j.grid.x % j.grid.y),
                            (unsigned)(b / ((std::uint64_t)j.grid.x * j.grid.y))};
     if (j.smem) std::memset(emu_dynamic_smem, 0xff, j.smem); // poison: NaN / -1
+    w.shuffle = j.flags & EMU_CHECK_SHUFFLE;
+    w.rng = j.seed ^ (b * 0xd1342543de82ef95u);
     w.q_head = 0;
     w.q_count = 0;
     w.n_bar_waiting = 0;
@@ -429,12 +459,12 @@ void run_block(Worker& w, Launch& j, std::uint64_t b) {
         ctx_init(f.ctx, w.stacks[i] + w.guard, kStackBytes, &fiber_main, nullptr);
         push_ready(w, i);
     }
-    Fiber& first = w.fibers[w.queue[0]];
-    w.q_head = 1;
-    --w.q_count;
+    check::begin_block(j.checks, w.n, j.smem);
+    Fiber& first = w.fibers[pop_ready(w)];
     detail::t_self = &first.self;
     ctx_switch(w.sched, first.ctx);
     detail::t_self = nullptr;
+    check::end_block();
 }
 
 void run_blocks(Launch& j) {
@@ -520,9 +550,12 @@ unsigned configured_threads() {
 
 std::mutex g_launch_mutex; // one launch at a time: workers and their blocks are shared
 
-void write_report(EmuReport* rep, std::uint64_t count, const std::string& messages) {
+void write_report(EmuReport* rep, std::uint64_t count, const std::string& messages,
+                  std::uint64_t races = 0, std::uint64_t memory_errors = 0) {
     if (!rep) return;
     rep->diagnostics = count;
+    rep->races = races;
+    rep->memory_errors = memory_errors;
     std::size_t len = std::min(messages.size(), (std::size_t)EMU_REPORT_BYTES - 1);
     std::memcpy(rep->messages, messages.data(), len);
     rep->messages[len] = 0;
@@ -550,7 +583,14 @@ std::string check_config(const EmuLaunchConfig& c) {
 
 } // namespace
 
-// ---- entry points used by cuda_emu.h --------------------------------------------------------
+// ---- entry points used by cuda_emu.h and checker.cpp ---------------------------------------
+
+void detail::report_finding(int kind, const std::string& body) {
+    Worker& w = *t_worker;
+    (kind == detail::FINDING_RACE ? w.job->races : w.job->memory_errors)
+        .fetch_add(1, std::memory_order_relaxed);
+    report(w, current(), "%s", body.c_str());
+}
 
 int barrier(int kind, int pred, const char* file, int line) {
     Worker& w = *t_worker;
@@ -594,6 +634,7 @@ int barrier(int kind, int pred, const char* file, int line) {
             push_ready(w, w.bar_waiters[i]);
         }
         w.n_bar_waiting = 0;
+        check::barrier_done();
         return w.bar_result;
     }
     w.bar_waiters[w.n_bar_waiting++] = (std::uint16_t)f.linear;
@@ -770,6 +811,7 @@ std::uint64_t warp_op(int op, unsigned mask, std::uint64_t value, int param, int
     f.line = line;
     if (c->arrived == mask) {
         *c = wp.open[--wp.n_open]; // close it
+        if (op == WOP_SYNCWARP) check::syncwarp_done(f.linear / 32, mask, wp.present & ~wp.exited);
         return complete_warp_op(w, f);
     }
     f.state = State::Warp;
@@ -798,7 +840,8 @@ int bad_arguments(const char* kernel, const EmuLaunchConfig* cfg, std::size_t ar
     return EMU_ERR_CONFIG;
 }
 
-int run_launch(const char* kernel, const EmuLaunchConfig* cfg, void (*invoke)(void*), void* ctx) {
+int run_launch(const char* kernel, const EmuLaunchConfig* cfg, void (*invoke)(void*), void* ctx,
+               std::size_t ctx_bytes) {
     if (cfg == nullptr) return EMU_ERR_CONFIG;
     EmuReport* rep = cfg->report;
     write_report(rep, 0, {});
@@ -819,11 +862,21 @@ int run_launch(const char* kernel, const EmuLaunchConfig* cfg, void (*invoke)(vo
         j.smem = cfg->shared_bytes;
         j.nblocks = (std::uint64_t)j.grid.x * j.grid.y * j.grid.z;
         j.nthreads = j.block.x * j.block.y * j.block.z;
+        j.flags = cfg->checks;
+        j.seed = cfg->seed;
+        j.checks = check::begin_launch(kernel, *cfg, ctx, ctx_bytes);
         pool->run(j);
+        std::uint64_t guard_errors = 0;
+        std::string guards = check::end_launch(j.checks, guard_errors);
+        if (guard_errors) {
+            j.memory_errors += guard_errors;
+            j.diagnostics += guard_errors;
+            j.note(guards.substr(0, guards.size() - 1));
+        }
         std::uint64_t count = j.diagnostics.load();
         if (j.stored > kMaxMessages)
             j.messages += format("(%u more message(s) not shown)\n", j.stored - kMaxMessages);
-        write_report(rep, count, j.messages);
+        write_report(rep, count, j.messages, j.races.load(), j.memory_errors.load());
         if (j.runtime_error.load()) return EMU_ERR_RUNTIME;
         return count ? EMU_ERR_DIAGNOSTICS : EMU_OK;
     } catch (const std::exception& e) {

@@ -28,7 +28,8 @@ impl Args {
     }
 }
 
-/// Launches `name`; the caller's buffers behind pointer arguments must fit the kernel.
+/// Launches `name` with the race check on; the caller's buffers behind pointer arguments
+/// (plain host memory, so no memory check) must fit the kernel.
 fn launch(
     name: &str,
     grid: [u32; 3],
@@ -36,11 +37,32 @@ fn launch(
     shared_bytes: usize,
     args: Args,
 ) -> Result<(), EmuError> {
+    emu::set_checks(emu::Checks { races: true, ..emu::Checks::NONE });
     let mut slots = args.0;
     let mut ptrs: Vec<*mut c_void> = slots.iter_mut().map(|s| (s as *mut u64).cast::<c_void>()).collect();
     // SAFETY: every test passes arguments of the kernel's parameter types, and buffers large
     // enough for what the kernel touches.
-    unsafe { emu::launch(name, grid, block, shared_bytes, &mut ptrs) }
+    unsafe { emu::launch(name, grid, block, shared_bytes, &mut ptrs, &[]) }
+}
+
+/// Launches `name` with the emulator's memory and race checks on `buffers` (the kernel's
+/// pointer arguments, which `args` must also hold).
+fn launch_checked(
+    name: &str,
+    grid: [u32; 3],
+    block: [u32; 3],
+    shared_bytes: usize,
+    args: Args,
+    buffers: &[&emu::Buffer],
+) -> Result<(), EmuError> {
+    let mut slots = args.0;
+    let mut ptrs: Vec<*mut c_void> = slots.iter_mut().map(|s| (s as *mut u64).cast::<c_void>()).collect();
+    let addresses: Vec<u64> = buffers.iter().map(|b| b.addr(0)).collect();
+    emu::set_checks(emu::Checks { memory: true, races: true, shuffle: None });
+    // SAFETY: as in `launch`; the buffers outlive the launch.
+    let result = unsafe { emu::launch(name, grid, block, shared_bytes, &mut ptrs, &addresses) };
+    emu::set_checks(emu::Checks::NONE);
+    result
 }
 
 fn assert_no_diagnostics() {
@@ -113,17 +135,30 @@ fn tiled_matmul_with_odd_sizes_matches_cpu() {
 }
 
 #[test]
-fn missing_trailing_syncthreads_gives_a_wrong_result_without_diagnostic() {
+fn missing_trailing_syncthreads_is_a_race_and_gives_a_wrong_result() {
     let (m, k, n) = (37, 53, 29);
     let mut rng = Lcg(2);
     let a = random_matrix(&mut rng, m * k);
     let b = random_matrix(&mut rng, k * n);
     let want = matmul_cpu(&a, &b, m, n, k);
-    let got = matmul_emu("selftest_matmul_missing_sync", &a, &b, m, n, k);
-    // A race, not a divergence: every thread reaches the same barriers, so nothing is reported,
-    // but fast threads overwrite the tiles before slow ones have read them — every time.
-    assert!(max_abs_diff(&got, &want) > 0.1, "the race went unnoticed");
-    assert_no_diagnostics();
+    // Every thread reaches the same barriers, so the synchronisation rules see nothing, but
+    // fast threads overwrite the tiles before slow ones have read them — every time.
+    let mut c = vec![f32::NAN; m * n];
+    let args = Args::new()
+        .arg(a.as_ptr())
+        .arg(b.as_ptr())
+        .arg(c.as_mut_ptr())
+        .arg(m as i32)
+        .arg(n as i32)
+        .arg(k as i32);
+    let grid = [n.div_ceil(16) as u32, m.div_ceil(16) as u32, 1];
+    let err =
+        launch("selftest_matmul_missing_sync", grid, [16, 16, 1], 0, args).expect_err("race unreported");
+    assert!(max_abs_diff(&c, &want) > 0.1, "the race changed nothing");
+    let d = emu::take_diagnostics();
+    assert!(d.races >= 1 && d.count == d.races, "{d:#?}");
+    assert_mentions(&d.messages, &["shared-memory race", "selftest_basic.cu"]);
+    println!("{err}");
 }
 
 #[test]
@@ -774,4 +809,165 @@ fn timings_of_barriers_shuffles_and_matmul() {
         eprintln!("emulator: tiled matmul {m}x{k} . {k}x{n} (16x16 blocks): {:.3} ms", t * 1e3);
     }
     assert_no_diagnostics();
+}
+
+// ---- memory and race checks -------------------------------------------------------------------
+
+/// `emu/selftest/selftest_checks.cu:LINE` of the line marked `BUG: {marker}`.
+fn check_site(marker: &str) -> String {
+    let src = include_str!("../emu/selftest/selftest_checks.cu");
+    let tag = format!("BUG: {marker}");
+    let line = src.lines().position(|l| l.contains(&tag)).expect("marker") + 1;
+    format!("emu/selftest/selftest_checks.cu:{line}")
+}
+
+/// A device buffer holding `values`.
+fn buffer_of(values: &[f32]) -> emu::Buffer {
+    let mut b = emu::Buffer::uninit(values.len() * 4).unwrap();
+    b.write(0, bytemuck::cast_slice(values));
+    b
+}
+
+fn floats(b: &emu::Buffer) -> Vec<f32> {
+    b.bytes().chunks_exact(4).map(|c| f32::from_ne_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+/// Runs a planted bug in one block under the checks and returns its findings, printed for the
+/// record.
+fn expect_findings(
+    name: &str,
+    block: [u32; 3],
+    shared_bytes: usize,
+    args: Args,
+    buffers: &[&emu::Buffer],
+) -> emu::Diagnostics {
+    let err = launch_checked(name, [1, 1, 1], block, shared_bytes, args, buffers)
+        .expect_err("the bug went unreported");
+    let EmuError::Diagnostics { messages, .. } = err else { panic!("unexpected error {err}") };
+    let d = emu::take_diagnostics();
+    assert_eq!(d.messages, messages);
+    assert_eq!(d.count, d.races + d.memory_errors, "only findings of the checks: {messages:#?}");
+    for m in &messages {
+        println!("{m}");
+    }
+    d
+}
+
+/// One memory error and nothing else.
+fn expect_memory_error(
+    name: &str,
+    block: [u32; 3],
+    shared_bytes: usize,
+    args: Args,
+    buffers: &[&emu::Buffer],
+) -> Vec<String> {
+    let d = expect_findings(name, block, shared_bytes, args, buffers);
+    assert_eq!((d.memory_errors, d.races), (1, 0), "{:#?}", d.messages);
+    d.messages
+}
+
+#[test]
+fn missing_barrier_between_shared_write_and_read_is_a_race() {
+    let input: Vec<f32> = (0..64).map(|i| i as f32).collect();
+    let (x, out) = (buffer_of(&input), buffer_of(&[0.0; 64]));
+    let args = Args::new().arg(x.ptr()).arg(out.ptr());
+    let d = expect_findings("selftest_race_missing_barrier", [64, 1, 1], 0, args, &[&x, &out]);
+    assert_eq!((d.races, d.memory_errors), (1, 0), "one pair of sites: {:#?}", d.messages);
+    assert_mentions(
+        &d.messages,
+        &[
+            "shared-memory race",
+            "`s` (256 bytes, declared at",
+            &check_site("race-write"),
+            &check_site("race-read"),
+        ],
+    );
+    // With the barrier: clean, and the mirror is right.
+    let args = Args::new().arg(x.ptr()).arg(out.ptr());
+    launch_checked("selftest_race_with_barrier", [1, 1, 1], [64, 1, 1], 0, args, &[&x, &out]).unwrap();
+    assert_eq!(floats(&out), input.iter().rev().copied().collect::<Vec<_>>());
+}
+
+#[test]
+fn warp_synchronous_reduction_without_syncwarp_is_a_race() {
+    let input: Vec<f32> = (0..64).map(|i| (i % 7) as f32).collect();
+    let (x, out) = (buffer_of(&input), buffer_of(&[0.0]));
+    let args = Args::new().arg(x.ptr()).arg(out.ptr());
+    let d = expect_findings("selftest_race_warp_synchronous", [64, 1, 1], 0, args, &[&x, &out]);
+    // One per pair of sites: the unrolled loop has several.
+    assert!(d.races >= 1 && d.memory_errors == 0, "{:#?}", d.messages);
+    assert_mentions(
+        &d.messages,
+        &["shared-memory race", "with no barrier in between", &check_site("warp-synchronous")],
+    );
+    let args = Args::new().arg(x.ptr()).arg(out.ptr());
+    launch_checked("selftest_warp_reduction_with_syncwarp", [1, 1, 1], [64, 1, 1], 0, args, &[&x, &out])
+        .unwrap();
+    assert_eq!(floats(&out), vec![input.iter().sum::<f32>()]);
+}
+
+#[test]
+fn one_past_the_end_global_write_is_reported() {
+    let out = buffer_of(&[0.0; 37]);
+    let args = Args::new().arg(out.ptr()).arg(37i32);
+    let msgs = expect_memory_error("selftest_oob_global_write", [64, 1, 1], 0, args, &[&out]);
+    assert_mentions(
+        &msgs,
+        &["out of bounds", "byte 148 of a 148-byte buffer", &check_site("one-past-the-end")],
+    );
+}
+
+#[test]
+fn negative_shared_index_is_reported() {
+    let out = buffer_of(&[0.0; 32]);
+    let msgs = expect_memory_error(
+        "selftest_negative_shared_index",
+        [32, 1, 1],
+        0,
+        Args::new().arg(out.ptr()),
+        &[&out],
+    );
+    assert_mentions(&msgs, &["4-byte read", "before `s`", &check_site("negative-shared-index")]);
+}
+
+#[test]
+fn read_of_never_written_device_memory_is_reported() {
+    let x = emu::Buffer::uninit(40 * 4).unwrap();
+    let out = buffer_of(&[0.0; 40]);
+    let args = Args::new().arg(x.ptr()).arg(out.ptr()).arg(40i32);
+    let msgs = expect_memory_error("selftest_copy", [64, 1, 1], 0, args, &[&x, &out]);
+    assert_mentions(&msgs, &["uninitialised device memory", &check_site("uninitialised-read")]);
+    assert!(floats(&out).iter().all(|v| v.is_nan()), "fresh buffers are poisoned with NaN");
+}
+
+#[test]
+fn read_beyond_the_dynamic_shared_memory_is_reported() {
+    let out = buffer_of(&[0.0; 16]);
+    let msgs = expect_memory_error(
+        "selftest_dynamic_shared_overrun",
+        [16, 1, 1],
+        16 * 4,
+        Args::new().arg(out.ptr()),
+        &[&out],
+    );
+    assert_mentions(&msgs, &["beyond the 64 bytes", &check_site("dynamic-overrun")]);
+}
+
+#[test]
+fn buffer_not_handed_to_the_launch_is_reported() {
+    let out = buffer_of(&[0.0; 37]);
+    let args = Args::new().arg(out.ptr()).arg(36i32);
+    let msgs = expect_memory_error("selftest_oob_global_write", [64, 1, 1], 0, args, &[]);
+    assert_mentions(&msgs, &["not handed to the launch"]);
+}
+
+#[test]
+fn write_the_instrumentation_cannot_see_is_caught_by_the_guard_zone() {
+    let (out, x) = (buffer_of(&[0.0; 5]), buffer_of(&[1.0]));
+    let args = Args::new().arg(out.ptr()).arg(x.ptr()).arg(5i32).arg(4i32);
+    let msgs = expect_memory_error("selftest_oob_memcpy", [32, 1, 1], 0, args, &[&out, &x]);
+    assert_mentions(&msgs, &["4 byte(s) of the guard zone after a 20-byte buffer were overwritten"]);
+    // The guard zone is restored: the next clean launch finds nothing.
+    let args = Args::new().arg(out.ptr()).arg(4i32);
+    launch_checked("selftest_oob_global_write", [1, 1, 1], [4, 1, 1], 0, args, &[&out]).unwrap();
 }

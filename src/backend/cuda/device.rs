@@ -55,6 +55,9 @@ pub trait Device: Send + Sync + 'static {
     fn name(&self) -> String;
     /// `len` zeroed floats.
     fn alloc_zeroed(&self, len: usize) -> Result<Self::Mem>;
+    /// `len` floats of unspecified contents, for memory kernels write before they read (the
+    /// emulator poisons it and its memory check reports reads of bytes never written).
+    fn alloc_uninit(&self, len: usize) -> Result<Self::Mem>;
     /// Device address of element `offset` of `mem` (what a kernel's pointer argument holds).
     fn address(&self, mem: &Self::Mem, offset: usize) -> u64;
     fn upload(&self, mem: &mut Self::Mem, offset: usize, src: &[f32]) -> Result<()>;

@@ -112,6 +112,12 @@ impl Device for CudaDevice {
         self.stream.alloc_zeros::<f32>(len.max(1)).map_err(|e| self.out_of_memory(e, len * 4))
     }
 
+    fn alloc_uninit(&self, len: usize) -> Result<CudaSlice<f32>> {
+        // SAFETY: f32 has no invalid bit patterns, and the callers' kernels write before
+        // they read (the emulator's memory check tests exactly that).
+        unsafe { self.stream.alloc::<f32>(len.max(1)) }.map_err(|e| self.out_of_memory(e, len * 4))
+    }
+
     fn address(&self, mem: &CudaSlice<f32>, offset: usize) -> u64 {
         let (ptr, _sync) = mem.device_ptr(&self.stream);
         ptr + (offset * size_of::<f32>()) as u64

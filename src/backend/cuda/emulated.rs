@@ -1,9 +1,11 @@
-//! The CPU emulator as a [`Device`] (feature `cuda-emu`): device memory is host memory and
-//! each launch runs the kernel's C++ build (see `emu/cuda_emu.h`) with the same argument
-//! array the driver would get.
+//! The CPU emulator as a [`Device`] (feature `cuda-emu`): device memory is host memory (an
+//! [`emu::Buffer`] per allocation: guard zones, poisoned until written, known to the
+//! emulator's memory check) and each launch runs the kernel's C++ build (see
+//! `emu/cuda_emu.h`) with the same argument array the driver would get.
 
 use super::device::{Device, LaunchCfg};
 use super::params::KernelParams;
+use crate::emu::{self, Buffer};
 use crate::error::{Error, Result};
 use std::ffi::c_void;
 
@@ -11,40 +13,49 @@ use std::ffi::c_void;
 #[derive(Debug, Default)]
 pub struct EmuDevice;
 
+const F32: usize = size_of::<f32>();
+
+impl EmuDevice {
+    fn out_of_memory(&self, len: usize) -> Error {
+        Error::OutOfMemory {
+            device: self.name(),
+            requested: len.saturating_mul(F32),
+            free: self.free_bytes().unwrap_or(0),
+        }
+    }
+}
+
 impl Device for EmuDevice {
-    /// Boxed so that a buffer's address never moves.
-    type Mem = Box<[f32]>;
+    type Mem = Buffer;
 
     fn name(&self) -> String {
         "cuda-emu".into()
     }
 
-    fn alloc_zeroed(&self, len: usize) -> Result<Box<[f32]>> {
-        let mut v = Vec::new();
-        v.try_reserve_exact(len.max(1)).map_err(|_| Error::OutOfMemory {
-            device: self.name(),
-            requested: len * 4,
-            free: 0,
-        })?;
-        v.resize(len.max(1), 0.0);
-        Ok(v.into_boxed_slice())
+    fn alloc_zeroed(&self, len: usize) -> Result<Buffer> {
+        len.checked_mul(F32).and_then(Buffer::zeroed).ok_or_else(|| self.out_of_memory(len))
     }
 
-    fn address(&self, mem: &Box<[f32]>, offset: usize) -> u64 {
-        mem.as_ptr().wrapping_add(offset) as u64
+    fn alloc_uninit(&self, len: usize) -> Result<Buffer> {
+        len.checked_mul(F32).and_then(Buffer::uninit).ok_or_else(|| self.out_of_memory(len))
     }
 
-    fn upload(&self, mem: &mut Box<[f32]>, offset: usize, src: &[f32]) -> Result<()> {
-        mem[offset..offset + src.len()].copy_from_slice(src);
+    fn address(&self, mem: &Buffer, offset: usize) -> u64 {
+        mem.addr(offset * F32)
+    }
+
+    fn upload(&self, mem: &mut Buffer, offset: usize, src: &[f32]) -> Result<()> {
+        mem.write(offset * F32, bytemuck::cast_slice(src));
         Ok(())
     }
 
-    fn download(&self, mem: &Box<[f32]>, offset: usize, len: usize) -> Result<Vec<f32>> {
-        Ok(mem[offset..offset + len].to_vec())
+    fn download(&self, mem: &Buffer, offset: usize, len: usize) -> Result<Vec<f32>> {
+        let bytes = &mem.bytes()[offset * F32..(offset + len) * F32];
+        Ok(bytes.chunks_exact(F32).map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]])).collect())
     }
 
-    fn zero(&self, mem: &mut Box<[f32]>, offset: usize, len: usize) -> Result<()> {
-        mem[offset..offset + len].fill(0.0);
+    fn zero(&self, mem: &mut Buffer, offset: usize, len: usize) -> Result<()> {
+        mem.fill(offset * F32, len * F32, 0);
         Ok(())
     }
 
@@ -68,7 +79,7 @@ impl Device for EmuDevice {
         args.extend(addresses.iter().map(|a| a as *const u64 as *mut c_void));
         // SAFETY: the caller guarantees params and addresses match the kernel's signature
         // and accesses; `args` points at values that outlive the (synchronous) launch.
-        unsafe { crate::emu::launch(kernel, cfg.grid, cfg.block, cfg.shared_bytes as usize, &mut args) }
+        unsafe { emu::launch(kernel, cfg.grid, cfg.block, cfg.shared_bytes as usize, &mut args, addresses) }
             .map_err(|e| Error::Launch { kernel: kernel.into(), message: e.to_string() })
     }
 }

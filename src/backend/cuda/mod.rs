@@ -101,7 +101,9 @@ impl<D: Device> KernelBackend<D> {
     /// A backend on `device`; reserves the [`SCRATCH_FLOATS`] scratch.
     pub fn on(device: D) -> Result<Self> {
         let tracker = Arc::new(MemoryTracker::new());
-        let mem = device.alloc_zeroed(SCRATCH_FLOATS)?;
+        // Split partials are written before they are read, which the emulator's memory check
+        // verifies on uninitialised memory.
+        let mem = device.alloc_uninit(SCRATCH_FLOATS)?;
         tracker.allocated(SCRATCH_FLOATS * 4, Category::Workspace);
         let scratch =
             DeviceBuf { mem, len: SCRATCH_FLOATS, category: Category::Workspace, tracker: tracker.clone() };
