@@ -28,6 +28,26 @@ impl Args {
     }
 }
 
+/// Launches `name` with `checks`; `buffers` are the device addresses handed to it.
+fn launch_with(
+    checks: emu::Checks,
+    name: &str,
+    grid: [u32; 3],
+    block: [u32; 3],
+    shared_bytes: usize,
+    args: Args,
+    buffers: &[u64],
+) -> Result<(), EmuError> {
+    let mut slots = args.0;
+    let mut ptrs: Vec<*mut c_void> = slots.iter_mut().map(|s| (s as *mut u64).cast::<c_void>()).collect();
+    emu::set_checks(checks);
+    // SAFETY: every test passes arguments of the kernel's parameter types, and buffers large
+    // enough for what the kernel touches (which the memory check verifies where it is on).
+    let result = unsafe { emu::launch(name, grid, block, shared_bytes, &mut ptrs, buffers) };
+    emu::set_checks(emu::Checks::NONE);
+    result
+}
+
 /// Launches `name` with the race check on; the caller's buffers behind pointer arguments
 /// (plain host memory, so no memory check) must fit the kernel.
 fn launch(
@@ -37,12 +57,8 @@ fn launch(
     shared_bytes: usize,
     args: Args,
 ) -> Result<(), EmuError> {
-    emu::set_checks(emu::Checks { races: true, ..emu::Checks::NONE });
-    let mut slots = args.0;
-    let mut ptrs: Vec<*mut c_void> = slots.iter_mut().map(|s| (s as *mut u64).cast::<c_void>()).collect();
-    // SAFETY: every test passes arguments of the kernel's parameter types, and buffers large
-    // enough for what the kernel touches.
-    unsafe { emu::launch(name, grid, block, shared_bytes, &mut ptrs, &[]) }
+    let races = emu::Checks { races: true, ..emu::Checks::NONE };
+    launch_with(races, name, grid, block, shared_bytes, args, &[])
 }
 
 /// Launches `name` with the emulator's memory and race checks on `buffers` (the kernel's
@@ -55,14 +71,9 @@ fn launch_checked(
     args: Args,
     buffers: &[&emu::Buffer],
 ) -> Result<(), EmuError> {
-    let mut slots = args.0;
-    let mut ptrs: Vec<*mut c_void> = slots.iter_mut().map(|s| (s as *mut u64).cast::<c_void>()).collect();
     let addresses: Vec<u64> = buffers.iter().map(|b| b.addr(0)).collect();
-    emu::set_checks(emu::Checks { memory: true, races: true, shuffle: None });
-    // SAFETY: as in `launch`; the buffers outlive the launch.
-    let result = unsafe { emu::launch(name, grid, block, shared_bytes, &mut ptrs, &addresses) };
-    emu::set_checks(emu::Checks::NONE);
-    result
+    let checks = emu::Checks { memory: true, races: true, shuffle: None };
+    launch_with(checks, name, grid, block, shared_bytes, args, &addresses)
 }
 
 fn assert_no_diagnostics() {
@@ -970,4 +981,41 @@ fn write_the_instrumentation_cannot_see_is_caught_by_the_guard_zone() {
     // The guard zone is restored: the next clean launch finds nothing.
     let args = Args::new().arg(out.ptr()).arg(4i32);
     launch_checked("selftest_oob_global_write", [1, 1, 1], [4, 1, 1], 0, args, &[&out]).unwrap();
+}
+
+/// The order in which the threads of one 64-thread block run, with `checks`.
+fn arrival_order(checks: emu::Checks) -> Vec<u32> {
+    let (mut counter, mut ticket) = (vec![0u32], vec![0u32; 64]);
+    let args = Args::new().arg(counter.as_mut_ptr()).arg(ticket.as_mut_ptr());
+    launch_with(checks, "selftest_arrival_order", [1, 1, 1], [64, 1, 1], 0, args, &[]).unwrap();
+    ticket
+}
+
+#[test]
+fn shuffled_order_is_random_per_seed_and_results_of_correct_kernels_do_not_change() {
+    let fifo = arrival_order(emu::Checks::NONE);
+    assert_eq!(fifo, (0..64).collect::<Vec<u32>>(), "without shuffling threads run in order");
+    let shuffled = |seed| arrival_order(emu::Checks { shuffle: Some(seed), ..emu::Checks::NONE });
+    let (a, b) = (shuffled(1), shuffled(2));
+    let mut sorted = a.clone();
+    sorted.sort();
+    assert_eq!(sorted, fifo, "a permutation");
+    assert_ne!(a, fifo);
+    assert_ne!(a, b, "another seed, another order");
+    assert_eq!(a, shuffled(1), "the same seed, the same order");
+
+    let (m, k, n) = (37, 53, 29);
+    let mut rng = Lcg(3);
+    let (x, y) = (random_matrix(&mut rng, m * k), random_matrix(&mut rng, k * n));
+    let plain = matmul_emu("selftest_matmul", &x, &y, m, n, k);
+    for seed in [5, 6] {
+        let mut c = vec![f32::NAN; m * n];
+        let args = Args::new().arg(x.as_ptr()).arg(y.as_ptr()).arg(c.as_mut_ptr());
+        let args = args.arg(m as i32).arg(n as i32).arg(k as i32);
+        let grid = [n.div_ceil(16) as u32, m.div_ceil(16) as u32, 1];
+        let checks = emu::Checks { shuffle: Some(seed), races: true, memory: false };
+        launch_with(checks, "selftest_matmul", grid, [16, 16, 1], 0, args, &[]).unwrap();
+        assert_eq!(c, plain, "seed {seed}");
+    }
+    assert_no_diagnostics();
 }

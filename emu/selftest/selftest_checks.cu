@@ -85,3 +85,8 @@ extern "C" __global__ void selftest_dynamic_shared_overrun(float* out) {
 extern "C" __global__ void selftest_oob_memcpy(float* out, const float* in, int n, int bytes) {
     if (threadIdx.x == 0) memcpy(out + n, in, bytes); // BUG: memcpy-past-the-end
 }
+
+// ticket[t] = the order in which thread t got here (one block).
+extern "C" __global__ void selftest_arrival_order(unsigned* counter, unsigned* ticket) {
+    ticket[threadIdx.x] = atomicAdd(counter, 1u);
+}
