@@ -4,6 +4,8 @@
 
 #[path = "build/emu.rs"]
 mod emu;
+#[path = "build/kernel_scan.rs"]
+mod kernel_scan;
 #[path = "build/ptx.rs"]
 mod ptx;
 

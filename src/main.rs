@@ -29,6 +29,7 @@ fn main() -> ExitCode {
                         | densenet::Error::Shape(_)
                         | densenet::Error::File { .. }
                         | densenet::Error::BackendUnavailable(_)
+                        | densenet::Error::MissingLibrary { .. }
                 )
             );
             ExitCode::from(if usage { 2 } else { 1 })

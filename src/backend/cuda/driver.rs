@@ -4,13 +4,13 @@
 use super::device::{Device, LaunchCfg};
 use super::params::KernelParams;
 use crate::error::{Error, Result};
-use crate::kernels::{KernelSource, MODULES};
+use crate::kernels::{GpuArch, KernelSource, MODULES, compile_nvrtc, module_of};
 use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DriverError, LaunchConfig,
     PushKernelArg, sys,
 };
-use cudarc::nvrtc::{CompileOptions, Ptx};
+use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -48,45 +48,48 @@ impl CudaDevice {
         })
     }
 
+    /// Module `index` of [`MODULES`], compiled (NVRTC sources) and loaded on first use. A module
+    /// that fails is not cached, names itself in the error and leaves every other module usable.
     fn module(&self, index: usize) -> Result<Arc<CudaModule>> {
         let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(m) = &modules[index] {
             return Ok(m.clone());
         }
         let spec = &MODULES[index];
-        let load_err = |message: String| Error::KernelLoad { module: spec.name.into(), message };
         let ptx = match spec.source {
             KernelSource::Ptx(text) => Ptx::from_src(text),
-            KernelSource::Cuda(src) => {
-                let major =
-                    self.ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
-                let minor =
-                    self.ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
-                let opts = CompileOptions {
-                    options: vec![format!("--gpu-architecture=compute_{major}{minor}"), "-std=c++17".into()],
-                    ..Default::default()
+            KernelSource::Cuda(_) => {
+                let cc = |a| self.ctx.attribute(a).map(|v| v as u32);
+                let arch = GpuArch {
+                    major: cc(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
+                    minor: cc(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
                 };
-                cudarc::nvrtc::compile_ptx_with_opts(src, opts)
-                    .map_err(|e| load_err(format!("NVRTC: {e:?}")))?
+                Ptx::from_src(compile_nvrtc(spec, arch)?)
             }
         };
-        let module = self.ctx.load_module(ptx).map_err(|e| load_err(e.to_string()))?;
+        let module = self
+            .ctx
+            .load_module(ptx)
+            .map_err(|e| Error::KernelLoad { module: spec.name.into(), message: e.to_string() })?;
         modules[index] = Some(module.clone());
         Ok(module)
     }
 
-    /// The function named `kernel`, from whichever module defines it.
+    /// The function named `kernel`, from the module the build-time table says defines it.
     fn function(&self, kernel: &'static str) -> Result<CudaFunction> {
         if let Some(f) = self.functions.lock().unwrap_or_else(|e| e.into_inner()).get(kernel) {
             return Ok(f.clone());
         }
-        for index in 0..MODULES.len() {
-            if let Ok(f) = self.module(index)?.load_function(kernel) {
-                self.functions.lock().unwrap_or_else(|e| e.into_inner()).insert(kernel, f.clone());
-                return Ok(f);
-            }
-        }
-        Err(Error::Launch { kernel: kernel.into(), message: "no kernel module defines it".into() })
+        let index = module_of(kernel).ok_or_else(|| Error::Launch {
+            kernel: kernel.into(),
+            message: "no kernel module defines it (it is not in the build's kernel table)".into(),
+        })?;
+        let f = self.module(index)?.load_function(kernel).map_err(|e| Error::Launch {
+            kernel: kernel.into(),
+            message: format!("not found in its module `{}`: {e}", MODULES[index].name),
+        })?;
+        self.functions.lock().unwrap_or_else(|e| e.into_inner()).insert(kernel, f.clone());
+        Ok(f)
     }
 
     fn out_of_memory(&self, e: DriverError, bytes: usize) -> Error {
