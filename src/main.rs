@@ -14,6 +14,7 @@ fn main() -> ExitCode {
         Command::Train(args) => cli::train::run(args).map(|()| Outcome::Success),
         Command::Eval(args) => cli::eval::run(args).map(|()| Outcome::Success),
         Command::Profile(args) => cli::profile::run(args),
+        Command::Kernels(args) => cli::kernels::run(args),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
