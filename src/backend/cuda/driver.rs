@@ -1,18 +1,41 @@
-//! The CUDA driver as a [`Device`], through cudarc: one context, one stream (so launches and
-//! copies are ordered without events), kernel modules loaded on first use and cached.
+//! The CUDA driver as a [`Device`], through cudarc: one context, one non-default stream (so
+//! launches and copies are ordered without events, and the whole step could be captured as a
+//! CUDA graph), uploads staged through pinned host memory so they are truly asynchronous,
+//! kernel modules loaded on first use and cached.
 
 use super::device::{Device, LaunchCfg};
 use super::params::KernelParams;
 use crate::error::{Error, Result};
 use crate::kernels::{GpuArch, KernelSource, MODULES, compile_nvrtc, module_of};
-use cudarc::driver::sys::CUdevice_attribute;
+use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DriverError, LaunchConfig,
-    PushKernelArg, sys,
+    CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DriverError,
+    LaunchConfig, PinnedHostSlice, PushKernelArg, sys,
 };
 use cudarc::nvrtc::Ptx;
-use std::collections::HashMap;
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+
+/// How many staging buffers (one per upload length) are kept: a training step uploads two
+/// lengths (images, labels); more only occur in tests and at set-up.
+const STAGING_BUFFERS: usize = 4;
+
+/// A pinned host buffer that uploads of its length are copied through, with the event
+/// recorded after the last copy out of it: the buffer is rewritten only once that event has
+/// completed, so an upload in flight never reads the next upload's data.
+struct Staging {
+    host: PinnedHostSlice<f32>,
+    copied: CudaEvent,
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        // The pinned memory is freed right after this: the copy out of it must be done. An
+        // error here leaves nothing to clean up, and the stream's next call reports it.
+        let _ = self.copied.synchronize();
+    }
+}
 
 /// One GPU.
 pub struct CudaDevice {
@@ -21,6 +44,7 @@ pub struct CudaDevice {
     name: String,
     modules: Mutex<Vec<Option<Arc<CudaModule>>>>,
     functions: Mutex<HashMap<&'static str, CudaFunction>>,
+    staging: Mutex<BTreeMap<usize, Staging>>,
 }
 
 impl CudaDevice {
@@ -35,9 +59,12 @@ impl CudaDevice {
         }
         let ctx = CudaContext::new(ordinal)?;
         // SAFETY: everything runs on the one stream below, so its order is the only
-        // synchronisation needed and per-buffer events would be pure overhead.
+        // synchronisation needed and per-buffer events would be pure overhead. Disabled before
+        // the stream is created, so creating it does not synchronise the context either.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        // A stream of our own rather than the legacy default stream, which synchronises with
+        // every other blocking stream and cannot be captured into a CUDA graph.
+        let stream = ctx.new_stream()?;
         let name = format!("cuda:{ordinal} ({})", ctx.name()?);
         Ok(CudaDevice {
             ctx,
@@ -45,6 +72,7 @@ impl CudaDevice {
             name,
             modules: Mutex::new(vec![None; MODULES.len()]),
             functions: Mutex::new(HashMap::new()),
+            staging: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -120,9 +148,32 @@ impl Device for CudaDevice {
         ptr + (offset * size_of::<f32>()) as u64
     }
 
+    /// Enqueues the copy and returns without waiting for it: `src` is first copied into a
+    /// pinned staging buffer of its length (after the previous copy out of that buffer has
+    /// completed), from which the DMA runs asynchronously.
     fn upload(&self, mem: &mut CudaSlice<f32>, offset: usize, src: &[f32]) -> Result<()> {
+        if src.is_empty() {
+            return Ok(());
+        }
+        let mut staging = self.staging.lock().unwrap_or_else(|e| e.into_inner());
+        if !staging.contains_key(&src.len()) && staging.len() >= STAGING_BUFFERS {
+            // Dropping one waits for its last copy (Staging's Drop).
+            staging.pop_first();
+        }
+        let buf = match staging.entry(src.len()) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                // SAFETY: the memory is uninitialised, and written below before any copy reads it.
+                let host = unsafe { self.ctx.alloc_pinned::<f32>(src.len()) }?;
+                let copied = self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DISABLE_TIMING))?;
+                e.insert(Staging { host, copied })
+            }
+        };
+        buf.copied.synchronize()?;
+        buf.host.as_mut_slice()?.copy_from_slice(src);
         let mut dst = mem.slice_mut(offset..offset + src.len());
-        Ok(self.stream.memcpy_htod(src, &mut dst)?)
+        self.stream.memcpy_htod(&buf.host, &mut dst)?;
+        Ok(buf.copied.record(&self.stream)?)
     }
 
     fn download(&self, mem: &CudaSlice<f32>, offset: usize, len: usize) -> Result<Vec<f32>> {
