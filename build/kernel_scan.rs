@@ -249,6 +249,7 @@ fn is_identifier(s: &str) -> bool {
 }
 
 /// `source` with comments replaced by a space (newlines kept, so line numbers hold).
+/// Backslash continuations inside comments are honoured, so a commented-out line stays out.
 fn strip_comments(source: &str) -> Result<String, String> {
     let mut out = String::with_capacity(source.len());
     let mut chars = source.chars().peekable();
@@ -256,7 +257,18 @@ fn strip_comments(source: &str) -> Result<String, String> {
     while let Some(c) = chars.next() {
         match c {
             '/' if chars.peek() == Some(&'/') => {
-                while chars.peek().is_some_and(|&c| c != '\n') {
+                // A line comment ending in a backslash continues on the next line (lines are
+                // spliced before comments are removed); the newlines are kept for line numbers.
+                let mut prev = c;
+                while let Some(&d) = chars.peek() {
+                    if d == '\n' && prev != '\\' {
+                        break;
+                    }
+                    if d == '\n' {
+                        line += 1;
+                        out.push('\n');
+                    }
+                    prev = d;
                     chars.next();
                 }
                 out.push(' ');

@@ -172,6 +172,13 @@ extern "C" __global__ void __launch_bounds__(256) last(const P p) {}
     }
 
     #[test]
+    fn a_line_comment_continued_by_a_backslash_hides_the_next_line() {
+        let src = "#define K(S) extern \"C\" __global__ void k_##S() {} // note \\\n\
+                   extern \"C\" __global__ void hidden() {}\nK(f32)\n";
+        assert_eq!(scan(src).unwrap(), ["k_f32"]);
+    }
+
+    #[test]
     fn unreadable_sources_are_rejected_with_the_reason() {
         let cases = [
             ("__global__ void k(int x) {}", "without `extern \"C\"`"),
