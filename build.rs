@@ -6,6 +6,8 @@
 mod emu;
 #[path = "build/emu_shared.rs"]
 mod emu_shared;
+#[path = "build/kernel_scan.rs"]
+mod kernel_scan;
 #[path = "build/ptx.rs"]
 mod ptx;
 

@@ -2,7 +2,10 @@
 //! found (`NVCC`, then `$CUDA_PATH/bin`, `$CUDA_HOME/bin`, then `PATH`), for `CUDA_ARCH`
 //! (default sm_90). Without nvcc the sources are embedded, local `#include "…"` files
 //! inlined, for NVRTC at run time. A kernel nvcc rejects fails the build, with nvcc's output:
-//! there is no silent fallback. `$OUT_DIR/kernels.rs` lists the modules for `src/kernels.rs`.
+//! there is no silent fallback. `$OUT_DIR/kernels.rs` lists the modules and, for every kernel
+//! entry point, its module, for `src/kernels.rs`: the names come from `kernel_scan.rs` (there is
+//! no preprocessor without nvcc), and with nvcc the build also checks them against the `.entry`
+//! names of each PTX.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -31,22 +34,43 @@ pub fn build() {
     let mut table = String::from(
         "/// Every kernel module, in file-name order.\npub const MODULES: &[KernelModule] = &[\n",
     );
-    for file in cu {
+    let mut kernels_of: Vec<(String, usize)> = Vec::new();
+    for (index, file) in cu.into_iter().enumerate() {
         let name = file.file_stem().and_then(|s| s.to_str()).expect("kernel file names are UTF-8");
+        // What NVRTC compiles, and what the scanner reads (its line numbers refer to this file).
+        let src = out.join(format!("{name}.cu"));
+        let inlined = inline_includes(file, &kernels, &mut Vec::new());
+        fs::write(&src, &inlined).expect("write kernel source");
+        let entries = crate::kernel_scan::scan(&inlined).unwrap_or_else(|e| {
+            panic!(
+                "kernel scanner: {} (includes inlined: {}): {e}\nsee build/kernel_scan.rs for the forms it reads",
+                file.display(),
+                src.display()
+            )
+        });
         let source = match &nvcc {
             Some(nvcc) => {
                 let ptx = out.join(format!("{name}.ptx"));
                 compile_ptx(nvcc, &arch, &kernels, file, &ptx);
+                check_entries(&ptx, &entries);
                 format!("KernelSource::Ptx(include_str!({:?}))", ptx.display().to_string())
             }
-            None => {
-                let src = out.join(format!("{name}.cu"));
-                fs::write(&src, inline_includes(file, &kernels, &mut Vec::new()))
-                    .expect("write kernel source");
-                format!("KernelSource::Cuda(include_str!({:?}))", src.display().to_string())
-            }
+            None => format!("KernelSource::Cuda(include_str!({:?}))", src.display().to_string()),
         };
         writeln!(table, "    KernelModule {{ name: {name:?}, source: {source} }},").unwrap();
+        kernels_of.extend(entries.into_iter().map(|k| (k, index)));
+    }
+    table.push_str("];\n");
+    kernels_of.sort();
+    if let Some(w) = kernels_of.windows(2).find(|w| w[0].0 == w[1].0) {
+        panic!("kernel `{}` is defined in modules {} and {}", w[0].0, w[0].1, w[1].1);
+    }
+    table.push_str(
+        "/// Every kernel entry point with the index of its module in [`MODULES`], sorted by name.\n\
+         pub const KERNELS: &[(&str, usize)] = &[\n",
+    );
+    for (kernel, index) in &kernels_of {
+        writeln!(table, "    ({kernel:?}, {index}),").unwrap();
     }
     table.push_str("];\n");
     writeln!(
@@ -56,6 +80,31 @@ pub fn build() {
     )
     .unwrap();
     fs::write(out.join("kernels.rs"), table).expect("write kernels.rs");
+}
+
+/// Fails the build unless the `.entry` functions of `ptx` are exactly the scanned `entries`:
+/// the table built from the scan is what the runtime trusts.
+fn check_entries(ptx: &Path, entries: &[String]) {
+    let text = fs::read_to_string(ptx).unwrap_or_else(|e| panic!("read {}: {e}", ptx.display()));
+    let mut in_ptx: Vec<&str> = text
+        .lines()
+        .filter_map(|l| {
+            let (_, rest) = l.split_once(".entry ")?;
+            Some(rest.split(|c: char| c == '(' || c.is_whitespace()).next().unwrap_or(rest))
+        })
+        .collect();
+    in_ptx.sort_unstable();
+    let mut scanned: Vec<&str> = entries.iter().map(String::as_str).collect();
+    scanned.sort_unstable();
+    if in_ptx != scanned {
+        let missing: Vec<&&str> = in_ptx.iter().filter(|k| !scanned.contains(k)).collect();
+        let extra: Vec<&&str> = scanned.iter().filter(|k| !in_ptx.contains(k)).collect();
+        panic!(
+            "kernel scanner disagrees with nvcc for {}: in the PTX only {missing:?}, scanned only {extra:?}\n\
+             see build/kernel_scan.rs for the forms it reads",
+            ptx.display()
+        );
+    }
 }
 
 fn find_nvcc() -> Option<PathBuf> {

@@ -27,6 +27,15 @@ __device__ __forceinline__ float dn_invstd(float var) {
     return __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(var, DN_BN_EPS)));
 }
 
+// −∞ and a quiet NaN from their bit patterns. NVRTC compiles without the host's <math.h>, so
+// INFINITY, NAN, FLT_MAX and friends are undefined there; these intrinsics exist under nvcc,
+// NVRTC and the CPU emulator alike. Kernels use these instead of any host-header macro.
+__device__ __forceinline__ float dn_neg_inf_f() { return __int_as_float(static_cast<int>(0xff800000u)); }
+__device__ __forceinline__ double dn_neg_inf_d() {
+    return __longlong_as_double(static_cast<long long>(0xfff0000000000000ull));
+}
+__device__ __forceinline__ double dn_nan_d() { return __longlong_as_double(0x7ff8000000000000ll); }
+
 // Element (row, col) of a row-major matrix with leading dimension ld, in 64-bit arithmetic:
 // a feature storage can exceed 2^31 elements.
 __device__ __forceinline__ size_t dn_at(unsigned int row, unsigned int col, unsigned int ld) {
@@ -51,7 +60,7 @@ __device__ __forceinline__ float dn_maxpool_first_max(const T* __restrict__ x, u
     const unsigned int x0 = ox > 0 ? 2 * ox - 1 : 0;
     const unsigned int y1 = min(2 * oy + 2, h);
     const unsigned int x1 = min(2 * ox + 2, w);
-    float best = __int_as_float(static_cast<int>(0xff800000u)); // −∞ (no <math.h> under NVRTC)
+    float best = dn_neg_inf_f();
     arg = y0 * w + x0;
     for (unsigned int iy = y0; iy < y1; ++iy)
         for (unsigned int ix = x0; ix < x1; ++ix) {

@@ -44,7 +44,7 @@ __device__ void softmax_xent(const SoftmaxXentParams p, const T* __restrict__ lo
     double total = 0.0;
     for (unsigned int r = 0; r < p.rows; ++r) {
         const T* row = logits + static_cast<size_t>(r) * p.classes;
-        double m = -INFINITY;
+        double m = dn_neg_inf_d();
         for (unsigned int j = threadIdx.x; j < p.classes; j += kLossThreads)
             m = fmax(m, static_cast<double>(row[j]));
         m = block_reduce<true>(m, scratch);
@@ -61,9 +61,9 @@ __device__ void softmax_xent(const SoftmaxXentParams p, const T* __restrict__ lo
         for (unsigned int j = threadIdx.x; j < p.classes; j += kLossThreads) {
             const double onehot = j == label ? 1.0 : 0.0;
             const double d = (exp(static_cast<double>(row[j]) - m) / s - onehot) / p.rows;
-            drow[j] = static_cast<T>(valid ? d : NAN);
+            drow[j] = static_cast<T>(valid ? d : dn_nan_d());
         }
-        if (threadIdx.x == 0) total += valid ? log(s) - (static_cast<double>(row[label]) - m) : NAN;
+        if (threadIdx.x == 0) total += valid ? log(s) - (static_cast<double>(row[label]) - m) : dn_nan_d();
     }
     if (threadIdx.x == 0) loss[0] = static_cast<float>(total / p.rows);
 }

@@ -26,6 +26,9 @@ pub enum Error {
     /// The CUDA driver reported an error.
     #[error("CUDA driver: {0}")]
     Driver(#[from] cudarc::driver::DriverError),
+    /// A CUDA library could not be loaded (cudarc would panic on its first call).
+    #[error("{library} not found: the dynamic loader (LD_LIBRARY_PATH, the ld.so cache, /lib, /usr/lib) found none of {}; {hint}", searched.join(", "))]
+    MissingLibrary { library: String, searched: Vec<String>, hint: String },
     /// A kernel module could not be compiled or loaded.
     #[error("kernel module `{module}`: {message}")]
     KernelLoad { module: String, message: String },

@@ -14,6 +14,7 @@ fn main() -> ExitCode {
         Command::Train(args) => cli::train::run(args).map(|()| Outcome::Success),
         Command::Eval(args) => cli::eval::run(args).map(|()| Outcome::Success),
         Command::Profile(args) => cli::profile::run(args),
+        Command::Kernels(args) => cli::kernels::run(args),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
@@ -29,6 +30,7 @@ fn main() -> ExitCode {
                         | densenet::Error::Shape(_)
                         | densenet::Error::File { .. }
                         | densenet::Error::BackendUnavailable(_)
+                        | densenet::Error::MissingLibrary { .. }
                 )
             );
             ExitCode::from(if usage { 2 } else { 1 })

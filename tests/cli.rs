@@ -152,3 +152,18 @@ fn profile_reports_the_median_of_several_steps() {
     let out = densenet(&["profile", "--blocks", "2,2", "--batch", "2", "--steps", "0"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn kernels_lists_every_module_and_rejects_a_bad_architecture() {
+    let out = densenet(&["kernels"]);
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let modules = densenet::kernels::MODULES.len();
+    assert!(text.starts_with(&format!("{modules} kernel modules")), "{text}");
+    assert!(text.contains("loss") && text.contains("softmax_xent_f32"), "{text}");
+
+    let bad = densenet(&["kernels", "--compile", "--arch", "sm_9x"]);
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8(bad.stderr).unwrap();
+    assert!(err.contains("sm_9x") && err.lines().count() == 1, "{err}");
+}

@@ -109,6 +109,11 @@ fn a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint() {
     }
     assert_eq!(std::fs::read(&path).unwrap(), good, "the checkpoint of epoch 1 is untouched");
     assert_eq!(t.epoch(), 1);
+    // The diverged step's SGD update was enqueued before its loss was read: the trainer hands
+    // out nothing that could contain it.
+    assert!(matches!(t.checkpoint(), Err(Error::Diverged(_))));
+    assert!(matches!(t.model(), Err(Error::Diverged(_))));
+    assert!(matches!(t.train_epoch(&mut ()), Err(Error::Diverged(_))));
 }
 
 #[test]

@@ -4,6 +4,7 @@ pub mod backend_choice;
 pub mod dump;
 pub mod eval;
 pub mod info;
+pub mod kernels;
 pub mod model_args;
 pub mod profile;
 pub mod progress;
@@ -39,6 +40,9 @@ pub enum Command {
     /// baseline (and of efficient inference), by category; optionally over depths, with CSV
     /// and an SVG plot. Paths too large for the run limit are planned only.
     Profile(profile::ProfileArgs),
+    /// List the CUDA kernel modules and kernels built in; with --compile, compile every module
+    /// with NVRTC for --arch (no GPU needed), optionally writing <module>.ptx files.
+    Kernels(kernels::KernelsArgs),
 }
 
 /// How a command that ran to completion ended.

@@ -109,6 +109,11 @@ pub struct Trainer<B: Backend> {
     epoch: usize,
     step: u64,
     batches_tracked: u64,
+    /// Set when a step's loss was non-finite. That step's SGD update was enqueued before the
+    /// loss was read back (a step never waits for the host), so the parameters on the device
+    /// hold it: from then on the trainer refuses to train, evaluate or hand out a model or a
+    /// checkpoint, and the last checkpoint written stays the last good one.
+    diverged: Option<String>,
 }
 
 impl<B: Backend> Trainer<B> {
@@ -149,6 +154,7 @@ impl<B: Backend> Trainer<B> {
             epoch: 0,
             step: 0,
             batches_tracked: model.batches_tracked,
+            diverged: None,
         })
     }
 
@@ -205,9 +211,11 @@ impl<B: Backend> Trainer<B> {
         self.train.len() / self.config.batch
     }
 
-    /// Trains one epoch and evaluates the test set. A non-finite loss stops before the
-    /// parameters are updated with it, with [`Error::Diverged`].
+    /// Trains one epoch and evaluates the test set. A non-finite loss stops with
+    /// [`Error::Diverged`]; that step's update has been applied, so the trainer is unusable
+    /// afterwards (every later call returns the same error).
     pub fn train_epoch(&mut self, observer: &mut dyn Observer) -> Result<EpochMetrics> {
+        self.check_not_diverged()?;
         let cfg = self.config.clone();
         if self.epoch >= cfg.epochs {
             return Err(Error::Config(format!("all {} epochs are done", cfg.epochs)));
@@ -229,13 +237,20 @@ impl<B: Backend> Trainer<B> {
             self.net.set_batch(&batch.images, &batch.labels)?;
             self.net.forward()?;
             self.batches_tracked += 1;
+            self.net.backward()?;
+            self.net.sgd_step(cfg.sgd(lr))?;
+            // Read back only now that the whole step is enqueued, so the device never waits for
+            // the host within a step. Backward and SGD leave the loss and logits buffers alone:
+            // these are the forward's values.
             let loss = self.net.loss()?;
             if !loss.is_finite() {
-                return Err(Error::Diverged(format!(
+                let msg = format!(
                     "the loss is {loss} at epoch {}, batch {} (learning rate {lr})",
                     self.epoch + 1,
                     batch.index + 1
-                )));
+                );
+                self.diverged = Some(msg.clone());
+                return Err(Error::Diverged(msg));
             }
             let logits = self.net.logits()?;
             correct += logits
@@ -243,8 +258,6 @@ impl<B: Backend> Trainer<B> {
                 .zip(&batch.labels)
                 .filter(|&(row, &label)| argmax(row) == label as usize)
                 .count();
-            self.net.backward()?;
-            self.net.sgd_step(cfg.sgd(lr))?;
             self.step += 1;
             done += 1;
             loss_sum += f64::from(loss);
@@ -288,11 +301,13 @@ impl<B: Backend> Trainer<B> {
 
     /// Loss and accuracy on the test set with the running statistics.
     pub fn evaluate(&mut self, observer: &mut dyn Observer) -> Result<Evaluation> {
+        self.check_not_diverged()?;
         evaluate(&mut self.net, self.test.clone(), &self.normalization, observer)
     }
 
     /// The current model (downloaded from the backend).
     pub fn model(&self) -> Result<Model> {
+        self.check_not_diverged()?;
         Ok(Model {
             config: self.net.config().clone(),
             normalization: self.normalization,
@@ -316,10 +331,21 @@ impl<B: Backend> Trainer<B> {
         })
     }
 
+    /// [`Error::Diverged`] once a step has diverged: the parameters hold its update.
+    fn check_not_diverged(&self) -> Result<()> {
+        match &self.diverged {
+            Some(msg) => {
+                Err(Error::Diverged(format!("{msg}; the trainer's parameters hold that step's update")))
+            }
+            None => Ok(()),
+        }
+    }
+
     /// Trains the remaining epochs. After each one the checkpoint is written atomically to
     /// `checkpoint` (if given), then `observer.epoch_end` is called (its error stops training).
     /// If the loss stops being finite, training ends with [`Error::Diverged`] and the last
-    /// checkpoint written — that of the last complete epoch — is left as it was.
+    /// checkpoint written — that of the last complete epoch — is left as it was: checkpoints
+    /// are written only after a complete epoch, and a diverged trainer produces none.
     pub fn fit(
         &mut self,
         checkpoint: Option<&Path>,

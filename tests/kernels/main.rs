@@ -194,6 +194,17 @@ fn every_kernel_has_an_emulated_test() {
     }
 }
 
+/// The build-time kernel table that `CudaDevice` loads kernels by (read from the sources by
+/// `build/kernel_scan.rs`, without a preprocessor) names exactly the kernels the emulator build
+/// found through the real preprocessor.
+#[cfg(feature = "cuda-emu")]
+#[test]
+fn the_kernel_table_lists_exactly_the_emulated_kernels() {
+    let emulated: Vec<&str> = densenet::emu::kernel_names().filter(|k| !k.starts_with("selftest_")).collect();
+    let table: Vec<&str> = densenet::kernels::KERNELS.iter().map(|(k, _)| *k).collect();
+    assert_eq!(table, emulated, "both are sorted by name");
+}
+
 #[cfg(feature = "cuda-emu")]
 #[test]
 fn launch_wrappers_reject_out_of_range_buffers() {

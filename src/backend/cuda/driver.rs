@@ -1,18 +1,41 @@
-//! The CUDA driver as a [`Device`], through cudarc: one context, one stream (so launches and
-//! copies are ordered without events), kernel modules loaded on first use and cached.
+//! The CUDA driver as a [`Device`], through cudarc: one context, one non-default stream (so
+//! launches and copies are ordered without events, and the whole step could be captured as a
+//! CUDA graph), uploads staged through pinned host memory so they are truly asynchronous,
+//! kernel modules loaded on first use and cached.
 
 use super::device::{Device, LaunchCfg};
 use super::params::KernelParams;
 use crate::error::{Error, Result};
-use crate::kernels::{KernelSource, MODULES};
-use cudarc::driver::sys::CUdevice_attribute;
+use crate::kernels::{GpuArch, KernelSource, MODULES, compile_nvrtc, module_of};
+use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DriverError, LaunchConfig,
-    PushKernelArg, sys,
+    CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DriverError,
+    LaunchConfig, PinnedHostSlice, PushKernelArg, sys,
 };
-use cudarc::nvrtc::{CompileOptions, Ptx};
-use std::collections::HashMap;
+use cudarc::nvrtc::Ptx;
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+
+/// How many staging buffers (one per upload length) are kept: a training step uploads two
+/// lengths (images, labels); more only occur in tests and at set-up.
+const STAGING_BUFFERS: usize = 4;
+
+/// A pinned host buffer that uploads of its length are copied through, with the event
+/// recorded after the last copy out of it: the buffer is rewritten only once that event has
+/// completed, so an upload in flight never reads the next upload's data.
+struct Staging {
+    host: PinnedHostSlice<f32>,
+    copied: CudaEvent,
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        // The pinned memory is freed right after this: the copy out of it must be done. An
+        // error here leaves nothing to clean up, and the stream's next call reports it.
+        let _ = self.copied.synchronize();
+    }
+}
 
 /// One GPU.
 pub struct CudaDevice {
@@ -21,6 +44,7 @@ pub struct CudaDevice {
     name: String,
     modules: Mutex<Vec<Option<Arc<CudaModule>>>>,
     functions: Mutex<HashMap<&'static str, CudaFunction>>,
+    staging: Mutex<BTreeMap<usize, Staging>>,
 }
 
 impl CudaDevice {
@@ -35,9 +59,12 @@ impl CudaDevice {
         }
         let ctx = CudaContext::new(ordinal)?;
         // SAFETY: everything runs on the one stream below, so its order is the only
-        // synchronisation needed and per-buffer events would be pure overhead.
+        // synchronisation needed and per-buffer events would be pure overhead. Disabled before
+        // the stream is created, so creating it does not synchronise the context either.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        // A stream of our own rather than the legacy default stream, which synchronises with
+        // every other blocking stream and cannot be captured into a CUDA graph.
+        let stream = ctx.new_stream()?;
         let name = format!("cuda:{ordinal} ({})", ctx.name()?);
         Ok(CudaDevice {
             ctx,
@@ -45,48 +72,52 @@ impl CudaDevice {
             name,
             modules: Mutex::new(vec![None; MODULES.len()]),
             functions: Mutex::new(HashMap::new()),
+            staging: Mutex::new(BTreeMap::new()),
         })
     }
 
+    /// Module `index` of [`MODULES`], compiled (NVRTC sources) and loaded on first use. A module
+    /// that fails is not cached, names itself in the error and leaves every other module usable.
     fn module(&self, index: usize) -> Result<Arc<CudaModule>> {
         let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(m) = &modules[index] {
             return Ok(m.clone());
         }
         let spec = &MODULES[index];
-        let load_err = |message: String| Error::KernelLoad { module: spec.name.into(), message };
         let ptx = match spec.source {
             KernelSource::Ptx(text) => Ptx::from_src(text),
-            KernelSource::Cuda(src) => {
-                let major =
-                    self.ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
-                let minor =
-                    self.ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
-                let opts = CompileOptions {
-                    options: vec![format!("--gpu-architecture=compute_{major}{minor}"), "-std=c++17".into()],
-                    ..Default::default()
+            KernelSource::Cuda(_) => {
+                let cc = |a| self.ctx.attribute(a).map(|v| v as u32);
+                let arch = GpuArch {
+                    major: cc(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
+                    minor: cc(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
                 };
-                cudarc::nvrtc::compile_ptx_with_opts(src, opts)
-                    .map_err(|e| load_err(format!("NVRTC: {e:?}")))?
+                Ptx::from_src(compile_nvrtc(spec, arch)?)
             }
         };
-        let module = self.ctx.load_module(ptx).map_err(|e| load_err(e.to_string()))?;
+        let module = self
+            .ctx
+            .load_module(ptx)
+            .map_err(|e| Error::KernelLoad { module: spec.name.into(), message: e.to_string() })?;
         modules[index] = Some(module.clone());
         Ok(module)
     }
 
-    /// The function named `kernel`, from whichever module defines it.
+    /// The function named `kernel`, from the module the build-time table says defines it.
     fn function(&self, kernel: &'static str) -> Result<CudaFunction> {
         if let Some(f) = self.functions.lock().unwrap_or_else(|e| e.into_inner()).get(kernel) {
             return Ok(f.clone());
         }
-        for index in 0..MODULES.len() {
-            if let Ok(f) = self.module(index)?.load_function(kernel) {
-                self.functions.lock().unwrap_or_else(|e| e.into_inner()).insert(kernel, f.clone());
-                return Ok(f);
-            }
-        }
-        Err(Error::Launch { kernel: kernel.into(), message: "no kernel module defines it".into() })
+        let index = module_of(kernel).ok_or_else(|| Error::Launch {
+            kernel: kernel.into(),
+            message: "no kernel module defines it (it is not in the build's kernel table)".into(),
+        })?;
+        let f = self.module(index)?.load_function(kernel).map_err(|e| Error::Launch {
+            kernel: kernel.into(),
+            message: format!("not found in its module `{}`: {e}", MODULES[index].name),
+        })?;
+        self.functions.lock().unwrap_or_else(|e| e.into_inner()).insert(kernel, f.clone());
+        Ok(f)
     }
 
     fn out_of_memory(&self, e: DriverError, bytes: usize) -> Error {
@@ -123,9 +154,32 @@ impl Device for CudaDevice {
         ptr + (offset * size_of::<f32>()) as u64
     }
 
+    /// Enqueues the copy and returns without waiting for it: `src` is first copied into a
+    /// pinned staging buffer of its length (after the previous copy out of that buffer has
+    /// completed), from which the DMA runs asynchronously.
     fn upload(&self, mem: &mut CudaSlice<f32>, offset: usize, src: &[f32]) -> Result<()> {
+        if src.is_empty() {
+            return Ok(());
+        }
+        let mut staging = self.staging.lock().unwrap_or_else(|e| e.into_inner());
+        if !staging.contains_key(&src.len()) && staging.len() >= STAGING_BUFFERS {
+            // Dropping one waits for its last copy (Staging's Drop).
+            staging.pop_first();
+        }
+        let buf = match staging.entry(src.len()) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                // SAFETY: the memory is uninitialised, and written below before any copy reads it.
+                let host = unsafe { self.ctx.alloc_pinned::<f32>(src.len()) }?;
+                let copied = self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DISABLE_TIMING))?;
+                e.insert(Staging { host, copied })
+            }
+        };
+        buf.copied.synchronize()?;
+        buf.host.as_mut_slice()?.copy_from_slice(src);
         let mut dst = mem.slice_mut(offset..offset + src.len());
-        Ok(self.stream.memcpy_htod(src, &mut dst)?)
+        self.stream.memcpy_htod(&buf.host, &mut dst)?;
+        Ok(buf.copied.record(&self.stream)?)
     }
 
     fn download(&self, mem: &CudaSlice<f32>, offset: usize, len: usize) -> Result<Vec<f32>> {
