@@ -288,7 +288,7 @@ __device__ __forceinline__ void store_stage(Stages<BN, TN>& s, int buf,
 #pragma unroll
     for (int i = 0; i < Tile<BN, TN>::kARows; ++i) {
         float v = f.v[i];
-        if constexpr (kFwd) v = (f.valid >> i) & 1u ? fmaxf(dn_affine(f.a, v, f.b), 0.0f) : 0.0f;
+        if constexpr (kFwd) v = (f.valid >> i) & 1u ? dn_relu(dn_affine(f.a, v, f.b)) : 0.0f;
         s.a[buf][kk][r0 + i * kARowStride] = v;
     }
 #pragma unroll
@@ -546,7 +546,7 @@ __device__ __forceinline__ void weight_grad(const Conv3x3Params& p, WStages<BCO>
     auto store = [&](int buf) {
 #pragma unroll
         for (int i = 0; i < kWgradRows; ++i)
-            s.a[buf][row0 + i][col] = (valid >> i) & 1u ? fmaxf(dn_affine(a, ra[i], b), 0.0f) : 0.0f;
+            s.a[buf][row0 + i][col] = (valid >> i) & 1u ? dn_relu(dn_affine(a, ra[i], b)) : 0.0f;
 #pragma unroll
         for (int j = 0; j < Tl::kDyLoads; ++j) {
             const int e = threadIdx.x + j * kThreads;

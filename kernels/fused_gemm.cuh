@@ -131,7 +131,7 @@ __device__ __forceinline__ BnCol dn_bn_col(const BnParams& bn, unsigned int c, u
 
 // relu(a·x + b), the pre-activation rounded as on the host.
 __device__ __forceinline__ float dn_bn_relu(const BnCol& k, float x) {
-    return fmaxf(dn_affine(k.a, x, k.b), 0.0f);
+    return dn_relu(dn_affine(k.a, x, k.b));
 }
 
 // Element (r, c) of relu(a⊙x + b), x a rows × cols matrix with pitch ld.

@@ -69,7 +69,7 @@ namespace {
 struct BnRelu {
     float a;
     float b;
-    __device__ __forceinline__ float operator()(float v) const { return fmaxf(dn_affine(a, v, b), 0.0f); }
+    __device__ __forceinline__ float operator()(float v) const { return dn_relu(dn_affine(a, v, b)); }
 };
 
 // The BN affine of channel c (zero for channels past the matrix, which only join barriers).

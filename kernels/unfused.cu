@@ -97,7 +97,7 @@ __device__ void relu_fwd(const UnfusedParams p, const T* __restrict__ x, T* __re
     const unsigned int c = blockIdx.x * kDnTileCols + threadIdx.x;
     if (c >= p.cols) return;
     for (unsigned int r = unfused_first_row(); r < p.rows; r += unfused_row_stride())
-        y[dn_at(r, c, p.ld_y)] = static_cast<T>(fmaxf(static_cast<float>(x[dn_at(r, c, p.ld_x)]), 0.0f));
+        y[dn_at(r, c, p.ld_y)] = static_cast<T>(dn_relu(static_cast<float>(x[dn_at(r, c, p.ld_x)])));
 }
 
 template <typename T>

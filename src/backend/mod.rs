@@ -39,6 +39,19 @@ pub fn bn_affine(gamma: &[f32], beta: &[f32], mean: &[f32], var: &[f32]) -> (Vec
     (a, b)
 }
 
+/// ReLU as PyTorch computes it: `max(v, 0)`, except that a NaN passes through (so a NaN
+/// anywhere upstream reaches the loss instead of turning into a harmless 0). Every backend
+/// and kernel uses this definition (`dn_relu` in kernels/common.cuh).
+pub fn relu(v: f32) -> f32 {
+    if v > 0.0 || v.is_nan() { v } else { 0.0 }
+}
+
+/// Whether `v` replaces `best` as the maximum of a max-pool window: larger, or a NaN (the
+/// last NaN of the window wins, as PyTorch's max-pool).
+pub fn max_pool_takes(v: f32, best: f32) -> bool {
+    v > best || v.is_nan()
+}
+
 /// A matrix of `rows` pixels × `cols` channels at `offset` with leading dimension `ld`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Mat {

@@ -366,9 +366,9 @@ pub fn batchnorm_update_running(running_mean: &mut [f64], running_var: &mut [f64
 // ReLU
 // ---------------------------------------------------------------------------------------------
 
-/// `y = max(x, 0)`.
+/// `y = max(x, 0)`, NaN passing through as in PyTorch.
 pub fn relu_forward(x: &Tensor) -> Tensor {
-    let data = x.data.iter().map(|&v| if v > 0.0 { v } else { 0.0 }).collect();
+    let data = x.data.iter().map(|&v| if v > 0.0 || v.is_nan() { v } else { 0.0 }).collect();
     Tensor::from_vec(x.n, x.c, x.h, x.w, data)
 }
 

@@ -15,7 +15,7 @@
 #![allow(clippy::too_many_arguments)]
 
 use super::Bn;
-use crate::backend::{ConvGeom, Mat, Spatial};
+use crate::backend::{ConvGeom, Mat, Spatial, relu};
 use rayon::prelude::*;
 
 /// Pixels per chunk: the unit of parallel work and the height of every scratch tile.
@@ -308,7 +308,7 @@ fn conv_wgrad_impl(
 /// `dst = relu(a ⊙ src + b)` for one pixel row.
 fn bn_relu_into(dst: &mut [f32], src: &[f32], bn: &Bn) {
     for (j, (d, &v)) in dst.iter_mut().zip(src).enumerate() {
-        *d = (bn.a[j] * v + bn.b[j]).max(0.0);
+        *d = relu(bn.a[j] * v + bn.b[j]);
     }
 }
 
@@ -337,7 +337,7 @@ fn pool_rows(x: &[f32], xm: Mat, shape: Spatial, bn: &Bn, p0: usize, rows: usize
         dst.fill(0.0);
         for q in [top_left, top_left + 1, top_left + shape.w, top_left + shape.w + 1] {
             for (j, (d, &v)) in dst.iter_mut().zip(pixel_row(x, xm, q)).enumerate() {
-                *d += (bn.a[j] * v + bn.b[j]).max(0.0);
+                *d += relu(bn.a[j] * v + bn.b[j]);
             }
         }
         dst.iter_mut().for_each(|d| *d *= 0.25);

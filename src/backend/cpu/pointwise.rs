@@ -7,7 +7,7 @@
 #![allow(clippy::too_many_arguments)]
 
 use super::Bn;
-use crate::backend::{BN_MOMENTUM, BnGradTarget, Mat, SgdParams, Spatial};
+use crate::backend::{BN_MOMENTUM, BnGradTarget, Mat, SgdParams, Spatial, max_pool_takes, relu};
 use crate::config::conv_out;
 use rayon::prelude::*;
 
@@ -21,7 +21,7 @@ pub(super) fn row(buf: &[f32], m: Mat, p: usize) -> &[f32] {
 
 /// `relu(a·x + b)` for channel `c`; positive exactly where [`active`] is true.
 fn bn_relu(bn: &Bn, c: usize, x: f32) -> f32 {
-    (bn.a[c] * x + bn.b[c]).max(0.0)
+    relu(bn.a[c] * x + bn.b[c])
 }
 
 /// The ReLU mask `a·x + b > 0` for channel `c`.
@@ -240,7 +240,7 @@ pub(super) fn window_max(
             let p = (n * shape.h + iy) * shape.w + ix;
             for (c, &v) in row(t, tm, p).iter().enumerate() {
                 let v = act(c, v);
-                if v > best[c] {
+                if max_pool_takes(v, best[c]) {
                     best[c] = v;
                     arg[c] = p;
                 }

@@ -9,7 +9,7 @@
 
 use super::Bn;
 use super::pointwise::{CHUNK_ROWS, par_row_chunks, pool_out, reduce_rows, row, window_max, write_sums};
-use crate::backend::{Mat, PoolWindow, Spatial};
+use crate::backend::{Mat, PoolWindow, Spatial, relu};
 
 pub(super) fn copy_columns(src: &[f32], sm: Mat, dst: &mut [f32], dm: Mat, accumulate: bool) {
     par_row_chunks(dst, dm, CHUNK_ROWS, |mut piece| {
@@ -41,7 +41,7 @@ pub(super) fn relu_fwd(x: &[f32], xm: Mat, y: &mut [f32], ym: Mat) {
     par_row_chunks(y, ym, CHUNK_ROWS, |mut piece| {
         for r in 0..piece.rows {
             let xr = row(x, xm, piece.first + r);
-            piece.row(r).iter_mut().zip(xr).for_each(|(o, &v)| *o = v.max(0.0));
+            piece.row(r).iter_mut().zip(xr).for_each(|(o, &v)| *o = relu(v));
         }
     });
 }
