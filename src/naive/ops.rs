@@ -10,6 +10,7 @@
 //! assertion here is a bug in the oracle, not bad input.
 
 use crate::config::conv_out;
+use rayon::prelude::*;
 use std::ops::Range;
 
 /// Batch-norm ε, as PyTorch.
@@ -147,34 +148,38 @@ fn tap_segments(s: ConvShape, ih: usize, iw: usize, oh: usize, ow: usize) -> Vec
 
 /// Convolution forward: `y[n,o,oy,ox] = Σ_{ky,kx,i} w[o,ky,kx,i] · x[n,i,oy·s+ky−p,ox·s+kx−p]`
 /// with zero padding. `w` is OHWI, `c_out × k × k × x.c`.
+///
+/// The three convolutions run their output planes (or weight rows) in parallel; each element
+/// is summed by one thread in the serial order, so the result is the same bits whatever the
+/// number of threads.
 pub fn conv2d_forward(x: &Tensor, w: &[f64], c_out: usize, s: ConvShape) -> Tensor {
     let (k, c_in) = (s.kernel, x.c);
     assert_eq!(w.len(), c_out * k * k * c_in, "conv weight length");
     let (oh, ow) = s.out_size(x.h, x.w);
     let taps = tap_segments(s, x.h, x.w, oh, ow);
     let mut y = Tensor::zeros(x.n, c_out, oh, ow);
-    for n in 0..x.n {
-        for o in 0..c_out {
-            let out = y.plane_mut(n, o);
-            for (t, segs) in taps.iter().enumerate() {
-                for i in 0..c_in {
-                    let wv = w[(o * k * k + t) * c_in + i];
-                    let inp = x.plane(n, i);
-                    for seg in segs {
-                        let dst = &mut out[seg.out_start..seg.out_start + seg.len];
-                        if s.stride == 1 {
-                            let src = &inp[seg.in_start..seg.in_start + seg.len];
-                            dst.iter_mut().zip(src).for_each(|(d, v)| *d += wv * v);
-                        } else {
-                            for (j, d) in dst.iter_mut().enumerate() {
-                                *d += wv * inp[seg.in_start + j * s.stride];
-                            }
+    // One task per output plane (n, o); `max(1)`: chunks may not be empty (nor is there
+    // anything to do then).
+    y.data.par_chunks_mut((oh * ow).max(1)).enumerate().for_each(|(plane, out)| {
+        let (n, o) = (plane / c_out, plane % c_out);
+        for (t, segs) in taps.iter().enumerate() {
+            for i in 0..c_in {
+                let wv = w[(o * k * k + t) * c_in + i];
+                let inp = x.plane(n, i);
+                for seg in segs {
+                    let dst = &mut out[seg.out_start..seg.out_start + seg.len];
+                    if s.stride == 1 {
+                        let src = &inp[seg.in_start..seg.in_start + seg.len];
+                        dst.iter_mut().zip(src).for_each(|(d, v)| *d += wv * v);
+                    } else {
+                        for (j, d) in dst.iter_mut().enumerate() {
+                            *d += wv * inp[seg.in_start + j * s.stride];
                         }
                     }
                 }
             }
         }
-    }
+    });
     y
 }
 
@@ -194,28 +199,27 @@ pub fn conv2d_backward_data(
     assert_eq!(s.out_size(in_h, in_w), (dy.h, dy.w), "conv output size");
     let taps = tap_segments(s, in_h, in_w, dy.h, dy.w);
     let mut dx = Tensor::zeros(dy.n, c_in, in_h, in_w);
-    for n in 0..dy.n {
+    // One task per input-gradient plane (n, i), adding over (o, tap) in a fixed order.
+    dx.data.par_chunks_mut((in_h * in_w).max(1)).enumerate().for_each(|(plane, dst)| {
+        let (n, i) = (plane / c_in, plane % c_in);
         for o in 0..c_out {
             let g = dy.plane(n, o);
             for (t, segs) in taps.iter().enumerate() {
-                for i in 0..c_in {
-                    let wv = w[(o * k * k + t) * c_in + i];
-                    let dst = dx.plane_mut(n, i);
-                    for seg in segs {
-                        let src = &g[seg.out_start..seg.out_start + seg.len];
-                        if s.stride == 1 {
-                            let d = &mut dst[seg.in_start..seg.in_start + seg.len];
-                            d.iter_mut().zip(src).for_each(|(d, v)| *d += wv * v);
-                        } else {
-                            for (j, v) in src.iter().enumerate() {
-                                dst[seg.in_start + j * s.stride] += wv * v;
-                            }
+                let wv = w[(o * k * k + t) * c_in + i];
+                for seg in segs {
+                    let src = &g[seg.out_start..seg.out_start + seg.len];
+                    if s.stride == 1 {
+                        let d = &mut dst[seg.in_start..seg.in_start + seg.len];
+                        d.iter_mut().zip(src).for_each(|(d, v)| *d += wv * v);
+                    } else {
+                        for (j, v) in src.iter().enumerate() {
+                            dst[seg.in_start + j * s.stride] += wv * v;
                         }
                     }
                 }
             }
         }
-    }
+    });
     dx
 }
 
@@ -227,29 +231,30 @@ pub fn conv2d_backward_weight(x: &Tensor, dy: &Tensor, s: ConvShape) -> Vec<f64>
     assert_eq!(s.out_size(x.h, x.w), (dy.h, dy.w), "conv output size");
     let taps = tap_segments(s, x.h, x.w, dy.h, dy.w);
     let mut dw = vec![0.0; c_out * k * k * c_in];
-    for n in 0..x.n {
-        for o in 0..c_out {
+    // One task per weight row (o, tap) of c_in values, each summed over the images in order.
+    dw.par_chunks_mut(c_in.max(1)).enumerate().for_each(|(row, dw)| {
+        let (o, t) = (row / (k * k), row % (k * k));
+        let segs = &taps[t];
+        for n in 0..x.n {
             let g = dy.plane(n, o);
-            for (t, segs) in taps.iter().enumerate() {
-                for i in 0..c_in {
-                    let inp = x.plane(n, i);
-                    let mut acc = 0.0;
-                    for seg in segs {
-                        let gs = &g[seg.out_start..seg.out_start + seg.len];
-                        if s.stride == 1 {
-                            let xs = &inp[seg.in_start..seg.in_start + seg.len];
-                            acc += gs.iter().zip(xs).map(|(a, b)| a * b).sum::<f64>();
-                        } else {
-                            for (j, a) in gs.iter().enumerate() {
-                                acc += a * inp[seg.in_start + j * s.stride];
-                            }
+            for (i, dw) in dw.iter_mut().enumerate() {
+                let inp = x.plane(n, i);
+                let mut acc = 0.0;
+                for seg in segs {
+                    let gs = &g[seg.out_start..seg.out_start + seg.len];
+                    if s.stride == 1 {
+                        let xs = &inp[seg.in_start..seg.in_start + seg.len];
+                        acc += gs.iter().zip(xs).map(|(a, b)| a * b).sum::<f64>();
+                    } else {
+                        for (j, a) in gs.iter().enumerate() {
+                            acc += a * inp[seg.in_start + j * s.stride];
                         }
                     }
-                    dw[(o * k * k + t) * c_in + i] += acc;
                 }
+                *dw += acc;
             }
         }
-    }
+    });
     dw
 }
 
