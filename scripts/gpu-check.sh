@@ -254,7 +254,7 @@ stage_sanitizer() {
         return
     fi
     run_limited "$tool" "$log" env DENSENET_REQUIRE_GPU=1 compute-sanitizer --tool "$tool" --error-exitcode 3 \
-        "$out/kernels" gpu:: --test-threads 1 "$@" || return 0
+        "$out/kernels" gpu:: --test-threads 4 "$@" || return 0
     local figures
     figures="$(python3 -c '
 import json, re, sys

@@ -277,29 +277,37 @@ pub struct BnCache {
 
 /// Batch-norm forward in training mode: per channel, mean and **biased** variance over all
 /// `N·H·W` values (two-pass), `y = γ·x̂ + β`.
+///
+/// The batch-norm functions, like the convolutions, run channels (statistics) and planes
+/// (elementwise parts) on rayon's threads, each value computed by one thread in the serial
+/// order: the same bits for any thread count.
 pub fn batchnorm_train_forward(x: &Tensor, gamma: &[f64], beta: &[f64]) -> (Tensor, BnCache) {
     assert!(gamma.len() == x.c && beta.len() == x.c, "batch-norm parameter length");
     let count = (x.n * x.hw()) as f64;
-    let mut mean = vec![0.0; x.c];
-    let mut var = vec![0.0; x.c];
-    for c in 0..x.c {
-        let sum: f64 = (0..x.n).map(|n| x.plane(n, c).iter().sum::<f64>()).sum();
-        mean[c] = sum / count;
-        let sq: f64 =
-            (0..x.n).map(|n| x.plane(n, c).iter().map(|v| (v - mean[c]).powi(2)).sum::<f64>()).sum();
-        var[c] = sq / count;
-    }
+    let (mean, var): (Vec<f64>, Vec<f64>) = (0..x.c)
+        .into_par_iter()
+        .map(|c| {
+            let sum: f64 = (0..x.n).map(|n| x.plane(n, c).iter().sum::<f64>()).sum();
+            let mean = sum / count;
+            let sq: f64 =
+                (0..x.n).map(|n| x.plane(n, c).iter().map(|v| (v - mean).powi(2)).sum::<f64>()).sum();
+            (mean, sq / count)
+        })
+        .unzip();
     let inv_std: Vec<f64> = var.iter().map(|v| 1.0 / (v + BN_EPS).sqrt()).collect();
     let mut xhat = Tensor::zeros(x.n, x.c, x.h, x.w);
     let mut y = Tensor::zeros(x.n, x.c, x.h, x.w);
-    for n in 0..x.n {
-        for c in 0..x.c {
-            let src = x.plane(n, c);
-            xhat.plane_mut(n, c).iter_mut().zip(src).for_each(|(d, v)| *d = (v - mean[c]) * inv_std[c]);
-            let xh = xhat.plane(n, c);
-            y.plane_mut(n, c).iter_mut().zip(xh).for_each(|(d, v)| *d = gamma[c] * v + beta[c]);
-        }
-    }
+    let hw = x.hw().max(1);
+    xhat.data
+        .par_chunks_mut(hw)
+        .zip(y.data.par_chunks_mut(hw))
+        .zip(x.data.par_chunks(hw))
+        .enumerate()
+        .for_each(|(plane, ((xh, y), src))| {
+            let c = plane % x.c;
+            xh.iter_mut().zip(src).for_each(|(d, v)| *d = (v - mean[c]) * inv_std[c]);
+            y.iter_mut().zip(xh.iter()).for_each(|(d, v)| *d = gamma[c] * v + beta[c]);
+        });
     (y, BnCache { xhat, mean, var, inv_std })
 }
 
@@ -311,27 +319,34 @@ pub fn batchnorm_backward(dy: &Tensor, cache: &BnCache, gamma: &[f64]) -> (Tenso
     let xhat = &cache.xhat;
     assert_eq!((dy.n, dy.c, dy.h, dy.w), (xhat.n, xhat.c, xhat.h, xhat.w), "batch-norm grad shape");
     let count = (dy.n * dy.hw()) as f64;
-    let mut dgamma = vec![0.0; dy.c];
-    let mut dbeta = vec![0.0; dy.c];
-    for c in 0..dy.c {
-        for n in 0..dy.n {
-            let (g, xh) = (dy.plane(n, c), xhat.plane(n, c));
-            dbeta[c] += g.iter().sum::<f64>();
-            dgamma[c] += g.iter().zip(xh).map(|(a, b)| a * b).sum::<f64>();
-        }
-    }
+    let (dgamma, dbeta): (Vec<f64>, Vec<f64>) = (0..dy.c)
+        .into_par_iter()
+        .map(|c| {
+            let (mut dgamma, mut dbeta) = (0.0, 0.0);
+            for n in 0..dy.n {
+                let (g, xh) = (dy.plane(n, c), xhat.plane(n, c));
+                dbeta += g.iter().sum::<f64>();
+                dgamma += g.iter().zip(xh).map(|(a, b)| a * b).sum::<f64>();
+            }
+            (dgamma, dbeta)
+        })
+        .unzip();
     let mut dx = Tensor::zeros(dy.n, dy.c, dy.h, dy.w);
-    for n in 0..dy.n {
-        for c in 0..dy.c {
+    let hw = dy.hw().max(1);
+    dx.data
+        .par_chunks_mut(hw)
+        .zip(dy.data.par_chunks(hw))
+        .zip(xhat.data.par_chunks(hw))
+        .enumerate()
+        .for_each(|(plane, ((d, g), xh))| {
+            let c = plane % dy.c;
             // mean(g) = γ·dβ/M and mean(g·x̂) = γ·dγ/M.
             let (mg, mgx) = (gamma[c] * dbeta[c] / count, gamma[c] * dgamma[c] / count);
-            let (g, xh) = (dy.plane(n, c), xhat.plane(n, c));
             let scale = cache.inv_std[c];
-            for ((d, gv), xv) in dx.plane_mut(n, c).iter_mut().zip(g).zip(xh) {
+            for ((d, gv), xv) in d.iter_mut().zip(g).zip(xh) {
                 *d = scale * (gamma[c] * gv - mg - xv * mgx);
             }
-        }
-    }
+        });
     (dx, dgamma, dbeta)
 }
 
@@ -339,16 +354,12 @@ pub fn batchnorm_backward(dy: &Tensor, cache: &BnCache, gamma: &[f64]) -> (Tenso
 pub fn batchnorm_eval_forward(x: &Tensor, gamma: &[f64], beta: &[f64], mean: &[f64], var: &[f64]) -> Tensor {
     assert!(gamma.len() == x.c && beta.len() == x.c && mean.len() == x.c && var.len() == x.c);
     let mut y = Tensor::zeros(x.n, x.c, x.h, x.w);
-    for n in 0..x.n {
-        for c in 0..x.c {
-            let inv_std = 1.0 / (var[c] + BN_EPS).sqrt();
-            let src = x.plane(n, c);
-            y.plane_mut(n, c)
-                .iter_mut()
-                .zip(src)
-                .for_each(|(d, v)| *d = gamma[c] * (v - mean[c]) * inv_std + beta[c]);
-        }
-    }
+    let hw = x.hw().max(1);
+    y.data.par_chunks_mut(hw).zip(x.data.par_chunks(hw)).enumerate().for_each(|(plane, (y, src))| {
+        let c = plane % x.c;
+        let inv_std = 1.0 / (var[c] + BN_EPS).sqrt();
+        y.iter_mut().zip(src).for_each(|(d, v)| *d = gamma[c] * (v - mean[c]) * inv_std + beta[c]);
+    });
     y
 }
 
