@@ -274,8 +274,9 @@ fn main() -> ExitCode {
     // Probed once so that the reason is printed once; each case opens its own backend.
     let unusable = CudaBackend::new(0).err().map(|e| e.to_string());
     let ignore_gpu = unusable.is_some() && !require;
-    if let (Some(reason), true) = (&unusable, ignore_gpu) {
-        println!("GPU cases ignored: {reason} (set {REQUIRE_GPU}=1 to make them fail)");
+    // On stderr: `--list` output on stdout is parsed by tools (cargo nextest).
+    if let (Some(reason), true, false) = (&unusable, ignore_gpu, args.list) {
+        eprintln!("GPU cases ignored: {reason} (set {REQUIRE_GPU}=1 to make them fail)");
     }
     let mut trials = Vec::new();
     for (family, cases) in families {
