@@ -13,6 +13,7 @@ use rand_distr::{Distribution, StandardNormal};
 use serde::Serialize;
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::time::Instant;
 
 /// Tolerance on the relative error of an f32 backend against the f64 oracle.
 pub const F32_TOLERANCE: f64 = 1e-4;
@@ -42,6 +43,11 @@ pub struct VerifyReport {
     /// ReLU and max-pool decisions within [`KINK_MARGIN`] of their kink, which the oracle
     /// took as the backend did (see [`KinkResolver`]).
     pub kink_decisions: usize,
+    /// Wall time of the efficient path (both networks' construction, the training step, the
+    /// eval forward, the downloads) and of the oracle (training step with the kink look-ups,
+    /// eval forward): the oracle is f64 on the CPU and dominates next to a GPU.
+    pub backend_seconds: f64,
+    pub oracle_seconds: f64,
     pub comparisons: Vec<Comparison>,
     pub max_rel_error: f64,
 }
@@ -147,6 +153,7 @@ pub fn verify_with_step<B: Backend + Clone>(
     let labels_u32: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
 
     // Efficient path: training step.
+    let started = Instant::now();
     let opts = Options { input_grad: true, ..Options::train() };
     let mut net = Network::new(backend.clone(), cfg, batch, height, width, opts)?;
     net.set_params(&params, &running)?;
@@ -167,14 +174,17 @@ pub fn verify_with_step<B: Backend + Clone>(
     eval.forward()?;
     let eval_logits = eval.logits()?;
     drop(eval);
+    let backend_seconds = started.elapsed().as_secs_f64();
 
     // Oracle.
+    let started = Instant::now();
     let p64: Vec<f64> = params.iter().map(|&v| v as f64).collect();
     let r64: Vec<f64> = running.iter().map(|&v| v as f64).collect();
     let nb = naive::Batch { images: &images, labels: &labels, n: batch, h: height, w: width };
     let (oracle, kink_decisions) = naive::train_step_resolved(cfg, &layout, &p64, &r64, &nb, Some(&kinks))?;
     kinks.finish()?;
     let oracle_eval = naive::eval_logits(cfg, &layout, &p64, &r64, &nb)?;
+    let oracle_seconds = started.elapsed().as_secs_f64();
 
     let mut comparisons = vec![
         Comparison { name: "logits".into(), rel_error: rel_error(&logits, &oracle.logits) },
@@ -211,6 +221,8 @@ pub fn verify_with_step<B: Backend + Clone>(
         seed,
         loss: oracle.loss,
         kink_decisions,
+        backend_seconds,
+        oracle_seconds,
         comparisons,
         max_rel_error,
     };

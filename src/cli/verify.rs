@@ -63,6 +63,7 @@ fn print_table(r: &VerifyReport, passed: bool) {
         "  ({} ReLU/max-pool decisions within {:.0e} of their kink taken as the backend took them)",
         r.kink_decisions, KINK_MARGIN
     );
+    println!("  (efficient path {:.2} s, f64 oracle {:.2} s)", r.backend_seconds, r.oracle_seconds);
     println!(
         "max relative error {:.3e} (tolerance {:.0e}): {}",
         r.max_rel_error,

@@ -10,6 +10,7 @@
 //! assertion here is a bug in the oracle, not bad input.
 
 use crate::config::conv_out;
+use rayon::prelude::*;
 use std::ops::Range;
 
 /// Batch-norm ε, as PyTorch.
@@ -147,34 +148,38 @@ fn tap_segments(s: ConvShape, ih: usize, iw: usize, oh: usize, ow: usize) -> Vec
 
 /// Convolution forward: `y[n,o,oy,ox] = Σ_{ky,kx,i} w[o,ky,kx,i] · x[n,i,oy·s+ky−p,ox·s+kx−p]`
 /// with zero padding. `w` is OHWI, `c_out × k × k × x.c`.
+///
+/// The three convolutions run their output planes (or weight rows) in parallel; each element
+/// is summed by one thread in the serial order, so the result is the same bits whatever the
+/// number of threads.
 pub fn conv2d_forward(x: &Tensor, w: &[f64], c_out: usize, s: ConvShape) -> Tensor {
     let (k, c_in) = (s.kernel, x.c);
     assert_eq!(w.len(), c_out * k * k * c_in, "conv weight length");
     let (oh, ow) = s.out_size(x.h, x.w);
     let taps = tap_segments(s, x.h, x.w, oh, ow);
     let mut y = Tensor::zeros(x.n, c_out, oh, ow);
-    for n in 0..x.n {
-        for o in 0..c_out {
-            let out = y.plane_mut(n, o);
-            for (t, segs) in taps.iter().enumerate() {
-                for i in 0..c_in {
-                    let wv = w[(o * k * k + t) * c_in + i];
-                    let inp = x.plane(n, i);
-                    for seg in segs {
-                        let dst = &mut out[seg.out_start..seg.out_start + seg.len];
-                        if s.stride == 1 {
-                            let src = &inp[seg.in_start..seg.in_start + seg.len];
-                            dst.iter_mut().zip(src).for_each(|(d, v)| *d += wv * v);
-                        } else {
-                            for (j, d) in dst.iter_mut().enumerate() {
-                                *d += wv * inp[seg.in_start + j * s.stride];
-                            }
+    // One task per output plane (n, o); `max(1)`: chunks may not be empty (nor is there
+    // anything to do then).
+    y.data.par_chunks_mut((oh * ow).max(1)).enumerate().for_each(|(plane, out)| {
+        let (n, o) = (plane / c_out, plane % c_out);
+        for (t, segs) in taps.iter().enumerate() {
+            for i in 0..c_in {
+                let wv = w[(o * k * k + t) * c_in + i];
+                let inp = x.plane(n, i);
+                for seg in segs {
+                    let dst = &mut out[seg.out_start..seg.out_start + seg.len];
+                    if s.stride == 1 {
+                        let src = &inp[seg.in_start..seg.in_start + seg.len];
+                        dst.iter_mut().zip(src).for_each(|(d, v)| *d += wv * v);
+                    } else {
+                        for (j, d) in dst.iter_mut().enumerate() {
+                            *d += wv * inp[seg.in_start + j * s.stride];
                         }
                     }
                 }
             }
         }
-    }
+    });
     y
 }
 
@@ -194,28 +199,27 @@ pub fn conv2d_backward_data(
     assert_eq!(s.out_size(in_h, in_w), (dy.h, dy.w), "conv output size");
     let taps = tap_segments(s, in_h, in_w, dy.h, dy.w);
     let mut dx = Tensor::zeros(dy.n, c_in, in_h, in_w);
-    for n in 0..dy.n {
+    // One task per input-gradient plane (n, i), adding over (o, tap) in a fixed order.
+    dx.data.par_chunks_mut((in_h * in_w).max(1)).enumerate().for_each(|(plane, dst)| {
+        let (n, i) = (plane / c_in, plane % c_in);
         for o in 0..c_out {
             let g = dy.plane(n, o);
             for (t, segs) in taps.iter().enumerate() {
-                for i in 0..c_in {
-                    let wv = w[(o * k * k + t) * c_in + i];
-                    let dst = dx.plane_mut(n, i);
-                    for seg in segs {
-                        let src = &g[seg.out_start..seg.out_start + seg.len];
-                        if s.stride == 1 {
-                            let d = &mut dst[seg.in_start..seg.in_start + seg.len];
-                            d.iter_mut().zip(src).for_each(|(d, v)| *d += wv * v);
-                        } else {
-                            for (j, v) in src.iter().enumerate() {
-                                dst[seg.in_start + j * s.stride] += wv * v;
-                            }
+                let wv = w[(o * k * k + t) * c_in + i];
+                for seg in segs {
+                    let src = &g[seg.out_start..seg.out_start + seg.len];
+                    if s.stride == 1 {
+                        let d = &mut dst[seg.in_start..seg.in_start + seg.len];
+                        d.iter_mut().zip(src).for_each(|(d, v)| *d += wv * v);
+                    } else {
+                        for (j, v) in src.iter().enumerate() {
+                            dst[seg.in_start + j * s.stride] += wv * v;
                         }
                     }
                 }
             }
         }
-    }
+    });
     dx
 }
 
@@ -227,29 +231,30 @@ pub fn conv2d_backward_weight(x: &Tensor, dy: &Tensor, s: ConvShape) -> Vec<f64>
     assert_eq!(s.out_size(x.h, x.w), (dy.h, dy.w), "conv output size");
     let taps = tap_segments(s, x.h, x.w, dy.h, dy.w);
     let mut dw = vec![0.0; c_out * k * k * c_in];
-    for n in 0..x.n {
-        for o in 0..c_out {
+    // One task per weight row (o, tap) of c_in values, each summed over the images in order.
+    dw.par_chunks_mut(c_in.max(1)).enumerate().for_each(|(row, dw)| {
+        let (o, t) = (row / (k * k), row % (k * k));
+        let segs = &taps[t];
+        for n in 0..x.n {
             let g = dy.plane(n, o);
-            for (t, segs) in taps.iter().enumerate() {
-                for i in 0..c_in {
-                    let inp = x.plane(n, i);
-                    let mut acc = 0.0;
-                    for seg in segs {
-                        let gs = &g[seg.out_start..seg.out_start + seg.len];
-                        if s.stride == 1 {
-                            let xs = &inp[seg.in_start..seg.in_start + seg.len];
-                            acc += gs.iter().zip(xs).map(|(a, b)| a * b).sum::<f64>();
-                        } else {
-                            for (j, a) in gs.iter().enumerate() {
-                                acc += a * inp[seg.in_start + j * s.stride];
-                            }
+            for (i, dw) in dw.iter_mut().enumerate() {
+                let inp = x.plane(n, i);
+                let mut acc = 0.0;
+                for seg in segs {
+                    let gs = &g[seg.out_start..seg.out_start + seg.len];
+                    if s.stride == 1 {
+                        let xs = &inp[seg.in_start..seg.in_start + seg.len];
+                        acc += gs.iter().zip(xs).map(|(a, b)| a * b).sum::<f64>();
+                    } else {
+                        for (j, a) in gs.iter().enumerate() {
+                            acc += a * inp[seg.in_start + j * s.stride];
                         }
                     }
-                    dw[(o * k * k + t) * c_in + i] += acc;
                 }
+                *dw += acc;
             }
         }
-    }
+    });
     dw
 }
 
@@ -272,29 +277,37 @@ pub struct BnCache {
 
 /// Batch-norm forward in training mode: per channel, mean and **biased** variance over all
 /// `N·H·W` values (two-pass), `y = γ·x̂ + β`.
+///
+/// The batch-norm functions, like the convolutions, run channels (statistics) and planes
+/// (elementwise parts) on rayon's threads, each value computed by one thread in the serial
+/// order: the same bits for any thread count.
 pub fn batchnorm_train_forward(x: &Tensor, gamma: &[f64], beta: &[f64]) -> (Tensor, BnCache) {
     assert!(gamma.len() == x.c && beta.len() == x.c, "batch-norm parameter length");
     let count = (x.n * x.hw()) as f64;
-    let mut mean = vec![0.0; x.c];
-    let mut var = vec![0.0; x.c];
-    for c in 0..x.c {
-        let sum: f64 = (0..x.n).map(|n| x.plane(n, c).iter().sum::<f64>()).sum();
-        mean[c] = sum / count;
-        let sq: f64 =
-            (0..x.n).map(|n| x.plane(n, c).iter().map(|v| (v - mean[c]).powi(2)).sum::<f64>()).sum();
-        var[c] = sq / count;
-    }
+    let (mean, var): (Vec<f64>, Vec<f64>) = (0..x.c)
+        .into_par_iter()
+        .map(|c| {
+            let sum: f64 = (0..x.n).map(|n| x.plane(n, c).iter().sum::<f64>()).sum();
+            let mean = sum / count;
+            let sq: f64 =
+                (0..x.n).map(|n| x.plane(n, c).iter().map(|v| (v - mean).powi(2)).sum::<f64>()).sum();
+            (mean, sq / count)
+        })
+        .unzip();
     let inv_std: Vec<f64> = var.iter().map(|v| 1.0 / (v + BN_EPS).sqrt()).collect();
     let mut xhat = Tensor::zeros(x.n, x.c, x.h, x.w);
     let mut y = Tensor::zeros(x.n, x.c, x.h, x.w);
-    for n in 0..x.n {
-        for c in 0..x.c {
-            let src = x.plane(n, c);
-            xhat.plane_mut(n, c).iter_mut().zip(src).for_each(|(d, v)| *d = (v - mean[c]) * inv_std[c]);
-            let xh = xhat.plane(n, c);
-            y.plane_mut(n, c).iter_mut().zip(xh).for_each(|(d, v)| *d = gamma[c] * v + beta[c]);
-        }
-    }
+    let hw = x.hw().max(1);
+    xhat.data
+        .par_chunks_mut(hw)
+        .zip(y.data.par_chunks_mut(hw))
+        .zip(x.data.par_chunks(hw))
+        .enumerate()
+        .for_each(|(plane, ((xh, y), src))| {
+            let c = plane % x.c;
+            xh.iter_mut().zip(src).for_each(|(d, v)| *d = (v - mean[c]) * inv_std[c]);
+            y.iter_mut().zip(xh.iter()).for_each(|(d, v)| *d = gamma[c] * v + beta[c]);
+        });
     (y, BnCache { xhat, mean, var, inv_std })
 }
 
@@ -306,27 +319,34 @@ pub fn batchnorm_backward(dy: &Tensor, cache: &BnCache, gamma: &[f64]) -> (Tenso
     let xhat = &cache.xhat;
     assert_eq!((dy.n, dy.c, dy.h, dy.w), (xhat.n, xhat.c, xhat.h, xhat.w), "batch-norm grad shape");
     let count = (dy.n * dy.hw()) as f64;
-    let mut dgamma = vec![0.0; dy.c];
-    let mut dbeta = vec![0.0; dy.c];
-    for c in 0..dy.c {
-        for n in 0..dy.n {
-            let (g, xh) = (dy.plane(n, c), xhat.plane(n, c));
-            dbeta[c] += g.iter().sum::<f64>();
-            dgamma[c] += g.iter().zip(xh).map(|(a, b)| a * b).sum::<f64>();
-        }
-    }
+    let (dgamma, dbeta): (Vec<f64>, Vec<f64>) = (0..dy.c)
+        .into_par_iter()
+        .map(|c| {
+            let (mut dgamma, mut dbeta) = (0.0, 0.0);
+            for n in 0..dy.n {
+                let (g, xh) = (dy.plane(n, c), xhat.plane(n, c));
+                dbeta += g.iter().sum::<f64>();
+                dgamma += g.iter().zip(xh).map(|(a, b)| a * b).sum::<f64>();
+            }
+            (dgamma, dbeta)
+        })
+        .unzip();
     let mut dx = Tensor::zeros(dy.n, dy.c, dy.h, dy.w);
-    for n in 0..dy.n {
-        for c in 0..dy.c {
+    let hw = dy.hw().max(1);
+    dx.data
+        .par_chunks_mut(hw)
+        .zip(dy.data.par_chunks(hw))
+        .zip(xhat.data.par_chunks(hw))
+        .enumerate()
+        .for_each(|(plane, ((d, g), xh))| {
+            let c = plane % dy.c;
             // mean(g) = γ·dβ/M and mean(g·x̂) = γ·dγ/M.
             let (mg, mgx) = (gamma[c] * dbeta[c] / count, gamma[c] * dgamma[c] / count);
-            let (g, xh) = (dy.plane(n, c), xhat.plane(n, c));
             let scale = cache.inv_std[c];
-            for ((d, gv), xv) in dx.plane_mut(n, c).iter_mut().zip(g).zip(xh) {
+            for ((d, gv), xv) in d.iter_mut().zip(g).zip(xh) {
                 *d = scale * (gamma[c] * gv - mg - xv * mgx);
             }
-        }
-    }
+        });
     (dx, dgamma, dbeta)
 }
 
@@ -334,16 +354,12 @@ pub fn batchnorm_backward(dy: &Tensor, cache: &BnCache, gamma: &[f64]) -> (Tenso
 pub fn batchnorm_eval_forward(x: &Tensor, gamma: &[f64], beta: &[f64], mean: &[f64], var: &[f64]) -> Tensor {
     assert!(gamma.len() == x.c && beta.len() == x.c && mean.len() == x.c && var.len() == x.c);
     let mut y = Tensor::zeros(x.n, x.c, x.h, x.w);
-    for n in 0..x.n {
-        for c in 0..x.c {
-            let inv_std = 1.0 / (var[c] + BN_EPS).sqrt();
-            let src = x.plane(n, c);
-            y.plane_mut(n, c)
-                .iter_mut()
-                .zip(src)
-                .for_each(|(d, v)| *d = gamma[c] * (v - mean[c]) * inv_std + beta[c]);
-        }
-    }
+    let hw = x.hw().max(1);
+    y.data.par_chunks_mut(hw).zip(x.data.par_chunks(hw)).enumerate().for_each(|(plane, (y, src))| {
+        let c = plane % x.c;
+        let inv_std = 1.0 / (var[c] + BN_EPS).sqrt();
+        y.iter_mut().zip(src).for_each(|(d, v)| *d = gamma[c] * (v - mean[c]) * inv_std + beta[c]);
+    });
     y
 }
 

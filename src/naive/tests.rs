@@ -680,6 +680,26 @@ fn bad_inputs_are_errors() {
     assert!(is_config(train_step(&bad, lay, &pb.params, &pb.running, &ok)));
 }
 
+/// The convolutions run on rayon's threads, but every element is summed by one thread in a
+/// fixed order: a whole training step (both stems: stride 1 and 2, padding, pooling) gives the
+/// same bits on one thread as on three.
+#[test]
+fn train_step_is_bit_identical_across_thread_counts() {
+    for (stem, n, h, w) in [(Stem::Cifar, 3, 9, 7), (Stem::Imagenet, 4, 13, 15)] {
+        let pb = Problem::new(tiny(stem), n, h, w, 41);
+        let bits = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let out = pool.install(|| train_step(&pb.cfg, &pb.layout, &pb.params, &pb.running, &pb.batch()));
+            let out = out.unwrap();
+            let eval =
+                pool.install(|| eval_logits(&pb.cfg, &pb.layout, &pb.params, &pb.running, &pb.batch()));
+            [out.logits, vec![out.loss], out.grads, out.input_grad, out.running, eval.unwrap()]
+                .map(|v| v.iter().map(|x| x.to_bits()).collect::<Vec<u64>>())
+        };
+        assert!(bits(1) == bits(3), "{stem:?}: the oracle's output depends on the thread count");
+    }
+}
+
 /// Timing of the real networks (release): `cargo test --release --lib naive -- --ignored
 /// --nocapture`.
 #[test]

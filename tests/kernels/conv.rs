@@ -8,8 +8,7 @@
 //! Tolerance: the default 1e-5 (GEMM-K ≤ 147; the weight gradient sums up to 3510 pixels in 14
 //! splits of 256, added in double).
 
-use crate::conv3x3::check_output;
-use crate::{Bench, Pair};
+use crate::{Bench, W_OFF};
 use densenet::backend::cuda::{Device, KernelBackend};
 use densenet::backend::{At, Backend, Category, ConvGeom, Mat, Spatial};
 
@@ -39,28 +38,15 @@ const CASES: [(Spatial, ConvGeom, usize, usize); 7] = [
     (s(2, 45, 39), CIFAR, 3, 13),
 ];
 
-/// A random storage of `rows` pixels with `cols + 7` channels at offset 1; the op's output is
-/// its columns [3, 3 + cols).
-fn storage<D: Device>(b: &mut Bench<'_, D>, rows: usize, cols: usize) -> (Pair<D>, Mat, Vec<f32>) {
-    let m = Mat { offset: 1 + 3, rows, cols, ld: cols + 7 };
-    let values = b.uniform(1 + rows * m.ld + 4, -1.0, 1.0);
-    (b.pair(&values), m, values)
-}
-
-fn weights<D: Device>(b: &mut Bench<'_, D>, g: ConvGeom, c_in: usize, c_out: usize) -> Pair<D> {
-    let w = b.uniform(5 + c_out * g.kernel * g.kernel * c_in, -1.0, 1.0);
-    b.pair(&w)
-}
-
 fn conv_fwd<D: Device>(device: &KernelBackend<D>) {
     let mut b = Bench::new(device, 41);
     for (shape, g, c_in, c_out) in CASES {
         let (x, xm) = b.matrix(shape.pixels(), c_in, -1.0, 1.0);
-        let w = weights(&mut b, g, c_in, c_out);
-        let (mut y, ym, before) = storage(&mut b, g.out(shape).pixels(), c_out);
-        b.cpu.conv_fwd(&x.cpu, xm, shape, g, At { buf: &w.cpu, offset: 5 }, &mut y.cpu, ym).unwrap();
-        b.emu.conv_fwd(&x.emu, xm, shape, g, At { buf: &w.emu, offset: 5 }, &mut y.emu, ym).unwrap();
-        check_output(&b, &format!("conv fwd {shape:?} {g:?} {c_in}->{c_out}"), &y, ym, &before);
+        let w = b.weights(c_out * g.kernel * g.kernel * c_in);
+        let (mut y, ym) = b.storage(g.out(shape).pixels(), c_out);
+        b.cpu.conv_fwd(&x.cpu, xm, shape, g, At { buf: &w.cpu, offset: W_OFF }, &mut y.cpu, ym).unwrap();
+        b.emu.conv_fwd(&x.emu, xm, shape, g, At { buf: &w.emu, offset: W_OFF }, &mut y.emu, ym).unwrap();
+        b.check(&format!("conv fwd {shape:?} {g:?} {c_in}->{c_out}"), &y, &[ym]);
     }
 }
 
@@ -70,17 +56,11 @@ fn conv_wgrad<D: Device>(device: &KernelBackend<D>) {
         let (x, xm) = b.matrix(shape.pixels(), c_in, -1.0, 1.0);
         let (dy, dym) = b.matrix(g.out(shape).pixels(), c_out, -1.0, 1.0);
         let len = c_out * g.kernel * g.kernel * c_in;
-        let before = b.uniform(len + 4, -1.0, 1.0);
-        let mut dw = b.pair(&before);
-        b.cpu.conv_wgrad(&x.cpu, xm, shape, g, &dy.cpu, dym, &mut dw.cpu, 3).unwrap();
-        b.emu.conv_wgrad(&x.emu, xm, shape, g, &dy.emu, dym, &mut dw.emu, 3).unwrap();
-        check_output(
-            &b,
-            &format!("conv wgrad {shape:?} {g:?} {c_in}->{c_out}"),
-            &dw,
-            Mat::dense(3, 1, len),
-            &before,
-        );
+        // dW starts non-zero: the op accumulates.
+        let mut dw = b.weights(len);
+        b.cpu.conv_wgrad(&x.cpu, xm, shape, g, &dy.cpu, dym, &mut dw.cpu, W_OFF).unwrap();
+        b.emu.conv_wgrad(&x.emu, xm, shape, g, &dy.emu, dym, &mut dw.emu, W_OFF).unwrap();
+        b.check(&format!("conv wgrad {shape:?} {g:?} {c_in}->{c_out}"), &dw, &[Mat::dense(W_OFF, 1, len)]);
     }
 }
 
@@ -88,11 +68,12 @@ fn conv_dgrad<D: Device>(device: &KernelBackend<D>) {
     let mut b = Bench::new(device, 43);
     for (shape, g, c_in, c_out) in CASES {
         let (dy, dym) = b.matrix(g.out(shape).pixels(), c_out, -1.0, 1.0);
-        let w = weights(&mut b, g, c_in, c_out);
-        let (mut dx, dxm, before) = storage(&mut b, shape.pixels(), c_in);
-        b.cpu.conv_dgrad(&dy.cpu, dym, shape, g, At { buf: &w.cpu, offset: 5 }, &mut dx.cpu, dxm).unwrap();
-        b.emu.conv_dgrad(&dy.emu, dym, shape, g, At { buf: &w.emu, offset: 5 }, &mut dx.emu, dxm).unwrap();
-        check_output(&b, &format!("conv dgrad {shape:?} {g:?} {c_out}->{c_in}"), &dx, dxm, &before);
+        let w = b.weights(c_out * g.kernel * g.kernel * c_in);
+        let (mut dx, dxm) = b.storage(shape.pixels(), c_in);
+        let (wc, we) = (At { buf: &w.cpu, offset: W_OFF }, At { buf: &w.emu, offset: W_OFF });
+        b.cpu.conv_dgrad(&dy.cpu, dym, shape, g, wc, &mut dx.cpu, dxm).unwrap();
+        b.emu.conv_dgrad(&dy.emu, dym, shape, g, we, &mut dx.emu, dxm).unwrap();
+        b.check(&format!("conv dgrad {shape:?} {g:?} {c_out}->{c_in}"), &dx, &[dxm]);
     }
 }
 

@@ -1,4 +1,4 @@
-//! The fused 1×1 convolution kernels (`kernels/conv1x1.cu`), and the output checks the
+//! The fused 1×1 convolution kernels (`kernels/conv1x1.cu`), and the rerun checks the
 //! transition's cases share.
 //!
 //! Tolerance: the harness's 1e-5 relative error also for these GEMM outputs. They sum at most
@@ -7,7 +7,7 @@
 //! typically; the ReLU masks are bit-identical (both use the same f32 pre-activation), so no
 //! element is decided differently.
 
-use crate::{Bench, Pair, TOL, bn_cpu, bn_emu, rel_error};
+use crate::{Bench, Pair, W_OFF, bn_cpu, bn_emu};
 use densenet::backend::cuda::{Device, KernelBackend};
 use densenet::backend::{At, Backend, Mat};
 
@@ -23,56 +23,6 @@ crate::kernel_cases! {
 /// The wgrad reduction is split (and finished through the scratch) for 4551 pixels only, the
 /// dgrad runs go through the scratch for 4551 and 315 pixels.
 const SHAPES: [(usize, usize, usize); 4] = [(105, 13, 37), (3, 5, 12), (4551, 70, 48), (315, 130, 72)];
-
-/// Offset of a weight inside its buffer.
-pub const W_OFF: usize = 2;
-
-/// A random `len`-float weight at [`W_OFF`] of a slightly larger buffer.
-pub fn weights<D: Device>(b: &mut Bench<'_, D>, len: usize) -> Pair<D> {
-    let v = b.uniform(W_OFF + len + 3, -1.0, 1.0);
-    b.pair(&v)
-}
-
-/// A rows × cols output in the middle of a wider random storage (columns 4.. of a pitch of
-/// cols + 9, starting at offset 3): everything around it must be left untouched.
-pub fn wide_output<D: Device>(b: &mut Bench<'_, D>, rows: usize, cols: usize) -> (Pair<D>, Mat) {
-    let m = Mat { offset: 3 + 4, rows, cols, ld: cols + 9 };
-    let v = b.uniform(m.offset + rows.max(1) * m.ld, -3.0, 3.0);
-    (b.pair(&v), m)
-}
-
-/// Compares the elements of `m` in both buffers (relative error ≤ [`TOL`]) and requires every
-/// other element of the emu buffer to equal the cpu one bit for bit (both start equal and the
-/// cpu backend writes inside `m` only). Returns the relative error.
-pub fn check_mat<D: Device>(b: &Bench<'_, D>, what: &str, p: &Pair<D>, m: Mat) -> f64 {
-    let emu = b.emu.download(&p.emu, 0, p.emu.len()).unwrap();
-    let cpu = b.cpu.download(&p.cpu, 0, p.cpu.len()).unwrap();
-    let inside = |i: usize| i >= m.offset && (i - m.offset) / m.ld < m.rows && (i - m.offset) % m.ld < m.cols;
-    let (mut got, mut want) = (Vec::new(), Vec::new());
-    for (i, (&e, &c)) in emu.iter().zip(&cpu).enumerate() {
-        if inside(i) {
-            got.push(e);
-            want.push(c);
-        } else {
-            assert_eq!(e.to_bits(), c.to_bits(), "{what}: element {i} outside the output changed");
-        }
-    }
-    assert_eq!(got.len(), m.rows * m.cols);
-    report(what, &got, &want)
-}
-
-/// Compares `len` floats at `offset` (relative error ≤ [`TOL`]) and requires the rest of the
-/// emu buffer to equal the cpu one bit for bit.
-pub fn check_range<D: Device>(b: &Bench<'_, D>, what: &str, p: &Pair<D>, offset: usize, len: usize) -> f64 {
-    check_mat(b, what, p, Mat::dense(offset, 1, len))
-}
-
-fn report(what: &str, got: &[f32], want: &[f32]) -> f64 {
-    let err = rel_error(got, want);
-    println!("{what}: relative error {err:.2e}");
-    assert!(err <= TOL, "{what}: relative error {err:.3e} > {TOL:.0e}");
-    err
-}
 
 /// A second pair holding the same values as `p` (its cpu side).
 pub fn copy<D: Device>(b: &mut Bench<'_, D>, p: &Pair<D>) -> Pair<D> {
@@ -92,13 +42,13 @@ fn conv1x1_fwd<D: Device>(device: &KernelBackend<D>) {
     for (rows, cin, cout) in SHAPES {
         let (x, xm) = b.matrix(rows, cin, -2.0, 2.0);
         let (stats, params) = b.bn_buffers(cin);
-        let w = weights(&mut b, cout * cin);
-        let (mut z, zm) = wide_output(&mut b, rows, cout);
+        let w = b.weights(cout * cin);
+        let (mut z, zm) = b.storage(rows, cout);
         let w_cpu = At { buf: &w.cpu, offset: W_OFF };
         let w_emu = At { buf: &w.emu, offset: W_OFF };
         b.cpu.bn_relu_conv1x1_fwd(&x.cpu, xm, bn_cpu(&stats, &params, cin), w_cpu, &mut z.cpu, zm).unwrap();
         b.emu.bn_relu_conv1x1_fwd(&x.emu, xm, bn_emu(&stats, &params, cin), w_emu, &mut z.emu, zm).unwrap();
-        check_mat(&b, &format!("conv1x1 fwd {rows}x{cin}->{cout}"), &z, zm);
+        b.check(&format!("conv1x1 fwd {rows}x{cin}->{cout}"), &z, &[zm]);
     }
 }
 
@@ -109,7 +59,7 @@ fn conv1x1_wgrad<D: Device>(device: &KernelBackend<D>) {
         let (stats, params) = b.bn_buffers(cin);
         let (dz, dzm) = b.matrix(rows, cout, -1.0, 1.0);
         // dW starts non-zero: the op accumulates.
-        let mut dw = weights(&mut b, cout * cin);
+        let mut dw = b.weights(cout * cin);
         let mut again = copy(&mut b, &dw);
         let bn = bn_emu(&stats, &params, cin);
         b.cpu
@@ -117,7 +67,7 @@ fn conv1x1_wgrad<D: Device>(device: &KernelBackend<D>) {
             .unwrap();
         b.emu.bn_relu_conv1x1_wgrad(&x.emu, xm, bn, &dz.emu, dzm, &mut dw.emu, W_OFF).unwrap();
         let what = format!("conv1x1 wgrad {rows}x{cin}->{cout}");
-        check_range(&b, &what, &dw, W_OFF, cout * cin);
+        b.check(&what, &dw, &[Mat::dense(W_OFF, 1, cout * cin)]);
         b.emu.bn_relu_conv1x1_wgrad(&x.emu, xm, bn, &dz.emu, dzm, &mut again.emu, W_OFF).unwrap();
         assert_same_bits(&b, &what, &dw, &again);
     }
@@ -128,12 +78,12 @@ fn conv1x1_dgrad<D: Device>(device: &KernelBackend<D>) {
     for accumulate in [false, true] {
         for (rows, cin, cout) in SHAPES {
             let (dz, dzm) = b.matrix(rows, cout, -1.0, 1.0);
-            let w = weights(&mut b, cout * cin);
+            let w = b.weights(cout * cin);
             let (x, xm) = b.matrix(rows, cin, -2.0, 2.0);
             let (stats, params) = b.bn_buffers(cin);
-            let (mut dx, dxm) = wide_output(&mut b, rows, cin);
-            let sums = b.uniform(2 * cin + 3, -1.0, 1.0);
-            let mut sums = b.pair(&sums);
+            let (mut dx, dxm) = b.storage(rows, cin);
+            let sums_m = Mat::dense(0, 1, 2 * cin);
+            let mut sums = b.poisoned(2 * cin + 3, &[sums_m], -1.0, 1.0);
             let (mut dx2, mut sums2) = (copy(&mut b, &dx), copy(&mut b, &sums));
             let w_emu = At { buf: &w.emu, offset: W_OFF };
             let bn = bn_emu(&stats, &params, cin);
@@ -166,8 +116,8 @@ fn conv1x1_dgrad<D: Device>(device: &KernelBackend<D>) {
                 )
                 .unwrap();
             let what = format!("conv1x1 dgrad {rows}x{cout}->{cin} accumulate {accumulate}");
-            check_mat(&b, &format!("{what} dx"), &dx, dxm);
-            check_range(&b, &format!("{what} sums"), &sums, 0, 2 * cin);
+            b.check(&format!("{what} dx"), &dx, &[dxm]);
+            b.check(&format!("{what} sums"), &sums, &[sums_m]);
             // A rerun gives the same bits.
             b.emu
                 .bn_relu_conv1x1_dgrad(

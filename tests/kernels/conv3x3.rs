@@ -9,7 +9,7 @@
 //! over 3034 pixels, split in 12 blocks of 256 summed in double; f32 rounding over that many
 //! terms stays near 1e-7 relative.
 
-use crate::{Bench, Pair, TOL, bn_cpu, bn_emu, rel_error};
+use crate::{Bench, W_OFF, bn_cpu, bn_emu};
 use densenet::backend::cuda::{Device, KernelBackend};
 use densenet::backend::{At, Backend, Category, Mat, Spatial};
 
@@ -37,52 +37,22 @@ const CASES: [(Spatial, usize, usize); 6] = [
     (s(2, 37, 41), 48, 32),
 ];
 
-/// A random storage of `rows` pixels with `cols + 9` channels at offset 2; the op's output is
-/// its columns [4, 4 + cols).
-fn storage<D: Device>(b: &mut Bench<'_, D>, rows: usize, cols: usize) -> (Pair<D>, Mat, Vec<f32>) {
-    let m = Mat { offset: 2 + 4, rows, cols, ld: cols + 9 };
-    let values = b.uniform(2 + rows * m.ld + 3, -1.0, 1.0);
-    (b.pair(&values), m, values)
-}
-
-/// Relative error of the device's result inside `m` against the cpu's; every element of the
-/// buffer outside `m` must still hold its value from `before`.
-pub fn check_output<D: Device>(b: &Bench<'_, D>, what: &str, out: &Pair<D>, m: Mat, before: &[f32]) -> f64 {
-    let emu = b.emu.download(&out.emu, 0, before.len()).unwrap();
-    let cpu = b.cpu.download(&out.cpu, 0, before.len()).unwrap();
-    let inside = |i: usize| i >= m.offset && (i - m.offset) / m.ld < m.rows && (i - m.offset) % m.ld < m.cols;
-    let (mut got, mut want) = (Vec::new(), Vec::new());
-    for (i, (&e, &c)) in emu.iter().zip(&cpu).enumerate() {
-        if inside(i) {
-            got.push(e);
-            want.push(c);
-        } else {
-            assert_eq!(e.to_bits(), before[i].to_bits(), "{what}: element {i} outside the output changed");
-        }
-    }
-    let err = rel_error(&got, &want);
-    println!("{what}: relative error {err:.2e}");
-    assert!(err <= TOL, "{what}: relative error {err:.3e} > {TOL:.0e}");
-    err
-}
-
 fn conv3x3_fwd<D: Device>(device: &KernelBackend<D>) {
     let mut b = Bench::new(device, 31);
     for (shape, c_in, c_out) in CASES {
         let p = shape.pixels();
         let (z, zm) = b.matrix(p, c_in, -2.0, 2.0);
         let (stats, params) = b.bn_buffers(c_in);
-        let w = b.uniform(4 + c_out * 9 * c_in, -1.0, 1.0);
-        let w = b.pair(&w);
-        let (mut y, ym, before) = storage(&mut b, p, c_out);
-        let (wc, we) = (At { buf: &w.cpu, offset: 4 }, At { buf: &w.emu, offset: 4 });
+        let w = b.weights(c_out * 9 * c_in);
+        let (mut y, ym) = b.storage(p, c_out);
+        let (wc, we) = (At { buf: &w.cpu, offset: W_OFF }, At { buf: &w.emu, offset: W_OFF });
         b.cpu
             .bn_relu_conv3x3_fwd(&z.cpu, zm, shape, bn_cpu(&stats, &params, c_in), wc, &mut y.cpu, ym)
             .unwrap();
         b.emu
             .bn_relu_conv3x3_fwd(&z.emu, zm, shape, bn_emu(&stats, &params, c_in), we, &mut y.emu, ym)
             .unwrap();
-        check_output(&b, &format!("conv3x3 fwd {shape:?} {c_in}->{c_out}"), &y, ym, &before);
+        b.check(&format!("conv3x3 fwd {shape:?} {c_in}->{c_out}"), &y, &[ym]);
     }
 }
 
@@ -94,8 +64,8 @@ fn conv3x3_wgrad<D: Device>(device: &KernelBackend<D>) {
         let (stats, params) = b.bn_buffers(c_in);
         let (dy, dym) = b.matrix(p, c_out, -1.0, 1.0);
         let len = c_out * 9 * c_in;
-        let before = b.uniform(len + 5, -1.0, 1.0);
-        let mut dw = b.pair(&before);
+        // dW starts non-zero: the op accumulates.
+        let mut dw = b.weights(len);
         b.cpu
             .bn_relu_conv3x3_wgrad(
                 &z.cpu,
@@ -105,7 +75,7 @@ fn conv3x3_wgrad<D: Device>(device: &KernelBackend<D>) {
                 &dy.cpu,
                 dym,
                 &mut dw.cpu,
-                2,
+                W_OFF,
             )
             .unwrap();
         b.emu
@@ -117,16 +87,10 @@ fn conv3x3_wgrad<D: Device>(device: &KernelBackend<D>) {
                 &dy.emu,
                 dym,
                 &mut dw.emu,
-                2,
+                W_OFF,
             )
             .unwrap();
-        check_output(
-            &b,
-            &format!("conv3x3 wgrad {shape:?} {c_in}->{c_out}"),
-            &dw,
-            Mat::dense(2, 1, len),
-            &before,
-        );
+        b.check(&format!("conv3x3 wgrad {shape:?} {c_in}->{c_out}"), &dw, &[Mat::dense(W_OFF, 1, len)]);
     }
 }
 
@@ -135,14 +99,13 @@ fn conv3x3_dgrad<D: Device>(device: &KernelBackend<D>) {
     for (shape, c_in, c_out) in CASES {
         let p = shape.pixels();
         let (dy, dym) = b.matrix(p, c_out, -1.0, 1.0);
-        let w = b.uniform(c_out * 9 * c_in + 3, -1.0, 1.0);
-        let w = b.pair(&w);
+        let w = b.weights(c_out * 9 * c_in);
         let (z, zm) = b.matrix(p, c_in, -2.0, 2.0);
         let (stats, params) = b.bn_buffers(c_in);
-        let (mut g, gm, g_before) = storage(&mut b, p, c_in);
-        let sums_before = b.uniform(2 * c_in + 4, -1.0, 1.0);
-        let mut sums = b.pair(&sums_before);
-        let (wc, we) = (At { buf: &w.cpu, offset: 3 }, At { buf: &w.emu, offset: 3 });
+        let (mut g, gm) = b.storage(p, c_in);
+        let sums_m = Mat::dense(0, 1, 2 * c_in);
+        let mut sums = b.poisoned(2 * c_in + 4, &[sums_m], -1.0, 1.0);
+        let (wc, we) = (At { buf: &w.cpu, offset: W_OFF }, At { buf: &w.emu, offset: W_OFF });
         let bc = bn_cpu(&stats, &params, c_in);
         b.cpu
             .bn_relu_conv3x3_dgrad(&dy.cpu, dym, shape, wc, &z.cpu, zm, bc, &mut g.cpu, gm, &mut sums.cpu)
@@ -152,8 +115,8 @@ fn conv3x3_dgrad<D: Device>(device: &KernelBackend<D>) {
             .bn_relu_conv3x3_dgrad(&dy.emu, dym, shape, we, &z.emu, zm, be, &mut g.emu, gm, &mut sums.emu)
             .unwrap();
         let what = format!("conv3x3 dgrad {shape:?} {c_out}->{c_in}");
-        check_output(&b, &format!("{what} g"), &g, gm, &g_before);
-        check_output(&b, &format!("{what} sums"), &sums, Mat::dense(0, 1, 2 * c_in), &sums_before);
+        b.check(&format!("{what} g"), &g, &[gm]);
+        b.check(&format!("{what} sums"), &sums, &[sums_m]);
     }
 }
 

@@ -2,7 +2,7 @@
 
 use crate::{Bench, bn_cpu, bn_emu};
 use densenet::backend::cuda::{Device, KernelBackend};
-use densenet::backend::{Backend, BnGradTarget, SgdParams, StatsRef};
+use densenet::backend::{Backend, BnGradTarget, Mat, SgdParams, StatsRef};
 use rand::Rng;
 
 crate::kernel_cases! {
@@ -22,12 +22,11 @@ fn channel_stats<D: Device>(device: &KernelBackend<D>) {
         // second with values around 1000 ± 0.01, where E[x²] − E[x]² would lose every digit.
         for (rows, cols, lo, hi) in [(105, 13, -2.0, 2.0), (4551, 37, 999.99, 1000.01)] {
             let (x, xm) = b.matrix(rows, cols, lo, hi);
-            let mut out = b.pair(&vec![7.0; 2 * cols + 4]);
+            let (mean, var) = (Mat::dense(1, 1, cols), Mat::dense(2 + cols, 1, cols));
+            let mut out = b.poisoned(2 * cols + 4, &[mean, var], -1.0, 1.0);
             b.cpu.channel_stats(&x.cpu, xm, &mut out.cpu, 1, 2 + cols).unwrap();
             b.emu.channel_stats(&x.emu, xm, &mut out.emu, 1, 2 + cols).unwrap();
-            b.compare(&format!("channel_stats mean {rows}x{cols}"), &out, 1, cols);
-            b.compare(&format!("channel_stats var {rows}x{cols}"), &out, 2 + cols, cols);
-            b.compare_all(&format!("channel_stats buffer {rows}x{cols}"), &out);
+            b.check(&format!("channel_stats {rows}x{cols} [mean, var]"), &out, &[mean, var]);
         }
     }
 }
@@ -37,13 +36,13 @@ fn update_running_stats<D: Device>(device: &KernelBackend<D>) {
         let mut b = Bench::new(device, 2);
         let c = 37;
         let (stats, _) = b.bn_buffers(c);
-        let running = b.uniform(2 * c + 6, 0.1, 1.5);
-        let mut running = b.pair(&running);
+        let regions = [Mat::dense(2, 1, c), Mat::dense(4 + c, 1, c)];
+        let mut running = b.poisoned(2 * c + 6, &regions, 0.1, 1.5);
         let cpu_stats = StatsRef { stats: &stats.cpu, mean: 0, var: c };
         let emu_stats = StatsRef { stats: &stats.emu, mean: 0, var: c };
         b.cpu.update_running_stats(cpu_stats, c, 105, &mut running.cpu, 2, 4 + c).unwrap();
         b.emu.update_running_stats(emu_stats, c, 105, &mut running.emu, 2, 4 + c).unwrap();
-        b.compare_all("update_running_stats", &running);
+        b.check("update_running_stats", &running, &regions);
     }
 }
 
@@ -62,7 +61,7 @@ fn bn_backward_elementwise<D: Device>(device: &KernelBackend<D>) {
             b.emu
                 .bn_backward_elementwise(&mut g.emu, gm, &x.emu, xm, bn_emu(&stats, &params, c), &sums.emu)
                 .unwrap();
-            b.compare_all(&format!("bn_backward_elementwise {rows}x{c}"), &g);
+            b.check(&format!("bn_backward_elementwise {rows}x{c}"), &g, &[gm]);
         }
     }
 }
@@ -75,10 +74,14 @@ fn bn_grad_fold<D: Device>(device: &KernelBackend<D>) {
             let (stats, params) = b.bn_buffers(c);
             let sums = b.uniform(2 * c, -5.0, 5.0);
             let sums = b.pair(&sums);
-            let grads = b.uniform(2 * c + 9, -1.0, 1.0);
-            let mut grads = b.pair(&grads);
-            let corr = b.uniform(2 * c + 5, -1.0, 1.0);
-            let mut corr = b.pair(&corr);
+            // dγ, dβ and the accumulators start non-zero: the op adds to them.
+            let grad_regions = [Mat::dense(4, 1, c), Mat::dense(5 + c, 1, c)];
+            let mut grads = b.poisoned(2 * c + 9, &grad_regions, -1.0, 1.0);
+            let corr_regions: Vec<Mat> = correction
+                .into_iter()
+                .flat_map(|(alpha, beta)| [Mat::dense(alpha, 1, c), Mat::dense(beta, 1, c)])
+                .collect();
+            let mut corr = b.poisoned(2 * c + 5, &corr_regions, -1.0, 1.0);
             let target = BnGradTarget { dgamma: 4, dbeta: 5 + c, correction };
             b.cpu
                 .bn_grad_fold(
@@ -102,8 +105,8 @@ fn bn_grad_fold<D: Device>(device: &KernelBackend<D>) {
                     target,
                 )
                 .unwrap();
-            b.compare_all(&format!("bn_grad_fold grads, correction {correction:?}"), &grads);
-            b.compare_all(&format!("bn_grad_fold corr, correction {correction:?}"), &corr);
+            b.check(&format!("bn_grad_fold grads, correction {correction:?}"), &grads, &grad_regions);
+            b.check(&format!("bn_grad_fold corr, correction {correction:?}"), &corr, &corr_regions);
         }
     }
 }
@@ -115,13 +118,12 @@ fn bn_correction<D: Device>(device: &KernelBackend<D>) {
             let (x, xm) = b.matrix(rows, c, -2.0, 2.0);
             let (mut g, gm) = b.matrix(rows, c, -1.0, 1.0);
             let (stats, _) = b.bn_buffers(c);
-            let corr = b.uniform(2 * c + 3, -0.5, 0.5);
-            let corr = b.pair(&corr);
+            let corr = b.poisoned(2 * c + 3, &[Mat::dense(1, 1, c), Mat::dense(2 + c, 1, c)], -0.5, 0.5);
             let s_cpu = StatsRef { stats: &stats.cpu, mean: 0, var: c };
             let s_emu = StatsRef { stats: &stats.emu, mean: 0, var: c };
             b.cpu.bn_correction(&mut g.cpu, gm, &x.cpu, xm, s_cpu, &corr.cpu, 1, 2 + c).unwrap();
             b.emu.bn_correction(&mut g.emu, gm, &x.emu, xm, s_emu, &corr.emu, 1, 2 + c).unwrap();
-            b.compare_all(&format!("bn_correction {rows}x{c}"), &g);
+            b.check(&format!("bn_correction {rows}x{c}"), &g, &[gm]);
         }
     }
 }
@@ -138,16 +140,18 @@ fn softmax_xent<D: Device>(device: &KernelBackend<D>) {
             let logits = b.pair(&logits);
             let labels: Vec<f32> = (0..n).map(|_| b.rng.random_range(0..classes) as f32).collect();
             let labels = b.pair(&labels);
-            let mut loss = b.pair(&[0.0]);
-            let mut dlogits = b.pair(&vec![3.0; n * classes]);
+            // The loss and dlogits at the start of buffers with poison after them.
+            let (lm, dm) = (Mat::dense(0, 1, 1), Mat::dense(0, n, classes));
+            let mut loss = b.poisoned(3, &[lm], 3.0, 4.0);
+            let mut dlogits = b.poisoned(n * classes + 3, &[dm], 3.0, 4.0);
             b.cpu
                 .softmax_xent(&logits.cpu, &labels.cpu, n, classes, &mut loss.cpu, &mut dlogits.cpu)
                 .unwrap();
             b.emu
                 .softmax_xent(&logits.emu, &labels.emu, n, classes, &mut loss.emu, &mut dlogits.emu)
                 .unwrap();
-            b.compare_all(&format!("softmax_xent loss {n}x{classes}"), &loss);
-            b.compare_all(&format!("softmax_xent dlogits {n}x{classes}"), &dlogits);
+            b.check(&format!("softmax_xent loss {n}x{classes}"), &loss, &[lm]);
+            b.check(&format!("softmax_xent dlogits {n}x{classes}"), &dlogits, &[dm]);
         }
         // A label that is not a class index: NaN, not an out-of-bounds read.
         let logits = b.pair(&[0.5, -0.5, 1.0, 2.0]);
@@ -165,19 +169,18 @@ fn sgd_update<D: Device>(device: &KernelBackend<D>) {
         // the length is not a multiple of the block size.
         for nesterov in [true, false] {
             let len = 10_007;
-            let params = b.uniform(len, -1.0, 1.0);
-            let mut params = b.pair(&params);
-            let velocity = b.uniform(len, -0.1, 0.1);
-            let mut velocity = b.pair(&velocity);
+            // Every buffer is a little longer than `len`: the elements after it stay untouched.
+            let m = Mat::dense(0, 1, len);
+            let mut params = b.poisoned(len + 3, &[m], -1.0, 1.0);
+            let mut velocity = b.poisoned(len + 3, &[m], -0.1, 0.1);
             let hp = SgdParams { lr: 0.1, momentum: 0.9, weight_decay: 1e-4, nesterov };
             for _ in 0..3 {
-                let grads = b.uniform(len, -1.0, 1.0);
-                let grads = b.pair(&grads);
+                let grads = b.poisoned(len + 3, &[m], -1.0, 1.0);
                 b.cpu.sgd_update(&mut params.cpu, &grads.cpu, &mut velocity.cpu, len, hp).unwrap();
                 b.emu.sgd_update(&mut params.emu, &grads.emu, &mut velocity.emu, len, hp).unwrap();
             }
-            b.compare_all(&format!("sgd params, nesterov {nesterov}"), &params);
-            b.compare_all(&format!("sgd velocity, nesterov {nesterov}"), &velocity);
+            b.check(&format!("sgd params, nesterov {nesterov}"), &params, &[m]);
+            b.check(&format!("sgd velocity, nesterov {nesterov}"), &velocity, &[m]);
         }
     }
 }

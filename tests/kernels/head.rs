@@ -2,10 +2,9 @@
 //! the dot products have at most 342 terms (forward, weight gradient over 17 images, input
 //! gradient over 1000 classes), summed in another order than the host's only in the forward.
 
-use crate::Bench;
-use crate::conv1x1::{W_OFF, check_range, weights};
+use crate::{Bench, W_OFF};
 use densenet::backend::cuda::{Device, KernelBackend};
-use densenet::backend::{At, Backend};
+use densenet::backend::{At, Backend, Mat};
 
 crate::kernel_cases! {
     linear_fwd => ["linear_fwd_f32"],
@@ -19,36 +18,33 @@ const SHAPES: [(usize, usize, usize); 2] = [(3, 13, 10), (17, 342, 1000)];
 fn linear_fwd<D: Device>(device: &KernelBackend<D>) {
     let mut b = Bench::new(device, 31);
     for (n, k, out) in SHAPES {
-        let x = b.uniform(n * k, -1.0, 1.0);
-        let x = b.pair(&x);
-        let w = weights(&mut b, out * k);
-        let bias = weights(&mut b, out);
+        let x = b.poisoned(n * k, &[Mat::dense(0, n, k)], -1.0, 1.0);
+        let w = b.weights(out * k);
+        let bias = b.weights(out);
         // y starts random and a little longer than n × out: overwritten, the rest untouched.
-        let y = b.uniform(n * out + 3, -5.0, 5.0);
-        let mut y = b.pair(&y);
+        let ym = Mat::dense(0, n, out);
+        let mut y = b.poisoned(n * out + 3, &[ym], -5.0, 5.0);
         let (w_cpu, bias_cpu) = (At { buf: &w.cpu, offset: W_OFF }, At { buf: &bias.cpu, offset: W_OFF });
         let (w_emu, bias_emu) = (At { buf: &w.emu, offset: W_OFF }, At { buf: &bias.emu, offset: W_OFF });
         b.cpu.linear_fwd(&x.cpu, n, k, w_cpu, bias_cpu, out, &mut y.cpu).unwrap();
         b.emu.linear_fwd(&x.emu, n, k, w_emu, bias_emu, out, &mut y.emu).unwrap();
-        check_range(&b, &format!("linear fwd {n}x{k}->{out}"), &y, 0, n * out);
+        b.check(&format!("linear fwd {n}x{k}->{out}"), &y, &[ym]);
     }
 }
 
 fn linear_bwd<D: Device>(device: &KernelBackend<D>) {
     let mut b = Bench::new(device, 32);
     for (n, k, out) in SHAPES {
-        let dy = b.uniform(n * out, -1.0, 1.0);
-        let dy = b.pair(&dy);
-        let x = b.uniform(n * k, -1.0, 1.0);
-        let x = b.pair(&x);
-        let w = weights(&mut b, out * k);
+        let dy = b.poisoned(n * out, &[Mat::dense(0, n, out)], -1.0, 1.0);
+        let x = b.poisoned(n * k, &[Mat::dense(0, n, k)], -1.0, 1.0);
+        let w = b.weights(out * k);
         // dW and dbias start non-zero (they accumulate) inside one gradient buffer; dx starts
         // random (it is overwritten).
         let (dw_off, dbias_off) = (5, 7 + out * k);
-        let grads = b.uniform(dbias_off + out + 4, -1.0, 1.0);
-        let mut grads = b.pair(&grads);
-        let dx = b.uniform(n * k + 3, -5.0, 5.0);
-        let mut dx = b.pair(&dx);
+        let (dwm, dbm, dxm) =
+            (Mat::dense(dw_off, 1, out * k), Mat::dense(dbias_off, 1, out), Mat::dense(0, n, k));
+        let mut grads = b.poisoned(dbias_off + out + 4, &[dwm, dbm], -1.0, 1.0);
+        let mut dx = b.poisoned(n * k + 3, &[dxm], -5.0, 5.0);
         let (w_cpu, w_emu) = (At { buf: &w.cpu, offset: W_OFF }, At { buf: &w.emu, offset: W_OFF });
         b.cpu
             .linear_bwd(&dy.cpu, &x.cpu, n, k, w_cpu, out, &mut grads.cpu, dw_off, dbias_off, &mut dx.cpu)
@@ -57,8 +53,7 @@ fn linear_bwd<D: Device>(device: &KernelBackend<D>) {
             .linear_bwd(&dy.emu, &x.emu, n, k, w_emu, out, &mut grads.emu, dw_off, dbias_off, &mut dx.emu)
             .unwrap();
         let what = format!("linear bwd {n}x{k}->{out}");
-        check_range(&b, &format!("{what} dW"), &grads, dw_off, out * k);
-        check_range(&b, &format!("{what} dbias"), &grads, dbias_off, out);
-        check_range(&b, &format!("{what} dx"), &dx, 0, n * k);
+        b.check(&format!("{what} [dW, dbias]"), &grads, &[dwm, dbm]);
+        b.check(&format!("{what} dx"), &dx, &[dxm]);
     }
 }

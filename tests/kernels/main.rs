@@ -2,12 +2,23 @@
 //! sizes (batch 3, 7×5 and 37×41 images, channel counts 13 and 37 — not multiples of 8 or of
 //! a 32-channel tile — matrices at an offset with a pitch wider than their columns), through
 //! the launch wrappers every device shares. Each case runs twice: on the CPU emulator
-//! (feature `cuda-emu`, module `emulated`) and on a GPU (module `gpu`, skipped with a printed
-//! reason when there is no CUDA driver or GPU).
+//! (feature `cuda-emu`, `<module>::emulated::<case>`) and on a GPU (`<module>::gpu::<case>`).
 //!
-//! Tolerances (relative error ‖emu − cpu‖/‖cpu‖): 1e-5 for every kernel here (elementwise
-//! maps, per-channel statistics, the loss); summation orders differ between the two, so
-//! bit-equality is not expected.
+//! Own harness (`harness = false`, libtest-mimic, libtest's output and filters): whether a GPU
+//! is usable is only known at run time, and libtest cannot ignore a test then. Without one the
+//! GPU cases are reported as ignored, with the reason printed once, so that no GPU test passes
+//! without having run; with `DENSENET_REQUIRE_GPU=1` they run anyway and fail. Plain
+//! `#[test]` functions are not collected here: every test is a [`Trial`] listed in `main`
+//! (libtest-mimic turns a panic into a failure with its message).
+//!
+//! Output checks ([`Bench::check`]): every buffer starts with random values where an op reads
+//! or writes and NaN patterns with distinct payloads (mixed with random finite values)
+//! everywhere else — padding, pitch columns, neighbouring columns. Inside an op's output the
+//! device must agree with the cpu backend to a relative error ‖emu − cpu‖/‖cpu‖ ≤ [`TOL`] =
+//! 1e-5 for every kernel here (summation orders differ, so bit-equality is not expected); a
+//! kernel that reads padding turns its output into NaN and fails that. Every element outside
+//! the output must still hold its initial bits, on both backends: a stray write is caught bit
+//! for bit even where it would store a plausible value.
 //!
 //! Coverage (emulator): every production kernel must be claimed by a case, and each case
 //! checks that it really launched the kernels it claims; emulator diagnostics must be zero.
@@ -15,16 +26,28 @@
 use densenet::backend::cpu::{CpuBackend, CpuBuf};
 use densenet::backend::cuda::{CudaBackend, Device, DeviceBuf, KernelBackend};
 use densenet::backend::{Backend, BnRef, Category, Mat};
+use libtest_mimic::{Arguments, Trial};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::process::ExitCode;
 
 /// Default tolerance: relative error of a kernel against the cpu backend.
 pub const TOL: f64 = 1e-5;
 
-/// The same data on the cpu backend (`cpu`) and on the device under test (`emu`).
+/// Set to 1 to make GPU cases fail, instead of being ignored, when no GPU is usable.
+const REQUIRE_GPU: &str = "DENSENET_REQUIRE_GPU";
+
+/// Bit patterns of the NaNs that fill memory no op may touch: a quiet NaN with a payload and a
+/// negative one with another, so that a kernel copying one of them to a wrong place, or
+/// producing a NaN of its own there, differs from the expected bits.
+const POISON: [u32; 2] = [0x7fc0_1234, 0xffc0_5678];
+
+/// The same data on the cpu backend (`cpu`) and on the device under test (`emu`), and the
+/// values both were created with (what every element outside an op's output must keep).
 pub struct Pair<D: Device> {
     pub cpu: CpuBuf,
     pub emu: DeviceBuf<D>,
+    pub init: Vec<f32>,
 }
 
 pub struct Bench<'d, D: Device> {
@@ -38,23 +61,61 @@ impl<'d, D: Device> Bench<'d, D> {
         Bench { cpu: CpuBackend::new(), emu: device, rng: ChaCha8Rng::seed_from_u64(seed) }
     }
 
+    /// `values` on both backends.
     pub fn pair(&mut self, values: &[f32]) -> Pair<D> {
         let mut cpu = self.cpu.alloc(values.len(), Category::Workspace).unwrap();
         self.cpu.upload(&mut cpu, 0, values).unwrap();
         let mut emu = self.emu.alloc(values.len(), Category::Workspace).unwrap();
         self.emu.upload(&mut emu, 0, values).unwrap();
-        Pair { cpu, emu }
+        Pair { cpu, emu, init: values.to_vec() }
     }
 
     pub fn uniform(&mut self, len: usize, lo: f32, hi: f32) -> Vec<f32> {
         (0..len).map(|_| self.rng.random_range(lo..hi)).collect()
     }
 
-    /// A random buffer holding a rows × cols matrix at offset 3 with pitch cols + 5.
+    /// A `len`-float buffer holding `value(rng, i)` at every element `i` inside `regions` and
+    /// poison (see [`POISON`]) everywhere else.
+    pub fn fill(
+        &mut self,
+        len: usize,
+        regions: &[Mat],
+        mut value: impl FnMut(&mut ChaCha8Rng, usize) -> f32,
+    ) -> Pair<D> {
+        let inside = mask(len, regions);
+        let values: Vec<f32> = (0..len)
+            .map(|i| match (inside[i], self.rng.random_range(0..4)) {
+                (true, _) => value(&mut self.rng, i),
+                (false, k @ 0..2) => f32::from_bits(POISON[k]),
+                (false, _) => self.rng.random_range(-4.0..4.0),
+            })
+            .collect();
+        self.pair(&values)
+    }
+
+    /// A `len`-float buffer uniform in [lo, hi) inside `regions`, poison elsewhere.
+    pub fn poisoned(&mut self, len: usize, regions: &[Mat], lo: f32, hi: f32) -> Pair<D> {
+        self.fill(len, regions, |rng, _| rng.random_range(lo..hi))
+    }
+
+    /// A random rows × cols matrix at offset 3 with pitch cols + 5, poison around it.
     pub fn matrix(&mut self, rows: usize, cols: usize, lo: f32, hi: f32) -> (Pair<D>, Mat) {
         let m = Mat { offset: 3, rows, cols, ld: cols + 5 };
-        let values = self.uniform(3 + rows * m.ld + 2, lo, hi);
-        (self.pair(&values), m)
+        (self.poisoned(3 + rows * m.ld + 2, &[m], lo, hi), m)
+    }
+
+    /// An op's output: columns [4, 4 + cols) of a rows × (cols + 9) storage at offset 2, with
+    /// 5 more floats after it (so that the buffer exists with 0 rows too). The output starts
+    /// random (an op that accumulates adds to it, one that overwrites must not read it), its
+    /// neighbours are poison.
+    pub fn storage(&mut self, rows: usize, cols: usize) -> (Pair<D>, Mat) {
+        let m = Mat { offset: 2 + 4, rows, cols, ld: cols + 9 };
+        (self.poisoned(2 + rows * m.ld + 5, &[m], -1.0, 1.0), m)
+    }
+
+    /// A random `len`-float weight at [`W_OFF`] of a slightly larger buffer, poison around it.
+    pub fn weights(&mut self, len: usize) -> Pair<D> {
+        self.poisoned(W_OFF + len + 3, &[Mat::dense(W_OFF, 1, len)], -1.0, 1.0)
     }
 
     /// Per-channel [mean | var] and [γ | β] of a BN over `c` channels, γ of both signs.
@@ -68,21 +129,70 @@ impl<'d, D: Device> Bench<'d, D> {
         (self.pair(&stats), self.pair(&params))
     }
 
-    /// Relative error of an emu buffer range against the same cpu range.
-    pub fn compare(&self, what: &str, p: &Pair<D>, offset: usize, len: usize) -> f64 {
-        let a = self.emu.download(&p.emu, offset, len).unwrap();
-        let b = self.cpu.download(&p.cpu, offset, len).unwrap();
-        let err = rel_error(&a, &b);
-        println!("{what}: relative error {err:.2e}");
-        assert!(err <= TOL, "{what}: relative error {err:.3e} > {TOL:.0e}");
-        err
+    /// The output check of every case. `regions` are the op's outputs in `p`: inside each the
+    /// device's values against the cpu's, relative error ≤ [`TOL`] (per region, printed; the
+    /// largest is returned); every other element must still hold its initial bits on both
+    /// backends.
+    pub fn check(&self, what: &str, p: &Pair<D>, regions: &[Mat]) -> f64 {
+        let emu = self.emu.download(&p.emu, 0, p.init.len()).unwrap();
+        let cpu = self.cpu.download(&p.cpu, 0, p.init.len()).unwrap();
+        let inside = mask(p.init.len(), regions);
+        for (side, got) in [("device", &emu), ("cpu backend", &cpu)] {
+            let changed: Vec<usize> =
+                (0..got.len()).filter(|&i| !inside[i] && got[i].to_bits() != p.init[i].to_bits()).collect();
+            if let Some(&i) = changed.first() {
+                panic!(
+                    "{what}: the {side} changed {} elements outside the output, the first at {i}: \
+                     {:#010x} ({}) became {:#010x} ({})",
+                    changed.len(),
+                    p.init[i].to_bits(),
+                    p.init[i],
+                    got[i].to_bits(),
+                    got[i]
+                );
+            }
+        }
+        let mut worst_err = 0.0f64;
+        for (k, &m) in regions.iter().enumerate() {
+            let index: Vec<usize> = (0..m.rows).flat_map(|r| m.at(r, 0)..m.at(r, 0) + m.cols).collect();
+            let got: Vec<f32> = index.iter().map(|&i| emu[i]).collect();
+            let want: Vec<f32> = index.iter().map(|&i| cpu[i]).collect();
+            let err = rel_error(&got, &want);
+            let name = if regions.len() > 1 { format!("{what} [output {k}]") } else { what.to_string() };
+            println!("{name}: relative error {err:.2e}");
+            if err.is_nan() || err > TOL {
+                // The first element furthest off (a NaN first), to point at the bug.
+                let off = |j: usize| {
+                    let d = (f64::from(got[j]) - f64::from(want[j])).abs();
+                    if d.is_nan() { f64::INFINITY } else { d }
+                };
+                let j = (0..got.len()).rev().max_by(|&a, &b| off(a).total_cmp(&off(b))).unwrap_or(0);
+                panic!(
+                    "{name}: relative error {err:.3e} > {TOL:.0e}; worst: element {} (row {}, column {}): \
+                     device {} cpu {}",
+                    index[j],
+                    j / m.cols.max(1),
+                    j % m.cols.max(1),
+                    got[j],
+                    want[j]
+                );
+            }
+            worst_err = worst_err.max(err);
+        }
+        worst_err
     }
+}
 
-    /// Compares every element of two buffers, including those outside the op's outputs
-    /// (which must be untouched on both).
-    pub fn compare_all(&self, what: &str, p: &Pair<D>) -> f64 {
-        self.compare(what, p, 0, p.cpu.len())
+/// Offset of a weight inside its buffer ([`Bench::weights`]).
+pub const W_OFF: usize = 2;
+
+/// Which of `len` elements lie inside one of `regions`.
+fn mask(len: usize, regions: &[Mat]) -> Vec<bool> {
+    let mut inside = vec![false; len];
+    for m in regions {
+        (0..m.rows).for_each(|r| inside[m.at(r, 0)..][..m.cols].fill(true));
     }
+    inside
 }
 
 pub fn rel_error(a: &[f32], b: &[f32]) -> f64 {
@@ -102,9 +212,20 @@ pub fn bn_emu<'a, D: Device>(stats: &'a Pair<D>, params: &'a Pair<D>, c: usize) 
     BnRef { stats: &stats.emu, mean: 0, var: c, params: &params.emu, gamma: 0, beta: c }
 }
 
-/// Declares a module's cases with the kernels each covers (`pub const COVERED`), and
-/// instantiates each case once per device: `<module>::emulated::<case>` and
-/// `<module>::gpu::<case>`. A case is `fn <case><D: Device>(device: &KernelBackend<D>)`.
+/// One case of a kernel family, instantiated for each device.
+pub struct Case {
+    pub name: &'static str,
+    /// The kernels the case claims to launch (checked on the emulator).
+    #[cfg_attr(not(feature = "cuda-emu"), allow(dead_code))]
+    pub kernels: &'static [&'static str],
+    pub gpu: fn(&CudaBackend),
+    #[cfg(feature = "cuda-emu")]
+    pub emulated: fn(&densenet::backend::cuda::EmuBackend),
+}
+
+/// Declares a module's cases with the kernels each covers: `pub const COVERED` and `pub fn
+/// cases()`, from which `main` makes `<module>::emulated::<case>` and `<module>::gpu::<case>`.
+/// A case is `fn <case><D: Device>(device: &KernelBackend<D>)`.
 #[macro_export]
 macro_rules! kernel_cases {
     ($($case:ident => [$($kernel:literal),* $(,)?]),* $(,)?) => {
@@ -112,24 +233,17 @@ macro_rules! kernel_cases {
         #[cfg_attr(not(feature = "cuda-emu"), allow(dead_code))]
         pub const COVERED: &[&str] = &[$($($kernel,)*)*];
 
-        #[cfg(feature = "cuda-emu")]
-        mod emulated {
-            use densenet::backend::cuda::EmuBackend;
-            $(
-                #[test]
-                fn $case() {
-                    $crate::on_emulator(&[$($kernel),*], |b: &EmuBackend| super::$case(b));
-                }
-            )*
-        }
-
-        mod gpu {
-            $(
-                #[test]
-                fn $case() {
-                    $crate::on_gpu(|b| super::$case(b));
-                }
-            )*
+        /// The cases of this module.
+        pub fn cases() -> Vec<$crate::Case> {
+            vec![$(
+                $crate::Case {
+                    name: stringify!($case),
+                    kernels: &[$($kernel),*],
+                    gpu: |b| $case(b),
+                    #[cfg(feature = "cuda-emu")]
+                    emulated: |b| $case(b),
+                },
+            )*]
         }
     };
 }
@@ -144,11 +258,70 @@ mod pool;
 mod transition;
 mod unfused;
 
-/// Runs a case on the GPU, or says why it cannot.
-pub fn on_gpu(case: impl FnOnce(&CudaBackend)) {
+fn main() -> ExitCode {
+    let args = Arguments::from_args();
+    let families: [(&str, Vec<Case>); 8] = [
+        ("elementwise", elementwise::cases()),
+        ("conv1x1", conv1x1::cases()),
+        ("conv3x3", conv3x3::cases()),
+        ("conv", conv::cases()),
+        ("transition", transition::cases()),
+        ("pool", pool::cases()),
+        ("head", head::cases()),
+        ("unfused", unfused::cases()),
+    ];
+    let require = std::env::var(REQUIRE_GPU).is_ok_and(|v| v == "1");
+    // Probed once so that the reason is printed once; each case opens its own backend.
+    let unusable = CudaBackend::new(0).err().map(|e| e.to_string());
+    let ignore_gpu = unusable.is_some() && !require;
+    // On stderr: `--list` output on stdout is parsed by tools (cargo nextest).
+    if let (Some(reason), true, false) = (&unusable, ignore_gpu, args.list) {
+        eprintln!("GPU cases ignored: {reason} (set {REQUIRE_GPU}=1 to make them fail)");
+    }
+    let mut trials = Vec::new();
+    for (family, cases) in families {
+        for case in cases {
+            #[cfg(feature = "cuda-emu")]
+            trials.push(Trial::test(format!("{family}::emulated::{}", case.name), move || {
+                on_emulator(case.kernels, case.emulated);
+                Ok(())
+            }));
+            trials.push(
+                Trial::test(format!("{family}::gpu::{}", case.name), move || {
+                    on_gpu(case.gpu);
+                    Ok(())
+                })
+                .with_ignored_flag(ignore_gpu),
+            );
+        }
+    }
+    #[cfg(feature = "cuda-emu")]
+    {
+        let plain: [(&str, fn()); 4] = [
+            ("every_kernel_has_an_emulated_test", every_kernel_has_an_emulated_test),
+            ("launch_wrappers_reject_out_of_range_buffers", launch_wrappers_reject_out_of_range_buffers),
+            ("pool::pool_wrappers_reject_mismatched_shapes", pool::pool_wrappers_reject_mismatched_shapes),
+            (
+                "unfused::unfused_wrappers_reject_mismatched_shapes",
+                unfused::unfused_wrappers_reject_mismatched_shapes,
+            ),
+        ];
+        trials.extend(plain.map(|(name, test)| {
+            Trial::test(name, move || {
+                test();
+                Ok(())
+            })
+        }));
+    }
+    libtest_mimic::run(&args, trials).exit_code()
+}
+
+/// Runs a case on the GPU; without a usable one (only reached with `DENSENET_REQUIRE_GPU=1`,
+/// or when the GPU failed after the probe) the case fails.
+fn on_gpu(case: fn(&CudaBackend)) {
     match CudaBackend::new(0) {
         Ok(b) => case(&b),
-        Err(e) => eprintln!("skipped: {e}"),
+        Err(e) => panic!("no usable GPU: {e}"),
     }
 }
 
@@ -169,7 +342,6 @@ pub fn on_emulator(kernels: &[&str], case: impl FnOnce(&densenet::backend::cuda:
 }
 
 #[cfg(feature = "cuda-emu")]
-#[test]
 fn every_kernel_has_an_emulated_test() {
     let production: Vec<&str> =
         densenet::emu::kernel_names().filter(|k| !k.starts_with("selftest_")).collect();
@@ -206,7 +378,6 @@ fn the_kernel_table_lists_exactly_the_emulated_kernels() {
 }
 
 #[cfg(feature = "cuda-emu")]
-#[test]
 fn launch_wrappers_reject_out_of_range_buffers() {
     use densenet::emu;
     let b = densenet::backend::cuda::EmuBackend::new().unwrap();

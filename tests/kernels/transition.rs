@@ -2,10 +2,10 @@
 //! Tolerance as for the 1×1 convolutions (see `conv1x1.rs`): the pooled GEMM input is
 //! bit-identical to the host's, the GEMMs differ in summation order only.
 
-use crate::conv1x1::{W_OFF, assert_same_bits, check_mat, check_range, copy, weights, wide_output};
-use crate::{Bench, bn_cpu, bn_emu};
+use crate::conv1x1::{assert_same_bits, copy};
+use crate::{Bench, W_OFF, bn_cpu, bn_emu};
 use densenet::backend::cuda::{Device, KernelBackend};
-use densenet::backend::{At, Backend, Spatial};
+use densenet::backend::{At, Backend, Mat, Spatial};
 
 crate::kernel_cases! {
     transition_fwd => ["bn_relu_avgpool_conv1x1_fwd_f32"],
@@ -35,8 +35,8 @@ fn transition_fwd<D: Device>(device: &KernelBackend<D>) {
     for (s, cin, cout) in SHAPES {
         let (x, xm) = b.matrix(s.pixels(), cin, -2.0, 2.0);
         let (stats, params) = b.bn_buffers(cin);
-        let w = weights(&mut b, cout * cin);
-        let (mut y, ym) = wide_output(&mut b, pooled(s).pixels(), cout);
+        let w = b.weights(cout * cin);
+        let (mut y, ym) = b.storage(pooled(s).pixels(), cout);
         let w_cpu = At { buf: &w.cpu, offset: W_OFF };
         let w_emu = At { buf: &w.emu, offset: W_OFF };
         b.cpu
@@ -45,7 +45,7 @@ fn transition_fwd<D: Device>(device: &KernelBackend<D>) {
         b.emu
             .bn_relu_avgpool_conv1x1_fwd(&x.emu, xm, s, bn_emu(&stats, &params, cin), w_emu, &mut y.emu, ym)
             .unwrap();
-        check_mat(&b, &format!("transition fwd {s:?} {cin}->{cout}"), &y, ym);
+        b.check(&format!("transition fwd {s:?} {cin}->{cout}"), &y, &[ym]);
     }
 }
 
@@ -56,7 +56,7 @@ fn transition_wgrad<D: Device>(device: &KernelBackend<D>) {
         let (stats, params) = b.bn_buffers(cin);
         let (dy, dym) = b.matrix(pooled(s).pixels(), cout, -1.0, 1.0);
         // dW starts non-zero: the op accumulates.
-        let mut dw = weights(&mut b, cout * cin);
+        let mut dw = b.weights(cout * cin);
         let mut again = copy(&mut b, &dw);
         let bn = bn_emu(&stats, &params, cin);
         b.cpu
@@ -73,7 +73,7 @@ fn transition_wgrad<D: Device>(device: &KernelBackend<D>) {
             .unwrap();
         b.emu.bn_relu_avgpool_conv1x1_wgrad(&x.emu, xm, s, bn, &dy.emu, dym, &mut dw.emu, W_OFF).unwrap();
         let what = format!("transition wgrad {s:?} {cin}->{cout}");
-        check_range(&b, &what, &dw, W_OFF, cout * cin);
+        b.check(&what, &dw, &[Mat::dense(W_OFF, 1, cout * cin)]);
         b.emu.bn_relu_avgpool_conv1x1_wgrad(&x.emu, xm, s, bn, &dy.emu, dym, &mut again.emu, W_OFF).unwrap();
         assert_same_bits(&b, &what, &dw, &again);
     }
@@ -83,14 +83,14 @@ fn transition_dgrad<D: Device>(device: &KernelBackend<D>) {
     let mut b = Bench::new(device, 23);
     for (s, cin, cout) in SHAPES {
         let (dy, dym) = b.matrix(pooled(s).pixels(), cout, -1.0, 1.0);
-        let w = weights(&mut b, cout * cin);
+        let w = b.weights(cout * cin);
         let (x, xm) = b.matrix(s.pixels(), cin, -2.0, 2.0);
         let (stats, params) = b.bn_buffers(cin);
         // dx starts random: every element of it must be overwritten, zeros where the pool
         // dropped a row or column.
-        let (mut dx, dxm) = wide_output(&mut b, s.pixels(), cin);
-        let sums = b.uniform(2 * cin + 3, -1.0, 1.0);
-        let mut sums = b.pair(&sums);
+        let (mut dx, dxm) = b.storage(s.pixels(), cin);
+        let sums_m = Mat::dense(0, 1, 2 * cin);
+        let mut sums = b.poisoned(2 * cin + 3, &[sums_m], -1.0, 1.0);
         let (mut dx2, mut sums2) = (copy(&mut b, &dx), copy(&mut b, &sums));
         let w_emu = At { buf: &w.emu, offset: W_OFF };
         let bn = bn_emu(&stats, &params, cin);
@@ -123,8 +123,8 @@ fn transition_dgrad<D: Device>(device: &KernelBackend<D>) {
             )
             .unwrap();
         let what = format!("transition dgrad {s:?} {cout}->{cin}");
-        check_mat(&b, &format!("{what} dx"), &dx, dxm);
-        check_range(&b, &format!("{what} sums"), &sums, 0, 2 * cin);
+        b.check(&format!("{what} dx"), &dx, &[dxm]);
+        b.check(&format!("{what} sums"), &sums, &[sums_m]);
         let got = b.emu.download(&dx.emu, 0, dx.emu.len()).unwrap();
         for p in 0..s.pixels() {
             let (iy, ix) = (p / s.w % s.h, p % s.w);

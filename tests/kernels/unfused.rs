@@ -2,12 +2,14 @@
 //! error ≤ `TOL` = 1e-5 (all but `bn_grad_sums` and the average pool are exact or one identical
 //! rounding away; those two sum in f64 on both sides, in different orders). Shapes as in
 //! `pool.rs` (`SHAPES`); elementwise ops on 105 × 13 and 4551 × 37 matrices (36 partial-sum
-//! tiles for `bn_grad_sums`). Outputs are column ranges of wider storages holding garbage.
+//! tiles for `bn_grad_sums`). Outputs are column ranges of wider storages holding garbage
+//! ([`Bench::storage`](crate::Bench::storage)).
 
-use crate::pool::{SHAPES, check_output, coarse, stem_pool_out, storage};
+use crate::pool::{SHAPES, coarse, stem_pool_out};
 use crate::{Bench, bn_cpu, bn_emu};
 use densenet::backend::cuda::{Device, KernelBackend};
 use densenet::backend::{Backend, Mat, PoolWindow, StatsRef};
+use rand::Rng;
 
 crate::kernel_cases! {
     copy_columns => ["copy_columns_f32"],
@@ -25,10 +27,10 @@ fn copy_columns<D: Device>(device: &KernelBackend<D>) {
     for (rows, c) in MATRICES {
         for accumulate in [false, true] {
             let (src, sm) = b.matrix(rows, c, -2.0, 2.0);
-            let (mut dst, dm) = storage(&mut b, rows, c);
+            let (mut dst, dm) = b.storage(rows, c);
             b.cpu.copy_columns(&src.cpu, sm, &mut dst.cpu, dm, accumulate).unwrap();
             b.emu.copy_columns(&src.emu, sm, &mut dst.emu, dm, accumulate).unwrap();
-            check_output(&b, &format!("copy_columns {rows}x{c} accumulate {accumulate}"), &dst, dm);
+            b.check(&format!("copy_columns {rows}x{c} accumulate {accumulate}"), &dst, &[dm]);
         }
     }
 }
@@ -38,42 +40,41 @@ fn bn_apply_relu<D: Device>(device: &KernelBackend<D>) {
     for (rows, c) in MATRICES {
         let (x, xm) = b.matrix(rows, c, -2.0, 2.0);
         let (stats, params) = b.bn_buffers(c);
-        let (mut y, ym) = storage(&mut b, rows, c);
+        let (mut y, ym) = b.storage(rows, c);
         b.cpu.bn_apply(&x.cpu, xm, bn_cpu(&stats, &params, c), &mut y.cpu, ym).unwrap();
         b.emu.bn_apply(&x.emu, xm, bn_emu(&stats, &params, c), &mut y.emu, ym).unwrap();
-        check_output(&b, &format!("bn_apply {rows}x{c}"), &y, ym);
+        b.check(&format!("bn_apply {rows}x{c}"), &y, &[ym]);
 
         // ReLU input with exact zeros (±0) and NaNs besides the random values: max(x, 0) is 0
         // for them, and their gradient is dropped.
-        let mut values = b.uniform(3 + rows * (c + 5) + 2, -1.0, 1.0);
-        for (i, v) in values.iter_mut().enumerate().filter(|(i, _)| i % 7 == 0) {
-            *v = [0.0, -0.0, f32::NAN][i / 7 % 3];
-        }
-        let x = b.pair(&values);
-        let (mut r, rm) = storage(&mut b, rows, c);
+        let x = b.fill(3 + rows * xm.ld + 2, &[xm], |rng, i| {
+            if i % 7 == 0 { [0.0, -0.0, f32::NAN][i / 7 % 3] } else { rng.random_range(-1.0..1.0) }
+        });
+        let (mut r, rm) = b.storage(rows, c);
         b.cpu.relu_fwd(&x.cpu, xm, &mut r.cpu, rm).unwrap();
         b.emu.relu_fwd(&x.emu, xm, &mut r.emu, rm).unwrap();
-        check_output(&b, &format!("relu_fwd {rows}x{c}"), &r, rm);
+        b.check(&format!("relu_fwd {rows}x{c}"), &r, &[rm]);
 
-        let (mut g, gm) = storage(&mut b, rows, c);
+        let (mut g, gm) = b.storage(rows, c);
         b.cpu.relu_bwd(&mut g.cpu, gm, &x.cpu, xm).unwrap();
         b.emu.relu_bwd(&mut g.emu, gm, &x.emu, xm).unwrap();
-        check_output(&b, &format!("relu_bwd {rows}x{c}"), &g, gm);
+        b.check(&format!("relu_bwd {rows}x{c}"), &g, &[gm]);
     }
 }
 
 fn bn_grad_sums<D: Device>(device: &KernelBackend<D>) {
     let mut b = Bench::new(device, 33);
     for (rows, c) in MATRICES {
-        let (g, gm) = storage(&mut b, rows, c);
+        let (g, gm) = b.storage(rows, c);
         let (x, xm) = b.matrix(rows, c, -2.0, 2.0);
         let (stats, _) = b.bn_buffers(c);
-        let mut sums = b.pair(&vec![7.0; 2 * c + 3]);
+        let sums_m = Mat::dense(0, 1, 2 * c);
+        let mut sums = b.poisoned(2 * c + 3, &[sums_m], 6.0, 8.0);
         let s_cpu = StatsRef { stats: &stats.cpu, mean: 0, var: c };
         let s_emu = StatsRef { stats: &stats.emu, mean: 0, var: c };
         b.cpu.bn_grad_sums(&g.cpu, gm, &x.cpu, xm, s_cpu, &mut sums.cpu).unwrap();
         b.emu.bn_grad_sums(&g.emu, gm, &x.emu, xm, s_emu, &mut sums.emu).unwrap();
-        check_output(&b, &format!("bn_grad_sums {rows}x{c}"), &sums, Mat::dense(0, 1, 2 * c));
+        b.check(&format!("bn_grad_sums {rows}x{c}"), &sums, &[sums_m]);
     }
 }
 
@@ -87,16 +88,16 @@ fn avg_pool<D: Device>(device: &KernelBackend<D>) {
             let what = format!("{}x{}x{}x{c} window {}x{}", shape.n, shape.h, shape.w, window.h, window.w);
             let out = window.out(shape);
             let (x, xm) = b.matrix(shape.pixels(), c, -2.0, 2.0);
-            let (mut y, ym) = storage(&mut b, out.pixels(), c);
+            let (mut y, ym) = b.storage(out.pixels(), c);
             b.cpu.avg_pool_fwd(&x.cpu, xm, shape, window, &mut y.cpu, ym).unwrap();
             b.emu.avg_pool_fwd(&x.emu, xm, shape, window, &mut y.emu, ym).unwrap();
-            check_output(&b, &format!("avg_pool_fwd {what}"), &y, ym);
+            b.check(&format!("avg_pool_fwd {what}"), &y, &[ym]);
 
             let (dy, dym) = b.matrix(out.pixels(), c, -1.0, 1.0);
-            let (mut dx, dxm) = storage(&mut b, shape.pixels(), c);
+            let (mut dx, dxm) = b.storage(shape.pixels(), c);
             b.cpu.avg_pool_bwd(&dy.cpu, dym, shape, window, &mut dx.cpu, dxm).unwrap();
             b.emu.avg_pool_bwd(&dy.emu, dym, shape, window, &mut dx.emu, dxm).unwrap();
-            check_output(&b, &format!("avg_pool_bwd {what}"), &dx, dxm);
+            b.check(&format!("avg_pool_bwd {what}"), &dx, &[dxm]);
         }
     }
 }
@@ -109,16 +110,16 @@ fn max_pool<D: Device>(device: &KernelBackend<D>) {
             let out = stem_pool_out(shape);
             let (x, xm) =
                 if ties { coarse(&mut b, shape.pixels(), c) } else { b.matrix(shape.pixels(), c, -2.0, 2.0) };
-            let (mut y, ym) = storage(&mut b, out.pixels(), c);
+            let (mut y, ym) = b.storage(out.pixels(), c);
             b.cpu.max_pool_fwd(&x.cpu, xm, shape, &mut y.cpu, ym).unwrap();
             b.emu.max_pool_fwd(&x.emu, xm, shape, &mut y.emu, ym).unwrap();
-            check_output(&b, &format!("max_pool_fwd {what}"), &y, ym);
+            b.check(&format!("max_pool_fwd {what}"), &y, &[ym]);
 
             let (dy, dym) = b.matrix(out.pixels(), c, -1.0, 1.0);
-            let (mut dx, dxm) = storage(&mut b, shape.pixels(), c);
+            let (mut dx, dxm) = b.storage(shape.pixels(), c);
             b.cpu.max_pool_bwd(&dy.cpu, dym, &x.cpu, xm, shape, &mut dx.cpu, dxm).unwrap();
             b.emu.max_pool_bwd(&dy.emu, dym, &x.emu, xm, shape, &mut dx.emu, dxm).unwrap();
-            check_output(&b, &format!("max_pool_bwd {what}"), &dx, dxm);
+            b.check(&format!("max_pool_bwd {what}"), &dx, &[dxm]);
         }
     }
 }
@@ -126,8 +127,7 @@ fn max_pool<D: Device>(device: &KernelBackend<D>) {
 /// The wrappers refuse, before launching anything, shapes their kernels would index out of
 /// bounds with.
 #[cfg(feature = "cuda-emu")]
-#[test]
-fn unfused_wrappers_reject_mismatched_shapes() {
+pub fn unfused_wrappers_reject_mismatched_shapes() {
     use densenet::backend::{Category, Spatial};
     use densenet::emu;
     let b = densenet::backend::cuda::EmuBackend::new().unwrap();
