@@ -154,11 +154,17 @@ impl<'d, D: Device> Bench<'d, D> {
         }
         let mut worst_err = 0.0f64;
         for (k, &m) in regions.iter().enumerate() {
-            let index: Vec<usize> = (0..m.rows).flat_map(|r| m.at(r, 0)..m.at(r, 0) + m.cols).collect();
+            let name = if regions.len() > 1 { format!("{what} [output {k}]") } else { what.to_string() };
+            let all: Vec<usize> = (0..m.rows).flat_map(|r| m.at(r, 0)..m.at(r, 0) + m.cols).collect();
+            // NaN where the cpu backend has NaN (NaN passes through ReLU and pooling as in
+            // PyTorch), and the relative error over the other elements.
+            if let Some(&i) = all.iter().find(|&&i| emu[i].is_nan() != cpu[i].is_nan()) {
+                panic!("{name}: element {i}: device {} cpu {}", emu[i], cpu[i]);
+            }
+            let index: Vec<usize> = all.into_iter().filter(|&i| !cpu[i].is_nan()).collect();
             let got: Vec<f32> = index.iter().map(|&i| emu[i]).collect();
             let want: Vec<f32> = index.iter().map(|&i| cpu[i]).collect();
             let err = rel_error(&got, &want);
-            let name = if regions.len() > 1 { format!("{what} [output {k}]") } else { what.to_string() };
             println!("{name}: relative error {err:.2e}");
             if err.is_nan() || err > TOL {
                 // The first element furthest off (a NaN first), to point at the bug.
@@ -325,21 +331,28 @@ fn on_gpu(case: fn(&CudaBackend)) {
     }
 }
 
-/// Runs a case on the emulator and checks that no diagnostic was raised and that every
-/// kernel the case claims was launched.
+/// Runs a case on the emulator under its memory and race checks, with the threads of every
+/// block in a shuffled order, and checks that no diagnostic was raised and that every kernel
+/// the case claims was launched.
 #[cfg(feature = "cuda-emu")]
 pub fn on_emulator(kernels: &[&str], case: impl FnOnce(&densenet::backend::cuda::EmuBackend)) {
     use densenet::emu;
+    let checks = emu::Checks::all(SHUFFLE_SEED);
+    emu::set_checks(checks);
     emu::take_diagnostics();
     emu::take_launches();
     case(&densenet::backend::cuda::EmuBackend::new().unwrap());
     let diagnostics = emu::take_diagnostics();
-    assert_eq!(diagnostics.count, 0, "{:?}", diagnostics.messages);
+    assert_eq!(diagnostics.count, 0, "with {checks:?}: {:#?}", diagnostics.messages);
     let launched: std::collections::BTreeSet<&str> = emu::take_launches().into_iter().collect();
     for k in kernels {
         assert!(launched.contains(k), "case claims `{k}` but launched {launched:?}");
     }
 }
+
+/// Seed of the shuffled thread order of the emulated cases (fixed, so that a failure repeats).
+#[cfg(feature = "cuda-emu")]
+const SHUFFLE_SEED: u64 = 0x5eed;
 
 #[cfg(feature = "cuda-emu")]
 fn every_kernel_has_an_emulated_test() {

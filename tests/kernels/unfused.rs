@@ -45,8 +45,8 @@ fn bn_apply_relu<D: Device>(device: &KernelBackend<D>) {
         b.emu.bn_apply(&x.emu, xm, bn_emu(&stats, &params, c), &mut y.emu, ym).unwrap();
         b.check(&format!("bn_apply {rows}x{c}"), &y, &[ym]);
 
-        // ReLU input with exact zeros (±0) and NaNs besides the random values: max(x, 0) is 0
-        // for them, and their gradient is dropped.
+        // ReLU input with exact zeros (±0) and NaNs besides the random values: the zeros give 0,
+        // the NaNs pass through (as PyTorch), and the gradient of both is dropped.
         let x = b.fill(3 + rows * xm.ld + 2, &[xm], |rng, i| {
             if i % 7 == 0 { [0.0, -0.0, f32::NAN][i / 7 % 3] } else { rng.random_range(-1.0..1.0) }
         });
