@@ -103,7 +103,17 @@ fn matmul_cpu(a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
     c
 }
 
-fn matmul_emu(kernel: &str, a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+/// C = A·B (m×k by k×n) by a tiled matmul kernel with `checks`, and the launch's outcome.
+#[allow(clippy::too_many_arguments)]
+fn matmul_with(
+    checks: emu::Checks,
+    kernel: &str,
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+) -> (Vec<f32>, Result<(), EmuError>) {
     let mut c = vec![f32::NAN; m * n];
     let grid = [n.div_ceil(16) as u32, m.div_ceil(16) as u32, 1];
     let args = Args::new()
@@ -113,7 +123,14 @@ fn matmul_emu(kernel: &str, a: &[f32], b: &[f32], m: usize, n: usize, k: usize) 
         .arg(m as i32)
         .arg(n as i32)
         .arg(k as i32);
-    launch(kernel, grid, [16, 16, 1], 0, args).unwrap();
+    let result = launch_with(checks, kernel, grid, [16, 16, 1], 0, args, &[]);
+    (c, result)
+}
+
+/// The same with the race check, which must find nothing.
+fn matmul_emu(kernel: &str, a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+    let (c, result) = matmul_with(emu::Checks { races: true, ..emu::Checks::NONE }, kernel, a, b, m, n, k);
+    result.unwrap();
     c
 }
 
@@ -154,17 +171,9 @@ fn missing_trailing_syncthreads_is_a_race_and_gives_a_wrong_result() {
     let want = matmul_cpu(&a, &b, m, n, k);
     // Every thread reaches the same barriers, so the synchronisation rules see nothing, but
     // fast threads overwrite the tiles before slow ones have read them — every time.
-    let mut c = vec![f32::NAN; m * n];
-    let args = Args::new()
-        .arg(a.as_ptr())
-        .arg(b.as_ptr())
-        .arg(c.as_mut_ptr())
-        .arg(m as i32)
-        .arg(n as i32)
-        .arg(k as i32);
-    let grid = [n.div_ceil(16) as u32, m.div_ceil(16) as u32, 1];
-    let err =
-        launch("selftest_matmul_missing_sync", grid, [16, 16, 1], 0, args).expect_err("race unreported");
+    let races = emu::Checks { races: true, ..emu::Checks::NONE };
+    let (c, result) = matmul_with(races, "selftest_matmul_missing_sync", &a, &b, m, n, k);
+    let err = result.expect_err("race unreported");
     assert!(max_abs_diff(&c, &want) > 0.1, "the race changed nothing");
     let d = emu::take_diagnostics();
     assert!(d.races >= 1 && d.count == d.races, "{d:#?}");
@@ -1009,12 +1018,9 @@ fn shuffled_order_is_random_per_seed_and_results_of_correct_kernels_do_not_chang
     let (x, y) = (random_matrix(&mut rng, m * k), random_matrix(&mut rng, k * n));
     let plain = matmul_emu("selftest_matmul", &x, &y, m, n, k);
     for seed in [5, 6] {
-        let mut c = vec![f32::NAN; m * n];
-        let args = Args::new().arg(x.as_ptr()).arg(y.as_ptr()).arg(c.as_mut_ptr());
-        let args = args.arg(m as i32).arg(n as i32).arg(k as i32);
-        let grid = [n.div_ceil(16) as u32, m.div_ceil(16) as u32, 1];
         let checks = emu::Checks { shuffle: Some(seed), races: true, memory: false };
-        launch_with(checks, "selftest_matmul", grid, [16, 16, 1], 0, args, &[]).unwrap();
+        let (c, result) = matmul_with(checks, "selftest_matmul", &x, &y, m, n, k);
+        result.unwrap();
         assert_eq!(c, plain, "seed {seed}");
     }
     assert_no_diagnostics();
