@@ -24,7 +24,7 @@ __device__ __forceinline__ float dn_affine(float a, float x, float b) {
 
 // max(v, 0) with NaN passing through, as PyTorch's ReLU (fmaxf would turn a NaN into 0 and
 // hide it from the loss); the host backends use the same definition (backend::relu).
-__device__ __forceinline__ float dn_relu(float v) { return v > 0.0f || v != v ? v : 0.0f; }
+__device__ __forceinline__ float dn_relu(float v) { return v > 0.0f || isnan(v) ? v : 0.0f; }
 
 // 1/√(var + ε), as the host computes it.
 __device__ __forceinline__ float dn_invstd(float var) {
@@ -69,7 +69,9 @@ __device__ __forceinline__ float dn_maxpool_first_max(const T* __restrict__ x, u
     for (unsigned int iy = y0; iy < y1; ++iy)
         for (unsigned int ix = x0; ix < x1; ++ix) {
             const float v = act(static_cast<float>(x[dn_at(image_first + iy * w + ix, c, ld)]));
-            if (v > best || v != v) { // the last NaN wins, as PyTorch's max-pool
+            // Larger, or the window's first NaN, which then stays (see backend::max_pool_takes;
+            // this form of the test is also the one ptxas compiles without spills).
+            if (!(v <= best) && !isnan(best)) {
                 best = v;
                 arg = iy * w + ix;
             }

@@ -46,10 +46,12 @@ pub fn relu(v: f32) -> f32 {
     if v > 0.0 || v.is_nan() { v } else { 0.0 }
 }
 
-/// Whether `v` replaces `best` as the maximum of a max-pool window: larger, or a NaN (the
-/// last NaN of the window wins, as PyTorch's max-pool).
+/// Whether `v` replaces `best` as the maximum of a max-pool window: larger, or the window's
+/// first NaN, which then stays: a window holding a NaN yields NaN, as PyTorch's max-pool.
+/// (PyTorch's arg-max is the window's last NaN; only a window with a NaN, whose gradient is
+/// NaN anyway, can tell the difference.)
 pub fn max_pool_takes(v: f32, best: f32) -> bool {
-    v > best || v.is_nan()
+    !(v <= best) && !best.is_nan()
 }
 
 /// A matrix of `rows` pixels × `cols` channels at `offset` with leading dimension `ld`.
