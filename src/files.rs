@@ -73,6 +73,17 @@ impl InputFile {
     }
 }
 
+/// Checks that `path` is a directory (following links), with the same kind of error as
+/// [`InputFile::open`] otherwise. Only `stat`s the path: nothing is opened, so a FIFO cannot
+/// block.
+pub fn require_dir(path: &Path) -> Result<()> {
+    let meta = std::fs::metadata(path).map_err(|e| file_error(path, open_failure(&e)))?;
+    if !meta.is_dir() {
+        return Err(file_error(path, format!("is {}, not a directory", kind(&meta.file_type()))));
+    }
+    Ok(())
+}
+
 fn file_error(path: &Path, message: String) -> Error {
     Error::File { path: path.display().to_string(), message }
 }
@@ -113,7 +124,13 @@ fn kind(t: &std::fs::FileType) -> &'static str {
             return "a socket";
         }
     }
-    if t.is_dir() { "a directory" } else { "not a regular file" }
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_file() {
+        "a regular file"
+    } else {
+        "of an unknown kind"
+    }
 }
 
 #[cfg(test)]
@@ -156,5 +173,9 @@ mod tests {
         let zero = dir.path().join("zero");
         std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
         assert!(message(&zero).contains("is a character device"));
+        assert!(require_dir(dir.path()).is_ok());
+        let e = require_dir(&fifo).unwrap_err().to_string();
+        assert!(e.ends_with("is a FIFO (named pipe), not a directory"), "{e}");
+        assert!(require_dir(&missing).unwrap_err().to_string().ends_with("does not exist"));
     }
 }
