@@ -44,6 +44,34 @@ pub struct DenseNetConfig {
     pub in_channels: usize,
 }
 
+/// Upper bounds that [`DenseNetConfig::validate`] and [`DenseNetConfig::geometry`] enforce.
+/// Each lies far above any published DenseNet (densenet264: 130 layers, 64 in one block; growth
+/// 48; 1000 classes), and together they keep every size derived from a configuration — layout
+/// offsets, channel counts, plans — well inside 64-bit arithmetic, so that an absurd value is a
+/// one-line error instead of an overflow, a panic or a plan that takes gigabytes to build.
+pub mod limits {
+    /// Dense layers in the whole network: the layout, the plans and a checkpoint hold entries
+    /// per layer, so 10⁴ keeps them at megabytes and planning instant (10⁹ layers took GBs
+    /// before a single size was checked).
+    pub const LAYERS: usize = 10_000;
+    /// Growth rate k: the 3×3 conv of each layer has 9·bn_size·k² weights.
+    pub const GROWTH: usize = 4096;
+    /// Bottleneck factor: the 1×1 conv outputs bn_size·k channels.
+    pub const BN_SIZE: usize = 64;
+    /// Initial features and input channels (stem weights are k²·in·out).
+    pub const CHANNELS_IN: usize = 65_536;
+    /// Channels of any dense block (c0 + layers·k), the channel pitch of its storage.
+    pub const BLOCK_CHANNELS: usize = 1 << 22;
+    /// Classes (the classifier is classes × channels weights).
+    pub const CLASSES: usize = 1 << 20;
+    /// Parameters: 2³⁶ f32 are 275 GB, twice the memory of the largest GPU, and training
+    /// holds three copies (weights, gradients, momentum), so no larger network can run.
+    pub const PARAMETERS: u64 = 1 << 36;
+    /// Image height and width: 65536 keeps a plane (h·w) within 2³², so per-image sizes
+    /// times channels stay far inside 64 bits.
+    pub const SIDE: usize = 65_536;
+}
+
 /// Names accepted by [`DenseNetConfig::preset`].
 pub const PRESETS: &[&str] =
     &["densenet121", "densenet169", "densenet201", "densenet161", "densenet-bc-100-k12"];
@@ -100,11 +128,23 @@ impl DenseNetConfig {
         })
     }
 
-    /// Checks everything that does not depend on the input size.
+    /// Checks everything that does not depend on the input size, bounds included (see
+    /// [`limits`]): after it, the layout's and the planner's arithmetic cannot overflow.
     pub fn validate(&self) -> Result<()> {
         if self.growth == 0 {
             return Err(Error::Config("growth rate must be at least 1".into()));
         }
+        at_most("growth rate", self.growth, limits::GROWTH)?;
+        at_most("bn-size", self.bn_size, limits::BN_SIZE)?;
+        at_most("initial features", self.init_features, limits::CHANNELS_IN)?;
+        at_most("input channels", self.in_channels, limits::CHANNELS_IN)?;
+        at_most("the number of classes", self.classes, limits::CLASSES)?;
+        // Each block first, so that the sum cannot overflow.
+        for (i, &layers) in self.blocks.iter().enumerate() {
+            at_most(&format!("the layer count of dense block {}", i + 1), layers, limits::LAYERS)?;
+        }
+        let layers = self.blocks.iter().try_fold(0usize, |n, &b| n.checked_add(b)).unwrap_or(usize::MAX);
+        at_most("the total number of dense layers", layers, limits::LAYERS)?;
         if self.blocks.is_empty() {
             return Err(Error::Config("at least one dense block is needed".into()));
         }
@@ -128,7 +168,9 @@ impl DenseNetConfig {
         }
         let mut c = self.init_features;
         for (i, &layers) in self.blocks.iter().enumerate() {
+            // Cannot overflow: layers ≤ LAYERS, growth ≤ GROWTH, c ≤ BLOCK_CHANNELS.
             c += layers * self.growth;
+            at_most(&format!("the channel count of dense block {}", i + 1), c, limits::BLOCK_CHANNELS)?;
             if i + 1 < self.blocks.len() && self.transition_out(c) == 0 {
                 return Err(Error::Config(format!(
                     "compression {} leaves transition {} with no output channels",
@@ -139,6 +181,18 @@ impl DenseNetConfig {
             if i + 1 < self.blocks.len() {
                 c = self.transition_out(c);
             }
+        }
+        // The channel bounds above keep every term of the layout below 2⁴⁴ and there are at
+        // most 4·10⁴ of them, so laying it out cannot overflow.
+        let params = crate::params::ParamLayout::new(self).num_params as u64;
+        if params > limits::PARAMETERS {
+            return Err(Error::Config(format!(
+                "the network would have {params} parameters, more than the {} that any device \
+                 could train (growth {}, {} layers)",
+                limits::PARAMETERS,
+                self.growth,
+                layers
+            )));
         }
         Ok(())
     }
@@ -175,6 +229,12 @@ impl DenseNetConfig {
         if height == 0 || width == 0 {
             return Err(Error::Config(format!("image size {height}x{width} is empty")));
         }
+        if height > limits::SIDE || width > limits::SIDE {
+            return Err(Error::Config(format!(
+                "image size {height}x{width} is too large: at most {0}x{0}",
+                limits::SIDE
+            )));
+        }
         let (stem_conv, block_hw) = match self.stem {
             Stem::Cifar => ((height, width), (height, width)),
             Stem::Imagenet => {
@@ -202,6 +262,14 @@ impl DenseNetConfig {
         }
         Ok(Geometry { height, width, stem_conv, blocks })
     }
+}
+
+/// A configuration error when `value` exceeds its bound.
+fn at_most(what: &str, value: usize, limit: usize) -> Result<()> {
+    if value > limit {
+        return Err(Error::Config(format!("{what} {value} is too large (at most {limit})")));
+    }
+    Ok(())
 }
 
 /// `densenet-bc-<depth>-k<growth>` → (depth, growth).
@@ -288,6 +356,34 @@ mod tests {
         let g = DenseNetConfig::preset("densenet-bc-100-k12").unwrap().geometry(32, 32).unwrap();
         let widths: Vec<_> = g.blocks.iter().map(|b| (b.c0, b.channels, b.height)).collect();
         assert_eq!(widths, vec![(24, 216, 32), (108, 300, 16), (150, 342, 8)]);
+    }
+
+    #[test]
+    fn values_beyond_the_limits_are_rejected_and_the_limits_accepted() {
+        let base = DenseNetConfig::preset("densenet-bc-100-k12").unwrap();
+        let message = |c: &DenseNetConfig| c.validate().unwrap_err().to_string();
+        let mut c = base.clone();
+        c.growth = limits::GROWTH + 1;
+        assert!(message(&c).contains("growth rate 4097 is too large (at most 4096)"), "{}", message(&c));
+        // 5000 + 5001 layers: each block within its bound, the sum not.
+        c = base.clone();
+        c.blocks = vec![5000, 5001];
+        assert!(message(&c).contains("total number of dense layers 10001"), "{}", message(&c));
+        c.blocks = vec![usize::MAX, 1];
+        assert!(message(&c).contains("dense block 1"), "{}", message(&c));
+        c.blocks = vec![3, limits::LAYERS - 3];
+        c.growth = 1;
+        c.validate().unwrap();
+        // Every count within its bound, the parameters not: 7·12 layers at k = 1024.
+        c = base.clone();
+        c.growth = 1024;
+        c.bn_size = 64;
+        assert!(message(&c).contains("parameters, more than the 68719476736"), "{}", message(&c));
+        c = base.clone();
+        c.classes = limits::CLASSES + 1;
+        assert!(matches!(c.validate(), Err(Error::Config(_))));
+        assert!(base.geometry(limits::SIDE + 1, 33).unwrap_err().to_string().contains("65537x33"));
+        assert_eq!(base.geometry(limits::SIDE, 33).unwrap().last().height, limits::SIDE / 4);
     }
 
     #[test]

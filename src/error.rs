@@ -14,6 +14,14 @@ pub enum Error {
     /// The backend could not provide the bytes asked for.
     #[error("out of memory on {device}: requested {requested} bytes, {free} bytes free")]
     OutOfMemory { device: String, requested: usize, free: usize },
+    /// A network, a batch or a data set would need more memory than the device has: refused
+    /// before anything is allocated (see [`crate::backend::memory::ensure_fits`]).
+    #[error(
+        "{what} needs {}, {} available on {device}",
+        crate::profile::format_bytes(*needed),
+        crate::profile::format_bytes(*available)
+    )]
+    InsufficientMemory { what: String, device: String, needed: usize, available: usize },
     /// The requested backend cannot run on this machine.
     #[error("backend unavailable: {0}")]
     BackendUnavailable(String),

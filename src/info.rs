@@ -6,7 +6,7 @@
 //! runs, where each transition pools before its 1×1 conv (4× fewer MACs there).
 
 use crate::config::{DenseNetConfig, Stem};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::params::ParamLayout;
 use serde::Serialize;
 
@@ -58,7 +58,7 @@ pub fn summarize(cfg: &DenseNetConfig, height: usize, width: usize) -> Result<Su
             channels_in: cin,
             channels_out: c0,
             parameters: 9 * cin * c0,
-            macs: (sh * sw * 9 * cin * c0) as u64,
+            macs: macs("the stem", &[sh, sw, 9, cin, c0])?,
         }),
         Stem::Imagenet => {
             stages.push(Stage {
@@ -69,7 +69,7 @@ pub fn summarize(cfg: &DenseNetConfig, height: usize, width: usize) -> Result<Su
                 channels_in: cin,
                 channels_out: c0,
                 parameters: 49 * cin * c0 + bn(c0),
-                macs: (sh * sw * 49 * cin * c0) as u64,
+                macs: macs("the stem", &[sh, sw, 49, cin, c0])?,
             });
             let b0 = &geo.blocks[0];
             stages.push(Stage {
@@ -88,27 +88,32 @@ pub fn summarize(cfg: &DenseNetConfig, height: usize, width: usize) -> Result<Su
     for (i, b) in geo.blocks.iter().enumerate() {
         let hw = b.hw();
         let mut params = 0;
-        let mut macs = 0u64;
+        let name = format!("denseblock{}", i + 1);
+        let mut block_macs = 0u64;
         for l in 0..b.layers {
             let c = b.layer_in(l, cfg.growth);
             params += bn(c) + c * bott + bn(bott) + 9 * bott * cfg.growth;
-            macs += (hw * (c * bott + 9 * bott * cfg.growth)) as u64;
+            // Per-layer weights are bounded by the validation; times the plane they may not be.
+            let layer = macs(&name, &[hw, c * bott + 9 * bott * cfg.growth])?;
+            block_macs = add(&name, block_macs, layer)?;
         }
         stages.push(Stage {
-            name: format!("denseblock{}", i + 1),
+            name,
             op: format!("{} x (bn-relu-conv1x1-bn-relu-conv3x3)", b.layers),
             height: b.height,
             width: b.width,
             channels_in: b.c0,
             channels_out: b.channels,
             parameters: params,
-            macs,
+            macs: block_macs,
         });
         if let Some(next) = geo.blocks.get(i + 1) {
-            let conv = (hw * b.channels * next.c0) as u64;
-            saved += conv - (next.hw() * b.channels * next.c0) as u64;
+            let name = format!("transition{}", i + 1);
+            let conv = macs(&name, &[hw, b.channels, next.c0])?;
+            // Pooling first runs the conv on a quarter of the plane: never more than `conv`.
+            saved += conv - macs(&name, &[next.hw(), b.channels, next.c0])?;
             stages.push(Stage {
-                name: format!("transition{}", i + 1),
+                name,
                 op: "bn-relu-conv1x1-avgpool2".into(),
                 height: next.height,
                 width: next.width,
@@ -128,11 +133,11 @@ pub fn summarize(cfg: &DenseNetConfig, height: usize, width: usize) -> Result<Su
         channels_in: c,
         channels_out: cfg.classes,
         parameters: bn(c) + c * cfg.classes + cfg.classes,
-        macs: (c * cfg.classes) as u64,
+        macs: macs("the head", &[c, cfg.classes])?,
     });
     let parameters: usize = stages.iter().map(|s| s.parameters).sum();
     debug_assert_eq!(parameters, layout.num_params, "stage parameters must add up to the layout");
-    let macs = stages.iter().map(|s| s.macs).sum();
+    let macs = stages.iter().try_fold(0, |t, s| add("the network", t, s.macs))?;
     Ok(Summary {
         config: cfg.clone(),
         height,
@@ -142,6 +147,20 @@ pub fn summarize(cfg: &DenseNetConfig, height: usize, width: usize) -> Result<Su
         macs,
         executed_macs: macs - saved,
     })
+}
+
+/// Multiply-adds `a · b · …` of `stage`, or an error when they exceed 64 bits (an image of
+/// 65536×65536 through thousands of channels can).
+fn macs(stage: &str, factors: &[usize]) -> Result<u64> {
+    factors.iter().try_fold(1u64, |acc, &f| acc.checked_mul(f as u64)).ok_or_else(|| overflow(stage))
+}
+
+fn add(stage: &str, a: u64, b: u64) -> Result<u64> {
+    a.checked_add(b).ok_or_else(|| overflow(stage))
+}
+
+fn overflow(stage: &str) -> Error {
+    Error::Config(format!("the multiply-adds of {stage} exceed 2^64 per image"))
 }
 
 /// Formats 12345678 as "12,345,678".

@@ -13,6 +13,7 @@ pub mod efficient;
 #[cfg(feature = "cuda-emu")]
 pub mod emu;
 pub mod error;
+pub mod files;
 pub mod info;
 pub mod kernels;
 pub mod naive;

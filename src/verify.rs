@@ -1,12 +1,14 @@
 //! Verification of the efficient path against the f64 oracle: one training step's forward and
 //! backward on random weights and inputs, compared output by output.
 
+use crate::backend::memory::ensure_host_fits;
 use crate::backend::{Backend, bn_affine};
 use crate::config::DenseNetConfig;
 use crate::efficient::{BnInput, Network, Options};
 use crate::error::Result;
 use crate::naive::{self, KinkResolver};
 use crate::params::{BnSite, ParamLayout};
+use crate::plan::{Dtype, NaivePlan, product, sum};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
@@ -137,6 +139,26 @@ pub fn verify<B: Backend + Clone>(
     verify_with_step(backend, cfg, batch, height, width, seed).map(|(report, _)| report)
 }
 
+/// Refuses a verification whose host-side buffers cannot fit, before any is allocated: the
+/// batch (f64 NCHW, f32 NHWC, the input gradient), the parameter copies (f32 weights,
+/// gradients and running statistics; f64 weights and gradients) and the f64 oracle, a textbook
+/// network that holds what the naive baseline's plan holds, at twice the bytes. (The
+/// efficient path's device memory is checked by `Network::new`.) The plan also validates the
+/// configuration, the image and the batch with their own messages.
+fn check_host_memory(cfg: &DenseNetConfig, batch: usize, height: usize, width: usize) -> Result<()> {
+    let naive = NaivePlan::new(cfg, batch, height, width, Dtype::F32, false)?;
+    let input = product("the input batch", &[batch, cfg.in_channels, height, width])?;
+    let params = ParamLayout::new(cfg).num_params;
+    let needed = [
+        product("the oracle", &[naive.peak_bytes, 2])?,
+        product("the batch", &[input, 8 + 4 + 4])?,
+        product("the parameter copies", &[params, 4 * 3 + 8 * 2])?,
+    ]
+    .into_iter()
+    .try_fold(0, |t, b| sum("verify's host memory", t, b))?;
+    ensure_host_fits("verify's batch, parameter copies and f64 oracle", needed)
+}
+
 /// [`verify`], also returning the step it checked.
 pub fn verify_with_step<B: Backend + Clone>(
     backend: &B,
@@ -146,6 +168,7 @@ pub fn verify_with_step<B: Backend + Clone>(
     width: usize,
     seed: u64,
 ) -> Result<(VerifyReport, Step)> {
+    check_host_memory(cfg, batch, height, width)?;
     let layout = ParamLayout::new(cfg);
     let (params, running) = layout.init_random(seed);
     let (images, labels) = random_batch(cfg, batch, height, width, seed);

@@ -95,7 +95,7 @@ fn wrong_cifar_files_name_the_file_and_the_expectation() {
 
     std::fs::remove_file(&f).unwrap();
     let msg = load_err(dir.path());
-    assert!(msg.contains("data_batch_3.bin: cannot read"), "{msg}");
+    assert!(msg.contains("data_batch_3.bin: does not exist"), "{msg}");
 
     // CIFAR-100 records are 3074 bytes.
     let dir = tempfile::tempdir().unwrap();

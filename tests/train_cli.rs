@@ -124,7 +124,7 @@ fn bad_input_gets_one_line_and_status_2() {
         "fewer than one batch of 64",
     );
     assert!(!d.join("unused").exists(), "a rejected run creates no checkpoint directory");
-    fails_with_status_2(&["train", "--data", &path("nothing-here")], "no CIFAR data found");
+    fails_with_status_2(&["train", "--data", &path("nothing-here")], "nothing-here: does not exist");
 
     std::fs::write(d.join("data_batch_1.bin"), vec![0u8; 1000]).unwrap();
     fails_with_status_2(

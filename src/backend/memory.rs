@@ -2,6 +2,7 @@
 //! under a [`Category`], so the peak of a training step can be measured per category and
 //! compared with the planner's prediction.
 
+use crate::error::{Error, Result};
 use serde::Serialize;
 use std::sync::Mutex;
 
@@ -11,6 +12,25 @@ pub fn host_available_bytes() -> Option<usize> {
     let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
     kib.checked_mul(1024)
+}
+
+/// Refuses `needed` bytes for `what` on `device` when they exceed `available` (the device's
+/// free memory; `None` when it cannot tell, which lets the allocation decide). Checked before
+/// allocating, so that a size that fits the arithmetic but not the machine is an error naming
+/// both figures rather than an allocation abort or a visit from the OOM killer (Linux
+/// overcommits: a large `Vec` succeeds and the process dies when it touches the pages).
+pub fn ensure_fits(what: &str, needed: usize, device: &str, available: Option<usize>) -> Result<()> {
+    match available {
+        Some(available) if needed > available => {
+            Err(Error::InsufficientMemory { what: what.into(), device: device.into(), needed, available })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// [`ensure_fits`] for host memory (data sets, batches and parameter copies kept on the host).
+pub fn ensure_host_fits(what: &str, needed: usize) -> Result<()> {
+    ensure_fits(what, needed, "the host", host_available_bytes())
 }
 
 /// What an allocation is for; the memory planner predicts bytes per category.

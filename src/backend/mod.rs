@@ -210,6 +210,11 @@ pub trait Backend {
     /// Bytes the device could still hand out (host memory for the cpu backend, free device
     /// memory for a GPU), if it can tell: what decides whether a planned run is attempted.
     fn available_bytes(&self) -> Option<usize>;
+    /// Refuses `needed` bytes for `what` beyond [`Backend::available_bytes`] (see
+    /// [`memory::ensure_fits`]).
+    fn ensure_fits(&self, what: &str, needed: usize) -> Result<()> {
+        memory::ensure_fits(what, needed, &self.name(), self.available_bytes())
+    }
     /// Copies host data into `dst[offset..offset + src.len()]`.
     fn upload(&self, dst: &mut Self::Buf, offset: usize, src: &[f32]) -> Result<()>;
     /// Copies `src[offset..offset + len]` to the host.

@@ -62,6 +62,7 @@ impl<B: Backend> NaiveNetwork<B> {
     ) -> Result<Self> {
         // The plan validates the configuration and checks that every size is addressable.
         let plan = NaivePlan::new(cfg, batch, height, width, Dtype::F32, optimizer)?;
+        backend.ensure_fits("the naive baseline", plan.peak_bytes)?;
         let layout = ParamLayout::new(cfg);
         let alloc = |len, category| backend.alloc(len, category);
         let (params_cat, io_cat) = (Category::Parameters, Category::StemHead);

@@ -70,12 +70,27 @@ impl BackendTask for Eval<'_> {
             }
         };
         let test = Arc::new(source.load_test()?);
+        if test.is_empty() {
+            return Err(Error::Config(format!("{} has no images", test.name)).into());
+        }
         let model = &checkpoint.model;
-        let mut net = model.network(backend, args.batch, test.height, test.width, Options::eval())?;
+        // Buffers for more images than the test set holds would only be padding.
+        let batch = args.batch.min(test.len());
+        let mut net = model.network(backend, batch, test.height, test.width, Options::eval())?;
         let mut progress = Progress::new(None);
         let result = evaluate(&mut net, test.clone(), &model.normalization, &mut progress);
         progress.finish();
         let e = result?;
+        if !e.loss.is_finite() {
+            // A checkpoint holding NaN or infinite weights or statistics: a failure, not a result.
+            anyhow::bail!(
+                "{}: the test loss is {} (accuracy {:.2}%): the checkpoint's parameters or running \
+                 statistics are not finite",
+                args.checkpoint.display(),
+                e.loss,
+                100.0 * e.accuracy
+            );
+        }
         let peak_memory_bytes = net.backend().memory().peak;
         let report = Report { images: e.images, loss: e.loss, accuracy: e.accuracy, peak_memory_bytes };
         if args.json {

@@ -79,8 +79,9 @@ pub struct ProfileArgs {
     #[arg(long)]
     pub json: bool,
     /// Time N steps of each path and report the median; for N > 1 an untimed warm-up step
-    /// runs first (a GPU loads its kernels on first use). The peak covers every step.
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    /// runs first (a GPU loads its kernels on first use). The peak covers every step. At most
+    /// 10000: every step's time is kept for the median, and more steps add nothing to it.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub steps: u64,
 }
 

@@ -8,7 +8,9 @@
 //! The 3072 pixel bytes are planar: 1024 red (row-major 32×32), 1024 green, 1024 blue.
 
 use super::{CHANNELS, Dataset, Splits};
+use crate::backend::memory::ensure_host_fits;
 use crate::error::{Error, Result};
+use crate::files::{InputFile, require_dir};
 use std::path::{Path, PathBuf};
 
 const SIDE: usize = 32;
@@ -55,28 +57,37 @@ impl Variant {
     }
 }
 
-/// Finds the files in `dir` or in the sub-directory the official archives unpack to.
-fn locate(dir: &Path) -> Result<(PathBuf, Variant)> {
+/// Finds the files in `dir` or in the sub-directory the official archives unpack to. The first
+/// training file decides the variant, or the test file when only the test split is wanted
+/// (`densenet eval --data` needs nothing else).
+fn locate(dir: &Path, test_only: bool) -> Result<(PathBuf, Variant)> {
+    require_dir(dir)?;
     let candidates = [dir.to_path_buf(), dir.join("cifar-10-batches-bin"), dir.join("cifar-100-binary")];
     for d in &candidates {
-        if d.join("data_batch_1.bin").is_file() {
-            return Ok((d.clone(), Variant::Cifar10));
-        }
-        if d.join("train.bin").is_file() {
-            return Ok((d.clone(), Variant::Cifar100));
+        for variant in [Variant::Cifar10, Variant::Cifar100] {
+            let marker = if test_only { variant.test_file().into() } else { variant.train_files().remove(0) };
+            // Anything by that name counts, a FIFO or a link loop too: reading it then says
+            // what it is, rather than "no CIFAR data found".
+            if d.join(marker).symlink_metadata().is_ok() {
+                return Ok((d.clone(), variant));
+            }
         }
     }
+    let expected = if test_only {
+        "test_batch.bin (CIFAR-10) or test.bin (CIFAR-100)"
+    } else {
+        "data_batch_1.bin … data_batch_5.bin and test_batch.bin (CIFAR-10) or train.bin and test.bin \
+         (CIFAR-100)"
+    };
     Err(Error::File {
         path: dir.display().to_string(),
-        message: "no CIFAR data found: expected data_batch_1.bin … data_batch_5.bin and \
-                  test_batch.bin (CIFAR-10) or train.bin and test.bin (CIFAR-100)"
-            .into(),
+        message: format!("no CIFAR data found: expected {expected}"),
     })
 }
 
 /// Both splits of the CIFAR data set in `dir`.
 pub(super) fn load(dir: &Path) -> Result<Splits> {
-    let (dir, variant) = locate(dir)?;
+    let (dir, variant) = locate(dir, false)?;
     let mut train = empty(variant, "train");
     for f in variant.train_files() {
         read_file(&dir.join(f), variant, &mut train)?;
@@ -86,7 +97,7 @@ pub(super) fn load(dir: &Path) -> Result<Splits> {
 
 /// The test split of the CIFAR data set in `dir`.
 pub(super) fn load_test(dir: &Path) -> Result<Dataset> {
-    let (dir, variant) = locate(dir)?;
+    let (dir, variant) = locate(dir, true)?;
     test_split(&dir, variant)
 }
 
@@ -107,23 +118,29 @@ fn empty(variant: Variant, split: &str) -> Dataset {
     }
 }
 
-/// Appends the records of one file to `out`, checking its size and every label.
+/// Appends the records of one file to `out`, checking its size (before reading it) and every
+/// label.
 fn read_file(path: &Path, variant: Variant, out: &mut Dataset) -> Result<()> {
-    let file_err = |message: String| Error::File { path: path.display().to_string(), message };
-    let bytes = std::fs::read(path).map_err(|e| file_err(format!("cannot read: {e}")))?;
+    let file = InputFile::open(path)?;
     let record = variant.label_bytes() + PIXELS;
-    if bytes.is_empty() || bytes.len() % record != 0 {
-        return Err(file_err(format!(
+    if file.len == 0 || file.len % record as u64 != 0 {
+        return Err(file.error(format!(
             "has {} bytes, expected a positive multiple of {record} ({} records of {} label \
              byte(s) + {PIXELS} pixel bytes)",
-            bytes.len(),
+            file.len,
             variant.name(),
             variant.label_bytes()
         )));
     }
-    let count = bytes.len() / record;
-    out.labels.reserve(count);
-    out.images.reserve(count * PIXELS);
+    // The file, and the pixels and labels it becomes, must fit before any of it is read.
+    let count = usize::try_from(file.len / record as u64).map_err(|_| file.error("is too large"))?;
+    let needed = count.checked_mul(2 * PIXELS + 4).ok_or_else(|| file.error("is too large"))?;
+    ensure_host_fits(&format!("{} ({count} records)", path.display()), needed)?;
+    let reserve_error = |_| file.error(format!("cannot allocate memory for its {count} records"));
+    out.labels.try_reserve_exact(count).map_err(reserve_error)?;
+    out.images.try_reserve_exact(count * PIXELS).map_err(reserve_error)?;
+    let file_err = |message: String| Error::File { path: path.display().to_string(), message };
+    let bytes = file.read_all()?;
     for (i, rec) in bytes.chunks_exact(record).enumerate() {
         // CIFAR-100 records start with the coarse label; the fine label follows.
         let label = rec[variant.label_bytes() - 1];

@@ -9,6 +9,7 @@
 //! Every class is closed under horizontal flips, so flip augmentation keeps labels right.
 
 use super::{CHANNELS, Dataset, Splits, derive_seed};
+use crate::backend::memory::ensure_host_fits;
 use crate::error::{Error, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -75,7 +76,16 @@ impl SyntheticSpec {
             Split::Train => (self.train, 1, "train"),
             Split::Test => (self.test, 2, "test"),
         };
-        let n = self.size * self.size * CHANNELS;
+        let n = self.size.checked_mul(self.size).and_then(|p| p.checked_mul(CHANNELS));
+        // Pixels and the u32 labels, checked before either is allocated.
+        let bytes = n.and_then(|n| count.checked_mul(n)?.checked_add(count.checked_mul(4)?));
+        let (Some(n), Some(bytes)) = (n, bytes) else {
+            return Err(Error::Config(format!(
+                "a synthetic {name} set of {count} images of {0}x{0} is too large to address",
+                self.size
+            )));
+        };
+        ensure_host_fits(&format!("the synthetic {name} set ({count} images)"), bytes)?;
         let mut images = vec![0u8; count * n];
         // Balanced classes; the loader shuffles. Each image has its own random stream, so
         // the result does not depend on the number of threads.

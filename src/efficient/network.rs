@@ -130,6 +130,7 @@ impl<B: Backend> Network<B> {
     ) -> Result<Self> {
         // Every buffer comes from the plan, so the planner's prediction is the allocation.
         let plan = EfficientPlan::new(cfg, batch, height, width, Dtype::F32, opts)?;
+        backend.ensure_fits("the network", plan.total_bytes)?;
         let alloc = |p: Planned| backend.alloc(p.len, p.category);
         let layout = ParamLayout::new(cfg);
 

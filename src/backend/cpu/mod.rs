@@ -169,8 +169,8 @@ impl Backend for CpuBackend {
         let mut data = Vec::new();
         data.try_reserve_exact(len).map_err(|_| Error::OutOfMemory {
             device: "cpu".into(),
-            requested: len * 4,
-            free: 0,
+            requested: len.saturating_mul(4),
+            free: super::memory::host_available_bytes().unwrap_or(0),
         })?;
         data.resize(len, 0.0);
         self.tracker.allocated(len * 4, category);

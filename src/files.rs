@@ -1,0 +1,181 @@
+//! Opening input files safely: only regular files are read, so a FIFO, a device, a directory
+//! or a link loop given where a data set or a checkpoint belongs is a clear error naming the
+//! path and what it is — never a read that blocks forever (a FIFO with no writer) or that
+//! never ends (`/dev/zero`).
+//!
+//! The file is opened first (with `O_NONBLOCK`, so that opening a FIFO returns at once instead
+//! of waiting for a writer) and its type is then taken from the *open descriptor*
+//! (`fstat`), not from the path: a path swapped between the check and the open cannot slip
+//! a different file past the check. `O_NONBLOCK` has no effect on reads of regular files.
+
+use crate::error::{Error, Result};
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// A regular file opened for reading, with its length when it was opened.
+#[derive(Debug)]
+pub struct InputFile {
+    pub file: File,
+    /// Bytes in the file (from `fstat` of the open descriptor).
+    pub len: u64,
+    path: PathBuf,
+}
+
+impl InputFile {
+    /// Opens `path` (following symbolic links) for reading if it is a regular file. The error
+    /// ([`Error::File`], naming the path) says what it is otherwise: missing, a directory, a
+    /// FIFO, a character or block device, a socket, a symbolic link loop, unreadable.
+    pub fn open(path: &Path) -> Result<InputFile> {
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.custom_flags(libc::O_NONBLOCK);
+        }
+        let file = options.open(path).map_err(|e| file_error(path, open_failure(&e)))?;
+        let meta = file.metadata().map_err(|e| file_error(path, format!("cannot stat: {e}")))?;
+        if !meta.is_file() {
+            return Err(file_error(path, format!("is {}, not a regular file", kind(&meta.file_type()))));
+        }
+        Ok(InputFile { file, len: meta.len(), path: path.to_path_buf() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// An [`Error::File`] naming this file.
+    pub fn error(&self, message: impl Into<String>) -> Error {
+        file_error(&self.path, message.into())
+    }
+
+    /// Reads the whole file: exactly [`InputFile::len`] bytes, into a buffer reserved with
+    /// `try_reserve_exact` (an allocation failure is an error, not an abort). A file that
+    /// shrank or grew since it was opened is an error rather than a silently different read.
+    /// Callers check `len` against their format (and the memory they have) first.
+    pub fn read_all(mut self) -> Result<Vec<u8>> {
+        let len = usize::try_from(self.len).map_err(|_| self.error("is too large to read into memory"))?;
+        let mut bytes = Vec::new();
+        bytes
+            .try_reserve_exact(len)
+            .map_err(|_| self.error(format!("cannot allocate {len} bytes to read it")))?;
+        // One byte more than expected reveals a file that grew.
+        let read = (&mut self.file)
+            .take(self.len + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| self.error(format!("cannot read: {e}")))?;
+        if read != len {
+            return Err(self.error(format!("changed size while being read ({len} bytes when opened)")));
+        }
+        Ok(bytes)
+    }
+}
+
+/// Checks that `path` is a directory (following links), with the same kind of error as
+/// [`InputFile::open`] otherwise. Only `stat`s the path: nothing is opened, so a FIFO cannot
+/// block.
+pub fn require_dir(path: &Path) -> Result<()> {
+    let meta = std::fs::metadata(path).map_err(|e| file_error(path, open_failure(&e)))?;
+    if !meta.is_dir() {
+        return Err(file_error(path, format!("is {}, not a directory", kind(&meta.file_type()))));
+    }
+    Ok(())
+}
+
+fn file_error(path: &Path, message: String) -> Error {
+    Error::File { path: path.display().to_string(), message }
+}
+
+/// Why `open` failed, in words (the OS's own text for the rare cases).
+fn open_failure(e: &std::io::Error) -> String {
+    #[cfg(unix)]
+    if e.raw_os_error() == Some(libc::ELOOP) {
+        return "is a symbolic link loop (too many levels of symbolic links)".into();
+    }
+    #[cfg(unix)]
+    if e.raw_os_error() == Some(libc::ENXIO) {
+        // open(2) of a socket, or of a device with no driver behind it.
+        return "is a socket or a device that cannot be opened, not a regular file".into();
+    }
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "does not exist".into(),
+        std::io::ErrorKind::PermissionDenied => "cannot open: permission denied".into(),
+        _ => format!("cannot open: {e}"),
+    }
+}
+
+/// "a directory", "a FIFO (named pipe)", ... for a file type that is not a regular file.
+fn kind(t: &std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_fifo() {
+            return "a FIFO (named pipe)";
+        }
+        if t.is_char_device() {
+            return "a character device";
+        }
+        if t.is_block_device() {
+            return "a block device";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+    }
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_file() {
+        "a regular file"
+    } else {
+        "of an unknown kind"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(path: &Path) -> String {
+        InputFile::open(path).map(|_| ()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn regular_files_open_with_their_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seven.bin");
+        std::fs::write(&path, b"1234567").unwrap();
+        let f = InputFile::open(&path).unwrap();
+        assert_eq!(f.len, 7);
+        assert_eq!(f.read_all().unwrap(), b"1234567");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn other_kinds_are_named_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert!(message(&fifo).contains("is a FIFO (named pipe), not a regular file"), "{}", message(&fifo));
+        assert!(message(dir.path()).contains("is a directory"));
+        assert!(message(Path::new("/dev/zero")).contains("is a character device"));
+        let missing = dir.path().join("missing");
+        assert!(message(&missing).ends_with(": does not exist"), "{}", message(&missing));
+        assert!(message(&missing).starts_with(&missing.display().to_string()));
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::os::unix::fs::symlink(&b, &a).unwrap();
+        std::os::unix::fs::symlink(&a, &b).unwrap();
+        assert!(message(&a).contains("symbolic link loop"), "{}", message(&a));
+        // A link to a device is judged by what it points to.
+        let zero = dir.path().join("zero");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        assert!(message(&zero).contains("is a character device"));
+        assert!(require_dir(dir.path()).is_ok());
+        let e = require_dir(&fifo).unwrap_err().to_string();
+        assert!(e.ends_with("is a FIFO (named pipe), not a directory"), "{e}");
+        assert!(require_dir(&missing).unwrap_err().to_string().ends_with("does not exist"));
+    }
+}
