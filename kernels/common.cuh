@@ -23,8 +23,9 @@ __device__ __forceinline__ float dn_affine(float a, float x, float b) {
 }
 
 // max(v, 0) with NaN passing through, as PyTorch's ReLU (fmaxf would turn a NaN into 0 and
-// hide it from the loss); the host backends use the same definition (backend::relu).
-__device__ __forceinline__ float dn_relu(float v) { return v > 0.0f || isnan(v) ? v : 0.0f; }
+// hide it from the loss); the host backends use the same definition (backend::relu). Written
+// `v != v`: with isnan, NVRTC's build of the transition forward spills 4 bytes.
+__device__ __forceinline__ float dn_relu(float v) { return v > 0.0f || v != v ? v : 0.0f; }
 
 // 1/√(var + ε), as the host computes it.
 __device__ __forceinline__ float dn_invstd(float var) {
