@@ -14,15 +14,28 @@
 //! `model.load_state_dict({k: v for k, v in load_file(f).items() if not k.startswith("optimizer.")})`.
 //!
 //! **Metadata** (the safetensors header's string map; values are JSON):
-//! * `format`: `densenet-checkpoint-v1`;
+//! * `format`: `densenet-checkpoint-v2` (v1 files, without checksums, still load);
 //! * `config`: the [`DenseNetConfig`] — so a checkpoint needs no model flags to be used;
 //! * `normalization`: per-channel mean and std of the input ([`Normalization`]);
 //! * `data` (optional): the [`DataSource`] trained on, so `densenet eval` finds the test set;
 //! * `training` (training checkpoints): `{"config": TrainConfig, "epoch": completed epochs,
-//!   "step": optimiser steps}`.
+//!   "step": optimiser steps}`;
+//! * `checksums`: `{tensor name: CRC-32C of its bytes, 8 hex digits}`, verified on load.
 //!
-//! Files are written atomically ([`write_atomic`]): a crash leaves either the old checkpoint
-//! or the new one, never a mix.
+//! The header is written by this module (not by the safetensors crate, whose metadata map
+//! has no stable order): keys in sorted order, tensor data in `state_dict` order, so that
+//! identical runs write identical bytes.
+//!
+//! **Reading** trusts nothing: only a regular file is opened (a FIFO would block forever);
+//! the header length is bounded and the data length must be what the header declares
+//! before the data is read; the configuration in the metadata is validated and bounded by
+//! the tensors the file holds before anything is sized from it; every tensor's checksum,
+//! finiteness and (running variances) sign are checked, and the normalisation must have a
+//! finite std > 0.
+//!
+//! Files are written atomically ([`write_atomic`], or [`Checkpoint::prepare_save`] +
+//! [`PendingWrite::commit`]): a crash leaves either the old checkpoint or the new one, never
+//! a mix, and at worst a temporary file that [`remove_stale_temps`] deletes.
 
 use crate::config::DenseNetConfig;
 use crate::data::{DataSource, Normalization};
@@ -30,15 +43,20 @@ use crate::error::{Error, Result};
 use crate::params::{BnLayout, ParamLayout, TensorKind, ohwi_to_oihw, oihw_to_ohwi};
 use crate::train::{Model, TrainConfig, TrainingState};
 use safetensors::SafeTensors;
-use safetensors::tensor::{Dtype, TensorView};
+use safetensors::tensor::{Dtype, Metadata, TensorView};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::path::Path;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 
 /// Value of the `format` metadata entry.
-pub const FORMAT: &str = "densenet-checkpoint-v1";
+pub const FORMAT: &str = "densenet-checkpoint-v2";
+/// The previous format: the same tensors and metadata without `checksums`.
+const FORMAT_V1: &str = "densenet-checkpoint-v1";
+/// Largest header accepted. densenet201's training checkpoint has about 0.5 MB of header;
+/// the bound keeps a damaged length field from sizing a huge read.
+const MAX_HEADER: u64 = 16 << 20;
 /// Prefix of the optimiser-state tensors.
 pub const OPTIMIZER_PREFIX: &str = "optimizer.momentum_buffer.";
 
@@ -175,7 +193,7 @@ impl Checkpoint {
             };
             tensors.push((e.name, e.shape, dtype, bytes));
         }
-        let mut meta = HashMap::from([
+        let mut meta = BTreeMap::from([
             ("format".to_string(), FORMAT.to_string()),
             ("config".to_string(), json(&model.config)?),
             ("normalization".to_string(), json(&model.normalization)?),
@@ -196,16 +214,19 @@ impl Checkpoint {
                 ));
             }
         }
-        let views = tensors
-            .iter()
-            .map(|(name, shape, dtype, bytes)| {
-                TensorView::new(*dtype, shape.clone(), bytes)
-                    .map(|v| (name.clone(), v))
-                    .map_err(|e| Error::Shape(format!("tensor `{name}`: {e}")))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        safetensors::serialize(views, Some(meta))
-            .map_err(|e| Error::Shape(format!("cannot serialise the checkpoint: {e}")))
+        let checksums: BTreeMap<&str, String> =
+            tensors.iter().map(|(name, _, _, bytes)| (name.as_str(), checksum(bytes))).collect();
+        meta.insert("checksums".into(), json(&checksums)?);
+        serialize(&tensors, meta)
+    }
+
+    /// Writes the checkpoint to a temporary file next to `path` and flushes it to disk,
+    /// without replacing `path` yet: [`PendingWrite::commit`] does that (dropping it removes
+    /// the temporary file). Lets a caller make something else durable (a log line) between
+    /// the two, so that a crash never leaves the checkpoint ahead of it.
+    pub fn prepare_save(&self, path: &Path) -> Result<PendingWrite> {
+        let bytes = self.to_bytes()?;
+        prepare_atomic(path, |f| f.write_all(&bytes))
     }
 
     /// Writes the checkpoint to `path` atomically (see [`write_atomic`]).
@@ -215,84 +236,32 @@ impl Checkpoint {
     }
 
     /// Reads a checkpoint, checking every tensor against the configuration in its metadata.
-    /// Errors name the file and what is wrong with it.
+    /// Errors name the file and what is wrong with it. Only a regular file is read, and the
+    /// data only once the header has been checked (see the module documentation).
     pub fn load(path: &Path) -> Result<Checkpoint> {
-        let bytes = std::fs::read(path).map_err(|e| file_err(path, format!("cannot read: {e}")))?;
-        Checkpoint::from_bytes(&bytes, path)
+        let read_err = |e: std::io::Error| file_err(path, format!("cannot read: {e}"));
+        let (file, len) = open_regular(path)?;
+        // Read through `take(len)`: a file that grows meanwhile cannot make us read more.
+        let mut file = file.take(len);
+        let mut bytes = vec![0u8; usize::try_from(len.min(8)).unwrap_or(8)];
+        file.read_exact(&mut bytes).map_err(read_err)?;
+        let header_end = header_end(&bytes, len, path)?;
+        bytes.resize(header_end, 0);
+        file.read_exact(&mut bytes[8..]).map_err(read_err)?;
+        let header = Header::parse(&bytes, len, path)?;
+        // The whole length is now known to be what the header declares.
+        let rest = usize::try_from(len).map_err(|_| file_err(path, "is too large".into()))? - header_end;
+        bytes.try_reserve_exact(rest).map_err(|_| file_err(path, format!("cannot hold {rest} bytes")))?;
+        file.read_to_end(&mut bytes).map_err(read_err)?;
+        if bytes.len() as u64 != len {
+            return Err(file_err(path, "changed while it was being read".into()));
+        }
+        header.decode(&bytes, path)
     }
 
     /// Parses checkpoint bytes; `path` only names the file in errors.
     pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Checkpoint> {
-        let err = |m: String| file_err(path, m);
-        let st = SafeTensors::deserialize(bytes).map_err(|e| {
-            err(format!("not a valid safetensors file ({e}); the file is damaged or truncated"))
-        })?;
-        let (_, header) = SafeTensors::read_metadata(bytes)
-            .map_err(|e| err(format!("not a valid safetensors file ({e})")))?;
-        let meta = header.metadata().clone().unwrap_or_default();
-        let get = |key: &str| -> Result<&str> {
-            meta.get(key).map(String::as_str).ok_or_else(|| {
-                err(format!("has no `{key}` metadata: it is not a checkpoint written by densenet ({FORMAT})"))
-            })
-        };
-        let format = get("format")?;
-        if format != FORMAT {
-            return Err(err(format!("has format `{format}`, expected `{FORMAT}`")));
-        }
-        let config: DenseNetConfig = parse(get("config")?, "config", path)?;
-        config.validate().map_err(|e| err(format!("metadata `config`: {e}")))?;
-        let normalization: Normalization = parse(get("normalization")?, "normalization", path)?;
-        let data = meta.get("data").map(|d| parse(d, "data", path)).transpose()?;
-        let layout = ParamLayout::new(&config);
-
-        let mut params = vec![0.0f32; layout.num_params];
-        let mut running = vec![0.0f32; layout.num_running];
-        let mut batches_tracked = None;
-        for e in state_dict(&layout) {
-            let dtype = match e.source {
-                Source::BatchesTracked => Dtype::I64,
-                _ => Dtype::F32,
-            };
-            let data = tensor(&st, &e.name, &e.shape, dtype, path)?.data();
-            match e.source {
-                Source::Param(i) => {
-                    let t = &layout.tensors[i];
-                    params[t.offset..t.offset + t.len].copy_from_slice(&from_torch(&f32s(data), t.kind));
-                }
-                Source::RunningMean(n) => {
-                    running[n.running_mean..n.running_mean + n.channels].copy_from_slice(&f32s(data));
-                }
-                Source::RunningVar(n) => {
-                    running[n.running_var..n.running_var + n.channels].copy_from_slice(&f32s(data));
-                }
-                // Every layer counts the same forwards; the first one speaks for all.
-                Source::BatchesTracked if batches_tracked.is_none() => {
-                    let v = i64::from_le_bytes(data.try_into().expect("an I64 scalar is 8 bytes"));
-                    let count = u64::try_from(v)
-                        .map_err(|_| err(format!("tensor `{}` is {v}, expected a count ≥ 0", e.name)))?;
-                    batches_tracked = Some(count);
-                }
-                Source::BatchesTracked => {}
-            }
-        }
-        let model =
-            Model { config, normalization, params, running, batches_tracked: batches_tracked.unwrap_or(0) };
-
-        let training = match meta.get("training") {
-            None => None,
-            Some(t) => {
-                let t: TrainingMeta = parse(t, "training", path)?;
-                let mut velocity = vec![0.0f32; layout.num_params];
-                for spec in &layout.tensors {
-                    let name = format!("{OPTIMIZER_PREFIX}{}", spec.name);
-                    let view = tensor(&st, &name, &spec.shape, Dtype::F32, path)?;
-                    velocity[spec.offset..spec.offset + spec.len]
-                        .copy_from_slice(&from_torch(&f32s(view.data()), spec.kind));
-                }
-                Some(TrainingState { config: t.config, epoch: t.epoch, step: t.step, velocity })
-            }
-        };
-        Ok(Checkpoint { model, data, training })
+        Header::parse(bytes, bytes.len() as u64, path)?.decode(bytes, path)
     }
 
     /// Checks that this checkpoint fits a network of configuration `expected`. The error
@@ -336,6 +305,238 @@ impl Checkpoint {
     }
 }
 
+/// What a checkpoint's header says, checked against the file length before any data is read.
+struct Header {
+    meta: HashMap<String, String>,
+    config: DenseNetConfig,
+    normalization: Normalization,
+    /// `None` for a v1 file (written before checksums).
+    checksums: Option<HashMap<String, String>>,
+}
+
+/// End of the header (8 + its declared length), checked against the bound and `len`, the
+/// file's length, from the first 8 bytes of `bytes`.
+fn header_end(bytes: &[u8], len: u64, path: &Path) -> Result<usize> {
+    let invalid = |m: String| file_err(path, format!("not a valid safetensors file ({m})"));
+    let Some(prefix) = bytes.first_chunk::<8>() else {
+        return Err(invalid(format!("{len} bytes, fewer than the 8 of the header length")));
+    };
+    let n = u64::from_le_bytes(*prefix);
+    if n > MAX_HEADER {
+        return Err(invalid(format!("header length {n} exceeds the limit of {MAX_HEADER} bytes")));
+    }
+    if 8 + n > len {
+        return Err(invalid(format!("header length {n} runs past the end of the {len}-byte file")));
+    }
+    Ok(8 + n as usize)
+}
+
+impl Header {
+    /// Parses and checks the header at the start of `bytes` (which need hold only the header)
+    /// of a file of `len` bytes.
+    fn parse(bytes: &[u8], len: u64, path: &Path) -> Result<Header> {
+        let err = |m: String| file_err(path, m);
+        let end = header_end(bytes, len, path)?;
+        let tensors: Metadata = serde_json::from_slice(&bytes[8..end]).map_err(|e| {
+            err(format!("not a valid safetensors file ({e}); the file is damaged or truncated"))
+        })?;
+        let infos = tensors.tensors();
+        // Offsets were checked to be contiguous from 0: the data ends at the largest one.
+        let declared = infos.values().map(|t| t.data_offsets.1).max().unwrap_or(0) as u64;
+        if len - end as u64 != declared {
+            return Err(err(format!(
+                "not a valid safetensors file (the header declares {declared} bytes of data, the \
+                 file holds {}); the file is damaged or truncated",
+                len - end as u64
+            )));
+        }
+        let meta = tensors.metadata().clone().unwrap_or_default();
+        let get = |key: &str| -> Result<&str> {
+            meta.get(key).map(String::as_str).ok_or_else(|| {
+                err(format!("has no `{key}` metadata: it is not a checkpoint written by densenet ({FORMAT})"))
+            })
+        };
+        let format = get("format")?;
+        let checksums = match format {
+            FORMAT => Some(parse(get("checksums")?, "checksums", path)?),
+            FORMAT_V1 => None,
+            _ => return Err(err(format!("has format `{format}`, expected `{FORMAT}` or `{FORMAT_V1}`"))),
+        };
+        let config: DenseNetConfig = parse(get("config")?, "config", path)?;
+        config.validate().map_err(|e| err(format!("metadata `config`: {e}")))?;
+        check_fits(&config, infos.len(), declared / 4).map_err(|m| err(format!("metadata `config`: {m}")))?;
+        let normalization: Normalization = parse(get("normalization")?, "normalization", path)?;
+        let stats = normalization.mean.iter().zip(&normalization.std).enumerate();
+        if let Some((c, (m, s))) =
+            stats.clone().find(|(_, (m, s))| !(m.is_finite() && s.is_finite() && **s > 0.0))
+        {
+            return Err(err(format!(
+                "metadata `normalization`: channel {c} has mean {m} and std {s}, expected finite \
+                 values and a std > 0"
+            )));
+        }
+        Ok(Header { meta, config, normalization, checksums })
+    }
+
+    /// Reads the tensors of the whole file `bytes` that this header describes.
+    fn decode(self, bytes: &[u8], path: &Path) -> Result<Checkpoint> {
+        let err = |m: String| file_err(path, m);
+        let Header { meta, config, normalization, checksums } = self;
+        let st = SafeTensors::deserialize(bytes).map_err(|e| {
+            err(format!("not a valid safetensors file ({e}); the file is damaged or truncated"))
+        })?;
+        let data = meta.get("data").map(|d| parse(d, "data", path)).transpose()?;
+        let training =
+            meta.get("training").map(|t| parse::<TrainingMeta>(t, "training", path)).transpose()?;
+        let layout = ParamLayout::new(&config);
+        let entries = state_dict(&layout);
+        let momentum = |spec: &crate::params::TensorSpec| format!("{OPTIMIZER_PREFIX}{}", spec.name);
+        // Every tensor is looked up and checked (shape, dtype, checksum, values) before the
+        // buffers sized from the configuration are allocated: a file that passes holds them.
+        let mut wanted: Vec<(String, &[usize], Dtype)> = entries
+            .iter()
+            .map(|e| {
+                let dtype = if matches!(e.source, Source::BatchesTracked) { Dtype::I64 } else { Dtype::F32 };
+                (e.name.clone(), e.shape.as_slice(), dtype)
+            })
+            .collect();
+        if training.is_some() {
+            wanted.extend(layout.tensors.iter().map(|t| (momentum(t), t.shape.as_slice(), Dtype::F32)));
+        }
+        let mut views = HashMap::with_capacity(wanted.len());
+        for (name, shape, dtype) in wanted {
+            let view = tensor(&st, &name, shape, dtype, path)?;
+            if let Some(sums) = &checksums {
+                let stored =
+                    sums.get(&name).ok_or_else(|| err(format!("tensor `{name}` has no checksum")))?;
+                if *stored != checksum(view.data()) {
+                    return Err(err(format!("tensor `{name}`: checksum mismatch: the file is damaged")));
+                }
+            }
+            if dtype == Dtype::F32 {
+                check_values(&name, view.data()).map_err(err)?;
+            }
+            views.insert(name, view);
+        }
+
+        let mut params = vec![0.0f32; layout.num_params];
+        let mut running = vec![0.0f32; layout.num_running];
+        let mut batches_tracked = None;
+        for e in &entries {
+            let data = views[&e.name].data();
+            match e.source {
+                Source::Param(i) => {
+                    let t = &layout.tensors[i];
+                    params[t.offset..t.offset + t.len].copy_from_slice(&from_torch(&f32s(data), t.kind));
+                }
+                Source::RunningMean(n) => {
+                    running[n.running_mean..n.running_mean + n.channels].copy_from_slice(&f32s(data));
+                }
+                Source::RunningVar(n) => {
+                    running[n.running_var..n.running_var + n.channels].copy_from_slice(&f32s(data));
+                }
+                // Every layer counts the same forwards; the first one speaks for all.
+                Source::BatchesTracked if batches_tracked.is_none() => {
+                    let v = data.first_chunk::<8>().map_or(-1, |b| i64::from_le_bytes(*b));
+                    let count = u64::try_from(v)
+                        .map_err(|_| err(format!("tensor `{}` is {v}, expected a count ≥ 0", e.name)))?;
+                    batches_tracked = Some(count);
+                }
+                Source::BatchesTracked => {}
+            }
+        }
+        let model =
+            Model { config, normalization, params, running, batches_tracked: batches_tracked.unwrap_or(0) };
+        let training = training.map(|t| {
+            let mut velocity = vec![0.0f32; layout.num_params];
+            for spec in &layout.tensors {
+                velocity[spec.offset..spec.offset + spec.len]
+                    .copy_from_slice(&from_torch(&f32s(views[&momentum(spec)].data()), spec.kind));
+            }
+            TrainingState { config: t.config, epoch: t.epoch, step: t.step, velocity }
+        });
+        Ok(Checkpoint { model, data, training })
+    }
+}
+
+/// Rejects a configuration that cannot describe the file's `tensors` tensors and `elements`
+/// 4-byte values, before anything is sized from it (a growth of 10⁹ would otherwise size
+/// buffers of exabytes). Each test is a tensor every such network has: a layer contributes 12
+/// `state_dict` entries and a 3×3 conv of growth × bottleneck channels; the first layer a 1×1
+/// conv from the initial features; the stem a conv from the input channels; the classifier
+/// a bias per class. Checked arithmetic throughout.
+fn check_fits(config: &DenseNetConfig, tensors: usize, elements: u64) -> std::result::Result<(), String> {
+    let layers = config.blocks.iter().try_fold(0usize, |a, &b| a.checked_add(b));
+    if layers.and_then(|l| l.checked_mul(12)).is_none_or(|n| n > tensors) {
+        return Err(format!("{:?} layers need more tensors than the file's {tensors}", config.blocks));
+    }
+    let bottleneck = config.growth.checked_mul(config.bn_size);
+    let sizes = [
+        (
+            "the growth rate and bn-size",
+            bottleneck.and_then(|b| b.checked_mul(config.growth)?.checked_mul(9)),
+        ),
+        ("the initial features", bottleneck.and_then(|b| b.checked_mul(config.init_features))),
+        ("the input channels", config.in_channels.checked_mul(config.init_features)),
+        ("the classes", Some(config.classes)),
+    ];
+    match sizes.iter().find(|(_, n)| n.is_none_or(|n| n as u64 > elements)) {
+        Some((what, _)) => Err(format!("{what} need more values than the file's {elements}")),
+        None => Ok(()),
+    }
+}
+
+/// Non-finite values are damage (or a diverged run), and so is a negative running variance.
+fn check_values(name: &str, data: &[u8]) -> std::result::Result<(), String> {
+    let variance = name.ends_with(".running_var");
+    match f32s(data).into_iter().enumerate().find(|(_, v)| !v.is_finite() || (variance && *v < 0.0)) {
+        Some((i, v)) if v.is_finite() => {
+            Err(format!("tensor `{name}` has the negative variance {v} at index {i}"))
+        }
+        Some((i, v)) => Err(format!("tensor `{name}` has the non-finite value {v} at index {i}")),
+        None => Ok(()),
+    }
+}
+
+/// CRC-32C of a tensor's bytes, as stored in the `checksums` metadata.
+fn checksum(bytes: &[u8]) -> String {
+    format!("{:08x}", crc32c::crc32c(bytes))
+}
+
+/// The safetensors bytes of `tensors` (data in this order) with `meta`: header keys sorted,
+/// so equal inputs give equal bytes. The header is padded with spaces to a multiple of 8
+/// bytes, as the safetensors crate does, so the data stays aligned.
+fn serialize(
+    tensors: &[(String, Vec<usize>, Dtype, Vec<u8>)],
+    meta: BTreeMap<String, String>,
+) -> Result<Vec<u8>> {
+    let mut header = BTreeMap::new();
+    header.insert("__metadata__".to_string(), serde_json::to_value(meta).map_err(meta_err)?);
+    let mut offset = 0usize;
+    for (name, shape, dtype, bytes) in tensors {
+        let info = serde_json::json!({
+            "dtype": dtype.to_string(),
+            "shape": shape,
+            "data_offsets": [offset, offset + bytes.len()],
+        });
+        header.insert(name.clone(), info);
+        offset += bytes.len();
+    }
+    let mut head = serde_json::to_vec(&header).map_err(meta_err)?;
+    head.resize(head.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + head.len() + offset);
+    out.extend_from_slice(&(head.len() as u64).to_le_bytes());
+    out.extend_from_slice(&head);
+    for (_, _, _, bytes) in tensors {
+        out.extend_from_slice(bytes);
+    }
+    Ok(out)
+}
+
+fn meta_err(e: serde_json::Error) -> Error {
+    Error::Config(format!("cannot encode checkpoint metadata: {e}"))
+}
+
 /// Looks up `name` and checks its dtype and shape.
 fn tensor<'a>(
     st: &SafeTensors<'a>,
@@ -376,7 +577,7 @@ fn f32s(bytes: &[u8]) -> Vec<f32> {
 }
 
 fn json<T: Serialize>(value: &T) -> Result<String> {
-    serde_json::to_string(value).map_err(|e| Error::Config(format!("cannot encode checkpoint metadata: {e}")))
+    serde_json::to_string(value).map_err(meta_err)
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(text: &str, key: &str, path: &Path) -> Result<T> {
@@ -393,29 +594,135 @@ fn file_err(path: &Path, message: String) -> Error {
 /// durable. If `write` or any step fails, the temporary file is removed and `path` is left
 /// exactly as it was; a crash at any point leaves `path` either old or new, never partial.
 pub fn write_atomic(path: &Path, write: impl FnOnce(&mut File) -> std::io::Result<()>) -> Result<()> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| file_err(path, "is not a file name".into()))?
-        .to_string_lossy()
-        .into_owned();
+    prepare_atomic(path, write)?.commit()
+}
+
+/// A temporary file written and flushed, waiting to be renamed over its target by
+/// [`PendingWrite::commit`]; dropped uncommitted, it is removed.
+pub struct PendingWrite {
+    tmp: PathBuf,
+    path: PathBuf,
+    dir: PathBuf,
+    committed: bool,
+}
+
+impl PendingWrite {
+    /// Renames the temporary file over the target and makes the rename durable.
+    pub fn commit(mut self) -> Result<()> {
+        std::fs::rename(&self.tmp, &self.path)
+            .map_err(|e| file_err(&self.path, format!("cannot write: {e}")))?;
+        self.committed = true;
+        sync_dir(&self.dir).map_err(|e| file_err(&self.path, format!("cannot write: {e}")))
+    }
+}
+
+impl Drop for PendingWrite {
+    fn drop(&mut self) {
+        if !self.committed {
+            // Best effort: nothing else can be done about a file we cannot remove; the next
+            // run's `remove_stale_temps` tries again.
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// The directory of `path` and the prefix of its temporary files' names.
+fn temp_names(path: &Path) -> Result<(PathBuf, String)> {
+    let name = path.file_name().ok_or_else(|| file_err(path, "is not a file name".into()))?;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => Path::new(".").to_path_buf(),
+        _ => PathBuf::from("."),
     };
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+    Ok((dir, format!(".{}.tmp-", name.to_string_lossy())))
+}
+
+/// The first half of [`write_atomic`]: everything but the rename.
+pub fn prepare_atomic(
+    path: &Path,
+    write: impl FnOnce(&mut File) -> std::io::Result<()>,
+) -> Result<PendingWrite> {
+    let (dir, prefix) = temp_names(path)?;
+    let tmp = dir.join(format!("{prefix}{}", std::process::id()));
+    // From here on, dropping `pending` removes the temporary file.
+    let pending = PendingWrite { tmp, path: path.to_path_buf(), dir, committed: false };
+    let written = (|| {
+        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&pending.tmp)?;
         write(&mut f)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)?;
-        sync_dir(&dir)
+        f.sync_all()
     })();
-    if result.is_err() {
-        // Best effort: the temporary file may not exist (open failed) or be gone (renamed).
-        let _ = std::fs::remove_file(&tmp);
+    written.map_err(|e| file_err(path, format!("cannot write: {e}")))?;
+    Ok(pending)
+}
+
+/// Removes the temporary files that saves of `path` killed before their rename left behind
+/// (the caller must make sure no other process is saving it); returns how many.
+pub fn remove_stale_temps(path: &Path) -> Result<usize> {
+    let (dir, prefix) = temp_names(path)?;
+    let entries = std::fs::read_dir(&dir).map_err(|e| file_err(&dir, format!("cannot list: {e}")))?;
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry.map_err(|e| file_err(&dir, format!("cannot list: {e}")))?;
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            std::fs::remove_file(entry.path())
+                .map_err(|e| file_err(&entry.path(), format!("cannot remove: {e}")))?;
+            removed += 1;
+        }
     }
-    result.map_err(|e| file_err(path, format!("cannot write: {e}")))
+    Ok(removed)
+}
+
+/// Opens `path` for reading if it is a regular file, with its length. Anything else is
+/// refused by name (a FIFO would block the open forever, a directory or device has no
+/// checkpoint to give). `O_NONBLOCK` covers a FIFO swapped in after the check, and the open
+/// file is checked again. The job of the crate-wide helper for opening only regular files,
+/// which this will call once it exists.
+fn open_regular(path: &Path) -> Result<(File, u64)> {
+    let open_err = |e: std::io::Error| {
+        #[cfg(unix)]
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            return file_err(path, "cannot read: it is a loop of symbolic links".into());
+        }
+        file_err(path, format!("cannot read: {e}"))
+    };
+    let not_regular = |meta: &std::fs::Metadata| {
+        file_err(path, format!("cannot read: it is {}, not a regular file", file_kind(meta)))
+    };
+    let meta = std::fs::metadata(path).map_err(open_err)?;
+    if !meta.is_file() {
+        return Err(not_regular(&meta));
+    }
+    let mut options = OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+    let file = options.open(path).map_err(open_err)?;
+    let meta = file.metadata().map_err(open_err)?;
+    if !meta.is_file() {
+        return Err(not_regular(&meta));
+    }
+    Ok((file, meta.len()))
+}
+
+/// "a directory", "a FIFO", ... for messages.
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        let t = meta.file_type();
+        if t.is_fifo() {
+            return "a FIFO";
+        }
+        if t.is_char_device() {
+            return "a character device";
+        }
+        if t.is_block_device() {
+            return "a block device";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+    }
+    if meta.is_dir() { "a directory" } else { "not a regular file" }
 }
 
 /// Makes a rename in `dir` durable (a no-op where directories cannot be opened, Windows).

@@ -28,9 +28,13 @@ pub enum Error {
     /// A file could not be read or has the wrong contents.
     #[error("{path}: {message}")]
     File { path: String, message: String },
-    /// Training produced a non-finite loss.
+    /// Training produced a non-finite loss, parameter or running statistic.
     #[error("training diverged: {0}")]
     Diverged(String),
+    /// The observer asked training to stop (a signal, in the CLI) and it stopped at a safe
+    /// point: between steps or after a complete save.
+    #[error("interrupted by {0}")]
+    Interrupted(String),
     /// The CUDA driver reported an error.
     #[error("CUDA driver: {0}")]
     Driver(#[from] cudarc::driver::DriverError),

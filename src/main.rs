@@ -11,7 +11,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Info(args) => cli::info::run(args).map(|()| Outcome::Success),
         Command::Verify(args) => cli::verify::run(args),
-        Command::Train(args) => cli::train::run(args).map(|()| Outcome::Success),
+        Command::Train(args) => cli::train::run(args),
         Command::Eval(args) => cli::eval::run(args).map(|()| Outcome::Success),
         Command::Profile(args) => cli::profile::run(args),
         Command::Kernels(args) => cli::kernels::run(args),
@@ -19,6 +19,7 @@ fn main() -> ExitCode {
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::Failure) => ExitCode::from(1),
+        Ok(Outcome::Signal(signal)) => ExitCode::from(128 + signal),
         Err(e) => {
             eprintln!("error: {e:#}");
             // Bad input (configuration, shapes, unusable files, a backend this build or machine

@@ -150,7 +150,10 @@ fn tensors_are_stored_as_pytorch_lays_them_out() {
 
     let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
     let meta = meta.metadata().clone().unwrap();
-    assert_eq!(meta["format"], "densenet-checkpoint-v1");
+    assert_eq!(meta["format"], "densenet-checkpoint-v2");
+    let sums: std::collections::HashMap<String, String> = serde_json::from_str(&meta["checksums"]).unwrap();
+    assert_eq!(sums.len(), st.len(), "one checksum per tensor");
+    assert_eq!(sums["features.norm0.running_var"], format!("{:08x}", crc32c::crc32c(t.data())));
     let cfg_json: serde_json::Value = serde_json::from_str(&meta["config"]).unwrap();
     assert_eq!(cfg_json["growth"], 4);
     assert_eq!(cfg_json["stem"], "imagenet");
@@ -202,11 +205,124 @@ fn damaged_checkpoints_are_reported_with_the_file_name() {
 
 /// Rewrites one metadata entry of a checkpoint (the header is JSON; tensors are untouched).
 fn with_metadata(bytes: &[u8], key: &str, value: &str) -> Vec<u8> {
+    edit_metadata(bytes, |meta| {
+        meta.insert(key.into(), value.into());
+    })
+}
+
+fn edit_metadata(bytes: &[u8], edit: impl FnOnce(&mut std::collections::HashMap<String, String>)) -> Vec<u8> {
     let st = SafeTensors::deserialize(bytes).unwrap();
     let (_, meta) = SafeTensors::read_metadata(bytes).unwrap();
     let mut meta = meta.metadata().clone().unwrap();
-    meta.insert(key.into(), value.into());
+    edit(&mut meta);
     safetensors::serialize(st.tensors(), Some(meta)).unwrap()
+}
+
+#[test]
+fn identical_checkpoints_are_identical_bytes_and_damage_is_named_by_tensor() {
+    let cp = training_checkpoint(&small());
+    let bytes = cp.to_bytes().unwrap();
+    // The metadata map used to be serialised in hash order, different for every map.
+    for _ in 0..4 {
+        assert_eq!(cp.clone().to_bytes().unwrap(), bytes);
+    }
+    let path = Path::new("c.safetensors");
+    assert_eq!(Checkpoint::from_bytes(&bytes, path).unwrap(), cp);
+
+    // One flipped bit in the data of a tensor.
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let data_start = bytes.len() - st.tensors().iter().map(|(_, v)| v.data().len()).sum::<usize>();
+    let mut flipped = bytes.clone();
+    flipped[data_start + 1] ^= 0x10;
+    let msg = file_error(Checkpoint::from_bytes(&flipped, path));
+    assert!(msg.contains("tensor `features.conv0.weight`: checksum mismatch: the file is damaged"), "{msg}");
+
+    // A file of the previous format (no checksums) still loads.
+    let v1 = edit_metadata(&bytes, |m| {
+        m.remove("checksums");
+        m.insert("format".into(), "densenet-checkpoint-v1".into());
+    });
+    assert_eq!(Checkpoint::from_bytes(&v1, path).unwrap(), cp);
+    let unsummed = edit_metadata(&bytes, |m| {
+        m.remove("checksums");
+    });
+    assert!(file_error(Checkpoint::from_bytes(&unsummed, path)).contains("has no `checksums` metadata"));
+
+    // The data must be exactly what the header declares.
+    let mut longer = bytes.clone();
+    longer.extend_from_slice(&[0; 8]);
+    let msg = file_error(Checkpoint::from_bytes(&longer, path));
+    assert!(msg.contains(&format!("declares {} bytes of data", bytes.len() - data_start)), "{msg}");
+    let mut huge = bytes.clone();
+    huge[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+    assert!(file_error(Checkpoint::from_bytes(&huge, path)).contains("exceeds the limit"));
+}
+
+#[test]
+fn absurd_configurations_and_values_in_a_checkpoint_are_rejected_before_use() {
+    let cp = training_checkpoint(&small());
+    let bytes = cp.to_bytes().unwrap();
+    let path = Path::new("c.safetensors");
+    // Each of these used to size buffers from the metadata ("capacity overflow").
+    for (field, value) in [
+        ("growth", serde_json::json!(1_000_000_000u64)),
+        ("growth", serde_json::json!(u64::MAX)),
+        ("blocks", serde_json::json!([1_000_000_000u64, 1_000_000_000u64])),
+        ("bn_size", serde_json::json!(1u64 << 40)),
+        ("init_features", serde_json::json!(1u64 << 33)),
+        ("classes", serde_json::json!(1u64 << 40)),
+    ] {
+        let mut cfg = serde_json::to_value(&cp.model.config).unwrap();
+        cfg[field] = value;
+        let msg =
+            file_error(Checkpoint::from_bytes(&with_metadata(&bytes, "config", &cfg.to_string()), path));
+        assert!(msg.contains("metadata `config`"), "{field}: {msg}");
+    }
+
+    let mut norm = cp.clone();
+    norm.model.normalization.std[1] = 0.0;
+    let msg = file_error(Checkpoint::from_bytes(&norm.to_bytes().unwrap(), path));
+    assert!(msg.contains("metadata `normalization`: channel 1 has mean 0.2 and std 0"), "{msg}");
+
+    let layout = cp.model.layout();
+    let mut nan = cp.clone();
+    nan.model.params[layout.tensors[0].offset + 2] = f32::NAN;
+    let msg = file_error(Checkpoint::from_bytes(&nan.to_bytes().unwrap(), path));
+    assert!(msg.contains("tensor `features.conv0.weight` has the non-finite value NaN"), "{msg}");
+    let mut inf = cp.clone();
+    inf.training.as_mut().unwrap().velocity[0] = f32::INFINITY;
+    let msg = file_error(Checkpoint::from_bytes(&inf.to_bytes().unwrap(), path));
+    assert!(
+        msg.contains("optimizer.momentum_buffer.features.conv0.weight` has the non-finite value inf"),
+        "{msg}"
+    );
+    let mut negative = cp.clone();
+    let (norm_name, bn) = &layout.norms[0];
+    negative.model.running[bn.running_var + 1] = -0.5;
+    let msg = file_error(Checkpoint::from_bytes(&negative.to_bytes().unwrap(), path));
+    assert!(
+        msg.contains(&format!("tensor `{norm_name}.running_var` has the negative variance -0.5 at index 1")),
+        "{msg}"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn only_regular_files_are_read_and_a_fifo_does_not_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo.safetensors");
+    let status = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(status.success());
+    let msg = file_error(Checkpoint::load(&fifo));
+    assert!(msg.ends_with("fifo.safetensors: cannot read: it is a FIFO, not a regular file"), "{msg}");
+    let msg = file_error(Checkpoint::load(dir.path()));
+    assert!(msg.ends_with("cannot read: it is a directory, not a regular file"), "{msg}");
+    let msg = file_error(Checkpoint::load(Path::new("/dev/null")));
+    assert!(msg.contains("/dev/null: cannot read: it is a character device"), "{msg}");
+    let link = dir.path().join("loop");
+    std::os::unix::fs::symlink(&link, &link).unwrap();
+    let msg = file_error(Checkpoint::load(&link));
+    assert!(msg.contains("loop: cannot read: it is a loop of symbolic links"), "{msg}");
 }
 
 #[test]

@@ -99,7 +99,8 @@ fn a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint() {
         Trainer::resume(CpuBackend::new(), Checkpoint::load(&path).unwrap(), exploding, train, test).unwrap();
     match t.fit(Some(&path), &mut ()) {
         Err(Error::Diverged(msg)) => {
-            assert!(msg.contains("the loss is") && msg.contains("at epoch 2, batch"), "{msg}");
+            let what = msg.contains("the loss is") || msg.contains("the parameters are not finite");
+            assert!(what && msg.contains("at epoch 2, batch"), "{msg}");
             assert!(
                 msg.contains("the last good checkpoint") && msg.contains("checkpoint.safetensors"),
                 "{msg}"
@@ -114,6 +115,37 @@ fn a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint() {
     assert!(matches!(t.checkpoint(), Err(Error::Diverged(_))));
     assert!(matches!(t.model(), Err(Error::Diverged(_))));
     assert!(matches!(t.train_epoch(&mut ()), Err(Error::Diverged(_))));
+}
+
+/// NaN or infinity where the loss does not see it (the momentum buffer, a running variance)
+/// still stops training at the first step: the updated parameters and running statistics are
+/// checked with the loss.
+#[test]
+fn non_finite_parameters_or_running_statistics_stop_training_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("checkpoint.safetensors");
+    let mut t = trainer(1);
+    t.fit(Some(&path), &mut ()).unwrap();
+    let good = Checkpoint::load(&path).unwrap();
+    let running_var = good.model.layout().norms[0].1.running_var;
+    type Poison = fn(&mut Checkpoint, usize);
+    let poison: [(&str, Poison); 2] = [
+        ("the parameters are not finite", |c, _| c.training.as_mut().unwrap().velocity[5] = f32::NAN),
+        ("the running statistics are not finite", |c, i| c.model.running[i] = f32::INFINITY),
+    ];
+    for (want, poison) in poison {
+        let mut bad = good.clone();
+        poison(&mut bad, running_var);
+        let (train, test) = data(200);
+        let mut t = Trainer::resume(CpuBackend::new(), bad, train_config(2), train, test).unwrap();
+        match t.fit(Some(&path), &mut ()) {
+            Err(Error::Diverged(msg)) => {
+                assert!(msg.contains(&format!("{want} after the update at epoch 2, batch 1")), "{msg}")
+            }
+            other => panic!("expected divergence, got {other:?}"),
+        }
+        assert_eq!(Checkpoint::load(&path).unwrap(), good, "the last good checkpoint is kept");
+    }
 }
 
 #[test]

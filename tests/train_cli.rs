@@ -157,3 +157,47 @@ fn resuming_with_another_model_names_the_mismatched_tensor() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("checkpoint.safetensors: was made for another configuration: tensor `features.denseblock1.denselayer1.conv1.weight` has shape [16, 24, 1, 1] in the checkpoint but [8, 24, 1, 1]"), "{stderr}");
 }
+
+/// One run per checkpoint directory, no silent overwrite, and a rejected run creates nothing.
+#[cfg(unix)]
+#[test]
+fn train_refuses_shared_overwritten_and_unusable_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(&train(dir.path(), &["--epochs", "1"]));
+    let out = train(dir.path(), &["--epochs", "1"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already holds a checkpoint") && err.contains("--overwrite"), "{err}");
+    ok(&train(dir.path(), &["--epochs", "1", "--overwrite"]));
+
+    // A second run while the first holds the directory.
+    let ckpt = dir.path().join("ckpt");
+    let mut first = Command::new(env!("CARGO_BIN_EXE_densenet"))
+        .args(["train", "--blocks", "1,1", "--growth", "4", "--train-images", "96", "--test-images", "40"])
+        .args(["--batch", "32", "--epochs", "1000", "--resume", "--checkpoint-dir"])
+        .arg(&ckpt)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let pid = first.id().to_string();
+    while std::fs::read_to_string(ckpt.join(".lock")).unwrap_or_default().trim() != pid
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let out = train(dir.path(), &["--epochs", "1000", "--resume"]);
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains(&format!("is locked by process {pid}")), "{err}");
+
+    // Unusable outputs are reported by name before anything is created.
+    let fresh = dir.path().join("fresh");
+    let out = densenet(&["train", "--checkpoint-dir", fresh.to_str().unwrap(), "--log", "/dev/full"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("/dev/full: is not a regular file"), "{err}");
+    assert!(!fresh.exists(), "a rejected run creates nothing");
+}

@@ -9,6 +9,7 @@ pub mod model_args;
 pub mod profile;
 pub mod progress;
 pub mod train;
+pub mod train_dir;
 pub mod verify;
 
 use clap::{Parser, Subcommand};
@@ -50,4 +51,7 @@ pub enum Outcome {
     Success,
     /// The command ran but its check failed (exit status 1).
     Failure,
+    /// A signal stopped the command at a safe point: exit status 128 + the signal's number,
+    /// as a shell reports a process the signal killed.
+    Signal(u8),
 }

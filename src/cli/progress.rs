@@ -3,22 +3,30 @@
 //! The bars go to stderr and are hidden when stderr is not a terminal; the one-line epoch
 //! summaries go to stdout, and the JSON lines to the `--log` file.
 
+use super::train_dir::Log;
 use densenet::error::Result;
 use densenet::train::{BatchProgress, EpochMetrics, Observer};
 use indicatif::{ProgressBar, ProgressStyle};
-use std::fs::File;
-use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Shows a bar per epoch and per test pass, prints a summary line per epoch and appends it
 /// as JSON to the log.
 pub struct Progress {
     bar: Option<ProgressBar>,
-    log: Option<File>,
+    log: Option<Log>,
+    /// The number of a signal asking training to stop (0: none), set by a signal handler.
+    stop: Option<Arc<AtomicUsize>>,
 }
 
 impl Progress {
-    pub fn new(log: Option<File>) -> Self {
-        Progress { bar: None, log }
+    pub fn new(log: Option<Log>) -> Self {
+        Progress { bar: None, log, stop: None }
+    }
+
+    /// Stops training at the next safe point once `signal` holds a signal number.
+    pub fn with_stop(self, signal: Arc<AtomicUsize>) -> Self {
+        Progress { stop: Some(signal), ..self }
     }
 
     /// The bar for a pass of `len` batches labelled `prefix`, created on its first batch.
@@ -64,11 +72,25 @@ impl Observer for Progress {
         self.finish();
         println!("{}", summary(m));
         if let Some(log) = self.log.as_mut() {
-            let line = serde_json::to_string(m).map_err(std::io::Error::other)?;
-            writeln!(log, "{line}")?;
-            log.flush()?;
+            log.append(&serde_json::to_string(m).map_err(std::io::Error::other)?)?;
         }
         Ok(())
+    }
+
+    fn stop_requested(&mut self) -> Option<String> {
+        match self.stop.as_ref()?.load(Ordering::SeqCst) {
+            0 => None,
+            signal => Some(signal_name(signal)),
+        }
+    }
+}
+
+/// "SIGINT", "SIGTERM", or the number.
+pub fn signal_name(signal: usize) -> String {
+    match signal as i32 {
+        signal_hook::consts::SIGINT => "SIGINT".into(),
+        signal_hook::consts::SIGTERM => "SIGTERM".into(),
+        _ => format!("signal {signal}"),
     }
 }
 

@@ -1,19 +1,20 @@
 //! `densenet train`: SGD training with per-epoch test evaluation, atomic checkpoints and a
 //! JSONL log.
 
+use super::Outcome;
 use super::backend_choice::{BackendChoice, BackendTask, run_on};
 use super::model_args::ModelArgs;
 use super::progress::Progress;
-use anyhow::Context;
+use super::train_dir::{Log, TrainDir, check_log};
 use clap::{Args, ValueEnum};
 use densenet::backend::Backend;
-use densenet::checkpoint::Checkpoint;
+use densenet::checkpoint::{Checkpoint, remove_stale_temps};
 use densenet::data::{DataSource, Normalization, Splits, SyntheticSpec};
 use densenet::error::Error;
 use densenet::train::{Model, Schedule, TrainConfig, Trainer};
-use std::fs::{File, OpenOptions};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::Instant;
 
 /// The model `train` uses when `--model` is not given: DenseNet-BC with depth 22 (three
@@ -80,10 +81,16 @@ pub struct TrainArgs {
     #[arg(long, value_name = "D", default_value = "checkpoints")]
     pub checkpoint_dir: PathBuf,
     /// Continue from the checkpoint in --checkpoint-dir (model, momentum, epoch). Run the
-    /// same command again with --resume to continue a stopped run exactly.
-    #[arg(long)]
+    /// same command again with --resume to continue a stopped run exactly (the log loses
+    /// any line past the checkpoint's epoch).
+    #[arg(long, conflicts_with = "overwrite")]
     pub resume: bool,
-    /// Append one JSON object per epoch to this file (truncated first unless --resume).
+    /// Start a new run even though --checkpoint-dir holds a checkpoint, replacing it after
+    /// the first epoch (without this flag such a run is refused).
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Append one JSON object per epoch to this file (truncated first unless --resume), each
+    /// flushed to disk before its epoch's checkpoint replaces the previous one.
     #[arg(long, value_name = "FILE.jsonl")]
     pub log: Option<PathBuf>,
     /// Seed of the initial weights, the shuffling and the augmentation.
@@ -137,7 +144,7 @@ impl TrainArgs {
     }
 }
 
-pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
+pub fn run(args: &TrainArgs) -> anyhow::Result<Outcome> {
     run_on(args.backend, Run { args })
 }
 
@@ -147,25 +154,42 @@ struct Run<'a> {
 }
 
 impl BackendTask for Run<'_> {
-    type Output = ();
+    type Output = Outcome;
 
-    fn run<B: Backend + Clone>(self, backend: B) -> anyhow::Result<()> {
+    fn run<B: Backend + Clone>(self, backend: B) -> anyhow::Result<Outcome> {
         let args = self.args;
         let train = args.train_config();
         train.validate()?;
         let mut config = args.model.config()?;
+        let path = args.checkpoint_dir.join(CHECKPOINT_FILE);
+        // Every check comes before anything is created, so that a rejected run leaves
+        // nothing behind. An existing directory is locked first: a second run on it is told
+        // who holds it rather than anything about the checkpoint the first one is writing.
+        let mut train_dir = TrainDir::lock_existing(&args.checkpoint_dir, &path)?;
+        let has_checkpoint = std::fs::symlink_metadata(&path).is_ok();
+        if has_checkpoint && !args.resume && !args.overwrite {
+            return Err(Error::File {
+                path: path.display().to_string(),
+                message: "already holds a checkpoint: continue its run with --resume, or start a new \
+                          one that replaces it with --overwrite"
+                    .into(),
+            }
+            .into());
+        }
+        if let Some(log) = &args.log {
+            check_log(log)?;
+        }
         let (source, data) = args.data()?;
         // The classifier follows the data unless --classes says otherwise.
         if args.model.classes.is_none() {
             config.classes = data.train.classes;
         }
-        let path = args.checkpoint_dir.join(CHECKPOINT_FILE);
         let description =
             format!("{} ({} train / {} test images)", source.describe(), data.train.len(), data.test.len());
         let (train_set, test_set) = (Arc::new(data.train), Arc::new(data.test));
         let device = backend.name();
         let mut trainer = if args.resume {
-            if !path.is_file() {
+            if !has_checkpoint {
                 return Err(Error::File {
                     path: path.display().to_string(),
                     message: "no checkpoint to resume from (train without --resume first)".into(),
@@ -208,7 +232,7 @@ impl BackendTask for Run<'_> {
                 trainer.epoch(),
                 t.epochs
             );
-            return Ok(());
+            return Ok(Outcome::Success);
         }
         if trainer.epoch() > 0 {
             println!(
@@ -220,20 +244,38 @@ impl BackendTask for Run<'_> {
         }
 
         // Created only now, so that a run rejected above leaves nothing behind.
-        std::fs::create_dir_all(&args.checkpoint_dir)
-            .with_context(|| format!("cannot create {}", args.checkpoint_dir.display()))?;
-        let log = match &args.log {
-            None => None,
-            Some(p) => {
-                Some(open_log(p, args.resume).with_context(|| format!("cannot open {}", p.display()))?)
-            }
+        let _train_dir = match train_dir.take() {
+            Some(d) => d,
+            None => TrainDir::create(&args.checkpoint_dir, &path)?,
         };
-        let mut progress = Progress::new(log);
+        // Safe under the lock: no other process saves into this directory.
+        let removed = remove_stale_temps(&path)?;
+        if removed > 0 {
+            println!("removed {removed} temporary file(s) of interrupted saves");
+        }
+        // A resumed run's log keeps the epochs its checkpoint holds; a new run's starts empty.
+        let log = args.log.as_ref().map(|p| Log::open(p, trainer.epoch())).transpose()?;
+        // From here on a signal stops training at the next safe point (a save in progress
+        // completes), with the last checkpoint and no temporary file left.
+        let signal = Arc::new(AtomicUsize::new(0));
+        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            signal_hook::flag::register_usize(sig, signal.clone(), sig as usize)?;
+        }
+        let mut progress = Progress::new(log).with_stop(signal.clone());
         let start = Instant::now();
         let result = trainer.fit(Some(&path), &mut progress);
         progress.finish();
-        let history = result?;
-        let last = history.last().expect("at least one epoch ran");
+        let history = match result {
+            Err(e @ Error::Interrupted(_)) => {
+                eprintln!("error: {e}");
+                // Only SIGINT or SIGTERM (2, 15) is ever stored.
+                return Ok(Outcome::Signal(signal.load(std::sync::atomic::Ordering::SeqCst) as u8));
+            }
+            other => other?,
+        };
+        let Some(last) = history.last() else {
+            return Err(anyhow::anyhow!("no epoch ran"));
+        };
         println!(
             "done in {:.1} s: test accuracy {:.1}%, test loss {:.3}; checkpoint {}",
             start.elapsed().as_secs_f64(),
@@ -241,12 +283,8 @@ impl BackendTask for Run<'_> {
             last.test_loss,
             path.display()
         );
-        Ok(())
+        Ok(Outcome::Success)
     }
-}
-
-fn open_log(path: &PathBuf, append: bool) -> std::io::Result<File> {
-    if append { OpenOptions::new().create(true).append(true).open(path) } else { File::create(path) }
 }
 
 /// 71686 → "71,686".

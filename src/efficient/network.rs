@@ -343,6 +343,31 @@ impl<B: Backend> Network<B> {
         self.backend.sgd_update(&mut self.params, &t.grads, v, n, hp)
     }
 
+    /// Which of the parameters and the running statistics hold a NaN or an infinity, if
+    /// either does: the divergence check of a training step, run after its SGD update. One
+    /// `channel_stats` reduction over each flat buffer, read as a single column: its mean is
+    /// finite exactly when every element is (the sum is taken in double precision and the
+    /// mean of finite f32 values fits an f32). The results go to the BN reduction sums,
+    /// which nothing reads between a step's backward and the next step's.
+    pub fn non_finite_state(&mut self) -> Result<Option<&'static str>> {
+        let (params, running) = (self.layout.num_params, self.layout.num_running);
+        let t = self
+            .train
+            .as_mut()
+            .ok_or_else(|| Error::Config("the divergence check needs training mode".into()))?;
+        // Means at 0 and 2; both variances (unused) at 1.
+        self.backend.channel_stats(&self.params, Mat::dense(0, params, 1), &mut t.sums, 0, 1)?;
+        self.backend.channel_stats(&self.running, Mat::dense(0, running, 1), &mut t.sums, 2, 1)?;
+        let means = self.backend.download(&t.sums, 0, 3)?;
+        Ok(if !means[0].is_finite() {
+            Some("parameters")
+        } else if !means[2].is_finite() {
+            Some("running statistics")
+        } else {
+            None
+        })
+    }
+
     /// SGD momentum buffer (parameter layout).
     pub fn velocity(&self) -> Result<Vec<f32>> {
         let t = self.train_state("the optimiser state")?;

@@ -55,10 +55,17 @@ pub trait Observer {
     fn train_batch(&mut self, _progress: &BatchProgress) {}
     /// `done` of `total` evaluation batches are finished.
     fn eval_batch(&mut self, _done: usize, _total: usize) {}
-    /// An epoch is finished (and its checkpoint written, under [`super::Trainer::fit`]). An
-    /// error here (say, a log file that cannot be written) stops training.
+    /// An epoch is finished. Under [`super::Trainer::fit`] its checkpoint has been written to
+    /// a temporary file but not yet renamed into place: what this records (a log line) is
+    /// durable before the checkpoint claims the epoch. An error here (say, a log file that
+    /// cannot be written) stops training and leaves the previous checkpoint.
     fn epoch_end(&mut self, _metrics: &EpochMetrics) -> Result<()> {
         Ok(())
+    }
+    /// Asked between steps and after every checkpoint: `Some(reason)` stops training with
+    /// [`crate::Error::Interrupted`] (a partial epoch is dropped; the last checkpoint stays).
+    fn stop_requested(&mut self) -> Option<String> {
+        None
     }
 }
 

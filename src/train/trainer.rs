@@ -109,7 +109,8 @@ pub struct Trainer<B: Backend> {
     epoch: usize,
     step: u64,
     batches_tracked: u64,
-    /// Set when a step's loss was non-finite. That step's SGD update was enqueued before the
+    /// Set when a step's loss, updated parameters or running statistics were non-finite.
+    /// That step's SGD update was enqueued before the
     /// loss was read back (a step never waits for the host), so the parameters on the device
     /// hold it: from then on the trainer refuses to train, evaluate or hand out a model or a
     /// checkpoint, and the last checkpoint written stays the last good one.
@@ -241,11 +242,19 @@ impl<B: Backend> Trainer<B> {
             self.net.sgd_step(cfg.sgd(lr))?;
             // Read back only now that the whole step is enqueued, so the device never waits for
             // the host within a step. Backward and SGD leave the loss and logits buffers alone:
-            // these are the forward's values.
+            // these are the forward's values. The updated parameters and running statistics are
+            // checked too: a variance that overflowed normalises to finite outputs, and a NaN
+            // gradient reaches the parameters without touching this step's loss.
+            let bad_state = self.net.non_finite_state()?;
             let loss = self.net.loss()?;
-            if !loss.is_finite() {
+            let what = match bad_state {
+                _ if !loss.is_finite() => Some(format!("the loss is {loss}")),
+                Some(state) => Some(format!("the {state} are not finite after the update")),
+                None => None,
+            };
+            if let Some(what) = what {
                 let msg = format!(
-                    "the loss is {loss} at epoch {}, batch {} (learning rate {lr})",
+                    "{what} at epoch {}, batch {} (learning rate {lr})",
                     self.epoch + 1,
                     batch.index + 1
                 );
@@ -274,6 +283,9 @@ impl<B: Backend> Trainer<B> {
                 lr,
                 memory: self.net.backend().memory(),
             });
+            if let Some(reason) = observer.stop_requested() {
+                return Err(Error::Interrupted(reason));
+            }
         }
         if done != batches {
             return Err(Error::Config(format!("the data loader stopped after {done} of {batches} batches")));
@@ -281,6 +293,13 @@ impl<B: Backend> Trainer<B> {
         let train_seconds = start.elapsed().as_secs_f64();
         let eval_start = Instant::now();
         let test = self.evaluate(observer)?;
+        // Finite parameters and statistics can still overflow in the eval-mode forward (the
+        // running statistics of a wild run do not fit its activations): no checkpoint then.
+        if !test.loss.is_finite() {
+            let msg = format!("the test loss is {} after epoch {}", test.loss, self.epoch + 1);
+            self.diverged = Some(msg.clone());
+            return Err(Error::Diverged(msg));
+        }
         self.epoch += 1;
         let images = (done * cfg.batch) as f64;
         Ok(EpochMetrics {
@@ -343,7 +362,9 @@ impl<B: Backend> Trainer<B> {
 
     /// Trains the remaining epochs. After each one the checkpoint is written atomically to
     /// `checkpoint` (if given), then `observer.epoch_end` is called (its error stops training).
-    /// If the loss stops being finite, training ends with [`Error::Diverged`] and the last
+    /// If the loss, the parameters or the running statistics stop being finite, training ends
+    /// with [`Error::Diverged`] (and a stop the observer asks for with [`Error::Interrupted`]);
+    /// the last
     /// checkpoint written — that of the last complete epoch — is left as it was: checkpoints
     /// are written only after a complete epoch, and a diverged trainer produces none.
     pub fn fit(
@@ -351,25 +372,35 @@ impl<B: Backend> Trainer<B> {
         checkpoint: Option<&Path>,
         observer: &mut dyn Observer,
     ) -> Result<Vec<EpochMetrics>> {
+        let kept = || match checkpoint {
+            Some(p) if p.is_file() => format!("; the last good checkpoint {} is kept", p.display()),
+            _ => String::new(),
+        };
         let mut history = Vec::new();
         while self.epoch < self.config.epochs {
             let metrics = match self.train_epoch(observer) {
-                Err(Error::Diverged(msg)) => {
-                    let kept = match checkpoint {
-                        Some(p) if p.is_file() => {
-                            format!("; the last good checkpoint {} is kept", p.display())
-                        }
-                        _ => String::new(),
-                    };
-                    return Err(Error::Diverged(format!("{msg}{kept}")));
-                }
+                Err(Error::Diverged(msg)) => return Err(Error::Diverged(format!("{msg}{}", kept()))),
+                Err(Error::Interrupted(msg)) => return Err(Error::Interrupted(format!("{msg}{}", kept()))),
                 other => other?,
             };
-            if let Some(path) = checkpoint {
-                self.checkpoint()?.save(path)?;
+            match checkpoint {
+                // The observer's record (the log line) is made durable between the checkpoint's
+                // write and its rename, so that after a crash at any instant the log holds
+                // every epoch the checkpoint does (and at most one more, which a resumed run
+                // drops).
+                Some(path) => {
+                    let pending = self.checkpoint()?.prepare_save(path)?;
+                    observer.epoch_end(&metrics)?;
+                    pending.commit()?;
+                }
+                None => observer.epoch_end(&metrics)?,
             }
-            observer.epoch_end(&metrics)?;
             history.push(metrics);
+            if self.epoch < self.config.epochs
+                && let Some(reason) = observer.stop_requested()
+            {
+                return Err(Error::Interrupted(format!("{reason}{}", kept())));
+            }
         }
         Ok(history)
     }
