@@ -240,7 +240,8 @@ impl Checkpoint {
     /// data only once the header has been checked (see the module documentation).
     pub fn load(path: &Path) -> Result<Checkpoint> {
         let read_err = |e: std::io::Error| file_err(path, format!("cannot read: {e}"));
-        let (file, len) = open_regular(path)?;
+        let input = crate::files::InputFile::open(path)?;
+        let (file, len) = (input.file, input.len);
         // Read through `take(len)`: a file that grows meanwhile cannot make us read more.
         let mut file = file.take(len);
         let mut bytes = vec![0u8; usize::try_from(len.min(8)).unwrap_or(8)];
@@ -669,60 +670,6 @@ pub fn remove_stale_temps(path: &Path) -> Result<usize> {
         }
     }
     Ok(removed)
-}
-
-/// Opens `path` for reading if it is a regular file, with its length. Anything else is
-/// refused by name (a FIFO would block the open forever, a directory or device has no
-/// checkpoint to give). `O_NONBLOCK` covers a FIFO swapped in after the check, and the open
-/// file is checked again. The job of the crate-wide helper for opening only regular files,
-/// which this will call once it exists.
-fn open_regular(path: &Path) -> Result<(File, u64)> {
-    let open_err = |e: std::io::Error| {
-        #[cfg(unix)]
-        if e.raw_os_error() == Some(libc::ELOOP) {
-            return file_err(path, "cannot read: it is a loop of symbolic links".into());
-        }
-        file_err(path, format!("cannot read: {e}"))
-    };
-    let not_regular = |meta: &std::fs::Metadata| {
-        file_err(path, format!("cannot read: it is {}, not a regular file", file_kind(meta)))
-    };
-    let meta = std::fs::metadata(path).map_err(open_err)?;
-    if !meta.is_file() {
-        return Err(not_regular(&meta));
-    }
-    let mut options = OpenOptions::new();
-    options.read(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
-    let file = options.open(path).map_err(open_err)?;
-    let meta = file.metadata().map_err(open_err)?;
-    if !meta.is_file() {
-        return Err(not_regular(&meta));
-    }
-    Ok((file, meta.len()))
-}
-
-/// "a directory", "a FIFO", ... for messages.
-fn file_kind(meta: &std::fs::Metadata) -> &'static str {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileTypeExt;
-        let t = meta.file_type();
-        if t.is_fifo() {
-            return "a FIFO";
-        }
-        if t.is_char_device() {
-            return "a character device";
-        }
-        if t.is_block_device() {
-            return "a block device";
-        }
-        if t.is_socket() {
-            return "a socket";
-        }
-    }
-    if meta.is_dir() { "a directory" } else { "not a regular file" }
 }
 
 /// Makes a rename in `dir` durable (a no-op where directories cannot be opened, Windows).

@@ -138,7 +138,7 @@ fn bad_input_gets_one_line_and_status_2() {
     );
     fails_with_status_2(
         &["eval", "--checkpoint", &path("missing.safetensors")],
-        "missing.safetensors: cannot read",
+        "missing.safetensors: does not exist",
     );
     std::fs::write(d.join("bad.safetensors"), b"\x10\0\0\0\0\0\0\0{\"a\":").unwrap();
     fails_with_status_2(&["eval", "--checkpoint", &path("bad.safetensors")], "not a valid safetensors file");

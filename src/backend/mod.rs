@@ -51,7 +51,7 @@ pub fn relu(v: f32) -> f32 {
 /// (PyTorch's arg-max is the window's last NaN; only a window with a NaN, whose gradient is
 /// NaN anyway, can tell the difference.)
 pub fn max_pool_takes(v: f32, best: f32) -> bool {
-    !(v <= best) && !best.is_nan()
+    (v > best || v.is_nan()) && !best.is_nan()
 }
 
 /// A matrix of `rows` pixels × `cols` channels at `offset` with leading dimension `ld`.
