@@ -122,6 +122,18 @@ fn a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint() {
 /// checked with the loss.
 #[test]
 fn non_finite_parameters_or_running_statistics_stop_training_at_once() {
+    stops_at_once_on(CpuBackend::new);
+}
+
+/// The same check on the kernels (its reductions over the parameters and the running
+/// statistics are `channel_stats` launches), through the emulator.
+#[cfg(feature = "cuda-emu")]
+#[test]
+fn non_finite_state_stops_training_on_the_emulated_kernels() {
+    stops_at_once_on(|| densenet::backend::cuda::EmuBackend::new().unwrap());
+}
+
+fn stops_at_once_on<B: Backend + Clone + Send + Sync + 'static>(backend: impl Fn() -> B) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("checkpoint.safetensors");
     let mut t = trainer(1);
@@ -137,7 +149,7 @@ fn non_finite_parameters_or_running_statistics_stop_training_at_once() {
         let mut bad = good.clone();
         poison(&mut bad, running_var);
         let (train, test) = data(200);
-        let mut t = Trainer::resume(CpuBackend::new(), bad, train_config(2), train, test).unwrap();
+        let mut t = Trainer::resume(backend(), bad, train_config(2), train, test).unwrap();
         match t.fit(Some(&path), &mut ()) {
             Err(Error::Diverged(msg)) => {
                 assert!(msg.contains(&format!("{want} after the update at epoch 2, batch 1")), "{msg}")
