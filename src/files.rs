@@ -84,6 +84,56 @@ pub fn require_dir(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Checks, before any work starts, that `path` can be written as the output file `what` (a
+/// flag, e.g. `--log`), creating nothing: an existing file must be a regular file that opens
+/// for writing (a log is locked and truncated, which a device is not; `/dev/full` would fail
+/// only when written), a new one needs an existing directory this process may write in.
+pub fn check_output_file(path: &Path, what: &str) -> Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() => Err(file_error(path, format!("is not a regular file ({what})"))),
+        Ok(_) => std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map(drop)
+            .map_err(|e| file_error(path, format!("cannot write ({what}): {e}"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let parent = match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            if !parent.is_dir() {
+                return Err(file_error(
+                    path,
+                    format!("cannot create ({what}): {} is not a directory", parent.display()),
+                ));
+            }
+            if !dir_is_writable(parent) {
+                return Err(file_error(
+                    path,
+                    format!("cannot create ({what}): {} is not writable", parent.display()),
+                ));
+            }
+            Ok(())
+        }
+        Err(e) => Err(file_error(path, format!("cannot use ({what}): {e}"))),
+    }
+}
+
+/// Whether this process can create files in `dir`, found out by creating and removing a probe
+/// file: permission bits and access(2) do not tell (root passes them, yet sysfs refuses new
+/// files), so only trying does. Nothing is left behind.
+fn dir_is_writable(dir: &Path) -> bool {
+    let probe = dir.join(format!(".densenet-write-probe-{}", std::process::id()));
+    match std::fs::OpenOptions::new().write(true).create_new(true).open(&probe) {
+        Ok(f) => {
+            drop(f);
+            let _ = std::fs::remove_file(&probe);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
 fn file_error(path: &Path, message: String) -> Error {
     Error::File { path: path.display().to_string(), message }
 }

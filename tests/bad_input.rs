@@ -217,7 +217,10 @@ const CASES: &[(&str, &str)] = &[
     ("profile --batch=2 --max-run-bytes=0 --csv=/dev/full", "/dev/full"),
     ("profile --batch=2 --max-run-bytes=0 --svg={empty_dir}", "empty"),
     ("profile --batch=2 --max-run-bytes=0 --svg={file}/x.svg", "plain.txt/x.svg"),
-    ("profile --batch=2 --max-run-bytes=0 --svg=/dev/full", "/dev/full"),
+    ("profile --batch=2 --max-run-bytes=0 --svg=/dev/full", "/dev/full: is not a regular file (--svg)"),
+    ("profile --batch=2 --csv=/sys/x.csv", "cannot create (--csv): /sys is not writable"),
+    ("train --epochs=1 --log=/sys/x.jsonl", "cannot create (--log): /sys is not writable"),
+    ("train --epochs=1 --log={empty_dir}", "is not a regular file (--log)"),
     // ---- kernels and the command line itself ---------------------------------------------------
     ("kernels --arch=sm_90", "--compile"),
     ("kernels --compile --arch=garbage", "garbage"),

@@ -96,6 +96,12 @@ pub fn run(args: &ProfileArgs) -> anyhow::Result<Outcome> {
     let dtype = match args.dtype {
         DtypeArg::F32 => Dtype::F32,
     };
+    // Output files are checked before minutes of measuring, not after.
+    for (path, flag) in [(&args.csv, "--csv"), (&args.svg, "--svg")] {
+        if let Some(path) = path {
+            densenet::files::check_output_file(path, flag)?;
+        }
+    }
     // Fails at once for a backend this build or machine lacks, before any planning.
     let (backend, available) = run_on(args.backend, BackendMemory)?;
     let limit = run_limit(&backend, available, args.max_run_bytes.as_deref())?;

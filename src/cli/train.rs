@@ -5,7 +5,7 @@ use super::Outcome;
 use super::backend_choice::{BackendChoice, BackendTask, run_on};
 use super::model_args::ModelArgs;
 use super::progress::Progress;
-use super::train_dir::{Log, TrainDir, check_log};
+use super::train_dir::{Log, TrainDir};
 use clap::{Args, ValueEnum};
 use densenet::backend::Backend;
 use densenet::checkpoint::{Checkpoint, remove_stale_temps};
@@ -177,7 +177,7 @@ impl BackendTask for Run<'_> {
             .into());
         }
         if let Some(log) = &args.log {
-            check_log(log)?;
+            densenet::files::check_output_file(log, "--log")?;
         }
         let (source, data) = args.data()?;
         // The classifier follows the data unless --classes says otherwise.
@@ -243,6 +243,19 @@ impl BackendTask for Run<'_> {
             );
         }
 
+        // From here on a signal stops training at the next safe point (a save in progress
+        // completes), with the last checkpoint and no temporary file left — also before the
+        // first step, so that a new directory is removed again rather than left with its lock
+        // file. A second SIGINT or SIGTERM exits at once (status 130/143; a temporary file it
+        // leaves is removed by the next start).
+        let signal = Arc::new(AtomicUsize::new(0));
+        let signalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            // Registered before the flag, so that the first signal finds it unset.
+            signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, signalled.clone())?;
+            signal_hook::flag::register(sig, signalled.clone())?;
+            signal_hook::flag::register_usize(sig, signal.clone(), sig as usize)?;
+        }
         // Created only now, so that a run rejected above leaves nothing behind.
         let _train_dir = match train_dir.take() {
             Some(d) => d,
@@ -255,12 +268,6 @@ impl BackendTask for Run<'_> {
         }
         // A resumed run's log keeps the epochs its checkpoint holds; a new run's starts empty.
         let log = args.log.as_ref().map(|p| Log::open(p, trainer.epoch())).transpose()?;
-        // From here on a signal stops training at the next safe point (a save in progress
-        // completes), with the last checkpoint and no temporary file left.
-        let signal = Arc::new(AtomicUsize::new(0));
-        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-            signal_hook::flag::register_usize(sig, signal.clone(), sig as usize)?;
-        }
         let mut progress = Progress::new(log).with_stop(signal.clone());
         let start = Instant::now();
         let result = trainer.fit(Some(&path), &mut progress);

@@ -91,32 +91,6 @@ fn read_pid(path: &Path) -> Option<u32> {
     text.trim().parse().ok()
 }
 
-/// Checks that `path` can serve as the log before anything is created: an existing log must
-/// be a regular file open for writing (it is locked and truncated, which a device is not);
-/// a new one needs an existing directory.
-pub fn check_log(path: &Path) -> Result<()> {
-    match std::fs::metadata(path) {
-        Ok(m) if !m.is_file() => Err(file_err(path, "is not a regular file (--log)".into())),
-        Ok(_) => OpenOptions::new()
-            .append(true)
-            .open(path)
-            .map(drop)
-            .map_err(|e| file_err(path, format!("cannot write: {e}"))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let parent = match path.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p,
-                _ => Path::new("."),
-            };
-            if parent.is_dir() {
-                Ok(())
-            } else {
-                Err(file_err(path, format!("cannot create: {} is not a directory", parent.display())))
-            }
-        }
-        Err(e) => Err(file_err(path, format!("cannot use as the log: {e}"))),
-    }
-}
-
 /// The JSONL log: one line per epoch, each flushed to disk before the checkpoint of its
 /// epoch is renamed into place, and locked against a second writer.
 pub struct Log {

@@ -3,6 +3,7 @@
 use super::Observer;
 use super::evaluate::{Evaluation, evaluate};
 use crate::backend::Backend;
+use crate::backend::memory::ensure_host_fits;
 use crate::config::DenseNetConfig;
 use crate::data::{Dataset, Normalization};
 use crate::efficient::{Network, Options};
@@ -32,6 +33,10 @@ impl Model {
     pub fn new(config: &DenseNetConfig, normalization: Normalization, seed: u64) -> Result<Model> {
         config.validate()?;
         let layout = ParamLayout::new(config);
+        // The parameters and running statistics live on the host first: refuse a model whose
+        // copies do not fit rather than abort on the allocation.
+        let floats = layout.num_params.saturating_add(layout.num_running);
+        ensure_host_fits("the model's parameters", floats.saturating_mul(size_of::<f32>()))?;
         Ok(Model {
             config: config.clone(),
             normalization,
