@@ -1,4 +1,4 @@
-// unfused.cu — the unfused ops of the naive baseline (`crate::baseline`), which materialises
+// unfused.cu — the unfused ops of the baseline (`crate::baseline`), which materialises
 // what the fused kernels keep in registers: concatenations, BN outputs, ReLU outputs.
 //
 // copy_columns_<T>: dst ← src or dst += src (building a concatenation / splitting its gradient).

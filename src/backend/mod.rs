@@ -584,7 +584,7 @@ pub trait Backend {
         hp: SgdParams,
     ) -> Result<()>;
 
-    // ---- unfused ops of the naive baseline (`crate::baseline`) ----------------------------
+    // ---- unfused ops of the baseline (`crate::baseline`) ----------------------------
     //
     // The textbook DenseNet materialises what the fused ops above keep in registers: the
     // concatenation, the BN output and the ReLU output of every layer. These ops exist so
