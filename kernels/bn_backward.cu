@@ -23,6 +23,7 @@ struct BnElementwiseParams {
     unsigned int ld_x;
     unsigned int count;
 };
+static_assert(sizeof(BnElementwiseParams) == 20, "size of the Rust mirror (tests/kernel_params.rs)");
 
 // Mirrors backend::cuda::params::BnFoldParams.
 struct BnFoldParams {
@@ -31,6 +32,7 @@ struct BnFoldParams {
     // Non-zero when the correction accumulators are updated.
     unsigned int correct;
 };
+static_assert(sizeof(BnFoldParams) == 12, "size of the Rust mirror (tests/kernel_params.rs)");
 
 constexpr int kEwCols = 32;
 constexpr int kEwRows = 8;

@@ -73,6 +73,7 @@ struct Conv3x3Params {
     // Weight gradient: pixels per split (a multiple of kWgradBP).
     unsigned int split_pixels;
 };
+static_assert(sizeof(Conv3x3Params) == 40, "size of the Rust mirror (tests/kernel_params.rs)");
 
 namespace conv3x3 {
 
