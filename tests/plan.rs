@@ -1,6 +1,7 @@
 //! The memory planner: its prediction equals the allocator's measured peak of a real step,
-//! byte for byte and per category; it reproduces the design's memory model; and activation
-//! memory grows linearly with depth on the efficient path, quadratically on the baseline.
+//! byte for byte and per category; it reproduces the memory model of `docs/ARCHITECTURE.md`;
+//! and activation memory grows linearly with depth on the efficient path, quadratically on
+//! the baseline.
 
 use densenet::backend::cpu::CpuBackend;
 use densenet::backend::{Backend, Category, SgdParams};
@@ -100,8 +101,9 @@ fn inference_needs_no_gradient_buffers_and_optimizer_adds_one_parameter_copy() {
 }
 
 #[test]
-fn densenet_bc_100_matches_the_design_memory_model() {
-    // DESIGN.md §6: S per block 56.6, 19.7, 5.6 MB; G 2 × 56.6 MB; workspace 25.2 MB.
+fn densenet_bc_100_matches_the_documented_memory_model() {
+    // "Buffers of a training step" in docs/ARCHITECTURE.md: S per block 56.6, 19.7, 5.6 MB;
+    // G 2 × 56.6 MB; workspace 25.2 MB.
     let cfg = DenseNetConfig::preset("densenet-bc-100-k12").unwrap();
     let plan = EfficientPlan::new(&cfg, 64, 32, 32, Dtype::F32, Options::train().with_optimizer()).unwrap();
     let storage: Vec<usize> = plan.storages.iter().map(|s| 4 * s.data.len).collect();
