@@ -1,5 +1,5 @@
-//! Speed of the memory-efficient path (`efficient::Network`) against the naive baseline
-//! (`baseline::NaiveNetwork`, a fresh concatenation per layer, stored BN and ReLU outputs) on
+//! Speed of the memory-efficient path (`efficient::Network`) against the baseline
+//! (`baseline::BaselineNetwork`, a fresh concatenation per layer, stored BN and ReLU outputs) on
 //! the same backend, in images/s:
 //!
 //! * `dense_block`: forward + backward of a network with one dense block — block 1 of
@@ -19,7 +19,7 @@ use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput, criterion_g
 use densenet::backend::cpu::CpuBackend;
 use densenet::backend::cuda::CudaBackend;
 use densenet::backend::{Backend, SgdParams};
-use densenet::baseline::NaiveNetwork;
+use densenet::baseline::BaselineNetwork;
 use densenet::config::DenseNetConfig;
 use densenet::efficient::{Network, Options};
 use densenet::error::Result;
@@ -95,7 +95,7 @@ macro_rules! impl_step {
     };
 }
 impl_step!(Network);
-impl_step!(NaiveNetwork);
+impl_step!(BaselineNetwork);
 
 /// Benchmarks `net` as `id`: one untimed step, then `iters` steps per sample, the backend
 /// synchronised before the clock stops.
@@ -125,7 +125,7 @@ fn bench_net(
     });
 }
 
-/// Every case, efficient then naive, on `backend` (one network alive at a time).
+/// Every case, efficient then baseline, on `backend` (one network alive at a time).
 fn bench_backend<B: Backend + Clone>(c: &mut Criterion, label: &str, backend: B, batch: usize) {
     for case in cases() {
         let mut group = c.benchmark_group(format!("{}/{label}", case.name));
@@ -138,9 +138,9 @@ fn bench_backend<B: Backend + Clone>(c: &mut Criterion, label: &str, backend: B,
         let efficient =
             Network::new(backend.clone(), &case.cfg, batch, SIZE, SIZE, opts).expect("efficient network");
         bench_net(&mut group, "efficient", &case, batch, efficient);
-        let naive = NaiveNetwork::new(backend.clone(), &case.cfg, batch, SIZE, SIZE, optimizer)
-            .expect("naive network");
-        bench_net(&mut group, "naive", &case, batch, naive);
+        let baseline = BaselineNetwork::new(backend.clone(), &case.cfg, batch, SIZE, SIZE, optimizer)
+            .expect("baseline network");
+        bench_net(&mut group, "baseline", &case, batch, baseline);
         group.finish();
     }
 }

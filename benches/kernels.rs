@@ -31,7 +31,7 @@
 //!   input twice, or a chain that stores intermediates, moves more and shows a lower GB/s.
 //!   Unfused chains are given their fused op's counts, so the rates compare directly.
 //!
-//! Unfused chains (the textbook path of `baseline::NaiveNetwork`, from the fused op's inputs):
+//! Unfused chains (the textbook path of `baseline::BaselineNetwork`, from the fused op's inputs):
 //! * convolution forward `bn_apply → relu_fwd → conv_fwd`, weight gradient `bn_apply →
 //!   relu_fwd → conv_wgrad`, data gradient `conv_dgrad → bn_apply → relu_bwd → bn_grad_sums`
 //!   (the fused 1×1 and transition data gradients also scale by the BN's a and write into the

@@ -5,7 +5,7 @@
 //   bn_backward_elementwise_<T>: in place g ← a·(g − S1/P − x̂·S2/P)  (bottleneck and stem BNs,
 //     whose input has one reader, so the full backward is applied at once);
 //   bn_grad_fold_<T>: dγ += S2, dβ += S1 and, for BNs over a feature storage, the deferred
-//     correction accumulators α += a·S1/P, β += a·S2/P (design §4.7);
+//     correction accumulators α += a·S1/P, β += a·S2/P (docs/ARCHITECTURE.md, "Deferred BN correction");
 //   bn_correction_<T>: g ← g − α − x̂·β, applied once per storage channel when its gradient is
 //     complete.
 // Elementwise kernels use blocks of 32 channels × 8 row-threads: a warp touches 32
@@ -23,6 +23,7 @@ struct BnElementwiseParams {
     unsigned int ld_x;
     unsigned int count;
 };
+static_assert(sizeof(BnElementwiseParams) == 20, "size of the Rust mirror (tests/kernel_params.rs)");
 
 // Mirrors backend::cuda::params::BnFoldParams.
 struct BnFoldParams {
@@ -31,6 +32,7 @@ struct BnFoldParams {
     // Non-zero when the correction accumulators are updated.
     unsigned int correct;
 };
+static_assert(sizeof(BnFoldParams) == 12, "size of the Rust mirror (tests/kernel_params.rs)");
 
 constexpr int kEwCols = 32;
 constexpr int kEwRows = 8;

@@ -126,6 +126,7 @@ struct TileSumsParams {
     unsigned int tiles;
     unsigned int width;
 };
+static_assert(sizeof(TileSumsParams) == 8, "size of the Rust mirror (tests/kernel_params.rs)");
 
 // Stores this block's tile totals of Σg (s1) and Σg·x̂ (s2) for channel blockIdx.x·kDnTileCols +
 // threadIdx.x. Every thread of the block calls it exactly once, last (it has a barrier and no
@@ -163,6 +164,7 @@ struct SplitSumParams {
     unsigned int splits;     // rows of partials
     unsigned int accumulate; // non-zero: out += Σ rows; zero: out = Σ rows
 };
+static_assert(sizeof(SplitSumParams) == 12, "size of the Rust mirror (tests/kernel_params.rs)");
 
 // out[e] (+)= Σ_s partials[s·len + e] (dn_sum_rows above).
 __device__ __forceinline__ void dn_split_sum(const SplitSumParams& p,

@@ -51,6 +51,7 @@ struct ConvParams {
     // Weight gradient: output pixels per split (a multiple of kWgradBP).
     unsigned int split_pixels;
 };
+static_assert(sizeof(ConvParams) == 52, "size of the Rust mirror (tests/kernel_params.rs)");
 
 namespace conv {
 

@@ -30,6 +30,7 @@ struct Conv1x1Params {
     unsigned int splits;
     unsigned int run;
 };
+static_assert(sizeof(Conv1x1Params) == 36, "size of the Rust mirror (tests/kernel_params.rs)");
 
 // The dgrad epilogue of pixel p, channel c: g from the GEMM's gpre, dx (+)= a·g.
 template <typename T>

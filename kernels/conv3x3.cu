@@ -1,6 +1,6 @@
 // conv3x3.cu — the dense layer's BN-ReLU-Conv3x3 (stride 1, padding 1): forward, weight
 // gradient and data gradient, each a tiled implicit GEMM over NHWC storage with a channel
-// pitch (design §3.3, §4.2, §4.3).
+// pitch (why the storage has one: "Why it is built this way" in docs/ARCHITECTURE.md).
 //
 // WHAT
 //   z is P = n·h·w pixels × c_in channels (pitch ld_z), r(p, c) = relu(a_c·z(p, c) + b_c) its
@@ -73,6 +73,7 @@ struct Conv3x3Params {
     // Weight gradient: pixels per split (a multiple of kWgradBP).
     unsigned int split_pixels;
 };
+static_assert(sizeof(Conv3x3Params) == 40, "size of the Rust mirror (tests/kernel_params.rs)");
 
 namespace conv3x3 {
 

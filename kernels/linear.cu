@@ -23,6 +23,7 @@ struct LinearParams {
     unsigned int k;
     unsigned int out;
 };
+static_assert(sizeof(LinearParams) == 12, "size of the Rust mirror (tests/kernel_params.rs)");
 
 constexpr int kLinearWarpSize = 32;
 

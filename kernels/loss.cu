@@ -15,6 +15,7 @@ struct SoftmaxXentParams {
     unsigned int rows;
     unsigned int classes;
 };
+static_assert(sizeof(SoftmaxXentParams) == 8, "size of the Rust mirror (tests/kernel_params.rs)");
 
 constexpr int kLossThreads = 256;
 

@@ -47,6 +47,7 @@ struct MaxPoolParams {
     unsigned int ld_g;
     unsigned int tile_rows;
 };
+static_assert(sizeof(MaxPoolParams) == 40, "size of the Rust mirror (tests/kernel_params.rs)");
 
 // Mirrors backend::cuda::params::pool::GlobalPoolParams: x is n images of `image` pixels
 // (pitch ld_x), dx the same pixels (pitch ld_dx); pooled/dpooled n × cols dense.
@@ -58,6 +59,7 @@ struct GlobalPoolParams {
     unsigned int ld_dx;
     unsigned int tile_rows;
 };
+static_assert(sizeof(GlobalPoolParams) == 24, "size of the Rust mirror (tests/kernel_params.rs)");
 
 constexpr int kPoolThreads = kDnTileCols * kDnTileRows;
 

@@ -15,6 +15,7 @@ struct SgdKernelParams {
     float weight_decay;
     unsigned int nesterov;
 };
+static_assert(sizeof(SgdKernelParams) == 24, "size of the Rust mirror (tests/kernel_params.rs)");
 
 template <typename T>
 __device__ void sgd_update(const SgdKernelParams p, T* __restrict__ params,

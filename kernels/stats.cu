@@ -27,6 +27,7 @@ struct ChannelStatsParams {
     unsigned int splits;
     unsigned int rows_per_split;
 };
+static_assert(sizeof(ChannelStatsParams) == 20, "size of the Rust mirror (tests/kernel_params.rs)");
 
 // Mirrors backend::cuda::params::RunningStatsParams.
 struct RunningStatsParams {
@@ -34,6 +35,7 @@ struct RunningStatsParams {
     unsigned int count;
     float momentum;
 };
+static_assert(sizeof(RunningStatsParams) == 12, "size of the Rust mirror (tests/kernel_params.rs)");
 
 constexpr int kStatsCols = 32;
 constexpr int kStatsRowThreads = 16;

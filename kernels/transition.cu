@@ -36,6 +36,7 @@ struct TransitionParams {
     unsigned int splits;
     unsigned int run;
 };
+static_assert(sizeof(TransitionParams) == 40, "size of the Rust mirror (tests/kernel_params.rs)");
 
 __device__ __forceinline__ unsigned int transition_rows(const TransitionParams& p) {
     return p.images * (p.h / 2) * (p.w / 2);

@@ -1,4 +1,4 @@
-// unfused.cu — the unfused ops of the naive baseline (`crate::baseline`), which materialises
+// unfused.cu — the unfused ops of the baseline (`crate::baseline`), which materialises
 // what the fused kernels keep in registers: concatenations, BN outputs, ReLU outputs.
 //
 // copy_columns_<T>: dst ← src or dst += src (building a concatenation / splitting its gradient).
@@ -36,6 +36,7 @@ struct UnfusedParams {
     unsigned int accumulate;
     unsigned int tile_rows;
 };
+static_assert(sizeof(UnfusedParams) == 24, "size of the Rust mirror (tests/kernel_params.rs)");
 
 // Mirrors backend::cuda::params::unfused::UnfusedPoolParams: the pool's input x (and its
 // gradient dx) is n × h × w pixels, its output y (and dy) n × out_h × out_w; window win_h ×
@@ -53,6 +54,7 @@ struct UnfusedPoolParams {
     unsigned int ld_y;
     unsigned int ld_dx;
 };
+static_assert(sizeof(UnfusedPoolParams) == 44, "size of the Rust mirror (tests/kernel_params.rs)");
 
 constexpr int kUnfusedThreads = kDnTileCols * kDnTileRows;
 

@@ -84,12 +84,12 @@ declare -A limit=(
 # Whole-network verification: sizes at which the oracle (f64, every core) takes seconds.
 verify_bc100=(--model densenet-bc-100-k12 --batch 16)
 verify_d121=(--model densenet121 --batch 2 --size 224x224)
-# Timed training steps, batch 64; --max-run-bytes keeps the naive baseline of densenet121
+# Timed training steps, batch 64; --max-run-bytes keeps the baseline of densenet121
 # (12.6 GB planned) to its plan.
 profile_bc100=(--model densenet-bc-100-k12 --batch 64 --max-run-bytes 4G)
 profile_d121=(--model densenet121 --batch 64 --size 224x224 --max-run-bytes 8G)
 # Racecheck is far slower than memcheck: it skips the reruns, the shape-rejection cases and
-# the naive baseline's kernels (their only shared memory is common.cuh's tile sums, which the
+# the baseline's kernels (their only shared memory is common.cuh's tile sums, which the
 # pool cases cover).
 racecheck_skip=(--skip repeat --skip rejects --skip unfused::)
 

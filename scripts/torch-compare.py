@@ -31,7 +31,7 @@ build` makes it). Two parts, then one summary printed last and written to WORK/s
     cudnn.benchmark on) and the peak of `torch.cuda.max_memory_allocated` after
     `reset_peak_memory_stats`. Ours: `DENSENET profile --backend cuda --steps N --json` (median
     step time after one warm-up step; the byte-counting allocator's peak, which equals the
-    plan), for the efficient path and the naive baseline on the same kernels.
+    plan), for the efficient path and the baseline on the same kernels.
 
 Only torch and torchvision are needed: safetensors files are read by the small pure-Python
 reader below (8-byte little-endian header length, JSON header, raw little-endian data).
@@ -378,7 +378,7 @@ VARIANTS = [
     ("tf32", "torchvision TF32 (PyTorch's default)"),
     ("channels_last_bf16", "torchvision channels_last + bf16 autocast"),
 ]
-OURS = [("efficient_training", "ours, efficient (fp32)"), ("naive_training", "ours, naive baseline (fp32)")]
+OURS = [("efficient_training", "ours, efficient (fp32)"), ("baseline_training", "ours, baseline (fp32)")]
 
 
 def main():

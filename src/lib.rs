@@ -16,10 +16,10 @@ pub mod error;
 pub mod files;
 pub mod info;
 pub mod kernels;
-pub mod naive;
 pub mod params;
 pub mod plan;
 pub mod profile;
+pub mod reference;
 pub mod train;
 pub mod verify;
 

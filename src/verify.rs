@@ -6,9 +6,9 @@ use crate::backend::{Backend, bn_affine};
 use crate::config::DenseNetConfig;
 use crate::efficient::{BnInput, Network, Options};
 use crate::error::Result;
-use crate::naive::{self, KinkResolver};
 use crate::params::{BnSite, ParamLayout};
-use crate::plan::{Dtype, NaivePlan, product, sum};
+use crate::plan::{BaselinePlan, Dtype, product, sum};
+use crate::reference::{self, KinkResolver};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
@@ -142,15 +142,15 @@ pub fn verify<B: Backend + Clone>(
 /// Refuses a verification whose host-side buffers cannot fit, before any is allocated: the
 /// batch (f64 NCHW, f32 NHWC, the input gradient), the parameter copies (f32 weights,
 /// gradients and running statistics; f64 weights and gradients) and the f64 oracle, a textbook
-/// network that holds what the naive baseline's plan holds, at twice the bytes. (The
+/// network that holds what the baseline's plan holds, at twice the bytes. (The
 /// efficient path's device memory is checked by `Network::new`.) The plan also validates the
 /// configuration, the image and the batch with their own messages.
 fn check_host_memory(cfg: &DenseNetConfig, batch: usize, height: usize, width: usize) -> Result<()> {
-    let naive = NaivePlan::new(cfg, batch, height, width, Dtype::F32, false)?;
+    let baseline = BaselinePlan::new(cfg, batch, height, width, Dtype::F32, false)?;
     let input = product("the input batch", &[batch, cfg.in_channels, height, width])?;
     let params = ParamLayout::new(cfg).num_params;
     let needed = [
-        product("the oracle", &[naive.peak_bytes, 2])?,
+        product("the oracle", &[baseline.peak_bytes, 2])?,
         product("the batch", &[input, 8 + 4 + 4])?,
         product("the parameter copies", &[params, 4 * 3 + 8 * 2])?,
     ]
@@ -203,10 +203,11 @@ pub fn verify_with_step<B: Backend + Clone>(
     let started = Instant::now();
     let p64: Vec<f64> = params.iter().map(|&v| v as f64).collect();
     let r64: Vec<f64> = running.iter().map(|&v| v as f64).collect();
-    let nb = naive::Batch { images: &images, labels: &labels, n: batch, h: height, w: width };
-    let (oracle, kink_decisions) = naive::train_step_resolved(cfg, &layout, &p64, &r64, &nb, Some(&kinks))?;
+    let nb = reference::Batch { images: &images, labels: &labels, n: batch, h: height, w: width };
+    let (oracle, kink_decisions) =
+        reference::train_step_resolved(cfg, &layout, &p64, &r64, &nb, Some(&kinks))?;
     kinks.finish()?;
-    let oracle_eval = naive::eval_logits(cfg, &layout, &p64, &r64, &nb)?;
+    let oracle_eval = reference::eval_logits(cfg, &layout, &p64, &r64, &nb)?;
     let oracle_seconds = started.elapsed().as_secs_f64();
 
     let mut comparisons = vec![

@@ -1,8 +1,8 @@
-//! The naive baseline against the efficient path: same loss, logits, gradients, running
+//! The baseline against the efficient path: same loss, logits, gradients, running
 //! statistics and SGD update from the same weights and batch; and its measured peak against
 //! its plan.
 //!
-//! Tolerances, relative ‖naive − efficient‖/‖efficient‖: 1e-6 for the loss, logits, running
+//! Tolerances, relative ‖baseline − efficient‖/‖efficient‖: 1e-6 for the loss, logits, running
 //! statistics and parameters after an SGD step; 1e-4 for each parameter group's gradient.
 //! Both paths run in f32 on the same backend, and block 1's forward is bit-identical (the
 //! unfused ops compute exactly the fused ops' values; a one-block network gives identical
@@ -17,11 +17,11 @@
 
 use densenet::backend::cpu::CpuBackend;
 use densenet::backend::{Backend, Category, SgdParams};
-use densenet::baseline::NaiveNetwork;
+use densenet::baseline::BaselineNetwork;
 use densenet::config::DenseNetConfig;
 use densenet::efficient::{Network, Options};
 use densenet::params::ParamLayout;
-use densenet::plan::{Dtype, NaivePlan};
+use densenet::plan::{BaselinePlan, Dtype};
 use densenet::verify::{nchw_to_nhwc, random_batch};
 
 /// Loss, logits, running statistics.
@@ -81,7 +81,7 @@ fn rel(a: &[f32], b: &[f32]) -> f64 {
 }
 
 #[test]
-fn naive_matches_the_efficient_path() {
+fn baseline_matches_the_efficient_path() {
     for (name, cfg, n, h, w) in cases() {
         let layout = ParamLayout::new(&cfg);
         let (params, running) = layout.init_random(7);
@@ -97,18 +97,18 @@ fn naive_matches_the_efficient_path() {
         eff.forward().unwrap();
         eff.backward().unwrap();
 
-        let mut naive = NaiveNetwork::new(CpuBackend::new(), &cfg, n, h, w, true).unwrap();
-        naive.set_params(&params, &running).unwrap();
-        naive.set_batch(&images, &labels).unwrap();
-        naive.forward().unwrap();
-        naive.backward().unwrap();
+        let mut baseline = BaselineNetwork::new(CpuBackend::new(), &cfg, n, h, w, true).unwrap();
+        baseline.set_params(&params, &running).unwrap();
+        baseline.set_batch(&images, &labels).unwrap();
+        baseline.forward().unwrap();
+        baseline.backward().unwrap();
 
         let mut errors = vec![
-            ("loss".to_string(), rel(&[naive.loss().unwrap()], &[eff.loss().unwrap()])),
-            ("logits".to_string(), rel(&naive.logits().unwrap(), &eff.logits().unwrap())),
-            ("running".to_string(), rel(&naive.running().unwrap(), &eff.running().unwrap())),
+            ("loss".to_string(), rel(&[baseline.loss().unwrap()], &[eff.loss().unwrap()])),
+            ("logits".to_string(), rel(&baseline.logits().unwrap(), &eff.logits().unwrap())),
+            ("running".to_string(), rel(&baseline.running().unwrap(), &eff.running().unwrap())),
         ];
-        let (ga, gb) = (naive.grads().unwrap(), eff.grads().unwrap());
+        let (ga, gb) = (baseline.grads().unwrap(), eff.grads().unwrap());
         for group in layout.groups() {
             let (mut a, mut b) = (Vec::new(), Vec::new());
             for t in layout.tensors.iter().filter(|t| t.group == group) {
@@ -119,8 +119,9 @@ fn naive_matches_the_efficient_path() {
         }
         // The SGD step (Nesterov, weight decay) from the same gradients.
         eff.sgd_step(sgd).unwrap();
-        naive.sgd_step(sgd).unwrap();
-        errors.push(("parameters after SGD".into(), rel(&naive.params().unwrap(), &eff.params().unwrap())));
+        baseline.sgd_step(sgd).unwrap();
+        errors
+            .push(("parameters after SGD".into(), rel(&baseline.params().unwrap(), &eff.params().unwrap())));
         for (what, e) in &errors {
             println!("{name}: {what} {e:.2e}");
             let tol = if what.starts_with("grad") { GRAD_TOL } else { FORWARD_TOL };
@@ -129,8 +130,8 @@ fn naive_matches_the_efficient_path() {
     }
 }
 
-/// Measured peak (total and per category at the peak) of one naive step from construction.
-fn measured_naive_step(
+/// Measured peak (total and per category at the peak) of one baseline step from construction.
+fn measured_baseline_step(
     cfg: &DenseNetConfig,
     n: usize,
     h: usize,
@@ -139,7 +140,7 @@ fn measured_naive_step(
 ) -> (usize, Vec<(Category, usize)>, usize) {
     let backend = CpuBackend::new();
     let layout = ParamLayout::new(cfg);
-    let mut net = NaiveNetwork::new(backend.clone(), cfg, n, h, w, optimizer).unwrap();
+    let mut net = BaselineNetwork::new(backend.clone(), cfg, n, h, w, optimizer).unwrap();
     let persistent = backend.memory().current;
     assert_eq!(net.plan().persistent_bytes, persistent);
     net.set_params(&layout.init(1), &layout.init_running()).unwrap();
@@ -159,11 +160,11 @@ fn measured_naive_step(
 }
 
 #[test]
-fn naive_peak_equals_its_plan() {
+fn baseline_peak_equals_its_plan() {
     for (name, cfg, n, h, w) in cases() {
         for optimizer in [false, true] {
-            let plan = NaivePlan::new(&cfg, n, h, w, Dtype::F32, optimizer).unwrap();
-            let (peak, by, persistent) = measured_naive_step(&cfg, n, h, w, optimizer);
+            let plan = BaselinePlan::new(&cfg, n, h, w, Dtype::F32, optimizer).unwrap();
+            let (peak, by, persistent) = measured_baseline_step(&cfg, n, h, w, optimizer);
             println!("{name} (optimizer {optimizer}): planned {} measured {peak}", plan.peak_bytes);
             assert_eq!(plan.peak_bytes, peak, "{name}");
             assert_eq!(plan.persistent_bytes, persistent, "{name}");
@@ -176,13 +177,13 @@ fn naive_peak_equals_its_plan() {
 #[test]
 fn backward_needs_a_forward_and_inputs_are_checked() {
     let cfg = small_cifar();
-    let mut net = NaiveNetwork::new(CpuBackend::new(), &cfg, 3, 9, 7, false).unwrap();
+    let mut net = BaselineNetwork::new(CpuBackend::new(), &cfg, 3, 9, 7, false).unwrap();
     assert!(net.backward().is_err());
     assert!(net.set_batch(&[0.0; 4], &[0, 1, 2]).is_err());
     assert!(net.set_batch(&vec![0.0; 3 * 9 * 7 * 3], &[0, 1, 10]).is_err());
     assert!(net.set_params(&[0.0; 2], &[]).is_err());
     let hp = SgdParams { lr: 0.1, momentum: 0.9, weight_decay: 0.0, nesterov: false };
     assert!(net.sgd_step(hp).is_err(), "built without optimiser state");
-    assert!(NaiveNetwork::new(CpuBackend::new(), &cfg, 0, 9, 7, false).is_err());
-    assert!(NaiveNetwork::new(CpuBackend::new(), &cfg, 1, 3, 3, false).is_err());
+    assert!(BaselineNetwork::new(CpuBackend::new(), &cfg, 0, 9, 7, false).is_err());
+    assert!(BaselineNetwork::new(CpuBackend::new(), &cfg, 1, 3, 3, false).is_err());
 }

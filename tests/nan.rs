@@ -77,7 +77,7 @@ fn relu_and_max_pool_pass_nan_on() {
     assert_eq!((relu(-2.0), relu(0.0), relu(3.5)), (0.0, 0.0, 3.5));
     assert!(max_pool_takes(f32::NAN, 1.0) && max_pool_takes(2.0, 1.0) && !max_pool_takes(1.0, 1.0));
     assert!(!max_pool_takes(1.0, f32::NAN) && !max_pool_takes(f32::NAN, f32::NAN), "a NaN maximum stays");
-    let x = densenet::naive::ops::Tensor::from_vec(1, 1, 1, 3, vec![-1.0, f64::NAN, 2.0]);
-    let y = densenet::naive::ops::relu_forward(&x);
+    let x = densenet::reference::ops::Tensor::from_vec(1, 1, 1, 3, vec![-1.0, f64::NAN, 2.0]);
+    let y = densenet::reference::ops::relu_forward(&x);
     assert!(y.data[0] == 0.0 && y.data[1].is_nan() && y.data[2] == 2.0, "the f64 oracle too");
 }

@@ -1,13 +1,14 @@
 //! The memory planner: its prediction equals the allocator's measured peak of a real step,
-//! byte for byte and per category; it reproduces the design's memory model; and activation
-//! memory grows linearly with depth on the efficient path, quadratically on the naive one.
+//! byte for byte and per category; it reproduces the memory model of `docs/ARCHITECTURE.md`;
+//! and activation memory grows linearly with depth on the efficient path, quadratically on
+//! the baseline.
 
 use densenet::backend::cpu::CpuBackend;
 use densenet::backend::{Backend, Category, SgdParams};
 use densenet::config::DenseNetConfig;
 use densenet::efficient::{Mode, Network, Options};
 use densenet::params::ParamLayout;
-use densenet::plan::{Dtype, EfficientPlan, NaivePlan};
+use densenet::plan::{BaselinePlan, Dtype, EfficientPlan};
 use densenet::verify::{nchw_to_nhwc, random_batch};
 
 const MB: usize = 1_000_000;
@@ -100,8 +101,9 @@ fn inference_needs_no_gradient_buffers_and_optimizer_adds_one_parameter_copy() {
 }
 
 #[test]
-fn densenet_bc_100_matches_the_design_memory_model() {
-    // DESIGN.md §6: S per block 56.6, 19.7, 5.6 MB; G 2 × 56.6 MB; workspace 25.2 MB.
+fn densenet_bc_100_matches_the_documented_memory_model() {
+    // "Buffers of a training step" in docs/ARCHITECTURE.md: S per block 56.6, 19.7, 5.6 MB;
+    // G 2 × 56.6 MB; workspace 25.2 MB.
     let cfg = DenseNetConfig::preset("densenet-bc-100-k12").unwrap();
     let plan = EfficientPlan::new(&cfg, 64, 32, 32, Dtype::F32, Options::train().with_optimizer()).unwrap();
     let storage: Vec<usize> = plan.storages.iter().map(|s| 4 * s.data.len).collect();
@@ -114,9 +116,9 @@ fn densenet_bc_100_matches_the_design_memory_model() {
     assert_eq!(by[&Category::GradientBuffers] / MB, 113);
     assert_eq!(by[&Category::Workspace] / (MB / 10), 251);
     assert!(plan.total_bytes <= 300 * MB, "{} bytes", plan.total_bytes);
-    // The naive baseline of the same network: over ten times more.
-    let naive = NaivePlan::new(&cfg, 64, 32, 32, Dtype::F32, true).unwrap();
-    assert!(naive.peak_bytes >= 10 * plan.total_bytes, "{} vs {}", naive.peak_bytes, plan.total_bytes);
+    // The baseline of the same network: over ten times more.
+    let baseline = BaselinePlan::new(&cfg, 64, 32, 32, Dtype::F32, true).unwrap();
+    assert!(baseline.peak_bytes >= 10 * plan.total_bytes, "{} vs {}", baseline.peak_bytes, plan.total_bytes);
 }
 
 #[test]
@@ -138,7 +140,7 @@ fn diffs(v: &[i128]) -> Vec<i128> {
 }
 
 #[test]
-fn efficient_activations_grow_linearly_naive_quadratically() {
+fn efficient_activations_grow_linearly_baseline_quadratically() {
     // Equally spaced depths (6·n + 4 with n = 6, 16, 26, 36), so second differences of a
     // linear sequence are zero and third differences of a quadratic one are zero.
     let depths = [40, 100, 160, 220];
@@ -166,13 +168,13 @@ fn efficient_activations_grow_linearly_naive_quadratically() {
     let params = category(Category::Parameters);
     assert!(diffs(&diffs(&params)).iter().all(|&d| d > 0));
 
-    let naive = over_depths(&depths, |c| NaivePlan::new(c, 64, 32, 32, Dtype::F32, true).unwrap());
-    let tape: Vec<i128> = naive.iter().map(|p| p.tape_bytes as i128).collect();
+    let baseline = over_depths(&depths, |c| BaselinePlan::new(c, 64, 32, 32, Dtype::F32, true).unwrap());
+    let tape: Vec<i128> = baseline.iter().map(|p| p.tape_bytes as i128).collect();
     let d2 = diffs(&diffs(&tape));
-    assert!(d2.iter().all(|&d| d > 0), "naive storage is superlinear: {tape:?}");
-    assert!(diffs(&d2).iter().all(|&d| d == 0), "naive storage is quadratic: {tape:?}");
-    let peaks: Vec<i128> = naive.iter().map(|p| p.peak_bytes as i128).collect();
-    assert!(diffs(&diffs(&peaks)).iter().all(|&d| d > 0), "naive peak is superlinear: {peaks:?}");
+    assert!(d2.iter().all(|&d| d > 0), "baseline storage is superlinear: {tape:?}");
+    assert!(diffs(&d2).iter().all(|&d| d == 0), "baseline storage is quadratic: {tape:?}");
+    let peaks: Vec<i128> = baseline.iter().map(|p| p.peak_bytes as i128).collect();
+    assert!(diffs(&diffs(&peaks)).iter().all(|&d| d > 0), "baseline peak is superlinear: {peaks:?}");
 }
 
 #[test]
@@ -186,7 +188,7 @@ fn impossible_requests_are_errors_not_panics() {
     assert!(plan(1 << 40, 1 << 20, 1 << 20, Options::eval()).is_err());
     let imagenet = DenseNetConfig::preset("densenet121").unwrap();
     assert!(EfficientPlan::new(&imagenet, 1, usize::MAX, 224, Dtype::F32, Options::eval()).is_err());
-    assert!(NaivePlan::new(&cfg, usize::MAX, 32, 32, Dtype::F32, false).is_err());
-    assert!(NaivePlan::new(&imagenet, 1, usize::MAX, 224, Dtype::F32, false).is_err());
-    assert!(NaivePlan::new(&cfg, 1, 1, 1, Dtype::F32, false).is_err());
+    assert!(BaselinePlan::new(&cfg, usize::MAX, 32, 32, Dtype::F32, false).is_err());
+    assert!(BaselinePlan::new(&imagenet, 1, usize::MAX, 224, Dtype::F32, false).is_err());
+    assert!(BaselinePlan::new(&cfg, 1, 1, 1, Dtype::F32, false).is_err());
 }

@@ -53,7 +53,7 @@ fn runs_every_path_and_measures_exactly_the_plan() {
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     assert_eq!(svg.matches("<polyline").count(), 3);
     for text in
-        ["depth (layers with weights)", "peak memory (log scale", "naive training", "efficient training"]
+        ["depth (layers with weights)", "peak memory (log scale", "baseline training", "efficient training"]
     {
         assert!(svg.contains(text), "{text}");
     }
@@ -82,8 +82,8 @@ fn the_table_says_what_was_measured() {
         "measured peak",
         "yes, to the byte",
         "gradient buffers",
-        "naive activations",
-        "naive / efficient training peak",
+        "baseline activations",
+        "baseline / efficient training peak",
     ] {
         assert!(text.contains(expected), "{expected}: {text}");
     }
@@ -98,14 +98,14 @@ fn paths_over_the_run_limit_are_planned_only() {
         assert!(path["measured"].is_null());
         assert!(path["not_run"].as_str().unwrap().contains("--max-run-bytes"), "{path}");
     }
-    // DenseNet-BC-100 at batch 64: efficient ≤ 300 MB, naive over ten times that.
+    // DenseNet-BC-100 at batch 64: efficient ≤ 300 MB, baseline over ten times that.
     let planned = |i: usize| paths[i]["planned_bytes"].as_u64().unwrap();
     assert!(planned(0) <= 300_000_000, "{}", planned(0));
     assert!(planned(2) >= 10 * planned(0));
     let out = densenet(&["profile", "--batch", "64", "--max-run-bytes", "200M"]);
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(
-        text.contains("naive training not run: planned 3.42 GB > run limit 200 MB (--max-run-bytes)"),
+        text.contains("baseline training not run: planned 3.42 GB > run limit 200 MB (--max-run-bytes)"),
         "{text}"
     );
 }

@@ -47,8 +47,8 @@ pub enum Category {
     Parameters,
     /// Input batch, stem and head buffers (logits, pooled features, loss).
     StemHead,
-    /// Buffers of the naive baseline (concatenations, stored BN/ReLU outputs).
-    Naive,
+    /// Buffers of the baseline (concatenations, stored BN/ReLU outputs).
+    Baseline,
 }
 
 impl Category {
@@ -58,7 +58,7 @@ impl Category {
         Category::Workspace,
         Category::Parameters,
         Category::StemHead,
-        Category::Naive,
+        Category::Baseline,
     ];
 
     pub fn label(&self) -> &'static str {
@@ -68,7 +68,7 @@ impl Category {
             Category::Workspace => "workspace",
             Category::Parameters => "parameters",
             Category::StemHead => "stem/head",
-            Category::Naive => "naive",
+            Category::Baseline => "baseline",
         }
     }
 

@@ -1,5 +1,6 @@
-//! The `Backend` trait: one method per fused op of the memory-efficient DenseNet (design
-//! §3–5), plus buffer management through a byte-counting allocator.
+//! The `Backend` trait: one method per fused op of the memory-efficient DenseNet (see "Why it
+//! is built this way" in `docs/ARCHITECTURE.md`), plus buffer management through a
+//! byte-counting allocator.
 //!
 //! Every buffer holds `f32`. Tensors inside buffers are described by plain offsets and
 //! shapes ([`Mat`], [`Spatial`]) rather than by borrowed sub-slices, because the ops read one
@@ -177,7 +178,7 @@ pub struct BnGradTarget {
     /// Offsets of dγ and dβ in the gradient buffer.
     pub dgamma: usize,
     pub dbeta: usize,
-    /// Offsets of the α and β correction accumulators (design §4.7) in the correction
+    /// Offsets of the α and β accumulators of the deferred BN correction in the correction
     /// buffer, or `None` when the correction is applied right away (bottleneck BN).
     pub correction: Option<(usize, usize)>,
 }
@@ -584,7 +585,7 @@ pub trait Backend {
         hp: SgdParams,
     ) -> Result<()>;
 
-    // ---- unfused ops of the naive baseline (`crate::baseline`) ----------------------------
+    // ---- unfused ops of the baseline (`crate::baseline`) ----------------------------
     //
     // The textbook DenseNet materialises what the fused ops above keep in registers: the
     // concatenation, the BN output and the ReLU output of every layer. These ops exist so

@@ -1,10 +1,10 @@
-//! The naive baseline: DenseNet-BC built the textbook way on any [`Backend`], through the same
+//! The concatenation baseline: DenseNet-BC built the textbook way on any [`Backend`], through the same
 //! byte-counting allocator as the efficient path, so that its memory is *measured*, not
 //! estimated. It computes the same function as [`crate::efficient::Network`] (same loss,
 //! gradients and running statistics, up to f32 rounding) and is the "before" of every
 //! memory and speed comparison.
 //!
-//! What makes it naive is what it keeps. Every op keeps its input for its backward, as a
+//! What sets it apart from the efficient path is what it keeps. Every op keeps its input for its backward, as a
 //! textbook layer cache (or autograd without in-place ops) does:
 //! * each dense layer builds a **fresh concatenation** of all earlier features (`c_l`
 //!   channels), computes its batch statistics, and stores the **BN output** and the **ReLU
@@ -22,18 +22,18 @@
 //! textbook formula allows it (ReLU and BN backward overwrite the incoming gradient), so at
 //! most two gradient temporaries exist besides the per-feature gradients.
 //!
-//! Everything a step allocates is counted under [`Category::Naive`]; parameters, their
+//! Everything a step allocates is counted under [`Category::Baseline`]; parameters, their
 //! gradients, optimiser state and running statistics under [`Category::Parameters`]; the
 //! input batch, labels, logits, loss and its gradient under [`Category::StemHead`]. The exact
-//! schedule is replayed by [`NaivePlan`](crate::plan::NaivePlan) to predict the peak before
+//! schedule is replayed by [`BaselinePlan`](crate::plan::BaselinePlan) to predict the peak before
 //! anything is allocated.
 //!
 //! [`Backend`]: crate::backend::Backend
-//! [`Category::Naive`]: crate::backend::Category::Naive
+//! [`Category::Baseline`]: crate::backend::Category::Baseline
 //! [`Category::Parameters`]: crate::backend::Category::Parameters
 //! [`Category::StemHead`]: crate::backend::Category::StemHead
 
 mod network;
 mod tape;
 
-pub use network::NaiveNetwork;
+pub use network::BaselineNetwork;

@@ -1,4 +1,4 @@
-//! [`NaiveNetwork`]: the textbook training step over a [`Backend`].
+//! [`BaselineNetwork`]: the textbook training step over a [`Backend`].
 
 use super::tape::{BnRelu, Feature, LayerTape, Tape, TransitionTape};
 use crate::backend::{
@@ -7,9 +7,9 @@ use crate::backend::{
 use crate::config::{DenseNetConfig, Geometry};
 use crate::error::{Error, Result};
 use crate::params::{BnLayout, ParamLayout};
-use crate::plan::{Dtype, NaivePlan};
+use crate::plan::{BaselinePlan, Dtype};
 
-const NAIVE: Category = Category::Naive;
+const BASELINE: Category = Category::Baseline;
 const CONV1X1: ConvGeom = ConvGeom { kernel: 1, stride: 1, pad: 0 };
 const CONV3X3: ConvGeom = ConvGeom { kernel: 3, stride: 1, pad: 1 };
 /// The ImageNet stem's convolution (the CIFAR stem's is [`CONV3X3`]).
@@ -22,13 +22,13 @@ type BlockOutput<B> = (Vec<Feature<B>>, Vec<LayerTape<B>>);
 /// A DenseNet-BC for one batch size and image size, trained the textbook way (see
 /// [`crate::baseline`]). Parameters use the layout of [`ParamLayout`], inputs are NHWC, as for
 /// [`crate::efficient::Network`], so the two can be fed the same data and compared.
-pub struct NaiveNetwork<B: Backend> {
+pub struct BaselineNetwork<B: Backend> {
     backend: B,
     cfg: DenseNetConfig,
     layout: ParamLayout,
     geometry: Geometry,
     batch: usize,
-    plan: NaivePlan,
+    plan: BaselinePlan,
     params: B::Buf,
     running: B::Buf,
     grads: B::Buf,
@@ -41,17 +41,17 @@ pub struct NaiveNetwork<B: Backend> {
     dlogits: B::Buf,
     /// Per-channel reductions `[Σg | Σg·x̂]` of the BN being back-propagated.
     sums: B::Buf,
-    /// `bn_grad_fold` takes a correction buffer even when told to use none (every naive BN
+    /// `bn_grad_fold` takes a correction buffer even when told to use none (every baseline BN
     /// backward is applied at once): this empty buffer stands in for it.
     no_correction: B::Buf,
     /// What the last training forward stored, until backward consumes it.
     tape: Option<Tape<B>>,
 }
 
-impl<B: Backend> NaiveNetwork<B> {
+impl<B: Backend> BaselineNetwork<B> {
     /// Allocates the parameters, their gradients (and SGD momentum with `optimizer`), the
     /// running statistics and the input/head buffers. Activations are allocated by
-    /// [`NaiveNetwork::forward`] and freed by [`NaiveNetwork::backward`].
+    /// [`BaselineNetwork::forward`] and freed by [`BaselineNetwork::backward`].
     pub fn new(
         backend: B,
         cfg: &DenseNetConfig,
@@ -61,8 +61,8 @@ impl<B: Backend> NaiveNetwork<B> {
         optimizer: bool,
     ) -> Result<Self> {
         // The plan validates the configuration and checks that every size is addressable.
-        let plan = NaivePlan::new(cfg, batch, height, width, Dtype::F32, optimizer)?;
-        backend.ensure_fits("the naive baseline", plan.peak_bytes)?;
+        let plan = BaselinePlan::new(cfg, batch, height, width, Dtype::F32, optimizer)?;
+        backend.ensure_fits("the baseline", plan.peak_bytes)?;
         let layout = ParamLayout::new(cfg);
         let alloc = |len, category| backend.alloc(len, category);
         let (params_cat, io_cat) = (Category::Parameters, Category::StemHead);
@@ -75,9 +75,9 @@ impl<B: Backend> NaiveNetwork<B> {
         let logits = alloc(batch * cfg.classes, io_cat)?;
         let loss = alloc(1, io_cat)?;
         let dlogits = alloc(batch * cfg.classes, io_cat)?;
-        let sums = alloc(plan.sums_len, NAIVE)?;
-        let no_correction = alloc(0, NAIVE)?;
-        let mut net = NaiveNetwork {
+        let sums = alloc(plan.sums_len, BASELINE)?;
+        let no_correction = alloc(0, BASELINE)?;
+        let mut net = BaselineNetwork {
             cfg: cfg.clone(),
             geometry: plan.geometry.clone(),
             batch,
@@ -107,7 +107,7 @@ impl<B: Backend> NaiveNetwork<B> {
     }
 
     /// The predicted memory of a training step of this network.
-    pub fn plan(&self) -> &NaivePlan {
+    pub fn plan(&self) -> &BaselinePlan {
         &self.plan
     }
 
@@ -139,7 +139,7 @@ impl<B: Backend> NaiveNetwork<B> {
         self.backend.download(&self.running, 0, self.layout.num_running)
     }
 
-    /// Parameter gradients of the last [`NaiveNetwork::backward`].
+    /// Parameter gradients of the last [`BaselineNetwork::backward`].
     pub fn grads(&self) -> Result<Vec<f32>> {
         self.backend.download(&self.grads, 0, self.layout.num_params)
     }
@@ -158,7 +158,7 @@ impl<B: Backend> NaiveNetwork<B> {
         let v = self
             .velocity
             .as_mut()
-            .ok_or_else(|| Error::Config("the naive network was built without optimiser state".into()))?;
+            .ok_or_else(|| Error::Config("the baseline network was built without optimiser state".into()))?;
         self.backend.sgd_update(&mut self.params, &self.grads, v, self.layout.num_params, hp)
     }
 
@@ -205,7 +205,7 @@ impl<B: Backend> NaiveNetwork<B> {
         let w = At { buf: &self.params, offset: stem.conv };
         match stem.norm {
             None => {
-                let mut f0 = self.backend.alloc(rows * c0, NAIVE)?;
+                let mut f0 = self.backend.alloc(rows * c0, BASELINE)?;
                 self.backend.conv_fwd(
                     &self.input,
                     xm,
@@ -221,10 +221,10 @@ impl<B: Backend> NaiveNetwork<B> {
                 let geom = IMAGENET_STEM;
                 let t_shape = geom.out(in_shape);
                 let tm = Mat::dense(0, t_shape.pixels(), c0);
-                let mut t = self.backend.alloc(t_shape.pixels() * c0, NAIVE)?;
+                let mut t = self.backend.alloc(t_shape.pixels() * c0, BASELINE)?;
                 self.backend.conv_fwd(&self.input, xm, in_shape, geom, w, &mut t, tm)?;
                 let stage = self.bn_relu_forward(t, t_shape.pixels(), c0, &norm)?;
-                let mut f0 = self.backend.alloc(rows * c0, NAIVE)?;
+                let mut f0 = self.backend.alloc(rows * c0, BASELINE)?;
                 self.backend.max_pool_fwd(&stage.relu, tm, t_shape, &mut f0, Mat::dense(0, rows, c0))?;
                 Ok((Some(stage), Feature { buf: f0, cols: c0 }))
             }
@@ -254,12 +254,12 @@ impl<B: Backend> NaiveNetwork<B> {
         let (k, bott, c) = (self.cfg.growth, self.cfg.bottleneck(), lay.c_in);
         let cat = self.concat(feats, rows)?;
         let concat = self.bn_relu_forward(cat, rows, c, &lay.norm1)?;
-        let mut z = self.backend.alloc(rows * bott, NAIVE)?;
+        let mut z = self.backend.alloc(rows * bott, BASELINE)?;
         let w1 = At { buf: &self.params, offset: lay.conv1 };
         let (cm, zm) = (Mat::dense(0, rows, c), Mat::dense(0, rows, bott));
         self.backend.conv_fwd(&concat.relu, cm, shape, CONV1X1, w1, &mut z, zm)?;
         let bottleneck = self.bn_relu_forward(z, rows, bott, &lay.norm2)?;
-        let mut y = self.backend.alloc(rows * k, NAIVE)?;
+        let mut y = self.backend.alloc(rows * k, BASELINE)?;
         let w2 = At { buf: &self.params, offset: lay.conv2 };
         self.backend.conv_fwd(&bottleneck.relu, zm, shape, CONV3X3, w2, &mut y, Mat::dense(0, rows, k))?;
         Ok((LayerTape { concat, bottleneck }, Feature { buf: y, cols: k }))
@@ -276,7 +276,7 @@ impl<B: Backend> NaiveNetwork<B> {
         let (shape, rows) = self.block_shape(b);
         let cat = self.concat(feats, rows)?;
         let stage = self.bn_relu_forward(cat, rows, tr.c_in, &tr.norm)?;
-        let mut conv = self.backend.alloc(rows * tr.c_out, NAIVE)?;
+        let mut conv = self.backend.alloc(rows * tr.c_out, BASELINE)?;
         let w = At { buf: &self.params, offset: tr.conv };
         let convm = Mat::dense(0, rows, tr.c_out);
         self.backend.conv_fwd(
@@ -289,7 +289,7 @@ impl<B: Backend> NaiveNetwork<B> {
             convm,
         )?;
         let out = POOL2.out(shape).pixels();
-        let mut pooled = self.backend.alloc(out * tr.c_out, NAIVE)?;
+        let mut pooled = self.backend.alloc(out * tr.c_out, BASELINE)?;
         self.backend.avg_pool_fwd(&conv, convm, shape, POOL2, &mut pooled, Mat::dense(0, out, tr.c_out))?;
         Ok((TransitionTape { stage, conv }, Feature { buf: pooled, cols: tr.c_out }))
     }
@@ -300,7 +300,7 @@ impl<B: Backend> NaiveNetwork<B> {
         let (shape, rows) = self.block_shape(self.geometry.blocks.len() - 1);
         let cat = self.concat(feats, rows)?;
         let stage = self.bn_relu_forward(cat, rows, h.channels, &h.norm)?;
-        let mut pooled = self.backend.alloc(self.batch * h.channels, NAIVE)?;
+        let mut pooled = self.backend.alloc(self.batch * h.channels, BASELINE)?;
         let window = PoolWindow { h: shape.h, w: shape.w };
         let (rm, pm) = (Mat::dense(0, rows, h.channels), Mat::dense(0, self.batch, h.channels));
         self.backend.avg_pool_fwd(&stage.relu, rm, shape, window, &mut pooled, pm)?;
@@ -322,7 +322,7 @@ impl<B: Backend> NaiveNetwork<B> {
     /// A fresh `rows × Σcols` buffer holding `feats` side by side.
     fn concat(&self, feats: &[Feature<B>], rows: usize) -> Result<B::Buf> {
         let width = feats.iter().map(|f| f.cols).sum();
-        let mut cat = self.backend.alloc(rows * width, NAIVE)?;
+        let mut cat = self.backend.alloc(rows * width, BASELINE)?;
         let cm = Mat::dense(0, rows, width);
         let mut start = 0;
         for f in feats {
@@ -344,7 +344,7 @@ impl<B: Backend> NaiveNetwork<B> {
     ) -> Result<BnRelu<B>> {
         let be = &self.backend;
         let m = Mat::dense(0, rows, channels);
-        let mut stats = be.alloc(2 * channels, NAIVE)?;
+        let mut stats = be.alloc(2 * channels, BASELINE)?;
         be.channel_stats(&x, m, &mut stats, 0, channels)?;
         let bn = BnRef {
             stats: &stats,
@@ -354,9 +354,9 @@ impl<B: Backend> NaiveNetwork<B> {
             gamma: norm.gamma,
             beta: norm.beta,
         };
-        let mut bn_out = be.alloc(rows * channels, NAIVE)?;
+        let mut bn_out = be.alloc(rows * channels, BASELINE)?;
         be.bn_apply(&x, m, bn, &mut bn_out, m)?;
-        let mut relu = be.alloc(rows * channels, NAIVE)?;
+        let mut relu = be.alloc(rows * channels, BASELINE)?;
         be.relu_fwd(&bn_out, m, &mut relu, m)?;
         let batch_stats = StatsRef { stats: &stats, mean: 0, var: channels };
         be.update_running_stats(
@@ -411,7 +411,7 @@ impl<B: Backend> NaiveNetwork<B> {
         let h = self.layout.head;
         let (shape, rows) = self.block_shape(self.geometry.blocks.len() - 1);
         let be = &self.backend;
-        let mut dpooled = be.alloc(self.batch * h.channels, NAIVE)?;
+        let mut dpooled = be.alloc(self.batch * h.channels, BASELINE)?;
         let w = At { buf: &self.params, offset: h.fc_weight };
         be.linear_bwd(
             &self.dlogits,
@@ -426,7 +426,7 @@ impl<B: Backend> NaiveNetwork<B> {
             &mut dpooled,
         )?;
         drop(pooled);
-        let mut d = be.alloc(rows * h.channels, NAIVE)?;
+        let mut d = be.alloc(rows * h.channels, BASELINE)?;
         let window = PoolWindow { h: shape.h, w: shape.w };
         let (pm, dm) = (Mat::dense(0, self.batch, h.channels), Mat::dense(0, rows, h.channels));
         be.avg_pool_bwd(&dpooled, pm, shape, window, &mut d, dm)?;
@@ -451,7 +451,7 @@ impl<B: Backend> NaiveNetwork<B> {
         let (cm, zm, ym) = (Mat::dense(0, rows, c), Mat::dense(0, rows, bott), Mat::dense(0, rows, k));
         let LayerTape { concat, bottleneck } = tape;
 
-        let mut dz = self.backend.alloc(rows * bott, NAIVE)?;
+        let mut dz = self.backend.alloc(rows * bott, BASELINE)?;
         let w2 = At { buf: &self.params, offset: lay.conv2 };
         self.backend.conv_wgrad(
             &bottleneck.relu,
@@ -467,7 +467,7 @@ impl<B: Backend> NaiveNetwork<B> {
         drop(dy);
         self.bn_relu_backward(bottleneck, &mut dz, &lay.norm2)?;
 
-        let mut dcat = self.backend.alloc(rows * c, NAIVE)?;
+        let mut dcat = self.backend.alloc(rows * c, BASELINE)?;
         let w1 = At { buf: &self.params, offset: lay.conv1 };
         self.backend.conv_wgrad(&concat.relu, cm, shape, CONV1X1, &dz, zm, &mut self.grads, lay.conv1)?;
         self.backend.conv_dgrad(&dz, zm, shape, CONV1X1, w1, &mut dcat, cm)?;
@@ -489,7 +489,7 @@ impl<B: Backend> NaiveNetwork<B> {
         let TransitionTape { stage, conv } = tape;
         let (cm, convm) = (Mat::dense(0, rows, tr.c_in), Mat::dense(0, rows, tr.c_out));
         let out = POOL2.out(shape).pixels();
-        let mut dconv = self.backend.alloc(rows * tr.c_out, NAIVE)?;
+        let mut dconv = self.backend.alloc(rows * tr.c_out, BASELINE)?;
         self.backend.avg_pool_bwd(
             &dpooled.buf,
             Mat::dense(0, out, tr.c_out),
@@ -500,7 +500,7 @@ impl<B: Backend> NaiveNetwork<B> {
         )?;
         drop(dpooled);
         drop(conv);
-        let mut d = self.backend.alloc(rows * tr.c_in, NAIVE)?;
+        let mut d = self.backend.alloc(rows * tr.c_in, BASELINE)?;
         let w = At { buf: &self.params, offset: tr.conv };
         self.backend.conv_wgrad(&stage.relu, cm, shape, CONV1X1, &dconv, convm, &mut self.grads, tr.conv)?;
         self.backend.conv_dgrad(&dconv, convm, shape, CONV1X1, w, &mut d, cm)?;
@@ -525,7 +525,7 @@ impl<B: Backend> NaiveNetwork<B> {
                 let geom = IMAGENET_STEM;
                 let t_shape = geom.out(in_shape);
                 let tm = Mat::dense(0, t_shape.pixels(), c0);
-                let mut dt = self.backend.alloc(t_shape.pixels() * c0, NAIVE)?;
+                let mut dt = self.backend.alloc(t_shape.pixels() * c0, BASELINE)?;
                 self.backend.max_pool_bwd(
                     &d0.buf,
                     Mat::dense(0, rows, c0),
@@ -584,7 +584,7 @@ impl<B: Backend> NaiveNetwork<B> {
     fn split_new(&self, d: &B::Buf, rows: usize, widths: &[usize]) -> Result<Vec<Feature<B>>> {
         let mut out = widths
             .iter()
-            .map(|&cols| Ok(Feature { buf: self.backend.alloc(rows * cols, NAIVE)?, cols }))
+            .map(|&cols| Ok(Feature { buf: self.backend.alloc(rows * cols, BASELINE)?, cols }))
             .collect::<Result<Vec<_>>>()?;
         self.split(d, rows, &mut out, false)?;
         Ok(out)
@@ -610,7 +610,7 @@ impl<B: Backend> NaiveNetwork<B> {
 
 /// The tape does not have the network's structure: a bug, reported rather than a panic.
 fn tape_mismatch() -> Error {
-    Error::Shape("the naive network's stored activations do not match its layers".into())
+    Error::Shape("the baseline network's stored activations do not match its layers".into())
 }
 
 fn expect_len(what: &str, got: usize, want: usize) -> Result<()> {

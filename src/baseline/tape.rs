@@ -1,4 +1,4 @@
-//! What the naive forward keeps for its backward (see the module docs of
+//! What the baseline forward keeps for its backward (see the module docs of
 //! [`crate::baseline`]). Dropping a buffer returns its bytes to the allocator, so the
 //! backward frees a stored buffer by dropping it as soon as it is no longer read.
 

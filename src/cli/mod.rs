@@ -37,7 +37,7 @@ pub enum Command {
     /// Evaluate a checkpoint on a test set with running statistics (no model flags needed:
     /// the configuration is stored in the checkpoint).
     Eval(eval::EvalArgs),
-    /// Planned and measured peak memory of one training step, efficient path vs the naive
+    /// Planned and measured peak memory of one training step, efficient path vs the
     /// baseline (and of efficient inference), by category; optionally over depths, with CSV
     /// and an SVG plot. Paths too large for the run limit are planned only.
     Profile(profile::ProfileArgs),

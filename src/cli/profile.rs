@@ -1,5 +1,5 @@
 //! `densenet profile`: planned and measured peak memory of a training step of the efficient
-//! path and of the naive baseline (and of an efficient inference pass), as a table, JSON, CSV
+//! path and of the baseline (and of an efficient inference pass), as a table, JSON, CSV
 //! and an SVG plot against depth.
 
 use super::Outcome;

@@ -212,7 +212,7 @@ impl BackendTask for Run<'_> {
             config.blocks.len(),
             config.blocks,
             config.growth,
-            thousands(densenet::params::ParamLayout::new(&config).num_params)
+            densenet::info::thousands(densenet::params::ParamLayout::new(&config).num_params as u64)
         );
         println!(
             "{} epochs of {} batches of {}, SGD lr {} ({} schedule), Nesterov momentum {}, \
@@ -292,17 +292,4 @@ impl BackendTask for Run<'_> {
         );
         Ok(Outcome::Success)
     }
-}
-
-/// 71686 → "71,686".
-pub fn thousands(n: usize) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, ch) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(ch);
-    }
-    out
 }

@@ -1,11 +1,12 @@
-//! The memory-efficient DenseNet, written once over any [`Backend`] (design §2–5).
+//! The memory-efficient DenseNet, written once over any [`Backend`] (the reasons for its
+//! layout: "Why it is built this way" in `docs/ARCHITECTURE.md`).
 //!
 //! Forward keeps only: each block's feature storage S (every channel written once), the
 //! per-channel batch statistics, the bottleneck statistics of every layer (2·4k floats), and
 //! for the ImageNet stem its conv output. No concatenation, BN output or ReLU output is ever
 //! stored. Backward walks the layers in reverse with two gradient storages (ping-pong),
 //! recomputes only the bottleneck output Z, and applies the non-local part of every BN
-//! backward once per channel (the deferred correction, §4.7).
+//! backward once per channel (the deferred correction).
 
 use super::storage::FeatureStorage;
 use crate::backend::{At, Backend, BnGradTarget, BnRef, ConvGeom, Mat, SgdParams, Spatial, StatsRef};

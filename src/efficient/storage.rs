@@ -1,4 +1,5 @@
-//! Feature storage of one dense block (design §2): NHWC with a channel pitch equal to the
+//! Feature storage of one dense block ("Feature storage with a channel pitch" in
+//! `docs/ARCHITECTURE.md`): NHWC with a channel pitch equal to the
 //! block's final width, so layer l reads the prefix `[0, c_l)` and writes `[c_l, c_l + k)` —
 //! the concatenation is the growing prefix and costs nothing.
 

@@ -5,7 +5,7 @@
 //!   source of truth: [`Network::new`](crate::efficient::Network::new) allocates exactly the
 //!   buffers of its plan, and a step allocates nothing more, so the plan *is* the peak
 //!   (tested against the byte-counting allocator in `tests/plan.rs`).
-//! * [`NaivePlan`] predicts the peak of the textbook baseline ([`crate::baseline`]) by replaying
+//! * [`BaselinePlan`] predicts the peak of the textbook baseline ([`crate::baseline`]) by replaying
 //!   its allocation schedule — which buffers it creates and frees, in which order — without
 //!   allocating them. The baseline allocates while it runs, so this is a model of its code
 //!   rather than a list the code reads; `tests/baseline.rs` checks that it matches the
@@ -14,11 +14,11 @@
 //! All sizes are computed with checked arithmetic: a configuration too large to address is a
 //! configuration error, not an overflow.
 
+mod baseline;
 mod efficient;
-mod naive;
 
+pub use baseline::BaselinePlan;
 pub use efficient::{EfficientPlan, Planned, StoragePlan, TrainPlan};
-pub use naive::NaivePlan;
 
 use crate::backend::Category;
 use crate::error::{Error, Result};

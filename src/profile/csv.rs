@@ -5,11 +5,11 @@ use crate::backend::Category;
 use std::fmt::Write;
 
 /// Header and rows. Empty cells: not measured (for `measured_bytes`, `matches`, `seconds`) or
-/// not applicable (`naive_over_efficient` is given on naive rows only). Category columns are
+/// not applicable (`baseline_over_efficient` is given on baseline rows only). Category columns are
 /// bytes at the planned peak.
 pub fn render(profiles: &[ConfigProfile]) -> String {
     let mut out = String::from(
-        "model,depth,growth,batch,height,width,dtype,backend,path,planned_bytes,measured_bytes,run,matches,seconds,naive_over_efficient",
+        "model,depth,growth,batch,height,width,dtype,backend,path,planned_bytes,measured_bytes,run,matches,seconds,baseline_over_efficient",
     );
     for c in Category::ALL {
         out.push(',');
@@ -20,7 +20,7 @@ pub fn render(profiles: &[ConfigProfile]) -> String {
         for x in &p.paths {
             let m = x.measured.as_ref();
             let ratio = match (x.path, p.ratio()) {
-                (PathKind::NaiveTraining, Some((r, _))) => format!("{r:.4}"),
+                (PathKind::BaselineTraining, Some((r, _))) => format!("{r:.4}"),
                 _ => String::new(),
             };
             let _ = write!(

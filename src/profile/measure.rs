@@ -2,7 +2,7 @@
 
 use super::{ConfigProfile, Measured, PathKind};
 use crate::backend::{Backend, Category, MemoryReport, SgdParams};
-use crate::baseline::NaiveNetwork;
+use crate::baseline::BaselineNetwork;
 use crate::efficient::{Network, Options};
 use crate::error::Result;
 use crate::params::ParamLayout;
@@ -54,8 +54,8 @@ pub fn measure<B: Backend>(
             })?;
             (net.backend().memory(), seconds)
         }
-        PathKind::NaiveTraining => {
-            let mut net = NaiveNetwork::new(backend, cfg, n, h, w, true)?;
+        PathKind::BaselineTraining => {
+            let mut net = BaselineNetwork::new(backend, cfg, n, h, w, true)?;
             net.set_params(&params, &running)?;
             net.set_batch(&images, &labels)?;
             let seconds = median_seconds(steps, || {

@@ -1,5 +1,5 @@
 //! Memory profiling: the planned and measured peak of one training step of the efficient
-//! path and of the naive baseline (and of an efficient inference pass), per configuration,
+//! path and of the baseline (and of an efficient inference pass), per configuration,
 //! rendered as a table ([`table`]), CSV ([`csv`]) and an SVG plot of peak memory against
 //! depth ([`svg`]).
 //!
@@ -24,7 +24,7 @@ use crate::backend::Category;
 use crate::config::DenseNetConfig;
 use crate::efficient::Options;
 use crate::error::Result;
-use crate::plan::{CategoryBytes, Dtype, EfficientPlan, NaivePlan};
+use crate::plan::{BaselinePlan, CategoryBytes, Dtype, EfficientPlan};
 use serde::Serialize;
 
 /// What is profiled.
@@ -36,19 +36,19 @@ pub enum PathKind {
     /// One inference forward (running statistics, no gradients) of the efficient path.
     EfficientInference,
     /// One training step of the textbook baseline
-    /// ([`NaiveNetwork`](crate::baseline::NaiveNetwork)).
-    NaiveTraining,
+    /// ([`BaselineNetwork`](crate::baseline::BaselineNetwork)).
+    BaselineTraining,
 }
 
 impl PathKind {
     pub const ALL: [PathKind; 3] =
-        [PathKind::EfficientTraining, PathKind::EfficientInference, PathKind::NaiveTraining];
+        [PathKind::EfficientTraining, PathKind::EfficientInference, PathKind::BaselineTraining];
 
     pub fn label(self) -> &'static str {
         match self {
             PathKind::EfficientTraining => "efficient training",
             PathKind::EfficientInference => "efficient inference",
-            PathKind::NaiveTraining => "naive training",
+            PathKind::BaselineTraining => "baseline training",
         }
     }
 }
@@ -113,10 +113,10 @@ impl ConfigProfile {
         self.paths.iter().find(|p| p.path == kind)
     }
 
-    /// Naive over efficient training peak: measured when both ran, else planned (the plans
+    /// Baseline over efficient training peak: measured when both ran, else planned (the plans
     /// are exact, so the two agree whenever both exist). The flag says whether it was measured.
     pub fn ratio(&self) -> Option<(f64, bool)> {
-        let (e, n) = (self.path(PathKind::EfficientTraining)?, self.path(PathKind::NaiveTraining)?);
+        let (e, n) = (self.path(PathKind::EfficientTraining)?, self.path(PathKind::BaselineTraining)?);
         match (&e.measured, &n.measured) {
             (Some(em), Some(nm)) => Some((nm.peak_bytes as f64 / em.peak_bytes as f64, true)),
             _ => Some((n.planned_bytes as f64 / e.planned_bytes as f64, false)),
@@ -152,7 +152,7 @@ pub fn plan(
     let efficient = |opts| EfficientPlan::new(cfg, batch, height, width, dtype, opts);
     let train = efficient(Options::train().with_optimizer())?;
     let eval = efficient(Options::eval())?;
-    let naive = NaivePlan::new(cfg, batch, height, width, dtype, true)?;
+    let baseline = BaselinePlan::new(cfg, batch, height, width, dtype, true)?;
     let planned = |path, bytes, by: CategoryBytes| PathProfile {
         path,
         planned_bytes: bytes,
@@ -180,7 +180,7 @@ pub fn plan(
         paths: vec![
             planned(PathKind::EfficientTraining, train.total_bytes, train.by_category()),
             planned(PathKind::EfficientInference, eval.total_bytes, eval.by_category()),
-            planned(PathKind::NaiveTraining, naive.peak_bytes, naive.peak_by_category),
+            planned(PathKind::BaselineTraining, baseline.peak_bytes, baseline.peak_by_category),
         ],
     })
 }
@@ -213,7 +213,7 @@ pub(crate) fn category_key(c: Category) -> &'static str {
         Category::Workspace => "workspace",
         Category::Parameters => "parameters",
         Category::StemHead => "stem_head",
-        Category::Naive => "naive",
+        Category::Baseline => "baseline",
     }
 }
 
@@ -250,8 +250,8 @@ mod tests {
         let limit = RunLimit { bytes: 1_000_000_000, reason: "test".into() };
         let p = plan("bc-100", &cfg, 64, 32, 32, Dtype::F32, "cpu", &limit).unwrap();
         assert!(p.path(PathKind::EfficientTraining).unwrap().not_run.is_none());
-        let naive = p.path(PathKind::NaiveTraining).unwrap();
-        assert!(naive.not_run.as_deref().unwrap().contains("> run limit 1.00 GB (test)"));
+        let baseline = p.path(PathKind::BaselineTraining).unwrap();
+        assert!(baseline.not_run.as_deref().unwrap().contains("> run limit 1.00 GB (test)"));
         let (ratio, measured) = p.ratio().unwrap();
         assert!(ratio > 10.0 && !measured);
     }

@@ -1,7 +1,7 @@
 //! SVG plot of peak memory against depth: one line per path through the planned peaks, on a
-//! logarithmic memory axis (naive grows quadratically, efficient linearly: a log axis keeps
+//! logarithmic memory axis (baseline grows quadratically, efficient linearly: a log axis keeps
 //! both readable). Filled markers were measured (and equal the plan); hollow markers are
-//! planned only. The naive/efficient training ratio is written above each naive point.
+//! planned only. The baseline/efficient training ratio is written above each baseline point.
 
 use super::{ConfigProfile, PathKind, format_bytes};
 use std::fmt::Write;
@@ -16,7 +16,7 @@ const BOTTOM: f64 = HEIGHT - 70.0;
 
 /// Drawing order and style of each path: (path, colour, dash pattern).
 const SERIES: [(PathKind, &str, &str); 3] = [
-    (PathKind::NaiveTraining, "#d62728", ""),
+    (PathKind::BaselineTraining, "#d62728", ""),
     (PathKind::EfficientTraining, "#1f77b4", ""),
     (PathKind::EfficientInference, "#2ca02c", "6 4"),
 ];
@@ -37,7 +37,7 @@ pub fn render(profiles: &[ConfigProfile]) -> String {
     let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let _ = writeln!(
         s,
-        r#"<text x="{}" y="30" font-size="19" font-weight="bold" text-anchor="middle">Peak memory vs depth: memory-efficient DenseNet vs naive baseline</text>"#,
+        r#"<text x="{}" y="30" font-size="19" font-weight="bold" text-anchor="middle">Peak memory vs depth: memory-efficient DenseNet vs baseline</text>"#,
         WIDTH / 2.0
     );
     let _ = writeln!(
@@ -119,8 +119,8 @@ pub fn render(profiles: &[ConfigProfile]) -> String {
         }
     }
     for p in &ps {
-        if let (Some((ratio, _)), Some(naive)) = (p.ratio(), p.path(PathKind::NaiveTraining)) {
-            let (px, py) = (x.map(p.depth as f64), y.map(naive.planned_bytes as f64));
+        if let (Some((ratio, _)), Some(baseline)) = (p.ratio(), p.path(PathKind::BaselineTraining)) {
+            let (px, py) = (x.map(p.depth as f64), y.map(baseline.planned_bytes as f64));
             let _ = writeln!(
                 s,
                 r##"<text x="{px:.1}" y="{:.1}" font-size="12" text-anchor="middle" fill="#d62728">{ratio:.1}×</text>"##,
@@ -199,7 +199,7 @@ fn legend(s: &mut String) {
     );
     let _ = writeln!(
         s,
-        r#"<text x="{:.1}" y="{y:.1}" font-size="13">naive / efficient training</text>"#,
+        r#"<text x="{:.1}" y="{y:.1}" font-size="13">baseline / efficient training</text>"#,
         x0 + 52.0
     );
 }

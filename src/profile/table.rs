@@ -1,5 +1,5 @@
 //! The text report of `densenet profile`: one table per configuration (planned and measured
-//! peak of each path, whether they agree, step time, bytes by category, naive/efficient
+//! peak of each path, whether they agree, step time, bytes by category, baseline/efficient
 //! ratio), then a summary over configurations.
 
 use super::{ConfigProfile, PathProfile, RunLimit, format_bytes};
@@ -79,7 +79,7 @@ fn config_table(out: &mut String, p: &ConfigProfile) {
     }
     if let Some((ratio, measured)) = p.ratio() {
         let how = if measured { "measured" } else { "planned" };
-        let _ = writeln!(out, "  naive / efficient training peak: {ratio:.1}x ({how})");
+        let _ = writeln!(out, "  baseline / efficient training peak: {ratio:.1}x ({how})");
     }
     for x in &p.paths {
         if let Some(why) = &x.not_run {
@@ -102,7 +102,7 @@ fn agreement(x: &PathProfile) -> String {
 
 fn category_label(c: Category) -> &'static str {
     match c {
-        Category::Naive => "naive activations",
+        Category::Baseline => "baseline activations",
         c => c.label(),
     }
 }
@@ -112,7 +112,8 @@ fn summary(out: &mut String, profiles: &[ConfigProfile]) {
     let _ = writeln!(out, "summary: peak memory per configuration (* = planned only, not run)");
     let label = |p: &ConfigProfile| format!("{} (depth {})", p.name, p.depth);
     let width = profiles.iter().map(|p| label(p).chars().count()).max().unwrap_or(0).max(LABEL);
-    let head = profiles[0].paths.iter().map(|x| x.path.label().to_string()).chain(["naive/efficient".into()]);
+    let head =
+        profiles[0].paths.iter().map(|x| x.path.label().to_string()).chain(["baseline/efficient".into()]);
     row_with(out, width, "configuration", head);
     for p in profiles {
         let cells = p.paths.iter().map(|x| {

@@ -1,4 +1,4 @@
-//! Cases of `kernels/unfused.cu` (the naive baseline's ops) against the cpu backend, relative
+//! Cases of `kernels/unfused.cu` (the baseline's ops) against the cpu backend, relative
 //! error ≤ `TOL` = 1e-5 (all but `bn_grad_sums` and the average pool are exact or one identical
 //! rounding away; those two sum in f64 on both sides, in different orders). Shapes as in
 //! `pool.rs` (`SHAPES`); elementwise ops on 105 × 13 and 4551 × 37 matrices (36 partial-sum

@@ -1,4 +1,4 @@
-//! Unfused ops of the cpu backend, used by the naive baseline (`crate::baseline`): the copies
+//! Unfused ops of the cpu backend, used by the baseline (`crate::baseline`): the copies
 //! that build a concatenation, stored BN and ReLU outputs, the BN backward reductions, and
 //! plain pooling.
 //!

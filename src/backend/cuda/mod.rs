@@ -7,7 +7,7 @@
 //! launch wrapper in `ops/` over a kernel family in `kernels/` — statistics, batch-norm
 //! backward pieces, the fused 1×1 / 3×3 / transition GEMMs with their BN-ReLU prologues and
 //! BN-backward epilogues, stem convolutions and pooling, the head, loss, optimiser, and the
-//! unfused ops of the naive baseline. Reductions that span many blocks write per-split
+//! unfused ops of the baseline. Reductions that span many blocks write per-split
 //! partials into the backend's scratch and a second kernel adds them in a fixed order, so
 //! every result is deterministic.
 

@@ -1,4 +1,4 @@
-//! Launch wrappers of `kernels/unfused.cu`: the unfused ops of the naive baseline.
+//! Launch wrappers of `kernels/unfused.cu`: the unfused ops of the baseline.
 
 use super::pool::{SumTiles, check_channels, stem_pool_out};
 use super::{check_pixels, elementwise_cfg};

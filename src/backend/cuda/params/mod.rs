@@ -1,6 +1,7 @@
 //! `#[repr(C)]` parameter structs, one per kernel family, passed by value as each kernel's
 //! first argument. Each mirrors, field for field, the struct of the same name in the `.cu`
-//! file named in its doc comment; `tests` pins their sizes so a one-sided edit is caught.
+//! file named in its doc comment; `tests/kernel_params.rs` compares the two (fields, types,
+//! offsets, size) and the `.cu` side `static_assert`s the size, so a one-sided edit is caught.
 
 use bytemuck::Pod;
 use cudarc::driver::DeviceRepr;

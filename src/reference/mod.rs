@@ -1,8 +1,9 @@
-//! The naive oracle: textbook DenseNet-BC in `f64` with **explicit concatenation** and a
-//! hand-written backward, itself checked against central finite differences (see the tests
-//! in `naive/tests.rs`). It is the executable specification every optimised path is
-//! compared with, and the "naive concat" memory baseline: every dense layer builds a fresh
-//! concatenation of all earlier features and the tape keeps every BN/ReLU output.
+//! The reference (the f64 oracle): textbook DenseNet-BC in `f64` with **explicit
+//! concatenation** and a hand-written backward, itself checked against central finite
+//! differences (see the tests in `reference/tests.rs`). It is the executable specification
+//! every optimised path is compared with: every dense layer builds a fresh concatenation of
+//! all earlier features and the tape keeps every BN/ReLU output, so each step can be read
+//! against its textbook formula.
 //!
 //! Network (for a [`DenseNetConfig`]), activations NCHW:
 //! * stem `Cifar`: conv3×3 s1 p1; stem `Imagenet`: conv7×7 s2 p3 → BN (norm0) → ReLU →

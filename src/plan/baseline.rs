@@ -1,4 +1,4 @@
-//! Peak memory of the naive baseline ([`crate::baseline::NaiveNetwork`]), predicted by
+//! Peak memory of the baseline ([`crate::baseline::BaselineNetwork`]), predicted by
 //! replaying its allocation schedule on a ledger: the same buffers, allocated and freed in
 //! the same order as the baseline's code does (see `baseline/network.rs`), without
 //! allocating them. `tests/baseline.rs` checks the prediction against the measured peak.
@@ -10,9 +10,9 @@ use crate::error::Result;
 use crate::params::ParamLayout;
 use serde::Serialize;
 
-/// The predicted memory of one naive training step (construction, forward, backward).
+/// The predicted memory of one baseline training step (construction, forward, backward).
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct NaivePlan {
+pub struct BaselinePlan {
     pub geometry: Geometry,
     pub batch: usize,
     pub dtype: Dtype,
@@ -44,8 +44,8 @@ struct Ledger {
 
 impl Ledger {
     fn alloc(&mut self, category: Category, len: usize) -> Result<()> {
-        let bytes = product("a naive buffer", &[len, self.dtype.size()])?;
-        self.current = sum("the naive step", self.current, bytes)?;
+        let bytes = product("a baseline buffer", &[len, self.dtype.size()])?;
+        self.current = sum("the baseline step", self.current, bytes)?;
         *self.by_category.entry(category).or_default() += bytes;
         if self.current > self.peak {
             self.peak = self.current;
@@ -54,16 +54,16 @@ impl Ledger {
         Ok(())
     }
 
-    /// Frees `len` elements of category Naive (the only category a step frees). Only called
+    /// Frees `len` elements of category Baseline (the only category a step frees). Only called
     /// for buffers allocated before, so it cannot underflow.
     fn free(&mut self, len: usize) {
         let bytes = len * self.dtype.size();
         self.current -= bytes;
-        *self.by_category.entry(Category::Naive).or_default() -= bytes;
+        *self.by_category.entry(Category::Baseline).or_default() -= bytes;
     }
 
     fn activations(&mut self, len: usize) -> Result<()> {
-        self.alloc(Category::Naive, len)
+        self.alloc(Category::Baseline, len)
     }
 
     /// A stored BN → ReLU pair whose input (rows × c) is already allocated: statistics, BN
@@ -80,9 +80,9 @@ impl Ledger {
     }
 }
 
-impl NaivePlan {
+impl BaselinePlan {
     /// The plan for `batch` images of `height × width` (training; with SGD momentum if
-    /// `optimizer`), with the checks `NaiveNetwork::new` relies on.
+    /// `optimizer`), with the checks `BaselineNetwork::new` relies on.
     pub fn new(
         cfg: &DenseNetConfig,
         batch: usize,
@@ -117,7 +117,7 @@ impl NaivePlan {
             peak: 0,
             peak_by_category: CategoryBytes::new(),
         };
-        // NaiveNetwork::new
+        // BaselineNetwork::new
         let n_params = layout.num_params;
         let param_buffers = if optimizer { 3 } else { 2 };
         for len in std::iter::repeat_n(n_params, param_buffers).chain([layout.num_running]) {
@@ -205,7 +205,7 @@ impl NaivePlan {
             }
         }
 
-        Ok(NaivePlan {
+        Ok(BaselinePlan {
             geometry,
             batch,
             dtype,

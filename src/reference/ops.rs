@@ -1,4 +1,4 @@
-//! Layer primitives of the naive oracle, each with its hand-written backward.
+//! Layer primitives of the reference (the f64 oracle), each with its hand-written backward.
 //!
 //! Everything is `f64`, activations are NCHW [`Tensor`]s, conv weights are OHWI
 //! (`[c_out][kh][kw][c_in]`) and linear weights `[out][in]`, exactly as in the crate's flat
@@ -6,7 +6,7 @@
 //! nothing is reused, so that each function can be read against its textbook formula.
 //!
 //! Shapes are checked with `assert!`: these functions are internal building blocks whose
-//! callers (the network of [`crate::naive`]) validate user input first, so a failed
+//! callers (the network of [`crate::reference`]) validate user input first, so a failed
 //! assertion here is a bug in the oracle, not bad input.
 
 use crate::config::conv_out;
@@ -613,8 +613,8 @@ pub fn softmax_xent_backward(logits: &[f64], n: usize, classes: usize, labels: &
 // Channel concatenation
 // ---------------------------------------------------------------------------------------------
 
-/// Concatenates tensors of equal `n, h, w` along channels, in order (a real copy: this is the
-/// "naive" DenseNet).
+/// Concatenates tensors of equal `n, h, w` along channels, in order (a real copy, as in the
+/// textbook DenseNet).
 pub fn concat_channels(parts: &[&Tensor]) -> Tensor {
     assert!(!parts.is_empty(), "concat of nothing");
     let (n, h, w) = (parts[0].n, parts[0].h, parts[0].w);

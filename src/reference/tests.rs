@@ -1,4 +1,4 @@
-//! Tests of the naive oracle: forward definitions of the ops against direct formulas,
+//! Tests of the reference (the f64 oracle): forward definitions of the ops against direct formulas,
 //! every op's backward against finite differences, the whole network's gradients (every
 //! parameter and input element) against finite differences, running statistics and eval
 //! mode against hand computations, and error cases.
@@ -700,7 +700,7 @@ fn train_step_is_bit_identical_across_thread_counts() {
     }
 }
 
-/// Timing of the real networks (release): `cargo test --release --lib naive -- --ignored
+/// Timing of the real networks (release): `cargo test --release --lib reference -- --ignored
 /// --nocapture`.
 #[test]
 #[ignore]
