@@ -20,6 +20,7 @@
 pub mod cpu;
 pub mod cuda;
 pub mod memory;
+mod validate;
 
 pub use memory::{Category, MemoryReport, MemoryTracker};
 
