@@ -21,6 +21,7 @@
 pub mod cpu;
 pub mod cuda;
 pub mod memory;
+mod validate;
 
 pub use memory::{Category, MemoryReport, MemoryTracker};
 

@@ -5,6 +5,9 @@
 //!
 //! Results do not depend on the number of threads: work is split into fixed chunks and
 //! per-chunk partial reductions are combined in chunk order.
+//!
+//! Every op first checks its arguments against the contract all backends share
+//! (`backend::validate`); the slicing below relies on it and cannot go out of bounds.
 
 mod conv;
 mod pointwise;
@@ -12,7 +15,7 @@ mod unfused;
 
 use super::{
     At, BN_EPS, Backend, BnGradTarget, BnRef, Category, ConvGeom, Mat, MemoryReport, MemoryTracker,
-    PoolWindow, SgdParams, Spatial, StatsRef, bn_affine,
+    PoolWindow, SgdParams, Spatial, StatsRef, bn_affine, validate,
 };
 use crate::error::{Error, Result};
 use std::sync::Arc;
@@ -90,74 +93,6 @@ fn resolve_stats(s: StatsRef<'_, CpuBuf>, channels: usize) -> (Vec<f32>, Vec<f32
     (mean, invstd)
 }
 
-fn check_range(buf: &CpuBuf, offset: usize, len: usize, what: &str) -> Result<()> {
-    if offset.checked_add(len).is_none_or(|end| end > buf.len()) {
-        return Err(Error::Shape(format!(
-            "{what}: range {offset}..{} outside a buffer of {} floats",
-            offset.saturating_add(len),
-            buf.len()
-        )));
-    }
-    Ok(())
-}
-
-/// Checks that every element a [`Mat`] addresses lies inside `buf`.
-fn check_mat(buf: &CpuBuf, m: Mat, what: &str) -> Result<()> {
-    if m.cols > m.ld && m.rows > 1 {
-        return Err(Error::Shape(format!("{what}: {} columns exceed the pitch {}", m.cols, m.ld)));
-    }
-    let len = if m.rows == 0 || m.cols == 0 { 0 } else { (m.rows - 1) * m.ld + m.cols };
-    check_range(buf, m.offset, len, what)
-}
-
-/// Checks that two matrices an elementwise op pairs up have the same shape.
-fn check_same_shape(a: Mat, b: Mat, what: &str) -> Result<()> {
-    if (a.rows, a.cols) != (b.rows, b.cols) {
-        return Err(Error::Shape(format!(
-            "{what}: {}x{} and {}x{} matrices",
-            a.rows, a.cols, b.rows, b.cols
-        )));
-    }
-    Ok(())
-}
-
-/// Checks that two matrices have the same number of channels (columns).
-fn check_channels(a: Mat, b: Mat, what: &str) -> Result<()> {
-    if a.cols != b.cols {
-        return Err(Error::Shape(format!("{what}: {} and {} channels", a.cols, b.cols)));
-    }
-    Ok(())
-}
-
-/// Checks that a matrix has one row per pixel of `shape`.
-fn check_pixels(m: Mat, shape: Spatial, what: &str) -> Result<()> {
-    if m.rows != shape.pixels() {
-        return Err(Error::Shape(format!(
-            "{what}: {} rows for {} pixels ({}x{}x{})",
-            m.rows,
-            shape.pixels(),
-            shape.n,
-            shape.h,
-            shape.w
-        )));
-    }
-    Ok(())
-}
-
-/// Checks that the statistics of `channels` channels lie inside their buffer.
-fn check_stats(s: StatsRef<'_, CpuBuf>, channels: usize, what: &str) -> Result<()> {
-    check_range(s.stats, s.mean, channels, &format!("{what} mean"))?;
-    check_range(s.stats, s.var, channels, &format!("{what} variance"))
-}
-
-/// Checks that statistics and affine parameters of `channels` channels lie inside their
-/// buffers.
-fn check_bn(bn: BnRef<'_, CpuBuf>, channels: usize, what: &str) -> Result<()> {
-    check_stats(StatsRef { stats: bn.stats, mean: bn.mean, var: bn.var }, channels, what)?;
-    check_range(bn.params, bn.gamma, channels, &format!("{what} gamma"))?;
-    check_range(bn.params, bn.beta, channels, &format!("{what} beta"))
-}
-
 impl Backend for CpuBackend {
     type Buf = CpuBuf;
 
@@ -190,18 +125,18 @@ impl Backend for CpuBackend {
     }
 
     fn upload(&self, dst: &mut CpuBuf, offset: usize, src: &[f32]) -> Result<()> {
-        check_range(dst, offset, src.len(), "upload")?;
+        validate::range(dst, offset, src.len(), "upload")?;
         dst.data[offset..offset + src.len()].copy_from_slice(src);
         Ok(())
     }
 
     fn download(&self, src: &CpuBuf, offset: usize, len: usize) -> Result<Vec<f32>> {
-        check_range(src, offset, len, "download")?;
+        validate::range(src, offset, len, "download")?;
         Ok(src.data[offset..offset + len].to_vec())
     }
 
     fn fill_zero(&self, buf: &mut CpuBuf, offset: usize, len: usize) -> Result<()> {
-        check_range(buf, offset, len, "fill_zero")?;
+        validate::range(buf, offset, len, "fill_zero")?;
         buf.data[offset..offset + len].fill(0.0);
         Ok(())
     }
@@ -211,9 +146,7 @@ impl Backend for CpuBackend {
     }
 
     fn channel_stats(&self, x: &CpuBuf, xm: Mat, out: &mut CpuBuf, mean: usize, var: usize) -> Result<()> {
-        check_mat(x, xm, "channel_stats input")?;
-        check_range(out, mean, xm.cols, "channel_stats mean")?;
-        check_range(out, var, xm.cols, "channel_stats var")?;
+        validate::channel_stats(x, xm, out, mean, var)?;
         let (m, v) = pointwise::channel_stats(x.as_slice(), xm);
         out.data[mean..mean + xm.cols].copy_from_slice(&m);
         out.data[var..var + xm.cols].copy_from_slice(&v);
@@ -229,8 +162,7 @@ impl Backend for CpuBackend {
         run_mean: usize,
         run_var: usize,
     ) -> Result<()> {
-        check_range(running, run_mean, channels, "running mean")?;
-        check_range(running, run_var, channels, "running var")?;
+        validate::update_running_stats(batch, channels, running, run_mean, run_var)?;
         let s = batch.stats.as_slice();
         pointwise::update_running_stats(
             &s[batch.mean..batch.mean + channels],
@@ -252,9 +184,7 @@ impl Backend for CpuBackend {
         z: &mut CpuBuf,
         zm: Mat,
     ) -> Result<()> {
-        check_mat(x, xm, "conv1x1 input")?;
-        check_mat(z, zm, "conv1x1 output")?;
-        check_range(w.buf, w.offset, zm.cols * xm.cols, "conv1x1 weight")?;
+        validate::bn_relu_conv1x1_fwd(x, xm, bn, w, z, zm)?;
         let bn = Bn::resolve(bn, xm.cols);
         conv::bn_relu_conv1x1_fwd(x.as_slice(), xm, &bn, &w.buf.data[w.offset..], z.as_mut_slice(), zm);
         Ok(())
@@ -270,9 +200,7 @@ impl Backend for CpuBackend {
         dw: &mut CpuBuf,
         dw_off: usize,
     ) -> Result<()> {
-        check_mat(x, xm, "conv1x1 wgrad input")?;
-        check_mat(dz, dzm, "conv1x1 wgrad output grad")?;
-        check_range(dw, dw_off, dzm.cols * xm.cols, "conv1x1 weight grad")?;
+        validate::bn_relu_conv1x1_wgrad(x, xm, bn, dz, dzm, dw, dw_off)?;
         let bn = Bn::resolve(bn, xm.cols);
         conv::bn_relu_conv1x1_wgrad(x.as_slice(), xm, &bn, dz.as_slice(), dzm, &mut dw.data[dw_off..]);
         Ok(())
@@ -291,11 +219,7 @@ impl Backend for CpuBackend {
         accumulate: bool,
         sums: &mut CpuBuf,
     ) -> Result<()> {
-        check_mat(dz, dzm, "conv1x1 dgrad output grad")?;
-        check_mat(x, xm, "conv1x1 dgrad input")?;
-        check_mat(dx, dxm, "conv1x1 dgrad input grad")?;
-        check_range(w.buf, w.offset, dzm.cols * xm.cols, "conv1x1 weight")?;
-        check_range(sums, 0, 2 * xm.cols, "conv1x1 dgrad sums")?;
+        validate::bn_relu_conv1x1_dgrad(dz, dzm, w, x, xm, bn, dx, dxm, sums)?;
         let bn = Bn::resolve(bn, xm.cols);
         conv::bn_relu_conv1x1_dgrad(
             dz.as_slice(),
@@ -322,9 +246,7 @@ impl Backend for CpuBackend {
         y: &mut CpuBuf,
         ym: Mat,
     ) -> Result<()> {
-        check_mat(z, zm, "conv3x3 input")?;
-        check_mat(y, ym, "conv3x3 output")?;
-        check_range(w.buf, w.offset, ym.cols * 9 * zm.cols, "conv3x3 weight")?;
+        validate::bn_relu_conv3x3_fwd(z, zm, shape, bn, w, y, ym)?;
         let bn = Bn::resolve(bn, zm.cols);
         conv::bn_relu_conv3x3_fwd(
             z.as_slice(),
@@ -349,9 +271,7 @@ impl Backend for CpuBackend {
         dw: &mut CpuBuf,
         dw_off: usize,
     ) -> Result<()> {
-        check_mat(z, zm, "conv3x3 wgrad input")?;
-        check_mat(dy, dym, "conv3x3 wgrad output grad")?;
-        check_range(dw, dw_off, dym.cols * 9 * zm.cols, "conv3x3 weight grad")?;
+        validate::bn_relu_conv3x3_wgrad(z, zm, shape, bn, dy, dym, dw, dw_off)?;
         let bn = Bn::resolve(bn, zm.cols);
         conv::bn_relu_conv3x3_wgrad(z.as_slice(), zm, shape, &bn, dy.as_slice(), dym, &mut dw.data[dw_off..]);
         Ok(())
@@ -370,11 +290,7 @@ impl Backend for CpuBackend {
         gm: Mat,
         sums: &mut CpuBuf,
     ) -> Result<()> {
-        check_mat(dy, dym, "conv3x3 dgrad output grad")?;
-        check_mat(z, zm, "conv3x3 dgrad input")?;
-        check_mat(g, gm, "conv3x3 dgrad input grad")?;
-        check_range(w.buf, w.offset, dym.cols * 9 * zm.cols, "conv3x3 weight")?;
-        check_range(sums, 0, 2 * zm.cols, "conv3x3 dgrad sums")?;
+        validate::bn_relu_conv3x3_dgrad(dy, dym, shape, w, z, zm, bn, g, gm, sums)?;
         let bn = Bn::resolve(bn, zm.cols);
         conv::bn_relu_conv3x3_dgrad(
             dy.as_slice(),
@@ -400,9 +316,7 @@ impl Backend for CpuBackend {
         bn: BnRef<'_, CpuBuf>,
         sums: &CpuBuf,
     ) -> Result<()> {
-        check_mat(g, gm, "bn backward gradient")?;
-        check_mat(x, xm, "bn backward input")?;
-        check_range(sums, 0, 2 * xm.cols, "bn backward sums")?;
+        validate::bn_backward_elementwise(g, gm, x, xm, bn, sums)?;
         let bn = Bn::resolve(bn, xm.cols);
         pointwise::bn_backward_elementwise(
             g.as_mut_slice(),
@@ -425,13 +339,7 @@ impl Backend for CpuBackend {
         corr: &mut CpuBuf,
         target: BnGradTarget,
     ) -> Result<()> {
-        check_range(sums, 0, 2 * channels, "bn grad sums")?;
-        check_range(grads, target.dgamma, channels, "dgamma")?;
-        check_range(grads, target.dbeta, channels, "dbeta")?;
-        if let Some((a, b)) = target.correction {
-            check_range(corr, a, channels, "correction alpha")?;
-            check_range(corr, b, channels, "correction beta")?;
-        }
+        validate::bn_grad_fold(sums, channels, bn, grads, corr, target)?;
         let bn = Bn::resolve(bn, channels);
         pointwise::bn_grad_fold(
             &sums.data[..2 * channels],
@@ -455,10 +363,7 @@ impl Backend for CpuBackend {
         alpha: usize,
         beta: usize,
     ) -> Result<()> {
-        check_mat(g, gm, "bn correction gradient")?;
-        check_mat(x, xm, "bn correction input")?;
-        check_range(corr, alpha, xm.cols, "correction alpha")?;
-        check_range(corr, beta, xm.cols, "correction beta")?;
+        validate::bn_correction(g, gm, x, xm, stats, corr, alpha, beta)?;
         let (mean, invstd) = resolve_stats(stats, xm.cols);
         pointwise::bn_correction(
             g.as_mut_slice(),
@@ -483,9 +388,7 @@ impl Backend for CpuBackend {
         y: &mut CpuBuf,
         ym: Mat,
     ) -> Result<()> {
-        check_mat(x, xm, "transition input")?;
-        check_mat(y, ym, "transition output")?;
-        check_range(w.buf, w.offset, ym.cols * xm.cols, "transition weight")?;
+        validate::bn_relu_avgpool_conv1x1_fwd(x, xm, shape, bn, w, y, ym)?;
         let bn = Bn::resolve(bn, xm.cols);
         conv::bn_relu_avgpool_conv1x1_fwd(
             x.as_slice(),
@@ -510,9 +413,7 @@ impl Backend for CpuBackend {
         dw: &mut CpuBuf,
         dw_off: usize,
     ) -> Result<()> {
-        check_mat(x, xm, "transition wgrad input")?;
-        check_mat(dy, dym, "transition wgrad output grad")?;
-        check_range(dw, dw_off, dym.cols * xm.cols, "transition weight grad")?;
+        validate::bn_relu_avgpool_conv1x1_wgrad(x, xm, shape, bn, dy, dym, dw, dw_off)?;
         let bn = Bn::resolve(bn, xm.cols);
         conv::bn_relu_avgpool_conv1x1_wgrad(
             x.as_slice(),
@@ -539,11 +440,7 @@ impl Backend for CpuBackend {
         dxm: Mat,
         sums: &mut CpuBuf,
     ) -> Result<()> {
-        check_mat(dy, dym, "transition dgrad output grad")?;
-        check_mat(x, xm, "transition dgrad input")?;
-        check_mat(dx, dxm, "transition dgrad input grad")?;
-        check_range(w.buf, w.offset, dym.cols * xm.cols, "transition weight")?;
-        check_range(sums, 0, 2 * xm.cols, "transition dgrad sums")?;
+        validate::bn_relu_avgpool_conv1x1_dgrad(dy, dym, w, x, xm, shape, bn, dx, dxm, sums)?;
         let bn = Bn::resolve(bn, xm.cols);
         conv::bn_relu_avgpool_conv1x1_dgrad(
             dy.as_slice(),
@@ -570,9 +467,7 @@ impl Backend for CpuBackend {
         y: &mut CpuBuf,
         ym: Mat,
     ) -> Result<()> {
-        check_mat(x, xm, "conv input")?;
-        check_mat(y, ym, "conv output")?;
-        check_range(w.buf, w.offset, ym.cols * geom.kernel * geom.kernel * xm.cols, "conv weight")?;
+        validate::conv_fwd(x, xm, shape, geom, w, y, ym)?;
         conv::conv_fwd(x.as_slice(), xm, shape, geom, &w.buf.data[w.offset..], y.as_mut_slice(), ym);
         Ok(())
     }
@@ -588,9 +483,7 @@ impl Backend for CpuBackend {
         dw: &mut CpuBuf,
         dw_off: usize,
     ) -> Result<()> {
-        check_mat(x, xm, "conv wgrad input")?;
-        check_mat(dy, dym, "conv wgrad output grad")?;
-        check_range(dw, dw_off, dym.cols * geom.kernel * geom.kernel * xm.cols, "conv weight grad")?;
+        validate::conv_wgrad(x, xm, shape, geom, dy, dym, dw, dw_off)?;
         conv::conv_wgrad(x.as_slice(), xm, shape, geom, dy.as_slice(), dym, &mut dw.data[dw_off..]);
         Ok(())
     }
@@ -605,9 +498,7 @@ impl Backend for CpuBackend {
         dx: &mut CpuBuf,
         dxm: Mat,
     ) -> Result<()> {
-        check_mat(dy, dym, "conv dgrad output grad")?;
-        check_mat(dx, dxm, "conv dgrad input grad")?;
-        check_range(w.buf, w.offset, dym.cols * geom.kernel * geom.kernel * dxm.cols, "conv weight")?;
+        validate::conv_dgrad(dy, dym, shape, geom, w, dx, dxm)?;
         conv::conv_dgrad(dy.as_slice(), dym, shape, geom, &w.buf.data[w.offset..], dx.as_mut_slice(), dxm);
         Ok(())
     }
@@ -621,8 +512,7 @@ impl Backend for CpuBackend {
         y: &mut CpuBuf,
         ym: Mat,
     ) -> Result<()> {
-        check_mat(t, tm, "maxpool input")?;
-        check_mat(y, ym, "maxpool output")?;
+        validate::bn_relu_maxpool_fwd(t, tm, shape, bn, y, ym)?;
         let bn = Bn::resolve(bn, tm.cols);
         pointwise::bn_relu_maxpool_fwd(t.as_slice(), tm, shape, &bn, y.as_mut_slice(), ym);
         Ok(())
@@ -640,10 +530,7 @@ impl Backend for CpuBackend {
         gm: Mat,
         sums: &mut CpuBuf,
     ) -> Result<()> {
-        check_mat(dy, dym, "maxpool output grad")?;
-        check_mat(t, tm, "maxpool input")?;
-        check_mat(g, gm, "maxpool input grad")?;
-        check_range(sums, 0, 2 * tm.cols, "maxpool sums")?;
+        validate::bn_relu_maxpool_bwd(dy, dym, t, tm, shape, bn, g, gm, sums)?;
         let bn = Bn::resolve(bn, tm.cols);
         pointwise::bn_relu_maxpool_bwd(
             dy.as_slice(),
@@ -667,8 +554,7 @@ impl Backend for CpuBackend {
         bn: BnRef<'_, CpuBuf>,
         pooled: &mut CpuBuf,
     ) -> Result<()> {
-        check_mat(x, xm, "global pool input")?;
-        check_range(pooled, 0, shape.n * xm.cols, "pooled features")?;
+        validate::bn_relu_global_pool_fwd(x, xm, shape, bn, pooled)?;
         let bn = Bn::resolve(bn, xm.cols);
         pointwise::bn_relu_global_pool_fwd(x.as_slice(), xm, shape, &bn, pooled.as_mut_slice());
         Ok(())
@@ -685,10 +571,7 @@ impl Backend for CpuBackend {
         dxm: Mat,
         sums: &mut CpuBuf,
     ) -> Result<()> {
-        check_range(dpooled, 0, shape.n * xm.cols, "pooled gradient")?;
-        check_mat(x, xm, "global pool input")?;
-        check_mat(dx, dxm, "global pool input grad")?;
-        check_range(sums, 0, 2 * xm.cols, "global pool sums")?;
+        validate::bn_relu_global_pool_bwd(dpooled, x, xm, shape, bn, dx, dxm, sums)?;
         let bn = Bn::resolve(bn, xm.cols);
         pointwise::bn_relu_global_pool_bwd(
             dpooled.as_slice(),
@@ -713,10 +596,7 @@ impl Backend for CpuBackend {
         out_features: usize,
         y: &mut CpuBuf,
     ) -> Result<()> {
-        check_range(x, 0, n * k, "linear input")?;
-        check_range(w.buf, w.offset, out_features * k, "linear weight")?;
-        check_range(bias.buf, bias.offset, out_features, "linear bias")?;
-        check_range(y, 0, n * out_features, "linear output")?;
+        validate::linear_fwd(x, n, k, w, bias, out_features, y)?;
         pointwise::linear_fwd(
             x.as_slice(),
             n,
@@ -741,12 +621,7 @@ impl Backend for CpuBackend {
         dbias_off: usize,
         dx: &mut CpuBuf,
     ) -> Result<()> {
-        check_range(dy, 0, n * out_features, "linear output grad")?;
-        check_range(x, 0, n * k, "linear input")?;
-        check_range(w.buf, w.offset, out_features * k, "linear weight")?;
-        check_range(grads, dw_off, out_features * k, "linear weight grad")?;
-        check_range(grads, dbias_off, out_features, "linear bias grad")?;
-        check_range(dx, 0, n * k, "linear input grad")?;
+        validate::linear_bwd(dy, x, n, k, w, out_features, grads, dw_off, dbias_off, dx)?;
         pointwise::linear_bwd(
             dy.as_slice(),
             x.as_slice(),
@@ -770,10 +645,9 @@ impl Backend for CpuBackend {
         loss: &mut CpuBuf,
         dlogits: &mut CpuBuf,
     ) -> Result<()> {
-        check_range(logits, 0, n * classes, "logits")?;
-        check_range(labels, 0, n, "labels")?;
-        check_range(loss, 0, 1, "loss")?;
-        check_range(dlogits, 0, n * classes, "logit grad")?;
+        validate::softmax_xent(logits, labels, n, classes, loss, dlogits)?;
+        // A value check, the cpu backend's own: the kernels cannot refuse a label without a
+        // copy to the host, and give a NaN loss instead.
         let labels = &labels.data[..n];
         if let Some(bad) = labels.iter().find(|&&l| !(l >= 0.0 && (l as usize) < classes && l.fract() == 0.0))
         {
@@ -796,43 +670,32 @@ impl Backend for CpuBackend {
         len: usize,
         hp: SgdParams,
     ) -> Result<()> {
-        check_range(params, 0, len, "parameters")?;
-        check_range(grads, 0, len, "gradients")?;
-        check_range(velocity, 0, len, "velocity")?;
+        validate::sgd_update(params, grads, velocity, len)?;
         pointwise::sgd_update(&mut params.data[..len], &grads.data[..len], &mut velocity.data[..len], hp);
         Ok(())
     }
 
     fn copy_columns(&self, src: &CpuBuf, sm: Mat, dst: &mut CpuBuf, dm: Mat, accumulate: bool) -> Result<()> {
-        check_mat(src, sm, "copy_columns source")?;
-        check_mat(dst, dm, "copy_columns destination")?;
-        check_same_shape(sm, dm, "copy_columns")?;
+        validate::copy_columns(src, sm, dst, dm)?;
         unfused::copy_columns(src.as_slice(), sm, dst.as_mut_slice(), dm, accumulate);
         Ok(())
     }
 
     fn bn_apply(&self, x: &CpuBuf, xm: Mat, bn: BnRef<'_, CpuBuf>, y: &mut CpuBuf, ym: Mat) -> Result<()> {
-        check_mat(x, xm, "bn_apply input")?;
-        check_mat(y, ym, "bn_apply output")?;
-        check_same_shape(xm, ym, "bn_apply")?;
-        check_bn(bn, xm.cols, "bn_apply")?;
+        validate::bn_apply(x, xm, bn, y, ym)?;
         let bn = Bn::resolve(bn, xm.cols);
         unfused::bn_apply(x.as_slice(), xm, &bn, y.as_mut_slice(), ym);
         Ok(())
     }
 
     fn relu_fwd(&self, x: &CpuBuf, xm: Mat, y: &mut CpuBuf, ym: Mat) -> Result<()> {
-        check_mat(x, xm, "relu input")?;
-        check_mat(y, ym, "relu output")?;
-        check_same_shape(xm, ym, "relu")?;
+        validate::relu_fwd(x, xm, y, ym)?;
         unfused::relu_fwd(x.as_slice(), xm, y.as_mut_slice(), ym);
         Ok(())
     }
 
     fn relu_bwd(&self, g: &mut CpuBuf, gm: Mat, x: &CpuBuf, xm: Mat) -> Result<()> {
-        check_mat(g, gm, "relu backward gradient")?;
-        check_mat(x, xm, "relu backward input")?;
-        check_same_shape(gm, xm, "relu backward")?;
+        validate::relu_bwd(g, gm, x, xm)?;
         unfused::relu_bwd(g.as_mut_slice(), gm, x.as_slice(), xm);
         Ok(())
     }
@@ -846,11 +709,7 @@ impl Backend for CpuBackend {
         stats: StatsRef<'_, CpuBuf>,
         sums: &mut CpuBuf,
     ) -> Result<()> {
-        check_mat(g, gm, "bn_grad_sums gradient")?;
-        check_mat(x, xm, "bn_grad_sums input")?;
-        check_same_shape(gm, xm, "bn_grad_sums")?;
-        check_stats(stats, xm.cols, "bn_grad_sums")?;
-        check_range(sums, 0, 2 * xm.cols, "bn_grad_sums sums")?;
+        validate::bn_grad_sums(g, gm, x, xm, stats, sums)?;
         let (mean, invstd) = resolve_stats(stats, xm.cols);
         unfused::bn_grad_sums(g.as_slice(), gm, x.as_slice(), xm, &mean, &invstd, sums.as_mut_slice());
         Ok(())
@@ -865,12 +724,7 @@ impl Backend for CpuBackend {
         y: &mut CpuBuf,
         ym: Mat,
     ) -> Result<()> {
-        check_window(window)?;
-        check_mat(x, xm, "avg_pool input")?;
-        check_mat(y, ym, "avg_pool output")?;
-        check_pixels(xm, shape, "avg_pool input")?;
-        check_pixels(ym, window.out(shape), "avg_pool output")?;
-        check_channels(xm, ym, "avg_pool")?;
+        validate::avg_pool_fwd(x, xm, shape, window, y, ym)?;
         unfused::avg_pool_fwd(x.as_slice(), xm, shape, window, y.as_mut_slice(), ym);
         Ok(())
     }
@@ -884,22 +738,13 @@ impl Backend for CpuBackend {
         dx: &mut CpuBuf,
         dxm: Mat,
     ) -> Result<()> {
-        check_window(window)?;
-        check_mat(dy, dym, "avg_pool output grad")?;
-        check_mat(dx, dxm, "avg_pool input grad")?;
-        check_pixels(dxm, shape, "avg_pool input grad")?;
-        check_pixels(dym, window.out(shape), "avg_pool output grad")?;
-        check_channels(dxm, dym, "avg_pool")?;
+        validate::avg_pool_bwd(dy, dym, shape, window, dx, dxm)?;
         unfused::avg_pool_bwd(dy.as_slice(), dym, shape, window, dx.as_mut_slice(), dxm);
         Ok(())
     }
 
     fn max_pool_fwd(&self, x: &CpuBuf, xm: Mat, shape: Spatial, y: &mut CpuBuf, ym: Mat) -> Result<()> {
-        check_mat(x, xm, "max_pool input")?;
-        check_mat(y, ym, "max_pool output")?;
-        check_pixels(xm, shape, "max_pool input")?;
-        check_pixels(ym, max_pool_out(shape), "max_pool output")?;
-        check_channels(xm, ym, "max_pool")?;
+        validate::max_pool_fwd(x, xm, shape, y, ym)?;
         unfused::max_pool_fwd(x.as_slice(), xm, shape, y.as_mut_slice(), ym);
         Ok(())
     }
@@ -914,27 +759,8 @@ impl Backend for CpuBackend {
         dx: &mut CpuBuf,
         dxm: Mat,
     ) -> Result<()> {
-        check_mat(dy, dym, "max_pool output grad")?;
-        check_mat(x, xm, "max_pool input")?;
-        check_mat(dx, dxm, "max_pool input grad")?;
-        check_pixels(xm, shape, "max_pool input")?;
-        check_same_shape(xm, dxm, "max_pool input grad")?;
-        check_pixels(dym, max_pool_out(shape), "max_pool output grad")?;
-        check_channels(xm, dym, "max_pool")?;
+        validate::max_pool_bwd(dy, dym, x, xm, shape, dx, dxm)?;
         unfused::max_pool_bwd(dy.as_slice(), dym, x.as_slice(), xm, shape, dx.as_mut_slice(), dxm);
         Ok(())
     }
-}
-
-fn check_window(w: PoolWindow) -> Result<()> {
-    if w.h == 0 || w.w == 0 {
-        return Err(Error::Shape(format!("pooling window {}x{} is empty", w.h, w.w)));
-    }
-    Ok(())
-}
-
-/// Output extent of the stem max-pool (3×3, stride 2, padding 1).
-fn max_pool_out(s: Spatial) -> Spatial {
-    let (h, w) = pointwise::pool_out(s);
-    Spatial { n: s.n, h, w }
 }

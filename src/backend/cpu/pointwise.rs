@@ -87,6 +87,11 @@ fn add_in_order(partials: Vec<Vec<f64>>, width: usize) -> Vec<f64> {
 /// `width` f64 accumulators, `f(p, acc)` applied to every row `p < rows`: each piece of
 /// [`CHUNK_ROWS`] rows sums into its own accumulators, then the pieces are added in order.
 pub(super) fn reduce_rows(rows: usize, width: usize, f: impl Fn(usize, &mut [f64]) + Sync) -> Vec<f64> {
+    // No accumulator, nothing to add: a zero-width view may claim any number of rows (it
+    // addresses no element), and its pieces would cost time and memory for nothing.
+    if width == 0 {
+        return Vec::new();
+    }
     let partials = (0..rows.div_ceil(CHUNK_ROWS))
         .into_par_iter()
         .map(|i| {

@@ -1,7 +1,8 @@
 //! Backends that run the hand-written kernels of `kernels/*.cu`: [`CudaBackend`] on a GPU
 //! through the CUDA driver and, with feature `cuda-emu`, [`EmuBackend`] on the CPU emulator.
 //! Both are [`KernelBackend`] over a [`Device`]: the launch wrappers (params structs, grids,
-//! blocks, bounds checks) are written once, so CI exercises the Rust side of every launch.
+//! blocks) are written once, so CI exercises the Rust side of every launch; their argument
+//! checks are `backend::validate`, shared with the cpu backend.
 //!
 //! `KernelBackend` implements the whole `Backend` trait (`backend_impl.rs`): every op is a
 //! launch wrapper in `ops/` over a kernel family in `kernels/` — statistics, batch-norm
@@ -24,7 +25,7 @@ pub use driver::CudaDevice;
 #[cfg(feature = "cuda-emu")]
 pub use emulated::EmuDevice;
 
-use super::{Category, Mat, MemoryReport, MemoryTracker};
+use super::{Category, MemoryReport, MemoryTracker, validate};
 use crate::error::{Error, Result};
 use std::sync::{Arc, Mutex};
 
@@ -147,17 +148,17 @@ impl<D: Device> KernelBackend<D> {
     }
 
     pub fn upload(&self, dst: &mut DeviceBuf<D>, offset: usize, src: &[f32]) -> Result<()> {
-        check_range(dst, offset, src.len(), "upload")?;
+        validate::range(dst, offset, src.len(), "upload")?;
         self.device.upload(&mut dst.mem, offset, src)
     }
 
     pub fn download(&self, src: &DeviceBuf<D>, offset: usize, len: usize) -> Result<Vec<f32>> {
-        check_range(src, offset, len, "download")?;
+        validate::range(src, offset, len, "download")?;
         self.device.download(&src.mem, offset, len)
     }
 
     pub fn fill_zero(&self, buf: &mut DeviceBuf<D>, offset: usize, len: usize) -> Result<()> {
-        check_range(buf, offset, len, "fill_zero")?;
+        validate::range(buf, offset, len, "fill_zero")?;
         self.device.zero(&mut buf.mem, offset, len)
     }
 
@@ -169,30 +170,6 @@ impl<D: Device> KernelBackend<D> {
     fn addr(&self, buf: &DeviceBuf<D>, offset: usize) -> u64 {
         self.device.address(&buf.mem, offset)
     }
-}
-
-fn check_range<D: Device>(buf: &DeviceBuf<D>, offset: usize, len: usize, what: &str) -> Result<()> {
-    if offset.checked_add(len).is_none_or(|end| end > buf.len) {
-        return Err(Error::Shape(format!(
-            "{what}: range {offset}..{} outside a buffer of {} floats",
-            offset.saturating_add(len),
-            buf.len
-        )));
-    }
-    Ok(())
-}
-
-/// Checks that every element `m` addresses lies in `buf`, and that its extents fit the
-/// kernels' 32-bit shape fields.
-fn check_mat<D: Device>(buf: &DeviceBuf<D>, m: Mat, what: &str) -> Result<()> {
-    if m.cols > m.ld && m.rows > 1 {
-        return Err(Error::Shape(format!("{what}: {} columns exceed the pitch {}", m.cols, m.ld)));
-    }
-    if [m.rows, m.cols, m.ld].iter().any(|&v| u32::try_from(v).is_err()) {
-        return Err(Error::Shape(format!("{what}: {m:?} exceeds the kernels' 32-bit extents")));
-    }
-    let len = if m.rows == 0 || m.cols == 0 { 0 } else { (m.rows - 1) * m.ld + m.cols };
-    check_range(buf, m.offset, len, what)
 }
 
 /// `v` as a 32-bit kernel field (callers have bounded it by a buffer length check).

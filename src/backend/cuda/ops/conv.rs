@@ -2,10 +2,11 @@
 //! gradient through the scratch and `split_sum_f32`, data gradient as a gather).
 
 use super::conv3x3::{spatial_u32, wgrad_splits};
-use super::{check_pixels, split_sum_launch};
+use super::split_sum_launch;
 use crate::backend::cuda::device::{Device, LaunchCfg};
 use crate::backend::cuda::params::conv::ConvParams;
-use crate::backend::cuda::{DeviceBuf, KernelBackend, check_mat, check_range, u32_of};
+use crate::backend::cuda::{DeviceBuf, KernelBackend, u32_of};
+use crate::backend::validate;
 use crate::backend::{At, ConvGeom, Mat, Spatial};
 use crate::error::{Error, Result};
 
@@ -24,9 +25,9 @@ const WGRAD_STAGE_PIXELS: usize = 16;
 const DGRAD_CHANNELS: usize = 4;
 const DGRAD_PAIRS: usize = 512;
 
-/// The kernels' params for a convolution of `shape` with `c_in` → `c_out` channels, and the
-/// output extent. Errors on a zero kernel or stride and on extents the kernels' 32-bit
-/// coordinates cannot hold.
+/// The kernels' params for a convolution of `shape` with `c_in` → `c_out` channels (whose
+/// geometry `validate::conv_*` accepted: kernel and stride at least 1), and the output extent.
+/// Errors on extents the kernels' 32-bit coordinates cannot hold.
 fn conv_params(
     shape: Spatial,
     geom: ConvGeom,
@@ -35,12 +36,6 @@ fn conv_params(
     ld_x: usize,
     ld_y: usize,
 ) -> Result<(ConvParams, Spatial)> {
-    if geom.kernel == 0 || geom.stride == 0 {
-        return Err(Error::Shape(format!(
-            "conv: kernel {} and stride {} must be at least 1",
-            geom.kernel, geom.stride
-        )));
-    }
     let out = geom.out(shape);
     let [n, h, w] = spatial_u32(shape, "conv input")?;
     let [_, oh, ow] = spatial_u32(out, "conv output")?;
@@ -80,12 +75,8 @@ impl<D: Device> KernelBackend<D> {
         y: &mut DeviceBuf<D>,
         ym: Mat,
     ) -> Result<()> {
-        check_mat(x, xm, "conv input")?;
-        check_mat(y, ym, "conv output")?;
+        validate::conv_fwd(x, xm, shape, geom, w, y, ym)?;
         let (p, out) = conv_params(shape, geom, xm.cols, ym.cols, xm.ld, ym.ld)?;
-        check_pixels(xm, shape, "conv input")?;
-        check_pixels(ym, out, "conv output")?;
-        check_range(w.buf, w.offset, ym.cols * geom.kernel * geom.kernel * xm.cols, "conv weight")?;
         if out.pixels() == 0 || ym.cols == 0 {
             return Ok(());
         }
@@ -114,14 +105,10 @@ impl<D: Device> KernelBackend<D> {
         dw: &mut DeviceBuf<D>,
         dw_off: usize,
     ) -> Result<()> {
-        check_mat(x, xm, "conv wgrad input")?;
-        check_mat(dy, dym, "conv wgrad output grad")?;
+        validate::conv_wgrad(x, xm, shape, geom, dy, dym, dw, dw_off)?;
         let (mut p, out) = conv_params(shape, geom, xm.cols, dym.cols, xm.ld, dym.ld)?;
-        check_pixels(xm, shape, "conv wgrad input")?;
-        check_pixels(dym, out, "conv wgrad output grad")?;
         let cols = geom.kernel * geom.kernel * xm.cols;
         let len = dym.cols * cols;
-        check_range(dw, dw_off, len, "conv weight grad")?;
         if len == 0 || out.pixels() == 0 {
             return Ok(());
         }
@@ -157,12 +144,8 @@ impl<D: Device> KernelBackend<D> {
         dx: &mut DeviceBuf<D>,
         dxm: Mat,
     ) -> Result<()> {
-        check_mat(dy, dym, "conv dgrad output grad")?;
-        check_mat(dx, dxm, "conv dgrad input grad")?;
-        let (p, out) = conv_params(shape, geom, dxm.cols, dym.cols, dxm.ld, dym.ld)?;
-        check_pixels(dym, out, "conv dgrad output grad")?;
-        check_pixels(dxm, shape, "conv dgrad input grad")?;
-        check_range(w.buf, w.offset, dym.cols * geom.kernel * geom.kernel * dxm.cols, "conv weight")?;
+        validate::conv_dgrad(dy, dym, shape, geom, w, dx, dxm)?;
+        let (p, _) = conv_params(shape, geom, dxm.cols, dym.cols, dxm.ld, dym.ld)?;
         if geom.kernel * geom.kernel > DGRAD_PAIRS {
             return Err(Error::Shape(format!(
                 "conv dgrad: a {0}x{0} kernel exceeds the supported 22x22",

@@ -3,12 +3,13 @@
 //! splits and data-gradient runs whose partials live in the backend's scratch and are added in
 //! a fixed order by a finishing kernel. The splits depend on the shape only, never on the device.
 
-use super::{same_shape, split_sum_launch};
+use super::split_sum_launch;
 use crate::backend::cuda::device::{Device, LaunchCfg};
 use crate::backend::cuda::params::conv1x1::Conv1x1Params;
-use crate::backend::cuda::{DeviceBuf, KernelBackend, SCRATCH_FLOATS, check_mat, check_range, u32_of};
+use crate::backend::cuda::{DeviceBuf, KernelBackend, SCRATCH_FLOATS, u32_of};
+use crate::backend::validate;
 use crate::backend::{At, BnRef, Mat};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Threadblock tile of `kernels/fused_gemm.cuh` (`kTileM` = `kTileN`), its reduction step
 /// (`kTileK`) and its block size (`kGemmThreads`).
@@ -37,14 +38,6 @@ fn gemm_cfg(tiles: [usize; 3]) -> Result<LaunchCfg> {
 /// The forward's grid: tiles of `rows` output rows × tiles of `cout` channels.
 pub(super) fn fwd_cfg(rows: usize, cout: usize) -> Result<LaunchCfg> {
     gemm_cfg([rows.div_ceil(TILE), cout.div_ceil(TILE), 1])
-}
-
-/// Errors unless two matrices have one row per pixel of the same pixels.
-pub(super) fn same_rows(a: Mat, b: Mat, what: &str) -> Result<()> {
-    if a.rows != b.rows {
-        return Err(Error::Shape(format!("{what}: {} and {} pixel rows", a.rows, b.rows)));
-    }
-    Ok(())
 }
 
 /// How a weight gradient `dW (cout × cin) += Σ over rows` is split along the rows: `splits`
@@ -119,7 +112,7 @@ impl<D: Device> KernelBackend<D> {
             return partial(0);
         }
         let len = split.cout * split.cin;
-        check_range(dw, dw_off, len, "weight grad")?;
+        validate::range(dw, dw_off, len, "weight grad")?;
         let (p, cfg) = split_sum_launch(len, split.splits as usize, true)?;
         let dw = self.addr(dw, dw_off);
         self.with_scratch(split.splits as usize * len, |partials| {
@@ -142,7 +135,7 @@ impl<D: Device> KernelBackend<D> {
         if runs.splits == 1 {
             return partial(0);
         }
-        check_range(sums, 0, 2 * runs.cin, "sums")?;
+        validate::range(sums, 0, 2 * runs.cin, "sums")?;
         self.tile_sums(runs.splits, runs.cin, sums, partial)
     }
 
@@ -156,11 +149,7 @@ impl<D: Device> KernelBackend<D> {
         z: &mut DeviceBuf<D>,
         zm: Mat,
     ) -> Result<()> {
-        check_mat(x, xm, "conv1x1 input")?;
-        check_mat(z, zm, "conv1x1 output")?;
-        same_rows(xm, zm, "conv1x1")?;
-        check_range(w.buf, w.offset, zm.cols * xm.cols, "conv1x1 weight")?;
-        self.check_bn(bn, xm.cols, "conv1x1 statistics")?;
+        validate::bn_relu_conv1x1_fwd(x, xm, bn, w, z, zm)?;
         if zm.rows == 0 || zm.cols == 0 {
             return Ok(());
         }
@@ -192,11 +181,7 @@ impl<D: Device> KernelBackend<D> {
         dw: &mut DeviceBuf<D>,
         dw_off: usize,
     ) -> Result<()> {
-        check_mat(x, xm, "conv1x1 wgrad input")?;
-        check_mat(dz, dzm, "conv1x1 wgrad output grad")?;
-        same_rows(xm, dzm, "conv1x1 wgrad")?;
-        check_range(dw, dw_off, dzm.cols * xm.cols, "conv1x1 weight grad")?;
-        self.check_bn(bn, xm.cols, "conv1x1 wgrad statistics")?;
+        validate::bn_relu_conv1x1_wgrad(x, xm, bn, dz, dzm, dw, dw_off)?;
         if xm.rows == 0 || xm.cols == 0 || dzm.cols == 0 {
             return Ok(());
         }
@@ -235,14 +220,7 @@ impl<D: Device> KernelBackend<D> {
         accumulate: bool,
         sums: &mut DeviceBuf<D>,
     ) -> Result<()> {
-        check_mat(dz, dzm, "conv1x1 dgrad output grad")?;
-        check_mat(x, xm, "conv1x1 dgrad input")?;
-        check_mat(dx, dxm, "conv1x1 dgrad input grad")?;
-        same_rows(dzm, xm, "conv1x1 dgrad")?;
-        same_shape(dxm, xm, "conv1x1 dgrad")?;
-        check_range(w.buf, w.offset, dzm.cols * xm.cols, "conv1x1 weight")?;
-        check_range(sums, 0, 2 * xm.cols, "conv1x1 dgrad sums")?;
-        self.check_bn(bn, xm.cols, "conv1x1 dgrad statistics")?;
+        validate::bn_relu_conv1x1_dgrad(dz, dzm, w, x, xm, bn, dx, dxm, sums)?;
         if xm.cols == 0 {
             return Ok(());
         }

@@ -2,10 +2,11 @@
 //! weight gradient and data gradient (implicit GEMMs; the gradients reduce over pixels through
 //! the backend's scratch and `split_sum_f32`, deterministically).
 
-use super::{check_pixels, split_sum_launch};
+use super::split_sum_launch;
 use crate::backend::cuda::device::{Device, LaunchCfg};
 use crate::backend::cuda::params::conv3x3::Conv3x3Params;
-use crate::backend::cuda::{DeviceBuf, KernelBackend, SCRATCH_FLOATS, check_mat, check_range, u32_of};
+use crate::backend::cuda::{DeviceBuf, KernelBackend, SCRATCH_FLOATS, u32_of};
+use crate::backend::validate;
 use crate::backend::{At, BnRef, Mat, Spatial};
 use crate::error::{Error, Result};
 
@@ -75,13 +76,8 @@ impl<D: Device> KernelBackend<D> {
         y: &mut DeviceBuf<D>,
         ym: Mat,
     ) -> Result<()> {
-        check_mat(z, zm, "conv3x3 input")?;
-        check_mat(y, ym, "conv3x3 output")?;
-        check_pixels(zm, shape, "conv3x3 input")?;
-        check_pixels(ym, shape, "conv3x3 output")?;
+        validate::bn_relu_conv3x3_fwd(z, zm, shape, bn, w, y, ym)?;
         let (c_in, c_out) = (zm.cols, ym.cols);
-        check_range(w.buf, w.offset, c_out * 9 * c_in, "conv3x3 weight")?;
-        self.check_bn(bn, c_in, "conv3x3 batch-norm")?;
         if c_in > MAX_CHANNELS {
             return Err(Error::Shape(format!(
                 "conv3x3: {c_in} input channels, the kernel supports {MAX_CHANNELS}"
@@ -139,14 +135,9 @@ impl<D: Device> KernelBackend<D> {
         dw: &mut DeviceBuf<D>,
         dw_off: usize,
     ) -> Result<()> {
-        check_mat(z, zm, "conv3x3 wgrad input")?;
-        check_mat(dy, dym, "conv3x3 wgrad output grad")?;
-        check_pixels(zm, shape, "conv3x3 wgrad input")?;
-        check_pixels(dym, shape, "conv3x3 wgrad output grad")?;
+        validate::bn_relu_conv3x3_wgrad(z, zm, shape, bn, dy, dym, dw, dw_off)?;
         let (c_in, c_out, pixels) = (zm.cols, dym.cols, shape.pixels());
         let len = c_out * 9 * c_in;
-        check_range(dw, dw_off, len, "conv3x3 weight grad")?;
-        self.check_bn(bn, c_in, "conv3x3 wgrad batch-norm")?;
         let [n, h, width] = spatial_u32(shape, "conv3x3 wgrad")?;
         if len == 0 || pixels == 0 {
             return Ok(());
@@ -200,16 +191,8 @@ impl<D: Device> KernelBackend<D> {
         gm: Mat,
         sums: &mut DeviceBuf<D>,
     ) -> Result<()> {
-        check_mat(dy, dym, "conv3x3 dgrad output grad")?;
-        check_mat(z, zm, "conv3x3 dgrad input")?;
-        check_mat(g, gm, "conv3x3 dgrad input grad")?;
-        check_pixels(dym, shape, "conv3x3 dgrad output grad")?;
-        check_pixels(zm, shape, "conv3x3 dgrad input")?;
-        super::same_shape(gm, zm, "conv3x3 dgrad")?;
+        validate::bn_relu_conv3x3_dgrad(dy, dym, shape, w, z, zm, bn, g, gm, sums)?;
         let (c_in, c_out, pixels) = (zm.cols, dym.cols, shape.pixels());
-        check_range(w.buf, w.offset, c_out * 9 * c_in, "conv3x3 weight")?;
-        check_range(sums, 0, 2 * c_in, "conv3x3 dgrad sums")?;
-        self.check_bn(bn, c_in, "conv3x3 dgrad batch-norm")?;
         let [n, h, width] = spatial_u32(shape, "conv3x3 dgrad")?;
         if c_in == 0 {
             return Ok(());

@@ -1,12 +1,13 @@
 //! Launch wrappers of the statistics, batch-norm backward, loss and optimiser kernels.
 
-use super::{elementwise_cfg, same_shape};
+use super::elementwise_cfg;
 use crate::backend::cuda::device::{Device, LaunchCfg};
 use crate::backend::cuda::params::{
     BnElementwiseParams, BnFoldParams, ChannelStatsParams, RunningStatsParams, SgdKernelParams,
     SoftmaxXentParams,
 };
-use crate::backend::cuda::{DeviceBuf, KernelBackend, SCRATCH_FLOATS, check_mat, check_range, u32_of};
+use crate::backend::cuda::{DeviceBuf, KernelBackend, SCRATCH_FLOATS, u32_of};
+use crate::backend::validate;
 use crate::backend::{BN_MOMENTUM, BnGradTarget, BnRef, Mat, SgdParams, StatsRef};
 use crate::error::Result;
 
@@ -25,9 +26,7 @@ impl<D: Device> KernelBackend<D> {
         mean: usize,
         var: usize,
     ) -> Result<()> {
-        check_mat(x, xm, "channel_stats input")?;
-        check_range(out, mean, xm.cols, "channel_stats mean")?;
-        check_range(out, var, xm.cols, "channel_stats var")?;
+        validate::channel_stats(x, xm, out, mean, var)?;
         if xm.cols == 0 {
             return Ok(());
         }
@@ -75,9 +74,7 @@ impl<D: Device> KernelBackend<D> {
         run_mean: usize,
         run_var: usize,
     ) -> Result<()> {
-        self.check_stats(batch, channels, "batch statistics")?;
-        check_range(running, run_mean, channels, "running mean")?;
-        check_range(running, run_var, channels, "running var")?;
+        validate::update_running_stats(batch, channels, running, run_mean, run_var)?;
         let p = RunningStatsParams {
             channels: u32_of(channels, "channels")?,
             count: u32_of(count, "count")?,
@@ -110,11 +107,7 @@ impl<D: Device> KernelBackend<D> {
         bn: BnRef<'_, DeviceBuf<D>>,
         sums: &DeviceBuf<D>,
     ) -> Result<()> {
-        check_mat(g, gm, "bn backward gradient")?;
-        check_mat(x, xm, "bn backward input")?;
-        same_shape(gm, xm, "bn backward")?;
-        check_range(sums, 0, 2 * xm.cols, "bn backward sums")?;
-        self.check_bn(bn, xm.cols, "bn backward statistics")?;
+        validate::bn_backward_elementwise(g, gm, x, xm, bn, sums)?;
         let p = BnElementwiseParams {
             rows: u32_of(gm.rows, "rows")?,
             cols: u32_of(gm.cols, "cols")?,
@@ -143,15 +136,8 @@ impl<D: Device> KernelBackend<D> {
         corr: &mut DeviceBuf<D>,
         target: BnGradTarget,
     ) -> Result<()> {
-        check_range(sums, 0, 2 * channels, "bn grad sums")?;
-        self.check_bn(bn, channels, "bn grad statistics")?;
-        check_range(grads, target.dgamma, channels, "dgamma")?;
-        check_range(grads, target.dbeta, channels, "dbeta")?;
+        validate::bn_grad_fold(sums, channels, bn, grads, corr, target)?;
         let (alpha, beta) = target.correction.unwrap_or((0, 0));
-        if target.correction.is_some() {
-            check_range(corr, alpha, channels, "correction alpha")?;
-            check_range(corr, beta, channels, "correction beta")?;
-        }
         let p = BnFoldParams {
             channels: u32_of(channels, "channels")?,
             count: u32_of(count, "count")?,
@@ -187,12 +173,7 @@ impl<D: Device> KernelBackend<D> {
         alpha: usize,
         beta: usize,
     ) -> Result<()> {
-        check_mat(g, gm, "bn correction gradient")?;
-        check_mat(x, xm, "bn correction input")?;
-        same_shape(gm, xm, "bn correction")?;
-        self.check_stats(stats, xm.cols, "bn correction statistics")?;
-        check_range(corr, alpha, xm.cols, "correction alpha")?;
-        check_range(corr, beta, xm.cols, "correction beta")?;
+        validate::bn_correction(g, gm, x, xm, stats, corr, alpha, beta)?;
         let p = BnElementwiseParams {
             rows: u32_of(gm.rows, "rows")?,
             cols: u32_of(gm.cols, "cols")?,
@@ -222,10 +203,7 @@ impl<D: Device> KernelBackend<D> {
         loss: &mut DeviceBuf<D>,
         dlogits: &mut DeviceBuf<D>,
     ) -> Result<()> {
-        check_range(logits, 0, n * classes, "logits")?;
-        check_range(labels, 0, n, "labels")?;
-        check_range(loss, 0, 1, "loss")?;
-        check_range(dlogits, 0, n * classes, "logit grad")?;
+        validate::softmax_xent(logits, labels, n, classes, loss, dlogits)?;
         let p = SoftmaxXentParams { rows: u32_of(n, "batch")?, classes: u32_of(classes, "classes")? };
         let addrs = [self.addr(logits, 0), self.addr(labels, 0), self.addr(loss, 0), self.addr(dlogits, 0)];
         // SAFETY: logits/dlogits cover n × classes, labels n, loss 1 (checked above).
@@ -241,9 +219,7 @@ impl<D: Device> KernelBackend<D> {
         len: usize,
         hp: SgdParams,
     ) -> Result<()> {
-        check_range(params, 0, len, "parameters")?;
-        check_range(grads, 0, len, "gradients")?;
-        check_range(velocity, 0, len, "velocity")?;
+        validate::sgd_update(params, grads, velocity, len)?;
         let p = SgdKernelParams {
             len: len as u64,
             lr: hp.lr,

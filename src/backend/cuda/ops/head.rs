@@ -3,7 +3,8 @@
 use crate::backend::At;
 use crate::backend::cuda::device::{Device, LaunchCfg};
 use crate::backend::cuda::params::head::LinearParams;
-use crate::backend::cuda::{DeviceBuf, KernelBackend, check_range, u32_of};
+use crate::backend::cuda::{DeviceBuf, KernelBackend, u32_of};
+use crate::backend::validate;
 use crate::error::Result;
 
 /// Threads of a warp: `linear_fwd_f32` runs one warp per output.
@@ -30,10 +31,7 @@ impl<D: Device> KernelBackend<D> {
         out_features: usize,
         y: &mut DeviceBuf<D>,
     ) -> Result<()> {
-        check_range(x, 0, n * k, "linear input")?;
-        check_range(w.buf, w.offset, out_features * k, "linear weight")?;
-        check_range(bias.buf, bias.offset, out_features, "linear bias")?;
-        check_range(y, 0, n * out_features, "linear output")?;
+        validate::linear_fwd(x, n, k, w, bias, out_features, y)?;
         if n * out_features == 0 {
             return Ok(());
         }
@@ -60,12 +58,7 @@ impl<D: Device> KernelBackend<D> {
         dbias_off: usize,
         dx: &mut DeviceBuf<D>,
     ) -> Result<()> {
-        check_range(dy, 0, n * out_features, "linear output grad")?;
-        check_range(x, 0, n * k, "linear input")?;
-        check_range(w.buf, w.offset, out_features * k, "linear weight")?;
-        check_range(grads, dw_off, out_features * k, "linear weight grad")?;
-        check_range(grads, dbias_off, out_features, "linear bias grad")?;
-        check_range(dx, 0, n * k, "linear input grad")?;
+        validate::linear_bwd(dy, x, n, k, w, out_features, grads, dw_off, dbias_off, dx)?;
         // One thread per element of [dW | dbias] (out × (k + 1)), then one per element of dx.
         let threads = out_features * (k + 1) + n * k;
         if threads == 0 {

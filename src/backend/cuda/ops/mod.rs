@@ -1,5 +1,8 @@
-//! Launch wrappers: each checks its buffers and shapes, fills the kernel family's params
-//! struct, picks grid and block, and launches. Every wrapper is an inherent method of
+//! Launch wrappers: each checks its arguments against the op contract every backend shares
+//! (`backend::validate`, first thing), then fills the kernel family's params struct (where
+//! `u32_of` refuses extents the kernels' 32-bit fields cannot hold, and a family refuses
+//! what its kernels do not support: those are this backend's own limits), picks grid and
+//! block, and launches. Every wrapper is an inherent method of
 //! [`KernelBackend`] named and typed exactly as the `Backend` trait's op it implements.
 
 mod conv;
@@ -14,9 +17,9 @@ mod unfused;
 use super::device::{Device, LaunchCfg};
 use super::params::conv3x3::SplitSumParams;
 use super::params::pool::TileSumsParams;
-use super::{DeviceBuf, KernelBackend, check_range, u32_of};
-use crate::backend::{BnRef, Mat, Spatial, StatsRef};
-use crate::error::{Error, Result};
+use super::{DeviceBuf, KernelBackend, u32_of};
+use crate::backend::BnRef;
+use crate::error::Result;
 
 /// Rows each thread of an elementwise kernel walks through (grid-stride), so a launch has
 /// enough blocks to fill the GPU without one block per handful of rows.
@@ -24,29 +27,6 @@ const ROWS_PER_THREAD: usize = 16;
 /// Channel-tile width and row threads of the elementwise kernels (`kEwCols`, `kEwRows`).
 const EW_COLS: u32 = 32;
 const EW_ROWS: u32 = 8;
-
-/// Errors unless two matrices have the same rows and columns.
-pub(super) fn same_shape(g: Mat, x: Mat, what: &str) -> Result<()> {
-    if (g.rows, g.cols) != (x.rows, x.cols) {
-        return Err(Error::Shape(format!(
-            "{what}: gradient is {}x{} but the input is {}x{}",
-            g.rows, g.cols, x.rows, x.cols
-        )));
-    }
-    Ok(())
-}
-
-/// Errors unless `m` has one row per pixel of `shape`: the kernels index rows by pixel.
-pub(super) fn check_pixels(m: Mat, shape: Spatial, what: &str) -> Result<()> {
-    let pixels = shape.n.checked_mul(shape.h).and_then(|v| v.checked_mul(shape.w));
-    if pixels != Some(m.rows) {
-        return Err(Error::Shape(format!(
-            "{what}: {} rows for {}x{}x{} pixels",
-            m.rows, shape.n, shape.h, shape.w
-        )));
-    }
-    Ok(())
-}
 
 /// Params and launch shape of `split_sum_f32` (`kernels/reduce.cu`): `out (+)= Σ rows` over
 /// `splits` rows of `len` f32 partials, in blocks of `kDnSumCols × kDnSumRows` = 32 × 8.
@@ -70,24 +50,6 @@ pub(super) fn elementwise_cfg(rows: usize, cols: usize) -> LaunchCfg {
 }
 
 impl<D: Device> KernelBackend<D> {
-    /// Checks that a BN's statistics cover `channels`.
-    pub(super) fn check_stats(
-        &self,
-        s: StatsRef<'_, DeviceBuf<D>>,
-        channels: usize,
-        what: &str,
-    ) -> Result<()> {
-        check_range(s.stats, s.mean, channels, what)?;
-        check_range(s.stats, s.var, channels, what)
-    }
-
-    /// Checks that a BN's statistics and γ, β cover `channels`.
-    pub(super) fn check_bn(&self, bn: BnRef<'_, DeviceBuf<D>>, channels: usize, what: &str) -> Result<()> {
-        self.check_stats(StatsRef { stats: bn.stats, mean: bn.mean, var: bn.var }, channels, what)?;
-        check_range(bn.params, bn.gamma, channels, what)?;
-        check_range(bn.params, bn.beta, channels, what)
-    }
-
     /// A deterministic per-channel reduction into `sums[0..2·cols]` (checked by the caller):
     /// `partial` launches the kernel that writes `tiles` rows of `[Σg | Σg·x̂]` double
     /// partials at the address it is given (in the scratch), then `tile_sums_finish_f32`

@@ -2,10 +2,11 @@
 //! max-pool's extent, channel checks, and the pixel tiling of the deterministic per-channel
 //! sums (`KernelBackend::tile_sums`).
 
-use super::{EW_COLS, EW_ROWS, check_pixels, elementwise_cfg, same_shape};
+use super::{EW_COLS, EW_ROWS, elementwise_cfg};
 use crate::backend::cuda::device::{Device, LaunchCfg};
 use crate::backend::cuda::params::pool::{GlobalPoolParams, MaxPoolParams};
-use crate::backend::cuda::{DeviceBuf, KernelBackend, SCRATCH_FLOATS, check_mat, check_range, u32_of};
+use crate::backend::cuda::{DeviceBuf, KernelBackend, SCRATCH_FLOATS, u32_of};
+use crate::backend::validate;
 use crate::backend::{BnRef, Mat, Spatial};
 use crate::config::conv_out;
 use crate::error::{Error, Result};
@@ -54,14 +55,6 @@ pub(super) fn stem_pool_out(s: Spatial) -> Spatial {
     Spatial { n: s.n, h: conv_out(s.h, 3, 2, 1), w: conv_out(s.w, 3, 2, 1) }
 }
 
-/// Errors unless two matrices have the same number of channels.
-pub(super) fn check_channels(a: Mat, b: Mat, what: &str) -> Result<()> {
-    if a.cols != b.cols {
-        return Err(Error::Shape(format!("{what}: {} and {} channels", a.cols, b.cols)));
-    }
-    Ok(())
-}
-
 /// The stem max-pool's params for input matrix `tm` of `shape`, output pitch `ld_y`, input
 /// gradient pitch `ld_g` and partial-sum tile `tile_rows` (both 0 in the forward).
 fn max_pool_params(
@@ -97,12 +90,7 @@ impl<D: Device> KernelBackend<D> {
         y: &mut DeviceBuf<D>,
         ym: Mat,
     ) -> Result<()> {
-        check_mat(t, tm, "maxpool input")?;
-        check_mat(y, ym, "maxpool output")?;
-        check_pixels(tm, shape, "maxpool input")?;
-        check_pixels(ym, stem_pool_out(shape), "maxpool output")?;
-        check_channels(tm, ym, "maxpool")?;
-        self.check_bn(bn, tm.cols, "maxpool statistics")?;
+        validate::bn_relu_maxpool_fwd(t, tm, shape, bn, y, ym)?;
         let p = max_pool_params(tm, shape, ym.ld, 0, 0)?;
         let [mean, var, gamma, beta] = self.bn_addresses(bn);
         let addrs = [self.addr(t, tm.offset), mean, var, gamma, beta, self.addr(y, ym.offset)];
@@ -127,15 +115,7 @@ impl<D: Device> KernelBackend<D> {
         gm: Mat,
         sums: &mut DeviceBuf<D>,
     ) -> Result<()> {
-        check_mat(dy, dym, "maxpool output grad")?;
-        check_mat(t, tm, "maxpool input")?;
-        check_mat(g, gm, "maxpool input grad")?;
-        check_pixels(tm, shape, "maxpool input")?;
-        check_pixels(dym, stem_pool_out(shape), "maxpool output grad")?;
-        check_channels(tm, dym, "maxpool backward")?;
-        same_shape(gm, tm, "maxpool backward")?;
-        check_range(sums, 0, 2 * tm.cols, "maxpool sums")?;
-        self.check_bn(bn, tm.cols, "maxpool statistics")?;
+        validate::bn_relu_maxpool_bwd(dy, dym, t, tm, shape, bn, g, gm, sums)?;
         let tiles = SumTiles::new(tm.rows, tm.cols)?;
         let p = max_pool_params(tm, shape, dym.ld, gm.ld, tiles.tile_rows)?;
         let [mean, var, gamma, beta] = self.bn_addresses(bn);
@@ -163,10 +143,7 @@ impl<D: Device> KernelBackend<D> {
         bn: BnRef<'_, DeviceBuf<D>>,
         pooled: &mut DeviceBuf<D>,
     ) -> Result<()> {
-        check_mat(x, xm, "global pool input")?;
-        check_pixels(xm, shape, "global pool input")?;
-        check_range(pooled, 0, shape.n.saturating_mul(xm.cols), "pooled features")?;
-        self.check_bn(bn, xm.cols, "global pool statistics")?;
+        validate::bn_relu_global_pool_fwd(x, xm, shape, bn, pooled)?;
         let p = global_pool_params(xm, shape, 0, 0)?;
         let [mean, var, gamma, beta] = self.bn_addresses(bn);
         let addrs = [self.addr(x, xm.offset), mean, var, gamma, beta, self.addr(pooled, 0)];
@@ -191,13 +168,7 @@ impl<D: Device> KernelBackend<D> {
         dxm: Mat,
         sums: &mut DeviceBuf<D>,
     ) -> Result<()> {
-        check_range(dpooled, 0, shape.n.saturating_mul(xm.cols), "pooled gradient")?;
-        check_mat(x, xm, "global pool input")?;
-        check_mat(dx, dxm, "global pool input grad")?;
-        check_pixels(xm, shape, "global pool input")?;
-        same_shape(dxm, xm, "global pool backward")?;
-        check_range(sums, 0, 2 * xm.cols, "global pool sums")?;
-        self.check_bn(bn, xm.cols, "global pool statistics")?;
+        validate::bn_relu_global_pool_bwd(dpooled, x, xm, shape, bn, dx, dxm, sums)?;
         let tiles = SumTiles::new(xm.rows, xm.cols)?;
         let p = global_pool_params(xm, shape, dxm.ld, tiles.tile_rows)?;
         let [mean, var, gamma, beta] = self.bn_addresses(bn);

@@ -1,19 +1,13 @@
 //! Launch wrappers of `kernels/transition.cu`. The GEMM grid and the split reductions are the
 //! ones of `conv1x1.rs`.
 
-use super::check_pixels;
 use super::conv1x1::{DgradRuns, WgradSplit, fwd_cfg};
-use super::pool::check_channels;
 use crate::backend::cuda::device::Device;
 use crate::backend::cuda::params::transition::TransitionParams;
-use crate::backend::cuda::{DeviceBuf, KernelBackend, check_mat, check_range, u32_of};
+use crate::backend::cuda::{DeviceBuf, KernelBackend, u32_of};
+use crate::backend::validate;
 use crate::backend::{At, BnRef, Mat, Spatial};
 use crate::error::Result;
-
-/// Output extent of the transition's AvgPool2d(2): an odd last row or column is dropped.
-fn pooled(s: Spatial) -> Spatial {
-    Spatial { n: s.n, h: s.h / 2, w: s.w / 2 }
-}
 
 /// The params of a transition from x (`xm`, spatial `shape`) to y or dy (`ym`).
 fn transition_params(
@@ -51,12 +45,7 @@ impl<D: Device> KernelBackend<D> {
         y: &mut DeviceBuf<D>,
         ym: Mat,
     ) -> Result<()> {
-        check_mat(x, xm, "transition input")?;
-        check_mat(y, ym, "transition output")?;
-        check_pixels(xm, shape, "transition input")?;
-        check_pixels(ym, pooled(shape), "transition output")?;
-        check_range(w.buf, w.offset, ym.cols * xm.cols, "transition weight")?;
-        self.check_bn(bn, xm.cols, "transition statistics")?;
+        validate::bn_relu_avgpool_conv1x1_fwd(x, xm, shape, bn, w, y, ym)?;
         if ym.rows == 0 || ym.cols == 0 {
             return Ok(());
         }
@@ -91,12 +80,7 @@ impl<D: Device> KernelBackend<D> {
         dw: &mut DeviceBuf<D>,
         dw_off: usize,
     ) -> Result<()> {
-        check_mat(x, xm, "transition wgrad input")?;
-        check_mat(dy, dym, "transition wgrad output grad")?;
-        check_pixels(xm, shape, "transition wgrad input")?;
-        check_pixels(dym, pooled(shape), "transition wgrad output grad")?;
-        check_range(dw, dw_off, dym.cols * xm.cols, "transition weight grad")?;
-        self.check_bn(bn, xm.cols, "transition wgrad statistics")?;
+        validate::bn_relu_avgpool_conv1x1_wgrad(x, xm, shape, bn, dy, dym, dw, dw_off)?;
         if dym.rows == 0 || xm.cols == 0 || dym.cols == 0 {
             return Ok(());
         }
@@ -135,16 +119,7 @@ impl<D: Device> KernelBackend<D> {
         dxm: Mat,
         sums: &mut DeviceBuf<D>,
     ) -> Result<()> {
-        check_mat(dy, dym, "transition dgrad output grad")?;
-        check_mat(x, xm, "transition dgrad input")?;
-        check_mat(dx, dxm, "transition dgrad input grad")?;
-        check_pixels(xm, shape, "transition dgrad input")?;
-        check_pixels(dxm, shape, "transition dgrad input grad")?;
-        check_pixels(dym, pooled(shape), "transition dgrad output grad")?;
-        check_channels(dxm, xm, "transition dgrad")?;
-        check_range(w.buf, w.offset, dym.cols * xm.cols, "transition weight")?;
-        check_range(sums, 0, 2 * xm.cols, "transition dgrad sums")?;
-        self.check_bn(bn, xm.cols, "transition dgrad statistics")?;
+        validate::bn_relu_avgpool_conv1x1_dgrad(dy, dym, w, x, xm, shape, bn, dx, dxm, sums)?;
         if xm.cols == 0 {
             return Ok(());
         }

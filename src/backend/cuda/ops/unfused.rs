@@ -1,23 +1,13 @@
 //! Launch wrappers of `kernels/unfused.cu`: the unfused ops of the baseline.
 
-use super::pool::{SumTiles, check_channels, stem_pool_out};
-use super::{check_pixels, elementwise_cfg};
+use super::elementwise_cfg;
+use super::pool::{SumTiles, stem_pool_out};
 use crate::backend::cuda::device::Device;
 use crate::backend::cuda::params::unfused::{UnfusedParams, UnfusedPoolParams};
-use crate::backend::cuda::{DeviceBuf, KernelBackend, check_mat, check_range, u32_of};
+use crate::backend::cuda::{DeviceBuf, KernelBackend, u32_of};
+use crate::backend::validate;
 use crate::backend::{BnRef, Mat, PoolWindow, Spatial, StatsRef};
-use crate::error::{Error, Result};
-
-/// Errors unless two matrices an elementwise op pairs up have the same shape.
-fn same_extent(a: Mat, b: Mat, what: &str) -> Result<()> {
-    if (a.rows, a.cols) != (b.rows, b.cols) {
-        return Err(Error::Shape(format!(
-            "{what}: {}x{} and {}x{} matrices",
-            a.rows, a.cols, b.rows, b.cols
-        )));
-    }
-    Ok(())
-}
+use crate::error::Result;
 
 /// Params of an elementwise op reading `xm` and writing (or reading) `ym`.
 fn unfused_params(xm: Mat, ym: Mat, accumulate: bool, tile_rows: u32) -> Result<UnfusedParams> {
@@ -56,13 +46,6 @@ fn pool_params(
     })
 }
 
-fn check_window(w: PoolWindow) -> Result<()> {
-    if w.h == 0 || w.w == 0 {
-        return Err(Error::Shape(format!("pooling window {}x{} is empty", w.h, w.w)));
-    }
-    Ok(())
-}
-
 /// The max-pool's window field, unused by its kernels.
 const NO_WINDOW: PoolWindow = PoolWindow { h: 1, w: 1 };
 
@@ -76,9 +59,7 @@ impl<D: Device> KernelBackend<D> {
         dm: Mat,
         accumulate: bool,
     ) -> Result<()> {
-        check_mat(src, sm, "copy_columns source")?;
-        check_mat(dst, dm, "copy_columns destination")?;
-        same_extent(sm, dm, "copy_columns")?;
+        validate::copy_columns(src, sm, dst, dm)?;
         let p = unfused_params(sm, dm, accumulate, 0)?;
         let addrs = [self.addr(src, sm.offset), self.addr(dst, dm.offset)];
         // SAFETY: src covers sm, dst covers dm, of the same shape (checked above).
@@ -94,10 +75,7 @@ impl<D: Device> KernelBackend<D> {
         y: &mut DeviceBuf<D>,
         ym: Mat,
     ) -> Result<()> {
-        check_mat(x, xm, "bn_apply input")?;
-        check_mat(y, ym, "bn_apply output")?;
-        same_extent(xm, ym, "bn_apply")?;
-        self.check_bn(bn, xm.cols, "bn_apply")?;
+        validate::bn_apply(x, xm, bn, y, ym)?;
         let p = unfused_params(xm, ym, false, 0)?;
         let [mean, var, gamma, beta] = self.bn_addresses(bn);
         let addrs = [self.addr(x, xm.offset), mean, var, gamma, beta, self.addr(y, ym.offset)];
@@ -107,9 +85,7 @@ impl<D: Device> KernelBackend<D> {
 
     /// See `Backend::relu_fwd`.
     pub fn relu_fwd(&self, x: &DeviceBuf<D>, xm: Mat, y: &mut DeviceBuf<D>, ym: Mat) -> Result<()> {
-        check_mat(x, xm, "relu input")?;
-        check_mat(y, ym, "relu output")?;
-        same_extent(xm, ym, "relu")?;
+        validate::relu_fwd(x, xm, y, ym)?;
         let p = unfused_params(xm, ym, false, 0)?;
         let addrs = [self.addr(x, xm.offset), self.addr(y, ym.offset)];
         // SAFETY: x covers xm, y covers ym, of the same shape (checked above).
@@ -118,9 +94,7 @@ impl<D: Device> KernelBackend<D> {
 
     /// See `Backend::relu_bwd`.
     pub fn relu_bwd(&self, g: &mut DeviceBuf<D>, gm: Mat, x: &DeviceBuf<D>, xm: Mat) -> Result<()> {
-        check_mat(g, gm, "relu backward gradient")?;
-        check_mat(x, xm, "relu backward input")?;
-        same_extent(gm, xm, "relu backward")?;
+        validate::relu_bwd(g, gm, x, xm)?;
         let p = unfused_params(xm, gm, false, 0)?;
         let addrs = [self.addr(g, gm.offset), self.addr(x, xm.offset)];
         // SAFETY: g covers gm, x covers xm, of the same shape (checked above).
@@ -137,11 +111,7 @@ impl<D: Device> KernelBackend<D> {
         stats: StatsRef<'_, DeviceBuf<D>>,
         sums: &mut DeviceBuf<D>,
     ) -> Result<()> {
-        check_mat(g, gm, "bn_grad_sums gradient")?;
-        check_mat(x, xm, "bn_grad_sums input")?;
-        same_extent(gm, xm, "bn_grad_sums")?;
-        self.check_stats(stats, xm.cols, "bn_grad_sums")?;
-        check_range(sums, 0, 2 * xm.cols, "bn_grad_sums sums")?;
+        validate::bn_grad_sums(g, gm, x, xm, stats, sums)?;
         let tiles = SumTiles::new(xm.rows, xm.cols)?;
         let p = unfused_params(xm, gm, false, tiles.tile_rows)?;
         let addrs = [
@@ -169,13 +139,8 @@ impl<D: Device> KernelBackend<D> {
         y: &mut DeviceBuf<D>,
         ym: Mat,
     ) -> Result<()> {
-        check_window(window)?;
-        check_mat(x, xm, "avg_pool input")?;
-        check_mat(y, ym, "avg_pool output")?;
+        validate::avg_pool_fwd(x, xm, shape, window, y, ym)?;
         let out = window.out(shape);
-        check_pixels(xm, shape, "avg_pool input")?;
-        check_pixels(ym, out, "avg_pool output")?;
-        check_channels(xm, ym, "avg_pool")?;
         let p = pool_params(xm, shape, out, ym.ld, 0, window)?;
         let addrs = [self.addr(x, xm.offset), self.addr(y, ym.offset)];
         // SAFETY: x covers xm (shape's pixels), y covers ym (the pooled pixels), same channels.
@@ -193,13 +158,8 @@ impl<D: Device> KernelBackend<D> {
         dx: &mut DeviceBuf<D>,
         dxm: Mat,
     ) -> Result<()> {
-        check_window(window)?;
-        check_mat(dy, dym, "avg_pool output grad")?;
-        check_mat(dx, dxm, "avg_pool input grad")?;
+        validate::avg_pool_bwd(dy, dym, shape, window, dx, dxm)?;
         let out = window.out(shape);
-        check_pixels(dxm, shape, "avg_pool input grad")?;
-        check_pixels(dym, out, "avg_pool output grad")?;
-        check_channels(dxm, dym, "avg_pool")?;
         let p = pool_params(dxm, shape, out, dym.ld, dxm.ld, window)?;
         let addrs = [self.addr(dy, dym.offset), self.addr(dx, dxm.offset)];
         // SAFETY: dy covers dym (the pooled pixels), dx covers dxm (shape's pixels).
@@ -215,12 +175,8 @@ impl<D: Device> KernelBackend<D> {
         y: &mut DeviceBuf<D>,
         ym: Mat,
     ) -> Result<()> {
-        check_mat(x, xm, "max_pool input")?;
-        check_mat(y, ym, "max_pool output")?;
+        validate::max_pool_fwd(x, xm, shape, y, ym)?;
         let out = stem_pool_out(shape);
-        check_pixels(xm, shape, "max_pool input")?;
-        check_pixels(ym, out, "max_pool output")?;
-        check_channels(xm, ym, "max_pool")?;
         let p = pool_params(xm, shape, out, ym.ld, 0, NO_WINDOW)?;
         let addrs = [self.addr(x, xm.offset), self.addr(y, ym.offset)];
         // SAFETY: x covers xm (shape's pixels), y covers ym (the pooled pixels), same channels.
@@ -239,14 +195,8 @@ impl<D: Device> KernelBackend<D> {
         dx: &mut DeviceBuf<D>,
         dxm: Mat,
     ) -> Result<()> {
-        check_mat(dy, dym, "max_pool output grad")?;
-        check_mat(x, xm, "max_pool input")?;
-        check_mat(dx, dxm, "max_pool input grad")?;
+        validate::max_pool_bwd(dy, dym, x, xm, shape, dx, dxm)?;
         let out = stem_pool_out(shape);
-        check_pixels(xm, shape, "max_pool input")?;
-        same_extent(xm, dxm, "max_pool input grad")?;
-        check_pixels(dym, out, "max_pool output grad")?;
-        check_channels(xm, dym, "max_pool")?;
         let p = pool_params(xm, shape, out, dym.ld, dxm.ld, NO_WINDOW)?;
         let addrs = [self.addr(dy, dym.offset), self.addr(x, xm.offset), self.addr(dx, dxm.offset)];
         // SAFETY: dy covers dym (the pooled pixels), x and dx their same-shaped matrices.
