@@ -123,30 +123,3 @@ fn max_pool<D: Device>(device: &KernelBackend<D>) {
         }
     }
 }
-
-/// The wrappers refuse, before launching anything, shapes their kernels would index out of
-/// bounds with.
-#[cfg(feature = "cuda-emu")]
-pub fn unfused_wrappers_reject_mismatched_shapes() {
-    use densenet::backend::{Category, Spatial};
-    use densenet::emu;
-    let b = densenet::backend::cuda::EmuBackend::new().unwrap();
-    let (shape, c) = (Spatial { n: 2, h: 5, w: 4 }, 3);
-    let x = b.alloc(shape.pixels() * c, Category::Workspace).unwrap();
-    let mut y = b.alloc(shape.pixels() * c, Category::Workspace).unwrap();
-    let xm = Mat::dense(0, shape.pixels(), c);
-    let fewer = Mat::dense(0, shape.pixels() - 1, c);
-    emu::take_launches();
-    assert!(b.copy_columns(&x, xm, &mut y, fewer, false).is_err());
-    assert!(b.relu_bwd(&mut y, fewer, &x, xm).is_err());
-    assert!(b.avg_pool_fwd(&x, xm, shape, PoolWindow { h: 0, w: 2 }, &mut y, Mat::dense(0, 0, c)).is_err());
-    assert!(b.avg_pool_fwd(&x, xm, shape, PoolWindow { h: 2, w: 2 }, &mut y, Mat::dense(0, 9, c)).is_err());
-    assert!(
-        b.avg_pool_bwd(&x, Mat::dense(0, 8, c), shape, PoolWindow { h: 2, w: 2 }, &mut y, fewer).is_err()
-    );
-    assert!(b.max_pool_fwd(&x, fewer, shape, &mut y, Mat::dense(0, 12, c)).is_err());
-    assert!(b.max_pool_bwd(&x, Mat::dense(0, 12, c), &x, xm, shape, &mut y, fewer).is_err());
-    assert_eq!(emu::take_launches(), Vec::<&str>::new());
-    b.max_pool_fwd(&x, xm, shape, &mut y, Mat::dense(0, 12, c)).unwrap();
-    assert_eq!(emu::take_launches(), vec!["max_pool_fwd_f32"]);
-}
