@@ -63,6 +63,13 @@ pub(super) fn wgrad_splits(pixels: usize, tile_blocks: usize, len: usize, stage:
     (pixels.div_ceil(split_pixels), split_pixels)
 }
 
+/// Pixel blocks of a data-gradient launch over `pixels` pixels in tiles of `rows`, for `c_in`
+/// channels (not 0): one per tile, at most [`DGRAD_MAX_PIXEL_BLOCKS`], and their rows of
+/// `2·c_in` partials within the scratch; the blocks walk the tiles grid-stride.
+pub(super) fn dgrad_pixel_blocks(pixels: usize, rows: usize, c_in: usize) -> usize {
+    pixels.div_ceil(rows).min(DGRAD_MAX_PIXEL_BLOCKS).min(SCRATCH_FLOATS / (2 * c_in)).max(1)
+}
+
 impl<D: Device> KernelBackend<D> {
     /// See `Backend::bn_relu_conv3x3_fwd`.
     #[allow(clippy::too_many_arguments)]
@@ -202,8 +209,7 @@ impl<D: Device> KernelBackend<D> {
             return self.fill_zero(sums, 0, 2 * c_in);
         }
         let (tile, rows) = least_padding(c_in, &GEMM_TILES, |t| t.0);
-        let pixel_blocks =
-            pixels.div_ceil(rows).min(DGRAD_MAX_PIXEL_BLOCKS).min(SCRATCH_FLOATS / (2 * c_in)).max(1);
+        let pixel_blocks = dgrad_pixel_blocks(pixels, rows, c_in);
         let p = Conv3x3Params {
             n,
             h,
