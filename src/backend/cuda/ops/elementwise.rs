@@ -1,6 +1,6 @@
 //! Launch wrappers of the statistics, batch-norm backward, loss and optimiser kernels.
 
-use super::elementwise_cfg;
+use super::{Cut, SplitRule, elementwise_cfg, split};
 use crate::backend::cuda::device::{Device, LaunchCfg};
 use crate::backend::cuda::params::{
     BnElementwiseParams, BnFoldParams, ChannelStatsParams, RunningStatsParams, SgdKernelParams,
@@ -21,10 +21,9 @@ const STATS_MAX_SPLITS: usize = 256;
 /// STATS_MAX_SPLITS of them, and no more than the scratch holds: (mean, M2) per run and channel
 /// as doubles, plus one float to align them.
 pub(super) fn stats_split(rows: usize, cols: usize) -> (usize, usize) {
-    let by_scratch = (SCRATCH_FLOATS - 1) / (4 * cols);
-    let splits = rows.div_ceil(STATS_MIN_ROWS).clamp(1, STATS_MAX_SPLITS.min(by_scratch.max(1)));
-    let rows_per_split = rows.div_ceil(splits).max(1);
-    (rows.div_ceil(rows_per_split).max(1), rows_per_split)
+    let max_splits = STATS_MAX_SPLITS.min((SCRATCH_FLOATS - 1) / (4 * cols));
+    let s = split(rows, SplitRule { min_run: STATS_MIN_ROWS, max_splits, cut: Cut::Runs { floor: 1 } });
+    (s.splits, s.run)
 }
 
 impl<D: Device> KernelBackend<D> {

@@ -43,6 +43,54 @@ pub(super) fn split_sum_launch(
     Ok((p, LaunchCfg::channel_tiles::<EW_COLS, EW_ROWS>(len, 1)))
 }
 
+/// How a kernel family cuts a deterministic reduction into splits (see [`split`]).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct SplitRule {
+    /// Fewest units (not 0) a split is meant to cover, so that its work outweighs writing and
+    /// re-reading its partials: there are at most ⌈units / min_run⌉ splits.
+    pub(super) min_run: usize,
+    /// Most splits: the family's block target and what its partials leave room for in the
+    /// scratch, whichever is smaller.
+    pub(super) max_splits: usize,
+    /// How the units are dealt out to the splits.
+    pub(super) cut: Cut,
+}
+
+/// How a [`SplitRule`] deals the units out.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Cut {
+    /// Split s takes the contiguous units [s·run, (s+1)·run): the count is evened out to equal
+    /// runs (but the last), none shorter than `floor` (not 0) units, which may leave fewer
+    /// splits than the count.
+    Runs { floor: usize },
+    /// Split s takes units s, s + splits, s + 2·splits, … (a grid-stride loop), so the count is
+    /// the number of splits as it is.
+    Strided,
+}
+
+/// A reduction's cut: `splits` rows of partials, each over at most `run` units.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Split {
+    pub(super) splits: usize,
+    pub(super) run: usize,
+}
+
+/// The one split-count rule of every split reduction of this backend (weight gradients, data-
+/// gradient sums, channel statistics, pooling sums): the count is ⌈units / min_run⌉ within
+/// [1, max_splits], then dealt out as `rule.cut` says. It depends on the shape only, never
+/// on the device, so the finishing kernels add the same partials in the same order on every
+/// run and the results are bit-identical. `units` may be 0 (one split).
+pub(super) fn split(units: usize, rule: SplitRule) -> Split {
+    let count = units.div_ceil(rule.min_run).min(rule.max_splits).max(1);
+    match rule.cut {
+        Cut::Runs { floor } => {
+            let run = units.div_ceil(count).max(floor);
+            Split { splits: units.div_ceil(run).max(1), run }
+        }
+        Cut::Strided => Split { splits: count, run: units.div_ceil(count) },
+    }
+}
+
 /// An elementwise launch over a rows × cols matrix: 32-channel × 8-row blocks.
 pub(super) fn elementwise_cfg(rows: usize, cols: usize) -> LaunchCfg {
     let row_blocks = rows.div_ceil(EW_ROWS as usize * ROWS_PER_THREAD).clamp(1, 65_535) as u32;
