@@ -174,7 +174,8 @@ mod tests {
         (3_211_264, 128, 512, 98),
         (3_211_264, 1024, 64, 784),
     ];
-    /// conv3x3 / conv weight gradients, 16-pixel stages: (pixels, tile blocks, dW floats) → (splits, pixels per split).
+    /// conv3x3 / conv weight gradients, 16-pixel stages: (pixels, tile blocks, dW floats) →
+    /// (splits, pixels per split).
     const WGRAD_CONV: &[(usize, usize, usize, usize, usize)] = &[
         (1, 1, 288, 1, 16),
         (1000, 1, 2_097_152, 2, 512),
