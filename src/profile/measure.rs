@@ -31,40 +31,20 @@ pub fn measure<B: Backend>(
 
     backend.reset_peak();
     let before = backend.memory();
+    let train = path != PathKind::EfficientInference;
+    let labels: &[u32] = if train { &labels } else { &[] };
     let (report, seconds) = match path {
         PathKind::EfficientTraining => {
-            let mut net = Network::new(backend, cfg, n, h, w, Options::train().with_optimizer())?;
-            net.set_params(&params, &running)?;
-            net.set_batch(&images, &labels)?;
-            let seconds = median_seconds(steps, || {
-                net.forward()?;
-                net.backward()?;
-                net.sgd_step(SGD)?;
-                net.backend().synchronize()
-            })?;
-            (net.backend().memory(), seconds)
+            let net = Network::new(backend, cfg, n, h, w, Options::train().with_optimizer())?;
+            run_steps(net, &params, &running, &images, labels, train, steps)?
         }
         PathKind::EfficientInference => {
-            let mut net = Network::new(backend, cfg, n, h, w, Options::eval())?;
-            net.set_params(&params, &running)?;
-            net.set_batch(&images, &[])?;
-            let seconds = median_seconds(steps, || {
-                net.forward()?;
-                net.backend().synchronize()
-            })?;
-            (net.backend().memory(), seconds)
+            let net = Network::new(backend, cfg, n, h, w, Options::eval())?;
+            run_steps(net, &params, &running, &images, labels, train, steps)?
         }
         PathKind::BaselineTraining => {
-            let mut net = BaselineNetwork::new(backend, cfg, n, h, w, true)?;
-            net.set_params(&params, &running)?;
-            net.set_batch(&images, &labels)?;
-            let seconds = median_seconds(steps, || {
-                net.forward()?;
-                net.backward()?;
-                net.sgd_step(SGD)?;
-                net.backend().synchronize()
-            })?;
-            (net.backend().memory(), seconds)
+            let net = BaselineNetwork::new(backend, cfg, n, h, w, true)?;
+            run_steps(net, &params, &running, &images, labels, train, steps)?
         }
     };
     Ok(Measured {
@@ -73,6 +53,71 @@ pub fn measure<B: Backend>(
         seconds,
         steps,
     })
+}
+
+/// What the step loop calls on a network: the inherent methods of the same names that both
+/// kinds have, so that one loop measures both.
+trait StepNet<B: Backend> {
+    fn set_params(&mut self, params: &[f32], running: &[f32]) -> Result<()>;
+    fn set_batch(&mut self, images: &[f32], labels: &[u32]) -> Result<()>;
+    fn forward(&mut self) -> Result<()>;
+    fn backward(&mut self) -> Result<()>;
+    fn sgd_step(&mut self, hp: SgdParams) -> Result<()>;
+    fn backend(&self) -> &B;
+}
+
+/// Implements [`StepNet`] for a network type by forwarding to its inherent methods (which
+/// method-call syntax picks before the trait's, so these do not recurse).
+macro_rules! step_net {
+    ($net:ident) => {
+        impl<B: Backend> StepNet<B> for $net<B> {
+            fn set_params(&mut self, params: &[f32], running: &[f32]) -> Result<()> {
+                self.set_params(params, running)
+            }
+            fn set_batch(&mut self, images: &[f32], labels: &[u32]) -> Result<()> {
+                self.set_batch(images, labels)
+            }
+            fn forward(&mut self) -> Result<()> {
+                self.forward()
+            }
+            fn backward(&mut self) -> Result<()> {
+                self.backward()
+            }
+            fn sgd_step(&mut self, hp: SgdParams) -> Result<()> {
+                self.sgd_step(hp)
+            }
+            fn backend(&self) -> &B {
+                self.backend()
+            }
+        }
+    };
+}
+step_net!(Network);
+step_net!(BaselineNetwork);
+
+/// Loads `params`, `running` and the batch into `net`, then times `steps` steps (a forward,
+/// and with `train` a backward and an SGD step); returns the backend's memory report after
+/// the last one and the median step time.
+fn run_steps<B: Backend>(
+    mut net: impl StepNet<B>,
+    params: &[f32],
+    running: &[f32],
+    images: &[f32],
+    labels: &[u32],
+    train: bool,
+    steps: usize,
+) -> Result<(MemoryReport, f64)> {
+    net.set_params(params, running)?;
+    net.set_batch(images, labels)?;
+    let seconds = median_seconds(steps, || {
+        net.forward()?;
+        if train {
+            net.backward()?;
+            net.sgd_step(SGD)?;
+        }
+        net.backend().synchronize()
+    })?;
+    Ok((net.backend().memory(), seconds))
 }
 
 /// Median wall time of `steps` calls of `step` (each ends by synchronising the backend). With

@@ -3,7 +3,7 @@
 //! splits and data-gradient runs whose partials live in the backend's scratch and are added in
 //! a fixed order by a finishing kernel. The splits depend on the shape only, never on the device.
 
-use super::split_sum_launch;
+use super::{Cut, SplitRule, split, split_sum_launch};
 use crate::backend::cuda::device::{Device, LaunchCfg};
 use crate::backend::cuda::params::conv1x1::Conv1x1Params;
 use crate::backend::cuda::{DeviceBuf, KernelBackend, SCRATCH_FLOATS, u32_of};
@@ -54,12 +54,11 @@ pub(super) struct WgradSplit {
 impl WgradSplit {
     /// The split of `rows` rows for a `cout × cin` weight (none of them 0).
     pub(super) fn new(rows: usize, cout: usize, cin: usize) -> Result<Self> {
-        let steps = rows.div_ceil(TILE_K);
         let tiles = cout.div_ceil(TILE) * cin.div_ceil(TILE);
-        let fit = SCRATCH_FLOATS / (cout * cin);
-        let want = steps.div_ceil(MIN_WGRAD_RUN).min(TARGET_BLOCKS.div_ceil(tiles)).min(fit).max(1);
-        let run = steps.div_ceil(want);
-        Ok(WgradSplit { splits: u32_of(steps.div_ceil(run), "splits")?, run: u32_of(run, "run")?, cout, cin })
+        let max_splits = TARGET_BLOCKS.div_ceil(tiles).min(SCRATCH_FLOATS / (cout * cin));
+        let rule = SplitRule { min_run: MIN_WGRAD_RUN, max_splits, cut: Cut::Runs { floor: 1 } };
+        let s = split(rows.div_ceil(TILE_K), rule);
+        Ok(WgradSplit { splits: u32_of(s.splits, "splits")?, run: u32_of(s.run, "run")?, cout, cin })
     }
 
     /// Grid: output-channel tiles × input-channel tiles × splits.
@@ -81,13 +80,14 @@ pub(super) struct DgradRuns {
 impl DgradRuns {
     /// The runs over `rows` rows of a gradient with `cin` channels (neither 0).
     pub(super) fn new(rows: usize, cin: usize) -> Result<Self> {
-        let tiles = rows.div_ceil(TILE);
         // Each run stores 2·cin doubles (4·cin floats); one float more aligns them.
         let fit = (SCRATCH_FLOATS - 1) / (4 * cin);
-        let want =
-            tiles.div_ceil(MIN_DGRAD_RUN).min(TARGET_BLOCKS.div_ceil(cin.div_ceil(TILE))).min(fit).max(1);
-        let run = tiles.div_ceil(want);
-        Ok(DgradRuns { splits: u32_of(tiles.div_ceil(run), "runs")?, run: u32_of(run, "run")?, cin })
+        let max_splits = TARGET_BLOCKS.div_ceil(cin.div_ceil(TILE)).min(fit);
+        let s = split(
+            rows.div_ceil(TILE),
+            SplitRule { min_run: MIN_DGRAD_RUN, max_splits, cut: Cut::Runs { floor: 1 } },
+        );
+        Ok(DgradRuns { splits: u32_of(s.splits, "runs")?, run: u32_of(s.run, "run")?, cin })
     }
 
     /// Grid: input-channel tiles × runs.

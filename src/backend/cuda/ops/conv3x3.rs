@@ -2,7 +2,7 @@
 //! weight gradient and data gradient (implicit GEMMs; the gradients reduce over pixels through
 //! the backend's scratch and `split_sum_f32`, deterministically).
 
-use super::split_sum_launch;
+use super::{Cut, SplitRule, split, split_sum_launch};
 use crate::backend::cuda::device::{Device, LaunchCfg};
 use crate::backend::cuda::params::conv3x3::Conv3x3Params;
 use crate::backend::cuda::{DeviceBuf, KernelBackend, SCRATCH_FLOATS, u32_of};
@@ -55,12 +55,23 @@ fn least_padding<T: Copy>(n: usize, tiles: &[T], width: impl Fn(T) -> u32) -> T 
 /// scratch (`with_scratch` reports a dW too large for even one). Returns the number of splits
 /// and the pixels per split, a multiple of the kernel's `stage`.
 pub(super) fn wgrad_splits(pixels: usize, tile_blocks: usize, len: usize, stage: usize) -> (usize, usize) {
-    let splits = (WGRAD_TARGET_BLOCKS / tile_blocks)
-        .min(pixels.div_ceil(WGRAD_MIN_SPLIT_PIXELS))
-        .min(SCRATCH_FLOATS / len)
-        .max(1);
-    let split_pixels = pixels.div_ceil(splits).next_multiple_of(stage);
-    (pixels.div_ceil(split_pixels), split_pixels)
+    // Cut in whole stages; the fewest stages a split covers is exactly the fewest pixels because
+    // both callers' stage (16) divides them.
+    let rule = SplitRule {
+        min_run: WGRAD_MIN_SPLIT_PIXELS.div_ceil(stage),
+        max_splits: (WGRAD_TARGET_BLOCKS / tile_blocks).min(SCRATCH_FLOATS / len),
+        cut: Cut::Runs { floor: 1 },
+    };
+    let s = split(pixels.div_ceil(stage), rule);
+    (s.splits, s.run * stage)
+}
+
+/// Pixel blocks of a data-gradient launch over `pixels` pixels in tiles of `rows`, for `c_in`
+/// channels (not 0): one per tile, at most [`DGRAD_MAX_PIXEL_BLOCKS`], and their rows of
+/// `2·c_in` partials within the scratch; the blocks walk the tiles grid-stride.
+pub(super) fn dgrad_pixel_blocks(pixels: usize, rows: usize, c_in: usize) -> usize {
+    let max_splits = DGRAD_MAX_PIXEL_BLOCKS.min(SCRATCH_FLOATS / (2 * c_in));
+    split(pixels.div_ceil(rows), SplitRule { min_run: 1, max_splits, cut: Cut::Strided }).splits
 }
 
 impl<D: Device> KernelBackend<D> {
@@ -202,8 +213,7 @@ impl<D: Device> KernelBackend<D> {
             return self.fill_zero(sums, 0, 2 * c_in);
         }
         let (tile, rows) = least_padding(c_in, &GEMM_TILES, |t| t.0);
-        let pixel_blocks =
-            pixels.div_ceil(rows).min(DGRAD_MAX_PIXEL_BLOCKS).min(SCRATCH_FLOATS / (2 * c_in)).max(1);
+        let pixel_blocks = dgrad_pixel_blocks(pixels, rows, c_in);
         let p = Conv3x3Params {
             n,
             h,

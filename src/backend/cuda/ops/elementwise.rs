@@ -1,6 +1,6 @@
 //! Launch wrappers of the statistics, batch-norm backward, loss and optimiser kernels.
 
-use super::elementwise_cfg;
+use super::{Cut, SplitRule, elementwise_cfg, split};
 use crate::backend::cuda::device::{Device, LaunchCfg};
 use crate::backend::cuda::params::{
     BnElementwiseParams, BnFoldParams, ChannelStatsParams, RunningStatsParams, SgdKernelParams,
@@ -16,6 +16,16 @@ const STATS_MIN_ROWS: usize = 1024;
 /// Most runs of `channel_stats`: enough blocks to fill a GPU with one 32-channel tile.
 const STATS_MAX_SPLITS: usize = 256;
 
+/// The runs of `channel_stats` over `rows` rows of `cols` channels (`cols` not 0): the number
+/// of splits and the rows per split. Runs of at least STATS_MIN_ROWS rows, at most
+/// STATS_MAX_SPLITS of them, and no more than the scratch holds: (mean, M2) per run and channel
+/// as doubles, plus one float to align them.
+pub(super) fn stats_split(rows: usize, cols: usize) -> (usize, usize) {
+    let max_splits = STATS_MAX_SPLITS.min((SCRATCH_FLOATS - 1) / (4 * cols));
+    let s = split(rows, SplitRule { min_run: STATS_MIN_ROWS, max_splits, cut: Cut::Runs { floor: 1 } });
+    (s.splits, s.run)
+}
+
 impl<D: Device> KernelBackend<D> {
     /// See `Backend::channel_stats`.
     pub fn channel_stats(
@@ -30,13 +40,7 @@ impl<D: Device> KernelBackend<D> {
         if xm.cols == 0 {
             return Ok(());
         }
-        // Runs of at least STATS_MIN_ROWS rows, at most STATS_MAX_SPLITS of them, and no more
-        // than the scratch holds: (mean, M2) per run and channel as doubles, plus one float
-        // to align them.
-        let by_scratch = (SCRATCH_FLOATS - 1) / (4 * xm.cols);
-        let splits = xm.rows.div_ceil(STATS_MIN_ROWS).clamp(1, STATS_MAX_SPLITS.min(by_scratch.max(1)));
-        let rows_per_split = xm.rows.div_ceil(splits).max(1);
-        let splits = xm.rows.div_ceil(rows_per_split).max(1);
+        let (splits, rows_per_split) = stats_split(xm.rows, xm.cols);
         let p = ChannelStatsParams {
             rows: u32_of(xm.rows, "rows")?,
             cols: u32_of(xm.cols, "cols")?,

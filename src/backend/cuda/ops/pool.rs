@@ -2,7 +2,7 @@
 //! max-pool's extent, channel checks, and the pixel tiling of the deterministic per-channel
 //! sums (`KernelBackend::tile_sums`).
 
-use super::{EW_COLS, EW_ROWS, elementwise_cfg};
+use super::{Cut, EW_COLS, EW_ROWS, SplitRule, elementwise_cfg, split};
 use crate::backend::cuda::device::{Device, LaunchCfg};
 use crate::backend::cuda::params::pool::{GlobalPoolParams, MaxPoolParams};
 use crate::backend::cuda::{DeviceBuf, KernelBackend, SCRATCH_FLOATS, u32_of};
@@ -39,9 +39,14 @@ impl SumTiles {
                 "{cols} channels: their partial sums exceed the kernel scratch"
             )));
         }
-        let tile_rows = rows.div_ceil(fit.min(MAX_TILES)).max(MIN_TILE_ROWS);
-        let tiles = rows.div_ceil(tile_rows).max(1);
-        Ok(SumTiles { tile_rows: u32_of(tile_rows, "tile rows")?, tiles: u32_of(tiles, "tiles")?, cols })
+        // Tiles of at least MIN_TILE_ROWS rows (but the last), rather than evened out below it.
+        let rule = SplitRule {
+            min_run: MIN_TILE_ROWS,
+            max_splits: fit.min(MAX_TILES),
+            cut: Cut::Runs { floor: MIN_TILE_ROWS },
+        };
+        let s = split(rows, rule);
+        Ok(SumTiles { tile_rows: u32_of(s.run, "tile rows")?, tiles: u32_of(s.splits, "tiles")?, cols })
     }
 
     /// The partial kernel's grid: blocks of 32 channels × 8 row threads, one block row per tile.
