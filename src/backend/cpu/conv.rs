@@ -678,7 +678,14 @@ fn gemm(
 
 #[cfg(test)]
 mod tests {
+    use super::super::oracle::{
+        affine_backward, bn_relu, bn_relu_backward, mat_to_tensor, tensor_to_nhwc, to_f64,
+    };
     use super::*;
+    use crate::reference::ops::{
+        ConvShape, avgpool2_backward, avgpool2_forward, conv2d_backward_data, conv2d_backward_weight,
+        conv2d_forward,
+    };
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
@@ -730,10 +737,6 @@ mod tests {
         (0..m.rows).flat_map(|p| (0..m.cols).map(move |c| f64::from(buf[m.at(p, c)]))).collect()
     }
 
-    fn to_f64(v: &[f32]) -> Vec<f64> {
-        v.iter().map(|&x| f64::from(x)).collect()
-    }
-
     /// Asserts that every element of `after` outside `m` still equals `before`, bit for bit.
     fn assert_outside_untouched(before: &[f32], after: &[f32], m: Mat) {
         let mut inside = vec![false; before.len()];
@@ -756,181 +759,18 @@ mod tests {
         err
     }
 
-    // ---- f64 references, plain nested loops ----
+    // ---- the f64 oracle (crate::reference::ops), through the shared NHWC bridge ----
 
-    /// relu(a⊙x + b) of every element of a Mat, dense; the mask is the same f32 test as the op's.
-    fn ref_bn_relu(buf: &[f32], m: Mat, bn: &Bn) -> Vec<f64> {
-        let mut out = vec![0.0; m.rows * m.cols];
-        for p in 0..m.rows {
-            for c in 0..m.cols {
-                let x = buf[m.at(p, c)];
-                if bn.a[c] * x + bn.b[c] > 0.0 {
-                    out[p * m.cols + c] = f64::from(bn.a[c]) * f64::from(x) + f64::from(bn.b[c]);
-                }
-            }
-        }
-        out
+    /// The oracle's description of a convolution geometry.
+    fn conv_shape(g: ConvGeom) -> ConvShape {
+        ConvShape { kernel: g.kernel, stride: g.stride, pad: g.pad }
     }
 
-    /// `tap(o, t)`: the input coordinate of output `o` at kernel tap `t`, if not padding.
-    fn ref_tap(o: usize, t: usize, g: ConvGeom, size: usize) -> Option<usize> {
-        let i = (o * g.stride + t) as isize - g.pad as isize;
-        (0..size as isize).contains(&i).then_some(i as usize)
-    }
-
-    /// Dense conv `out[n,oy,ox,co] = Σ x[n,iy,ix,ci]·W[co,ky,kx,ci]`.
-    fn ref_conv(x: &[f64], s: Spatial, cin: usize, g: ConvGeom, w: &[f32], cout: usize) -> Vec<f64> {
-        let (o, k) = (g.out(s), g.kernel);
-        let mut y = vec![0.0; o.pixels() * cout];
-        for n in 0..s.n {
-            for oy in 0..o.h {
-                for ox in 0..o.w {
-                    for co in 0..cout {
-                        let mut acc = 0.0;
-                        for ky in 0..k {
-                            for kx in 0..k {
-                                let (Some(iy), Some(ix)) = (ref_tap(oy, ky, g, s.h), ref_tap(ox, kx, g, s.w))
-                                else {
-                                    continue;
-                                };
-                                for ci in 0..cin {
-                                    let xv = x[((n * s.h + iy) * s.w + ix) * cin + ci];
-                                    acc += xv * f64::from(w[((co * k + ky) * k + kx) * cin + ci]);
-                                }
-                            }
-                        }
-                        y[((n * o.h + oy) * o.w + ox) * cout + co] = acc;
-                    }
-                }
-            }
-        }
-        y
-    }
-
-    /// Dense weight gradient `dW[co,ky,kx,ci] = Σ dy[n,oy,ox,co]·x[n,iy,ix,ci]`.
-    fn ref_conv_wgrad(x: &[f64], s: Spatial, cin: usize, g: ConvGeom, dy: &[f64], cout: usize) -> Vec<f64> {
-        let (o, k) = (g.out(s), g.kernel);
-        let mut dw = vec![0.0; cout * k * k * cin];
-        for n in 0..s.n {
-            for oy in 0..o.h {
-                for ox in 0..o.w {
-                    for ky in 0..k {
-                        for kx in 0..k {
-                            let (Some(iy), Some(ix)) = (ref_tap(oy, ky, g, s.h), ref_tap(ox, kx, g, s.w))
-                            else {
-                                continue;
-                            };
-                            for co in 0..cout {
-                                let d = dy[((n * o.h + oy) * o.w + ox) * cout + co];
-                                for ci in 0..cin {
-                                    dw[((co * k + ky) * k + kx) * cin + ci] +=
-                                        d * x[((n * s.h + iy) * s.w + ix) * cin + ci];
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        dw
-    }
-
-    /// Dense data gradient by scattering: `dx[n,iy,ix,ci] += dy[n,oy,ox,co]·W[co,ky,kx,ci]`.
-    fn ref_conv_dgrad(dy: &[f64], s: Spatial, cin: usize, g: ConvGeom, w: &[f32], cout: usize) -> Vec<f64> {
-        let (o, k) = (g.out(s), g.kernel);
-        let mut dx = vec![0.0; s.pixels() * cin];
-        for n in 0..s.n {
-            for oy in 0..o.h {
-                for ox in 0..o.w {
-                    for ky in 0..k {
-                        for kx in 0..k {
-                            let (Some(iy), Some(ix)) = (ref_tap(oy, ky, g, s.h), ref_tap(ox, kx, g, s.w))
-                            else {
-                                continue;
-                            };
-                            for co in 0..cout {
-                                let d = dy[((n * o.h + oy) * o.w + ox) * cout + co];
-                                for ci in 0..cin {
-                                    dx[((n * s.h + iy) * s.w + ix) * cin + ci] +=
-                                        d * f64::from(w[((co * k + ky) * k + kx) * cin + ci]);
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        dx
-    }
-
-    const ONE_BY_ONE: ConvGeom = ConvGeom { kernel: 1, stride: 1, pad: 0 };
+    const ONE_BY_ONE: ConvShape = ConvShape { kernel: 1, stride: 1, pad: 0 };
 
     /// `P` pixels as a batch of 1×1 images, for 1×1 convolutions.
     fn flat(p: usize) -> Spatial {
         Spatial { n: p, h: 1, w: 1 }
-    }
-
-    /// AvgPool2d(2, 2) of a dense activation.
-    fn ref_avgpool(x: &[f64], s: Spatial, c: usize) -> Vec<f64> {
-        let o = Spatial { n: s.n, h: s.h / 2, w: s.w / 2 };
-        let mut y = vec![0.0; o.pixels() * c];
-        for n in 0..s.n {
-            for oy in 0..o.h {
-                for ox in 0..o.w {
-                    for dy in 0..2 {
-                        for dx in 0..2 {
-                            for ch in 0..c {
-                                y[((n * o.h + oy) * o.w + ox) * c + ch] +=
-                                    x[((n * s.h + 2 * oy + dy) * s.w + 2 * ox + dx) * c + ch] / 4.0;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        y
-    }
-
-    /// Backward of [`ref_avgpool`]: each input gets a quarter of its window's gradient, 0 if dropped.
-    fn ref_unpool(d: &[f64], s: Spatial, c: usize) -> Vec<f64> {
-        let o = Spatial { n: s.n, h: s.h / 2, w: s.w / 2 };
-        let mut g = vec![0.0; s.pixels() * c];
-        for n in 0..s.n {
-            for y in 0..2 * o.h {
-                for x in 0..2 * o.w {
-                    for ch in 0..c {
-                        g[((n * s.h + y) * s.w + x) * c + ch] =
-                            d[((n * o.h + y / 2) * o.w + x / 2) * c + ch] / 4.0;
-                    }
-                }
-            }
-        }
-        g
-    }
-
-    /// BN-ReLU backward: g = gpre ⊙ mask (f32 test, as the op), and `[Σg | Σg·x̂]`.
-    fn ref_bn_relu_bwd(gpre: &[f64], x: &[f32], xm: Mat, bn: &Bn) -> (Vec<f64>, Vec<f64>) {
-        let c = xm.cols;
-        let mut g = vec![0.0; xm.rows * c];
-        let mut sums = vec![0.0; 2 * c];
-        for p in 0..xm.rows {
-            for j in 0..c {
-                let xv = x[xm.at(p, j)];
-                if bn.a[j] * xv + bn.b[j] > 0.0 {
-                    let gv = gpre[p * c + j];
-                    g[p * c + j] = gv;
-                    sums[j] += gv;
-                    sums[c + j] += gv * (f64::from(xv) - f64::from(bn.mean[j])) * f64::from(bn.invstd[j]);
-                }
-            }
-        }
-        (g, sums)
-    }
-
-    /// `a ⊙ g` (+ `base` if given) per channel.
-    fn ref_scale(g: &[f64], bn: &Bn, base: Option<&[f64]>) -> Vec<f64> {
-        let c = bn.a.len();
-        (0..g.len()).map(|i| f64::from(bn.a[i % c]) * g[i] + base.map_or(0.0, |b| b[i])).collect()
     }
 
     // ---- dense layer 1×1 ----
@@ -945,7 +785,8 @@ mod tests {
             let (mut z, zm) = output(&mut r, p, cout);
             let before = z.clone();
             bn_relu_conv1x1_fwd(&x, xm, &bn, &w, &mut z, zm);
-            let want = ref_conv(&ref_bn_relu(&x, xm, &bn), flat(p), cin, ONE_BY_ONE, &w, cout);
+            let act = bn_relu(&mat_to_tensor(&x, xm, flat(p)), &bn);
+            let want = tensor_to_nhwc(&conv2d_forward(&act, &to_f64(&w), cout, ONE_BY_ONE));
             assert_close(&format!("conv1x1 fwd P={p} {cin}->{cout}"), &dense(&z, zm), &want);
             assert_outside_untouched(&before, &z, zm);
         }
@@ -962,8 +803,8 @@ mod tests {
             let mut dw = uniform(&mut r, cout * cin + 3, -1.0, 1.0);
             let before = dw.clone();
             bn_relu_conv1x1_wgrad(&x, xm, &bn, &dz, dzm, &mut dw);
-            let grad =
-                ref_conv_wgrad(&ref_bn_relu(&x, xm, &bn), flat(p), cin, ONE_BY_ONE, &dense(&dz, dzm), cout);
+            let act = bn_relu(&mat_to_tensor(&x, xm, flat(p)), &bn);
+            let grad = conv2d_backward_weight(&act, &mat_to_tensor(&dz, dzm, flat(p)), ONE_BY_ONE);
             let want: Vec<f64> = grad.iter().zip(&before).map(|(g, &b)| g + f64::from(b)).collect();
             assert_close(&format!("conv1x1 wgrad P={p} {cin}->{cout}"), &to_f64(&dw[..cout * cin]), &want);
             assert_eq!(dw[cout * cin..], before[cout * cin..]);
@@ -984,11 +825,14 @@ mod tests {
                 let (dx0, sums0) = (dx.clone(), sums.clone());
                 bn_relu_conv1x1_dgrad(&dz, dzm, &w, &x, xm, &bn, &mut dx, dxm, accumulate, &mut sums);
 
-                // dz · W is the transposed 1×1 conv, i.e. a 1×1 conv with W read as [cin][cout].
-                let gpre = ref_conv_dgrad(&dense(&dz, dzm), flat(p), cin, ONE_BY_ONE, &w, cout);
-                let (g, want_sums) = ref_bn_relu_bwd(&gpre, &x, xm, &bn);
-                let base = dense(&dx0, dxm);
-                let want_dx = ref_scale(&g, &bn, accumulate.then_some(&base[..]));
+                // dz · W is the transposed 1×1 conv.
+                let dz = mat_to_tensor(&dz, dzm, flat(p));
+                let gpre = conv2d_backward_data(&dz, &to_f64(&w), cin, 1, 1, ONE_BY_ONE);
+                let (g, want_sums) = bn_relu_backward(&gpre, &x, xm, &bn);
+                let mut want_dx = affine_backward(&g, &bn);
+                if accumulate {
+                    want_dx.iter_mut().zip(dense(&dx0, dxm)).for_each(|(d, b)| *d += b);
+                }
                 let what = format!("conv1x1 dgrad P={p} {cout}->{cin} accumulate={accumulate}");
                 assert_close(&format!("{what} dx"), &dense(&dx, dxm), &want_dx);
                 assert_close(&format!("{what} sums"), &to_f64(&sums[..2 * cin]), &want_sums);
@@ -1018,7 +862,8 @@ mod tests {
             let (mut y, ym) = output(&mut r, s.pixels(), cout);
             let before = y.clone();
             bn_relu_conv3x3_fwd(&z, zm, s, &bn, &w, &mut y, ym);
-            let want = ref_conv(&ref_bn_relu(&z, zm, &bn), s, cin, CONV3X3, &w, cout);
+            let act = bn_relu(&mat_to_tensor(&z, zm, s), &bn);
+            let want = tensor_to_nhwc(&conv2d_forward(&act, &to_f64(&w), cout, conv_shape(CONV3X3)));
             assert_close(&format!("conv3x3 fwd {s:?} {cin}->{cout}"), &dense(&y, ym), &want);
             assert_outside_untouched(&before, &y, ym);
         }
@@ -1035,7 +880,8 @@ mod tests {
             let mut dw = uniform(&mut r, len + 3, -1.0, 1.0);
             let before = dw.clone();
             bn_relu_conv3x3_wgrad(&z, zm, s, &bn, &dy, dym, &mut dw);
-            let grad = ref_conv_wgrad(&ref_bn_relu(&z, zm, &bn), s, cin, CONV3X3, &dense(&dy, dym), cout);
+            let act = bn_relu(&mat_to_tensor(&z, zm, s), &bn);
+            let grad = conv2d_backward_weight(&act, &mat_to_tensor(&dy, dym, s), conv_shape(CONV3X3));
             let want: Vec<f64> = grad.iter().zip(&before).map(|(g, &b)| g + f64::from(b)).collect();
             assert_close(&format!("conv3x3 wgrad {s:?} {cin}->{cout}"), &to_f64(&dw[..len]), &want);
             assert_eq!(dw[len..], before[len..]);
@@ -1054,8 +900,9 @@ mod tests {
             let mut sums = uniform(&mut r, 2 * cin + 2, -1.0, 1.0);
             let (g0, sums0) = (g.clone(), sums.clone());
             bn_relu_conv3x3_dgrad(&dy, dym, s, &w, &z, zm, &bn, &mut g, gm, &mut sums);
-            let gpre = ref_conv_dgrad(&dense(&dy, dym), s, cin, CONV3X3, &w, cout);
-            let (want_g, want_sums) = ref_bn_relu_bwd(&gpre, &z, zm, &bn);
+            let dy = mat_to_tensor(&dy, dym, s);
+            let gpre = conv2d_backward_data(&dy, &to_f64(&w), cin, s.h, s.w, conv_shape(CONV3X3));
+            let (want_g, want_sums) = bn_relu_backward(&gpre, &z, zm, &bn);
             let what = format!("conv3x3 dgrad {s:?} {cout}->{cin}");
             assert_close(&format!("{what} g"), &dense(&g, gm), &want_g);
             assert_close(&format!("{what} sums"), &to_f64(&sums[..2 * cin]), &want_sums);
@@ -1090,8 +937,8 @@ mod tests {
             let (mut y, ym) = output(&mut r, o.pixels(), cout);
             let before = y.clone();
             bn_relu_avgpool_conv1x1_fwd(&x, xm, s, &bn, &w, &mut y, ym);
-            let pooled = ref_avgpool(&ref_bn_relu(&x, xm, &bn), s, cin);
-            let want = ref_conv(&pooled, flat(o.pixels()), cin, ONE_BY_ONE, &w, cout);
+            let pooled = avgpool2_forward(&bn_relu(&mat_to_tensor(&x, xm, s), &bn));
+            let want = tensor_to_nhwc(&conv2d_forward(&pooled, &to_f64(&w), cout, ONE_BY_ONE));
             assert_close(&format!("transition fwd {s:?} {cin}->{cout}"), &dense(&y, ym), &want);
             assert_outside_untouched(&before, &y, ym);
         }
@@ -1108,8 +955,8 @@ mod tests {
             let mut dw = uniform(&mut r, cout * cin + 3, -1.0, 1.0);
             let before = dw.clone();
             bn_relu_avgpool_conv1x1_wgrad(&x, xm, s, &bn, &dy, dym, &mut dw);
-            let pooled = ref_avgpool(&ref_bn_relu(&x, xm, &bn), s, cin);
-            let grad = ref_conv_wgrad(&pooled, flat(o.pixels()), cin, ONE_BY_ONE, &dense(&dy, dym), cout);
+            let pooled = avgpool2_forward(&bn_relu(&mat_to_tensor(&x, xm, s), &bn));
+            let grad = conv2d_backward_weight(&pooled, &mat_to_tensor(&dy, dym, o), ONE_BY_ONE);
             let want: Vec<f64> = grad.iter().zip(&before).map(|(g, &b)| g + f64::from(b)).collect();
             assert_close(&format!("transition wgrad {s:?} {cin}->{cout}"), &to_f64(&dw[..cout * cin]), &want);
             assert_eq!(dw[cout * cin..], before[cout * cin..]);
@@ -1130,11 +977,12 @@ mod tests {
             let mut sums = uniform(&mut r, 2 * cin + 2, -1.0, 1.0);
             let (dx0, sums0) = (dx.clone(), sums.clone());
             bn_relu_avgpool_conv1x1_dgrad(&dy, dym, &w, &x, xm, s, &bn, &mut dx, dxm, &mut sums);
-            let dpooled = ref_conv_dgrad(&dense(&dy, dym), flat(o.pixels()), cin, ONE_BY_ONE, &w, cout);
-            let (g, want_sums) = ref_bn_relu_bwd(&ref_unpool(&dpooled, s, cin), &x, xm, &bn);
+            let dy = mat_to_tensor(&dy, dym, o);
+            let dpooled = conv2d_backward_data(&dy, &to_f64(&w), cin, o.h, o.w, ONE_BY_ONE);
+            let (g, want_sums) = bn_relu_backward(&avgpool2_backward(&dpooled, s.h, s.w), &x, xm, &bn);
             let what = format!("transition dgrad {s:?} {cout}->{cin}");
             let got = dense(&dx, dxm);
-            assert_close(&format!("{what} dx"), &got, &ref_scale(&g, &bn, None));
+            assert_close(&format!("{what} dx"), &got, &affine_backward(&g, &bn));
             assert_close(&format!("{what} sums"), &to_f64(&sums[..2 * cin]), &want_sums);
             // The cropped last row/column gets exactly zero.
             for p in 0..s.pixels() {
@@ -1185,7 +1033,8 @@ mod tests {
             let (mut y, ym) = output(&mut r, g.out(s).pixels(), cout);
             let before = y.clone();
             conv_fwd(&x, xm, s, g, &w, &mut y, ym);
-            let want = ref_conv(&dense(&x, xm), s, cin, g, &w, cout);
+            let want =
+                tensor_to_nhwc(&conv2d_forward(&mat_to_tensor(&x, xm, s), &to_f64(&w), cout, conv_shape(g)));
             assert_close(&format!("conv fwd {s:?} {g:?} {cin}->{cout}"), &dense(&y, ym), &want);
             assert_outside_untouched(&before, &y, ym);
         }
@@ -1201,7 +1050,8 @@ mod tests {
             let mut dw = uniform(&mut r, len + 3, -1.0, 1.0);
             let before = dw.clone();
             conv_wgrad(&x, xm, s, g, &dy, dym, &mut dw);
-            let grad = ref_conv_wgrad(&dense(&x, xm), s, cin, g, &dense(&dy, dym), cout);
+            let (x, dy) = (mat_to_tensor(&x, xm, s), mat_to_tensor(&dy, dym, g.out(s)));
+            let grad = conv2d_backward_weight(&x, &dy, conv_shape(g));
             let want: Vec<f64> = grad.iter().zip(&before).map(|(g, &b)| g + f64::from(b)).collect();
             assert_close(&format!("conv wgrad {s:?} {g:?} {cin}->{cout}"), &to_f64(&dw[..len]), &want);
             assert_eq!(dw[len..], before[len..]);
@@ -1217,7 +1067,8 @@ mod tests {
             let (mut dx, dxm) = output(&mut r, s.pixels(), cin);
             let before = dx.clone();
             conv_dgrad(&dy, dym, s, g, &w, &mut dx, dxm);
-            let want = ref_conv_dgrad(&dense(&dy, dym), s, cin, g, &w, cout);
+            let dy = mat_to_tensor(&dy, dym, g.out(s));
+            let want = tensor_to_nhwc(&conv2d_backward_data(&dy, &to_f64(&w), cin, s.h, s.w, conv_shape(g)));
             assert_close(&format!("conv dgrad {s:?} {g:?} {cout}->{cin}"), &dense(&dx, dxm), &want);
             assert_outside_untouched(&before, &dx, dxm);
         }

@@ -10,6 +10,8 @@
 //! (`backend::validate`); the slicing below relies on it and cannot go out of bounds.
 
 mod conv;
+#[cfg(test)]
+mod oracle;
 mod pointwise;
 mod unfused;
 

@@ -424,11 +424,21 @@ pub(super) fn sgd_update(params: &mut [f32], grads: &[f32], velocity: &mut [f32]
 
 #[cfg(test)]
 mod tests {
-    //! Every op against an f64 reference written with plain loops. Tolerance for f32 outputs:
+    //! Every op against an f64 reference: the oracle's ops (`crate::reference::ops`, through the
+    //! NHWC bridge in `super::oracle`) where it has one, plain loops where it has not (the
+    //! batch-norm backward pieces, the head's linear layer and loss, SGD). Tolerance for f32 outputs:
     //! relative error ‖out − ref‖₂ / ‖ref‖₂ ≤ 1e-5 ([`TOL`]). The batch-norm backward pieces
     //! are also checked, composed, against central finite differences of f64 scalar losses.
+    use super::super::oracle::{
+        affine_backward, bn_relu, bn_relu_backward, bn_sums, mat_to_tensor, nhwc_to_tensor, tensor_to_nhwc,
+        to_f64,
+    };
     use super::*;
     use crate::backend::BN_EPS;
+    use crate::reference::ops::{
+        batchnorm_train_forward, global_avg_pool_backward, global_avg_pool_forward, maxpool3s2p1_backward,
+        maxpool3s2p1_forward, maxpool3s2p1_window, relu_forward,
+    };
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
     use rand_distr::{Distribution, Normal};
@@ -501,85 +511,8 @@ mod tests {
         bn_from(&mean, &var, &gamma, &beta)
     }
 
-    fn pre(bn: &Bn, c: usize, x: f32) -> f64 {
-        f64::from(bn.a[c]) * f64::from(x) + f64::from(bn.b[c])
-    }
-
     fn xhat(bn: &Bn, c: usize, x: f32) -> f64 {
         (f64::from(x) - f64::from(bn.mean[c])) * f64::from(bn.invstd[c])
-    }
-
-    fn to_f64(v: &[f32]) -> Vec<f64> {
-        v.iter().map(|&x| f64::from(x)).collect()
-    }
-
-    // ---- f64 references -------------------------------------------------------------------
-
-    /// [Σg | Σg·x̂] of dense `g` (P × c) against x.
-    fn ref_sums(g: &[f64], x: &[f32], xm: Mat, bn: &Bn) -> Vec<f64> {
-        let c = xm.cols;
-        let mut s = vec![0.0; 2 * c];
-        for p in 0..xm.rows {
-            for ch in 0..c {
-                s[ch] += g[p * c + ch];
-                s[c + ch] += g[p * c + ch] * xhat(bn, ch, x[xm.at(p, ch)]);
-            }
-        }
-        s
-    }
-
-    /// The input pixels of max-pool output pixel `q` (3×3, stride 2, pad 1), row-major.
-    fn window(shape: Spatial, q: usize) -> Vec<usize> {
-        let (oh, ow) = (conv_out(shape.h, 3, 2, 1), conv_out(shape.w, 3, 2, 1));
-        let (n, oy, ox) = (q / (oh * ow), q / ow % oh, q % ow);
-        let mut pixels = Vec::new();
-        for ky in 0..3 {
-            for kx in 0..3 {
-                let (iy, ix) = ((2 * oy + ky) as isize - 1, (2 * ox + kx) as isize - 1);
-                if iy >= 0 && ix >= 0 && iy < shape.h as isize && ix < shape.w as isize {
-                    pixels.push((n * shape.h + iy as usize) * shape.w + ix as usize);
-                }
-            }
-        }
-        pixels
-    }
-
-    /// Max-pool of dense activations (P × c): values and first-maximum arg-max.
-    fn ref_maxpool(act: &[f64], shape: Spatial, c: usize) -> (Vec<f64>, Vec<usize>) {
-        let q = shape.n * conv_out(shape.h, 3, 2, 1) * conv_out(shape.w, 3, 2, 1);
-        let mut y = vec![f64::NEG_INFINITY; q * c];
-        let mut arg = vec![usize::MAX; q * c];
-        for (i, (y, arg)) in y.iter_mut().zip(&mut arg).enumerate() {
-            for p in window(shape, i / c) {
-                if act[p * c + i % c] > *y {
-                    *y = act[p * c + i % c];
-                    *arg = p;
-                }
-            }
-        }
-        (y, arg)
-    }
-
-    /// relu(a⊙t + b) in f64, dense.
-    fn ref_bn_relu(t: &[f32], tm: Mat, bn: &Bn) -> Vec<f64> {
-        (0..tm.rows * tm.cols)
-            .map(|i| pre(bn, i % tm.cols, t[tm.at(i / tm.cols, i % tm.cols)]).max(0.0))
-            .collect()
-    }
-
-    /// Training-mode BN `γ·(x − μ)/√(σ² + ε) + β` of dense x (P × c), batch statistics in f64.
-    fn ref_bn_train(x: &[f64], c: usize, gamma: &[f64], beta: &[f64]) -> Vec<f64> {
-        let rows = x.len() / c;
-        let mut y = vec![0.0; x.len()];
-        for ch in 0..c {
-            let mean = (0..rows).map(|p| x[p * c + ch]).sum::<f64>() / rows as f64;
-            let var = (0..rows).map(|p| (x[p * c + ch] - mean).powi(2)).sum::<f64>() / rows as f64;
-            let invstd = 1.0 / (var + f64::from(BN_EPS)).sqrt();
-            for p in 0..rows {
-                y[p * c + ch] = gamma[ch] * (x[p * c + ch] - mean) * invstd + beta[ch];
-            }
-        }
-        y
     }
 
     /// Central finite differences of `f` at `v`.
@@ -607,14 +540,9 @@ mod tests {
         for shape in SHAPES {
             let (x, xm) = strided(&mut rng, shape.pixels(), 13, -3.0, 5.0);
             let (mean, var) = channel_stats(&x, xm);
-            let (mut rm, mut rv) = (vec![0.0; 13], vec![0.0; 13]);
-            for c in 0..13 {
-                rm[c] = (0..xm.rows).map(|p| f64::from(x[xm.at(p, c)])).sum::<f64>() / xm.rows as f64;
-                let sq = (0..xm.rows).map(|p| (f64::from(x[xm.at(p, c)]) - rm[c]).powi(2));
-                rv[c] = sq.sum::<f64>() / xm.rows as f64;
-            }
-            check(&format!("channel_stats mean {shape:?}"), &mean, &rm);
-            check(&format!("channel_stats var {shape:?}"), &var, &rv);
+            let (_, stats) = batchnorm_train_forward(&mat_to_tensor(&x, xm, shape), &[1.0; 13], &[0.0; 13]);
+            check(&format!("channel_stats mean {shape:?}"), &mean, &stats.mean);
+            check(&format!("channel_stats var {shape:?}"), &var, &stats.var);
         }
     }
 
@@ -626,10 +554,10 @@ mod tests {
         let xm = Mat { offset: 1, rows: 1_000_000, cols: 2, ld: 3 };
         let x: Vec<f32> = (0..1 + xm.rows * xm.ld).map(|_| normal.sample(&mut rng)).collect();
         let (mean, var) = channel_stats(&x, xm);
+        let column = Spatial { n: 1, h: xm.rows, w: 1 };
+        let (_, stats) = batchnorm_train_forward(&mat_to_tensor(&x, xm, column), &[1.0; 2], &[0.0; 2]);
         for c in 0..2 {
-            let col: Vec<f64> = (0..xm.rows).map(|p| f64::from(x[xm.at(p, c)])).collect();
-            let m = col.iter().sum::<f64>() / col.len() as f64;
-            let v = col.iter().map(|x| (x - m).powi(2)).sum::<f64>() / col.len() as f64;
+            let (m, v) = (stats.mean[c], stats.var[c]);
             let (em, ev) = ((f64::from(mean[c]) - m).abs() / m, (f64::from(var[c]) - v).abs() / v);
             println!(
                 "channel_stats 1e6 values (mean 1000, std 0.01), channel {c}: mean {em:.2e}, var {ev:.2e}"
@@ -766,14 +694,15 @@ mod tests {
         let (x64, w64, gamma64, beta64) =
             (to_f64(&gather(&x, xm)), to_f64(&w), to_f64(&gamma), to_f64(&beta));
         let loss = |x: &[f64], gamma: &[f64], beta: &[f64]| -> f64 {
-            ref_bn_train(x, c, gamma, beta).iter().zip(&w64).map(|(y, w)| y * w).sum()
+            let (y, _) = batchnorm_train_forward(&nhwc_to_tensor(x, shape, c), gamma, beta);
+            tensor_to_nhwc(&y).iter().zip(&w64).map(|(y, w)| y * w).sum()
         };
         let dx_fd = fd_grad(&x64, |x| loss(x, &gamma64, &beta64));
         let dgamma_fd = fd_grad(&gamma64, |g| loss(&x64, g, &beta64));
         let dbeta_fd = fd_grad(&beta64, |b| loss(&x64, &gamma64, b));
 
         let bn = train_bn(&x, xm, &gamma, &beta);
-        let sums: Vec<f32> = ref_sums(&w64, &x, xm, &bn).iter().map(|&s| s as f32).collect();
+        let sums: Vec<f32> = bn_sums(&w64, &x, xm, &bn).iter().map(|&s| s as f32).collect();
 
         let (mut g, gm) = strided(&mut rng, xm.rows, c, 0.0, 1.0);
         (0..xm.rows).for_each(|p| g[gm.at(p, 0)..][..c].copy_from_slice(&w[p * c..][..c]));
@@ -801,26 +730,19 @@ mod tests {
     /// reference.
     fn check_maxpool(rng: &mut ChaCha8Rng, what: &str, t: &[f32], tm: Mat, shape: Spatial, bn: &Bn) {
         let c = tm.cols;
-        let (ref_y, arg) = ref_maxpool(&ref_bn_relu(t, tm, bn), shape, c);
-        let q = ref_y.len() / c;
+        let (ref_y, arg) = maxpool3s2p1_forward(&bn_relu(&mat_to_tensor(t, tm, shape), bn));
+        let q = ref_y.data.len() / c;
         let (mut y, ym) = strided(rng, q, c, 0.0, 1.0);
         poison(&mut y, ym);
         let before = y.clone();
         bn_relu_maxpool_fwd(t, tm, shape, bn, &mut y, ym);
-        check(&format!("maxpool fwd {what}"), &gather(&y, ym), &ref_y);
+        check(&format!("maxpool fwd {what}"), &gather(&y, ym), &tensor_to_nhwc(&ref_y));
         gaps_untouched(&before, &y, ym);
 
         let (dy, dym) = strided(rng, q, c, -1.0, 1.0);
-        let mut ref_g = vec![0.0; tm.rows * c];
-        for i in 0..q * c {
-            ref_g[arg[i] * c + i % c] += f64::from(dy[dym.at(i / c, i % c)]);
-        }
-        for (i, g) in ref_g.iter_mut().enumerate() {
-            if pre(bn, i % c, t[tm.at(i / c, i % c)]) <= 0.0 {
-                *g = 0.0;
-            }
-        }
-        let ref_sums = ref_sums(&ref_g, t, tm, bn);
+        let pooled = Spatial { n: shape.n, h: ref_y.h, w: ref_y.w };
+        let gpre = maxpool3s2p1_backward(&mat_to_tensor(&dy, dym, pooled), &arg, shape.h, shape.w);
+        let (ref_g, ref_sums) = bn_relu_backward(&gpre, t, tm, bn);
         let (mut g, gm) = strided(rng, tm.rows, c, 0.0, 1.0);
         poison(&mut g, gm);
         let before = g.clone();
@@ -860,10 +782,16 @@ mod tests {
             check_maxpool(&mut rng, &format!("ties {shape:?}"), &t, tm, shape, &bn);
             // The data really has windows whose maximum occurs more than once, both at 0
             // and above.
-            let act = ref_bn_relu(&t, tm, &bn);
-            let (y, _) = ref_maxpool(&act, shape, c);
-            let tied =
-                |i: usize| window(shape, i / c).iter().filter(|&&p| act[p * c + i % c] == y[i]).count() > 1;
+            let act = bn_relu(&mat_to_tensor(&t, tm, shape), &bn);
+            let (y, _) = maxpool3s2p1_forward(&act);
+            let tied = |i: usize| {
+                let [n, ch, oy, ox] = y.position(i);
+                let (rows, cols) = maxpool3s2p1_window(shape.h, shape.w, oy, ox);
+                let plane = act.plane(n, ch);
+                let window = rows.flat_map(|iy| cols.clone().map(move |ix| plane[iy * shape.w + ix]));
+                window.filter(|&v| v == y.data[i]).count() > 1
+            };
+            let y = &y.data;
             let zero_ties = (0..y.len()).filter(|&i| y[i] == 0.0 && tied(i)).count();
             let positive_ties = (0..y.len()).filter(|&i| y[i] > 0.0 && tied(i)).count();
             println!("ties {shape:?}: {zero_ties} windows tied at 0, {positive_ties} tied above 0");
@@ -885,8 +813,9 @@ mod tests {
         let (t64, v64) = (to_f64(&gather(&t, tm)), to_f64(&gather(&dy, dym)));
         let (gamma64, beta64) = (to_f64(&gamma), to_f64(&beta));
         let loss = |t: &[f64], gamma: &[f64], beta: &[f64]| -> f64 {
-            let act: Vec<f64> = ref_bn_train(t, c, gamma, beta).iter().map(|y| y.max(0.0)).collect();
-            ref_maxpool(&act, shape, c).0.iter().zip(&v64).map(|(y, v)| y * v).sum()
+            let (y, _) = batchnorm_train_forward(&nhwc_to_tensor(t, shape, c), gamma, beta);
+            let (pooled, _) = maxpool3s2p1_forward(&relu_forward(&y));
+            tensor_to_nhwc(&pooled).iter().zip(&v64).map(|(y, v)| y * v).sum()
         };
         let dt_fd = fd_grad(&t64, |t| loss(t, &gamma64, &beta64));
         let dgamma_fd = fd_grad(&gamma64, |g| loss(&t64, g, &beta64));
@@ -912,32 +841,19 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(11);
         for shape in SHAPES {
             let c = 13;
-            let hw = shape.h * shape.w;
             let (x, xm) = strided(&mut rng, shape.pixels(), c, -2.0, 2.0);
             let bn = random_bn(&mut rng, c);
-            let act = ref_bn_relu(&x, xm, &bn);
-            let mut ref_pooled = vec![0.0; shape.n * c];
-            for p in 0..xm.rows {
-                for ch in 0..c {
-                    ref_pooled[p / hw * c + ch] += act[p * c + ch] / hw as f64;
-                }
-            }
+            let ref_pooled = global_avg_pool_forward(&bn_relu(&mat_to_tensor(&x, xm, shape), &bn));
             let mut pooled = vec![f32::NAN; shape.n * c + 2];
             bn_relu_global_pool_fwd(&x, xm, shape, &bn, &mut pooled);
             check(&format!("global pool fwd {shape:?}"), &pooled[..shape.n * c], &ref_pooled);
             assert!(pooled[shape.n * c..].iter().all(|v| v.is_nan()));
 
             let dpooled = uniform(&mut rng, shape.n * c + 2, -1.0, 1.0);
-            let mut ref_g = vec![0.0; xm.rows * c];
-            for (i, g) in ref_g.iter_mut().enumerate() {
-                let (p, ch) = (i / c, i % c);
-                if pre(&bn, ch, x[xm.at(p, ch)]) > 0.0 {
-                    *g = f64::from(dpooled[p / hw * c + ch]) / hw as f64;
-                }
-            }
-            let ref_dx: Vec<f64> =
-                ref_g.iter().enumerate().map(|(i, g)| f64::from(bn.a[i % c]) * g).collect();
-            let ref_sums = ref_sums(&ref_g, &x, xm, &bn);
+            let dpooled64 = to_f64(&dpooled[..shape.n * c]);
+            let gpre = global_avg_pool_backward(&dpooled64, shape.n, c, shape.h, shape.w);
+            let (ref_g, ref_sums) = bn_relu_backward(&gpre, &x, xm, &bn);
+            let ref_dx = affine_backward(&ref_g, &bn);
             let (mut dx, dxm) = strided(&mut rng, xm.rows, c, 0.0, 1.0);
             poison(&mut dx, dxm);
             let before = dx.clone();
@@ -955,15 +871,14 @@ mod tests {
         // correction (bn_grad_fold, then bn_correction) must give dL/dx.
         let mut rng = ChaCha8Rng::seed_from_u64(12);
         let (shape, c) = (SHAPES[0], 5);
-        let hw = shape.h * shape.w;
         let (x, xm) = strided(&mut rng, shape.pixels(), c, -2.0, 2.0);
         let gamma = uniform(&mut rng, c, -1.5, 1.5);
         let beta = uniform(&mut rng, c, -0.5, 0.5);
         let v = uniform(&mut rng, shape.n * c, -1.0, 1.0);
         let (x64, gamma64, beta64) = (to_f64(&gather(&x, xm)), to_f64(&gamma), to_f64(&beta));
         let loss = |x: &[f64], gamma: &[f64], beta: &[f64]| -> f64 {
-            let y = ref_bn_train(x, c, gamma, beta);
-            (0..y.len()).map(|i| y[i].max(0.0) * f64::from(v[i / c / hw * c + i % c]) / hw as f64).sum()
+            let (y, _) = batchnorm_train_forward(&nhwc_to_tensor(x, shape, c), gamma, beta);
+            global_avg_pool_forward(&relu_forward(&y)).iter().zip(&v).map(|(y, &v)| y * f64::from(v)).sum()
         };
         let dx_fd = fd_grad(&x64, |x| loss(x, &gamma64, &beta64));
         let dgamma_fd = fd_grad(&gamma64, |g| loss(&x64, g, &beta64));
