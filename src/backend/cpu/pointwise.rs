@@ -426,9 +426,10 @@ pub(super) fn sgd_update(params: &mut [f32], grads: &[f32], velocity: &mut [f32]
 mod tests {
     //! Every op against an f64 reference: the oracle's ops (`crate::reference::ops`, through the
     //! NHWC bridge in `super::oracle`) where it has one, plain loops where it has not (the
-    //! batch-norm backward pieces, the head's linear layer and loss, SGD). Tolerance for f32 outputs:
-    //! relative error ‖out − ref‖₂ / ‖ref‖₂ ≤ 1e-5 ([`TOL`]). The batch-norm backward pieces
-    //! are also checked, composed, against central finite differences of f64 scalar losses.
+    //! batch-norm backward pieces with given sums, the running-statistics formula, SGD).
+    //! Tolerance for f32 outputs: relative error ‖out − ref‖₂ / ‖ref‖₂ ≤ 1e-5 ([`TOL`]). The
+    //! batch-norm backward pieces are also checked, composed, against central finite
+    //! differences of f64 scalar losses.
     use super::super::oracle::{
         affine_backward, bn_relu, bn_relu_backward, bn_sums, mat_to_tensor, nhwc_to_tensor, tensor_to_nhwc,
         to_f64,
@@ -436,8 +437,9 @@ mod tests {
     use super::*;
     use crate::backend::BN_EPS;
     use crate::reference::ops::{
-        batchnorm_train_forward, global_avg_pool_backward, global_avg_pool_forward, maxpool3s2p1_backward,
-        maxpool3s2p1_forward, maxpool3s2p1_window, relu_forward,
+        batchnorm_train_forward, global_avg_pool_backward, global_avg_pool_forward, linear_backward,
+        linear_forward, maxpool3s2p1_backward, maxpool3s2p1_forward, maxpool3s2p1_window, relu_forward,
+        softmax_xent_backward, softmax_xent_forward,
     };
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
@@ -906,13 +908,8 @@ mod tests {
         let bias = uniform(&mut rng, out, -1.0, 1.0);
         let mut y = vec![f32::NAN; n * out + 2];
         linear_fwd(&x, n, k, &w, &bias, &mut y);
-        let ref_y: Vec<f64> = (0..n * out)
-            .map(|i| {
-                let (r, o) = (i / out, i % out);
-                f64::from(bias[o])
-                    + (0..k).map(|j| f64::from(x[r * k + j]) * f64::from(w[o * k + j])).sum::<f64>()
-            })
-            .collect();
+        let (x64, w64) = (to_f64(&x[..n * k]), to_f64(&w));
+        let ref_y = linear_forward(&x64, n, k, &w64, &to_f64(&bias), out);
         check("linear fwd", &y[..n * out], &ref_y);
         assert!(y[n * out..].iter().all(|v| v.is_nan()));
 
@@ -922,18 +919,9 @@ mod tests {
         let grads0 = grads.clone();
         let mut dx = vec![f32::NAN; n * k + 2];
         linear_bwd(&dy, &x, n, k, &w, &mut grads, dw_off, dbias_off, &mut dx);
-        let d = |r: usize, o: usize| f64::from(dy[r * out + o]);
-        let ref_dw: Vec<f64> = (0..out * k)
-            .map(|i| {
-                let (o, j) = (i / k, i % k);
-                f64::from(grads0[dw_off + i]) + (0..n).map(|r| d(r, o) * f64::from(x[r * k + j])).sum::<f64>()
-            })
-            .collect();
-        let ref_db: Vec<f64> = (0..out)
-            .map(|o| f64::from(grads0[dbias_off + o]) + (0..n).map(|r| d(r, o)).sum::<f64>())
-            .collect();
-        let ref_dx: Vec<f64> =
-            (0..n * k).map(|i| (0..out).map(|o| d(i / k, o) * f64::from(w[o * k + i % k])).sum()).collect();
+        let (ref_dx, dw, db) = linear_backward(&to_f64(&dy[..n * out]), &x64, n, k, &w64, out);
+        let ref_dw: Vec<f64> = dw.iter().zip(&grads0[dw_off..]).map(|(d, &g)| d + f64::from(g)).collect();
+        let ref_db: Vec<f64> = db.iter().zip(&grads0[dbias_off..]).map(|(d, &g)| d + f64::from(g)).collect();
         check("linear bwd dW", &grads[dw_off..dw_off + out * k], &ref_dw);
         check("linear bwd dbias", &grads[dbias_off..dbias_off + out], &ref_db);
         check("linear bwd dx", &dx[..n * k], &ref_dx);
@@ -956,18 +944,10 @@ mod tests {
         let mut dlogits = vec![f32::NAN; n * classes];
         let loss = softmax_xent(&logits, &labels, classes, &mut dlogits);
 
-        let mut ref_loss = 0.0;
-        let mut ref_d = vec![0.0; n * classes];
-        for r in 0..n {
-            let l = to_f64(&logits[r * classes..][..classes]);
-            let max = l.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let lse = max + l.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
-            let label = labels[r] as usize;
-            ref_loss += (lse - l[label]) / n as f64;
-            for j in 0..classes {
-                ref_d[r * classes + j] = ((l[j] - lse).exp() - if j == label { 1.0 } else { 0.0 }) / n as f64;
-            }
-        }
+        let (logits64, labels64): (Vec<f64>, Vec<usize>) =
+            (to_f64(&logits), labels.iter().map(|&l| l as usize).collect());
+        let ref_loss = softmax_xent_forward(&logits64, n, classes, &labels64);
+        let ref_d = softmax_xent_backward(&logits64, n, classes, &labels64);
         assert!(loss.is_finite() && dlogits.iter().all(|d| d.is_finite()));
         check("softmax_xent loss", &[loss], &[ref_loss]);
         check("softmax_xent dlogits", &dlogits, &ref_d);
