@@ -37,7 +37,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cstdarg>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -61,15 +60,7 @@ constexpr std::uint8_t kGuardFill = 0xfd; // guard-zone bytes, written by src/em
 /// How far from a shared variable an invalid access is reported as an index out of its bounds.
 constexpr Addr kNearShared = 4096;
 
-std::string format(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
-std::string format(const char* fmt, ...) {
-    char buf[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    std::vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    return buf;
-}
+using detail::format;
 
 std::string site(const void* pc) { return format("{pc:%p}", pc); }
 
@@ -91,14 +82,21 @@ struct Buffer {
     /// Marks (or clears) bytes [a, a + n) of the buffer; blocks of a launch run on several
     /// OS threads, hence the atomic updates.
     void mark(Addr a, std::size_t n, bool on) {
-        for (std::size_t i = a - lo, end = a - lo + n; i < end; ++i) {
-            std::atomic_ref<std::uint64_t> word(written[i / 64]);
-            std::uint64_t bit = std::uint64_t{1} << (i % 64);
+        std::size_t i = a - lo;
+        const std::size_t end = i + n;
+        auto bit = [&](std::size_t k) {
+            std::atomic_ref<std::uint64_t> word(written[k / 64]);
+            std::uint64_t m = std::uint64_t{1} << (k % 64);
             if (on)
-                word.fetch_or(bit, std::memory_order_relaxed);
+                word.fetch_or(m, std::memory_order_relaxed);
             else
-                word.fetch_and(~bit, std::memory_order_relaxed);
-        }
+                word.fetch_and(~m, std::memory_order_relaxed);
+        };
+        for (; i < end && i % 64; ++i) bit(i);
+        // Whole words (a large upload): every byte of them is this range's.
+        for (; i + 64 <= end; i += 64)
+            std::atomic_ref<std::uint64_t>(written[i / 64]).store(on ? ~std::uint64_t{0} : 0, std::memory_order_relaxed);
+        for (; i < end; ++i) bit(i);
     }
     /// Offset of the first unwritten byte of [a, a + n), or -1.
     long unwritten(Addr a, std::size_t n) const {
@@ -150,7 +148,6 @@ namespace check {
 struct LaunchChecks {
     const char* kernel = nullptr;
     unsigned flags = 0;
-    dim3 block;
     std::vector<Buffer*> handed;
     Addr params_lo = 0, params_hi = 0;
     std::vector<std::pair<Addr, Addr>> statics;
@@ -196,8 +193,7 @@ struct BlockState {
     std::vector<std::uint32_t> warp_epoch;
     std::vector<SharedVar> vars;
     std::unordered_map<Addr, std::vector<Cell>> shadows; // by variable address, kept
-    Addr dyn_lo = 0;
-    std::size_t dyn_bytes = 0;
+    std::size_t dyn_bytes = 0; // dynamic shared memory the launch asked for
 
     Cell* shadow(Addr lo, std::size_t bytes) {
         std::vector<Cell>& v = shadows[lo];
@@ -378,7 +374,6 @@ LaunchChecks* begin_launch(const char* kernel, const EmuLaunchConfig& cfg, const
     auto* l = new LaunchChecks;
     l->kernel = kernel;
     l->flags = cfg.checks;
-    l->block = dim3(cfg.block[0], cfg.block[1], cfg.block[2]);
     l->params_lo = (Addr)params;
     l->params_hi = (Addr)params + params_bytes;
     static const std::vector<std::pair<Addr, Addr>> statics = static_segments();
@@ -426,10 +421,10 @@ void begin_block(LaunchChecks* l, unsigned nthreads, std::size_t dynamic_smem) {
     s.epoch = 1;
     s.warp_epoch.assign((nthreads + 31) / 32, 1);
     s.vars.clear();
-    s.dyn_lo = (Addr)emu_dynamic_smem;
     s.dyn_bytes = dynamic_smem;
     if (dynamic_smem) {
-        SharedVar v{s.dyn_lo, s.dyn_lo + dynamic_smem, "dynamic shared memory", nullptr, 0, nullptr};
+        const Addr lo = (Addr)emu_dynamic_smem;
+        SharedVar v{lo, lo + dynamic_smem, "dynamic shared memory", nullptr, 0, nullptr};
         v.cells = s.shadow(v.lo, dynamic_smem);
         s.vars.push_back(v);
     }

@@ -4,6 +4,7 @@
 
 #include "cuda_emu.h"
 
+#include <cstdarg>
 #include <cstdint>
 #include <string>
 
@@ -39,5 +40,8 @@ enum Finding : int { FINDING_RACE, FINDING_MEMORY };
 /// Records a finding of the checks about the running thread (runtime.cpp): counted and
 /// reported like every diagnostic, but the block goes on.
 void report_finding(int kind, const std::string& body);
+/// printf into a std::string (at most 1023 characters), for messages (runtime.cpp).
+std::string format(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+std::string vformat(const char* fmt, va_list ap);
 } // namespace detail
 } // namespace emu

@@ -281,19 +281,8 @@ bool same_site(const char* fa, int la, const char* fb, int lb) {
 
 // ---- diagnostics ----------------------------------------------------------------------------
 
-std::string vformat(const char* fmt, va_list ap) {
-    char buf[1024];
-    std::vsnprintf(buf, sizeof buf, fmt, ap);
-    return buf;
-}
-
-std::string format(const char* fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    std::string s = vformat(fmt, ap);
-    va_end(ap);
-    return s;
-}
+using detail::format;
+using detail::vformat;
 
 /// Records a diagnostic about thread `f` of the running block.
 void report(Worker& w, const Fiber& f, const char* fmt, ...) {
@@ -584,6 +573,20 @@ std::string check_config(const EmuLaunchConfig& c) {
 } // namespace
 
 // ---- entry points used by cuda_emu.h and checker.cpp ---------------------------------------
+
+std::string detail::vformat(const char* fmt, va_list ap) {
+    char buf[1024];
+    std::vsnprintf(buf, sizeof buf, fmt, ap);
+    return buf;
+}
+
+std::string detail::format(const char* fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    std::string s = vformat(fmt, ap);
+    va_end(ap);
+    return s;
+}
 
 void detail::report_finding(int kind, const std::string& body) {
     Worker& w = *t_worker;

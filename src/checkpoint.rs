@@ -239,7 +239,7 @@ impl Checkpoint {
     /// Errors name the file and what is wrong with it. Only a regular file is read, and the
     /// data only once the header has been checked (see the module documentation).
     pub fn load(path: &Path) -> Result<Checkpoint> {
-        let read_err = |e: std::io::Error| file_err(path, format!("cannot read: {e}"));
+        let read_err = |e: std::io::Error| Error::file(path, format!("cannot read: {e}"));
         let input = crate::files::InputFile::open(path)?;
         let (file, len) = (input.file, input.len);
         // Read through `take(len)`: a file that grows meanwhile cannot make us read more.
@@ -251,11 +251,11 @@ impl Checkpoint {
         file.read_exact(&mut bytes[8..]).map_err(read_err)?;
         let header = Header::parse(&bytes, len, path)?;
         // The whole length is now known to be what the header declares.
-        let rest = usize::try_from(len).map_err(|_| file_err(path, "is too large".into()))? - header_end;
-        bytes.try_reserve_exact(rest).map_err(|_| file_err(path, format!("cannot hold {rest} bytes")))?;
+        let rest = usize::try_from(len).map_err(|_| Error::file(path, "is too large"))? - header_end;
+        bytes.try_reserve_exact(rest).map_err(|_| Error::file(path, format!("cannot hold {rest} bytes")))?;
         file.read_to_end(&mut bytes).map_err(read_err)?;
         if bytes.len() as u64 != len {
-            return Err(file_err(path, "changed while it was being read".into()));
+            return Err(Error::file(path, "changed while it was being read"));
         }
         header.decode(&bytes, path)
     }
@@ -288,15 +288,15 @@ impl Checkpoint {
         for e in &theirs {
             let found = shape_of(&mine, &e.name);
             if found.as_ref() != Some(&e.shape) {
-                return Err(file_err(path, message(&e.name, found, Some(e.shape.clone()))));
+                return Err(Error::file(path, message(&e.name, found, Some(e.shape.clone()))));
             }
         }
         if let Some(extra) = mine.iter().find(|e| shape_of(&theirs, &e.name).is_none()) {
-            return Err(file_err(path, message(&extra.name, Some(extra.shape.clone()), None)));
+            return Err(Error::file(path, message(&extra.name, Some(extra.shape.clone()), None)));
         }
         // Same tensors, different hyper-parameters (none today changes no shape, but the
         // config is compared, not assumed).
-        Err(file_err(
+        Err(Error::file(
             path,
             format!(
                 "was made for another configuration ({:?}) than the requested one ({:?})",
@@ -318,7 +318,7 @@ struct Header {
 /// End of the header (8 + its declared length), checked against the bound and `len`, the
 /// file's length, from the first 8 bytes of `bytes`.
 fn header_end(bytes: &[u8], len: u64, path: &Path) -> Result<usize> {
-    let invalid = |m: String| file_err(path, format!("not a valid safetensors file ({m})"));
+    let invalid = |m: String| Error::file(path, format!("not a valid safetensors file ({m})"));
     let Some(prefix) = bytes.first_chunk::<8>() else {
         return Err(invalid(format!("{len} bytes, fewer than the 8 of the header length")));
     };
@@ -336,7 +336,7 @@ impl Header {
     /// Parses and checks the header at the start of `bytes` (which need hold only the header)
     /// of a file of `len` bytes.
     fn parse(bytes: &[u8], len: u64, path: &Path) -> Result<Header> {
-        let err = |m: String| file_err(path, m);
+        let err = |m: String| Error::file(path, m);
         let end = header_end(bytes, len, path)?;
         let tensors: Metadata = serde_json::from_slice(&bytes[8..end]).map_err(|e| {
             err(format!("not a valid safetensors file ({e}); the file is damaged or truncated"))
@@ -381,7 +381,7 @@ impl Header {
 
     /// Reads the tensors of the whole file `bytes` that this header describes.
     fn decode(self, bytes: &[u8], path: &Path) -> Result<Checkpoint> {
-        let err = |m: String| file_err(path, m);
+        let err = |m: String| Error::file(path, m);
         let Header { meta, config, normalization, checksums } = self;
         let st = SafeTensors::deserialize(bytes).map_err(|e| {
             err(format!("not a valid safetensors file ({e}); the file is damaged or truncated"))
@@ -547,7 +547,7 @@ fn tensor<'a>(
     path: &Path,
 ) -> Result<TensorView<'a>> {
     let view = st.tensor(name).map_err(|_| {
-        file_err(
+        Error::file(
             path,
             format!(
                 "has no tensor `{name}` (expected shape {shape:?} for the configuration in its metadata)"
@@ -555,7 +555,7 @@ fn tensor<'a>(
         )
     })?;
     if view.shape() != shape {
-        return Err(file_err(
+        return Err(Error::file(
             path,
             format!(
                 "tensor `{name}` has shape {:?}, expected {shape:?} for the configuration in its metadata",
@@ -564,7 +564,7 @@ fn tensor<'a>(
         ));
     }
     if view.dtype() != dtype {
-        return Err(file_err(
+        return Err(Error::file(
             path,
             format!("tensor `{name}` has dtype {:?}, expected {dtype:?}", view.dtype()),
         ));
@@ -582,11 +582,7 @@ fn json<T: Serialize>(value: &T) -> Result<String> {
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(text: &str, key: &str, path: &Path) -> Result<T> {
-    serde_json::from_str(text).map_err(|e| file_err(path, format!("metadata `{key}` is malformed: {e}")))
-}
-
-fn file_err(path: &Path, message: String) -> Error {
-    Error::File { path: path.display().to_string(), message }
+    serde_json::from_str(text).map_err(|e| Error::file(path, format!("metadata `{key}` is malformed: {e}")))
 }
 
 /// Replaces `path` with what `write` writes, atomically: the data goes to a temporary file
@@ -611,9 +607,9 @@ impl PendingWrite {
     /// Renames the temporary file over the target and makes the rename durable.
     pub fn commit(mut self) -> Result<()> {
         std::fs::rename(&self.tmp, &self.path)
-            .map_err(|e| file_err(&self.path, format!("cannot write: {e}")))?;
+            .map_err(|e| Error::file(&self.path, format!("cannot write: {e}")))?;
         self.committed = true;
-        sync_dir(&self.dir).map_err(|e| file_err(&self.path, format!("cannot write: {e}")))
+        sync_dir(&self.dir).map_err(|e| Error::file(&self.path, format!("cannot write: {e}")))
     }
 }
 
@@ -629,7 +625,7 @@ impl Drop for PendingWrite {
 
 /// The directory of `path` and the prefix of its temporary files' names.
 fn temp_names(path: &Path) -> Result<(PathBuf, String)> {
-    let name = path.file_name().ok_or_else(|| file_err(path, "is not a file name".into()))?;
+    let name = path.file_name().ok_or_else(|| Error::file(path, "is not a file name"))?;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -651,7 +647,7 @@ pub fn prepare_atomic(
         write(&mut f)?;
         f.sync_all()
     })();
-    written.map_err(|e| file_err(path, format!("cannot write: {e}")))?;
+    written.map_err(|e| Error::file(path, format!("cannot write: {e}")))?;
     Ok(pending)
 }
 
@@ -659,13 +655,13 @@ pub fn prepare_atomic(
 /// (the caller must make sure no other process is saving it); returns how many.
 pub fn remove_stale_temps(path: &Path) -> Result<usize> {
     let (dir, prefix) = temp_names(path)?;
-    let entries = std::fs::read_dir(&dir).map_err(|e| file_err(&dir, format!("cannot list: {e}")))?;
+    let entries = std::fs::read_dir(&dir).map_err(|e| Error::file(&dir, format!("cannot list: {e}")))?;
     let mut removed = 0;
     for entry in entries {
-        let entry = entry.map_err(|e| file_err(&dir, format!("cannot list: {e}")))?;
+        let entry = entry.map_err(|e| Error::file(&dir, format!("cannot list: {e}")))?;
         if entry.file_name().to_string_lossy().starts_with(&prefix) {
             std::fs::remove_file(entry.path())
-                .map_err(|e| file_err(&entry.path(), format!("cannot remove: {e}")))?;
+                .map_err(|e| Error::file(&entry.path(), format!("cannot remove: {e}")))?;
             removed += 1;
         }
     }

@@ -365,6 +365,16 @@ unsafe impl Sync for Buffer {}
 impl Buffer {
     /// `bytes` of uninitialised (poisoned) device memory; None when the host cannot allocate it.
     pub fn uninit(bytes: usize) -> Option<Buffer> {
+        Self::filled(bytes, POISON, false)
+    }
+
+    /// `bytes` of zeroed device memory.
+    pub fn zeroed(bytes: usize) -> Option<Buffer> {
+        Self::filled(bytes, 0, true)
+    }
+
+    /// `bytes` set to `fill`, registered as written or not, between filled guard zones.
+    fn filled(bytes: usize, fill: u8, initialised: bool) -> Option<Buffer> {
         let total = GUARD_BYTES
             .checked_add(bytes.checked_next_multiple_of(GUARD_BYTES)?)?
             .checked_add(GUARD_BYTES)?;
@@ -374,7 +384,7 @@ impl Buffer {
         // SAFETY: the allocation is `total` bytes.
         unsafe {
             std::ptr::write_bytes(block.as_ptr(), GUARD_FILL, GUARD_BYTES);
-            std::ptr::write_bytes(block.as_ptr().add(GUARD_BYTES), POISON, bytes);
+            std::ptr::write_bytes(block.as_ptr().add(GUARD_BYTES), fill, bytes);
             std::ptr::write_bytes(
                 block.as_ptr().add(GUARD_BYTES + bytes),
                 GUARD_FILL,
@@ -383,14 +393,7 @@ impl Buffer {
         }
         let b = Buffer { block, layout, bytes };
         // SAFETY: registers memory this Buffer owns until drop unregisters it.
-        unsafe { emu_mem_register(b.ptr().cast(), bytes, GUARD_BYTES, 0) };
-        Some(b)
-    }
-
-    /// `bytes` of zeroed device memory.
-    pub fn zeroed(bytes: usize) -> Option<Buffer> {
-        let mut b = Self::uninit(bytes)?;
-        b.fill(0, bytes, 0);
+        unsafe { emu_mem_register(b.ptr().cast(), bytes, GUARD_BYTES, c_int::from(initialised)) };
         Some(b)
     }
 

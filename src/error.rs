@@ -51,6 +51,13 @@ pub enum Error {
     Io(#[from] std::io::Error),
 }
 
+impl Error {
+    /// [`Error::File`] naming `path`.
+    pub fn file(path: &std::path::Path, message: impl Into<String>) -> Error {
+        Error::File { path: path.display().to_string(), message: message.into() }
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Shorthand for `Err(Error::Config(..))` with `format!` arguments.

@@ -34,10 +34,10 @@ impl InputFile {
             use std::os::unix::fs::OpenOptionsExt;
             options.custom_flags(libc::O_NONBLOCK);
         }
-        let file = options.open(path).map_err(|e| file_error(path, open_failure(&e)))?;
-        let meta = file.metadata().map_err(|e| file_error(path, format!("cannot stat: {e}")))?;
+        let file = options.open(path).map_err(|e| Error::file(path, open_failure(&e)))?;
+        let meta = file.metadata().map_err(|e| Error::file(path, format!("cannot stat: {e}")))?;
         if !meta.is_file() {
-            return Err(file_error(path, format!("is {}, not a regular file", kind(&meta.file_type()))));
+            return Err(Error::file(path, format!("is {}, not a regular file", kind(&meta.file_type()))));
         }
         Ok(InputFile { file, len: meta.len(), path: path.to_path_buf() })
     }
@@ -48,7 +48,7 @@ impl InputFile {
 
     /// An [`Error::File`] naming this file.
     pub fn error(&self, message: impl Into<String>) -> Error {
-        file_error(&self.path, message.into())
+        Error::file(&self.path, message.into())
     }
 
     /// Reads the whole file: exactly [`InputFile::len`] bytes, into a buffer reserved with
@@ -77,9 +77,9 @@ impl InputFile {
 /// [`InputFile::open`] otherwise. Only `stat`s the path: nothing is opened, so a FIFO cannot
 /// block.
 pub fn require_dir(path: &Path) -> Result<()> {
-    let meta = std::fs::metadata(path).map_err(|e| file_error(path, open_failure(&e)))?;
+    let meta = std::fs::metadata(path).map_err(|e| Error::file(path, open_failure(&e)))?;
     if !meta.is_dir() {
-        return Err(file_error(path, format!("is {}, not a directory", kind(&meta.file_type()))));
+        return Err(Error::file(path, format!("is {}, not a directory", kind(&meta.file_type()))));
     }
     Ok(())
 }
@@ -90,32 +90,32 @@ pub fn require_dir(path: &Path) -> Result<()> {
 /// only when written), a new one needs an existing directory this process may write in.
 pub fn check_output_file(path: &Path, what: &str) -> Result<()> {
     match std::fs::metadata(path) {
-        Ok(m) if !m.is_file() => Err(file_error(path, format!("is not a regular file ({what})"))),
+        Ok(m) if !m.is_file() => Err(Error::file(path, format!("is not a regular file ({what})"))),
         Ok(_) => std::fs::OpenOptions::new()
             .append(true)
             .open(path)
             .map(drop)
-            .map_err(|e| file_error(path, format!("cannot write ({what}): {e}"))),
+            .map_err(|e| Error::file(path, format!("cannot write ({what}): {e}"))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let parent = match path.parent() {
                 Some(p) if !p.as_os_str().is_empty() => p,
                 _ => Path::new("."),
             };
             if !parent.is_dir() {
-                return Err(file_error(
+                return Err(Error::file(
                     path,
                     format!("cannot create ({what}): {} is not a directory", parent.display()),
                 ));
             }
             if !dir_is_writable(parent) {
-                return Err(file_error(
+                return Err(Error::file(
                     path,
                     format!("cannot create ({what}): {} is not writable", parent.display()),
                 ));
             }
             Ok(())
         }
-        Err(e) => Err(file_error(path, format!("cannot use ({what}): {e}"))),
+        Err(e) => Err(Error::file(path, format!("cannot use ({what}): {e}"))),
     }
 }
 
@@ -132,10 +132,6 @@ fn dir_is_writable(dir: &Path) -> bool {
         }
         Err(_) => false,
     }
-}
-
-fn file_error(path: &Path, message: String) -> Error {
-    Error::File { path: path.display().to_string(), message }
 }
 
 /// Why `open` failed, in words (the OS's own text for the rare cases).

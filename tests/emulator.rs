@@ -849,7 +849,7 @@ fn buffer_of(values: &[f32]) -> emu::Buffer {
 }
 
 fn floats(b: &emu::Buffer) -> Vec<f32> {
-    b.bytes().chunks_exact(4).map(|c| f32::from_ne_bytes([c[0], c[1], c[2], c[3]])).collect()
+    bytemuck::cast_slice(b.bytes()).to_vec()
 }
 
 /// Runs a planted bug in one block under the checks and returns its findings, printed for the

@@ -31,10 +31,7 @@ pub fn write(
     dir: &Path,
 ) -> anyhow::Result<()> {
     let (batch, c) = (step.labels.len(), cfg.in_channels);
-    std::fs::create_dir_all(dir).map_err(|e| Error::File {
-        path: dir.display().to_string(),
-        message: format!("cannot create: {e}"),
-    })?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, format!("cannot create: {e}")))?;
     // The input is not normalised: the batch is already standard normal.
     let identity = Normalization { mean: [0.0; 3], std: [1.0; 3] };
     let model = |params, running, batches_tracked| Model {
@@ -69,9 +66,7 @@ pub fn write(
         .map(|(name, dtype, shape, bytes)| Ok((*name, TensorView::new(*dtype, shape.clone(), bytes)?)))
         .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
     let path = dir.join("outputs.safetensors");
-    std::fs::write(&path, safetensors::serialize(views, None)?).map_err(|e| Error::File {
-        path: path.display().to_string(),
-        message: format!("cannot write: {e}"),
-    })?;
+    std::fs::write(&path, safetensors::serialize(views, None)?)
+        .map_err(|e| Error::file(&path, format!("cannot write: {e}")))?;
     Ok(())
 }

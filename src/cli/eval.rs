@@ -62,11 +62,7 @@ impl BackendTask for Eval<'_> {
             (Some(dir), _) => DataSource::Cifar { dir: dir.clone() },
             (None, Some(source)) => source.clone(),
             (None, None) => {
-                return Err(Error::File {
-                    path: args.checkpoint.display().to_string(),
-                    message: "records no data set; pass --data DIR".into(),
-                }
-                .into());
+                return Err(Error::file(&args.checkpoint, "records no data set; pass --data DIR").into());
             }
         };
         let test = Arc::new(source.load_test()?);

@@ -6,7 +6,7 @@ use super::Outcome;
 use clap::Args;
 use densenet::Error;
 use densenet::kernels::{GpuArch, MODULES, PTX_FROM_NVCC, compile_nvrtc, kernels_of, nvrtc_version};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Args, Debug)]
 #[command(long_about = "Lists the CUDA kernel modules built into this binary and the kernels each \
@@ -47,7 +47,7 @@ pub fn run(args: &KernelsArgs) -> anyhow::Result<Outcome> {
     }
     let (major, minor) = nvrtc_version()?;
     if let Some(dir) = &args.ptx_dir {
-        std::fs::create_dir_all(dir).map_err(|e| file_error(dir, e))?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e.to_string()))?;
     }
     let (mut failed, mut kernels) = (Vec::new(), 0);
     for (index, module) in MODULES.iter().enumerate() {
@@ -67,7 +67,7 @@ pub fn run(args: &KernelsArgs) -> anyhow::Result<Outcome> {
                 kernels += expected.len();
                 if let Some(dir) = &args.ptx_dir {
                     let path = dir.join(format!("{}.ptx", module.name));
-                    std::fs::write(&path, ptx).map_err(|e| file_error(&path, e))?;
+                    std::fs::write(&path, ptx).map_err(|e| Error::file(&path, e.to_string()))?;
                 }
             }
             Err(e) => {
@@ -98,8 +98,4 @@ fn entry_names(ptx: &str) -> Vec<&str> {
         .filter_map(|l| l.split_once(".entry ").map(|(_, rest)| rest))
         .map(|rest| rest.split(|c: char| c == '(' || c.is_whitespace()).next().unwrap_or(rest))
         .collect()
-}
-
-fn file_error(path: &Path, e: std::io::Error) -> Error {
-    Error::File { path: path.display().to_string(), message: e.to_string() }
 }

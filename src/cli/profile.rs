@@ -236,8 +236,7 @@ fn run_steps(choice: BackendChoice, profiles: &mut [ConfigProfile], steps: usize
 }
 
 fn write_file(path: &Path, contents: &str) -> densenet::Result<()> {
-    std::fs::write(path, contents)
-        .map_err(|e| Error::File { path: path.display().to_string(), message: e.to_string() })
+    std::fs::write(path, contents).map_err(|e| Error::file(path, e.to_string()))
 }
 
 /// The backend's name and the bytes it has available.

@@ -168,12 +168,11 @@ impl BackendTask for Run<'_> {
         let mut train_dir = TrainDir::lock_existing(&args.checkpoint_dir, &path)?;
         let has_checkpoint = std::fs::symlink_metadata(&path).is_ok();
         if has_checkpoint && !args.resume && !args.overwrite {
-            return Err(Error::File {
-                path: path.display().to_string(),
-                message: "already holds a checkpoint: continue its run with --resume, or start a new \
-                          one that replaces it with --overwrite"
-                    .into(),
-            }
+            return Err(Error::file(
+                &path,
+                "already holds a checkpoint: continue its run with --resume, or start a new one that \
+                 replaces it with --overwrite",
+            )
             .into());
         }
         if let Some(log) = &args.log {
@@ -190,10 +189,10 @@ impl BackendTask for Run<'_> {
         let device = backend.name();
         let mut trainer = if args.resume {
             if !has_checkpoint {
-                return Err(Error::File {
-                    path: path.display().to_string(),
-                    message: "no checkpoint to resume from (train without --resume first)".into(),
-                }
+                return Err(Error::file(
+                    &path,
+                    "no checkpoint to resume from (train without --resume first)",
+                )
                 .into());
             }
             let checkpoint = Checkpoint::load(&path)?;

@@ -11,10 +11,6 @@ use std::path::{Path, PathBuf};
 /// itself is on the directory: a stale file from a killed run locks nothing.
 const PID_FILE: &str = ".lock";
 
-fn file_err(path: &Path, message: String) -> Error {
-    Error::File { path: path.display().to_string(), message }
-}
-
 /// A checkpoint directory locked by this process (`flock` on the directory, released when
 /// the process ends, however it ends).
 pub struct TrainDir {
@@ -31,20 +27,20 @@ impl TrainDir {
     pub fn lock_existing(dir: &Path, checkpoint: &Path) -> Result<Option<TrainDir>> {
         match std::fs::metadata(dir) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(file_err(dir, format!("cannot use as the checkpoint directory: {e}"))),
-            Ok(m) if !m.is_dir() => Err(file_err(dir, "is not a directory (--checkpoint-dir)".into())),
+            Err(e) => Err(Error::file(dir, format!("cannot use as the checkpoint directory: {e}"))),
+            Ok(m) if !m.is_dir() => Err(Error::file(dir, "is not a directory (--checkpoint-dir)")),
             Ok(_) => TrainDir::lock(dir, checkpoint, false).map(Some),
         }
     }
 
     /// Creates `dir` (and its parents) and locks it.
     pub fn create(dir: &Path, checkpoint: &Path) -> Result<TrainDir> {
-        std::fs::create_dir_all(dir).map_err(|e| file_err(dir, format!("cannot create: {e}")))?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, format!("cannot create: {e}")))?;
         TrainDir::lock(dir, checkpoint, true)
     }
 
     fn lock(dir: &Path, checkpoint: &Path, created: bool) -> Result<TrainDir> {
-        let lock = File::open(dir).map_err(|e| file_err(dir, format!("cannot open: {e}")))?;
+        let lock = File::open(dir).map_err(|e| Error::file(dir, format!("cannot open: {e}")))?;
         let owner =
             TrainDir { dir: dir.to_path_buf(), _lock: lock, checkpoint: checkpoint.to_path_buf(), created };
         // fs4's, not std's inherent `File::try_lock` (Rust 1.89, newer than rust-version).
@@ -55,20 +51,20 @@ impl TrainDir {
                     Some(pid) => format!("process {pid}"),
                     None => "another process".into(),
                 };
-                return Err(file_err(
+                return Err(Error::file(
                     dir,
                     format!(
                         "is locked by {holder}: another `densenet train` is using this checkpoint directory"
                     ),
                 ));
             }
-            Err(fs4::TryLockError::Error(e)) => return Err(file_err(dir, format!("cannot lock: {e}"))),
+            Err(fs4::TryLockError::Error(e)) => return Err(Error::file(dir, format!("cannot lock: {e}"))),
         }
         // Writing the PID file is also the proof that the directory is writable, before
         // any training is done.
         let pid_file = dir.join(PID_FILE);
         std::fs::write(&pid_file, format!("{}\n", std::process::id()))
-            .map_err(|e| file_err(&pid_file, format!("cannot write: {e}")))?;
+            .map_err(|e| Error::file(&pid_file, format!("cannot write: {e}")))?;
         Ok(owner)
     }
 }
@@ -103,15 +99,15 @@ impl Log {
     /// past the checkpoint's epoch belong to a run killed between its log line and its
     /// checkpoint's rename, or to a partial line, and are dropped.
     pub fn open(path: &Path, keep: usize) -> Result<Log> {
-        let err = |e: std::io::Error| file_err(path, format!("cannot write: {e}"));
+        let err = |e: std::io::Error| Error::file(path, format!("cannot write: {e}"));
         let mut file =
             OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(err)?;
         match fs4::FileExt::try_lock(&file) {
             Ok(()) => {}
             Err(fs4::TryLockError::WouldBlock) => {
-                return Err(file_err(path, "is locked: another `densenet train` writes to this log".into()));
+                return Err(Error::file(path, "is locked: another `densenet train` writes to this log"));
             }
-            Err(fs4::TryLockError::Error(e)) => return Err(file_err(path, format!("cannot lock: {e}"))),
+            Err(fs4::TryLockError::Error(e)) => return Err(Error::file(path, format!("cannot lock: {e}"))),
         }
         let mut text = Vec::new();
         if keep > 0 {
@@ -128,7 +124,7 @@ impl Log {
     pub fn append(&mut self, line: &str) -> Result<()> {
         writeln!(self.file, "{line}")
             .and_then(|()| self.file.sync_data())
-            .map_err(|e| file_err(&self.path, format!("cannot write: {e}")))
+            .map_err(|e| Error::file(&self.path, format!("cannot write: {e}")))
     }
 }
 

@@ -79,10 +79,7 @@ fn locate(dir: &Path, test_only: bool) -> Result<(PathBuf, Variant)> {
         "data_batch_1.bin … data_batch_5.bin and test_batch.bin (CIFAR-10) or train.bin and test.bin \
          (CIFAR-100)"
     };
-    Err(Error::File {
-        path: dir.display().to_string(),
-        message: format!("no CIFAR data found: expected {expected}"),
-    })
+    Err(Error::file(dir, format!("no CIFAR data found: expected {expected}")))
 }
 
 /// Both splits of the CIFAR data set in `dir`.
@@ -139,7 +136,7 @@ fn read_file(path: &Path, variant: Variant, out: &mut Dataset) -> Result<()> {
     let reserve_error = |_| file.error(format!("cannot allocate memory for its {count} records"));
     out.labels.try_reserve_exact(count).map_err(reserve_error)?;
     out.images.try_reserve_exact(count * PIXELS).map_err(reserve_error)?;
-    let file_err = |message: String| Error::File { path: path.display().to_string(), message };
+    let file_err = |message: String| Error::file(path, message);
     let bytes = file.read_all()?;
     for (i, rec) in bytes.chunks_exact(record).enumerate() {
         // CIFAR-100 records start with the coarse label; the fine label follows.

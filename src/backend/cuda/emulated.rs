@@ -50,8 +50,8 @@ impl Device for EmuDevice {
     }
 
     fn download(&self, mem: &Buffer, offset: usize, len: usize) -> Result<Vec<f32>> {
-        let bytes = &mem.bytes()[offset * F32..(offset + len) * F32];
-        Ok(bytes.chunks_exact(F32).map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]])).collect())
+        // Buffers are 256-byte aligned, so every float offset is a valid f32 slice.
+        Ok(bytemuck::cast_slice(&mem.bytes()[offset * F32..(offset + len) * F32]).to_vec())
     }
 
     fn zero(&self, mem: &mut Buffer, offset: usize, len: usize) -> Result<()> {
