@@ -50,6 +50,7 @@ use densenet::backend::cuda::CudaBackend;
 use densenet::backend::{
     At, Backend, BnRef, Category, ConvGeom, Mat, PoolWindow, SgdParams, Spatial, StatsRef,
 };
+use densenet::backend::{AtMut, LinearGrads, StatsMut, View, ViewMut};
 use densenet::config::{DenseNetConfig, Stem};
 use densenet::error::Result;
 use densenet::params::ParamLayout;
@@ -154,7 +155,6 @@ impl<B: Backend> Bench<'_, B> {
     }
 
     /// A fused op and the unfused chain computing the same outputs.
-    #[allow(clippy::too_many_arguments)]
     fn fused<C>(
         &mut self,
         id: String,
@@ -318,18 +318,21 @@ impl<B: Backend + Clone> Block<B> {
             wt,
         };
         // Real statistics, and Z as the layer's forward computes it.
-        be.channel_stats(&x.s, Mat::dense(0, p, c), &mut x.stats, norm1.mean, norm1.var)?;
+        be.channel_stats(
+            View::new(&x.s, Mat::dense(0, p, c)),
+            StatsMut::new(&mut x.stats, norm1.mean, norm1.var),
+        )?;
         let xm = Mat { offset: 0, rows: p, cols: c_in, ld: c };
         let w = At { buf: &x.params, offset: w1 };
         be.bn_relu_conv1x1_fwd(
-            &x.s,
-            xm,
-            bn(&x.stats, &x.params, norm1),
+            View::new(&x.s, xm).bn_relu(bn(&x.stats, &x.params, norm1)),
             w,
-            &mut x.z,
-            Mat::dense(0, p, bott),
+            ViewMut::new(&mut x.z, Mat::dense(0, p, bott)),
         )?;
-        be.channel_stats(&x.z, Mat::dense(0, p, bott), &mut x.stats, norm2.mean, norm2.var)?;
+        be.channel_stats(
+            View::new(&x.z, Mat::dense(0, p, bott)),
+            StatsMut::new(&mut x.stats, norm2.mean, norm2.var),
+        )?;
         Ok(x)
     }
 }
@@ -356,16 +359,30 @@ fn bench_layer<B: Backend>(h: &mut Bench<'_, B>, site: &str, x: &mut Block<B>) {
         x,
         |x| {
             let w = At { buf: &x.params, offset: x.w1 };
-            x.be.bn_relu_conv1x1_fwd(&x.s, xm, bn(&x.stats, &x.params, x.norm1), w, &mut x.z, zm)
+            x.be.bn_relu_conv1x1_fwd(
+                View::new(&x.s, xm).bn_relu(bn(&x.stats, &x.params, x.norm1)),
+                w,
+                ViewMut::new(&mut x.z, zm),
+            )
         },
         |x| {
-            x.be.bn_apply(&x.s, xm, bn(&x.stats, &x.params, x.norm1), &mut x.t1, xd)?;
-            x.be.relu_fwd(&x.t1, xd, &mut x.t2, xd)?;
-            x.be.conv_fwd(&x.t2, xd, shape, CONV1, At { buf: &x.params, offset: x.w1 }, &mut x.z, zm)
+            x.be.bn_apply(
+                View::new(&x.s, xm),
+                bn(&x.stats, &x.params, x.norm1),
+                ViewMut::new(&mut x.t1, xd),
+            )?;
+            x.be.relu_fwd(View::new(&x.t1, xd), ViewMut::new(&mut x.t2, xd))?;
+            x.be.conv_fwd(
+                View::new(&x.t2, xd),
+                shape,
+                CONV1,
+                At { buf: &x.params, offset: x.w1 },
+                ViewMut::new(&mut x.z, zm),
+            )
         },
     );
     h.op(format!("{site}/channel_stats_z"), 3.0 * pf * bottf, bytes(&[p * bott]), x, |x| {
-        x.be.channel_stats(&x.z, zm, &mut x.stats, x.norm2.mean, x.norm2.var)
+        x.be.channel_stats(View::new(&x.z, zm), StatsMut::new(&mut x.stats, x.norm2.mean, x.norm2.var))
     });
     h.fused(
         format!("{site}/conv3x3_fwd"),
@@ -374,20 +391,42 @@ fn bench_layer<B: Backend>(h: &mut Bench<'_, B>, site: &str, x: &mut Block<B>) {
         x,
         |x| {
             let w = At { buf: &x.params, offset: x.w3 };
-            x.be.bn_relu_conv3x3_fwd(&x.z, zm, shape, bn(&x.stats, &x.params, x.norm2), w, &mut x.s, ym)
+            x.be.bn_relu_conv3x3_fwd(
+                View::new(&x.z, zm).bn_relu(bn(&x.stats, &x.params, x.norm2)),
+                shape,
+                w,
+                ViewMut::new(&mut x.s, ym),
+            )
         },
         |x| {
-            x.be.bn_apply(&x.z, zm, bn(&x.stats, &x.params, x.norm2), &mut x.t1, zm)?;
-            x.be.relu_fwd(&x.t1, zm, &mut x.t2, zm)?;
-            x.be.conv_fwd(&x.t2, zm, shape, CONV3, At { buf: &x.params, offset: x.w3 }, &mut x.s, ym)
+            x.be.bn_apply(
+                View::new(&x.z, zm),
+                bn(&x.stats, &x.params, x.norm2),
+                ViewMut::new(&mut x.t1, zm),
+            )?;
+            x.be.relu_fwd(View::new(&x.t1, zm), ViewMut::new(&mut x.t2, zm))?;
+            x.be.conv_fwd(
+                View::new(&x.t2, zm),
+                shape,
+                CONV3,
+                At { buf: &x.params, offset: x.w3 },
+                ViewMut::new(&mut x.s, ym),
+            )
         },
     );
     h.op(format!("{site}/channel_stats_new"), 3.0 * pf * kf, bytes(&[p * k]), x, |x| {
-        x.be.channel_stats(&x.s, ym, &mut x.stats, new.mean, new.var)
+        x.be.channel_stats(View::new(&x.s, ym), StatsMut::new(&mut x.stats, new.mean, new.var))
     });
     // The accumulators are zero, so repeated launches leave G as it was.
     h.op(format!("{site}/bn_correction"), 4.0 * pf * kf, bytes(&[3 * p * k]), x, |x| {
-        x.be.bn_correction(&mut x.g, ym, &x.s, ym, stats_of(&x.stats, new), &x.corr, c_in, c + c_in)
+        x.be.bn_correction(
+            ViewMut::new(&mut x.g, ym),
+            View::new(&x.s, ym),
+            stats_of(&x.stats, new),
+            &x.corr,
+            c_in,
+            c + c_in,
+        )
     });
     h.fused(
         format!("{site}/conv3x3_wgrad"),
@@ -396,20 +435,26 @@ fn bench_layer<B: Backend>(h: &mut Bench<'_, B>, site: &str, x: &mut Block<B>) {
         x,
         |x| {
             x.be.bn_relu_conv3x3_wgrad(
-                &x.z,
-                zm,
+                View::new(&x.z, zm).bn_relu(bn(&x.stats, &x.params, x.norm2)),
                 shape,
-                bn(&x.stats, &x.params, x.norm2),
-                &x.g,
-                ym,
-                &mut x.grads,
-                x.w3,
+                View::new(&x.g, ym),
+                AtMut::new(&mut x.grads, x.w3),
             )
         },
         |x| {
-            x.be.bn_apply(&x.z, zm, bn(&x.stats, &x.params, x.norm2), &mut x.t1, zm)?;
-            x.be.relu_fwd(&x.t1, zm, &mut x.t2, zm)?;
-            x.be.conv_wgrad(&x.t2, zm, shape, CONV3, &x.g, ym, &mut x.grads, x.w3)
+            x.be.bn_apply(
+                View::new(&x.z, zm),
+                bn(&x.stats, &x.params, x.norm2),
+                ViewMut::new(&mut x.t1, zm),
+            )?;
+            x.be.relu_fwd(View::new(&x.t1, zm), ViewMut::new(&mut x.t2, zm))?;
+            x.be.conv_wgrad(
+                View::new(&x.t2, zm),
+                shape,
+                CONV3,
+                View::new(&x.g, ym),
+                AtMut::new(&mut x.grads, x.w3),
+            )
         },
     );
     h.fused(
@@ -420,17 +465,44 @@ fn bench_layer<B: Backend>(h: &mut Bench<'_, B>, site: &str, x: &mut Block<B>) {
         |x| {
             let w = At { buf: &x.params, offset: x.w3 };
             let bn2 = bn(&x.stats, &x.params, x.norm2);
-            x.be.bn_relu_conv3x3_dgrad(&x.g, ym, shape, w, &x.z, zm, bn2, &mut x.dz, zm, &mut x.sums)
+            x.be.bn_relu_conv3x3_dgrad(
+                View::new(&x.g, ym),
+                shape,
+                w,
+                View::new(&x.z, zm).bn_relu(bn2),
+                ViewMut::new(&mut x.dz, zm),
+                &mut x.sums,
+            )
         },
         |x| {
-            x.be.conv_dgrad(&x.g, ym, shape, CONV3, At { buf: &x.params, offset: x.w3 }, &mut x.dz, zm)?;
-            x.be.bn_apply(&x.z, zm, bn(&x.stats, &x.params, x.norm2), &mut x.t1, zm)?;
-            x.be.relu_bwd(&mut x.dz, zm, &x.t1, zm)?;
-            x.be.bn_grad_sums(&x.dz, zm, &x.z, zm, stats_of(&x.stats, x.norm2), &mut x.sums)
+            x.be.conv_dgrad(
+                View::new(&x.g, ym),
+                shape,
+                CONV3,
+                At { buf: &x.params, offset: x.w3 },
+                ViewMut::new(&mut x.dz, zm),
+            )?;
+            x.be.bn_apply(
+                View::new(&x.z, zm),
+                bn(&x.stats, &x.params, x.norm2),
+                ViewMut::new(&mut x.t1, zm),
+            )?;
+            x.be.relu_bwd(ViewMut::new(&mut x.dz, zm), View::new(&x.t1, zm))?;
+            x.be.bn_grad_sums(
+                View::new(&x.dz, zm),
+                View::new(&x.z, zm),
+                stats_of(&x.stats, x.norm2),
+                &mut x.sums,
+            )
         },
     );
     h.op(format!("{site}/bn_backward_elementwise"), 5.0 * pf * bottf, bytes(&[3 * p * bott]), x, |x| {
-        x.be.bn_backward_elementwise(&mut x.dz, zm, &x.z, zm, bn(&x.stats, &x.params, x.norm2), &x.sums)
+        x.be.bn_backward_elementwise(
+            ViewMut::new(&mut x.dz, zm),
+            View::new(&x.z, zm),
+            bn(&x.stats, &x.params, x.norm2),
+            &x.sums,
+        )
     });
     h.fused(
         format!("{site}/conv1x1_wgrad"),
@@ -439,19 +511,25 @@ fn bench_layer<B: Backend>(h: &mut Bench<'_, B>, site: &str, x: &mut Block<B>) {
         x,
         |x| {
             x.be.bn_relu_conv1x1_wgrad(
-                &x.s,
-                xm,
-                bn(&x.stats, &x.params, x.norm1),
-                &x.dz,
-                zm,
-                &mut x.grads,
-                x.w1,
+                View::new(&x.s, xm).bn_relu(bn(&x.stats, &x.params, x.norm1)),
+                View::new(&x.dz, zm),
+                AtMut::new(&mut x.grads, x.w1),
             )
         },
         |x| {
-            x.be.bn_apply(&x.s, xm, bn(&x.stats, &x.params, x.norm1), &mut x.t1, xd)?;
-            x.be.relu_fwd(&x.t1, xd, &mut x.t2, xd)?;
-            x.be.conv_wgrad(&x.t2, xd, shape, CONV1, &x.dz, zm, &mut x.grads, x.w1)
+            x.be.bn_apply(
+                View::new(&x.s, xm),
+                bn(&x.stats, &x.params, x.norm1),
+                ViewMut::new(&mut x.t1, xd),
+            )?;
+            x.be.relu_fwd(View::new(&x.t1, xd), ViewMut::new(&mut x.t2, xd))?;
+            x.be.conv_wgrad(
+                View::new(&x.t2, xd),
+                shape,
+                CONV1,
+                View::new(&x.dz, zm),
+                AtMut::new(&mut x.grads, x.w1),
+            )
         },
     );
     h.fused(
@@ -462,13 +540,35 @@ fn bench_layer<B: Backend>(h: &mut Bench<'_, B>, site: &str, x: &mut Block<B>) {
         |x| {
             let w = At { buf: &x.params, offset: x.w1 };
             let bn1 = bn(&x.stats, &x.params, x.norm1);
-            x.be.bn_relu_conv1x1_dgrad(&x.dz, zm, w, &x.s, xm, bn1, &mut x.g, xm, true, &mut x.sums)
+            x.be.bn_relu_conv1x1_dgrad(
+                View::new(&x.dz, zm),
+                w,
+                View::new(&x.s, xm).bn_relu(bn1),
+                ViewMut::new(&mut x.g, xm),
+                true,
+                &mut x.sums,
+            )
         },
         |x| {
-            x.be.conv_dgrad(&x.dz, zm, shape, CONV1, At { buf: &x.params, offset: x.w1 }, &mut x.t2, xd)?;
-            x.be.bn_apply(&x.s, xm, bn(&x.stats, &x.params, x.norm1), &mut x.t1, xd)?;
-            x.be.relu_bwd(&mut x.t2, xd, &x.t1, xd)?;
-            x.be.bn_grad_sums(&x.t2, xd, &x.s, xm, stats_of(&x.stats, x.norm1), &mut x.sums)
+            x.be.conv_dgrad(
+                View::new(&x.dz, zm),
+                shape,
+                CONV1,
+                At { buf: &x.params, offset: x.w1 },
+                ViewMut::new(&mut x.t2, xd),
+            )?;
+            x.be.bn_apply(
+                View::new(&x.s, xm),
+                bn(&x.stats, &x.params, x.norm1),
+                ViewMut::new(&mut x.t1, xd),
+            )?;
+            x.be.relu_bwd(ViewMut::new(&mut x.t2, xd), View::new(&x.t1, xd))?;
+            x.be.bn_grad_sums(
+                View::new(&x.t2, xd),
+                View::new(&x.s, xm),
+                stats_of(&x.stats, x.norm1),
+                &mut x.sums,
+            )
         },
     );
 }
@@ -485,9 +585,9 @@ fn bench_transition<B: Backend>(h: &mut Bench<'_, B>, site: &str, x: &mut Block<
 
     // BN-ReLU of S, pooled, into t1 (the chains' common prefix).
     let pool_chain = |x: &mut Block<B>| -> Result<()> {
-        x.be.bn_apply(&x.s, all, bn(&x.stats, &x.params, x.norm1), &mut x.t1, all)?;
-        x.be.relu_fwd(&x.t1, all, &mut x.t2, all)?;
-        x.be.avg_pool_fwd(&x.t2, all, shape, POOL2, &mut x.t1, pm)
+        x.be.bn_apply(View::new(&x.s, all), bn(&x.stats, &x.params, x.norm1), ViewMut::new(&mut x.t1, all))?;
+        x.be.relu_fwd(View::new(&x.t1, all), ViewMut::new(&mut x.t2, all))?;
+        x.be.avg_pool_fwd(View::new(&x.t2, all), shape, POOL2, ViewMut::new(&mut x.t1, pm))
     };
     h.fused(
         format!("{site}/fwd"),
@@ -497,18 +597,21 @@ fn bench_transition<B: Backend>(h: &mut Bench<'_, B>, site: &str, x: &mut Block<
         |x| {
             let w = At { buf: &x.params, offset: x.wt };
             x.be.bn_relu_avgpool_conv1x1_fwd(
-                &x.s,
-                all,
+                View::new(&x.s, all).bn_relu(bn(&x.stats, &x.params, x.norm1)),
                 shape,
-                bn(&x.stats, &x.params, x.norm1),
                 w,
-                &mut x.y,
-                ym,
+                ViewMut::new(&mut x.y, ym),
             )
         },
         |x| {
             pool_chain(x)?;
-            x.be.conv_fwd(&x.t1, pm, pooled, CONV1, At { buf: &x.params, offset: x.wt }, &mut x.y, ym)
+            x.be.conv_fwd(
+                View::new(&x.t1, pm),
+                pooled,
+                CONV1,
+                At { buf: &x.params, offset: x.wt },
+                ViewMut::new(&mut x.y, ym),
+            )
         },
     );
     h.fused(
@@ -518,11 +621,22 @@ fn bench_transition<B: Backend>(h: &mut Bench<'_, B>, site: &str, x: &mut Block<
         x,
         |x| {
             let bn1 = bn(&x.stats, &x.params, x.norm1);
-            x.be.bn_relu_avgpool_conv1x1_wgrad(&x.s, all, shape, bn1, &x.dy, ym, &mut x.grads, x.wt)
+            x.be.bn_relu_avgpool_conv1x1_wgrad(
+                View::new(&x.s, all).bn_relu(bn1),
+                shape,
+                View::new(&x.dy, ym),
+                AtMut::new(&mut x.grads, x.wt),
+            )
         },
         |x| {
             pool_chain(x)?;
-            x.be.conv_wgrad(&x.t1, pm, pooled, CONV1, &x.dy, ym, &mut x.grads, x.wt)
+            x.be.conv_wgrad(
+                View::new(&x.t1, pm),
+                pooled,
+                CONV1,
+                View::new(&x.dy, ym),
+                AtMut::new(&mut x.grads, x.wt),
+            )
         },
     );
     h.fused(
@@ -534,24 +648,35 @@ fn bench_transition<B: Backend>(h: &mut Bench<'_, B>, site: &str, x: &mut Block<
             let w = At { buf: &x.params, offset: x.wt };
             let bn1 = bn(&x.stats, &x.params, x.norm1);
             x.be.bn_relu_avgpool_conv1x1_dgrad(
-                &x.dy,
-                ym,
+                View::new(&x.dy, ym),
                 w,
-                &x.s,
-                all,
+                View::new(&x.s, all).bn_relu(bn1),
                 shape,
-                bn1,
-                &mut x.g,
-                all,
+                ViewMut::new(&mut x.g, all),
                 &mut x.sums,
             )
         },
         |x| {
-            x.be.conv_dgrad(&x.dy, ym, pooled, CONV1, At { buf: &x.params, offset: x.wt }, &mut x.t1, pm)?;
-            x.be.avg_pool_bwd(&x.t1, pm, shape, POOL2, &mut x.t2, all)?;
-            x.be.bn_apply(&x.s, all, bn(&x.stats, &x.params, x.norm1), &mut x.t1, all)?;
-            x.be.relu_bwd(&mut x.t2, all, &x.t1, all)?;
-            x.be.bn_grad_sums(&x.t2, all, &x.s, all, stats_of(&x.stats, x.norm1), &mut x.sums)
+            x.be.conv_dgrad(
+                View::new(&x.dy, ym),
+                pooled,
+                CONV1,
+                At { buf: &x.params, offset: x.wt },
+                ViewMut::new(&mut x.t1, pm),
+            )?;
+            x.be.avg_pool_bwd(View::new(&x.t1, pm), shape, POOL2, ViewMut::new(&mut x.t2, all))?;
+            x.be.bn_apply(
+                View::new(&x.s, all),
+                bn(&x.stats, &x.params, x.norm1),
+                ViewMut::new(&mut x.t1, all),
+            )?;
+            x.be.relu_bwd(ViewMut::new(&mut x.t2, all), View::new(&x.t1, all))?;
+            x.be.bn_grad_sums(
+                View::new(&x.t2, all),
+                View::new(&x.s, all),
+                stats_of(&x.stats, x.norm1),
+                &mut x.sums,
+            )
         },
     );
 }
@@ -612,38 +737,68 @@ fn bench_stem<B: Backend + Clone>(h: &mut Bench<'_, B>, be: &B, model: &Model) -
         w,
     };
     let (xm, tm, sm) = (Mat::dense(0, pi, c_in), Mat::dense(0, pt, c0), Mat::dense(0, ps, c0));
-    be.conv_fwd(&x.input, xm, in_shape, geom, At { buf: &x.params, offset: w }, &mut x.t, tm)?;
-    be.channel_stats(&x.t, tm, &mut x.stats, norm.mean, norm.var)?;
+    be.conv_fwd(
+        View::new(&x.input, xm),
+        in_shape,
+        geom,
+        At { buf: &x.params, offset: w },
+        ViewMut::new(&mut x.t, tm),
+    )?;
+    be.channel_stats(View::new(&x.t, tm), StatsMut::new(&mut x.stats, norm.mean, norm.var))?;
 
     let site = format!("{}/stem", model.name);
     let flops = 2.0 * pt as f64 * kk as f64 * c_in as f64 * c0 as f64;
     let weights = c0 * kk * c_in;
     h.op(format!("{site}/conv_fwd"), flops, bytes(&[pi * c_in, weights, pt * c0]), &mut x, |x| {
-        x.be.conv_fwd(&x.input, xm, in_shape, geom, At { buf: &x.params, offset: x.w }, &mut x.t, tm)
+        x.be.conv_fwd(
+            View::new(&x.input, xm),
+            in_shape,
+            geom,
+            At { buf: &x.params, offset: x.w },
+            ViewMut::new(&mut x.t, tm),
+        )
     });
     h.op(format!("{site}/conv_wgrad"), flops, bytes(&[pi * c_in, pt * c0, 2 * weights]), &mut x, |x| {
-        x.be.conv_wgrad(&x.input, xm, in_shape, geom, &x.dt, tm, &mut x.grads, x.w)
+        x.be.conv_wgrad(
+            View::new(&x.input, xm),
+            in_shape,
+            geom,
+            View::new(&x.dt, tm),
+            AtMut::new(&mut x.grads, x.w),
+        )
     });
     h.op(format!("{site}/conv_dgrad"), flops, bytes(&[pt * c0, weights, pi * c_in]), &mut x, |x| {
-        x.be.conv_dgrad(&x.dt, tm, in_shape, geom, At { buf: &x.params, offset: x.w }, &mut x.dx, xm)
+        x.be.conv_dgrad(
+            View::new(&x.dt, tm),
+            in_shape,
+            geom,
+            At { buf: &x.params, offset: x.w },
+            ViewMut::new(&mut x.dx, xm),
+        )
     });
     if cfg.stem == Stem::Cifar {
         return Ok(());
     }
     // BN-ReLU of T into t1 (BN output) and t2 (ReLU output, the max-pool's input).
     let bn_relu = |x: &mut StemBufs<B>| -> Result<()> {
-        x.be.bn_apply(&x.t, tm, bn(&x.stats, &x.params, x.norm), &mut x.t1, tm)?;
-        x.be.relu_fwd(&x.t1, tm, &mut x.t2, tm)
+        x.be.bn_apply(View::new(&x.t, tm), bn(&x.stats, &x.params, x.norm), ViewMut::new(&mut x.t1, tm))?;
+        x.be.relu_fwd(View::new(&x.t1, tm), ViewMut::new(&mut x.t2, tm))
     };
     h.fused(
         format!("{site}/maxpool_fwd"),
         0.0,
         bytes(&[pt * c0, ps * c0]),
         &mut x,
-        |x| x.be.bn_relu_maxpool_fwd(&x.t, tm, t_shape, bn(&x.stats, &x.params, x.norm), &mut x.y, sm),
+        |x| {
+            x.be.bn_relu_maxpool_fwd(
+                View::new(&x.t, tm).bn_relu(bn(&x.stats, &x.params, x.norm)),
+                t_shape,
+                ViewMut::new(&mut x.y, sm),
+            )
+        },
         |x| {
             bn_relu(x)?;
-            x.be.max_pool_fwd(&x.t2, tm, t_shape, &mut x.y, sm)
+            x.be.max_pool_fwd(View::new(&x.t2, tm), t_shape, ViewMut::new(&mut x.y, sm))
         },
     );
     h.fused(
@@ -653,13 +808,29 @@ fn bench_stem<B: Backend + Clone>(h: &mut Bench<'_, B>, be: &B, model: &Model) -
         &mut x,
         |x| {
             let bn0 = bn(&x.stats, &x.params, x.norm);
-            x.be.bn_relu_maxpool_bwd(&x.dy, sm, &x.t, tm, t_shape, bn0, &mut x.dt, tm, &mut x.sums)
+            x.be.bn_relu_maxpool_bwd(
+                View::new(&x.dy, sm),
+                View::new(&x.t, tm).bn_relu(bn0),
+                t_shape,
+                ViewMut::new(&mut x.dt, tm),
+                &mut x.sums,
+            )
         },
         |x| {
             bn_relu(x)?;
-            x.be.max_pool_bwd(&x.dy, sm, &x.t2, tm, t_shape, &mut x.dt, tm)?;
-            x.be.relu_bwd(&mut x.dt, tm, &x.t1, tm)?;
-            x.be.bn_grad_sums(&x.dt, tm, &x.t, tm, stats_of(&x.stats, x.norm), &mut x.sums)
+            x.be.max_pool_bwd(
+                View::new(&x.dy, sm),
+                View::new(&x.t2, tm),
+                t_shape,
+                ViewMut::new(&mut x.dt, tm),
+            )?;
+            x.be.relu_bwd(ViewMut::new(&mut x.dt, tm), View::new(&x.t1, tm))?;
+            x.be.bn_grad_sums(
+                View::new(&x.dt, tm),
+                View::new(&x.t, tm),
+                stats_of(&x.stats, x.norm),
+                &mut x.sums,
+            )
         },
     );
     Ok(())
@@ -720,7 +891,7 @@ fn bench_head<B: Backend + Clone>(h: &mut Bench<'_, B>, be: &B, model: &Model) -
         bias,
     };
     let (all, nm) = (Mat::dense(0, p, c), Mat::dense(0, n, c));
-    be.channel_stats(&x.x, all, &mut x.stats, norm.mean, norm.var)?;
+    be.channel_stats(View::new(&x.x, all), StatsMut::new(&mut x.stats, norm.mean, norm.var))?;
     let window = PoolWindow { h: shape.h, w: shape.w };
     let site = format!("{}/head", model.name);
     let linear_flops = 2.0 * (n * c * classes) as f64;
@@ -730,11 +901,21 @@ fn bench_head<B: Backend + Clone>(h: &mut Bench<'_, B>, be: &B, model: &Model) -
         0.0,
         bytes(&[p * c, n * c]),
         &mut x,
-        |x| x.be.bn_relu_global_pool_fwd(&x.x, all, shape, bn(&x.stats, &x.params, x.norm), &mut x.pooled),
         |x| {
-            x.be.bn_apply(&x.x, all, bn(&x.stats, &x.params, x.norm), &mut x.t1, all)?;
-            x.be.relu_fwd(&x.t1, all, &mut x.t2, all)?;
-            x.be.avg_pool_fwd(&x.t2, all, shape, window, &mut x.pooled, nm)
+            x.be.bn_relu_global_pool_fwd(
+                View::new(&x.x, all).bn_relu(bn(&x.stats, &x.params, x.norm)),
+                shape,
+                &mut x.pooled,
+            )
+        },
+        |x| {
+            x.be.bn_apply(
+                View::new(&x.x, all),
+                bn(&x.stats, &x.params, x.norm),
+                ViewMut::new(&mut x.t1, all),
+            )?;
+            x.be.relu_fwd(View::new(&x.t1, all), ViewMut::new(&mut x.t2, all))?;
+            x.be.avg_pool_fwd(View::new(&x.t2, all), shape, window, ViewMut::new(&mut x.pooled, nm))
         },
     );
     h.op(
@@ -744,11 +925,21 @@ fn bench_head<B: Backend + Clone>(h: &mut Bench<'_, B>, be: &B, model: &Model) -
         &mut x,
         |x| {
             let (w, b) = (At { buf: &x.params, offset: x.fc }, At { buf: &x.params, offset: x.bias });
-            x.be.linear_fwd(&x.pooled, n, c, w, b, classes, &mut x.logits)
+            x.be.linear_fwd(
+                View::new(&x.pooled, Mat::dense(0, n, c)),
+                w,
+                b,
+                ViewMut::new(&mut x.logits, Mat::dense(0, n, classes)),
+            )
         },
     );
     h.op(format!("{site}/softmax_xent"), 0.0, bytes(&[2 * n * classes + n]), &mut x, |x| {
-        x.be.softmax_xent(&x.logits, &x.labels, n, classes, &mut x.loss, &mut x.dlogits)
+        x.be.softmax_xent(
+            View::new(&x.logits, Mat::dense(0, n, classes)),
+            &x.labels,
+            &mut x.loss,
+            ViewMut::new(&mut x.dlogits, Mat::dense(0, n, classes)),
+        )
     });
     h.op(
         format!("{site}/linear_bwd"),
@@ -758,16 +949,11 @@ fn bench_head<B: Backend + Clone>(h: &mut Bench<'_, B>, be: &B, model: &Model) -
         |x| {
             let w = At { buf: &x.params, offset: x.fc };
             x.be.linear_bwd(
-                &x.dlogits,
-                &x.pooled,
-                n,
-                c,
+                View::new(&x.dlogits, Mat::dense(0, n, classes)),
+                View::new(&x.pooled, Mat::dense(0, n, c)),
                 w,
-                classes,
-                &mut x.grads,
-                x.fc,
-                x.bias,
-                &mut x.dpooled,
+                LinearGrads::new(&mut x.grads, x.fc, x.bias),
+                ViewMut::new(&mut x.dpooled, Mat::dense(0, n, c)),
             )
         },
     );
@@ -778,13 +964,28 @@ fn bench_head<B: Backend + Clone>(h: &mut Bench<'_, B>, be: &B, model: &Model) -
         &mut x,
         |x| {
             let bn5 = bn(&x.stats, &x.params, x.norm);
-            x.be.bn_relu_global_pool_bwd(&x.dpooled, &x.x, all, shape, bn5, &mut x.g, all, &mut x.sums)
+            x.be.bn_relu_global_pool_bwd(
+                &x.dpooled,
+                View::new(&x.x, all).bn_relu(bn5),
+                shape,
+                ViewMut::new(&mut x.g, all),
+                &mut x.sums,
+            )
         },
         |x| {
-            x.be.avg_pool_bwd(&x.dpooled, nm, shape, window, &mut x.g, all)?;
-            x.be.bn_apply(&x.x, all, bn(&x.stats, &x.params, x.norm), &mut x.t1, all)?;
-            x.be.relu_bwd(&mut x.g, all, &x.t1, all)?;
-            x.be.bn_grad_sums(&x.g, all, &x.x, all, stats_of(&x.stats, x.norm), &mut x.sums)
+            x.be.avg_pool_bwd(View::new(&x.dpooled, nm), shape, window, ViewMut::new(&mut x.g, all))?;
+            x.be.bn_apply(
+                View::new(&x.x, all),
+                bn(&x.stats, &x.params, x.norm),
+                ViewMut::new(&mut x.t1, all),
+            )?;
+            x.be.relu_bwd(ViewMut::new(&mut x.g, all), View::new(&x.t1, all))?;
+            x.be.bn_grad_sums(
+                View::new(&x.g, all),
+                View::new(&x.x, all),
+                stats_of(&x.stats, x.norm),
+                &mut x.sums,
+            )
         },
     );
     Ok(())

@@ -15,6 +15,7 @@ use densenet::backend::cpu::CpuBackend;
 use densenet::backend::{
     At, Backend, BnGradTarget, BnRef, Category, ConvGeom, Mat, PoolWindow, SgdParams, Spatial, StatsRef,
 };
+use densenet::backend::{AtMut, BnSums, LinearGrads, StatsMut, View, ViewMut};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -224,13 +225,20 @@ fn ops<B: Backend>() -> Vec<Op<B>> {
         op(
             "channel_stats",
             BASE,
-            |k, g| k.b.channel_stats(&k.i.x, g.a, &mut k.o.out, g.off[0], g.off[1]),
+            |k, g| k.b.channel_stats(View::new(&k.i.x, g.a), StatsMut::new(&mut k.o.out, g.off[0], g.off[1])),
             &[&["a past end", "a pitch < cols", "a span overflows", "outputs overlap"], OFFSET],
         ),
         op(
             "update_running_stats",
             BASE,
-            |k, g| k.b.update_running_stats(stats(&k.i, g), g.k, 32, &mut k.o.out, g.off[0], g.off[1]),
+            |k, g| {
+                k.b.update_running_stats(
+                    stats(&k.i, g),
+                    g.k,
+                    32,
+                    StatsMut::new(&mut k.o.out, g.off[0], g.off[1]),
+                )
+            },
             &[STATS, OFFSET, &["outputs overlap"]],
         ),
         op(
@@ -238,12 +246,9 @@ fn ops<B: Backend>() -> Vec<Op<B>> {
             BASE,
             |k, g| {
                 k.b.bn_relu_conv1x1_fwd(
-                    &k.i.x,
-                    g.a,
-                    bn(&k.i, g),
+                    View::new(&k.i.x, g.a).bn_relu(bn(&k.i, g)),
                     At { buf: &k.i.w, offset: g.w },
-                    &mut k.o.out,
-                    g.b,
+                    ViewMut::new(&mut k.o.out, g.b),
                 )
             },
             &[MATS2_AB, BN, &["b rows disagree", "weight past end"]],
@@ -251,7 +256,13 @@ fn ops<B: Backend>() -> Vec<Op<B>> {
         op(
             "bn_relu_conv1x1_wgrad",
             BASE,
-            |k, g| k.b.bn_relu_conv1x1_wgrad(&k.i.x, g.a, bn(&k.i, g), &k.i.dy, g.b, &mut k.o.out, g.off[0]),
+            |k, g| {
+                k.b.bn_relu_conv1x1_wgrad(
+                    View::new(&k.i.x, g.a).bn_relu(bn(&k.i, g)),
+                    View::new(&k.i.dy, g.b),
+                    AtMut::new(&mut k.o.out, g.off[0]),
+                )
+            },
             &[MATS2_AB, BN, OFFSET, &["b rows disagree"]],
         ),
         op(
@@ -261,14 +272,10 @@ fn ops<B: Backend>() -> Vec<Op<B>> {
                 let w = At { buf: &k.i.w, offset: g.w };
                 let s = sums::<B>(&mut k.o.sums, &mut k.o.short, g);
                 k.b.bn_relu_conv1x1_dgrad(
-                    &k.i.dy,
-                    g.b,
+                    View::new(&k.i.dy, g.b),
                     w,
-                    &k.i.x,
-                    g.a,
-                    bn(&k.i, g),
-                    &mut k.o.out,
-                    g.c,
+                    View::new(&k.i.x, g.a).bn_relu(bn(&k.i, g)),
+                    ViewMut::new(&mut k.o.out, g.c),
                     false,
                     s,
                 )
@@ -290,7 +297,12 @@ fn ops<B: Backend>() -> Vec<Op<B>> {
             BASE,
             |k, g| {
                 let w = At { buf: &k.i.w, offset: g.w };
-                k.b.bn_relu_conv3x3_fwd(&k.i.x, g.a, g.shape, bn(&k.i, g), w, &mut k.o.out, g.b)
+                k.b.bn_relu_conv3x3_fwd(
+                    View::new(&k.i.x, g.a).bn_relu(bn(&k.i, g)),
+                    g.shape,
+                    w,
+                    ViewMut::new(&mut k.o.out, g.b),
+                )
             },
             &[MATS2_AB, BN, SPATIAL, &["b rows disagree", "weight past end"]],
         ),
@@ -299,14 +311,10 @@ fn ops<B: Backend>() -> Vec<Op<B>> {
             BASE,
             |k, g| {
                 k.b.bn_relu_conv3x3_wgrad(
-                    &k.i.x,
-                    g.a,
+                    View::new(&k.i.x, g.a).bn_relu(bn(&k.i, g)),
                     g.shape,
-                    bn(&k.i, g),
-                    &k.i.dy,
-                    g.b,
-                    &mut k.o.out,
-                    g.off[0],
+                    View::new(&k.i.dy, g.b),
+                    AtMut::new(&mut k.o.out, g.off[0]),
                 )
             },
             &[MATS2_AB, BN, SPATIAL, OFFSET, &["b rows disagree"]],
@@ -318,15 +326,11 @@ fn ops<B: Backend>() -> Vec<Op<B>> {
                 let w = At { buf: &k.i.w, offset: g.w };
                 let s = sums::<B>(&mut k.o.sums, &mut k.o.short, g);
                 k.b.bn_relu_conv3x3_dgrad(
-                    &k.i.dy,
-                    g.b,
+                    View::new(&k.i.dy, g.b),
                     g.shape,
                     w,
-                    &k.i.x,
-                    g.a,
-                    bn(&k.i, g),
-                    &mut k.o.out,
-                    g.c,
+                    View::new(&k.i.x, g.a).bn_relu(bn(&k.i, g)),
+                    ViewMut::new(&mut k.o.out, g.c),
                     s,
                 )
             },
@@ -348,7 +352,12 @@ fn ops<B: Backend>() -> Vec<Op<B>> {
             BASE,
             |k, g| {
                 let s = if g.short { &k.o.short } else { &k.o.sums };
-                k.b.bn_backward_elementwise(&mut k.o.out, g.c, &k.i.x, g.a, bn(&k.i, g), s)
+                k.b.bn_backward_elementwise(
+                    ViewMut::new(&mut k.o.out, g.c),
+                    View::new(&k.i.x, g.a),
+                    bn(&k.i, g),
+                    s,
+                )
             },
             &[MATS2_AC, BN, &["c rows disagree", "c channels disagree", "sums too short"]],
         ),
@@ -362,7 +371,7 @@ fn ops<B: Backend>() -> Vec<Op<B>> {
                     correction: Some((g.off[2], g.off[3])),
                 };
                 let s = if g.short { &k.o.short } else { &k.o.sums };
-                k.b.bn_grad_fold(s, g.k, 32, bn(&k.i, g), &mut k.o.out, &mut k.o.corr, target)
+                k.b.bn_grad_fold(BnSums::new(s, g.k, 32), bn(&k.i, g), &mut k.o.out, &mut k.o.corr, target)
             },
             &[
                 BN,
@@ -375,10 +384,8 @@ fn ops<B: Backend>() -> Vec<Op<B>> {
             BASE,
             |k, g| {
                 k.b.bn_correction(
-                    &mut k.o.out,
-                    g.c,
-                    &k.i.x,
-                    g.a,
+                    ViewMut::new(&mut k.o.out, g.c),
+                    View::new(&k.i.x, g.a),
                     stats(&k.i, g),
                     &k.o.corr,
                     g.off[2],
@@ -392,7 +399,12 @@ fn ops<B: Backend>() -> Vec<Op<B>> {
             halved,
             |k, g| {
                 let w = At { buf: &k.i.w, offset: g.w };
-                k.b.bn_relu_avgpool_conv1x1_fwd(&k.i.x, g.a, g.shape, bn(&k.i, g), w, &mut k.o.out, g.b)
+                k.b.bn_relu_avgpool_conv1x1_fwd(
+                    View::new(&k.i.x, g.a).bn_relu(bn(&k.i, g)),
+                    g.shape,
+                    w,
+                    ViewMut::new(&mut k.o.out, g.b),
+                )
             },
             &[MATS2_AB, BN, SPATIAL, &["b rows disagree", "weight past end"]],
         ),
@@ -401,14 +413,10 @@ fn ops<B: Backend>() -> Vec<Op<B>> {
             halved,
             |k, g| {
                 k.b.bn_relu_avgpool_conv1x1_wgrad(
-                    &k.i.x,
-                    g.a,
+                    View::new(&k.i.x, g.a).bn_relu(bn(&k.i, g)),
                     g.shape,
-                    bn(&k.i, g),
-                    &k.i.dy,
-                    g.b,
-                    &mut k.o.out,
-                    g.off[0],
+                    View::new(&k.i.dy, g.b),
+                    AtMut::new(&mut k.o.out, g.off[0]),
                 )
             },
             &[MATS2_AB, BN, SPATIAL, OFFSET, &["b rows disagree"]],
@@ -420,15 +428,11 @@ fn ops<B: Backend>() -> Vec<Op<B>> {
                 let w = At { buf: &k.i.w, offset: g.w };
                 let s = sums::<B>(&mut k.o.sums, &mut k.o.short, g);
                 k.b.bn_relu_avgpool_conv1x1_dgrad(
-                    &k.i.dy,
-                    g.b,
+                    View::new(&k.i.dy, g.b),
                     w,
-                    &k.i.x,
-                    g.a,
+                    View::new(&k.i.x, g.a).bn_relu(bn(&k.i, g)),
                     g.shape,
-                    bn(&k.i, g),
-                    &mut k.o.out,
-                    g.c,
+                    ViewMut::new(&mut k.o.out, g.c),
                     s,
                 )
             },
@@ -450,14 +454,22 @@ fn ops<B: Backend>() -> Vec<Op<B>> {
             BASE,
             |k, g| {
                 let w = At { buf: &k.i.w, offset: g.w };
-                k.b.conv_fwd(&k.i.x, g.a, g.shape, g.geom, w, &mut k.o.out, g.b)
+                k.b.conv_fwd(View::new(&k.i.x, g.a), g.shape, g.geom, w, ViewMut::new(&mut k.o.out, g.b))
             },
             &[MATS2_AB, SPATIAL, CONV, &["b rows disagree", "weight past end"]],
         ),
         op(
             "conv_wgrad",
             BASE,
-            |k, g| k.b.conv_wgrad(&k.i.x, g.a, g.shape, g.geom, &k.i.dy, g.b, &mut k.o.out, g.off[0]),
+            |k, g| {
+                k.b.conv_wgrad(
+                    View::new(&k.i.x, g.a),
+                    g.shape,
+                    g.geom,
+                    View::new(&k.i.dy, g.b),
+                    AtMut::new(&mut k.o.out, g.off[0]),
+                )
+            },
             &[MATS2_AB, SPATIAL, CONV, OFFSET, &["b rows disagree"]],
         ),
         op(
@@ -465,7 +477,7 @@ fn ops<B: Backend>() -> Vec<Op<B>> {
             BASE,
             |k, g| {
                 let w = At { buf: &k.i.w, offset: g.w };
-                k.b.conv_dgrad(&k.i.dy, g.b, g.shape, g.geom, w, &mut k.o.out, g.c)
+                k.b.conv_dgrad(View::new(&k.i.dy, g.b), g.shape, g.geom, w, ViewMut::new(&mut k.o.out, g.c))
             },
             &[
                 &["b past end", "c past end", "b pitch < cols", "c pitch < cols"],
@@ -477,7 +489,13 @@ fn ops<B: Backend>() -> Vec<Op<B>> {
         op(
             "bn_relu_maxpool_fwd",
             pool,
-            |k, g| k.b.bn_relu_maxpool_fwd(&k.i.x, g.a, g.shape, bn(&k.i, g), &mut k.o.out, g.b),
+            |k, g| {
+                k.b.bn_relu_maxpool_fwd(
+                    View::new(&k.i.x, g.a).bn_relu(bn(&k.i, g)),
+                    g.shape,
+                    ViewMut::new(&mut k.o.out, g.b),
+                )
+            },
             &[MATS2_AB, BN, SPATIAL, &["b rows disagree", "b channels disagree"]],
         ),
         op(
@@ -485,7 +503,13 @@ fn ops<B: Backend>() -> Vec<Op<B>> {
             pool,
             |k, g| {
                 let s = sums::<B>(&mut k.o.sums, &mut k.o.short, g);
-                k.b.bn_relu_maxpool_bwd(&k.i.dy, g.b, &k.i.x, g.a, g.shape, bn(&k.i, g), &mut k.o.out, g.c, s)
+                k.b.bn_relu_maxpool_bwd(
+                    View::new(&k.i.dy, g.b),
+                    View::new(&k.i.x, g.a).bn_relu(bn(&k.i, g)),
+                    g.shape,
+                    ViewMut::new(&mut k.o.out, g.c),
+                    s,
+                )
             },
             &[
                 MATS3,
@@ -505,7 +529,7 @@ fn ops<B: Backend>() -> Vec<Op<B>> {
             BASE,
             |k, g| {
                 let pooled = sums::<B>(&mut k.o.out, &mut k.o.short, g);
-                k.b.bn_relu_global_pool_fwd(&k.i.x, g.a, g.shape, bn(&k.i, g), pooled)
+                k.b.bn_relu_global_pool_fwd(View::new(&k.i.x, g.a).bn_relu(bn(&k.i, g)), g.shape, pooled)
             },
             &[&["a past end", "a pitch < cols", "a span overflows", "sums too short"], BN, SPATIAL],
         ),
@@ -514,7 +538,13 @@ fn ops<B: Backend>() -> Vec<Op<B>> {
             BASE,
             |k, g| {
                 let s = sums::<B>(&mut k.o.sums, &mut k.o.short, g);
-                k.b.bn_relu_global_pool_bwd(&k.i.dy, &k.i.x, g.a, g.shape, bn(&k.i, g), &mut k.o.out, g.c, s)
+                k.b.bn_relu_global_pool_bwd(
+                    &k.i.dy,
+                    View::new(&k.i.x, g.a).bn_relu(bn(&k.i, g)),
+                    g.shape,
+                    ViewMut::new(&mut k.o.out, g.c),
+                    s,
+                )
             },
             &[MATS2_AC, BN, SPATIAL, &["c rows disagree", "c channels disagree", "sums too short"]],
         ),
@@ -523,7 +553,12 @@ fn ops<B: Backend>() -> Vec<Op<B>> {
             Geo { off: [0, 8, 40, 0], ..BASE },
             |k, g| {
                 let (w, bias) = (At { buf: &k.i.w, offset: g.w }, At { buf: &k.i.w, offset: g.off[2] });
-                k.b.linear_fwd(&k.i.x, g.n, g.k, w, bias, g.outs, &mut k.o.out)
+                k.b.linear_fwd(
+                    View::new(&k.i.x, Mat::dense(0, g.n, g.k)),
+                    w,
+                    bias,
+                    ViewMut::new(&mut k.o.out, Mat::dense(0, g.n, g.outs)),
+                )
             },
             &[FLAT, &["weight past end", "bias past end"]],
         ),
@@ -533,16 +568,11 @@ fn ops<B: Backend>() -> Vec<Op<B>> {
             |k, g| {
                 let w = At { buf: &k.i.w, offset: g.w };
                 k.b.linear_bwd(
-                    &k.i.dy,
-                    &k.i.x,
-                    g.n,
-                    g.k,
+                    View::new(&k.i.dy, Mat::dense(0, g.n, g.outs)),
+                    View::new(&k.i.x, Mat::dense(0, g.n, g.k)),
                     w,
-                    g.outs,
-                    &mut k.o.out,
-                    g.off[0],
-                    g.off[1],
-                    &mut k.o.corr,
+                    LinearGrads::new(&mut k.o.out, g.off[0], g.off[1]),
+                    ViewMut::new(&mut k.o.corr, Mat::dense(0, g.n, g.k)),
                 )
             },
             &[FLAT, OFFSET, &["weight past end", "outputs overlap"]],
@@ -550,7 +580,14 @@ fn ops<B: Backend>() -> Vec<Op<B>> {
         op(
             "softmax_xent",
             BASE,
-            |k, g| k.b.softmax_xent(&k.i.x, &k.i.dy, g.n, g.k, &mut k.o.corr, &mut k.o.out),
+            |k, g| {
+                k.b.softmax_xent(
+                    View::new(&k.i.x, Mat::dense(0, g.n, g.k)),
+                    &k.i.dy,
+                    &mut k.o.corr,
+                    ViewMut::new(&mut k.o.out, Mat::dense(0, g.n, g.k)),
+                )
+            },
             &[FLAT],
         ),
         op(
@@ -562,25 +599,25 @@ fn ops<B: Backend>() -> Vec<Op<B>> {
         op(
             "copy_columns",
             BASE,
-            |k, g| k.b.copy_columns(&k.i.x, g.a, &mut k.o.out, g.c, true),
+            |k, g| k.b.copy_columns(View::new(&k.i.x, g.a), ViewMut::new(&mut k.o.out, g.c), true),
             &[MATS2_AC, &["c rows disagree", "c channels disagree"]],
         ),
         op(
             "bn_apply",
             BASE,
-            |k, g| k.b.bn_apply(&k.i.x, g.a, bn(&k.i, g), &mut k.o.out, g.c),
+            |k, g| k.b.bn_apply(View::new(&k.i.x, g.a), bn(&k.i, g), ViewMut::new(&mut k.o.out, g.c)),
             &[MATS2_AC, BN, &["c rows disagree", "c channels disagree"]],
         ),
         op(
             "relu_fwd",
             BASE,
-            |k, g| k.b.relu_fwd(&k.i.x, g.a, &mut k.o.out, g.c),
+            |k, g| k.b.relu_fwd(View::new(&k.i.x, g.a), ViewMut::new(&mut k.o.out, g.c)),
             &[MATS2_AC, &["c rows disagree", "c channels disagree"]],
         ),
         op(
             "relu_bwd",
             BASE,
-            |k, g| k.b.relu_bwd(&mut k.o.out, g.c, &k.i.x, g.a),
+            |k, g| k.b.relu_bwd(ViewMut::new(&mut k.o.out, g.c), View::new(&k.i.x, g.a)),
             &[MATS2_AC, &["c rows disagree", "c channels disagree"]],
         ),
         op(
@@ -588,20 +625,24 @@ fn ops<B: Backend>() -> Vec<Op<B>> {
             BASE,
             |k, g| {
                 let s = sums::<B>(&mut k.o.sums, &mut k.o.short, g);
-                k.b.bn_grad_sums(&k.i.dy, g.c, &k.i.x, g.a, stats(&k.i, g), s)
+                k.b.bn_grad_sums(View::new(&k.i.dy, g.c), View::new(&k.i.x, g.a), stats(&k.i, g), s)
             },
             &[MATS2_AC, STATS, &["c rows disagree", "c channels disagree", "sums too short"]],
         ),
         op(
             "avg_pool_fwd",
             pool,
-            |k, g| k.b.avg_pool_fwd(&k.i.x, g.a, g.shape, g.window, &mut k.o.out, g.b),
+            |k, g| {
+                k.b.avg_pool_fwd(View::new(&k.i.x, g.a), g.shape, g.window, ViewMut::new(&mut k.o.out, g.b))
+            },
             &[MATS2_AB, SPATIAL, &["b rows disagree", "b channels disagree", "window 0"]],
         ),
         op(
             "avg_pool_bwd",
             pool,
-            |k, g| k.b.avg_pool_bwd(&k.i.dy, g.b, g.shape, g.window, &mut k.o.out, g.c),
+            |k, g| {
+                k.b.avg_pool_bwd(View::new(&k.i.dy, g.b), g.shape, g.window, ViewMut::new(&mut k.o.out, g.c))
+            },
             &[
                 &["b past end", "c past end", "b pitch < cols", "c pitch < cols"],
                 SPATIAL,
@@ -611,13 +652,20 @@ fn ops<B: Backend>() -> Vec<Op<B>> {
         op(
             "max_pool_fwd",
             pool,
-            |k, g| k.b.max_pool_fwd(&k.i.x, g.a, g.shape, &mut k.o.out, g.b),
+            |k, g| k.b.max_pool_fwd(View::new(&k.i.x, g.a), g.shape, ViewMut::new(&mut k.o.out, g.b)),
             &[MATS2_AB, SPATIAL, &["b rows disagree", "b channels disagree"]],
         ),
         op(
             "max_pool_bwd",
             pool,
-            |k, g| k.b.max_pool_bwd(&k.i.dy, g.b, &k.i.x, g.a, g.shape, &mut k.o.out, g.c),
+            |k, g| {
+                k.b.max_pool_bwd(
+                    View::new(&k.i.dy, g.b),
+                    View::new(&k.i.x, g.a),
+                    g.shape,
+                    ViewMut::new(&mut k.o.out, g.c),
+                )
+            },
             &[
                 MATS3,
                 SPATIAL,

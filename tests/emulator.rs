@@ -104,7 +104,6 @@ fn matmul_cpu(a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
 }
 
 /// C = A·B (m×k by k×n) by a tiled matmul kernel with `checks`, and the launch's outcome.
-#[allow(clippy::too_many_arguments)]
 fn matmul_with(
     checks: emu::Checks,
     kernel: &str,

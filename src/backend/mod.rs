@@ -22,8 +22,10 @@ pub mod cpu;
 pub mod cuda;
 pub mod memory;
 mod validate;
+mod view;
 
 pub use memory::{Category, MemoryReport, MemoryTracker};
+pub use view::{At, AtMut, BnRef, BnReluView, BnSums, LinearGrads, Mat, StatsMut, StatsRef, View, ViewMut};
 
 use crate::error::Result;
 
@@ -54,32 +56,6 @@ pub fn relu(v: f32) -> f32 {
 /// NaN anyway, can tell the difference.)
 pub fn max_pool_takes(v: f32, best: f32) -> bool {
     (v > best || v.is_nan()) && !best.is_nan()
-}
-
-/// A matrix of `rows` pixels × `cols` channels at `offset` with leading dimension `ld`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Mat {
-    pub offset: usize,
-    pub rows: usize,
-    pub cols: usize,
-    pub ld: usize,
-}
-
-impl Mat {
-    /// A dense matrix (ld = cols) at `offset`.
-    pub fn dense(offset: usize, rows: usize, cols: usize) -> Self {
-        Mat { offset, rows, cols, ld: cols }
-    }
-    /// Columns `[start, start + cols)` of this matrix.
-    pub fn columns(&self, start: usize, cols: usize) -> Self {
-        debug_assert!(start + cols <= self.cols);
-        Mat { offset: self.offset + start, rows: self.rows, cols, ld: self.ld }
-    }
-    /// Index of element (p, c).
-    #[inline]
-    pub fn at(&self, p: usize, c: usize) -> usize {
-        self.offset + p * self.ld + c
-    }
 }
 
 /// Batch and spatial extent of an NHWC activation (pixels = n·h·w).
@@ -124,53 +100,6 @@ impl PoolWindow {
         Spatial { n: s.n, h: s.h / self.h.max(1), w: s.w / self.w.max(1) }
     }
 }
-
-/// Where a batch-norm finds its statistics and affine parameters.
-pub struct BnRef<'a, B: ?Sized> {
-    /// Buffer holding the per-channel mean and (biased) variance.
-    pub stats: &'a B,
-    pub mean: usize,
-    pub var: usize,
-    /// Buffer holding γ and β (the parameter buffer).
-    pub params: &'a B,
-    pub gamma: usize,
-    pub beta: usize,
-}
-
-impl<B: ?Sized> Clone for BnRef<'_, B> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<B: ?Sized> Copy for BnRef<'_, B> {}
-
-/// Where a batch-norm's statistics live, without the affine parameters (for passes that
-/// only need x̂ = (x − μ)/√(σ²+ε)).
-pub struct StatsRef<'a, B: ?Sized> {
-    pub stats: &'a B,
-    pub mean: usize,
-    pub var: usize,
-}
-
-impl<B: ?Sized> Clone for StatsRef<'_, B> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<B: ?Sized> Copy for StatsRef<'_, B> {}
-
-/// A tensor inside a buffer, by offset.
-pub struct At<'a, B: ?Sized> {
-    pub buf: &'a B,
-    pub offset: usize,
-}
-
-impl<B: ?Sized> Clone for At<'_, B> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<B: ?Sized> Copy for At<'_, B> {}
 
 /// Offsets of one BN layer's gradients and of the per-channel deferred-correction
 /// accumulators it contributes to.
@@ -230,26 +159,16 @@ pub trait Backend {
 
     /// Per-channel batch mean and biased variance of the columns of `x` (two-pass or
     /// Welford; never E[x²]−E[x]²), written to `out[mean..mean+cols]`, `out[var..var+cols]`.
-    fn channel_stats(
-        &self,
-        x: &Self::Buf,
-        xm: Mat,
-        out: &mut Self::Buf,
-        mean: usize,
-        var: usize,
-    ) -> Result<()>;
+    fn channel_stats(&self, x: View<'_, Self::Buf>, out: StatsMut<'_, Self::Buf>) -> Result<()>;
 
     /// `running ← (1−m)·running + m·batch`, the variance term unbiased by `count/(count−1)`.
     /// Running mean at `running[run_mean..]`, variance at `running[run_var..]`.
-    #[allow(clippy::too_many_arguments)]
     fn update_running_stats(
         &self,
         batch: StatsRef<'_, Self::Buf>,
         channels: usize,
         count: usize,
-        running: &mut Self::Buf,
-        run_mean: usize,
-        run_var: usize,
+        running: StatsMut<'_, Self::Buf>,
     ) -> Result<()>;
 
     // ---- dense layer: bottleneck 1×1 ----------------------------------------------------
@@ -257,41 +176,28 @@ pub trait Backend {
     /// `z = relu(a⊙x + b) · Wᵀ`, W = `[z.cols][x.cols]` at `w`. Overwrites z.
     fn bn_relu_conv1x1_fwd(
         &self,
-        x: &Self::Buf,
-        xm: Mat,
-        bn: BnRef<'_, Self::Buf>,
+        x: BnReluView<'_, Self::Buf>,
         w: At<'_, Self::Buf>,
-        z: &mut Self::Buf,
-        zm: Mat,
+        z: ViewMut<'_, Self::Buf>,
     ) -> Result<()>;
 
     /// `dW += dzᵀ · relu(a⊙x + b)`, dW = `[dz.cols][x.cols]` at `dw`.
-    #[allow(clippy::too_many_arguments)]
     fn bn_relu_conv1x1_wgrad(
         &self,
-        x: &Self::Buf,
-        xm: Mat,
-        bn: BnRef<'_, Self::Buf>,
-        dz: &Self::Buf,
-        dzm: Mat,
-        dw: &mut Self::Buf,
-        dw_off: usize,
+        x: BnReluView<'_, Self::Buf>,
+        dz: View<'_, Self::Buf>,
+        dw: AtMut<'_, Self::Buf>,
     ) -> Result<()>;
 
     /// `g = (dz · W) ⊙ [a⊙x + b > 0]` is never stored: `dx (+)= a ⊙ g` is written to `dx`
     /// (which may be the storage `x` reads from, another buffer in practice: the gradient
     /// storage) and `sums ← [Σg | Σg·x̂]` per channel of x.
-    #[allow(clippy::too_many_arguments)]
     fn bn_relu_conv1x1_dgrad(
         &self,
-        dz: &Self::Buf,
-        dzm: Mat,
+        dz: View<'_, Self::Buf>,
         w: At<'_, Self::Buf>,
-        x: &Self::Buf,
-        xm: Mat,
-        bn: BnRef<'_, Self::Buf>,
-        dx: &mut Self::Buf,
-        dxm: Mat,
+        x: BnReluView<'_, Self::Buf>,
+        dx: ViewMut<'_, Self::Buf>,
         accumulate: bool,
         sums: &mut Self::Buf,
     ) -> Result<()>;
@@ -299,46 +205,32 @@ pub trait Backend {
     // ---- dense layer: 3×3 (stride 1, pad 1) ---------------------------------------------
 
     /// `y = conv3x3(relu(a⊙z + b), W)`, W = `[y.cols][3][3][z.cols]`. Overwrites y.
-    #[allow(clippy::too_many_arguments)]
     fn bn_relu_conv3x3_fwd(
         &self,
-        z: &Self::Buf,
-        zm: Mat,
+        z: BnReluView<'_, Self::Buf>,
         shape: Spatial,
-        bn: BnRef<'_, Self::Buf>,
         w: At<'_, Self::Buf>,
-        y: &mut Self::Buf,
-        ym: Mat,
+        y: ViewMut<'_, Self::Buf>,
     ) -> Result<()>;
 
     /// `dW += wgrad3x3(relu(a⊙z + b), dy)`.
-    #[allow(clippy::too_many_arguments)]
     fn bn_relu_conv3x3_wgrad(
         &self,
-        z: &Self::Buf,
-        zm: Mat,
+        z: BnReluView<'_, Self::Buf>,
         shape: Spatial,
-        bn: BnRef<'_, Self::Buf>,
-        dy: &Self::Buf,
-        dym: Mat,
-        dw: &mut Self::Buf,
-        dw_off: usize,
+        dy: View<'_, Self::Buf>,
+        dw: AtMut<'_, Self::Buf>,
     ) -> Result<()>;
 
     /// `g = dgrad3x3(dy, W) ⊙ [a⊙z + b > 0]` into `g` (overwrites), and
     /// `sums ← [Σg | Σg·ẑ]` per channel of z.
-    #[allow(clippy::too_many_arguments)]
     fn bn_relu_conv3x3_dgrad(
         &self,
-        dy: &Self::Buf,
-        dym: Mat,
+        dy: View<'_, Self::Buf>,
         shape: Spatial,
         w: At<'_, Self::Buf>,
-        z: &Self::Buf,
-        zm: Mat,
-        bn: BnRef<'_, Self::Buf>,
-        g: &mut Self::Buf,
-        gm: Mat,
+        z: BnReluView<'_, Self::Buf>,
+        g: ViewMut<'_, Self::Buf>,
         sums: &mut Self::Buf,
     ) -> Result<()>;
 
@@ -348,10 +240,8 @@ pub trait Backend {
     /// gradient `g` (already masked by the ReLU) and sums are given. P = `gm.rows`.
     fn bn_backward_elementwise(
         &self,
-        g: &mut Self::Buf,
-        gm: Mat,
-        x: &Self::Buf,
-        xm: Mat,
+        g: ViewMut<'_, Self::Buf>,
+        x: View<'_, Self::Buf>,
         bn: BnRef<'_, Self::Buf>,
         sums: &Self::Buf,
     ) -> Result<()>;
@@ -359,12 +249,9 @@ pub trait Backend {
     /// Turns `sums = [Σg | Σg·x̂]` (c channels, over `count` values each) into dγ += Σg·x̂,
     /// dβ += Σg in `grads`, and, if `target.correction` is set, the deferred-correction
     /// accumulators `α += a·Σg/P`, `β += a·Σ(g·x̂)/P` in `corr`.
-    #[allow(clippy::too_many_arguments)]
     fn bn_grad_fold(
         &self,
-        sums: &Self::Buf,
-        channels: usize,
-        count: usize,
+        sums: BnSums<'_, Self::Buf>,
         bn: BnRef<'_, Self::Buf>,
         grads: &mut Self::Buf,
         corr: &mut Self::Buf,
@@ -373,13 +260,10 @@ pub trait Backend {
 
     /// The deferred BN correction, applied once per channel:
     /// `g[:, c] −= α_c + x̂_c·β_c` with α at `corr[alpha + c]`, β at `corr[beta + c]`.
-    #[allow(clippy::too_many_arguments)]
     fn bn_correction(
         &self,
-        g: &mut Self::Buf,
-        gm: Mat,
-        x: &Self::Buf,
-        xm: Mat,
+        g: ViewMut<'_, Self::Buf>,
+        x: View<'_, Self::Buf>,
         stats: StatsRef<'_, Self::Buf>,
         corr: &Self::Buf,
         alpha: usize,
@@ -390,116 +274,84 @@ pub trait Backend {
 
     /// `y = avgpool2(relu(a⊙x + b)) · Wᵀ` (pool first: pool and 1×1 conv commute). x has
     /// spatial `shape`, y has `⌊h/2⌋×⌊w/2⌋`. Overwrites y.
-    #[allow(clippy::too_many_arguments)]
     fn bn_relu_avgpool_conv1x1_fwd(
         &self,
-        x: &Self::Buf,
-        xm: Mat,
+        x: BnReluView<'_, Self::Buf>,
         shape: Spatial,
-        bn: BnRef<'_, Self::Buf>,
         w: At<'_, Self::Buf>,
-        y: &mut Self::Buf,
-        ym: Mat,
+        y: ViewMut<'_, Self::Buf>,
     ) -> Result<()>;
 
     /// `dW += dyᵀ · avgpool2(relu(a⊙x + b))`.
-    #[allow(clippy::too_many_arguments)]
     fn bn_relu_avgpool_conv1x1_wgrad(
         &self,
-        x: &Self::Buf,
-        xm: Mat,
+        x: BnReluView<'_, Self::Buf>,
         shape: Spatial,
-        bn: BnRef<'_, Self::Buf>,
-        dy: &Self::Buf,
-        dym: Mat,
-        dw: &mut Self::Buf,
-        dw_off: usize,
+        dy: View<'_, Self::Buf>,
+        dw: AtMut<'_, Self::Buf>,
     ) -> Result<()>;
 
     /// `g = unpool2(dy · W)/4 ⊙ [a⊙x + b > 0]`; `dx ← a⊙g` (overwrites, every element of
     /// dx, zero where the pool dropped an odd row/column); `sums ← [Σg | Σg·x̂]`.
-    #[allow(clippy::too_many_arguments)]
     fn bn_relu_avgpool_conv1x1_dgrad(
         &self,
-        dy: &Self::Buf,
-        dym: Mat,
+        dy: View<'_, Self::Buf>,
         w: At<'_, Self::Buf>,
-        x: &Self::Buf,
-        xm: Mat,
+        x: BnReluView<'_, Self::Buf>,
         shape: Spatial,
-        bn: BnRef<'_, Self::Buf>,
-        dx: &mut Self::Buf,
-        dxm: Mat,
+        dx: ViewMut<'_, Self::Buf>,
         sums: &mut Self::Buf,
     ) -> Result<()>;
 
     // ---- stems ----------------------------------------------------------------------------
 
     /// Plain convolution `y = conv(x, W)`, W OHWI `[y.cols][k][k][x.cols]`. Overwrites y.
-    #[allow(clippy::too_many_arguments)]
     fn conv_fwd(
         &self,
-        x: &Self::Buf,
-        xm: Mat,
+        x: View<'_, Self::Buf>,
         shape: Spatial,
         geom: ConvGeom,
         w: At<'_, Self::Buf>,
-        y: &mut Self::Buf,
-        ym: Mat,
+        y: ViewMut<'_, Self::Buf>,
     ) -> Result<()>;
 
     /// `dW += wgrad(x, dy)` of a plain convolution.
-    #[allow(clippy::too_many_arguments)]
     fn conv_wgrad(
         &self,
-        x: &Self::Buf,
-        xm: Mat,
+        x: View<'_, Self::Buf>,
         shape: Spatial,
         geom: ConvGeom,
-        dy: &Self::Buf,
-        dym: Mat,
-        dw: &mut Self::Buf,
-        dw_off: usize,
+        dy: View<'_, Self::Buf>,
+        dw: AtMut<'_, Self::Buf>,
     ) -> Result<()>;
 
     /// `dx = dgrad(dy, W)` of a plain convolution (overwrites dx). `shape` is x's.
-    #[allow(clippy::too_many_arguments)]
     fn conv_dgrad(
         &self,
-        dy: &Self::Buf,
-        dym: Mat,
+        dy: View<'_, Self::Buf>,
         shape: Spatial,
         geom: ConvGeom,
         w: At<'_, Self::Buf>,
-        dx: &mut Self::Buf,
-        dxm: Mat,
+        dx: ViewMut<'_, Self::Buf>,
     ) -> Result<()>;
 
     /// ImageNet stem tail: `y = maxpool3x3/2,pad1(relu(a⊙t + b))`. Overwrites y.
     fn bn_relu_maxpool_fwd(
         &self,
-        t: &Self::Buf,
-        tm: Mat,
+        t: BnReluView<'_, Self::Buf>,
         shape: Spatial,
-        bn: BnRef<'_, Self::Buf>,
-        y: &mut Self::Buf,
-        ym: Mat,
+        y: ViewMut<'_, Self::Buf>,
     ) -> Result<()>;
 
     /// Backward of [`Backend::bn_relu_maxpool_fwd`] up to the BN: the window's arg-max
     /// (first maximum in row-major window order, as PyTorch) is recomputed from t; writes
     /// `g = scatter(dy) ⊙ [a⊙t + b > 0]` into g (overwrites) and `sums ← [Σg | Σg·t̂]`.
-    #[allow(clippy::too_many_arguments)]
     fn bn_relu_maxpool_bwd(
         &self,
-        dy: &Self::Buf,
-        dym: Mat,
-        t: &Self::Buf,
-        tm: Mat,
+        dy: View<'_, Self::Buf>,
+        t: BnReluView<'_, Self::Buf>,
         shape: Spatial,
-        bn: BnRef<'_, Self::Buf>,
-        g: &mut Self::Buf,
-        gm: Mat,
+        g: ViewMut<'_, Self::Buf>,
         sums: &mut Self::Buf,
     ) -> Result<()>;
 
@@ -508,69 +360,50 @@ pub trait Backend {
     /// `pooled[n, c] = mean over pixels of image n of relu(a⊙x + b)`; pooled is N×C dense.
     fn bn_relu_global_pool_fwd(
         &self,
-        x: &Self::Buf,
-        xm: Mat,
+        x: BnReluView<'_, Self::Buf>,
         shape: Spatial,
-        bn: BnRef<'_, Self::Buf>,
         pooled: &mut Self::Buf,
     ) -> Result<()>;
 
     /// `g = dpooled/(h·w) broadcast ⊙ [a⊙x + b > 0]`; `dx ← a⊙g` (overwrites);
     /// `sums ← [Σg | Σg·x̂]`.
-    #[allow(clippy::too_many_arguments)]
     fn bn_relu_global_pool_bwd(
         &self,
         dpooled: &Self::Buf,
-        x: &Self::Buf,
-        xm: Mat,
+        x: BnReluView<'_, Self::Buf>,
         shape: Spatial,
-        bn: BnRef<'_, Self::Buf>,
-        dx: &mut Self::Buf,
-        dxm: Mat,
+        dx: ViewMut<'_, Self::Buf>,
         sums: &mut Self::Buf,
     ) -> Result<()>;
 
     /// `logits = x · Wᵀ + bias` with x `n×k` dense, W `[out][k]`.
-    #[allow(clippy::too_many_arguments)]
     fn linear_fwd(
         &self,
-        x: &Self::Buf,
-        n: usize,
-        k: usize,
+        x: View<'_, Self::Buf>,
         w: At<'_, Self::Buf>,
         bias: At<'_, Self::Buf>,
-        out_features: usize,
-        y: &mut Self::Buf,
+        y: ViewMut<'_, Self::Buf>,
     ) -> Result<()>;
 
     /// `dW += dyᵀ·x`, `dbias += Σ dy`, `dx = dy·W` (overwrites dx).
-    #[allow(clippy::too_many_arguments)]
     fn linear_bwd(
         &self,
-        dy: &Self::Buf,
-        x: &Self::Buf,
-        n: usize,
-        k: usize,
+        dy: View<'_, Self::Buf>,
+        x: View<'_, Self::Buf>,
         w: At<'_, Self::Buf>,
-        out_features: usize,
-        grads: &mut Self::Buf,
-        dw_off: usize,
-        dbias_off: usize,
-        dx: &mut Self::Buf,
+        grads: LinearGrads<'_, Self::Buf>,
+        dx: ViewMut<'_, Self::Buf>,
     ) -> Result<()>;
 
     /// Mean softmax cross-entropy of `logits` (n × classes) against `labels` (n class indices
     /// stored as exact small integers in f32): `loss[0]` ← the mean loss,
     /// `dlogits ← (softmax − onehot)/n`. Numerically stable (max subtracted).
-    #[allow(clippy::too_many_arguments)]
     fn softmax_xent(
         &self,
-        logits: &Self::Buf,
+        logits: View<'_, Self::Buf>,
         labels: &Self::Buf,
-        n: usize,
-        classes: usize,
         loss: &mut Self::Buf,
-        dlogits: &mut Self::Buf,
+        dlogits: ViewMut<'_, Self::Buf>,
     ) -> Result<()>;
 
     // ---- optimiser ------------------------------------------------------------------------
@@ -599,10 +432,8 @@ pub trait Backend {
     /// its gradient back onto the concatenated tensors.
     fn copy_columns(
         &self,
-        src: &Self::Buf,
-        sm: Mat,
-        dst: &mut Self::Buf,
-        dm: Mat,
+        src: View<'_, Self::Buf>,
+        dst: ViewMut<'_, Self::Buf>,
         accumulate: bool,
     ) -> Result<()>;
 
@@ -610,28 +441,24 @@ pub trait Backend {
     /// pre-activation, so a ReLU of it makes the same decisions). Overwrites y.
     fn bn_apply(
         &self,
-        x: &Self::Buf,
-        xm: Mat,
+        x: View<'_, Self::Buf>,
         bn: BnRef<'_, Self::Buf>,
-        y: &mut Self::Buf,
-        ym: Mat,
+        y: ViewMut<'_, Self::Buf>,
     ) -> Result<()>;
 
     /// `y = max(x, 0)`. Overwrites y.
-    fn relu_fwd(&self, x: &Self::Buf, xm: Mat, y: &mut Self::Buf, ym: Mat) -> Result<()>;
+    fn relu_fwd(&self, x: View<'_, Self::Buf>, y: ViewMut<'_, Self::Buf>) -> Result<()>;
 
     /// ReLU backward in place: `g ← g ⊙ [x > 0]`, x being the ReLU's input.
-    fn relu_bwd(&self, g: &mut Self::Buf, gm: Mat, x: &Self::Buf, xm: Mat) -> Result<()>;
+    fn relu_bwd(&self, g: ViewMut<'_, Self::Buf>, x: View<'_, Self::Buf>) -> Result<()>;
 
     /// The reductions of a batch-norm backward: `sums ← [Σg | Σg·x̂]` per channel, g being the
     /// gradient of the BN output and x̂ = (x − mean)/√(var + ε) of its input. Feeds
     /// [`Backend::bn_grad_fold`] (dγ, dβ) and [`Backend::bn_backward_elementwise`] (dx).
     fn bn_grad_sums(
         &self,
-        g: &Self::Buf,
-        gm: Mat,
-        x: &Self::Buf,
-        xm: Mat,
+        g: View<'_, Self::Buf>,
+        x: View<'_, Self::Buf>,
         stats: StatsRef<'_, Self::Buf>,
         sums: &mut Self::Buf,
     ) -> Result<()>;
@@ -640,46 +467,36 @@ pub trait Backend {
     /// partial row or column of windows is dropped, as PyTorch's `AvgPool2d(k)`): y has
     /// ⌊h/kh⌋×⌊w/kw⌋ pixels per image. `window = (2, 2)` is the transition's pool,
     /// `window = (h, w)` the head's global pool. Overwrites y.
-    #[allow(clippy::too_many_arguments)]
     fn avg_pool_fwd(
         &self,
-        x: &Self::Buf,
-        xm: Mat,
+        x: View<'_, Self::Buf>,
         shape: Spatial,
         window: PoolWindow,
-        y: &mut Self::Buf,
-        ym: Mat,
+        y: ViewMut<'_, Self::Buf>,
     ) -> Result<()>;
 
     /// Backward of [`Backend::avg_pool_fwd`]: `dx = dy/(kh·kw)` on every pixel of a window,
     /// 0 on dropped pixels. `shape` is x's. Overwrites dx.
-    #[allow(clippy::too_many_arguments)]
     fn avg_pool_bwd(
         &self,
-        dy: &Self::Buf,
-        dym: Mat,
+        dy: View<'_, Self::Buf>,
         shape: Spatial,
         window: PoolWindow,
-        dx: &mut Self::Buf,
-        dxm: Mat,
+        dx: ViewMut<'_, Self::Buf>,
     ) -> Result<()>;
 
     /// The ImageNet stem's max-pool 3×3, stride 2, padding 1 (padding never wins).
     /// Overwrites y.
-    fn max_pool_fwd(&self, x: &Self::Buf, xm: Mat, shape: Spatial, y: &mut Self::Buf, ym: Mat) -> Result<()>;
+    fn max_pool_fwd(&self, x: View<'_, Self::Buf>, shape: Spatial, y: ViewMut<'_, Self::Buf>) -> Result<()>;
 
     /// Backward of [`Backend::max_pool_fwd`]: each dy goes to its window's first maximum in
     /// row-major window order (recomputed from x; PyTorch's choice), summed where windows
     /// overlap. `shape` is x's. Overwrites dx.
-    #[allow(clippy::too_many_arguments)]
     fn max_pool_bwd(
         &self,
-        dy: &Self::Buf,
-        dym: Mat,
-        x: &Self::Buf,
-        xm: Mat,
+        dy: View<'_, Self::Buf>,
+        x: View<'_, Self::Buf>,
         shape: Spatial,
-        dx: &mut Self::Buf,
-        dxm: Mat,
+        dx: ViewMut<'_, Self::Buf>,
     ) -> Result<()>;
 }

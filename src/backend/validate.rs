@@ -24,7 +24,10 @@
 //! overlap: their values would depend on the order a backend writes them in. Ranges inside
 //! input buffers may overlap freely (reading is order-independent).
 
-use super::{At, BnGradTarget, BnRef, ConvGeom, Mat, PoolWindow, Spatial, StatsRef};
+use super::{
+    At, AtMut, BnGradTarget, BnRef, BnReluView, BnSums, ConvGeom, Mat, PoolWindow, Spatial, StatsMut,
+    StatsRef, View, ViewMut,
+};
 use crate::error::{Error, Result};
 
 /// The one property of a buffer the checks need: how many floats it holds.
@@ -190,7 +193,9 @@ fn window(w: PoolWindow) -> Result<()> {
 
 // ---- one function per op, named and ordered as the `Backend` trait ---------------------------
 
-pub(crate) fn channel_stats<B: BufLen>(x: &B, xm: Mat, out: &B, mean: usize, var: usize) -> Result<()> {
+pub(crate) fn channel_stats<B: BufLen>(x: &View<'_, B>, out: &StatsMut<'_, B>) -> Result<()> {
+    let (x, xm) = (x.buf, x.mat);
+    let (out, mean, var) = (&*out.stats, out.mean, out.var);
     mat(x, xm, "channel_stats input")?;
     range(out, mean, xm.cols, "channel_stats mean")?;
     range(out, var, xm.cols, "channel_stats var")?;
@@ -200,10 +205,9 @@ pub(crate) fn channel_stats<B: BufLen>(x: &B, xm: Mat, out: &B, mean: usize, var
 pub(crate) fn update_running_stats<B: BufLen>(
     batch: StatsRef<'_, B>,
     channels: usize,
-    running: &B,
-    run_mean: usize,
-    run_var: usize,
+    running: &StatsMut<'_, B>,
 ) -> Result<()> {
+    let (running, run_mean, run_var) = (&*running.stats, running.mean, running.var);
     stats(batch, channels, "batch statistics")?;
     range(running, run_mean, channels, "running mean")?;
     range(running, run_var, channels, "running var")?;
@@ -211,13 +215,12 @@ pub(crate) fn update_running_stats<B: BufLen>(
 }
 
 pub(crate) fn bn_relu_conv1x1_fwd<B: BufLen>(
-    x: &B,
-    xm: Mat,
-    bn_ref: BnRef<'_, B>,
+    x: &BnReluView<'_, B>,
     w: At<'_, B>,
-    z: &B,
-    zm: Mat,
+    z: &ViewMut<'_, B>,
 ) -> Result<()> {
+    let (x, xm, bn_ref) = (x.x.buf, x.x.mat, x.bn);
+    let (z, zm) = (&*z.buf, z.mat);
     mat(x, xm, "conv1x1 input")?;
     mat(z, zm, "conv1x1 output")?;
     same_rows(xm, zm, "conv1x1")?;
@@ -226,14 +229,13 @@ pub(crate) fn bn_relu_conv1x1_fwd<B: BufLen>(
 }
 
 pub(crate) fn bn_relu_conv1x1_wgrad<B: BufLen>(
-    x: &B,
-    xm: Mat,
-    bn_ref: BnRef<'_, B>,
-    dz: &B,
-    dzm: Mat,
-    dw: &B,
-    dw_off: usize,
+    x: &BnReluView<'_, B>,
+    dz: &View<'_, B>,
+    dw: &AtMut<'_, B>,
 ) -> Result<()> {
+    let (x, xm, bn_ref) = (x.x.buf, x.x.mat, x.bn);
+    let (dz, dzm) = (dz.buf, dz.mat);
+    let (dw, dw_off) = (&*dw.buf, dw.offset);
     mat(x, xm, "conv1x1 wgrad input")?;
     mat(dz, dzm, "conv1x1 wgrad output grad")?;
     same_rows(xm, dzm, "conv1x1 wgrad")?;
@@ -241,18 +243,16 @@ pub(crate) fn bn_relu_conv1x1_wgrad<B: BufLen>(
     bn(bn_ref, xm.cols, "conv1x1 wgrad statistics")
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn bn_relu_conv1x1_dgrad<B: BufLen>(
-    dz: &B,
-    dzm: Mat,
+    dz: &View<'_, B>,
     w: At<'_, B>,
-    x: &B,
-    xm: Mat,
-    bn_ref: BnRef<'_, B>,
-    dx: &B,
-    dxm: Mat,
+    x: &BnReluView<'_, B>,
+    dx: &ViewMut<'_, B>,
     sum_buf: &B,
 ) -> Result<()> {
+    let (dz, dzm) = (dz.buf, dz.mat);
+    let (x, xm, bn_ref) = (x.x.buf, x.x.mat, x.bn);
+    let (dx, dxm) = (&*dx.buf, dx.mat);
     mat(dz, dzm, "conv1x1 dgrad output grad")?;
     mat(x, xm, "conv1x1 dgrad input")?;
     mat(dx, dxm, "conv1x1 dgrad input grad")?;
@@ -263,16 +263,14 @@ pub(crate) fn bn_relu_conv1x1_dgrad<B: BufLen>(
     bn(bn_ref, xm.cols, "conv1x1 dgrad statistics")
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn bn_relu_conv3x3_fwd<B: BufLen>(
-    z: &B,
-    zm: Mat,
+    z: &BnReluView<'_, B>,
     shape: Spatial,
-    bn_ref: BnRef<'_, B>,
     w: At<'_, B>,
-    y: &B,
-    ym: Mat,
+    y: &ViewMut<'_, B>,
 ) -> Result<()> {
+    let (z, zm, bn_ref) = (z.x.buf, z.x.mat, z.bn);
+    let (y, ym) = (&*y.buf, y.mat);
     mat(z, zm, "conv3x3 input")?;
     mat(y, ym, "conv3x3 output")?;
     pixels(zm, shape, "conv3x3 input")?;
@@ -281,17 +279,15 @@ pub(crate) fn bn_relu_conv3x3_fwd<B: BufLen>(
     bn(bn_ref, zm.cols, "conv3x3 batch-norm")
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn bn_relu_conv3x3_wgrad<B: BufLen>(
-    z: &B,
-    zm: Mat,
+    z: &BnReluView<'_, B>,
     shape: Spatial,
-    bn_ref: BnRef<'_, B>,
-    dy: &B,
-    dym: Mat,
-    dw: &B,
-    dw_off: usize,
+    dy: &View<'_, B>,
+    dw: &AtMut<'_, B>,
 ) -> Result<()> {
+    let (z, zm, bn_ref) = (z.x.buf, z.x.mat, z.bn);
+    let (dy, dym) = (dy.buf, dy.mat);
+    let (dw, dw_off) = (&*dw.buf, dw.offset);
     mat(z, zm, "conv3x3 wgrad input")?;
     mat(dy, dym, "conv3x3 wgrad output grad")?;
     pixels(zm, shape, "conv3x3 wgrad input")?;
@@ -300,19 +296,17 @@ pub(crate) fn bn_relu_conv3x3_wgrad<B: BufLen>(
     bn(bn_ref, zm.cols, "conv3x3 wgrad batch-norm")
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn bn_relu_conv3x3_dgrad<B: BufLen>(
-    dy: &B,
-    dym: Mat,
+    dy: &View<'_, B>,
     shape: Spatial,
     w: At<'_, B>,
-    z: &B,
-    zm: Mat,
-    bn_ref: BnRef<'_, B>,
-    g: &B,
-    gm: Mat,
+    z: &BnReluView<'_, B>,
+    g: &ViewMut<'_, B>,
     sum_buf: &B,
 ) -> Result<()> {
+    let (dy, dym) = (dy.buf, dy.mat);
+    let (z, zm, bn_ref) = (z.x.buf, z.x.mat, z.bn);
+    let (g, gm) = (&*g.buf, g.mat);
     mat(dy, dym, "conv3x3 dgrad output grad")?;
     mat(z, zm, "conv3x3 dgrad input")?;
     mat(g, gm, "conv3x3 dgrad input grad")?;
@@ -325,13 +319,13 @@ pub(crate) fn bn_relu_conv3x3_dgrad<B: BufLen>(
 }
 
 pub(crate) fn bn_backward_elementwise<B: BufLen>(
-    g: &B,
-    gm: Mat,
-    x: &B,
-    xm: Mat,
+    g: &ViewMut<'_, B>,
+    x: &View<'_, B>,
     bn_ref: BnRef<'_, B>,
     sum_buf: &B,
 ) -> Result<()> {
+    let (g, gm) = (&*g.buf, g.mat);
+    let (x, xm) = (x.buf, x.mat);
     mat(g, gm, "bn backward gradient")?;
     mat(x, xm, "bn backward input")?;
     same_shape(gm, xm, "bn backward")?;
@@ -340,13 +334,13 @@ pub(crate) fn bn_backward_elementwise<B: BufLen>(
 }
 
 pub(crate) fn bn_grad_fold<B: BufLen>(
-    sum_buf: &B,
-    channels: usize,
+    bn_sums: &BnSums<'_, B>,
     bn_ref: BnRef<'_, B>,
     grads: &B,
     corr: &B,
     target: BnGradTarget,
 ) -> Result<()> {
+    let (sum_buf, channels) = (bn_sums.sums, bn_sums.channels);
     sums(sum_buf, channels, "bn grad sums")?;
     bn(bn_ref, channels, "bn grad statistics")?;
     range(grads, target.dgamma, channels, "dgamma")?;
@@ -360,17 +354,16 @@ pub(crate) fn bn_grad_fold<B: BufLen>(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn bn_correction<B: BufLen>(
-    g: &B,
-    gm: Mat,
-    x: &B,
-    xm: Mat,
+    g: &ViewMut<'_, B>,
+    x: &View<'_, B>,
     stats_ref: StatsRef<'_, B>,
     corr: &B,
     alpha: usize,
     beta: usize,
 ) -> Result<()> {
+    let (g, gm) = (&*g.buf, g.mat);
+    let (x, xm) = (x.buf, x.mat);
     mat(g, gm, "bn correction gradient")?;
     mat(x, xm, "bn correction input")?;
     same_shape(gm, xm, "bn correction")?;
@@ -379,16 +372,14 @@ pub(crate) fn bn_correction<B: BufLen>(
     range(corr, beta, xm.cols, "correction beta")
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn bn_relu_avgpool_conv1x1_fwd<B: BufLen>(
-    x: &B,
-    xm: Mat,
+    x: &BnReluView<'_, B>,
     shape: Spatial,
-    bn_ref: BnRef<'_, B>,
     w: At<'_, B>,
-    y: &B,
-    ym: Mat,
+    y: &ViewMut<'_, B>,
 ) -> Result<()> {
+    let (x, xm, bn_ref) = (x.x.buf, x.x.mat, x.bn);
+    let (y, ym) = (&*y.buf, y.mat);
     mat(x, xm, "transition input")?;
     mat(y, ym, "transition output")?;
     pixels(xm, shape, "transition input")?;
@@ -397,17 +388,15 @@ pub(crate) fn bn_relu_avgpool_conv1x1_fwd<B: BufLen>(
     bn(bn_ref, xm.cols, "transition statistics")
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn bn_relu_avgpool_conv1x1_wgrad<B: BufLen>(
-    x: &B,
-    xm: Mat,
+    x: &BnReluView<'_, B>,
     shape: Spatial,
-    bn_ref: BnRef<'_, B>,
-    dy: &B,
-    dym: Mat,
-    dw: &B,
-    dw_off: usize,
+    dy: &View<'_, B>,
+    dw: &AtMut<'_, B>,
 ) -> Result<()> {
+    let (x, xm, bn_ref) = (x.x.buf, x.x.mat, x.bn);
+    let (dy, dym) = (dy.buf, dy.mat);
+    let (dw, dw_off) = (&*dw.buf, dw.offset);
     mat(x, xm, "transition wgrad input")?;
     mat(dy, dym, "transition wgrad output grad")?;
     pixels(xm, shape, "transition wgrad input")?;
@@ -416,19 +405,17 @@ pub(crate) fn bn_relu_avgpool_conv1x1_wgrad<B: BufLen>(
     bn(bn_ref, xm.cols, "transition wgrad statistics")
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn bn_relu_avgpool_conv1x1_dgrad<B: BufLen>(
-    dy: &B,
-    dym: Mat,
+    dy: &View<'_, B>,
     w: At<'_, B>,
-    x: &B,
-    xm: Mat,
+    x: &BnReluView<'_, B>,
     shape: Spatial,
-    bn_ref: BnRef<'_, B>,
-    dx: &B,
-    dxm: Mat,
+    dx: &ViewMut<'_, B>,
     sum_buf: &B,
 ) -> Result<()> {
+    let (dy, dym) = (dy.buf, dy.mat);
+    let (x, xm, bn_ref) = (x.x.buf, x.x.mat, x.bn);
+    let (dx, dxm) = (&*dx.buf, dx.mat);
     mat(dy, dym, "transition dgrad output grad")?;
     mat(x, xm, "transition dgrad input")?;
     mat(dx, dxm, "transition dgrad input grad")?;
@@ -441,16 +428,15 @@ pub(crate) fn bn_relu_avgpool_conv1x1_dgrad<B: BufLen>(
     bn(bn_ref, xm.cols, "transition dgrad statistics")
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn conv_fwd<B: BufLen>(
-    x: &B,
-    xm: Mat,
+    x: &View<'_, B>,
     shape: Spatial,
     geom: ConvGeom,
     w: At<'_, B>,
-    y: &B,
-    ym: Mat,
+    y: &ViewMut<'_, B>,
 ) -> Result<()> {
+    let (x, xm) = (x.buf, x.mat);
+    let (y, ym) = (&*y.buf, y.mat);
     mat(x, xm, "conv input")?;
     mat(y, ym, "conv output")?;
     let out = conv_out(shape, geom, "conv")?;
@@ -459,17 +445,16 @@ pub(crate) fn conv_fwd<B: BufLen>(
     weight(w, &[ym.cols, geom.kernel, geom.kernel, xm.cols], "conv weight")
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn conv_wgrad<B: BufLen>(
-    x: &B,
-    xm: Mat,
+    x: &View<'_, B>,
     shape: Spatial,
     geom: ConvGeom,
-    dy: &B,
-    dym: Mat,
-    dw: &B,
-    dw_off: usize,
+    dy: &View<'_, B>,
+    dw: &AtMut<'_, B>,
 ) -> Result<()> {
+    let (x, xm) = (x.buf, x.mat);
+    let (dy, dym) = (dy.buf, dy.mat);
+    let (dw, dw_off) = (&*dw.buf, dw.offset);
     mat(x, xm, "conv wgrad input")?;
     mat(dy, dym, "conv wgrad output grad")?;
     let out = conv_out(shape, geom, "conv wgrad")?;
@@ -479,16 +464,15 @@ pub(crate) fn conv_wgrad<B: BufLen>(
     weight(dw, &[dym.cols, geom.kernel, geom.kernel, xm.cols], "conv weight grad")
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn conv_dgrad<B: BufLen>(
-    dy: &B,
-    dym: Mat,
+    dy: &View<'_, B>,
     shape: Spatial,
     geom: ConvGeom,
     w: At<'_, B>,
-    dx: &B,
-    dxm: Mat,
+    dx: &ViewMut<'_, B>,
 ) -> Result<()> {
+    let (dy, dym) = (dy.buf, dy.mat);
+    let (dx, dxm) = (&*dx.buf, dx.mat);
     mat(dy, dym, "conv dgrad output grad")?;
     mat(dx, dxm, "conv dgrad input grad")?;
     let out = conv_out(shape, geom, "conv dgrad")?;
@@ -498,13 +482,12 @@ pub(crate) fn conv_dgrad<B: BufLen>(
 }
 
 pub(crate) fn bn_relu_maxpool_fwd<B: BufLen>(
-    t: &B,
-    tm: Mat,
+    t: &BnReluView<'_, B>,
     shape: Spatial,
-    bn_ref: BnRef<'_, B>,
-    y: &B,
-    ym: Mat,
+    y: &ViewMut<'_, B>,
 ) -> Result<()> {
+    let (t, tm, bn_ref) = (t.x.buf, t.x.mat, t.bn);
+    let (y, ym) = (&*y.buf, y.mat);
     mat(t, tm, "maxpool input")?;
     mat(y, ym, "maxpool output")?;
     pixels(tm, shape, "maxpool input")?;
@@ -513,18 +496,16 @@ pub(crate) fn bn_relu_maxpool_fwd<B: BufLen>(
     bn(bn_ref, tm.cols, "maxpool statistics")
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn bn_relu_maxpool_bwd<B: BufLen>(
-    dy: &B,
-    dym: Mat,
-    t: &B,
-    tm: Mat,
+    dy: &View<'_, B>,
+    t: &BnReluView<'_, B>,
     shape: Spatial,
-    bn_ref: BnRef<'_, B>,
-    g: &B,
-    gm: Mat,
+    g: &ViewMut<'_, B>,
     sum_buf: &B,
 ) -> Result<()> {
+    let (dy, dym) = (dy.buf, dy.mat);
+    let (t, tm, bn_ref) = (t.x.buf, t.x.mat, t.bn);
+    let (g, gm) = (&*g.buf, g.mat);
     mat(dy, dym, "maxpool output grad")?;
     mat(t, tm, "maxpool input")?;
     mat(g, gm, "maxpool input grad")?;
@@ -537,29 +518,26 @@ pub(crate) fn bn_relu_maxpool_bwd<B: BufLen>(
 }
 
 pub(crate) fn bn_relu_global_pool_fwd<B: BufLen>(
-    x: &B,
-    xm: Mat,
+    x: &BnReluView<'_, B>,
     shape: Spatial,
-    bn_ref: BnRef<'_, B>,
     pooled: &B,
 ) -> Result<()> {
+    let (x, xm, bn_ref) = (x.x.buf, x.x.mat, x.bn);
     mat(x, xm, "global pool input")?;
     pixels(xm, shape, "global pool input")?;
     range(pooled, 0, product(&[shape.n, xm.cols], "pooled features")?, "pooled features")?;
     bn(bn_ref, xm.cols, "global pool statistics")
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn bn_relu_global_pool_bwd<B: BufLen>(
     dpooled: &B,
-    x: &B,
-    xm: Mat,
+    x: &BnReluView<'_, B>,
     shape: Spatial,
-    bn_ref: BnRef<'_, B>,
-    dx: &B,
-    dxm: Mat,
+    dx: &ViewMut<'_, B>,
     sum_buf: &B,
 ) -> Result<()> {
+    let (x, xm, bn_ref) = (x.x.buf, x.x.mat, x.bn);
+    let (dx, dxm) = (&*dx.buf, dx.mat);
     range(dpooled, 0, product(&[shape.n, xm.cols], "pooled gradient")?, "pooled gradient")?;
     mat(x, xm, "global pool input")?;
     mat(dx, dxm, "global pool input grad")?;
@@ -569,59 +547,71 @@ pub(crate) fn bn_relu_global_pool_bwd<B: BufLen>(
     bn(bn_ref, xm.cols, "global pool statistics")
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn linear_fwd<B: BufLen>(
-    x: &B,
-    n: usize,
-    k: usize,
-    w: At<'_, B>,
-    bias: At<'_, B>,
-    out_features: usize,
-    y: &B,
-) -> Result<()> {
-    range(x, 0, product(&[n, k], "linear input")?, "linear input")?;
-    weight(w, &[out_features, k], "linear weight")?;
-    range(bias.buf, bias.offset, out_features, "linear bias")?;
-    range(y, 0, product(&[n, out_features], "linear output")?, "linear output")
+/// The head's matrices are dense and start at their buffer's first float: its kernels take a
+/// bare pointer and a row count.
+fn head_mat<B: BufLen>(v: View<'_, B>, what: &str) -> Result<()> {
+    if v.mat.offset != 0 || (v.mat.ld != v.mat.cols && v.mat.rows > 1) {
+        return Err(Error::Shape(format!(
+            "{what}: the head takes dense matrices at the start of their buffer, not {:?}",
+            v.mat
+        )));
+    }
+    mat(v.buf, v.mat, what)
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn linear_bwd<B: BufLen>(
-    dy: &B,
-    x: &B,
-    n: usize,
-    k: usize,
+/// Returns the batch, input features and output features.
+pub(crate) fn linear_fwd<B: BufLen>(
+    x: View<'_, B>,
     w: At<'_, B>,
-    out_features: usize,
+    bias: At<'_, B>,
+    y: View<'_, B>,
+) -> Result<(usize, usize, usize)> {
+    head_mat(x, "linear input")?;
+    head_mat(y, "linear output")?;
+    same_rows(x.mat, y.mat, "linear input and output")?;
+    let (n, k, out) = (x.mat.rows, x.mat.cols, y.mat.cols);
+    weight(w, &[out, k], "linear weight")?;
+    range(bias.buf, bias.offset, out, "linear bias")?;
+    Ok((n, k, out))
+}
+
+/// Returns the batch, input features and output features.
+pub(crate) fn linear_bwd<B: BufLen>(
+    dy: View<'_, B>,
+    x: View<'_, B>,
+    w: At<'_, B>,
     grads: &B,
     dw_off: usize,
     dbias_off: usize,
-    dx: &B,
-) -> Result<()> {
-    range(dy, 0, product(&[n, out_features], "linear output grad")?, "linear output grad")?;
-    let input = product(&[n, k], "linear input")?;
-    range(x, 0, input, "linear input")?;
-    weight(w, &[out_features, k], "linear weight")?;
-    let dw_len = product(&[out_features, k], "linear weight grad")?;
+    dx: View<'_, B>,
+) -> Result<(usize, usize, usize)> {
+    head_mat(dy, "linear output grad")?;
+    head_mat(x, "linear input")?;
+    head_mat(dx, "linear input grad")?;
+    same_rows(dy.mat, x.mat, "linear output grad and input")?;
+    same_shape(dx.mat, x.mat, "linear input grad and input")?;
+    let (n, k, out) = (x.mat.rows, x.mat.cols, dy.mat.cols);
+    weight(w, &[out, k], "linear weight")?;
+    let dw_len = product(&[out, k], "linear weight grad")?;
     range(grads, dw_off, dw_len, "linear weight grad")?;
-    range(grads, dbias_off, out_features, "linear bias grad")?;
-    disjoint((dw_off, dw_len), (dbias_off, out_features), "linear weight and bias grads")?;
-    range(dx, 0, input, "linear input grad")
+    range(grads, dbias_off, out, "linear bias grad")?;
+    disjoint((dw_off, dw_len), (dbias_off, out), "linear weight and bias grads")?;
+    Ok((n, k, out))
 }
 
+/// Returns the batch and the classes.
 pub(crate) fn softmax_xent<B: BufLen>(
-    logits: &B,
+    logits: View<'_, B>,
     labels: &B,
-    n: usize,
-    classes: usize,
     loss: &B,
-    dlogits: &B,
-) -> Result<()> {
-    let len = product(&[n, classes], "logits")?;
-    range(logits, 0, len, "logits")?;
-    range(labels, 0, n, "labels")?;
+    dlogits: View<'_, B>,
+) -> Result<(usize, usize)> {
+    head_mat(logits, "logits")?;
+    head_mat(dlogits, "logit grad")?;
+    same_shape(dlogits.mat, logits.mat, "logit grad and logits")?;
+    range(labels, 0, logits.mat.rows, "labels")?;
     range(loss, 0, 1, "loss")?;
-    range(dlogits, 0, len, "logit grad")
+    Ok((logits.mat.rows, logits.mat.cols))
 }
 
 pub(crate) fn sgd_update<B: BufLen>(params: &B, grads: &B, velocity: &B, len: usize) -> Result<()> {
@@ -630,39 +620,47 @@ pub(crate) fn sgd_update<B: BufLen>(params: &B, grads: &B, velocity: &B, len: us
     range(velocity, 0, len, "velocity")
 }
 
-pub(crate) fn copy_columns<B: BufLen>(src: &B, sm: Mat, dst: &B, dm: Mat) -> Result<()> {
+pub(crate) fn copy_columns<B: BufLen>(src: &View<'_, B>, dst: &ViewMut<'_, B>) -> Result<()> {
+    let (src, sm) = (src.buf, src.mat);
+    let (dst, dm) = (&*dst.buf, dst.mat);
     mat(src, sm, "copy_columns source")?;
     mat(dst, dm, "copy_columns destination")?;
     same_shape(sm, dm, "copy_columns")
 }
 
-pub(crate) fn bn_apply<B: BufLen>(x: &B, xm: Mat, bn_ref: BnRef<'_, B>, y: &B, ym: Mat) -> Result<()> {
+pub(crate) fn bn_apply<B: BufLen>(x: &View<'_, B>, bn_ref: BnRef<'_, B>, y: &ViewMut<'_, B>) -> Result<()> {
+    let (x, xm) = (x.buf, x.mat);
+    let (y, ym) = (&*y.buf, y.mat);
     mat(x, xm, "bn_apply input")?;
     mat(y, ym, "bn_apply output")?;
     same_shape(xm, ym, "bn_apply")?;
     bn(bn_ref, xm.cols, "bn_apply")
 }
 
-pub(crate) fn relu_fwd<B: BufLen>(x: &B, xm: Mat, y: &B, ym: Mat) -> Result<()> {
+pub(crate) fn relu_fwd<B: BufLen>(x: &View<'_, B>, y: &ViewMut<'_, B>) -> Result<()> {
+    let (x, xm) = (x.buf, x.mat);
+    let (y, ym) = (&*y.buf, y.mat);
     mat(x, xm, "relu input")?;
     mat(y, ym, "relu output")?;
     same_shape(xm, ym, "relu")
 }
 
-pub(crate) fn relu_bwd<B: BufLen>(g: &B, gm: Mat, x: &B, xm: Mat) -> Result<()> {
+pub(crate) fn relu_bwd<B: BufLen>(g: &ViewMut<'_, B>, x: &View<'_, B>) -> Result<()> {
+    let (g, gm) = (&*g.buf, g.mat);
+    let (x, xm) = (x.buf, x.mat);
     mat(g, gm, "relu backward gradient")?;
     mat(x, xm, "relu backward input")?;
     same_shape(gm, xm, "relu backward")
 }
 
 pub(crate) fn bn_grad_sums<B: BufLen>(
-    g: &B,
-    gm: Mat,
-    x: &B,
-    xm: Mat,
+    g: &View<'_, B>,
+    x: &View<'_, B>,
     stats_ref: StatsRef<'_, B>,
     sum_buf: &B,
 ) -> Result<()> {
+    let (g, gm) = (g.buf, g.mat);
+    let (x, xm) = (x.buf, x.mat);
     mat(g, gm, "bn_grad_sums gradient")?;
     mat(x, xm, "bn_grad_sums input")?;
     same_shape(gm, xm, "bn_grad_sums")?;
@@ -671,13 +669,13 @@ pub(crate) fn bn_grad_sums<B: BufLen>(
 }
 
 pub(crate) fn avg_pool_fwd<B: BufLen>(
-    x: &B,
-    xm: Mat,
+    x: &View<'_, B>,
     shape: Spatial,
     win: PoolWindow,
-    y: &B,
-    ym: Mat,
+    y: &ViewMut<'_, B>,
 ) -> Result<()> {
+    let (x, xm) = (x.buf, x.mat);
+    let (y, ym) = (&*y.buf, y.mat);
     window(win)?;
     mat(x, xm, "avg_pool input")?;
     mat(y, ym, "avg_pool output")?;
@@ -687,13 +685,13 @@ pub(crate) fn avg_pool_fwd<B: BufLen>(
 }
 
 pub(crate) fn avg_pool_bwd<B: BufLen>(
-    dy: &B,
-    dym: Mat,
+    dy: &View<'_, B>,
     shape: Spatial,
     win: PoolWindow,
-    dx: &B,
-    dxm: Mat,
+    dx: &ViewMut<'_, B>,
 ) -> Result<()> {
+    let (dy, dym) = (dy.buf, dy.mat);
+    let (dx, dxm) = (&*dx.buf, dx.mat);
     window(win)?;
     mat(dy, dym, "avg_pool output grad")?;
     mat(dx, dxm, "avg_pool input grad")?;
@@ -702,7 +700,9 @@ pub(crate) fn avg_pool_bwd<B: BufLen>(
     same_channels(dxm, dym, "avg_pool")
 }
 
-pub(crate) fn max_pool_fwd<B: BufLen>(x: &B, xm: Mat, shape: Spatial, y: &B, ym: Mat) -> Result<()> {
+pub(crate) fn max_pool_fwd<B: BufLen>(x: &View<'_, B>, shape: Spatial, y: &ViewMut<'_, B>) -> Result<()> {
+    let (x, xm) = (x.buf, x.mat);
+    let (y, ym) = (&*y.buf, y.mat);
     mat(x, xm, "max_pool input")?;
     mat(y, ym, "max_pool output")?;
     pixels(xm, shape, "max_pool input")?;
@@ -710,16 +710,15 @@ pub(crate) fn max_pool_fwd<B: BufLen>(x: &B, xm: Mat, shape: Spatial, y: &B, ym:
     same_channels(xm, ym, "max_pool")
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn max_pool_bwd<B: BufLen>(
-    dy: &B,
-    dym: Mat,
-    x: &B,
-    xm: Mat,
+    dy: &View<'_, B>,
+    x: &View<'_, B>,
     shape: Spatial,
-    dx: &B,
-    dxm: Mat,
+    dx: &ViewMut<'_, B>,
 ) -> Result<()> {
+    let (dy, dym) = (dy.buf, dy.mat);
+    let (x, xm) = (x.buf, x.mat);
+    let (dx, dxm) = (&*dx.buf, dx.mat);
     mat(dy, dym, "max_pool output grad")?;
     mat(x, xm, "max_pool input")?;
     mat(dx, dxm, "max_pool input grad")?;

@@ -4,6 +4,7 @@ use super::tape::{BnRelu, Feature, LayerTape, Tape, TransitionTape};
 use crate::backend::{
     At, Backend, BnGradTarget, BnRef, Category, ConvGeom, Mat, PoolWindow, SgdParams, Spatial, StatsRef,
 };
+use crate::backend::{AtMut, BnSums, LinearGrads, StatsMut, View, ViewMut};
 use crate::config::{DenseNetConfig, Geometry};
 use crate::error::{Error, Result};
 use crate::params::{BnLayout, ParamLayout};
@@ -207,13 +208,11 @@ impl<B: Backend> BaselineNetwork<B> {
             None => {
                 let mut f0 = self.backend.alloc(rows * c0, BASELINE)?;
                 self.backend.conv_fwd(
-                    &self.input,
-                    xm,
+                    View::new(&self.input, xm),
                     in_shape,
                     CONV3X3,
                     w,
-                    &mut f0,
-                    Mat::dense(0, rows, c0),
+                    ViewMut::new(&mut f0, Mat::dense(0, rows, c0)),
                 )?;
                 Ok((None, Feature { buf: f0, cols: c0 }))
             }
@@ -222,10 +221,20 @@ impl<B: Backend> BaselineNetwork<B> {
                 let t_shape = geom.out(in_shape);
                 let tm = Mat::dense(0, t_shape.pixels(), c0);
                 let mut t = self.backend.alloc(t_shape.pixels() * c0, BASELINE)?;
-                self.backend.conv_fwd(&self.input, xm, in_shape, geom, w, &mut t, tm)?;
+                self.backend.conv_fwd(
+                    View::new(&self.input, xm),
+                    in_shape,
+                    geom,
+                    w,
+                    ViewMut::new(&mut t, tm),
+                )?;
                 let stage = self.bn_relu_forward(t, t_shape.pixels(), c0, &norm)?;
                 let mut f0 = self.backend.alloc(rows * c0, BASELINE)?;
-                self.backend.max_pool_fwd(&stage.relu, tm, t_shape, &mut f0, Mat::dense(0, rows, c0))?;
+                self.backend.max_pool_fwd(
+                    View::new(&stage.relu, tm),
+                    t_shape,
+                    ViewMut::new(&mut f0, Mat::dense(0, rows, c0)),
+                )?;
                 Ok((Some(stage), Feature { buf: f0, cols: c0 }))
             }
         }
@@ -257,11 +266,17 @@ impl<B: Backend> BaselineNetwork<B> {
         let mut z = self.backend.alloc(rows * bott, BASELINE)?;
         let w1 = At { buf: &self.params, offset: lay.conv1 };
         let (cm, zm) = (Mat::dense(0, rows, c), Mat::dense(0, rows, bott));
-        self.backend.conv_fwd(&concat.relu, cm, shape, CONV1X1, w1, &mut z, zm)?;
+        self.backend.conv_fwd(View::new(&concat.relu, cm), shape, CONV1X1, w1, ViewMut::new(&mut z, zm))?;
         let bottleneck = self.bn_relu_forward(z, rows, bott, &lay.norm2)?;
         let mut y = self.backend.alloc(rows * k, BASELINE)?;
         let w2 = At { buf: &self.params, offset: lay.conv2 };
-        self.backend.conv_fwd(&bottleneck.relu, zm, shape, CONV3X3, w2, &mut y, Mat::dense(0, rows, k))?;
+        self.backend.conv_fwd(
+            View::new(&bottleneck.relu, zm),
+            shape,
+            CONV3X3,
+            w2,
+            ViewMut::new(&mut y, Mat::dense(0, rows, k)),
+        )?;
         Ok((LayerTape { concat, bottleneck }, Feature { buf: y, cols: k }))
     }
 
@@ -280,17 +295,20 @@ impl<B: Backend> BaselineNetwork<B> {
         let w = At { buf: &self.params, offset: tr.conv };
         let convm = Mat::dense(0, rows, tr.c_out);
         self.backend.conv_fwd(
-            &stage.relu,
-            Mat::dense(0, rows, tr.c_in),
+            View::new(&stage.relu, Mat::dense(0, rows, tr.c_in)),
             shape,
             CONV1X1,
             w,
-            &mut conv,
-            convm,
+            ViewMut::new(&mut conv, convm),
         )?;
         let out = POOL2.out(shape).pixels();
         let mut pooled = self.backend.alloc(out * tr.c_out, BASELINE)?;
-        self.backend.avg_pool_fwd(&conv, convm, shape, POOL2, &mut pooled, Mat::dense(0, out, tr.c_out))?;
+        self.backend.avg_pool_fwd(
+            View::new(&conv, convm),
+            shape,
+            POOL2,
+            ViewMut::new(&mut pooled, Mat::dense(0, out, tr.c_out)),
+        )?;
         Ok((TransitionTape { stage, conv }, Feature { buf: pooled, cols: tr.c_out }))
     }
 
@@ -303,18 +321,26 @@ impl<B: Backend> BaselineNetwork<B> {
         let mut pooled = self.backend.alloc(self.batch * h.channels, BASELINE)?;
         let window = PoolWindow { h: shape.h, w: shape.w };
         let (rm, pm) = (Mat::dense(0, rows, h.channels), Mat::dense(0, self.batch, h.channels));
-        self.backend.avg_pool_fwd(&stage.relu, rm, shape, window, &mut pooled, pm)?;
+        self.backend.avg_pool_fwd(
+            View::new(&stage.relu, rm),
+            shape,
+            window,
+            ViewMut::new(&mut pooled, pm),
+        )?;
         let w = At { buf: &self.params, offset: h.fc_weight };
         let bias = At { buf: &self.params, offset: h.fc_bias };
         let be = &self.backend;
-        be.linear_fwd(&pooled, self.batch, h.channels, w, bias, h.classes, &mut self.logits)?;
+        be.linear_fwd(
+            View::new(&pooled, Mat::dense(0, self.batch, h.channels)),
+            w,
+            bias,
+            ViewMut::new(&mut self.logits, Mat::dense(0, self.batch, h.classes)),
+        )?;
         be.softmax_xent(
-            &self.logits,
+            View::new(&self.logits, Mat::dense(0, self.batch, h.classes)),
             &self.labels,
-            self.batch,
-            h.classes,
             &mut self.loss,
-            &mut self.dlogits,
+            ViewMut::new(&mut self.dlogits, Mat::dense(0, self.batch, h.classes)),
         )?;
         Ok((stage, pooled))
     }
@@ -327,7 +353,11 @@ impl<B: Backend> BaselineNetwork<B> {
         let mut start = 0;
         for f in feats {
             let src = Mat::dense(0, rows, f.cols);
-            self.backend.copy_columns(&f.buf, src, &mut cat, cm.columns(start, f.cols), false)?;
+            self.backend.copy_columns(
+                View::new(&f.buf, src),
+                ViewMut::new(&mut cat, cm.columns(start, f.cols)),
+                false,
+            )?;
             start += f.cols;
         }
         Ok(cat)
@@ -345,7 +375,7 @@ impl<B: Backend> BaselineNetwork<B> {
         let be = &self.backend;
         let m = Mat::dense(0, rows, channels);
         let mut stats = be.alloc(2 * channels, BASELINE)?;
-        be.channel_stats(&x, m, &mut stats, 0, channels)?;
+        be.channel_stats(View::new(&x, m), StatsMut::new(&mut stats, 0, channels))?;
         let bn = BnRef {
             stats: &stats,
             mean: 0,
@@ -355,17 +385,15 @@ impl<B: Backend> BaselineNetwork<B> {
             beta: norm.beta,
         };
         let mut bn_out = be.alloc(rows * channels, BASELINE)?;
-        be.bn_apply(&x, m, bn, &mut bn_out, m)?;
+        be.bn_apply(View::new(&x, m), bn, ViewMut::new(&mut bn_out, m))?;
         let mut relu = be.alloc(rows * channels, BASELINE)?;
-        be.relu_fwd(&bn_out, m, &mut relu, m)?;
+        be.relu_fwd(View::new(&bn_out, m), ViewMut::new(&mut relu, m))?;
         let batch_stats = StatsRef { stats: &stats, mean: 0, var: channels };
         be.update_running_stats(
             batch_stats,
             channels,
             rows,
-            &mut self.running,
-            norm.running_mean,
-            norm.running_var,
+            StatsMut::new(&mut self.running, norm.running_mean, norm.running_var),
         )?;
         Ok(BnRelu { x, stats, bn: bn_out, relu, rows, channels })
     }
@@ -414,22 +442,17 @@ impl<B: Backend> BaselineNetwork<B> {
         let mut dpooled = be.alloc(self.batch * h.channels, BASELINE)?;
         let w = At { buf: &self.params, offset: h.fc_weight };
         be.linear_bwd(
-            &self.dlogits,
-            &pooled,
-            self.batch,
-            h.channels,
+            View::new(&self.dlogits, Mat::dense(0, self.batch, h.classes)),
+            View::new(&pooled, Mat::dense(0, self.batch, h.channels)),
             w,
-            h.classes,
-            &mut self.grads,
-            h.fc_weight,
-            h.fc_bias,
-            &mut dpooled,
+            LinearGrads::new(&mut self.grads, h.fc_weight, h.fc_bias),
+            ViewMut::new(&mut dpooled, Mat::dense(0, self.batch, h.channels)),
         )?;
         drop(pooled);
         let mut d = be.alloc(rows * h.channels, BASELINE)?;
         let window = PoolWindow { h: shape.h, w: shape.w };
         let (pm, dm) = (Mat::dense(0, self.batch, h.channels), Mat::dense(0, rows, h.channels));
-        be.avg_pool_bwd(&dpooled, pm, shape, window, &mut d, dm)?;
+        be.avg_pool_bwd(View::new(&dpooled, pm), shape, window, ViewMut::new(&mut d, dm))?;
         drop(dpooled);
         self.bn_relu_backward(stage, &mut d, &h.norm)?;
         self.split_new(&d, rows, widths)
@@ -454,23 +477,26 @@ impl<B: Backend> BaselineNetwork<B> {
         let mut dz = self.backend.alloc(rows * bott, BASELINE)?;
         let w2 = At { buf: &self.params, offset: lay.conv2 };
         self.backend.conv_wgrad(
-            &bottleneck.relu,
-            zm,
+            View::new(&bottleneck.relu, zm),
             shape,
             CONV3X3,
-            &dy.buf,
-            ym,
-            &mut self.grads,
-            lay.conv2,
+            View::new(&dy.buf, ym),
+            AtMut::new(&mut self.grads, lay.conv2),
         )?;
-        self.backend.conv_dgrad(&dy.buf, ym, shape, CONV3X3, w2, &mut dz, zm)?;
+        self.backend.conv_dgrad(View::new(&dy.buf, ym), shape, CONV3X3, w2, ViewMut::new(&mut dz, zm))?;
         drop(dy);
         self.bn_relu_backward(bottleneck, &mut dz, &lay.norm2)?;
 
         let mut dcat = self.backend.alloc(rows * c, BASELINE)?;
         let w1 = At { buf: &self.params, offset: lay.conv1 };
-        self.backend.conv_wgrad(&concat.relu, cm, shape, CONV1X1, &dz, zm, &mut self.grads, lay.conv1)?;
-        self.backend.conv_dgrad(&dz, zm, shape, CONV1X1, w1, &mut dcat, cm)?;
+        self.backend.conv_wgrad(
+            View::new(&concat.relu, cm),
+            shape,
+            CONV1X1,
+            View::new(&dz, zm),
+            AtMut::new(&mut self.grads, lay.conv1),
+        )?;
+        self.backend.conv_dgrad(View::new(&dz, zm), shape, CONV1X1, w1, ViewMut::new(&mut dcat, cm))?;
         drop(dz);
         self.bn_relu_backward(concat, &mut dcat, &lay.norm1)?;
         self.split_add(&dcat, rows, dfeat)
@@ -491,19 +517,23 @@ impl<B: Backend> BaselineNetwork<B> {
         let out = POOL2.out(shape).pixels();
         let mut dconv = self.backend.alloc(rows * tr.c_out, BASELINE)?;
         self.backend.avg_pool_bwd(
-            &dpooled.buf,
-            Mat::dense(0, out, tr.c_out),
+            View::new(&dpooled.buf, Mat::dense(0, out, tr.c_out)),
             shape,
             POOL2,
-            &mut dconv,
-            convm,
+            ViewMut::new(&mut dconv, convm),
         )?;
         drop(dpooled);
         drop(conv);
         let mut d = self.backend.alloc(rows * tr.c_in, BASELINE)?;
         let w = At { buf: &self.params, offset: tr.conv };
-        self.backend.conv_wgrad(&stage.relu, cm, shape, CONV1X1, &dconv, convm, &mut self.grads, tr.conv)?;
-        self.backend.conv_dgrad(&dconv, convm, shape, CONV1X1, w, &mut d, cm)?;
+        self.backend.conv_wgrad(
+            View::new(&stage.relu, cm),
+            shape,
+            CONV1X1,
+            View::new(&dconv, convm),
+            AtMut::new(&mut self.grads, tr.conv),
+        )?;
+        self.backend.conv_dgrad(View::new(&dconv, convm), shape, CONV1X1, w, ViewMut::new(&mut d, cm))?;
         drop(dconv);
         self.bn_relu_backward(stage, &mut d, &tr.norm)?;
         let widths: Vec<usize> = std::iter::once(self.geometry.blocks[b].c0)
@@ -527,29 +557,29 @@ impl<B: Backend> BaselineNetwork<B> {
                 let tm = Mat::dense(0, t_shape.pixels(), c0);
                 let mut dt = self.backend.alloc(t_shape.pixels() * c0, BASELINE)?;
                 self.backend.max_pool_bwd(
-                    &d0.buf,
-                    Mat::dense(0, rows, c0),
-                    &stage.relu,
-                    tm,
+                    View::new(&d0.buf, Mat::dense(0, rows, c0)),
+                    View::new(&stage.relu, tm),
                     t_shape,
-                    &mut dt,
-                    tm,
+                    ViewMut::new(&mut dt, tm),
                 )?;
                 drop(d0);
                 self.bn_relu_backward(stage, &mut dt, &norm)?;
-                self.backend.conv_wgrad(&self.input, xm, in_shape, geom, &dt, tm, &mut self.grads, conv)
+                self.backend.conv_wgrad(
+                    View::new(&self.input, xm),
+                    in_shape,
+                    geom,
+                    View::new(&dt, tm),
+                    AtMut::new(&mut self.grads, conv),
+                )
             }
             (None, None) => {
                 let dm = Mat::dense(0, rows, c0);
                 self.backend.conv_wgrad(
-                    &self.input,
-                    xm,
+                    View::new(&self.input, xm),
                     in_shape,
                     CONV3X3,
-                    &d0.buf,
-                    dm,
-                    &mut self.grads,
-                    conv,
+                    View::new(&d0.buf, dm),
+                    AtMut::new(&mut self.grads, conv),
                 )
             }
             _ => Err(tape_mismatch()),
@@ -564,9 +594,14 @@ impl<B: Backend> BaselineNetwork<B> {
         let m = Mat::dense(0, rows, channels);
         // The ReLU output's reader (the conv or pool after it) has been back-propagated.
         drop(relu);
-        be.relu_bwd(g, m, &bn, m)?;
+        be.relu_bwd(ViewMut::new(g, m), View::new(&bn, m))?;
         drop(bn);
-        be.bn_grad_sums(g, m, &x, m, StatsRef { stats: &stats, mean: 0, var: channels }, &mut self.sums)?;
+        be.bn_grad_sums(
+            View::new(g, m),
+            View::new(&x, m),
+            StatsRef { stats: &stats, mean: 0, var: channels },
+            &mut self.sums,
+        )?;
         let bnref = BnRef {
             stats: &stats,
             mean: 0,
@@ -576,8 +611,14 @@ impl<B: Backend> BaselineNetwork<B> {
             beta: norm.beta,
         };
         let target = BnGradTarget { dgamma: norm.gamma, dbeta: norm.beta, correction: None };
-        be.bn_grad_fold(&self.sums, channels, rows, bnref, &mut self.grads, &mut self.no_correction, target)?;
-        be.bn_backward_elementwise(g, m, &x, m, bnref, &self.sums)
+        be.bn_grad_fold(
+            BnSums::new(&self.sums, channels, rows),
+            bnref,
+            &mut self.grads,
+            &mut self.no_correction,
+            target,
+        )?;
+        be.bn_backward_elementwise(ViewMut::new(g, m), View::new(&x, m), bnref, &self.sums)
     }
 
     /// Splits the gradient of a concatenation into new per-feature gradient buffers.
@@ -601,7 +642,11 @@ impl<B: Backend> BaselineNetwork<B> {
         let mut start = 0;
         for f in dfeat {
             let dst = Mat::dense(0, rows, f.cols);
-            self.backend.copy_columns(d, dm.columns(start, f.cols), &mut f.buf, dst, accumulate)?;
+            self.backend.copy_columns(
+                View::new(d, dm.columns(start, f.cols)),
+                ViewMut::new(&mut f.buf, dst),
+                accumulate,
+            )?;
             start += f.cols;
         }
         Ok(())

@@ -10,6 +10,7 @@
 
 use super::storage::FeatureStorage;
 use crate::backend::{At, Backend, BnGradTarget, BnRef, ConvGeom, Mat, SgdParams, Spatial, StatsRef};
+use crate::backend::{AtMut, BnSums, LinearGrads, StatsMut, View, ViewMut};
 use crate::config::{DenseNetConfig, Geometry, Stem};
 use crate::error::{Error, Result};
 use crate::params::{BnLayout, BnSite, ParamLayout};
@@ -319,7 +320,11 @@ impl<B: Backend> Network<B> {
                 let zm = Mat::dense(0, s.pixels(), channels);
                 let bn1 = bn_ref(self.pass, &lay.norm1, s.stats_from(0), &self.params, &self.running);
                 let w1 = At { buf: &self.params, offset: lay.conv1 };
-                be.bn_relu_conv1x1_fwd(&s.data, s.columns(0, lay.c_in), bn1, w1, &mut self.z, zm)?;
+                be.bn_relu_conv1x1_fwd(
+                    View::new(&s.data, s.columns(0, lay.c_in)).bn_relu(bn1),
+                    w1,
+                    ViewMut::new(&mut self.z, zm),
+                )?;
                 let g = self.global_layer(block, layer);
                 let (mean, var) = download_stats(zstats_ref(&t.zstats, g, channels))?;
                 Ok(BnInput {
@@ -357,8 +362,14 @@ impl<B: Backend> Network<B> {
             .as_mut()
             .ok_or_else(|| Error::Config("the divergence check needs training mode".into()))?;
         // Means at 0 and 2; both variances (unused) at 1.
-        self.backend.channel_stats(&self.params, Mat::dense(0, params, 1), &mut t.sums, 0, 1)?;
-        self.backend.channel_stats(&self.running, Mat::dense(0, running, 1), &mut t.sums, 2, 1)?;
+        self.backend.channel_stats(
+            View::new(&self.params, Mat::dense(0, params, 1)),
+            StatsMut::new(&mut t.sums, 0, 1),
+        )?;
+        self.backend.channel_stats(
+            View::new(&self.running, Mat::dense(0, running, 1)),
+            StatsMut::new(&mut t.sums, 2, 1),
+        )?;
         let means = self.backend.download(&t.sums, 0, 3)?;
         Ok(if !means[0].is_finite() {
             Some("parameters")
@@ -455,9 +466,7 @@ impl<B: Backend> Network<B> {
             stats,
             norm.channels,
             count,
-            &mut self.running,
-            norm.running_mean,
-            norm.running_var,
+            StatsMut::new(&mut self.running, norm.running_mean, norm.running_var),
         )
     }
 
@@ -469,7 +478,7 @@ impl<B: Backend> Network<B> {
         let s = &mut self.storages[b];
         let c = s.geom.channels;
         let m = s.columns(start, cols);
-        self.backend.channel_stats(&s.data, m, &mut s.stats, start, c + start)
+        self.backend.channel_stats(View::new(&s.data, m), StatsMut::new(&mut s.stats, start, c + start))
     }
 
     fn stem_forward(&mut self) -> Result<()> {
@@ -482,16 +491,31 @@ impl<B: Backend> Network<B> {
             None => {
                 let s = &mut self.storages[0];
                 let ym = s.columns(0, c0);
-                self.backend.conv_fwd(&self.input, xm, in_shape, geom, w, &mut s.data, ym)?;
+                self.backend.conv_fwd(
+                    View::new(&self.input, xm),
+                    in_shape,
+                    geom,
+                    w,
+                    ViewMut::new(&mut s.data, ym),
+                )?;
             }
             Some(norm) => {
                 let t_shape = geom.out(in_shape);
                 let tm = Mat::dense(0, t_shape.pixels(), c0);
-                self.backend.conv_fwd(&self.input, xm, in_shape, geom, w, &mut self.stem_out, tm)?;
+                self.backend.conv_fwd(
+                    View::new(&self.input, xm),
+                    in_shape,
+                    geom,
+                    w,
+                    ViewMut::new(&mut self.stem_out, tm),
+                )?;
                 if self.pass == Mode::Train
                     && let Some(t) = self.train.as_mut()
                 {
-                    self.backend.channel_stats(&self.stem_out, tm, &mut t.stem_stats, 0, c0)?;
+                    self.backend.channel_stats(
+                        View::new(&self.stem_out, tm),
+                        StatsMut::new(&mut t.stem_stats, 0, c0),
+                    )?;
                 }
                 let stem_stats = match &self.train {
                     Some(t) => StatsRef { stats: &t.stem_stats, mean: 0, var: c0 },
@@ -501,7 +525,11 @@ impl<B: Backend> Network<B> {
                 let bn = bn_ref(self.pass, &norm, stem_stats, &self.params, &self.running);
                 let s = &mut self.storages[0];
                 let ym = s.columns(0, c0);
-                self.backend.bn_relu_maxpool_fwd(&self.stem_out, tm, t_shape, bn, &mut s.data, ym)?;
+                self.backend.bn_relu_maxpool_fwd(
+                    View::new(&self.stem_out, tm).bn_relu(bn),
+                    t_shape,
+                    ViewMut::new(&mut s.data, ym),
+                )?;
                 self.update_running(norm, StatsSource::Stem, t_shape.pixels())?;
             }
         }
@@ -520,13 +548,17 @@ impl<B: Backend> Network<B> {
 
         let bn1 = bn_ref(self.pass, &lay.norm1, s.stats_from(0), &self.params, &self.running);
         let w1 = At { buf: &self.params, offset: lay.conv1 };
-        self.backend.bn_relu_conv1x1_fwd(&s.data, s.columns(0, lay.c_in), bn1, w1, &mut self.z, zm)?;
+        self.backend.bn_relu_conv1x1_fwd(
+            View::new(&s.data, s.columns(0, lay.c_in)).bn_relu(bn1),
+            w1,
+            ViewMut::new(&mut self.z, zm),
+        )?;
 
         if self.pass == Mode::Train
             && let Some(t) = self.train.as_mut()
         {
             let (mean, var) = zstats_offsets(layer, bott);
-            self.backend.channel_stats(&self.z, zm, &mut t.zstats, mean, var)?;
+            self.backend.channel_stats(View::new(&self.z, zm), StatsMut::new(&mut t.zstats, mean, var))?;
         }
         let zstats = match &self.train {
             Some(t) => zstats_ref(&t.zstats, layer, bott),
@@ -536,7 +568,12 @@ impl<B: Backend> Network<B> {
         let w2 = At { buf: &self.params, offset: lay.conv2 };
         let s = &mut self.storages[b];
         let ym = s.columns(lay.c_in, k);
-        self.backend.bn_relu_conv3x3_fwd(&self.z, zm, shape, bn2, w2, &mut s.data, ym)?;
+        self.backend.bn_relu_conv3x3_fwd(
+            View::new(&self.z, zm).bn_relu(bn2),
+            shape,
+            w2,
+            ViewMut::new(&mut s.data, ym),
+        )?;
 
         self.storage_stats(b, lay.c_in, k)?;
         self.update_running(lay.norm1, StatsSource::Storage(b, 0), p)?;
@@ -551,13 +588,10 @@ impl<B: Backend> Network<B> {
         let w = At { buf: &self.params, offset: tr.conv };
         let ym = dst.columns(0, tr.c_out);
         self.backend.bn_relu_avgpool_conv1x1_fwd(
-            &src.data,
-            src.all(),
+            View::new(&src.data, src.all()).bn_relu(bn),
             src.spatial(),
-            bn,
             w,
-            &mut dst.data,
-            ym,
+            ViewMut::new(&mut dst.data, ym),
         )?;
         let p = src.pixels();
         self.storage_stats(b + 1, 0, tr.c_out)?;
@@ -569,17 +603,18 @@ impl<B: Backend> Network<B> {
         let last = self.storages.len() - 1;
         let s = &self.storages[last];
         let bn = bn_ref(self.pass, &h.norm, s.stats_from(0), &self.params, &self.running);
-        self.backend.bn_relu_global_pool_fwd(&s.data, s.all(), s.spatial(), bn, &mut self.pooled)?;
+        self.backend.bn_relu_global_pool_fwd(
+            View::new(&s.data, s.all()).bn_relu(bn),
+            s.spatial(),
+            &mut self.pooled,
+        )?;
         let w = At { buf: &self.params, offset: h.fc_weight };
         let bias = At { buf: &self.params, offset: h.fc_bias };
         self.backend.linear_fwd(
-            &self.pooled,
-            self.batch,
-            h.channels,
+            View::new(&self.pooled, Mat::dense(0, self.batch, h.channels)),
             w,
             bias,
-            h.classes,
-            &mut self.logits,
+            ViewMut::new(&mut self.logits, Mat::dense(0, self.batch, h.classes)),
         )?;
         let p = s.pixels();
         self.update_running(h.norm, StatsSource::Storage(last, 0), p)?;
@@ -587,12 +622,10 @@ impl<B: Backend> Network<B> {
             && let Some(t) = self.train.as_mut()
         {
             self.backend.softmax_xent(
-                &self.logits,
+                View::new(&self.logits, Mat::dense(0, self.batch, h.classes)),
                 &t.labels,
-                self.batch,
-                h.classes,
                 &mut t.loss,
-                &mut t.dlogits,
+                ViewMut::new(&mut t.dlogits, Mat::dense(0, self.batch, h.classes)),
             )?;
         }
         Ok(())
@@ -637,10 +670,8 @@ impl<B: Backend> Network<B> {
             let c0 = s.geom.c0;
             let g = &mut t.g[b % 2];
             be.bn_correction(
-                g,
-                s.columns(0, c0),
-                &s.data,
-                s.columns(0, c0),
+                ViewMut::new(g, s.columns(0, c0)),
+                View::new(&s.data, s.columns(0, c0)),
                 s.stats_from(0),
                 &t.corr,
                 0,
@@ -660,26 +691,25 @@ impl<B: Backend> Network<B> {
         let s = &self.storages[last];
         let w = At { buf: &self.params, offset: h.fc_weight };
         be.linear_bwd(
-            &t.dlogits,
-            &self.pooled,
-            self.batch,
-            h.channels,
+            View::new(&t.dlogits, Mat::dense(0, self.batch, h.classes)),
+            View::new(&self.pooled, Mat::dense(0, self.batch, h.channels)),
             w,
-            h.classes,
-            &mut t.grads,
-            h.fc_weight,
-            h.fc_bias,
-            &mut t.dpooled,
+            LinearGrads::new(&mut t.grads, h.fc_weight, h.fc_bias),
+            ViewMut::new(&mut t.dpooled, Mat::dense(0, self.batch, h.channels)),
         )?;
         let bn = self.bn(&h.norm, s.stats_from(0));
         let g = &mut t.g[last % 2];
-        be.bn_relu_global_pool_bwd(&t.dpooled, &s.data, s.all(), s.spatial(), bn, g, s.all(), &mut t.sums)?;
+        be.bn_relu_global_pool_bwd(
+            &t.dpooled,
+            View::new(&s.data, s.all()).bn_relu(bn),
+            s.spatial(),
+            ViewMut::new(g, s.all()),
+            &mut t.sums,
+        )?;
         let cmax = t.corr_half;
         be.fill_zero(&mut t.corr, 0, 2 * cmax)?;
         be.bn_grad_fold(
-            &t.sums,
-            h.channels,
-            s.pixels(),
+            BnSums::new(&t.sums, h.channels, s.pixels()),
             bn,
             &mut t.grads,
             &mut t.corr,
@@ -702,43 +732,74 @@ impl<B: Backend> Network<B> {
 
         // 1. Every later reader of channels [c_l, c_l + k) has contributed: finish dL/dY.
         let g = &mut t.g[b % 2];
-        be.bn_correction(g, dy, &s.data, dy, s.stats_from(c_l), &t.corr, c_l, cmax + c_l)?;
+        be.bn_correction(
+            ViewMut::new(g, dy),
+            View::new(&s.data, dy),
+            s.stats_from(c_l),
+            &t.corr,
+            c_l,
+            cmax + c_l,
+        )?;
 
         // 2. Recompute Z — the only recomputation.
         let bn1 = bn_ref(*mode, &lay.norm1, s.stats_from(0), params, running);
         let w1 = At { buf: &*params, offset: lay.conv1 };
-        be.bn_relu_conv1x1_fwd(&s.data, s.columns(0, c_l), bn1, w1, z, zm)?;
+        be.bn_relu_conv1x1_fwd(View::new(&s.data, s.columns(0, c_l)).bn_relu(bn1), w1, ViewMut::new(z, zm))?;
         let z = &*z;
 
         // 3. 3×3 conv backward with BN2-ReLU fused into the loads of Z.
         let bn2 = bn_ref(*mode, &lay.norm2, zstats_ref(&t.zstats, layer, bott), params, running);
         let w2 = At { buf: &*params, offset: lay.conv2 };
         let g = &t.g[b % 2];
-        be.bn_relu_conv3x3_wgrad(z, zm, shape, bn2, g, dy, &mut t.grads, lay.conv2)?;
-        be.bn_relu_conv3x3_dgrad(g, dy, shape, w2, z, zm, bn2, &mut t.dz, zm, &mut t.sums)?;
+        be.bn_relu_conv3x3_wgrad(
+            View::new(z, zm).bn_relu(bn2),
+            shape,
+            View::new(g, dy),
+            AtMut::new(&mut t.grads, lay.conv2),
+        )?;
+        be.bn_relu_conv3x3_dgrad(
+            View::new(g, dy),
+            shape,
+            w2,
+            View::new(z, zm).bn_relu(bn2),
+            ViewMut::new(&mut t.dz, zm),
+            &mut t.sums,
+        )?;
 
         // 4. Bottleneck BN backward, applied right away (Z has a single reader).
-        be.bn_grad_fold(&t.sums, bott, p, bn2, &mut t.grads, &mut t.corr, fold_target(&lay.norm2, None))?;
-        be.bn_backward_elementwise(&mut t.dz, zm, z, zm, bn2, &t.sums)?;
+        be.bn_grad_fold(
+            BnSums::new(&t.sums, bott, p),
+            bn2,
+            &mut t.grads,
+            &mut t.corr,
+            fold_target(&lay.norm2, None),
+        )?;
+        be.bn_backward_elementwise(ViewMut::new(&mut t.dz, zm), View::new(z, zm), bn2, &t.sums)?;
 
         // 5–6. 1×1 conv backward; its dgrad adds a·g straight into G[:, 0:c_l].
-        be.bn_relu_conv1x1_wgrad(&s.data, s.columns(0, c_l), bn1, &t.dz, zm, &mut t.grads, lay.conv1)?;
+        be.bn_relu_conv1x1_wgrad(
+            View::new(&s.data, s.columns(0, c_l)).bn_relu(bn1),
+            View::new(&t.dz, zm),
+            AtMut::new(&mut t.grads, lay.conv1),
+        )?;
         let g = &mut t.g[b % 2];
         be.bn_relu_conv1x1_dgrad(
-            &t.dz,
-            zm,
+            View::new(&t.dz, zm),
             w1,
-            &s.data,
-            s.columns(0, c_l),
-            bn1,
-            g,
-            s.columns(0, c_l),
+            View::new(&s.data, s.columns(0, c_l)).bn_relu(bn1),
+            ViewMut::new(g, s.columns(0, c_l)),
             true,
             &mut t.sums,
         )?;
 
         // 7. Defer the rest of BN1's backward to the per-channel accumulators.
-        be.bn_grad_fold(&t.sums, c_l, p, bn1, &mut t.grads, &mut t.corr, fold_target(&lay.norm1, Some(cmax)))
+        be.bn_grad_fold(
+            BnSums::new(&t.sums, c_l, p),
+            bn1,
+            &mut t.grads,
+            &mut t.corr,
+            fold_target(&lay.norm1, Some(cmax)),
+        )
     }
 
     fn transition_backward(&self, t: &mut TrainState<B>, b: usize) -> Result<()> {
@@ -751,33 +812,23 @@ impl<B: Backend> Network<B> {
         let (g_lo, g_hi) = t.g.split_at_mut(1);
         let (g_src, g_dst) = if b % 2 == 0 { (&mut g_lo[0], &g_hi[0]) } else { (&mut g_hi[0], &g_lo[0]) };
         be.bn_relu_avgpool_conv1x1_wgrad(
-            &src.data,
-            src.all(),
+            View::new(&src.data, src.all()).bn_relu(bn),
             src.spatial(),
-            bn,
-            g_dst,
-            dym,
-            &mut t.grads,
-            tr.conv,
+            View::new(g_dst, dym),
+            AtMut::new(&mut t.grads, tr.conv),
         )?;
         let w = At { buf: &self.params, offset: tr.conv };
         be.bn_relu_avgpool_conv1x1_dgrad(
-            g_dst,
-            dym,
+            View::new(g_dst, dym),
             w,
-            &src.data,
-            src.all(),
+            View::new(&src.data, src.all()).bn_relu(bn),
             src.spatial(),
-            bn,
-            g_src,
-            src.all(),
+            ViewMut::new(g_src, src.all()),
             &mut t.sums,
         )?;
         be.fill_zero(&mut t.corr, 0, 2 * cmax)?;
         be.bn_grad_fold(
-            &t.sums,
-            tr.c_in,
-            src.pixels(),
+            BnSums::new(&t.sums, tr.c_in, src.pixels()),
             bn,
             &mut t.grads,
             &mut t.corr,
@@ -806,23 +857,33 @@ impl<B: Backend> Network<B> {
                 let tm = Mat::dense(0, t_shape.pixels(), c0);
                 let stats = StatsRef { stats: &t.stem_stats, mean: 0, var: c0 };
                 let bn = self.bn(&norm, stats);
-                be.bn_relu_maxpool_bwd(g0, ds, &self.stem_out, tm, t_shape, bn, g1, tm, &mut t.sums)?;
+                be.bn_relu_maxpool_bwd(
+                    View::new(g0, ds),
+                    View::new(&self.stem_out, tm).bn_relu(bn),
+                    t_shape,
+                    ViewMut::new(g1, tm),
+                    &mut t.sums,
+                )?;
                 be.bn_grad_fold(
-                    &t.sums,
-                    c0,
-                    t_shape.pixels(),
+                    BnSums::new(&t.sums, c0, t_shape.pixels()),
                     bn,
                     &mut t.grads,
                     &mut t.corr,
                     fold_target(&norm, None),
                 )?;
-                be.bn_backward_elementwise(g1, tm, &self.stem_out, tm, bn, &t.sums)?;
+                be.bn_backward_elementwise(ViewMut::new(g1, tm), View::new(&self.stem_out, tm), bn, &t.sums)?;
                 (&*g1, tm)
             }
         };
-        be.conv_wgrad(&self.input, xm, in_shape, geom, dt, dtm, &mut t.grads, stem.conv)?;
+        be.conv_wgrad(
+            View::new(&self.input, xm),
+            in_shape,
+            geom,
+            View::new(dt, dtm),
+            AtMut::new(&mut t.grads, stem.conv),
+        )?;
         if let Some(ig) = t.input_grad.as_mut() {
-            be.conv_dgrad(dt, dtm, in_shape, geom, w, ig, xm)?;
+            be.conv_dgrad(View::new(dt, dtm), in_shape, geom, w, ViewMut::new(ig, xm))?;
         }
         Ok(())
     }

@@ -11,6 +11,7 @@
 use crate::{Bench, W_OFF};
 use densenet::backend::cuda::{Device, KernelBackend};
 use densenet::backend::{At, Backend, Category, ConvGeom, Mat, Spatial};
+use densenet::backend::{AtMut, View, ViewMut};
 
 crate::kernel_cases! {
     conv_fwd => ["conv_fwd_f32"],
@@ -44,8 +45,24 @@ fn conv_fwd<D: Device>(device: &KernelBackend<D>) {
         let (x, xm) = b.matrix(shape.pixels(), c_in, -1.0, 1.0);
         let w = b.weights(c_out * g.kernel * g.kernel * c_in);
         let (mut y, ym) = b.storage(g.out(shape).pixels(), c_out);
-        b.cpu.conv_fwd(&x.cpu, xm, shape, g, At { buf: &w.cpu, offset: W_OFF }, &mut y.cpu, ym).unwrap();
-        b.emu.conv_fwd(&x.emu, xm, shape, g, At { buf: &w.emu, offset: W_OFF }, &mut y.emu, ym).unwrap();
+        b.cpu
+            .conv_fwd(
+                View::new(&x.cpu, xm),
+                shape,
+                g,
+                At { buf: &w.cpu, offset: W_OFF },
+                ViewMut::new(&mut y.cpu, ym),
+            )
+            .unwrap();
+        b.emu
+            .conv_fwd(
+                View::new(&x.emu, xm),
+                shape,
+                g,
+                At { buf: &w.emu, offset: W_OFF },
+                ViewMut::new(&mut y.emu, ym),
+            )
+            .unwrap();
         b.check(&format!("conv fwd {shape:?} {g:?} {c_in}->{c_out}"), &y, &[ym]);
     }
 }
@@ -58,8 +75,24 @@ fn conv_wgrad<D: Device>(device: &KernelBackend<D>) {
         let len = c_out * g.kernel * g.kernel * c_in;
         // dW starts non-zero: the op accumulates.
         let mut dw = b.weights(len);
-        b.cpu.conv_wgrad(&x.cpu, xm, shape, g, &dy.cpu, dym, &mut dw.cpu, W_OFF).unwrap();
-        b.emu.conv_wgrad(&x.emu, xm, shape, g, &dy.emu, dym, &mut dw.emu, W_OFF).unwrap();
+        b.cpu
+            .conv_wgrad(
+                View::new(&x.cpu, xm),
+                shape,
+                g,
+                View::new(&dy.cpu, dym),
+                AtMut::new(&mut dw.cpu, W_OFF),
+            )
+            .unwrap();
+        b.emu
+            .conv_wgrad(
+                View::new(&x.emu, xm),
+                shape,
+                g,
+                View::new(&dy.emu, dym),
+                AtMut::new(&mut dw.emu, W_OFF),
+            )
+            .unwrap();
         b.check(&format!("conv wgrad {shape:?} {g:?} {c_in}->{c_out}"), &dw, &[Mat::dense(W_OFF, 1, len)]);
     }
 }
@@ -71,8 +104,8 @@ fn conv_dgrad<D: Device>(device: &KernelBackend<D>) {
         let w = b.weights(c_out * g.kernel * g.kernel * c_in);
         let (mut dx, dxm) = b.storage(shape.pixels(), c_in);
         let (wc, we) = (At { buf: &w.cpu, offset: W_OFF }, At { buf: &w.emu, offset: W_OFF });
-        b.cpu.conv_dgrad(&dy.cpu, dym, shape, g, wc, &mut dx.cpu, dxm).unwrap();
-        b.emu.conv_dgrad(&dy.emu, dym, shape, g, we, &mut dx.emu, dxm).unwrap();
+        b.cpu.conv_dgrad(View::new(&dy.cpu, dym), shape, g, wc, ViewMut::new(&mut dx.cpu, dxm)).unwrap();
+        b.emu.conv_dgrad(View::new(&dy.emu, dym), shape, g, we, ViewMut::new(&mut dx.emu, dxm)).unwrap();
         b.check(&format!("conv dgrad {shape:?} {g:?} {c_out}->{c_in}"), &dx, &[dxm]);
     }
 }
@@ -86,7 +119,9 @@ fn conv_wgrad_repeats_bit_for_bit<D: Device>(device: &KernelBackend<D>) {
     let len = c_out * 9 * c_in;
     let run = || {
         let mut dw = b.emu.alloc(len, Category::Workspace).unwrap();
-        b.emu.conv_wgrad(&x.emu, xm, shape, g, &dy.emu, dym, &mut dw, 0).unwrap();
+        b.emu
+            .conv_wgrad(View::new(&x.emu, xm), shape, g, View::new(&dy.emu, dym), AtMut::new(&mut dw, 0))
+            .unwrap();
         b.emu.download(&dw, 0, len).unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>()
     };
     assert!(run() == run(), "conv_wgrad differs between two runs");
@@ -102,13 +137,33 @@ fn conv_rejects_unsupported_geometry<D: Device>(device: &KernelBackend<D>) {
     let wa = At { buf: &w.emu, offset: 0 };
     // Stride 0, and an output with the wrong number of pixels (4×4/2 gives 2×2).
     assert!(
-        b.emu.conv_fwd(&x.emu, xm, shape, ConvGeom { kernel: 3, stride: 0, pad: 1 }, wa, &mut y, ym).is_err()
+        b.emu
+            .conv_fwd(
+                View::new(&x.emu, xm),
+                shape,
+                ConvGeom { kernel: 3, stride: 0, pad: 1 },
+                wa,
+                ViewMut::new(&mut y, ym)
+            )
+            .is_err()
     );
     assert!(
-        b.emu.conv_fwd(&x.emu, xm, shape, ConvGeom { kernel: 2, stride: 2, pad: 0 }, wa, &mut y, ym).is_err()
+        b.emu
+            .conv_fwd(
+                View::new(&x.emu, xm),
+                shape,
+                ConvGeom { kernel: 2, stride: 2, pad: 0 },
+                wa,
+                ViewMut::new(&mut y, ym)
+            )
+            .is_err()
     );
     // The data gradient stages k² ≤ 512 weight vectors per chunk: 23×23 is refused.
     let big = ConvGeom { kernel: 23, stride: 1, pad: 11 };
     let mut dx = b.emu.alloc(16 * 3, Category::Workspace).unwrap();
-    assert!(b.emu.conv_dgrad(&y, ym, shape, big, wa, &mut dx, Mat::dense(0, 16, 3)).is_err());
+    assert!(
+        b.emu
+            .conv_dgrad(View::new(&y, ym), shape, big, wa, ViewMut::new(&mut dx, Mat::dense(0, 16, 3)))
+            .is_err()
+    );
 }

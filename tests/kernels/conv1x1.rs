@@ -10,6 +10,7 @@
 use crate::{Bench, Pair, W_OFF, bn_cpu, bn_emu};
 use densenet::backend::cuda::{Device, KernelBackend};
 use densenet::backend::{At, Backend, Mat};
+use densenet::backend::{AtMut, View, ViewMut};
 
 crate::kernel_cases! {
     conv1x1_fwd => ["bn_relu_conv1x1_fwd_f32"],
@@ -46,8 +47,20 @@ fn conv1x1_fwd<D: Device>(device: &KernelBackend<D>) {
         let (mut z, zm) = b.storage(rows, cout);
         let w_cpu = At { buf: &w.cpu, offset: W_OFF };
         let w_emu = At { buf: &w.emu, offset: W_OFF };
-        b.cpu.bn_relu_conv1x1_fwd(&x.cpu, xm, bn_cpu(&stats, &params, cin), w_cpu, &mut z.cpu, zm).unwrap();
-        b.emu.bn_relu_conv1x1_fwd(&x.emu, xm, bn_emu(&stats, &params, cin), w_emu, &mut z.emu, zm).unwrap();
+        b.cpu
+            .bn_relu_conv1x1_fwd(
+                View::new(&x.cpu, xm).bn_relu(bn_cpu(&stats, &params, cin)),
+                w_cpu,
+                ViewMut::new(&mut z.cpu, zm),
+            )
+            .unwrap();
+        b.emu
+            .bn_relu_conv1x1_fwd(
+                View::new(&x.emu, xm).bn_relu(bn_emu(&stats, &params, cin)),
+                w_emu,
+                ViewMut::new(&mut z.emu, zm),
+            )
+            .unwrap();
         b.check(&format!("conv1x1 fwd {rows}x{cin}->{cout}"), &z, &[zm]);
     }
 }
@@ -63,12 +76,28 @@ fn conv1x1_wgrad<D: Device>(device: &KernelBackend<D>) {
         let mut again = copy(&mut b, &dw);
         let bn = bn_emu(&stats, &params, cin);
         b.cpu
-            .bn_relu_conv1x1_wgrad(&x.cpu, xm, bn_cpu(&stats, &params, cin), &dz.cpu, dzm, &mut dw.cpu, W_OFF)
+            .bn_relu_conv1x1_wgrad(
+                View::new(&x.cpu, xm).bn_relu(bn_cpu(&stats, &params, cin)),
+                View::new(&dz.cpu, dzm),
+                AtMut::new(&mut dw.cpu, W_OFF),
+            )
             .unwrap();
-        b.emu.bn_relu_conv1x1_wgrad(&x.emu, xm, bn, &dz.emu, dzm, &mut dw.emu, W_OFF).unwrap();
+        b.emu
+            .bn_relu_conv1x1_wgrad(
+                View::new(&x.emu, xm).bn_relu(bn),
+                View::new(&dz.emu, dzm),
+                AtMut::new(&mut dw.emu, W_OFF),
+            )
+            .unwrap();
         let what = format!("conv1x1 wgrad {rows}x{cin}->{cout}");
         b.check(&what, &dw, &[Mat::dense(W_OFF, 1, cout * cin)]);
-        b.emu.bn_relu_conv1x1_wgrad(&x.emu, xm, bn, &dz.emu, dzm, &mut again.emu, W_OFF).unwrap();
+        b.emu
+            .bn_relu_conv1x1_wgrad(
+                View::new(&x.emu, xm).bn_relu(bn),
+                View::new(&dz.emu, dzm),
+                AtMut::new(&mut again.emu, W_OFF),
+            )
+            .unwrap();
         assert_same_bits(&b, &what, &dw, &again);
     }
 }
@@ -89,28 +118,20 @@ fn conv1x1_dgrad<D: Device>(device: &KernelBackend<D>) {
             let bn = bn_emu(&stats, &params, cin);
             b.cpu
                 .bn_relu_conv1x1_dgrad(
-                    &dz.cpu,
-                    dzm,
+                    View::new(&dz.cpu, dzm),
                     At { buf: &w.cpu, offset: W_OFF },
-                    &x.cpu,
-                    xm,
-                    bn_cpu(&stats, &params, cin),
-                    &mut dx.cpu,
-                    dxm,
+                    View::new(&x.cpu, xm).bn_relu(bn_cpu(&stats, &params, cin)),
+                    ViewMut::new(&mut dx.cpu, dxm),
                     accumulate,
                     &mut sums.cpu,
                 )
                 .unwrap();
             b.emu
                 .bn_relu_conv1x1_dgrad(
-                    &dz.emu,
-                    dzm,
+                    View::new(&dz.emu, dzm),
                     w_emu,
-                    &x.emu,
-                    xm,
-                    bn,
-                    &mut dx.emu,
-                    dxm,
+                    View::new(&x.emu, xm).bn_relu(bn),
+                    ViewMut::new(&mut dx.emu, dxm),
                     accumulate,
                     &mut sums.emu,
                 )
@@ -121,14 +142,10 @@ fn conv1x1_dgrad<D: Device>(device: &KernelBackend<D>) {
             // A rerun gives the same bits.
             b.emu
                 .bn_relu_conv1x1_dgrad(
-                    &dz.emu,
-                    dzm,
+                    View::new(&dz.emu, dzm),
                     w_emu,
-                    &x.emu,
-                    xm,
-                    bn,
-                    &mut dx2.emu,
-                    dxm,
+                    View::new(&x.emu, xm).bn_relu(bn),
+                    ViewMut::new(&mut dx2.emu, dxm),
                     accumulate,
                     &mut sums2.emu,
                 )

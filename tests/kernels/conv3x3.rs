@@ -12,6 +12,7 @@
 use crate::{Bench, W_OFF, bn_cpu, bn_emu};
 use densenet::backend::cuda::{Device, KernelBackend};
 use densenet::backend::{At, Backend, Category, Mat, Spatial};
+use densenet::backend::{AtMut, View, ViewMut};
 
 crate::kernel_cases! {
     conv3x3_fwd => ["bn_relu_conv3x3_fwd_f32"],
@@ -47,10 +48,20 @@ fn conv3x3_fwd<D: Device>(device: &KernelBackend<D>) {
         let (mut y, ym) = b.storage(p, c_out);
         let (wc, we) = (At { buf: &w.cpu, offset: W_OFF }, At { buf: &w.emu, offset: W_OFF });
         b.cpu
-            .bn_relu_conv3x3_fwd(&z.cpu, zm, shape, bn_cpu(&stats, &params, c_in), wc, &mut y.cpu, ym)
+            .bn_relu_conv3x3_fwd(
+                View::new(&z.cpu, zm).bn_relu(bn_cpu(&stats, &params, c_in)),
+                shape,
+                wc,
+                ViewMut::new(&mut y.cpu, ym),
+            )
             .unwrap();
         b.emu
-            .bn_relu_conv3x3_fwd(&z.emu, zm, shape, bn_emu(&stats, &params, c_in), we, &mut y.emu, ym)
+            .bn_relu_conv3x3_fwd(
+                View::new(&z.emu, zm).bn_relu(bn_emu(&stats, &params, c_in)),
+                shape,
+                we,
+                ViewMut::new(&mut y.emu, ym),
+            )
             .unwrap();
         b.check(&format!("conv3x3 fwd {shape:?} {c_in}->{c_out}"), &y, &[ym]);
     }
@@ -68,26 +79,18 @@ fn conv3x3_wgrad<D: Device>(device: &KernelBackend<D>) {
         let mut dw = b.weights(len);
         b.cpu
             .bn_relu_conv3x3_wgrad(
-                &z.cpu,
-                zm,
+                View::new(&z.cpu, zm).bn_relu(bn_cpu(&stats, &params, c_in)),
                 shape,
-                bn_cpu(&stats, &params, c_in),
-                &dy.cpu,
-                dym,
-                &mut dw.cpu,
-                W_OFF,
+                View::new(&dy.cpu, dym),
+                AtMut::new(&mut dw.cpu, W_OFF),
             )
             .unwrap();
         b.emu
             .bn_relu_conv3x3_wgrad(
-                &z.emu,
-                zm,
+                View::new(&z.emu, zm).bn_relu(bn_emu(&stats, &params, c_in)),
                 shape,
-                bn_emu(&stats, &params, c_in),
-                &dy.emu,
-                dym,
-                &mut dw.emu,
-                W_OFF,
+                View::new(&dy.emu, dym),
+                AtMut::new(&mut dw.emu, W_OFF),
             )
             .unwrap();
         b.check(&format!("conv3x3 wgrad {shape:?} {c_in}->{c_out}"), &dw, &[Mat::dense(W_OFF, 1, len)]);
@@ -108,11 +111,25 @@ fn conv3x3_dgrad<D: Device>(device: &KernelBackend<D>) {
         let (wc, we) = (At { buf: &w.cpu, offset: W_OFF }, At { buf: &w.emu, offset: W_OFF });
         let bc = bn_cpu(&stats, &params, c_in);
         b.cpu
-            .bn_relu_conv3x3_dgrad(&dy.cpu, dym, shape, wc, &z.cpu, zm, bc, &mut g.cpu, gm, &mut sums.cpu)
+            .bn_relu_conv3x3_dgrad(
+                View::new(&dy.cpu, dym),
+                shape,
+                wc,
+                View::new(&z.cpu, zm).bn_relu(bc),
+                ViewMut::new(&mut g.cpu, gm),
+                &mut sums.cpu,
+            )
             .unwrap();
         let be = bn_emu(&stats, &params, c_in);
         b.emu
-            .bn_relu_conv3x3_dgrad(&dy.emu, dym, shape, we, &z.emu, zm, be, &mut g.emu, gm, &mut sums.emu)
+            .bn_relu_conv3x3_dgrad(
+                View::new(&dy.emu, dym),
+                shape,
+                we,
+                View::new(&z.emu, zm).bn_relu(be),
+                ViewMut::new(&mut g.emu, gm),
+                &mut sums.emu,
+            )
             .unwrap();
         let what = format!("conv3x3 dgrad {shape:?} {c_out}->{c_in}");
         b.check(&format!("{what} g"), &g, &[gm]);
@@ -134,12 +151,28 @@ fn conv3x3_gradients_repeat_bit_for_bit<D: Device>(device: &KernelBackend<D>) {
     let bn = bn_emu(&stats, &params, c_in);
     let run = || {
         let mut dw = b.emu.alloc(c_out * 9 * c_in, Category::Workspace).unwrap();
-        b.emu.bn_relu_conv3x3_wgrad(&z.emu, zm, shape, bn, &dy.emu, dym, &mut dw, 0).unwrap();
+        b.emu
+            .bn_relu_conv3x3_wgrad(
+                View::new(&z.emu, zm).bn_relu(bn),
+                shape,
+                View::new(&dy.emu, dym),
+                AtMut::new(&mut dw, 0),
+            )
+            .unwrap();
         let gm = Mat::dense(0, p, c_in);
         let mut g = b.emu.alloc(p * c_in, Category::Workspace).unwrap();
         let mut sums = b.emu.alloc(2 * c_in, Category::Workspace).unwrap();
         let wa = At { buf: &w.emu, offset: 0 };
-        b.emu.bn_relu_conv3x3_dgrad(&dy.emu, dym, shape, wa, &z.emu, zm, bn, &mut g, gm, &mut sums).unwrap();
+        b.emu
+            .bn_relu_conv3x3_dgrad(
+                View::new(&dy.emu, dym),
+                shape,
+                wa,
+                View::new(&z.emu, zm).bn_relu(bn),
+                ViewMut::new(&mut g, gm),
+                &mut sums,
+            )
+            .unwrap();
         [&dw, &g, &sums].map(|buf| {
             b.emu.download(buf, 0, buf.len()).unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>()
         })
@@ -158,22 +191,30 @@ fn conv3x3_rejects_inconsistent_shapes<D: Device>(device: &KernelBackend<D>) {
     let mut y = b.emu.alloc(12 * 2, Category::Workspace).unwrap();
     let ym = Mat::dense(0, 12, 2);
     // Rows that are not the pixels of the shape, a weight buffer one short, too many channels.
-    assert!(b.emu.bn_relu_conv3x3_fwd(&x.emu, xm, s(1, 3, 5), bn, wa, &mut y, ym).is_err());
     assert!(
-        b.emu.bn_relu_conv3x3_fwd(&x.emu, xm, shape, bn, At { buf: &w.emu, offset: 1 }, &mut y, ym).is_err()
+        b.emu
+            .bn_relu_conv3x3_fwd(View::new(&x.emu, xm).bn_relu(bn), s(1, 3, 5), wa, ViewMut::new(&mut y, ym))
+            .is_err()
+    );
+    assert!(
+        b.emu
+            .bn_relu_conv3x3_fwd(
+                View::new(&x.emu, xm).bn_relu(bn),
+                shape,
+                At { buf: &w.emu, offset: 1 },
+                ViewMut::new(&mut y, ym)
+            )
+            .is_err()
     );
     let (wide, wm) = b.matrix(12, 1025, -1.0, 1.0);
     let (stats_w, params_w) = b.bn_buffers(1025);
     let wide_w = b.pair(&vec![0.5; 2 * 9 * 1025]);
     let wide_bn = bn_emu(&stats_w, &params_w, 1025);
     let err = b.emu.bn_relu_conv3x3_fwd(
-        &wide.emu,
-        wm,
+        View::new(&wide.emu, wm).bn_relu(wide_bn),
         shape,
-        wide_bn,
         At { buf: &wide_w.emu, offset: 0 },
-        &mut y,
-        ym,
+        ViewMut::new(&mut y, ym),
     );
     assert!(err.is_err());
     // The data gradient's sums must hold 2·c_in values.
@@ -181,5 +222,16 @@ fn conv3x3_rejects_inconsistent_shapes<D: Device>(device: &KernelBackend<D>) {
     let mut sums = b.emu.alloc(2 * 5 - 1, Category::Workspace).unwrap();
     let dy = b.emu.alloc(12 * 2, Category::Workspace).unwrap();
     let gm = Mat::dense(0, 12, 5);
-    assert!(b.emu.bn_relu_conv3x3_dgrad(&dy, ym, shape, wa, &x.emu, xm, bn, &mut g, gm, &mut sums).is_err());
+    assert!(
+        b.emu
+            .bn_relu_conv3x3_dgrad(
+                View::new(&dy, ym),
+                shape,
+                wa,
+                View::new(&x.emu, xm).bn_relu(bn),
+                ViewMut::new(&mut g, gm),
+                &mut sums
+            )
+            .is_err()
+    );
 }

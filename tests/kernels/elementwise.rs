@@ -3,6 +3,7 @@
 use crate::{Bench, bn_cpu, bn_emu};
 use densenet::backend::cuda::{Device, KernelBackend};
 use densenet::backend::{Backend, BnGradTarget, Mat, SgdParams, StatsRef};
+use densenet::backend::{BnSums, StatsMut, View, ViewMut};
 use rand::Rng;
 
 crate::kernel_cases! {
@@ -24,8 +25,8 @@ fn channel_stats<D: Device>(device: &KernelBackend<D>) {
             let (x, xm) = b.matrix(rows, cols, lo, hi);
             let (mean, var) = (Mat::dense(1, 1, cols), Mat::dense(2 + cols, 1, cols));
             let mut out = b.poisoned(2 * cols + 4, &[mean, var], -1.0, 1.0);
-            b.cpu.channel_stats(&x.cpu, xm, &mut out.cpu, 1, 2 + cols).unwrap();
-            b.emu.channel_stats(&x.emu, xm, &mut out.emu, 1, 2 + cols).unwrap();
+            b.cpu.channel_stats(View::new(&x.cpu, xm), StatsMut::new(&mut out.cpu, 1, 2 + cols)).unwrap();
+            b.emu.channel_stats(View::new(&x.emu, xm), StatsMut::new(&mut out.emu, 1, 2 + cols)).unwrap();
             b.check(&format!("channel_stats {rows}x{cols} [mean, var]"), &out, &[mean, var]);
         }
     }
@@ -40,8 +41,8 @@ fn update_running_stats<D: Device>(device: &KernelBackend<D>) {
         let mut running = b.poisoned(2 * c + 6, &regions, 0.1, 1.5);
         let cpu_stats = StatsRef { stats: &stats.cpu, mean: 0, var: c };
         let emu_stats = StatsRef { stats: &stats.emu, mean: 0, var: c };
-        b.cpu.update_running_stats(cpu_stats, c, 105, &mut running.cpu, 2, 4 + c).unwrap();
-        b.emu.update_running_stats(emu_stats, c, 105, &mut running.emu, 2, 4 + c).unwrap();
+        b.cpu.update_running_stats(cpu_stats, c, 105, StatsMut::new(&mut running.cpu, 2, 4 + c)).unwrap();
+        b.emu.update_running_stats(emu_stats, c, 105, StatsMut::new(&mut running.emu, 2, 4 + c)).unwrap();
         b.check("update_running_stats", &running, &regions);
     }
 }
@@ -56,10 +57,20 @@ fn bn_backward_elementwise<D: Device>(device: &KernelBackend<D>) {
             let sums = b.uniform(2 * c, -5.0, 5.0);
             let sums = b.pair(&sums);
             b.cpu
-                .bn_backward_elementwise(&mut g.cpu, gm, &x.cpu, xm, bn_cpu(&stats, &params, c), &sums.cpu)
+                .bn_backward_elementwise(
+                    ViewMut::new(&mut g.cpu, gm),
+                    View::new(&x.cpu, xm),
+                    bn_cpu(&stats, &params, c),
+                    &sums.cpu,
+                )
                 .unwrap();
             b.emu
-                .bn_backward_elementwise(&mut g.emu, gm, &x.emu, xm, bn_emu(&stats, &params, c), &sums.emu)
+                .bn_backward_elementwise(
+                    ViewMut::new(&mut g.emu, gm),
+                    View::new(&x.emu, xm),
+                    bn_emu(&stats, &params, c),
+                    &sums.emu,
+                )
                 .unwrap();
             b.check(&format!("bn_backward_elementwise {rows}x{c}"), &g, &[gm]);
         }
@@ -85,9 +96,7 @@ fn bn_grad_fold<D: Device>(device: &KernelBackend<D>) {
             let target = BnGradTarget { dgamma: 4, dbeta: 5 + c, correction };
             b.cpu
                 .bn_grad_fold(
-                    &sums.cpu,
-                    c,
-                    4551,
+                    BnSums::new(&sums.cpu, c, 4551),
                     bn_cpu(&stats, &params, c),
                     &mut grads.cpu,
                     &mut corr.cpu,
@@ -96,9 +105,7 @@ fn bn_grad_fold<D: Device>(device: &KernelBackend<D>) {
                 .unwrap();
             b.emu
                 .bn_grad_fold(
-                    &sums.emu,
-                    c,
-                    4551,
+                    BnSums::new(&sums.emu, c, 4551),
                     bn_emu(&stats, &params, c),
                     &mut grads.emu,
                     &mut corr.emu,
@@ -121,8 +128,26 @@ fn bn_correction<D: Device>(device: &KernelBackend<D>) {
             let corr = b.poisoned(2 * c + 3, &[Mat::dense(1, 1, c), Mat::dense(2 + c, 1, c)], -0.5, 0.5);
             let s_cpu = StatsRef { stats: &stats.cpu, mean: 0, var: c };
             let s_emu = StatsRef { stats: &stats.emu, mean: 0, var: c };
-            b.cpu.bn_correction(&mut g.cpu, gm, &x.cpu, xm, s_cpu, &corr.cpu, 1, 2 + c).unwrap();
-            b.emu.bn_correction(&mut g.emu, gm, &x.emu, xm, s_emu, &corr.emu, 1, 2 + c).unwrap();
+            b.cpu
+                .bn_correction(
+                    ViewMut::new(&mut g.cpu, gm),
+                    View::new(&x.cpu, xm),
+                    s_cpu,
+                    &corr.cpu,
+                    1,
+                    2 + c,
+                )
+                .unwrap();
+            b.emu
+                .bn_correction(
+                    ViewMut::new(&mut g.emu, gm),
+                    View::new(&x.emu, xm),
+                    s_emu,
+                    &corr.emu,
+                    1,
+                    2 + c,
+                )
+                .unwrap();
             b.check(&format!("bn_correction {rows}x{c}"), &g, &[gm]);
         }
     }
@@ -145,10 +170,20 @@ fn softmax_xent<D: Device>(device: &KernelBackend<D>) {
             let mut loss = b.poisoned(3, &[lm], 3.0, 4.0);
             let mut dlogits = b.poisoned(n * classes + 3, &[dm], 3.0, 4.0);
             b.cpu
-                .softmax_xent(&logits.cpu, &labels.cpu, n, classes, &mut loss.cpu, &mut dlogits.cpu)
+                .softmax_xent(
+                    View::new(&logits.cpu, Mat::dense(0, n, classes)),
+                    &labels.cpu,
+                    &mut loss.cpu,
+                    ViewMut::new(&mut dlogits.cpu, Mat::dense(0, n, classes)),
+                )
                 .unwrap();
             b.emu
-                .softmax_xent(&logits.emu, &labels.emu, n, classes, &mut loss.emu, &mut dlogits.emu)
+                .softmax_xent(
+                    View::new(&logits.emu, Mat::dense(0, n, classes)),
+                    &labels.emu,
+                    &mut loss.emu,
+                    ViewMut::new(&mut dlogits.emu, Mat::dense(0, n, classes)),
+                )
                 .unwrap();
             b.check(&format!("softmax_xent loss {n}x{classes}"), &loss, &[lm]);
             b.check(&format!("softmax_xent dlogits {n}x{classes}"), &dlogits, &[dm]);
@@ -157,7 +192,14 @@ fn softmax_xent<D: Device>(device: &KernelBackend<D>) {
         let logits = b.pair(&[0.5, -0.5, 1.0, 2.0]);
         let labels = b.pair(&[1.0, 7.0]);
         let (mut loss, mut dlogits) = (b.pair(&[0.0]), b.pair(&[0.0; 4]));
-        b.emu.softmax_xent(&logits.emu, &labels.emu, 2, 2, &mut loss.emu, &mut dlogits.emu).unwrap();
+        b.emu
+            .softmax_xent(
+                View::new(&logits.emu, Mat::dense(0, 2, 2)),
+                &labels.emu,
+                &mut loss.emu,
+                ViewMut::new(&mut dlogits.emu, Mat::dense(0, 2, 2)),
+            )
+            .unwrap();
         assert!(b.emu.download(&loss.emu, 0, 1).unwrap()[0].is_nan());
     }
 }

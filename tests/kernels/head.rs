@@ -5,6 +5,7 @@
 use crate::{Bench, W_OFF};
 use densenet::backend::cuda::{Device, KernelBackend};
 use densenet::backend::{At, Backend, Mat};
+use densenet::backend::{LinearGrads, View, ViewMut};
 
 crate::kernel_cases! {
     linear_fwd => ["linear_fwd_f32"],
@@ -26,8 +27,22 @@ fn linear_fwd<D: Device>(device: &KernelBackend<D>) {
         let mut y = b.poisoned(n * out + 3, &[ym], -5.0, 5.0);
         let (w_cpu, bias_cpu) = (At { buf: &w.cpu, offset: W_OFF }, At { buf: &bias.cpu, offset: W_OFF });
         let (w_emu, bias_emu) = (At { buf: &w.emu, offset: W_OFF }, At { buf: &bias.emu, offset: W_OFF });
-        b.cpu.linear_fwd(&x.cpu, n, k, w_cpu, bias_cpu, out, &mut y.cpu).unwrap();
-        b.emu.linear_fwd(&x.emu, n, k, w_emu, bias_emu, out, &mut y.emu).unwrap();
+        b.cpu
+            .linear_fwd(
+                View::new(&x.cpu, Mat::dense(0, n, k)),
+                w_cpu,
+                bias_cpu,
+                ViewMut::new(&mut y.cpu, Mat::dense(0, n, out)),
+            )
+            .unwrap();
+        b.emu
+            .linear_fwd(
+                View::new(&x.emu, Mat::dense(0, n, k)),
+                w_emu,
+                bias_emu,
+                ViewMut::new(&mut y.emu, Mat::dense(0, n, out)),
+            )
+            .unwrap();
         b.check(&format!("linear fwd {n}x{k}->{out}"), &y, &[ym]);
     }
 }
@@ -47,10 +62,22 @@ fn linear_bwd<D: Device>(device: &KernelBackend<D>) {
         let mut dx = b.poisoned(n * k + 3, &[dxm], -5.0, 5.0);
         let (w_cpu, w_emu) = (At { buf: &w.cpu, offset: W_OFF }, At { buf: &w.emu, offset: W_OFF });
         b.cpu
-            .linear_bwd(&dy.cpu, &x.cpu, n, k, w_cpu, out, &mut grads.cpu, dw_off, dbias_off, &mut dx.cpu)
+            .linear_bwd(
+                View::new(&dy.cpu, Mat::dense(0, n, out)),
+                View::new(&x.cpu, Mat::dense(0, n, k)),
+                w_cpu,
+                LinearGrads::new(&mut grads.cpu, dw_off, dbias_off),
+                ViewMut::new(&mut dx.cpu, Mat::dense(0, n, k)),
+            )
             .unwrap();
         b.emu
-            .linear_bwd(&dy.emu, &x.emu, n, k, w_emu, out, &mut grads.emu, dw_off, dbias_off, &mut dx.emu)
+            .linear_bwd(
+                View::new(&dy.emu, Mat::dense(0, n, out)),
+                View::new(&x.emu, Mat::dense(0, n, k)),
+                w_emu,
+                LinearGrads::new(&mut grads.emu, dw_off, dbias_off),
+                ViewMut::new(&mut dx.emu, Mat::dense(0, n, k)),
+            )
             .unwrap();
         let what = format!("linear bwd {n}x{k}->{out}");
         b.check(&format!("{what} [dW, dbias]"), &grads, &[dwm, dbm]);

@@ -11,6 +11,7 @@
 use crate::{Bench, Pair, bn_cpu, bn_emu};
 use densenet::backend::cuda::{Device, KernelBackend};
 use densenet::backend::{Backend, Mat, Spatial};
+use densenet::backend::{View, ViewMut};
 use rand::Rng;
 
 crate::kernel_cases! {
@@ -49,8 +50,20 @@ fn bn_relu_maxpool<D: Device>(device: &KernelBackend<D>) {
             let (stats, params) = b.bn_buffers(c);
 
             let (mut y, ym) = b.storage(out.pixels(), c);
-            b.cpu.bn_relu_maxpool_fwd(&t.cpu, tm, shape, bn_cpu(&stats, &params, c), &mut y.cpu, ym).unwrap();
-            b.emu.bn_relu_maxpool_fwd(&t.emu, tm, shape, bn_emu(&stats, &params, c), &mut y.emu, ym).unwrap();
+            b.cpu
+                .bn_relu_maxpool_fwd(
+                    View::new(&t.cpu, tm).bn_relu(bn_cpu(&stats, &params, c)),
+                    shape,
+                    ViewMut::new(&mut y.cpu, ym),
+                )
+                .unwrap();
+            b.emu
+                .bn_relu_maxpool_fwd(
+                    View::new(&t.emu, tm).bn_relu(bn_emu(&stats, &params, c)),
+                    shape,
+                    ViewMut::new(&mut y.emu, ym),
+                )
+                .unwrap();
             b.check(&format!("bn_relu_maxpool_fwd {what}"), &y, &[ym]);
 
             let (dy, dym) = b.matrix(out.pixels(), c, -1.0, 1.0);
@@ -59,28 +72,20 @@ fn bn_relu_maxpool<D: Device>(device: &KernelBackend<D>) {
             let mut sums = b.poisoned(2 * c + 3, &[sums_m], 6.0, 8.0);
             b.cpu
                 .bn_relu_maxpool_bwd(
-                    &dy.cpu,
-                    dym,
-                    &t.cpu,
-                    tm,
+                    View::new(&dy.cpu, dym),
+                    View::new(&t.cpu, tm).bn_relu(bn_cpu(&stats, &params, c)),
                     shape,
-                    bn_cpu(&stats, &params, c),
-                    &mut g.cpu,
-                    gm,
+                    ViewMut::new(&mut g.cpu, gm),
                     &mut sums.cpu,
                 )
                 .unwrap();
             let mut run = || {
                 b.emu
                     .bn_relu_maxpool_bwd(
-                        &dy.emu,
-                        dym,
-                        &t.emu,
-                        tm,
+                        View::new(&dy.emu, dym),
+                        View::new(&t.emu, tm).bn_relu(bn_emu(&stats, &params, c)),
                         shape,
-                        bn_emu(&stats, &params, c),
-                        &mut g.emu,
-                        gm,
+                        ViewMut::new(&mut g.emu, gm),
                         &mut sums.emu,
                     )
                     .unwrap();
@@ -108,10 +113,18 @@ fn bn_relu_global_pool<D: Device>(device: &KernelBackend<D>) {
         let pm = Mat::dense(0, shape.n, c);
         let mut pooled = b.poisoned(shape.n * c + 4, &[pm], 4.0, 6.0);
         b.cpu
-            .bn_relu_global_pool_fwd(&x.cpu, xm, shape, bn_cpu(&stats, &params, c), &mut pooled.cpu)
+            .bn_relu_global_pool_fwd(
+                View::new(&x.cpu, xm).bn_relu(bn_cpu(&stats, &params, c)),
+                shape,
+                &mut pooled.cpu,
+            )
             .unwrap();
         b.emu
-            .bn_relu_global_pool_fwd(&x.emu, xm, shape, bn_emu(&stats, &params, c), &mut pooled.emu)
+            .bn_relu_global_pool_fwd(
+                View::new(&x.emu, xm).bn_relu(bn_emu(&stats, &params, c)),
+                shape,
+                &mut pooled.emu,
+            )
             .unwrap();
         b.check(&format!("bn_relu_global_pool_fwd {what}"), &pooled, &[pm]);
 
@@ -122,24 +135,18 @@ fn bn_relu_global_pool<D: Device>(device: &KernelBackend<D>) {
         b.cpu
             .bn_relu_global_pool_bwd(
                 &dpooled.cpu,
-                &x.cpu,
-                xm,
+                View::new(&x.cpu, xm).bn_relu(bn_cpu(&stats, &params, c)),
                 shape,
-                bn_cpu(&stats, &params, c),
-                &mut dx.cpu,
-                dxm,
+                ViewMut::new(&mut dx.cpu, dxm),
                 &mut sums.cpu,
             )
             .unwrap();
         b.emu
             .bn_relu_global_pool_bwd(
                 &dpooled.emu,
-                &x.emu,
-                xm,
+                View::new(&x.emu, xm).bn_relu(bn_emu(&stats, &params, c)),
                 shape,
-                bn_emu(&stats, &params, c),
-                &mut dx.emu,
-                dxm,
+                ViewMut::new(&mut dx.emu, dxm),
                 &mut sums.emu,
             )
             .unwrap();

@@ -6,6 +6,7 @@ use crate::conv1x1::{assert_same_bits, copy};
 use crate::{Bench, W_OFF, bn_cpu, bn_emu};
 use densenet::backend::cuda::{Device, KernelBackend};
 use densenet::backend::{At, Backend, Mat, Spatial};
+use densenet::backend::{AtMut, View, ViewMut};
 
 crate::kernel_cases! {
     transition_fwd => ["bn_relu_avgpool_conv1x1_fwd_f32"],
@@ -40,10 +41,20 @@ fn transition_fwd<D: Device>(device: &KernelBackend<D>) {
         let w_cpu = At { buf: &w.cpu, offset: W_OFF };
         let w_emu = At { buf: &w.emu, offset: W_OFF };
         b.cpu
-            .bn_relu_avgpool_conv1x1_fwd(&x.cpu, xm, s, bn_cpu(&stats, &params, cin), w_cpu, &mut y.cpu, ym)
+            .bn_relu_avgpool_conv1x1_fwd(
+                View::new(&x.cpu, xm).bn_relu(bn_cpu(&stats, &params, cin)),
+                s,
+                w_cpu,
+                ViewMut::new(&mut y.cpu, ym),
+            )
             .unwrap();
         b.emu
-            .bn_relu_avgpool_conv1x1_fwd(&x.emu, xm, s, bn_emu(&stats, &params, cin), w_emu, &mut y.emu, ym)
+            .bn_relu_avgpool_conv1x1_fwd(
+                View::new(&x.emu, xm).bn_relu(bn_emu(&stats, &params, cin)),
+                s,
+                w_emu,
+                ViewMut::new(&mut y.emu, ym),
+            )
             .unwrap();
         b.check(&format!("transition fwd {s:?} {cin}->{cout}"), &y, &[ym]);
     }
@@ -61,20 +72,30 @@ fn transition_wgrad<D: Device>(device: &KernelBackend<D>) {
         let bn = bn_emu(&stats, &params, cin);
         b.cpu
             .bn_relu_avgpool_conv1x1_wgrad(
-                &x.cpu,
-                xm,
+                View::new(&x.cpu, xm).bn_relu(bn_cpu(&stats, &params, cin)),
                 s,
-                bn_cpu(&stats, &params, cin),
-                &dy.cpu,
-                dym,
-                &mut dw.cpu,
-                W_OFF,
+                View::new(&dy.cpu, dym),
+                AtMut::new(&mut dw.cpu, W_OFF),
             )
             .unwrap();
-        b.emu.bn_relu_avgpool_conv1x1_wgrad(&x.emu, xm, s, bn, &dy.emu, dym, &mut dw.emu, W_OFF).unwrap();
+        b.emu
+            .bn_relu_avgpool_conv1x1_wgrad(
+                View::new(&x.emu, xm).bn_relu(bn),
+                s,
+                View::new(&dy.emu, dym),
+                AtMut::new(&mut dw.emu, W_OFF),
+            )
+            .unwrap();
         let what = format!("transition wgrad {s:?} {cin}->{cout}");
         b.check(&what, &dw, &[Mat::dense(W_OFF, 1, cout * cin)]);
-        b.emu.bn_relu_avgpool_conv1x1_wgrad(&x.emu, xm, s, bn, &dy.emu, dym, &mut again.emu, W_OFF).unwrap();
+        b.emu
+            .bn_relu_avgpool_conv1x1_wgrad(
+                View::new(&x.emu, xm).bn_relu(bn),
+                s,
+                View::new(&dy.emu, dym),
+                AtMut::new(&mut again.emu, W_OFF),
+            )
+            .unwrap();
         assert_same_bits(&b, &what, &dw, &again);
     }
 }
@@ -96,29 +117,21 @@ fn transition_dgrad<D: Device>(device: &KernelBackend<D>) {
         let bn = bn_emu(&stats, &params, cin);
         b.cpu
             .bn_relu_avgpool_conv1x1_dgrad(
-                &dy.cpu,
-                dym,
+                View::new(&dy.cpu, dym),
                 At { buf: &w.cpu, offset: W_OFF },
-                &x.cpu,
-                xm,
+                View::new(&x.cpu, xm).bn_relu(bn_cpu(&stats, &params, cin)),
                 s,
-                bn_cpu(&stats, &params, cin),
-                &mut dx.cpu,
-                dxm,
+                ViewMut::new(&mut dx.cpu, dxm),
                 &mut sums.cpu,
             )
             .unwrap();
         b.emu
             .bn_relu_avgpool_conv1x1_dgrad(
-                &dy.emu,
-                dym,
+                View::new(&dy.emu, dym),
                 w_emu,
-                &x.emu,
-                xm,
+                View::new(&x.emu, xm).bn_relu(bn),
                 s,
-                bn,
-                &mut dx.emu,
-                dxm,
+                ViewMut::new(&mut dx.emu, dxm),
                 &mut sums.emu,
             )
             .unwrap();
@@ -136,15 +149,11 @@ fn transition_dgrad<D: Device>(device: &KernelBackend<D>) {
         // A rerun gives the same bits.
         b.emu
             .bn_relu_avgpool_conv1x1_dgrad(
-                &dy.emu,
-                dym,
+                View::new(&dy.emu, dym),
                 w_emu,
-                &x.emu,
-                xm,
+                View::new(&x.emu, xm).bn_relu(bn),
                 s,
-                bn,
-                &mut dx2.emu,
-                dxm,
+                ViewMut::new(&mut dx2.emu, dxm),
                 &mut sums2.emu,
             )
             .unwrap();

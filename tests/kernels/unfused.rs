@@ -9,6 +9,7 @@ use crate::pool::{SHAPES, coarse, stem_pool_out};
 use crate::{Bench, bn_cpu, bn_emu};
 use densenet::backend::cuda::{Device, KernelBackend};
 use densenet::backend::{Backend, Mat, PoolWindow, StatsRef};
+use densenet::backend::{View, ViewMut};
 use rand::Rng;
 
 crate::kernel_cases! {
@@ -28,8 +29,8 @@ fn copy_columns<D: Device>(device: &KernelBackend<D>) {
         for accumulate in [false, true] {
             let (src, sm) = b.matrix(rows, c, -2.0, 2.0);
             let (mut dst, dm) = b.storage(rows, c);
-            b.cpu.copy_columns(&src.cpu, sm, &mut dst.cpu, dm, accumulate).unwrap();
-            b.emu.copy_columns(&src.emu, sm, &mut dst.emu, dm, accumulate).unwrap();
+            b.cpu.copy_columns(View::new(&src.cpu, sm), ViewMut::new(&mut dst.cpu, dm), accumulate).unwrap();
+            b.emu.copy_columns(View::new(&src.emu, sm), ViewMut::new(&mut dst.emu, dm), accumulate).unwrap();
             b.check(&format!("copy_columns {rows}x{c} accumulate {accumulate}"), &dst, &[dm]);
         }
     }
@@ -41,8 +42,12 @@ fn bn_apply_relu<D: Device>(device: &KernelBackend<D>) {
         let (x, xm) = b.matrix(rows, c, -2.0, 2.0);
         let (stats, params) = b.bn_buffers(c);
         let (mut y, ym) = b.storage(rows, c);
-        b.cpu.bn_apply(&x.cpu, xm, bn_cpu(&stats, &params, c), &mut y.cpu, ym).unwrap();
-        b.emu.bn_apply(&x.emu, xm, bn_emu(&stats, &params, c), &mut y.emu, ym).unwrap();
+        b.cpu
+            .bn_apply(View::new(&x.cpu, xm), bn_cpu(&stats, &params, c), ViewMut::new(&mut y.cpu, ym))
+            .unwrap();
+        b.emu
+            .bn_apply(View::new(&x.emu, xm), bn_emu(&stats, &params, c), ViewMut::new(&mut y.emu, ym))
+            .unwrap();
         b.check(&format!("bn_apply {rows}x{c}"), &y, &[ym]);
 
         // ReLU input with exact zeros (±0) and NaNs besides the random values: the zeros give 0,
@@ -51,13 +56,13 @@ fn bn_apply_relu<D: Device>(device: &KernelBackend<D>) {
             if i % 7 == 0 { [0.0, -0.0, f32::NAN][i / 7 % 3] } else { rng.random_range(-1.0..1.0) }
         });
         let (mut r, rm) = b.storage(rows, c);
-        b.cpu.relu_fwd(&x.cpu, xm, &mut r.cpu, rm).unwrap();
-        b.emu.relu_fwd(&x.emu, xm, &mut r.emu, rm).unwrap();
+        b.cpu.relu_fwd(View::new(&x.cpu, xm), ViewMut::new(&mut r.cpu, rm)).unwrap();
+        b.emu.relu_fwd(View::new(&x.emu, xm), ViewMut::new(&mut r.emu, rm)).unwrap();
         b.check(&format!("relu_fwd {rows}x{c}"), &r, &[rm]);
 
         let (mut g, gm) = b.storage(rows, c);
-        b.cpu.relu_bwd(&mut g.cpu, gm, &x.cpu, xm).unwrap();
-        b.emu.relu_bwd(&mut g.emu, gm, &x.emu, xm).unwrap();
+        b.cpu.relu_bwd(ViewMut::new(&mut g.cpu, gm), View::new(&x.cpu, xm)).unwrap();
+        b.emu.relu_bwd(ViewMut::new(&mut g.emu, gm), View::new(&x.emu, xm)).unwrap();
         b.check(&format!("relu_bwd {rows}x{c}"), &g, &[gm]);
     }
 }
@@ -72,8 +77,8 @@ fn bn_grad_sums<D: Device>(device: &KernelBackend<D>) {
         let mut sums = b.poisoned(2 * c + 3, &[sums_m], 6.0, 8.0);
         let s_cpu = StatsRef { stats: &stats.cpu, mean: 0, var: c };
         let s_emu = StatsRef { stats: &stats.emu, mean: 0, var: c };
-        b.cpu.bn_grad_sums(&g.cpu, gm, &x.cpu, xm, s_cpu, &mut sums.cpu).unwrap();
-        b.emu.bn_grad_sums(&g.emu, gm, &x.emu, xm, s_emu, &mut sums.emu).unwrap();
+        b.cpu.bn_grad_sums(View::new(&g.cpu, gm), View::new(&x.cpu, xm), s_cpu, &mut sums.cpu).unwrap();
+        b.emu.bn_grad_sums(View::new(&g.emu, gm), View::new(&x.emu, xm), s_emu, &mut sums.emu).unwrap();
         b.check(&format!("bn_grad_sums {rows}x{c}"), &sums, &[sums_m]);
     }
 }
@@ -89,14 +94,18 @@ fn avg_pool<D: Device>(device: &KernelBackend<D>) {
             let out = window.out(shape);
             let (x, xm) = b.matrix(shape.pixels(), c, -2.0, 2.0);
             let (mut y, ym) = b.storage(out.pixels(), c);
-            b.cpu.avg_pool_fwd(&x.cpu, xm, shape, window, &mut y.cpu, ym).unwrap();
-            b.emu.avg_pool_fwd(&x.emu, xm, shape, window, &mut y.emu, ym).unwrap();
+            b.cpu.avg_pool_fwd(View::new(&x.cpu, xm), shape, window, ViewMut::new(&mut y.cpu, ym)).unwrap();
+            b.emu.avg_pool_fwd(View::new(&x.emu, xm), shape, window, ViewMut::new(&mut y.emu, ym)).unwrap();
             b.check(&format!("avg_pool_fwd {what}"), &y, &[ym]);
 
             let (dy, dym) = b.matrix(out.pixels(), c, -1.0, 1.0);
             let (mut dx, dxm) = b.storage(shape.pixels(), c);
-            b.cpu.avg_pool_bwd(&dy.cpu, dym, shape, window, &mut dx.cpu, dxm).unwrap();
-            b.emu.avg_pool_bwd(&dy.emu, dym, shape, window, &mut dx.emu, dxm).unwrap();
+            b.cpu
+                .avg_pool_bwd(View::new(&dy.cpu, dym), shape, window, ViewMut::new(&mut dx.cpu, dxm))
+                .unwrap();
+            b.emu
+                .avg_pool_bwd(View::new(&dy.emu, dym), shape, window, ViewMut::new(&mut dx.emu, dxm))
+                .unwrap();
             b.check(&format!("avg_pool_bwd {what}"), &dx, &[dxm]);
         }
     }
@@ -111,14 +120,28 @@ fn max_pool<D: Device>(device: &KernelBackend<D>) {
             let (x, xm) =
                 if ties { coarse(&mut b, shape.pixels(), c) } else { b.matrix(shape.pixels(), c, -2.0, 2.0) };
             let (mut y, ym) = b.storage(out.pixels(), c);
-            b.cpu.max_pool_fwd(&x.cpu, xm, shape, &mut y.cpu, ym).unwrap();
-            b.emu.max_pool_fwd(&x.emu, xm, shape, &mut y.emu, ym).unwrap();
+            b.cpu.max_pool_fwd(View::new(&x.cpu, xm), shape, ViewMut::new(&mut y.cpu, ym)).unwrap();
+            b.emu.max_pool_fwd(View::new(&x.emu, xm), shape, ViewMut::new(&mut y.emu, ym)).unwrap();
             b.check(&format!("max_pool_fwd {what}"), &y, &[ym]);
 
             let (dy, dym) = b.matrix(out.pixels(), c, -1.0, 1.0);
             let (mut dx, dxm) = b.storage(shape.pixels(), c);
-            b.cpu.max_pool_bwd(&dy.cpu, dym, &x.cpu, xm, shape, &mut dx.cpu, dxm).unwrap();
-            b.emu.max_pool_bwd(&dy.emu, dym, &x.emu, xm, shape, &mut dx.emu, dxm).unwrap();
+            b.cpu
+                .max_pool_bwd(
+                    View::new(&dy.cpu, dym),
+                    View::new(&x.cpu, xm),
+                    shape,
+                    ViewMut::new(&mut dx.cpu, dxm),
+                )
+                .unwrap();
+            b.emu
+                .max_pool_bwd(
+                    View::new(&dy.emu, dym),
+                    View::new(&x.emu, xm),
+                    shape,
+                    ViewMut::new(&mut dx.emu, dxm),
+                )
+                .unwrap();
             b.check(&format!("max_pool_bwd {what}"), &dx, &[dxm]);
         }
     }

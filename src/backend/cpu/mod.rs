@@ -16,9 +16,10 @@ mod pointwise;
 mod unfused;
 
 use super::{
-    At, BN_EPS, Backend, BnGradTarget, BnRef, Category, ConvGeom, Mat, MemoryReport, MemoryTracker,
-    PoolWindow, SgdParams, Spatial, StatsRef, bn_affine, validate,
+    At, BN_EPS, Backend, BnGradTarget, BnRef, Category, ConvGeom, MemoryReport, MemoryTracker, PoolWindow,
+    SgdParams, Spatial, StatsRef, bn_affine, validate,
 };
+use crate::backend::{AtMut, BnReluView, BnSums, LinearGrads, StatsMut, View, ViewMut};
 use crate::error::{Error, Result};
 use std::sync::Arc;
 
@@ -147,8 +148,10 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn channel_stats(&self, x: &CpuBuf, xm: Mat, out: &mut CpuBuf, mean: usize, var: usize) -> Result<()> {
-        validate::channel_stats(x, xm, out, mean, var)?;
+    fn channel_stats(&self, x: View<'_, CpuBuf>, out: StatsMut<'_, CpuBuf>) -> Result<()> {
+        validate::channel_stats(&x, &out)?;
+        let View { buf: x, mat: xm } = x;
+        let StatsMut { stats: out, mean, var } = out;
         let (m, v) = pointwise::channel_stats(x.as_slice(), xm);
         out.data[mean..mean + xm.cols].copy_from_slice(&m);
         out.data[var..var + xm.cols].copy_from_slice(&v);
@@ -160,11 +163,10 @@ impl Backend for CpuBackend {
         batch: StatsRef<'_, CpuBuf>,
         channels: usize,
         count: usize,
-        running: &mut CpuBuf,
-        run_mean: usize,
-        run_var: usize,
+        running: StatsMut<'_, CpuBuf>,
     ) -> Result<()> {
-        validate::update_running_stats(batch, channels, running, run_mean, run_var)?;
+        validate::update_running_stats(batch, channels, &running)?;
+        let StatsMut { stats: running, mean: run_mean, var: run_var } = running;
         let s = batch.stats.as_slice();
         pointwise::update_running_stats(
             &s[batch.mean..batch.mean + channels],
@@ -179,14 +181,13 @@ impl Backend for CpuBackend {
 
     fn bn_relu_conv1x1_fwd(
         &self,
-        x: &CpuBuf,
-        xm: Mat,
-        bn: BnRef<'_, CpuBuf>,
+        x: BnReluView<'_, CpuBuf>,
         w: At<'_, CpuBuf>,
-        z: &mut CpuBuf,
-        zm: Mat,
+        z: ViewMut<'_, CpuBuf>,
     ) -> Result<()> {
-        validate::bn_relu_conv1x1_fwd(x, xm, bn, w, z, zm)?;
+        validate::bn_relu_conv1x1_fwd(&x, w, &z)?;
+        let BnReluView { x: View { buf: x, mat: xm }, bn } = x;
+        let ViewMut { buf: z, mat: zm } = z;
         let bn = Bn::resolve(bn, xm.cols);
         conv::bn_relu_conv1x1_fwd(x.as_slice(), xm, &bn, &w.buf.data[w.offset..], z.as_mut_slice(), zm);
         Ok(())
@@ -194,15 +195,14 @@ impl Backend for CpuBackend {
 
     fn bn_relu_conv1x1_wgrad(
         &self,
-        x: &CpuBuf,
-        xm: Mat,
-        bn: BnRef<'_, CpuBuf>,
-        dz: &CpuBuf,
-        dzm: Mat,
-        dw: &mut CpuBuf,
-        dw_off: usize,
+        x: BnReluView<'_, CpuBuf>,
+        dz: View<'_, CpuBuf>,
+        dw: AtMut<'_, CpuBuf>,
     ) -> Result<()> {
-        validate::bn_relu_conv1x1_wgrad(x, xm, bn, dz, dzm, dw, dw_off)?;
+        validate::bn_relu_conv1x1_wgrad(&x, &dz, &dw)?;
+        let BnReluView { x: View { buf: x, mat: xm }, bn } = x;
+        let View { buf: dz, mat: dzm } = dz;
+        let AtMut { buf: dw, offset: dw_off } = dw;
         let bn = Bn::resolve(bn, xm.cols);
         conv::bn_relu_conv1x1_wgrad(x.as_slice(), xm, &bn, dz.as_slice(), dzm, &mut dw.data[dw_off..]);
         Ok(())
@@ -210,18 +210,17 @@ impl Backend for CpuBackend {
 
     fn bn_relu_conv1x1_dgrad(
         &self,
-        dz: &CpuBuf,
-        dzm: Mat,
+        dz: View<'_, CpuBuf>,
         w: At<'_, CpuBuf>,
-        x: &CpuBuf,
-        xm: Mat,
-        bn: BnRef<'_, CpuBuf>,
-        dx: &mut CpuBuf,
-        dxm: Mat,
+        x: BnReluView<'_, CpuBuf>,
+        dx: ViewMut<'_, CpuBuf>,
         accumulate: bool,
         sums: &mut CpuBuf,
     ) -> Result<()> {
-        validate::bn_relu_conv1x1_dgrad(dz, dzm, w, x, xm, bn, dx, dxm, sums)?;
+        validate::bn_relu_conv1x1_dgrad(&dz, w, &x, &dx, sums)?;
+        let View { buf: dz, mat: dzm } = dz;
+        let BnReluView { x: View { buf: x, mat: xm }, bn } = x;
+        let ViewMut { buf: dx, mat: dxm } = dx;
         let bn = Bn::resolve(bn, xm.cols);
         conv::bn_relu_conv1x1_dgrad(
             dz.as_slice(),
@@ -240,15 +239,14 @@ impl Backend for CpuBackend {
 
     fn bn_relu_conv3x3_fwd(
         &self,
-        z: &CpuBuf,
-        zm: Mat,
+        z: BnReluView<'_, CpuBuf>,
         shape: Spatial,
-        bn: BnRef<'_, CpuBuf>,
         w: At<'_, CpuBuf>,
-        y: &mut CpuBuf,
-        ym: Mat,
+        y: ViewMut<'_, CpuBuf>,
     ) -> Result<()> {
-        validate::bn_relu_conv3x3_fwd(z, zm, shape, bn, w, y, ym)?;
+        validate::bn_relu_conv3x3_fwd(&z, shape, w, &y)?;
+        let BnReluView { x: View { buf: z, mat: zm }, bn } = z;
+        let ViewMut { buf: y, mat: ym } = y;
         let bn = Bn::resolve(bn, zm.cols);
         conv::bn_relu_conv3x3_fwd(
             z.as_slice(),
@@ -264,16 +262,15 @@ impl Backend for CpuBackend {
 
     fn bn_relu_conv3x3_wgrad(
         &self,
-        z: &CpuBuf,
-        zm: Mat,
+        z: BnReluView<'_, CpuBuf>,
         shape: Spatial,
-        bn: BnRef<'_, CpuBuf>,
-        dy: &CpuBuf,
-        dym: Mat,
-        dw: &mut CpuBuf,
-        dw_off: usize,
+        dy: View<'_, CpuBuf>,
+        dw: AtMut<'_, CpuBuf>,
     ) -> Result<()> {
-        validate::bn_relu_conv3x3_wgrad(z, zm, shape, bn, dy, dym, dw, dw_off)?;
+        validate::bn_relu_conv3x3_wgrad(&z, shape, &dy, &dw)?;
+        let BnReluView { x: View { buf: z, mat: zm }, bn } = z;
+        let View { buf: dy, mat: dym } = dy;
+        let AtMut { buf: dw, offset: dw_off } = dw;
         let bn = Bn::resolve(bn, zm.cols);
         conv::bn_relu_conv3x3_wgrad(z.as_slice(), zm, shape, &bn, dy.as_slice(), dym, &mut dw.data[dw_off..]);
         Ok(())
@@ -281,18 +278,17 @@ impl Backend for CpuBackend {
 
     fn bn_relu_conv3x3_dgrad(
         &self,
-        dy: &CpuBuf,
-        dym: Mat,
+        dy: View<'_, CpuBuf>,
         shape: Spatial,
         w: At<'_, CpuBuf>,
-        z: &CpuBuf,
-        zm: Mat,
-        bn: BnRef<'_, CpuBuf>,
-        g: &mut CpuBuf,
-        gm: Mat,
+        z: BnReluView<'_, CpuBuf>,
+        g: ViewMut<'_, CpuBuf>,
         sums: &mut CpuBuf,
     ) -> Result<()> {
-        validate::bn_relu_conv3x3_dgrad(dy, dym, shape, w, z, zm, bn, g, gm, sums)?;
+        validate::bn_relu_conv3x3_dgrad(&dy, shape, w, &z, &g, sums)?;
+        let View { buf: dy, mat: dym } = dy;
+        let BnReluView { x: View { buf: z, mat: zm }, bn } = z;
+        let ViewMut { buf: g, mat: gm } = g;
         let bn = Bn::resolve(bn, zm.cols);
         conv::bn_relu_conv3x3_dgrad(
             dy.as_slice(),
@@ -311,14 +307,14 @@ impl Backend for CpuBackend {
 
     fn bn_backward_elementwise(
         &self,
-        g: &mut CpuBuf,
-        gm: Mat,
-        x: &CpuBuf,
-        xm: Mat,
+        g: ViewMut<'_, CpuBuf>,
+        x: View<'_, CpuBuf>,
         bn: BnRef<'_, CpuBuf>,
         sums: &CpuBuf,
     ) -> Result<()> {
-        validate::bn_backward_elementwise(g, gm, x, xm, bn, sums)?;
+        validate::bn_backward_elementwise(&g, &x, bn, sums)?;
+        let ViewMut { buf: g, mat: gm } = g;
+        let View { buf: x, mat: xm } = x;
         let bn = Bn::resolve(bn, xm.cols);
         pointwise::bn_backward_elementwise(
             g.as_mut_slice(),
@@ -333,15 +329,14 @@ impl Backend for CpuBackend {
 
     fn bn_grad_fold(
         &self,
-        sums: &CpuBuf,
-        channels: usize,
-        count: usize,
+        sums: BnSums<'_, CpuBuf>,
         bn: BnRef<'_, CpuBuf>,
         grads: &mut CpuBuf,
         corr: &mut CpuBuf,
         target: BnGradTarget,
     ) -> Result<()> {
-        validate::bn_grad_fold(sums, channels, bn, grads, corr, target)?;
+        validate::bn_grad_fold(&sums, bn, grads, corr, target)?;
+        let BnSums { sums, channels, count } = sums;
         let bn = Bn::resolve(bn, channels);
         pointwise::bn_grad_fold(
             &sums.data[..2 * channels],
@@ -356,16 +351,16 @@ impl Backend for CpuBackend {
 
     fn bn_correction(
         &self,
-        g: &mut CpuBuf,
-        gm: Mat,
-        x: &CpuBuf,
-        xm: Mat,
+        g: ViewMut<'_, CpuBuf>,
+        x: View<'_, CpuBuf>,
         stats: StatsRef<'_, CpuBuf>,
         corr: &CpuBuf,
         alpha: usize,
         beta: usize,
     ) -> Result<()> {
-        validate::bn_correction(g, gm, x, xm, stats, corr, alpha, beta)?;
+        validate::bn_correction(&g, &x, stats, corr, alpha, beta)?;
+        let ViewMut { buf: g, mat: gm } = g;
+        let View { buf: x, mat: xm } = x;
         let (mean, invstd) = resolve_stats(stats, xm.cols);
         pointwise::bn_correction(
             g.as_mut_slice(),
@@ -382,15 +377,14 @@ impl Backend for CpuBackend {
 
     fn bn_relu_avgpool_conv1x1_fwd(
         &self,
-        x: &CpuBuf,
-        xm: Mat,
+        x: BnReluView<'_, CpuBuf>,
         shape: Spatial,
-        bn: BnRef<'_, CpuBuf>,
         w: At<'_, CpuBuf>,
-        y: &mut CpuBuf,
-        ym: Mat,
+        y: ViewMut<'_, CpuBuf>,
     ) -> Result<()> {
-        validate::bn_relu_avgpool_conv1x1_fwd(x, xm, shape, bn, w, y, ym)?;
+        validate::bn_relu_avgpool_conv1x1_fwd(&x, shape, w, &y)?;
+        let BnReluView { x: View { buf: x, mat: xm }, bn } = x;
+        let ViewMut { buf: y, mat: ym } = y;
         let bn = Bn::resolve(bn, xm.cols);
         conv::bn_relu_avgpool_conv1x1_fwd(
             x.as_slice(),
@@ -406,16 +400,15 @@ impl Backend for CpuBackend {
 
     fn bn_relu_avgpool_conv1x1_wgrad(
         &self,
-        x: &CpuBuf,
-        xm: Mat,
+        x: BnReluView<'_, CpuBuf>,
         shape: Spatial,
-        bn: BnRef<'_, CpuBuf>,
-        dy: &CpuBuf,
-        dym: Mat,
-        dw: &mut CpuBuf,
-        dw_off: usize,
+        dy: View<'_, CpuBuf>,
+        dw: AtMut<'_, CpuBuf>,
     ) -> Result<()> {
-        validate::bn_relu_avgpool_conv1x1_wgrad(x, xm, shape, bn, dy, dym, dw, dw_off)?;
+        validate::bn_relu_avgpool_conv1x1_wgrad(&x, shape, &dy, &dw)?;
+        let BnReluView { x: View { buf: x, mat: xm }, bn } = x;
+        let View { buf: dy, mat: dym } = dy;
+        let AtMut { buf: dw, offset: dw_off } = dw;
         let bn = Bn::resolve(bn, xm.cols);
         conv::bn_relu_avgpool_conv1x1_wgrad(
             x.as_slice(),
@@ -431,18 +424,17 @@ impl Backend for CpuBackend {
 
     fn bn_relu_avgpool_conv1x1_dgrad(
         &self,
-        dy: &CpuBuf,
-        dym: Mat,
+        dy: View<'_, CpuBuf>,
         w: At<'_, CpuBuf>,
-        x: &CpuBuf,
-        xm: Mat,
+        x: BnReluView<'_, CpuBuf>,
         shape: Spatial,
-        bn: BnRef<'_, CpuBuf>,
-        dx: &mut CpuBuf,
-        dxm: Mat,
+        dx: ViewMut<'_, CpuBuf>,
         sums: &mut CpuBuf,
     ) -> Result<()> {
-        validate::bn_relu_avgpool_conv1x1_dgrad(dy, dym, w, x, xm, shape, bn, dx, dxm, sums)?;
+        validate::bn_relu_avgpool_conv1x1_dgrad(&dy, w, &x, shape, &dx, sums)?;
+        let View { buf: dy, mat: dym } = dy;
+        let BnReluView { x: View { buf: x, mat: xm }, bn } = x;
+        let ViewMut { buf: dx, mat: dxm } = dx;
         let bn = Bn::resolve(bn, xm.cols);
         conv::bn_relu_avgpool_conv1x1_dgrad(
             dy.as_slice(),
@@ -461,60 +453,59 @@ impl Backend for CpuBackend {
 
     fn conv_fwd(
         &self,
-        x: &CpuBuf,
-        xm: Mat,
+        x: View<'_, CpuBuf>,
         shape: Spatial,
         geom: ConvGeom,
         w: At<'_, CpuBuf>,
-        y: &mut CpuBuf,
-        ym: Mat,
+        y: ViewMut<'_, CpuBuf>,
     ) -> Result<()> {
-        validate::conv_fwd(x, xm, shape, geom, w, y, ym)?;
+        validate::conv_fwd(&x, shape, geom, w, &y)?;
+        let View { buf: x, mat: xm } = x;
+        let ViewMut { buf: y, mat: ym } = y;
         conv::conv_fwd(x.as_slice(), xm, shape, geom, &w.buf.data[w.offset..], y.as_mut_slice(), ym);
         Ok(())
     }
 
     fn conv_wgrad(
         &self,
-        x: &CpuBuf,
-        xm: Mat,
+        x: View<'_, CpuBuf>,
         shape: Spatial,
         geom: ConvGeom,
-        dy: &CpuBuf,
-        dym: Mat,
-        dw: &mut CpuBuf,
-        dw_off: usize,
+        dy: View<'_, CpuBuf>,
+        dw: AtMut<'_, CpuBuf>,
     ) -> Result<()> {
-        validate::conv_wgrad(x, xm, shape, geom, dy, dym, dw, dw_off)?;
+        validate::conv_wgrad(&x, shape, geom, &dy, &dw)?;
+        let View { buf: x, mat: xm } = x;
+        let View { buf: dy, mat: dym } = dy;
+        let AtMut { buf: dw, offset: dw_off } = dw;
         conv::conv_wgrad(x.as_slice(), xm, shape, geom, dy.as_slice(), dym, &mut dw.data[dw_off..]);
         Ok(())
     }
 
     fn conv_dgrad(
         &self,
-        dy: &CpuBuf,
-        dym: Mat,
+        dy: View<'_, CpuBuf>,
         shape: Spatial,
         geom: ConvGeom,
         w: At<'_, CpuBuf>,
-        dx: &mut CpuBuf,
-        dxm: Mat,
+        dx: ViewMut<'_, CpuBuf>,
     ) -> Result<()> {
-        validate::conv_dgrad(dy, dym, shape, geom, w, dx, dxm)?;
+        validate::conv_dgrad(&dy, shape, geom, w, &dx)?;
+        let View { buf: dy, mat: dym } = dy;
+        let ViewMut { buf: dx, mat: dxm } = dx;
         conv::conv_dgrad(dy.as_slice(), dym, shape, geom, &w.buf.data[w.offset..], dx.as_mut_slice(), dxm);
         Ok(())
     }
 
     fn bn_relu_maxpool_fwd(
         &self,
-        t: &CpuBuf,
-        tm: Mat,
+        t: BnReluView<'_, CpuBuf>,
         shape: Spatial,
-        bn: BnRef<'_, CpuBuf>,
-        y: &mut CpuBuf,
-        ym: Mat,
+        y: ViewMut<'_, CpuBuf>,
     ) -> Result<()> {
-        validate::bn_relu_maxpool_fwd(t, tm, shape, bn, y, ym)?;
+        validate::bn_relu_maxpool_fwd(&t, shape, &y)?;
+        let BnReluView { x: View { buf: t, mat: tm }, bn } = t;
+        let ViewMut { buf: y, mat: ym } = y;
         let bn = Bn::resolve(bn, tm.cols);
         pointwise::bn_relu_maxpool_fwd(t.as_slice(), tm, shape, &bn, y.as_mut_slice(), ym);
         Ok(())
@@ -522,17 +513,16 @@ impl Backend for CpuBackend {
 
     fn bn_relu_maxpool_bwd(
         &self,
-        dy: &CpuBuf,
-        dym: Mat,
-        t: &CpuBuf,
-        tm: Mat,
+        dy: View<'_, CpuBuf>,
+        t: BnReluView<'_, CpuBuf>,
         shape: Spatial,
-        bn: BnRef<'_, CpuBuf>,
-        g: &mut CpuBuf,
-        gm: Mat,
+        g: ViewMut<'_, CpuBuf>,
         sums: &mut CpuBuf,
     ) -> Result<()> {
-        validate::bn_relu_maxpool_bwd(dy, dym, t, tm, shape, bn, g, gm, sums)?;
+        validate::bn_relu_maxpool_bwd(&dy, &t, shape, &g, sums)?;
+        let View { buf: dy, mat: dym } = dy;
+        let BnReluView { x: View { buf: t, mat: tm }, bn } = t;
+        let ViewMut { buf: g, mat: gm } = g;
         let bn = Bn::resolve(bn, tm.cols);
         pointwise::bn_relu_maxpool_bwd(
             dy.as_slice(),
@@ -550,13 +540,12 @@ impl Backend for CpuBackend {
 
     fn bn_relu_global_pool_fwd(
         &self,
-        x: &CpuBuf,
-        xm: Mat,
+        x: BnReluView<'_, CpuBuf>,
         shape: Spatial,
-        bn: BnRef<'_, CpuBuf>,
         pooled: &mut CpuBuf,
     ) -> Result<()> {
-        validate::bn_relu_global_pool_fwd(x, xm, shape, bn, pooled)?;
+        validate::bn_relu_global_pool_fwd(&x, shape, pooled)?;
+        let BnReluView { x: View { buf: x, mat: xm }, bn } = x;
         let bn = Bn::resolve(bn, xm.cols);
         pointwise::bn_relu_global_pool_fwd(x.as_slice(), xm, shape, &bn, pooled.as_mut_slice());
         Ok(())
@@ -565,15 +554,14 @@ impl Backend for CpuBackend {
     fn bn_relu_global_pool_bwd(
         &self,
         dpooled: &CpuBuf,
-        x: &CpuBuf,
-        xm: Mat,
+        x: BnReluView<'_, CpuBuf>,
         shape: Spatial,
-        bn: BnRef<'_, CpuBuf>,
-        dx: &mut CpuBuf,
-        dxm: Mat,
+        dx: ViewMut<'_, CpuBuf>,
         sums: &mut CpuBuf,
     ) -> Result<()> {
-        validate::bn_relu_global_pool_bwd(dpooled, x, xm, shape, bn, dx, dxm, sums)?;
+        validate::bn_relu_global_pool_bwd(dpooled, &x, shape, &dx, sums)?;
+        let BnReluView { x: View { buf: x, mat: xm }, bn } = x;
+        let ViewMut { buf: dx, mat: dxm } = dx;
         let bn = Bn::resolve(bn, xm.cols);
         pointwise::bn_relu_global_pool_bwd(
             dpooled.as_slice(),
@@ -590,15 +578,13 @@ impl Backend for CpuBackend {
 
     fn linear_fwd(
         &self,
-        x: &CpuBuf,
-        n: usize,
-        k: usize,
+        x: View<'_, CpuBuf>,
         w: At<'_, CpuBuf>,
         bias: At<'_, CpuBuf>,
-        out_features: usize,
-        y: &mut CpuBuf,
+        y: ViewMut<'_, CpuBuf>,
     ) -> Result<()> {
-        validate::linear_fwd(x, n, k, w, bias, out_features, y)?;
+        let (n, k, out_features) = validate::linear_fwd(x, w, bias, y.as_view())?;
+        let (x, y) = (x.buf, y.buf);
         pointwise::linear_fwd(
             x.as_slice(),
             n,
@@ -612,18 +598,16 @@ impl Backend for CpuBackend {
 
     fn linear_bwd(
         &self,
-        dy: &CpuBuf,
-        x: &CpuBuf,
-        n: usize,
-        k: usize,
+        dy: View<'_, CpuBuf>,
+        x: View<'_, CpuBuf>,
         w: At<'_, CpuBuf>,
-        out_features: usize,
-        grads: &mut CpuBuf,
-        dw_off: usize,
-        dbias_off: usize,
-        dx: &mut CpuBuf,
+        grads: LinearGrads<'_, CpuBuf>,
+        dx: ViewMut<'_, CpuBuf>,
     ) -> Result<()> {
-        validate::linear_bwd(dy, x, n, k, w, out_features, grads, dw_off, dbias_off, dx)?;
+        let (n, k, out_features) =
+            validate::linear_bwd(dy, x, w, grads.grads, grads.dw, grads.dbias, dx.as_view())?;
+        let LinearGrads { grads, dw: dw_off, dbias: dbias_off } = grads;
+        let (dy, x, dx) = (dy.buf, x.buf, dx.buf);
         pointwise::linear_bwd(
             dy.as_slice(),
             x.as_slice(),
@@ -640,14 +624,13 @@ impl Backend for CpuBackend {
 
     fn softmax_xent(
         &self,
-        logits: &CpuBuf,
+        logits: View<'_, CpuBuf>,
         labels: &CpuBuf,
-        n: usize,
-        classes: usize,
         loss: &mut CpuBuf,
-        dlogits: &mut CpuBuf,
+        dlogits: ViewMut<'_, CpuBuf>,
     ) -> Result<()> {
-        validate::softmax_xent(logits, labels, n, classes, loss, dlogits)?;
+        let (n, classes) = validate::softmax_xent(logits, labels, loss, dlogits.as_view())?;
+        let (logits, dlogits) = (logits.buf, dlogits.buf);
         // A value check, the cpu backend's own: the kernels cannot refuse a label without a
         // copy to the host, and give a NaN loss instead.
         let labels = &labels.data[..n];
@@ -677,41 +660,49 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn copy_columns(&self, src: &CpuBuf, sm: Mat, dst: &mut CpuBuf, dm: Mat, accumulate: bool) -> Result<()> {
-        validate::copy_columns(src, sm, dst, dm)?;
+    fn copy_columns(&self, src: View<'_, CpuBuf>, dst: ViewMut<'_, CpuBuf>, accumulate: bool) -> Result<()> {
+        validate::copy_columns(&src, &dst)?;
+        let View { buf: src, mat: sm } = src;
+        let ViewMut { buf: dst, mat: dm } = dst;
         unfused::copy_columns(src.as_slice(), sm, dst.as_mut_slice(), dm, accumulate);
         Ok(())
     }
 
-    fn bn_apply(&self, x: &CpuBuf, xm: Mat, bn: BnRef<'_, CpuBuf>, y: &mut CpuBuf, ym: Mat) -> Result<()> {
-        validate::bn_apply(x, xm, bn, y, ym)?;
+    fn bn_apply(&self, x: View<'_, CpuBuf>, bn: BnRef<'_, CpuBuf>, y: ViewMut<'_, CpuBuf>) -> Result<()> {
+        validate::bn_apply(&x, bn, &y)?;
+        let View { buf: x, mat: xm } = x;
+        let ViewMut { buf: y, mat: ym } = y;
         let bn = Bn::resolve(bn, xm.cols);
         unfused::bn_apply(x.as_slice(), xm, &bn, y.as_mut_slice(), ym);
         Ok(())
     }
 
-    fn relu_fwd(&self, x: &CpuBuf, xm: Mat, y: &mut CpuBuf, ym: Mat) -> Result<()> {
-        validate::relu_fwd(x, xm, y, ym)?;
+    fn relu_fwd(&self, x: View<'_, CpuBuf>, y: ViewMut<'_, CpuBuf>) -> Result<()> {
+        validate::relu_fwd(&x, &y)?;
+        let View { buf: x, mat: xm } = x;
+        let ViewMut { buf: y, mat: ym } = y;
         unfused::relu_fwd(x.as_slice(), xm, y.as_mut_slice(), ym);
         Ok(())
     }
 
-    fn relu_bwd(&self, g: &mut CpuBuf, gm: Mat, x: &CpuBuf, xm: Mat) -> Result<()> {
-        validate::relu_bwd(g, gm, x, xm)?;
+    fn relu_bwd(&self, g: ViewMut<'_, CpuBuf>, x: View<'_, CpuBuf>) -> Result<()> {
+        validate::relu_bwd(&g, &x)?;
+        let ViewMut { buf: g, mat: gm } = g;
+        let View { buf: x, mat: xm } = x;
         unfused::relu_bwd(g.as_mut_slice(), gm, x.as_slice(), xm);
         Ok(())
     }
 
     fn bn_grad_sums(
         &self,
-        g: &CpuBuf,
-        gm: Mat,
-        x: &CpuBuf,
-        xm: Mat,
+        g: View<'_, CpuBuf>,
+        x: View<'_, CpuBuf>,
         stats: StatsRef<'_, CpuBuf>,
         sums: &mut CpuBuf,
     ) -> Result<()> {
-        validate::bn_grad_sums(g, gm, x, xm, stats, sums)?;
+        validate::bn_grad_sums(&g, &x, stats, sums)?;
+        let View { buf: g, mat: gm } = g;
+        let View { buf: x, mat: xm } = x;
         let (mean, invstd) = resolve_stats(stats, xm.cols);
         unfused::bn_grad_sums(g.as_slice(), gm, x.as_slice(), xm, &mean, &invstd, sums.as_mut_slice());
         Ok(())
@@ -719,49 +710,51 @@ impl Backend for CpuBackend {
 
     fn avg_pool_fwd(
         &self,
-        x: &CpuBuf,
-        xm: Mat,
+        x: View<'_, CpuBuf>,
         shape: Spatial,
         window: PoolWindow,
-        y: &mut CpuBuf,
-        ym: Mat,
+        y: ViewMut<'_, CpuBuf>,
     ) -> Result<()> {
-        validate::avg_pool_fwd(x, xm, shape, window, y, ym)?;
+        validate::avg_pool_fwd(&x, shape, window, &y)?;
+        let View { buf: x, mat: xm } = x;
+        let ViewMut { buf: y, mat: ym } = y;
         unfused::avg_pool_fwd(x.as_slice(), xm, shape, window, y.as_mut_slice(), ym);
         Ok(())
     }
 
     fn avg_pool_bwd(
         &self,
-        dy: &CpuBuf,
-        dym: Mat,
+        dy: View<'_, CpuBuf>,
         shape: Spatial,
         window: PoolWindow,
-        dx: &mut CpuBuf,
-        dxm: Mat,
+        dx: ViewMut<'_, CpuBuf>,
     ) -> Result<()> {
-        validate::avg_pool_bwd(dy, dym, shape, window, dx, dxm)?;
+        validate::avg_pool_bwd(&dy, shape, window, &dx)?;
+        let View { buf: dy, mat: dym } = dy;
+        let ViewMut { buf: dx, mat: dxm } = dx;
         unfused::avg_pool_bwd(dy.as_slice(), dym, shape, window, dx.as_mut_slice(), dxm);
         Ok(())
     }
 
-    fn max_pool_fwd(&self, x: &CpuBuf, xm: Mat, shape: Spatial, y: &mut CpuBuf, ym: Mat) -> Result<()> {
-        validate::max_pool_fwd(x, xm, shape, y, ym)?;
+    fn max_pool_fwd(&self, x: View<'_, CpuBuf>, shape: Spatial, y: ViewMut<'_, CpuBuf>) -> Result<()> {
+        validate::max_pool_fwd(&x, shape, &y)?;
+        let View { buf: x, mat: xm } = x;
+        let ViewMut { buf: y, mat: ym } = y;
         unfused::max_pool_fwd(x.as_slice(), xm, shape, y.as_mut_slice(), ym);
         Ok(())
     }
 
     fn max_pool_bwd(
         &self,
-        dy: &CpuBuf,
-        dym: Mat,
-        x: &CpuBuf,
-        xm: Mat,
+        dy: View<'_, CpuBuf>,
+        x: View<'_, CpuBuf>,
         shape: Spatial,
-        dx: &mut CpuBuf,
-        dxm: Mat,
+        dx: ViewMut<'_, CpuBuf>,
     ) -> Result<()> {
-        validate::max_pool_bwd(dy, dym, x, xm, shape, dx, dxm)?;
+        validate::max_pool_bwd(&dy, &x, shape, &dx)?;
+        let View { buf: dy, mat: dym } = dy;
+        let View { buf: x, mat: xm } = x;
+        let ViewMut { buf: dx, mat: dxm } = dx;
         unfused::max_pool_bwd(dy.as_slice(), dym, x.as_slice(), xm, shape, dx.as_mut_slice(), dxm);
         Ok(())
     }

@@ -4,9 +4,10 @@
 use super::device::Device;
 use super::{DeviceBuf, KernelBackend};
 use crate::backend::{
-    At, Backend, BnGradTarget, BnRef, Category, ConvGeom, Mat, MemoryReport, PoolWindow, SgdParams, Spatial,
+    At, Backend, BnGradTarget, BnRef, Category, ConvGeom, MemoryReport, PoolWindow, SgdParams, Spatial,
     StatsRef,
 };
+use crate::backend::{AtMut, BnReluView, BnSums, LinearGrads, StatsMut, View, ViewMut};
 use crate::error::Result;
 
 impl<D: Device> Backend for KernelBackend<D> {
@@ -48,15 +49,8 @@ impl<D: Device> Backend for KernelBackend<D> {
         KernelBackend::synchronize(self)
     }
 
-    fn channel_stats(
-        &self,
-        x: &DeviceBuf<D>,
-        xm: Mat,
-        out: &mut DeviceBuf<D>,
-        mean: usize,
-        var: usize,
-    ) -> Result<()> {
-        KernelBackend::channel_stats(self, x, xm, out, mean, var)
+    fn channel_stats(&self, x: View<'_, DeviceBuf<D>>, out: StatsMut<'_, DeviceBuf<D>>) -> Result<()> {
+        KernelBackend::channel_stats(self, x, out)
     }
 
     fn update_running_stats(
@@ -64,310 +58,240 @@ impl<D: Device> Backend for KernelBackend<D> {
         batch: StatsRef<'_, DeviceBuf<D>>,
         channels: usize,
         count: usize,
-        running: &mut DeviceBuf<D>,
-        run_mean: usize,
-        run_var: usize,
+        running: StatsMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
-        KernelBackend::update_running_stats(self, batch, channels, count, running, run_mean, run_var)
+        KernelBackend::update_running_stats(self, batch, channels, count, running)
     }
 
     fn bn_relu_conv1x1_fwd(
         &self,
-        x: &DeviceBuf<D>,
-        xm: Mat,
-        bn: BnRef<'_, DeviceBuf<D>>,
+        x: BnReluView<'_, DeviceBuf<D>>,
         w: At<'_, DeviceBuf<D>>,
-        z: &mut DeviceBuf<D>,
-        zm: Mat,
+        z: ViewMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
-        KernelBackend::bn_relu_conv1x1_fwd(self, x, xm, bn, w, z, zm)
+        KernelBackend::bn_relu_conv1x1_fwd(self, x, w, z)
     }
 
     fn bn_relu_conv1x1_wgrad(
         &self,
-        x: &DeviceBuf<D>,
-        xm: Mat,
-        bn: BnRef<'_, DeviceBuf<D>>,
-        dz: &DeviceBuf<D>,
-        dzm: Mat,
-        dw: &mut DeviceBuf<D>,
-        dw_off: usize,
+        x: BnReluView<'_, DeviceBuf<D>>,
+        dz: View<'_, DeviceBuf<D>>,
+        dw: AtMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
-        KernelBackend::bn_relu_conv1x1_wgrad(self, x, xm, bn, dz, dzm, dw, dw_off)
+        KernelBackend::bn_relu_conv1x1_wgrad(self, x, dz, dw)
     }
 
     fn bn_relu_conv1x1_dgrad(
         &self,
-        dz: &DeviceBuf<D>,
-        dzm: Mat,
+        dz: View<'_, DeviceBuf<D>>,
         w: At<'_, DeviceBuf<D>>,
-        x: &DeviceBuf<D>,
-        xm: Mat,
-        bn: BnRef<'_, DeviceBuf<D>>,
-        dx: &mut DeviceBuf<D>,
-        dxm: Mat,
+        x: BnReluView<'_, DeviceBuf<D>>,
+        dx: ViewMut<'_, DeviceBuf<D>>,
         accumulate: bool,
         sums: &mut DeviceBuf<D>,
     ) -> Result<()> {
-        KernelBackend::bn_relu_conv1x1_dgrad(self, dz, dzm, w, x, xm, bn, dx, dxm, accumulate, sums)
+        KernelBackend::bn_relu_conv1x1_dgrad(self, dz, w, x, dx, accumulate, sums)
     }
 
     fn bn_relu_conv3x3_fwd(
         &self,
-        z: &DeviceBuf<D>,
-        zm: Mat,
+        z: BnReluView<'_, DeviceBuf<D>>,
         shape: Spatial,
-        bn: BnRef<'_, DeviceBuf<D>>,
         w: At<'_, DeviceBuf<D>>,
-        y: &mut DeviceBuf<D>,
-        ym: Mat,
+        y: ViewMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
-        KernelBackend::bn_relu_conv3x3_fwd(self, z, zm, shape, bn, w, y, ym)
+        KernelBackend::bn_relu_conv3x3_fwd(self, z, shape, w, y)
     }
 
     fn bn_relu_conv3x3_wgrad(
         &self,
-        z: &DeviceBuf<D>,
-        zm: Mat,
+        z: BnReluView<'_, DeviceBuf<D>>,
         shape: Spatial,
-        bn: BnRef<'_, DeviceBuf<D>>,
-        dy: &DeviceBuf<D>,
-        dym: Mat,
-        dw: &mut DeviceBuf<D>,
-        dw_off: usize,
+        dy: View<'_, DeviceBuf<D>>,
+        dw: AtMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
-        KernelBackend::bn_relu_conv3x3_wgrad(self, z, zm, shape, bn, dy, dym, dw, dw_off)
+        KernelBackend::bn_relu_conv3x3_wgrad(self, z, shape, dy, dw)
     }
 
     fn bn_relu_conv3x3_dgrad(
         &self,
-        dy: &DeviceBuf<D>,
-        dym: Mat,
+        dy: View<'_, DeviceBuf<D>>,
         shape: Spatial,
         w: At<'_, DeviceBuf<D>>,
-        z: &DeviceBuf<D>,
-        zm: Mat,
-        bn: BnRef<'_, DeviceBuf<D>>,
-        g: &mut DeviceBuf<D>,
-        gm: Mat,
+        z: BnReluView<'_, DeviceBuf<D>>,
+        g: ViewMut<'_, DeviceBuf<D>>,
         sums: &mut DeviceBuf<D>,
     ) -> Result<()> {
-        KernelBackend::bn_relu_conv3x3_dgrad(self, dy, dym, shape, w, z, zm, bn, g, gm, sums)
+        KernelBackend::bn_relu_conv3x3_dgrad(self, dy, shape, w, z, g, sums)
     }
 
     fn bn_backward_elementwise(
         &self,
-        g: &mut DeviceBuf<D>,
-        gm: Mat,
-        x: &DeviceBuf<D>,
-        xm: Mat,
+        g: ViewMut<'_, DeviceBuf<D>>,
+        x: View<'_, DeviceBuf<D>>,
         bn: BnRef<'_, DeviceBuf<D>>,
         sums: &DeviceBuf<D>,
     ) -> Result<()> {
-        KernelBackend::bn_backward_elementwise(self, g, gm, x, xm, bn, sums)
+        KernelBackend::bn_backward_elementwise(self, g, x, bn, sums)
     }
 
     fn bn_grad_fold(
         &self,
-        sums: &DeviceBuf<D>,
-        channels: usize,
-        count: usize,
+        sums: BnSums<'_, DeviceBuf<D>>,
         bn: BnRef<'_, DeviceBuf<D>>,
         grads: &mut DeviceBuf<D>,
         corr: &mut DeviceBuf<D>,
         target: BnGradTarget,
     ) -> Result<()> {
-        KernelBackend::bn_grad_fold(self, sums, channels, count, bn, grads, corr, target)
+        KernelBackend::bn_grad_fold(self, sums, bn, grads, corr, target)
     }
 
     fn bn_correction(
         &self,
-        g: &mut DeviceBuf<D>,
-        gm: Mat,
-        x: &DeviceBuf<D>,
-        xm: Mat,
+        g: ViewMut<'_, DeviceBuf<D>>,
+        x: View<'_, DeviceBuf<D>>,
         stats: StatsRef<'_, DeviceBuf<D>>,
         corr: &DeviceBuf<D>,
         alpha: usize,
         beta: usize,
     ) -> Result<()> {
-        KernelBackend::bn_correction(self, g, gm, x, xm, stats, corr, alpha, beta)
+        KernelBackend::bn_correction(self, g, x, stats, corr, alpha, beta)
     }
 
     fn bn_relu_avgpool_conv1x1_fwd(
         &self,
-        x: &DeviceBuf<D>,
-        xm: Mat,
+        x: BnReluView<'_, DeviceBuf<D>>,
         shape: Spatial,
-        bn: BnRef<'_, DeviceBuf<D>>,
         w: At<'_, DeviceBuf<D>>,
-        y: &mut DeviceBuf<D>,
-        ym: Mat,
+        y: ViewMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
-        KernelBackend::bn_relu_avgpool_conv1x1_fwd(self, x, xm, shape, bn, w, y, ym)
+        KernelBackend::bn_relu_avgpool_conv1x1_fwd(self, x, shape, w, y)
     }
 
     fn bn_relu_avgpool_conv1x1_wgrad(
         &self,
-        x: &DeviceBuf<D>,
-        xm: Mat,
+        x: BnReluView<'_, DeviceBuf<D>>,
         shape: Spatial,
-        bn: BnRef<'_, DeviceBuf<D>>,
-        dy: &DeviceBuf<D>,
-        dym: Mat,
-        dw: &mut DeviceBuf<D>,
-        dw_off: usize,
+        dy: View<'_, DeviceBuf<D>>,
+        dw: AtMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
-        KernelBackend::bn_relu_avgpool_conv1x1_wgrad(self, x, xm, shape, bn, dy, dym, dw, dw_off)
+        KernelBackend::bn_relu_avgpool_conv1x1_wgrad(self, x, shape, dy, dw)
     }
 
     fn bn_relu_avgpool_conv1x1_dgrad(
         &self,
-        dy: &DeviceBuf<D>,
-        dym: Mat,
+        dy: View<'_, DeviceBuf<D>>,
         w: At<'_, DeviceBuf<D>>,
-        x: &DeviceBuf<D>,
-        xm: Mat,
+        x: BnReluView<'_, DeviceBuf<D>>,
         shape: Spatial,
-        bn: BnRef<'_, DeviceBuf<D>>,
-        dx: &mut DeviceBuf<D>,
-        dxm: Mat,
+        dx: ViewMut<'_, DeviceBuf<D>>,
         sums: &mut DeviceBuf<D>,
     ) -> Result<()> {
-        KernelBackend::bn_relu_avgpool_conv1x1_dgrad(self, dy, dym, w, x, xm, shape, bn, dx, dxm, sums)
+        KernelBackend::bn_relu_avgpool_conv1x1_dgrad(self, dy, w, x, shape, dx, sums)
     }
 
     fn conv_fwd(
         &self,
-        x: &DeviceBuf<D>,
-        xm: Mat,
+        x: View<'_, DeviceBuf<D>>,
         shape: Spatial,
         geom: ConvGeom,
         w: At<'_, DeviceBuf<D>>,
-        y: &mut DeviceBuf<D>,
-        ym: Mat,
+        y: ViewMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
-        KernelBackend::conv_fwd(self, x, xm, shape, geom, w, y, ym)
+        KernelBackend::conv_fwd(self, x, shape, geom, w, y)
     }
 
     fn conv_wgrad(
         &self,
-        x: &DeviceBuf<D>,
-        xm: Mat,
+        x: View<'_, DeviceBuf<D>>,
         shape: Spatial,
         geom: ConvGeom,
-        dy: &DeviceBuf<D>,
-        dym: Mat,
-        dw: &mut DeviceBuf<D>,
-        dw_off: usize,
+        dy: View<'_, DeviceBuf<D>>,
+        dw: AtMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
-        KernelBackend::conv_wgrad(self, x, xm, shape, geom, dy, dym, dw, dw_off)
+        KernelBackend::conv_wgrad(self, x, shape, geom, dy, dw)
     }
 
     fn conv_dgrad(
         &self,
-        dy: &DeviceBuf<D>,
-        dym: Mat,
+        dy: View<'_, DeviceBuf<D>>,
         shape: Spatial,
         geom: ConvGeom,
         w: At<'_, DeviceBuf<D>>,
-        dx: &mut DeviceBuf<D>,
-        dxm: Mat,
+        dx: ViewMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
-        KernelBackend::conv_dgrad(self, dy, dym, shape, geom, w, dx, dxm)
+        KernelBackend::conv_dgrad(self, dy, shape, geom, w, dx)
     }
 
     fn bn_relu_maxpool_fwd(
         &self,
-        t: &DeviceBuf<D>,
-        tm: Mat,
+        t: BnReluView<'_, DeviceBuf<D>>,
         shape: Spatial,
-        bn: BnRef<'_, DeviceBuf<D>>,
-        y: &mut DeviceBuf<D>,
-        ym: Mat,
+        y: ViewMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
-        KernelBackend::bn_relu_maxpool_fwd(self, t, tm, shape, bn, y, ym)
+        KernelBackend::bn_relu_maxpool_fwd(self, t, shape, y)
     }
 
     fn bn_relu_maxpool_bwd(
         &self,
-        dy: &DeviceBuf<D>,
-        dym: Mat,
-        t: &DeviceBuf<D>,
-        tm: Mat,
+        dy: View<'_, DeviceBuf<D>>,
+        t: BnReluView<'_, DeviceBuf<D>>,
         shape: Spatial,
-        bn: BnRef<'_, DeviceBuf<D>>,
-        g: &mut DeviceBuf<D>,
-        gm: Mat,
+        g: ViewMut<'_, DeviceBuf<D>>,
         sums: &mut DeviceBuf<D>,
     ) -> Result<()> {
-        KernelBackend::bn_relu_maxpool_bwd(self, dy, dym, t, tm, shape, bn, g, gm, sums)
+        KernelBackend::bn_relu_maxpool_bwd(self, dy, t, shape, g, sums)
     }
 
     fn bn_relu_global_pool_fwd(
         &self,
-        x: &DeviceBuf<D>,
-        xm: Mat,
+        x: BnReluView<'_, DeviceBuf<D>>,
         shape: Spatial,
-        bn: BnRef<'_, DeviceBuf<D>>,
         pooled: &mut DeviceBuf<D>,
     ) -> Result<()> {
-        KernelBackend::bn_relu_global_pool_fwd(self, x, xm, shape, bn, pooled)
+        KernelBackend::bn_relu_global_pool_fwd(self, x, shape, pooled)
     }
 
     fn bn_relu_global_pool_bwd(
         &self,
         dpooled: &DeviceBuf<D>,
-        x: &DeviceBuf<D>,
-        xm: Mat,
+        x: BnReluView<'_, DeviceBuf<D>>,
         shape: Spatial,
-        bn: BnRef<'_, DeviceBuf<D>>,
-        dx: &mut DeviceBuf<D>,
-        dxm: Mat,
+        dx: ViewMut<'_, DeviceBuf<D>>,
         sums: &mut DeviceBuf<D>,
     ) -> Result<()> {
-        KernelBackend::bn_relu_global_pool_bwd(self, dpooled, x, xm, shape, bn, dx, dxm, sums)
+        KernelBackend::bn_relu_global_pool_bwd(self, dpooled, x, shape, dx, sums)
     }
 
     fn linear_fwd(
         &self,
-        x: &DeviceBuf<D>,
-        n: usize,
-        k: usize,
+        x: View<'_, DeviceBuf<D>>,
         w: At<'_, DeviceBuf<D>>,
         bias: At<'_, DeviceBuf<D>>,
-        out_features: usize,
-        y: &mut DeviceBuf<D>,
+        y: ViewMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
-        KernelBackend::linear_fwd(self, x, n, k, w, bias, out_features, y)
+        KernelBackend::linear_fwd(self, x, w, bias, y)
     }
 
     fn linear_bwd(
         &self,
-        dy: &DeviceBuf<D>,
-        x: &DeviceBuf<D>,
-        n: usize,
-        k: usize,
+        dy: View<'_, DeviceBuf<D>>,
+        x: View<'_, DeviceBuf<D>>,
         w: At<'_, DeviceBuf<D>>,
-        out_features: usize,
-        grads: &mut DeviceBuf<D>,
-        dw_off: usize,
-        dbias_off: usize,
-        dx: &mut DeviceBuf<D>,
+        grads: LinearGrads<'_, DeviceBuf<D>>,
+        dx: ViewMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
-        KernelBackend::linear_bwd(self, dy, x, n, k, w, out_features, grads, dw_off, dbias_off, dx)
+        KernelBackend::linear_bwd(self, dy, x, w, grads, dx)
     }
 
     fn softmax_xent(
         &self,
-        logits: &DeviceBuf<D>,
+        logits: View<'_, DeviceBuf<D>>,
         labels: &DeviceBuf<D>,
-        n: usize,
-        classes: usize,
         loss: &mut DeviceBuf<D>,
-        dlogits: &mut DeviceBuf<D>,
+        dlogits: ViewMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
-        KernelBackend::softmax_xent(self, logits, labels, n, classes, loss, dlogits)
+        KernelBackend::softmax_xent(self, logits, labels, loss, dlogits)
     }
 
     fn sgd_update(
@@ -383,91 +307,76 @@ impl<D: Device> Backend for KernelBackend<D> {
 
     fn copy_columns(
         &self,
-        src: &DeviceBuf<D>,
-        sm: Mat,
-        dst: &mut DeviceBuf<D>,
-        dm: Mat,
+        src: View<'_, DeviceBuf<D>>,
+        dst: ViewMut<'_, DeviceBuf<D>>,
         accumulate: bool,
     ) -> Result<()> {
-        KernelBackend::copy_columns(self, src, sm, dst, dm, accumulate)
+        KernelBackend::copy_columns(self, src, dst, accumulate)
     }
 
     fn bn_apply(
         &self,
-        x: &DeviceBuf<D>,
-        xm: Mat,
+        x: View<'_, DeviceBuf<D>>,
         bn: BnRef<'_, DeviceBuf<D>>,
-        y: &mut DeviceBuf<D>,
-        ym: Mat,
+        y: ViewMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
-        KernelBackend::bn_apply(self, x, xm, bn, y, ym)
+        KernelBackend::bn_apply(self, x, bn, y)
     }
 
-    fn relu_fwd(&self, x: &DeviceBuf<D>, xm: Mat, y: &mut DeviceBuf<D>, ym: Mat) -> Result<()> {
-        KernelBackend::relu_fwd(self, x, xm, y, ym)
+    fn relu_fwd(&self, x: View<'_, DeviceBuf<D>>, y: ViewMut<'_, DeviceBuf<D>>) -> Result<()> {
+        KernelBackend::relu_fwd(self, x, y)
     }
 
-    fn relu_bwd(&self, g: &mut DeviceBuf<D>, gm: Mat, x: &DeviceBuf<D>, xm: Mat) -> Result<()> {
-        KernelBackend::relu_bwd(self, g, gm, x, xm)
+    fn relu_bwd(&self, g: ViewMut<'_, DeviceBuf<D>>, x: View<'_, DeviceBuf<D>>) -> Result<()> {
+        KernelBackend::relu_bwd(self, g, x)
     }
 
     fn bn_grad_sums(
         &self,
-        g: &DeviceBuf<D>,
-        gm: Mat,
-        x: &DeviceBuf<D>,
-        xm: Mat,
+        g: View<'_, DeviceBuf<D>>,
+        x: View<'_, DeviceBuf<D>>,
         stats: StatsRef<'_, DeviceBuf<D>>,
         sums: &mut DeviceBuf<D>,
     ) -> Result<()> {
-        KernelBackend::bn_grad_sums(self, g, gm, x, xm, stats, sums)
+        KernelBackend::bn_grad_sums(self, g, x, stats, sums)
     }
 
     fn avg_pool_fwd(
         &self,
-        x: &DeviceBuf<D>,
-        xm: Mat,
+        x: View<'_, DeviceBuf<D>>,
         shape: Spatial,
         window: PoolWindow,
-        y: &mut DeviceBuf<D>,
-        ym: Mat,
+        y: ViewMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
-        KernelBackend::avg_pool_fwd(self, x, xm, shape, window, y, ym)
+        KernelBackend::avg_pool_fwd(self, x, shape, window, y)
     }
 
     fn avg_pool_bwd(
         &self,
-        dy: &DeviceBuf<D>,
-        dym: Mat,
+        dy: View<'_, DeviceBuf<D>>,
         shape: Spatial,
         window: PoolWindow,
-        dx: &mut DeviceBuf<D>,
-        dxm: Mat,
+        dx: ViewMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
-        KernelBackend::avg_pool_bwd(self, dy, dym, shape, window, dx, dxm)
+        KernelBackend::avg_pool_bwd(self, dy, shape, window, dx)
     }
 
     fn max_pool_fwd(
         &self,
-        x: &DeviceBuf<D>,
-        xm: Mat,
+        x: View<'_, DeviceBuf<D>>,
         shape: Spatial,
-        y: &mut DeviceBuf<D>,
-        ym: Mat,
+        y: ViewMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
-        KernelBackend::max_pool_fwd(self, x, xm, shape, y, ym)
+        KernelBackend::max_pool_fwd(self, x, shape, y)
     }
 
     fn max_pool_bwd(
         &self,
-        dy: &DeviceBuf<D>,
-        dym: Mat,
-        x: &DeviceBuf<D>,
-        xm: Mat,
+        dy: View<'_, DeviceBuf<D>>,
+        x: View<'_, DeviceBuf<D>>,
         shape: Spatial,
-        dx: &mut DeviceBuf<D>,
-        dxm: Mat,
+        dx: ViewMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
-        KernelBackend::max_pool_bwd(self, dy, dym, x, xm, shape, dx, dxm)
+        KernelBackend::max_pool_bwd(self, dy, x, shape, dx)
     }
 }

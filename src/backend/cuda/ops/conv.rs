@@ -7,7 +7,8 @@ use crate::backend::cuda::device::{Device, LaunchCfg};
 use crate::backend::cuda::params::conv::ConvParams;
 use crate::backend::cuda::{DeviceBuf, KernelBackend, u32_of};
 use crate::backend::validate;
-use crate::backend::{At, ConvGeom, Mat, Spatial};
+use crate::backend::{At, ConvGeom, Spatial};
+use crate::backend::{AtMut, View, ViewMut};
 use crate::error::{Error, Result};
 
 /// Threads per block of the three kernels (`conv::kThreads`).
@@ -64,18 +65,17 @@ fn conv_params(
 
 impl<D: Device> KernelBackend<D> {
     /// See `Backend::conv_fwd`.
-    #[allow(clippy::too_many_arguments)]
     pub fn conv_fwd(
         &self,
-        x: &DeviceBuf<D>,
-        xm: Mat,
+        x: View<'_, DeviceBuf<D>>,
         shape: Spatial,
         geom: ConvGeom,
         w: At<'_, DeviceBuf<D>>,
-        y: &mut DeviceBuf<D>,
-        ym: Mat,
+        y: ViewMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
-        validate::conv_fwd(x, xm, shape, geom, w, y, ym)?;
+        validate::conv_fwd(&x, shape, geom, w, &y)?;
+        let View { buf: x, mat: xm } = x;
+        let ViewMut { buf: y, mat: ym } = y;
         let (p, out) = conv_params(shape, geom, xm.cols, ym.cols, xm.ld, ym.ld)?;
         if out.pixels() == 0 || ym.cols == 0 {
             return Ok(());
@@ -93,19 +93,18 @@ impl<D: Device> KernelBackend<D> {
     }
 
     /// See `Backend::conv_wgrad`.
-    #[allow(clippy::too_many_arguments)]
     pub fn conv_wgrad(
         &self,
-        x: &DeviceBuf<D>,
-        xm: Mat,
+        x: View<'_, DeviceBuf<D>>,
         shape: Spatial,
         geom: ConvGeom,
-        dy: &DeviceBuf<D>,
-        dym: Mat,
-        dw: &mut DeviceBuf<D>,
-        dw_off: usize,
+        dy: View<'_, DeviceBuf<D>>,
+        dw: AtMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
-        validate::conv_wgrad(x, xm, shape, geom, dy, dym, dw, dw_off)?;
+        validate::conv_wgrad(&x, shape, geom, &dy, &dw)?;
+        let View { buf: x, mat: xm } = x;
+        let View { buf: dy, mat: dym } = dy;
+        let AtMut { buf: dw, offset: dw_off } = dw;
         let (mut p, out) = conv_params(shape, geom, xm.cols, dym.cols, xm.ld, dym.ld)?;
         let cols = geom.kernel * geom.kernel * xm.cols;
         let len = dym.cols * cols;
@@ -133,18 +132,17 @@ impl<D: Device> KernelBackend<D> {
     }
 
     /// See `Backend::conv_dgrad`. Kernels up to 22×22 (k² ≤ 512).
-    #[allow(clippy::too_many_arguments)]
     pub fn conv_dgrad(
         &self,
-        dy: &DeviceBuf<D>,
-        dym: Mat,
+        dy: View<'_, DeviceBuf<D>>,
         shape: Spatial,
         geom: ConvGeom,
         w: At<'_, DeviceBuf<D>>,
-        dx: &mut DeviceBuf<D>,
-        dxm: Mat,
+        dx: ViewMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
-        validate::conv_dgrad(dy, dym, shape, geom, w, dx, dxm)?;
+        validate::conv_dgrad(&dy, shape, geom, w, &dx)?;
+        let View { buf: dy, mat: dym } = dy;
+        let ViewMut { buf: dx, mat: dxm } = dx;
         let (p, _) = conv_params(shape, geom, dxm.cols, dym.cols, dxm.ld, dym.ld)?;
         if geom.kernel * geom.kernel > DGRAD_PAIRS {
             return Err(Error::Shape(format!(

@@ -8,7 +8,8 @@ use crate::backend::cuda::device::{Device, LaunchCfg};
 use crate::backend::cuda::params::conv1x1::Conv1x1Params;
 use crate::backend::cuda::{DeviceBuf, KernelBackend, SCRATCH_FLOATS, u32_of};
 use crate::backend::validate;
-use crate::backend::{At, BnRef, Mat};
+use crate::backend::{At, Mat};
+use crate::backend::{AtMut, BnReluView, View, ViewMut};
 use crate::error::Result;
 
 /// Threadblock tile of `kernels/fused_gemm.cuh` (`kTileM` = `kTileN`), its reduction step
@@ -142,14 +143,13 @@ impl<D: Device> KernelBackend<D> {
     /// See `Backend::bn_relu_conv1x1_fwd`.
     pub fn bn_relu_conv1x1_fwd(
         &self,
-        x: &DeviceBuf<D>,
-        xm: Mat,
-        bn: BnRef<'_, DeviceBuf<D>>,
+        x: BnReluView<'_, DeviceBuf<D>>,
         w: At<'_, DeviceBuf<D>>,
-        z: &mut DeviceBuf<D>,
-        zm: Mat,
+        z: ViewMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
-        validate::bn_relu_conv1x1_fwd(x, xm, bn, w, z, zm)?;
+        validate::bn_relu_conv1x1_fwd(&x, w, &z)?;
+        let BnReluView { x: View { buf: x, mat: xm }, bn } = x;
+        let ViewMut { buf: z, mat: zm } = z;
         if zm.rows == 0 || zm.cols == 0 {
             return Ok(());
         }
@@ -170,18 +170,16 @@ impl<D: Device> KernelBackend<D> {
     }
 
     /// See `Backend::bn_relu_conv1x1_wgrad`.
-    #[allow(clippy::too_many_arguments)]
     pub fn bn_relu_conv1x1_wgrad(
         &self,
-        x: &DeviceBuf<D>,
-        xm: Mat,
-        bn: BnRef<'_, DeviceBuf<D>>,
-        dz: &DeviceBuf<D>,
-        dzm: Mat,
-        dw: &mut DeviceBuf<D>,
-        dw_off: usize,
+        x: BnReluView<'_, DeviceBuf<D>>,
+        dz: View<'_, DeviceBuf<D>>,
+        dw: AtMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
-        validate::bn_relu_conv1x1_wgrad(x, xm, bn, dz, dzm, dw, dw_off)?;
+        validate::bn_relu_conv1x1_wgrad(&x, &dz, &dw)?;
+        let BnReluView { x: View { buf: x, mat: xm }, bn } = x;
+        let View { buf: dz, mat: dzm } = dz;
+        let AtMut { buf: dw, offset: dw_off } = dw;
         if xm.rows == 0 || xm.cols == 0 || dzm.cols == 0 {
             return Ok(());
         }
@@ -206,21 +204,19 @@ impl<D: Device> KernelBackend<D> {
     }
 
     /// See `Backend::bn_relu_conv1x1_dgrad`.
-    #[allow(clippy::too_many_arguments)]
     pub fn bn_relu_conv1x1_dgrad(
         &self,
-        dz: &DeviceBuf<D>,
-        dzm: Mat,
+        dz: View<'_, DeviceBuf<D>>,
         w: At<'_, DeviceBuf<D>>,
-        x: &DeviceBuf<D>,
-        xm: Mat,
-        bn: BnRef<'_, DeviceBuf<D>>,
-        dx: &mut DeviceBuf<D>,
-        dxm: Mat,
+        x: BnReluView<'_, DeviceBuf<D>>,
+        dx: ViewMut<'_, DeviceBuf<D>>,
         accumulate: bool,
         sums: &mut DeviceBuf<D>,
     ) -> Result<()> {
-        validate::bn_relu_conv1x1_dgrad(dz, dzm, w, x, xm, bn, dx, dxm, sums)?;
+        validate::bn_relu_conv1x1_dgrad(&dz, w, &x, &dx, sums)?;
+        let View { buf: dz, mat: dzm } = dz;
+        let BnReluView { x: View { buf: x, mat: xm }, bn } = x;
+        let ViewMut { buf: dx, mat: dxm } = dx;
         if xm.cols == 0 {
             return Ok(());
         }

@@ -7,7 +7,8 @@ use crate::backend::cuda::device::{Device, LaunchCfg};
 use crate::backend::cuda::params::conv3x3::Conv3x3Params;
 use crate::backend::cuda::{DeviceBuf, KernelBackend, SCRATCH_FLOATS, u32_of};
 use crate::backend::validate;
-use crate::backend::{At, BnRef, Mat, Spatial};
+use crate::backend::{At, Spatial};
+use crate::backend::{AtMut, BnReluView, View, ViewMut};
 use crate::error::{Error, Result};
 
 /// Threads per block of the three conv3x3 kernels (`conv3x3::kThreads`).
@@ -76,18 +77,16 @@ pub(super) fn dgrad_pixel_blocks(pixels: usize, rows: usize, c_in: usize) -> usi
 
 impl<D: Device> KernelBackend<D> {
     /// See `Backend::bn_relu_conv3x3_fwd`.
-    #[allow(clippy::too_many_arguments)]
     pub fn bn_relu_conv3x3_fwd(
         &self,
-        z: &DeviceBuf<D>,
-        zm: Mat,
+        z: BnReluView<'_, DeviceBuf<D>>,
         shape: Spatial,
-        bn: BnRef<'_, DeviceBuf<D>>,
         w: At<'_, DeviceBuf<D>>,
-        y: &mut DeviceBuf<D>,
-        ym: Mat,
+        y: ViewMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
-        validate::bn_relu_conv3x3_fwd(z, zm, shape, bn, w, y, ym)?;
+        validate::bn_relu_conv3x3_fwd(&z, shape, w, &y)?;
+        let BnReluView { x: View { buf: z, mat: zm }, bn } = z;
+        let ViewMut { buf: y, mat: ym } = y;
         let (c_in, c_out) = (zm.cols, ym.cols);
         if c_in > MAX_CHANNELS {
             return Err(Error::Shape(format!(
@@ -134,19 +133,17 @@ impl<D: Device> KernelBackend<D> {
     }
 
     /// See `Backend::bn_relu_conv3x3_wgrad`.
-    #[allow(clippy::too_many_arguments)]
     pub fn bn_relu_conv3x3_wgrad(
         &self,
-        z: &DeviceBuf<D>,
-        zm: Mat,
+        z: BnReluView<'_, DeviceBuf<D>>,
         shape: Spatial,
-        bn: BnRef<'_, DeviceBuf<D>>,
-        dy: &DeviceBuf<D>,
-        dym: Mat,
-        dw: &mut DeviceBuf<D>,
-        dw_off: usize,
+        dy: View<'_, DeviceBuf<D>>,
+        dw: AtMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
-        validate::bn_relu_conv3x3_wgrad(z, zm, shape, bn, dy, dym, dw, dw_off)?;
+        validate::bn_relu_conv3x3_wgrad(&z, shape, &dy, &dw)?;
+        let BnReluView { x: View { buf: z, mat: zm }, bn } = z;
+        let View { buf: dy, mat: dym } = dy;
+        let AtMut { buf: dw, offset: dw_off } = dw;
         let (c_in, c_out, pixels) = (zm.cols, dym.cols, shape.pixels());
         let len = c_out * 9 * c_in;
         let [n, h, width] = spatial_u32(shape, "conv3x3 wgrad")?;
@@ -188,21 +185,19 @@ impl<D: Device> KernelBackend<D> {
     }
 
     /// See `Backend::bn_relu_conv3x3_dgrad`.
-    #[allow(clippy::too_many_arguments)]
     pub fn bn_relu_conv3x3_dgrad(
         &self,
-        dy: &DeviceBuf<D>,
-        dym: Mat,
+        dy: View<'_, DeviceBuf<D>>,
         shape: Spatial,
         w: At<'_, DeviceBuf<D>>,
-        z: &DeviceBuf<D>,
-        zm: Mat,
-        bn: BnRef<'_, DeviceBuf<D>>,
-        g: &mut DeviceBuf<D>,
-        gm: Mat,
+        z: BnReluView<'_, DeviceBuf<D>>,
+        g: ViewMut<'_, DeviceBuf<D>>,
         sums: &mut DeviceBuf<D>,
     ) -> Result<()> {
-        validate::bn_relu_conv3x3_dgrad(dy, dym, shape, w, z, zm, bn, g, gm, sums)?;
+        validate::bn_relu_conv3x3_dgrad(&dy, shape, w, &z, &g, sums)?;
+        let View { buf: dy, mat: dym } = dy;
+        let BnReluView { x: View { buf: z, mat: zm }, bn } = z;
+        let ViewMut { buf: g, mat: gm } = g;
         let (c_in, c_out, pixels) = (zm.cols, dym.cols, shape.pixels());
         let [n, h, width] = spatial_u32(shape, "conv3x3 dgrad")?;
         if c_in == 0 {

@@ -8,7 +8,8 @@ use crate::backend::cuda::params::{
 };
 use crate::backend::cuda::{DeviceBuf, KernelBackend, SCRATCH_FLOATS, u32_of};
 use crate::backend::validate;
-use crate::backend::{BN_MOMENTUM, BnGradTarget, BnRef, Mat, SgdParams, StatsRef};
+use crate::backend::{BN_MOMENTUM, BnGradTarget, BnRef, SgdParams, StatsRef};
+use crate::backend::{BnSums, StatsMut, View, ViewMut};
 use crate::error::Result;
 
 /// Fewest rows per run of `channel_stats` (enough work to amortise a block).
@@ -28,15 +29,10 @@ pub(super) fn stats_split(rows: usize, cols: usize) -> (usize, usize) {
 
 impl<D: Device> KernelBackend<D> {
     /// See `Backend::channel_stats`.
-    pub fn channel_stats(
-        &self,
-        x: &DeviceBuf<D>,
-        xm: Mat,
-        out: &mut DeviceBuf<D>,
-        mean: usize,
-        var: usize,
-    ) -> Result<()> {
-        validate::channel_stats(x, xm, out, mean, var)?;
+    pub fn channel_stats(&self, x: View<'_, DeviceBuf<D>>, out: StatsMut<'_, DeviceBuf<D>>) -> Result<()> {
+        validate::channel_stats(&x, &out)?;
+        let View { buf: x, mat: xm } = x;
+        let StatsMut { stats: out, mean, var } = out;
         if xm.cols == 0 {
             return Ok(());
         }
@@ -74,11 +70,10 @@ impl<D: Device> KernelBackend<D> {
         batch: StatsRef<'_, DeviceBuf<D>>,
         channels: usize,
         count: usize,
-        running: &mut DeviceBuf<D>,
-        run_mean: usize,
-        run_var: usize,
+        running: StatsMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
-        validate::update_running_stats(batch, channels, running, run_mean, run_var)?;
+        validate::update_running_stats(batch, channels, &running)?;
+        let StatsMut { stats: running, mean: run_mean, var: run_var } = running;
         let p = RunningStatsParams {
             channels: u32_of(channels, "channels")?,
             count: u32_of(count, "count")?,
@@ -104,14 +99,14 @@ impl<D: Device> KernelBackend<D> {
     /// See `Backend::bn_backward_elementwise`.
     pub fn bn_backward_elementwise(
         &self,
-        g: &mut DeviceBuf<D>,
-        gm: Mat,
-        x: &DeviceBuf<D>,
-        xm: Mat,
+        g: ViewMut<'_, DeviceBuf<D>>,
+        x: View<'_, DeviceBuf<D>>,
         bn: BnRef<'_, DeviceBuf<D>>,
         sums: &DeviceBuf<D>,
     ) -> Result<()> {
-        validate::bn_backward_elementwise(g, gm, x, xm, bn, sums)?;
+        validate::bn_backward_elementwise(&g, &x, bn, sums)?;
+        let ViewMut { buf: g, mat: gm } = g;
+        let View { buf: x, mat: xm } = x;
         let p = BnElementwiseParams {
             rows: u32_of(gm.rows, "rows")?,
             cols: u32_of(gm.cols, "cols")?,
@@ -129,18 +124,16 @@ impl<D: Device> KernelBackend<D> {
     }
 
     /// See `Backend::bn_grad_fold`.
-    #[allow(clippy::too_many_arguments)]
     pub fn bn_grad_fold(
         &self,
-        sums: &DeviceBuf<D>,
-        channels: usize,
-        count: usize,
+        sums: BnSums<'_, DeviceBuf<D>>,
         bn: BnRef<'_, DeviceBuf<D>>,
         grads: &mut DeviceBuf<D>,
         corr: &mut DeviceBuf<D>,
         target: BnGradTarget,
     ) -> Result<()> {
-        validate::bn_grad_fold(sums, channels, bn, grads, corr, target)?;
+        validate::bn_grad_fold(&sums, bn, grads, corr, target)?;
+        let BnSums { sums, channels, count } = sums;
         let (alpha, beta) = target.correction.unwrap_or((0, 0));
         let p = BnFoldParams {
             channels: u32_of(channels, "channels")?,
@@ -165,19 +158,18 @@ impl<D: Device> KernelBackend<D> {
     }
 
     /// See `Backend::bn_correction`.
-    #[allow(clippy::too_many_arguments)]
     pub fn bn_correction(
         &self,
-        g: &mut DeviceBuf<D>,
-        gm: Mat,
-        x: &DeviceBuf<D>,
-        xm: Mat,
+        g: ViewMut<'_, DeviceBuf<D>>,
+        x: View<'_, DeviceBuf<D>>,
         stats: StatsRef<'_, DeviceBuf<D>>,
         corr: &DeviceBuf<D>,
         alpha: usize,
         beta: usize,
     ) -> Result<()> {
-        validate::bn_correction(g, gm, x, xm, stats, corr, alpha, beta)?;
+        validate::bn_correction(&g, &x, stats, corr, alpha, beta)?;
+        let ViewMut { buf: g, mat: gm } = g;
+        let View { buf: x, mat: xm } = x;
         let p = BnElementwiseParams {
             rows: u32_of(gm.rows, "rows")?,
             cols: u32_of(gm.cols, "cols")?,
@@ -200,14 +192,13 @@ impl<D: Device> KernelBackend<D> {
     /// See `Backend::softmax_xent`. A label that is not a class index gives a NaN loss.
     pub fn softmax_xent(
         &self,
-        logits: &DeviceBuf<D>,
+        logits: View<'_, DeviceBuf<D>>,
         labels: &DeviceBuf<D>,
-        n: usize,
-        classes: usize,
         loss: &mut DeviceBuf<D>,
-        dlogits: &mut DeviceBuf<D>,
+        dlogits: ViewMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
-        validate::softmax_xent(logits, labels, n, classes, loss, dlogits)?;
+        let (n, classes) = validate::softmax_xent(logits, labels, loss, dlogits.as_view())?;
+        let (logits, dlogits) = (logits.buf, dlogits.buf);
         let p = SoftmaxXentParams { rows: u32_of(n, "batch")?, classes: u32_of(classes, "classes")? };
         let addrs = [self.addr(logits, 0), self.addr(labels, 0), self.addr(loss, 0), self.addr(dlogits, 0)];
         // SAFETY: logits/dlogits cover n × classes, labels n, loss 1 (checked above).

@@ -5,6 +5,7 @@ use crate::backend::cuda::device::{Device, LaunchCfg};
 use crate::backend::cuda::params::head::LinearParams;
 use crate::backend::cuda::{DeviceBuf, KernelBackend, u32_of};
 use crate::backend::validate;
+use crate::backend::{LinearGrads, View, ViewMut};
 use crate::error::Result;
 
 /// Threads of a warp: `linear_fwd_f32` runs one warp per output.
@@ -20,18 +21,15 @@ fn linear_params(n: usize, k: usize, out_features: usize) -> Result<LinearParams
 
 impl<D: Device> KernelBackend<D> {
     /// See `Backend::linear_fwd`.
-    #[allow(clippy::too_many_arguments)]
     pub fn linear_fwd(
         &self,
-        x: &DeviceBuf<D>,
-        n: usize,
-        k: usize,
+        x: View<'_, DeviceBuf<D>>,
         w: At<'_, DeviceBuf<D>>,
         bias: At<'_, DeviceBuf<D>>,
-        out_features: usize,
-        y: &mut DeviceBuf<D>,
+        y: ViewMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
-        validate::linear_fwd(x, n, k, w, bias, out_features, y)?;
+        let (n, k, out_features) = validate::linear_fwd(x, w, bias, y.as_view())?;
+        let (x, y) = (x.buf, y.buf);
         if n * out_features == 0 {
             return Ok(());
         }
@@ -44,21 +42,18 @@ impl<D: Device> KernelBackend<D> {
     }
 
     /// See `Backend::linear_bwd`.
-    #[allow(clippy::too_many_arguments)]
     pub fn linear_bwd(
         &self,
-        dy: &DeviceBuf<D>,
-        x: &DeviceBuf<D>,
-        n: usize,
-        k: usize,
+        dy: View<'_, DeviceBuf<D>>,
+        x: View<'_, DeviceBuf<D>>,
         w: At<'_, DeviceBuf<D>>,
-        out_features: usize,
-        grads: &mut DeviceBuf<D>,
-        dw_off: usize,
-        dbias_off: usize,
-        dx: &mut DeviceBuf<D>,
+        grads: LinearGrads<'_, DeviceBuf<D>>,
+        dx: ViewMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
-        validate::linear_bwd(dy, x, n, k, w, out_features, grads, dw_off, dbias_off, dx)?;
+        let (n, k, out_features) =
+            validate::linear_bwd(dy, x, w, grads.grads, grads.dw, grads.dbias, dx.as_view())?;
+        let LinearGrads { grads, dw: dw_off, dbias: dbias_off } = grads;
+        let (dy, x, dx) = (dy.buf, x.buf, dx.buf);
         // One thread per element of [dW | dbias] (out × (k + 1)), then one per element of dx.
         let threads = out_features * (k + 1) + n * k;
         if threads == 0 {

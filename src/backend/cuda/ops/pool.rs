@@ -7,7 +7,8 @@ use crate::backend::cuda::device::{Device, LaunchCfg};
 use crate::backend::cuda::params::pool::{GlobalPoolParams, MaxPoolParams};
 use crate::backend::cuda::{DeviceBuf, KernelBackend, SCRATCH_FLOATS, u32_of};
 use crate::backend::validate;
-use crate::backend::{BnRef, Mat, Spatial};
+use crate::backend::{BnReluView, View, ViewMut};
+use crate::backend::{Mat, Spatial};
 use crate::config::conv_out;
 use crate::error::{Error, Result};
 
@@ -88,14 +89,13 @@ impl<D: Device> KernelBackend<D> {
     /// See `Backend::bn_relu_maxpool_fwd`.
     pub fn bn_relu_maxpool_fwd(
         &self,
-        t: &DeviceBuf<D>,
-        tm: Mat,
+        t: BnReluView<'_, DeviceBuf<D>>,
         shape: Spatial,
-        bn: BnRef<'_, DeviceBuf<D>>,
-        y: &mut DeviceBuf<D>,
-        ym: Mat,
+        y: ViewMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
-        validate::bn_relu_maxpool_fwd(t, tm, shape, bn, y, ym)?;
+        validate::bn_relu_maxpool_fwd(&t, shape, &y)?;
+        let BnReluView { x: View { buf: t, mat: tm }, bn } = t;
+        let ViewMut { buf: y, mat: ym } = y;
         let p = max_pool_params(tm, shape, ym.ld, 0, 0)?;
         let [mean, var, gamma, beta] = self.bn_addresses(bn);
         let addrs = [self.addr(t, tm.offset), mean, var, gamma, beta, self.addr(y, ym.offset)];
@@ -107,20 +107,18 @@ impl<D: Device> KernelBackend<D> {
     }
 
     /// See `Backend::bn_relu_maxpool_bwd`.
-    #[allow(clippy::too_many_arguments)]
     pub fn bn_relu_maxpool_bwd(
         &self,
-        dy: &DeviceBuf<D>,
-        dym: Mat,
-        t: &DeviceBuf<D>,
-        tm: Mat,
+        dy: View<'_, DeviceBuf<D>>,
+        t: BnReluView<'_, DeviceBuf<D>>,
         shape: Spatial,
-        bn: BnRef<'_, DeviceBuf<D>>,
-        g: &mut DeviceBuf<D>,
-        gm: Mat,
+        g: ViewMut<'_, DeviceBuf<D>>,
         sums: &mut DeviceBuf<D>,
     ) -> Result<()> {
-        validate::bn_relu_maxpool_bwd(dy, dym, t, tm, shape, bn, g, gm, sums)?;
+        validate::bn_relu_maxpool_bwd(&dy, &t, shape, &g, sums)?;
+        let View { buf: dy, mat: dym } = dy;
+        let BnReluView { x: View { buf: t, mat: tm }, bn } = t;
+        let ViewMut { buf: g, mat: gm } = g;
         let tiles = SumTiles::new(tm.rows, tm.cols)?;
         let p = max_pool_params(tm, shape, dym.ld, gm.ld, tiles.tile_rows)?;
         let [mean, var, gamma, beta] = self.bn_addresses(bn);
@@ -142,13 +140,12 @@ impl<D: Device> KernelBackend<D> {
     /// See `Backend::bn_relu_global_pool_fwd`.
     pub fn bn_relu_global_pool_fwd(
         &self,
-        x: &DeviceBuf<D>,
-        xm: Mat,
+        x: BnReluView<'_, DeviceBuf<D>>,
         shape: Spatial,
-        bn: BnRef<'_, DeviceBuf<D>>,
         pooled: &mut DeviceBuf<D>,
     ) -> Result<()> {
-        validate::bn_relu_global_pool_fwd(x, xm, shape, bn, pooled)?;
+        validate::bn_relu_global_pool_fwd(&x, shape, pooled)?;
+        let BnReluView { x: View { buf: x, mat: xm }, bn } = x;
         let p = global_pool_params(xm, shape, 0, 0)?;
         let [mean, var, gamma, beta] = self.bn_addresses(bn);
         let addrs = [self.addr(x, xm.offset), mean, var, gamma, beta, self.addr(pooled, 0)];
@@ -161,19 +158,17 @@ impl<D: Device> KernelBackend<D> {
     }
 
     /// See `Backend::bn_relu_global_pool_bwd`.
-    #[allow(clippy::too_many_arguments)]
     pub fn bn_relu_global_pool_bwd(
         &self,
         dpooled: &DeviceBuf<D>,
-        x: &DeviceBuf<D>,
-        xm: Mat,
+        x: BnReluView<'_, DeviceBuf<D>>,
         shape: Spatial,
-        bn: BnRef<'_, DeviceBuf<D>>,
-        dx: &mut DeviceBuf<D>,
-        dxm: Mat,
+        dx: ViewMut<'_, DeviceBuf<D>>,
         sums: &mut DeviceBuf<D>,
     ) -> Result<()> {
-        validate::bn_relu_global_pool_bwd(dpooled, x, xm, shape, bn, dx, dxm, sums)?;
+        validate::bn_relu_global_pool_bwd(dpooled, &x, shape, &dx, sums)?;
+        let BnReluView { x: View { buf: x, mat: xm }, bn } = x;
+        let ViewMut { buf: dx, mat: dxm } = dx;
         let tiles = SumTiles::new(xm.rows, xm.cols)?;
         let p = global_pool_params(xm, shape, dxm.ld, tiles.tile_rows)?;
         let [mean, var, gamma, beta] = self.bn_addresses(bn);

@@ -6,7 +6,8 @@ use crate::backend::cuda::device::Device;
 use crate::backend::cuda::params::transition::TransitionParams;
 use crate::backend::cuda::{DeviceBuf, KernelBackend, u32_of};
 use crate::backend::validate;
-use crate::backend::{At, BnRef, Mat, Spatial};
+use crate::backend::{At, Mat, Spatial};
+use crate::backend::{AtMut, BnReluView, View, ViewMut};
 use crate::error::Result;
 
 /// The params of a transition from x (`xm`, spatial `shape`) to y or dy (`ym`).
@@ -34,18 +35,16 @@ fn transition_params(
 
 impl<D: Device> KernelBackend<D> {
     /// See `Backend::bn_relu_avgpool_conv1x1_fwd`.
-    #[allow(clippy::too_many_arguments)]
     pub fn bn_relu_avgpool_conv1x1_fwd(
         &self,
-        x: &DeviceBuf<D>,
-        xm: Mat,
+        x: BnReluView<'_, DeviceBuf<D>>,
         shape: Spatial,
-        bn: BnRef<'_, DeviceBuf<D>>,
         w: At<'_, DeviceBuf<D>>,
-        y: &mut DeviceBuf<D>,
-        ym: Mat,
+        y: ViewMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
-        validate::bn_relu_avgpool_conv1x1_fwd(x, xm, shape, bn, w, y, ym)?;
+        validate::bn_relu_avgpool_conv1x1_fwd(&x, shape, w, &y)?;
+        let BnReluView { x: View { buf: x, mat: xm }, bn } = x;
+        let ViewMut { buf: y, mat: ym } = y;
         if ym.rows == 0 || ym.cols == 0 {
             return Ok(());
         }
@@ -68,19 +67,17 @@ impl<D: Device> KernelBackend<D> {
     }
 
     /// See `Backend::bn_relu_avgpool_conv1x1_wgrad`.
-    #[allow(clippy::too_many_arguments)]
     pub fn bn_relu_avgpool_conv1x1_wgrad(
         &self,
-        x: &DeviceBuf<D>,
-        xm: Mat,
+        x: BnReluView<'_, DeviceBuf<D>>,
         shape: Spatial,
-        bn: BnRef<'_, DeviceBuf<D>>,
-        dy: &DeviceBuf<D>,
-        dym: Mat,
-        dw: &mut DeviceBuf<D>,
-        dw_off: usize,
+        dy: View<'_, DeviceBuf<D>>,
+        dw: AtMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
-        validate::bn_relu_avgpool_conv1x1_wgrad(x, xm, shape, bn, dy, dym, dw, dw_off)?;
+        validate::bn_relu_avgpool_conv1x1_wgrad(&x, shape, &dy, &dw)?;
+        let BnReluView { x: View { buf: x, mat: xm }, bn } = x;
+        let View { buf: dy, mat: dym } = dy;
+        let AtMut { buf: dw, offset: dw_off } = dw;
         if dym.rows == 0 || xm.cols == 0 || dym.cols == 0 {
             return Ok(());
         }
@@ -105,21 +102,19 @@ impl<D: Device> KernelBackend<D> {
     }
 
     /// See `Backend::bn_relu_avgpool_conv1x1_dgrad`.
-    #[allow(clippy::too_many_arguments)]
     pub fn bn_relu_avgpool_conv1x1_dgrad(
         &self,
-        dy: &DeviceBuf<D>,
-        dym: Mat,
+        dy: View<'_, DeviceBuf<D>>,
         w: At<'_, DeviceBuf<D>>,
-        x: &DeviceBuf<D>,
-        xm: Mat,
+        x: BnReluView<'_, DeviceBuf<D>>,
         shape: Spatial,
-        bn: BnRef<'_, DeviceBuf<D>>,
-        dx: &mut DeviceBuf<D>,
-        dxm: Mat,
+        dx: ViewMut<'_, DeviceBuf<D>>,
         sums: &mut DeviceBuf<D>,
     ) -> Result<()> {
-        validate::bn_relu_avgpool_conv1x1_dgrad(dy, dym, w, x, xm, shape, bn, dx, dxm, sums)?;
+        validate::bn_relu_avgpool_conv1x1_dgrad(&dy, w, &x, shape, &dx, sums)?;
+        let View { buf: dy, mat: dym } = dy;
+        let BnReluView { x: View { buf: x, mat: xm }, bn } = x;
+        let ViewMut { buf: dx, mat: dxm } = dx;
         if xm.cols == 0 {
             return Ok(());
         }

@@ -7,6 +7,7 @@ use crate::backend::cuda::params::unfused::{UnfusedParams, UnfusedPoolParams};
 use crate::backend::cuda::{DeviceBuf, KernelBackend, u32_of};
 use crate::backend::validate;
 use crate::backend::{BnRef, Mat, PoolWindow, Spatial, StatsRef};
+use crate::backend::{View, ViewMut};
 use crate::error::Result;
 
 /// Params of an elementwise op reading `xm` and writing (or reading) `ym`.
@@ -53,13 +54,13 @@ impl<D: Device> KernelBackend<D> {
     /// See `Backend::copy_columns`.
     pub fn copy_columns(
         &self,
-        src: &DeviceBuf<D>,
-        sm: Mat,
-        dst: &mut DeviceBuf<D>,
-        dm: Mat,
+        src: View<'_, DeviceBuf<D>>,
+        dst: ViewMut<'_, DeviceBuf<D>>,
         accumulate: bool,
     ) -> Result<()> {
-        validate::copy_columns(src, sm, dst, dm)?;
+        validate::copy_columns(&src, &dst)?;
+        let View { buf: src, mat: sm } = src;
+        let ViewMut { buf: dst, mat: dm } = dst;
         let p = unfused_params(sm, dm, accumulate, 0)?;
         let addrs = [self.addr(src, sm.offset), self.addr(dst, dm.offset)];
         // SAFETY: src covers sm, dst covers dm, of the same shape (checked above).
@@ -69,13 +70,13 @@ impl<D: Device> KernelBackend<D> {
     /// See `Backend::bn_apply`.
     pub fn bn_apply(
         &self,
-        x: &DeviceBuf<D>,
-        xm: Mat,
+        x: View<'_, DeviceBuf<D>>,
         bn: BnRef<'_, DeviceBuf<D>>,
-        y: &mut DeviceBuf<D>,
-        ym: Mat,
+        y: ViewMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
-        validate::bn_apply(x, xm, bn, y, ym)?;
+        validate::bn_apply(&x, bn, &y)?;
+        let View { buf: x, mat: xm } = x;
+        let ViewMut { buf: y, mat: ym } = y;
         let p = unfused_params(xm, ym, false, 0)?;
         let [mean, var, gamma, beta] = self.bn_addresses(bn);
         let addrs = [self.addr(x, xm.offset), mean, var, gamma, beta, self.addr(y, ym.offset)];
@@ -84,8 +85,10 @@ impl<D: Device> KernelBackend<D> {
     }
 
     /// See `Backend::relu_fwd`.
-    pub fn relu_fwd(&self, x: &DeviceBuf<D>, xm: Mat, y: &mut DeviceBuf<D>, ym: Mat) -> Result<()> {
-        validate::relu_fwd(x, xm, y, ym)?;
+    pub fn relu_fwd(&self, x: View<'_, DeviceBuf<D>>, y: ViewMut<'_, DeviceBuf<D>>) -> Result<()> {
+        validate::relu_fwd(&x, &y)?;
+        let View { buf: x, mat: xm } = x;
+        let ViewMut { buf: y, mat: ym } = y;
         let p = unfused_params(xm, ym, false, 0)?;
         let addrs = [self.addr(x, xm.offset), self.addr(y, ym.offset)];
         // SAFETY: x covers xm, y covers ym, of the same shape (checked above).
@@ -93,8 +96,10 @@ impl<D: Device> KernelBackend<D> {
     }
 
     /// See `Backend::relu_bwd`.
-    pub fn relu_bwd(&self, g: &mut DeviceBuf<D>, gm: Mat, x: &DeviceBuf<D>, xm: Mat) -> Result<()> {
-        validate::relu_bwd(g, gm, x, xm)?;
+    pub fn relu_bwd(&self, g: ViewMut<'_, DeviceBuf<D>>, x: View<'_, DeviceBuf<D>>) -> Result<()> {
+        validate::relu_bwd(&g, &x)?;
+        let ViewMut { buf: g, mat: gm } = g;
+        let View { buf: x, mat: xm } = x;
         let p = unfused_params(xm, gm, false, 0)?;
         let addrs = [self.addr(g, gm.offset), self.addr(x, xm.offset)];
         // SAFETY: g covers gm, x covers xm, of the same shape (checked above).
@@ -104,14 +109,14 @@ impl<D: Device> KernelBackend<D> {
     /// See `Backend::bn_grad_sums`.
     pub fn bn_grad_sums(
         &self,
-        g: &DeviceBuf<D>,
-        gm: Mat,
-        x: &DeviceBuf<D>,
-        xm: Mat,
+        g: View<'_, DeviceBuf<D>>,
+        x: View<'_, DeviceBuf<D>>,
         stats: StatsRef<'_, DeviceBuf<D>>,
         sums: &mut DeviceBuf<D>,
     ) -> Result<()> {
-        validate::bn_grad_sums(g, gm, x, xm, stats, sums)?;
+        validate::bn_grad_sums(&g, &x, stats, sums)?;
+        let View { buf: g, mat: gm } = g;
+        let View { buf: x, mat: xm } = x;
         let tiles = SumTiles::new(xm.rows, xm.cols)?;
         let p = unfused_params(xm, gm, false, tiles.tile_rows)?;
         let addrs = [
@@ -129,17 +134,16 @@ impl<D: Device> KernelBackend<D> {
     }
 
     /// See `Backend::avg_pool_fwd`.
-    #[allow(clippy::too_many_arguments)]
     pub fn avg_pool_fwd(
         &self,
-        x: &DeviceBuf<D>,
-        xm: Mat,
+        x: View<'_, DeviceBuf<D>>,
         shape: Spatial,
         window: PoolWindow,
-        y: &mut DeviceBuf<D>,
-        ym: Mat,
+        y: ViewMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
-        validate::avg_pool_fwd(x, xm, shape, window, y, ym)?;
+        validate::avg_pool_fwd(&x, shape, window, &y)?;
+        let View { buf: x, mat: xm } = x;
+        let ViewMut { buf: y, mat: ym } = y;
         let out = window.out(shape);
         let p = pool_params(xm, shape, out, ym.ld, 0, window)?;
         let addrs = [self.addr(x, xm.offset), self.addr(y, ym.offset)];
@@ -148,17 +152,16 @@ impl<D: Device> KernelBackend<D> {
     }
 
     /// See `Backend::avg_pool_bwd`.
-    #[allow(clippy::too_many_arguments)]
     pub fn avg_pool_bwd(
         &self,
-        dy: &DeviceBuf<D>,
-        dym: Mat,
+        dy: View<'_, DeviceBuf<D>>,
         shape: Spatial,
         window: PoolWindow,
-        dx: &mut DeviceBuf<D>,
-        dxm: Mat,
+        dx: ViewMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
-        validate::avg_pool_bwd(dy, dym, shape, window, dx, dxm)?;
+        validate::avg_pool_bwd(&dy, shape, window, &dx)?;
+        let View { buf: dy, mat: dym } = dy;
+        let ViewMut { buf: dx, mat: dxm } = dx;
         let out = window.out(shape);
         let p = pool_params(dxm, shape, out, dym.ld, dxm.ld, window)?;
         let addrs = [self.addr(dy, dym.offset), self.addr(dx, dxm.offset)];
@@ -169,13 +172,13 @@ impl<D: Device> KernelBackend<D> {
     /// See `Backend::max_pool_fwd`.
     pub fn max_pool_fwd(
         &self,
-        x: &DeviceBuf<D>,
-        xm: Mat,
+        x: View<'_, DeviceBuf<D>>,
         shape: Spatial,
-        y: &mut DeviceBuf<D>,
-        ym: Mat,
+        y: ViewMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
-        validate::max_pool_fwd(x, xm, shape, y, ym)?;
+        validate::max_pool_fwd(&x, shape, &y)?;
+        let View { buf: x, mat: xm } = x;
+        let ViewMut { buf: y, mat: ym } = y;
         let out = stem_pool_out(shape);
         let p = pool_params(xm, shape, out, ym.ld, 0, NO_WINDOW)?;
         let addrs = [self.addr(x, xm.offset), self.addr(y, ym.offset)];
@@ -184,18 +187,17 @@ impl<D: Device> KernelBackend<D> {
     }
 
     /// See `Backend::max_pool_bwd`.
-    #[allow(clippy::too_many_arguments)]
     pub fn max_pool_bwd(
         &self,
-        dy: &DeviceBuf<D>,
-        dym: Mat,
-        x: &DeviceBuf<D>,
-        xm: Mat,
+        dy: View<'_, DeviceBuf<D>>,
+        x: View<'_, DeviceBuf<D>>,
         shape: Spatial,
-        dx: &mut DeviceBuf<D>,
-        dxm: Mat,
+        dx: ViewMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
-        validate::max_pool_bwd(dy, dym, x, xm, shape, dx, dxm)?;
+        validate::max_pool_bwd(&dy, &x, shape, &dx)?;
+        let View { buf: dy, mat: dym } = dy;
+        let View { buf: x, mat: xm } = x;
+        let ViewMut { buf: dx, mat: dxm } = dx;
         let out = stem_pool_out(shape);
         let p = pool_params(xm, shape, out, dym.ld, dxm.ld, NO_WINDOW)?;
         let addrs = [self.addr(dy, dym.offset), self.addr(x, xm.offset), self.addr(dx, dxm.offset)];
