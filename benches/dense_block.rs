@@ -16,6 +16,7 @@
 
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use densenet::backend::UnfusedOps;
 use densenet::backend::cpu::CpuBackend;
 use densenet::backend::cuda::CudaBackend;
 use densenet::backend::{Backend, SgdParams};
@@ -69,7 +70,7 @@ trait Step {
 // Both networks have the same inherent methods; one impl text serves them.
 macro_rules! impl_step {
     ($net:ident) => {
-        impl<B: Backend> Step for $net<B> {
+        impl<B: Backend + UnfusedOps> Step for $net<B> {
             fn load(
                 &mut self,
                 params: &[f32],
@@ -126,7 +127,7 @@ fn bench_net(
 }
 
 /// Every case, efficient then baseline, on `backend` (one network alive at a time).
-fn bench_backend<B: Backend + Clone>(c: &mut Criterion, label: &str, backend: B, batch: usize) {
+fn bench_backend<B: Backend + UnfusedOps + Clone>(c: &mut Criterion, label: &str, backend: B, batch: usize) {
     for case in cases() {
         let mut group = c.benchmark_group(format!("{}/{label}", case.name));
         group.throughput(Throughput::Elements(batch as u64));

@@ -47,6 +47,7 @@
 
 use criterion::Criterion;
 use densenet::backend::cuda::CudaBackend;
+use densenet::backend::prelude::*;
 use densenet::backend::{
     At, Backend, BnRef, Category, ConvGeom, Mat, PoolWindow, SgdParams, Spatial, StatsRef,
 };
@@ -101,13 +102,13 @@ struct Row {
 }
 
 /// Criterion plus the rows of the summary table.
-struct Bench<'a, B: Backend> {
+struct Bench<'a, B: Backend + UnfusedOps> {
     be: B,
     c: &'a mut Criterion,
     rows: Vec<Row>,
 }
 
-impl<B: Backend> Bench<'_, B> {
+impl<B: Backend + UnfusedOps> Bench<'_, B> {
     /// Benchmarks `launch(ctx)` as `id`; the mean seconds per timed launch, `None` when
     /// criterion's filter skipped it.
     fn time<C>(
@@ -223,7 +224,7 @@ impl Params {
 }
 
 /// A buffer of `len` floats uniform in [−1, 1).
-fn random<B: Backend>(be: &B, len: usize, seed: u64) -> Result<B::Buf> {
+fn random<B: Backend + UnfusedOps>(be: &B, len: usize, seed: u64) -> Result<B::Buf> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let host: Vec<f32> = (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect();
     let mut buf = be.alloc(len, Category::Workspace)?;
@@ -231,11 +232,11 @@ fn random<B: Backend>(be: &B, len: usize, seed: u64) -> Result<B::Buf> {
     Ok(buf)
 }
 
-fn zeros<B: Backend>(be: &B, len: usize) -> Result<B::Buf> {
+fn zeros<B: Backend + UnfusedOps>(be: &B, len: usize) -> Result<B::Buf> {
     be.alloc(len, Category::Workspace)
 }
 
-fn upload<B: Backend>(be: &B, host: &[f32]) -> Result<B::Buf> {
+fn upload<B: Backend + UnfusedOps>(be: &B, host: &[f32]) -> Result<B::Buf> {
     let mut buf = be.alloc(host.len(), Category::Workspace)?;
     be.upload(&mut buf, 0, host)?;
     Ok(buf)
@@ -246,7 +247,7 @@ fn upload<B: Backend>(be: &B, host: &[f32]) -> Result<B::Buf> {
 /// One dense block at batch 64: its storage S (random) with statistics, the gradient storage,
 /// the last layer's bottleneck Z and its gradient, the transition's output gradient, weights,
 /// and the unfused chains' temporaries.
-struct Block<B: Backend> {
+struct Block<B: Backend + UnfusedOps> {
     be: B,
     shape: Spatial,
     /// Storage pitch C, last layer's input c_in, growth k, bottleneck 4k, transition output.
@@ -278,7 +279,7 @@ struct Block<B: Backend> {
     wt: usize,
 }
 
-impl<B: Backend + Clone> Block<B> {
+impl<B: Backend + UnfusedOps + Clone> Block<B> {
     fn new(be: &B, cfg: &DenseNetConfig, block: usize) -> Result<Self> {
         let geo = cfg.geometry(cfg.default_size().0, cfg.default_size().1)?.blocks[block];
         let shape = Spatial { n: BATCH, h: geo.height, w: geo.width };
@@ -338,7 +339,7 @@ impl<B: Backend + Clone> Block<B> {
 }
 
 /// The last dense layer's ops, in the order of a training step.
-fn bench_layer<B: Backend>(h: &mut Bench<'_, B>, site: &str, x: &mut Block<B>) {
+fn bench_layer<B: Backend + UnfusedOps>(h: &mut Bench<'_, B>, site: &str, x: &mut Block<B>) {
     let (shape, c, c_in, k, bott) = (x.shape, x.c, x.c_in, x.k, x.bott);
     let p = shape.pixels();
     // The layer's input prefix of S, the same columns packed densely, Z, and the k new
@@ -574,7 +575,7 @@ fn bench_layer<B: Backend>(h: &mut Bench<'_, B>, site: &str, x: &mut Block<B>) {
 }
 
 /// The transition after the block: BN-ReLU-avgpool2-conv1x1, C → ⌊C/2⌋.
-fn bench_transition<B: Backend>(h: &mut Bench<'_, B>, site: &str, x: &mut Block<B>) {
+fn bench_transition<B: Backend + UnfusedOps>(h: &mut Bench<'_, B>, site: &str, x: &mut Block<B>) {
     let (shape, c, c_out) = (x.shape, x.c, x.c_out);
     let pooled = POOL2.out(shape);
     let (p, q) = (shape.pixels(), pooled.pixels());
@@ -684,7 +685,7 @@ fn bench_transition<B: Backend>(h: &mut Bench<'_, B>, site: &str, x: &mut Block<
 // ---- stem ------------------------------------------------------------------------------------
 
 /// The stem convolution (3 → c0 channels) and, for the ImageNet stem, BN-ReLU-maxpool.
-struct StemBufs<B: Backend> {
+struct StemBufs<B: Backend + UnfusedOps> {
     be: B,
     input: B::Buf,
     /// Conv output T and its gradient; their statistics.
@@ -704,7 +705,7 @@ struct StemBufs<B: Backend> {
     w: usize,
 }
 
-fn bench_stem<B: Backend + Clone>(h: &mut Bench<'_, B>, be: &B, model: &Model) -> Result<()> {
+fn bench_stem<B: Backend + UnfusedOps + Clone>(h: &mut Bench<'_, B>, be: &B, model: &Model) -> Result<()> {
     let cfg = &model.cfg;
     let (height, width) = cfg.default_size();
     let geom = match cfg.stem {
@@ -839,7 +840,7 @@ fn bench_stem<B: Backend + Clone>(h: &mut Bench<'_, B>, be: &B, model: &Model) -
 // ---- head and optimiser --------------------------------------------------------------------
 
 /// norm5 + global pool over the last block's storage, the classifier and the loss.
-struct HeadBufs<B: Backend> {
+struct HeadBufs<B: Backend + UnfusedOps> {
     be: B,
     x: B::Buf,
     g: B::Buf,
@@ -860,7 +861,7 @@ struct HeadBufs<B: Backend> {
     bias: usize,
 }
 
-fn bench_head<B: Backend + Clone>(h: &mut Bench<'_, B>, be: &B, model: &Model) -> Result<()> {
+fn bench_head<B: Backend + UnfusedOps + Clone>(h: &mut Bench<'_, B>, be: &B, model: &Model) -> Result<()> {
     let cfg = &model.cfg;
     let (height, width) = cfg.default_size();
     let last = *cfg.geometry(height, width)?.last();
@@ -992,7 +993,7 @@ fn bench_head<B: Backend + Clone>(h: &mut Bench<'_, B>, be: &B, model: &Model) -
 }
 
 /// The fused SGD update over all of the model's parameters.
-fn bench_sgd<B: Backend>(h: &mut Bench<'_, B>, be: &B, model: &Model) -> Result<()> {
+fn bench_sgd<B: Backend + UnfusedOps>(h: &mut Bench<'_, B>, be: &B, model: &Model) -> Result<()> {
     let n = ParamLayout::new(&model.cfg).num_params;
     let hp = SgdParams { lr: 0.1, momentum: 0.9, weight_decay: 1e-4, nesterov: true };
     let mut bufs = (random(be, n, 11)?, random(be, n, 12)?, zeros(be, n)?);

@@ -11,10 +11,10 @@
 // Elementwise kernels use blocks of 32 channels × 8 row-threads: a warp touches 32
 // consecutive floats of one pixel.
 //
-// CPU reference: src/backend/cpu/pointwise.rs (same function names).
+// CPU reference: src/backend/bn_backward/cpu.rs (same function names).
 #include "common.cuh"
 
-// Mirrors backend::cuda::params::BnElementwiseParams: g is rows × cols with pitch ld_g, x the
+// Mirrors backend::bn_backward::BnElementwiseParams: g is rows × cols with pitch ld_g, x the
 // BN input with pitch ld_x; count = P, the values per channel behind the sums.
 struct BnElementwiseParams {
     unsigned int rows;
@@ -25,7 +25,7 @@ struct BnElementwiseParams {
 };
 static_assert(sizeof(BnElementwiseParams) == 20, "size of the Rust mirror (tests/kernel_params.rs)");
 
-// Mirrors backend::cuda::params::BnFoldParams.
+// Mirrors backend::bn_backward::BnFoldParams.
 struct BnFoldParams {
     unsigned int channels;
     unsigned int count;

@@ -117,11 +117,11 @@ __device__ __forceinline__ void dn_sum_rows(unsigned int len, unsigned int rows,
 // the tile's totals as doubles, partials[tile·2·cols + k·cols + c] (k = 0: Σg, 1: Σg·x̂). A second
 // kernel, dn_tile_sums_finish, adds the tiles in a fixed order. The tile count depends on P and
 // cols only (the launch wrappers choose it), so the result is bit-identical run to run and GPU to
-// GPU. The block shape mirrors EW_COLS × EW_ROWS of src/backend/cuda/ops/mod.rs.
+// GPU. The block shape mirrors EW_COLS × EW_ROWS of src/backend/cuda/launch.rs.
 constexpr int kDnTileCols = 32;
 constexpr int kDnTileRows = 8;
 
-// Mirrors backend::cuda::params::pool::TileSumsParams: `tiles` rows of `width` = 2·cols doubles.
+// Mirrors backend::pool::TileSumsParams: `tiles` rows of `width` = 2·cols doubles.
 struct TileSumsParams {
     unsigned int tiles;
     unsigned int width;
@@ -158,7 +158,7 @@ __device__ __forceinline__ void dn_tile_sums_finish(const TileSumsParams p,
 // sums over pixel tiles) writes one row of partials per split to the backend's scratch instead
 // of racing float atomics; a second kernel adds the rows with dn_split_sum in a fixed order
 // (blocks of kDnSumCols × kDnSumRows).
-// Mirrors backend::cuda::params::conv3x3::SplitSumParams.
+// Mirrors backend::conv3x3::SplitSumParams.
 struct SplitSumParams {
     unsigned int len;        // entries per row
     unsigned int splits;     // rows of partials

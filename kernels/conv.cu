@@ -30,11 +30,11 @@
 //   of output channels are staged in shared memory as one float4 per (channel, tap). Every dx
 //   element has one writer.
 //
-// CPU reference: src/backend/cpu/conv.rs (conv_fwd, conv_wgrad, conv_dgrad, im2col,
+// CPU reference: src/backend/conv/cpu.rs (conv_fwd, conv_wgrad, conv_dgrad; im2col in cpu/gemm.rs,
 // im2col_dgrad).
 #include "common.cuh"
 
-// Mirrors backend::cuda::params::conv::ConvParams.
+// Mirrors backend::conv::ConvParams.
 struct ConvParams {
     unsigned int n;
     unsigned int h; // input extent

@@ -13,9 +13,9 @@
 //   (reduce.cu) adds them in a fixed order.
 // Results are bit-identical run to run: the splits and runs depend on the shape only.
 //
-// CPU reference: src/backend/cpu/conv.rs (same op names).
+// CPU reference: src/backend/conv1x1/cpu.rs (same op names).
 #include "fused_gemm.cuh"
-// Mirrors backend::cuda::params::conv1x1::Conv1x1Params: x is pixels × cin (pitch ld_x), z or dz
+// Mirrors backend::conv1x1::Conv1x1Params: x is pixels × cin (pitch ld_x), z or dz
 // pixels × cout (pitch ld_z), dx like x (pitch ld_dx). wgrad: `splits` runs of `run` reduction
 // steps of kTileK pixels; dgrad: `splits` runs of `run` tiles of kTileM pixels.
 struct Conv1x1Params {

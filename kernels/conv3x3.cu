@@ -53,11 +53,11 @@
 //   shared memory, and write one partial row each; the reduction adds rows in block order.
 //   ReLU decisions use dn_affine (common.cuh), bit-identical to the host's.
 //
-// CPU reference: src/backend/cpu/conv.rs (bn_relu_conv3x3_fwd / _wgrad / _dgrad, im2col,
+// CPU reference: src/backend/conv3x3/cpu.rs (bn_relu_conv3x3_fwd / _wgrad / _dgrad, im2col,
 // im2col_dgrad).
 #include "common.cuh"
 
-// Mirrors backend::cuda::params::conv3x3::Conv3x3Params.
+// Mirrors backend::conv3x3::Conv3x3Params.
 struct Conv3x3Params {
     unsigned int n;
     unsigned int h;

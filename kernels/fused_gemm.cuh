@@ -45,7 +45,7 @@
 //     Runs rather than one block per channel tile looping over all pixels: cin/64 blocks cannot
 //     fill a GPU.
 //
-// CPU references: src/backend/cpu/conv.rs (same op names).
+// CPU references: src/backend/{conv1x1,transition}/cpu.rs (same op names).
 #pragma once
 #include "common.cuh"
 
@@ -151,7 +151,7 @@ struct BnReluSource {
 
 // The transition's pooled input: row r is output pixel (n, oy, ox) of AvgPool2d(2) over an
 // images × h × w input, element c the mean of relu(a·x + b) over input pixels (2oy + i, 2ox + j),
-// added in the host's order (pool_rows in cpu/conv.rs), so it is bit-identical to the host's.
+// added in the host's order (pool_rows in src/backend/transition/cpu.rs), so it is bit-identical to the host's.
 template <typename T>
 struct PoolBnReluSource {
     using Col = BnCol;

@@ -13,10 +13,10 @@
 //   * the next n·k threads: dx[i][j] = Σ_o dy[i][o]·W[o][j] (overwrites), o in order; coalesced
 //     along j the same way.
 //
-// CPU reference: src/backend/cpu/pointwise.rs (linear_fwd, linear_bwd).
+// CPU reference: src/backend/linear/cpu.rs (linear_fwd, linear_bwd).
 #include "common.cuh"
 
-// Mirrors backend::cuda::params::head::LinearParams: x is n × k, W out × k, y / dy n × out, all
+// Mirrors backend::head::LinearParams: x is n × k, W out × k, y / dy n × out, all
 // dense.
 struct LinearParams {
     unsigned int n;

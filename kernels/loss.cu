@@ -7,10 +7,10 @@
 //   The batch is small (≤ a few hundred rows) next to the rest of a training step, so one
 //   block is enough.
 //
-// CPU reference: src/backend/cpu/pointwise.rs (softmax_xent).
+// CPU reference: src/backend/loss/cpu.rs (softmax_xent).
 #include "common.cuh"
 
-// Mirrors backend::cuda::params::SoftmaxXentParams.
+// Mirrors backend::loss::SoftmaxXentParams.
 struct SoftmaxXentParams {
     unsigned int rows;
     unsigned int classes;

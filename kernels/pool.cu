@@ -29,10 +29,10 @@
 // reads 32 consecutive floats of one pixel (one 128-byte transaction); per-channel BN
 // parameters are loaded once per thread. ReLU decisions use dn_affine, bit-identical to the host.
 //
-// CPU reference: src/backend/cpu/pointwise.rs (same function names, `window_max`).
+// CPU reference: src/backend/pool/cpu.rs (same function names, `window_max`).
 #include "common.cuh"
 
-// Mirrors backend::cuda::params::pool::MaxPoolParams: input t is n × h × w pixels (pitch ld_t),
+// Mirrors backend::pool::MaxPoolParams: input t is n × h × w pixels (pitch ld_t),
 // the output (y forward, dy backward) n × out_h × out_w (pitch ld_y), g has t's pixels (ld_g);
 // the backward's partial sums cover tile_rows input pixels per tile.
 struct MaxPoolParams {
@@ -49,7 +49,7 @@ struct MaxPoolParams {
 };
 static_assert(sizeof(MaxPoolParams) == 40, "size of the Rust mirror (tests/kernel_params.rs)");
 
-// Mirrors backend::cuda::params::pool::GlobalPoolParams: x is n images of `image` pixels
+// Mirrors backend::pool::GlobalPoolParams: x is n images of `image` pixels
 // (pitch ld_x), dx the same pixels (pitch ld_dx); pooled/dpooled n × cols dense.
 struct GlobalPoolParams {
     unsigned int n;

@@ -8,7 +8,7 @@
 // split_sum_f32: out (+)= Σ rows of f32 partials (weight gradients: accumulate into dW).
 // tile_sums_finish_f32: sums = Σ rows of double partials [Σg | Σg·x̂] (BN backward sums).
 //
-// CPU reference: the fixed-order chunk/segment sums of src/backend/cpu/conv.rs and pointwise.rs.
+// CPU reference: the fixed-order chunk/segment sums of src/backend/cpu/gemm.rs and rows.rs.
 #include "common.cuh"
 
 extern "C" __global__ void split_sum_f32(const SplitSumParams p, const float* partials, float* out) {

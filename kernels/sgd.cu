@@ -4,10 +4,10 @@
 //   d = g + wd·p;  v = μ·v + d;  p −= lr·(d + μ·v) (Nesterov) or lr·v.
 //   Zero-initialised v makes the first step's buffer d, as PyTorch's. Grid-stride loop.
 //
-// CPU reference: src/backend/cpu/pointwise.rs (sgd_update).
+// CPU reference: src/backend/sgd/cpu.rs (sgd_update).
 #include "common.cuh"
 
-// Mirrors backend::cuda::params::SgdKernelParams.
+// Mirrors backend::sgd::SgdKernelParams.
 struct SgdKernelParams {
     unsigned long long len;
     float lr;

@@ -16,10 +16,10 @@
 // update_running_stats_<T>: running ← (1 − m)·running + m·batch, the variance unbiased by
 //   count/(count − 1), as PyTorch.
 //
-// CPU reference: src/backend/cpu/pointwise.rs (channel_stats, update_running_stats).
+// CPU reference: src/backend/stats/cpu.rs (same op names).
 #include "common.cuh"
 
-// Mirrors backend::cuda::params::ChannelStatsParams.
+// Mirrors backend::stats::ChannelStatsParams.
 struct ChannelStatsParams {
     unsigned int rows;
     unsigned int cols;
@@ -29,7 +29,7 @@ struct ChannelStatsParams {
 };
 static_assert(sizeof(ChannelStatsParams) == 20, "size of the Rust mirror (tests/kernel_params.rs)");
 
-// Mirrors backend::cuda::params::RunningStatsParams.
+// Mirrors backend::stats::RunningStatsParams.
 struct RunningStatsParams {
     unsigned int channels;
     unsigned int count;

@@ -18,9 +18,9 @@
 //   launch wrapper zeroes dx and the sums instead.
 // Results are bit-identical run to run: the splits and runs depend on the shape only.
 //
-// CPU reference: src/backend/cpu/conv.rs (same op names).
+// CPU reference: src/backend/transition/cpu.rs (same op names).
 #include "fused_gemm.cuh"
-// Mirrors backend::cuda::params::transition::TransitionParams: x is images × h × w pixels ×
+// Mirrors backend::transition::TransitionParams: x is images × h × w pixels ×
 // cin channels (pitch ld_x), y or dy images × ⌊h/2⌋ × ⌊w/2⌋ pixels × cout (pitch ld_y), dx like x
 // (pitch ld_dx). wgrad: `splits` runs of `run` reduction steps of kTileK output pixels; dgrad:
 // `splits` runs of `run` tiles of kTileM output pixels.

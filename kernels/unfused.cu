@@ -22,10 +22,10 @@
 // consecutive floats of one pixel), rows walked grid-stride; per-channel parameters loaded once
 // per thread.
 //
-// CPU reference: src/backend/cpu/unfused.rs (same function names).
+// CPU reference: src/backend/unfused/cpu.rs (same function names).
 #include "common.cuh"
 
-// Mirrors backend::cuda::params::unfused::UnfusedParams: rows × cols matrices x (the input,
+// Mirrors backend::unfused::UnfusedParams: rows × cols matrices x (the input,
 // pitch ld_x) and y (the output; relu_bwd: the gradient updated in place; bn_grad_sums: the
 // gradient, read), `accumulate` for copy_columns, `tile_rows` for bn_grad_sums.
 struct UnfusedParams {
@@ -38,7 +38,7 @@ struct UnfusedParams {
 };
 static_assert(sizeof(UnfusedParams) == 24, "size of the Rust mirror (tests/kernel_params.rs)");
 
-// Mirrors backend::cuda::params::unfused::UnfusedPoolParams: the pool's input x (and its
+// Mirrors backend::unfused::UnfusedPoolParams: the pool's input x (and its
 // gradient dx) is n × h × w pixels, its output y (and dy) n × out_h × out_w; window win_h ×
 // win_w (average pool only).
 struct UnfusedPoolParams {

@@ -12,6 +12,7 @@
 
 use densenet::Error;
 use densenet::backend::cpu::CpuBackend;
+use densenet::backend::prelude::*;
 use densenet::backend::{
     At, Backend, BnGradTarget, BnRef, Category, ConvGeom, Mat, PoolWindow, SgdParams, Spatial, StatsRef,
 };
@@ -27,13 +28,13 @@ const W_LEN: usize = 64;
 
 /// The buffers every call draws from, on one backend: inputs and outputs apart, so that one
 /// call can borrow some shared and others mutably.
-struct Kit<B: Backend> {
+struct Kit<B: Backend + UnfusedOps> {
     b: B,
     i: Inputs<B>,
     o: Outputs<B>,
 }
 
-struct Inputs<B: Backend> {
+struct Inputs<B: Backend + UnfusedOps> {
     x: B::Buf,
     dy: B::Buf,
     stats: B::Buf,
@@ -41,7 +42,7 @@ struct Inputs<B: Backend> {
     w: B::Buf,
 }
 
-struct Outputs<B: Backend> {
+struct Outputs<B: Backend + UnfusedOps> {
     out: B::Buf,
     sums: B::Buf,
     /// 5 floats: too short for the sums of 3 channels, or for 2 × 3 pooled features.
@@ -49,7 +50,7 @@ struct Outputs<B: Backend> {
     corr: B::Buf,
 }
 
-impl<B: Backend> Kit<B> {
+impl<B: Backend + UnfusedOps> Kit<B> {
     fn new(b: B) -> Self {
         let buf = |len| b.alloc(len, Category::Workspace).unwrap();
         let mut i =
@@ -190,32 +191,37 @@ const OFFSET: &[&str] = &["offset past end", "offset overflows"];
 
 type Call<B> = fn(&mut Kit<B>, &Geo) -> densenet::Result<()>;
 
-struct Op<B: Backend> {
+struct Op<B: Backend + UnfusedOps> {
     name: &'static str,
     valid: Geo,
     call: Call<B>,
     rejects: Vec<&'static str>,
 }
 
-fn op<B: Backend>(name: &'static str, valid: Geo, call: Call<B>, rejects: &[&[&'static str]]) -> Op<B> {
+fn op<B: Backend + UnfusedOps>(
+    name: &'static str,
+    valid: Geo,
+    call: Call<B>,
+    rejects: &[&[&'static str]],
+) -> Op<B> {
     Op { name, valid, call, rejects: rejects.concat() }
 }
 
-fn bn<'a, B: Backend>(k: &'a Inputs<B>, g: &Geo) -> BnRef<'a, B::Buf> {
+fn bn<'a, B: Backend + UnfusedOps>(k: &'a Inputs<B>, g: &Geo) -> BnRef<'a, B::Buf> {
     BnRef { stats: &k.stats, mean: g.bn[0], var: g.bn[1], params: &k.params, gamma: g.bn[2], beta: g.bn[3] }
 }
 
-fn stats<'a, B: Backend>(k: &'a Inputs<B>, g: &Geo) -> StatsRef<'a, B::Buf> {
+fn stats<'a, B: Backend + UnfusedOps>(k: &'a Inputs<B>, g: &Geo) -> StatsRef<'a, B::Buf> {
     StatsRef { stats: &k.stats, mean: g.bn[0], var: g.bn[1] }
 }
 
 /// `sums` or, with `g.short`, the buffer too short for them.
-fn sums<'a, B: Backend>(sums: &'a mut B::Buf, short: &'a mut B::Buf, g: &Geo) -> &'a mut B::Buf {
+fn sums<'a, B: Backend + UnfusedOps>(sums: &'a mut B::Buf, short: &'a mut B::Buf, g: &Geo) -> &'a mut B::Buf {
     if g.short { short } else { sums }
 }
 
 /// Every op of the trait that takes buffers, with its valid call and its rejections.
-fn ops<B: Backend>() -> Vec<Op<B>> {
+fn ops<B: Backend + UnfusedOps>() -> Vec<Op<B>> {
     let pool = Geo { b: POOLED, ..BASE };
     let halved = Geo { b: HALVED, ..BASE };
     vec![
@@ -682,7 +688,7 @@ type Rejections = Vec<(&'static str, &'static str, String)>;
 
 /// Runs every op's valid call and its rejections on `backend`; `launched` drains the kernels
 /// launched since its last call (always empty off the emulator).
-fn contract<B: Backend>(backend: B, launched: impl Fn() -> Vec<&'static str>) -> Rejections {
+fn contract<B: Backend + UnfusedOps>(backend: B, launched: impl Fn() -> Vec<&'static str>) -> Rejections {
     let mut kit = Kit::new(backend);
     let mut out = Vec::new();
     let ops = ops::<B>();

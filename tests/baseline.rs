@@ -16,7 +16,8 @@
 //! exact-mask and meaningful.
 
 use densenet::backend::cpu::CpuBackend;
-use densenet::backend::{Backend, Category, SgdParams};
+use densenet::backend::prelude::*;
+use densenet::backend::{Category, SgdParams};
 use densenet::baseline::BaselineNetwork;
 use densenet::config::DenseNetConfig;
 use densenet::efficient::{Network, Options};

@@ -2,8 +2,9 @@
 //! front (a step allocates nothing), eval mode allocates no gradient buffers, and results are
 //! bit-for-bit reproducible.
 
+use densenet::backend::Category;
 use densenet::backend::cpu::CpuBackend;
-use densenet::backend::{Backend, Category};
+use densenet::backend::prelude::*;
 use densenet::config::DenseNetConfig;
 use densenet::efficient::{Network, Options};
 use densenet::params::ParamLayout;

@@ -1,4 +1,4 @@
-//! The `#[repr(C)]` params structs of `backend::cuda::params` against their mirrors in
+//! The `#[repr(C)]` params structs of the op families (`backend::<family>::cuda`) against their mirrors in
 //! `kernels/`. A kernel takes its family's struct by value as raw bytes, so a field added,
 //! removed, reordered or retyped on one side only would make it read garbage without any
 //! error. For every struct this test reads the CUDA definition (field names and C types) and
@@ -7,17 +7,18 @@
 //! N bytes in all. The `static_assert` holds nvcc, NVRTC and the emulator's C++ build to the
 //! same N, so both sides are pinned to one number written down once.
 
-use densenet::backend::cuda::params::conv::ConvParams;
-use densenet::backend::cuda::params::conv1x1::Conv1x1Params;
-use densenet::backend::cuda::params::conv3x3::{Conv3x3Params, SplitSumParams};
-use densenet::backend::cuda::params::head::LinearParams;
-use densenet::backend::cuda::params::pool::{GlobalPoolParams, MaxPoolParams, TileSumsParams};
-use densenet::backend::cuda::params::transition::TransitionParams;
-use densenet::backend::cuda::params::unfused::{UnfusedParams, UnfusedPoolParams};
-use densenet::backend::cuda::params::{
-    BnElementwiseParams, BnFoldParams, ChannelStatsParams, RunningStatsParams, SgdKernelParams,
-    SoftmaxXentParams,
-};
+use densenet::backend::bn_backward::{BnElementwiseParams, BnFoldParams};
+use densenet::backend::conv::ConvParams;
+use densenet::backend::conv1x1::Conv1x1Params;
+use densenet::backend::conv3x3::Conv3x3Params;
+use densenet::backend::cuda::{SplitSumParams, TileSumsParams};
+use densenet::backend::linear::LinearParams;
+use densenet::backend::loss::SoftmaxXentParams;
+use densenet::backend::pool::{GlobalPoolParams, MaxPoolParams};
+use densenet::backend::sgd::SgdKernelParams;
+use densenet::backend::stats::{ChannelStatsParams, RunningStatsParams};
+use densenet::backend::transition::TransitionParams;
+use densenet::backend::unfused::{UnfusedParams, UnfusedPoolParams};
 use std::collections::BTreeSet;
 use std::fs;
 use std::mem::{offset_of, size_of};
@@ -90,13 +91,19 @@ fn rust_layouts() -> Vec<(&'static str, Layout)> {
 
 /// Every file of a directory with one of the extensions, with its text.
 fn sources(dir: &str, extensions: &[&str]) -> Vec<(String, String)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
-    let mut out: Vec<(String, String)> = fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| extensions.iter().any(|e| x == *e)))
-        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), fs::read_to_string(&p).unwrap()))
-        .collect();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let mut out = Vec::new();
+    let mut dirs = vec![root.clone()];
+    while let Some(dir) = dirs.pop() {
+        for path in fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()) {
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|x| extensions.iter().any(|e| x == *e)) {
+                let name = path.strip_prefix(&root).unwrap().to_string_lossy().into_owned();
+                out.push((name, fs::read_to_string(&path).unwrap()));
+            }
+        }
+    }
     out.sort();
     out
 }
@@ -162,7 +169,7 @@ fn params_structs_match_their_cuda_mirrors() {
 /// Every struct `kernel_params!` declares is checked above: a new one cannot be left out.
 #[test]
 fn every_params_struct_is_checked() {
-    let declared: BTreeSet<String> = sources("src/backend/cuda/params", &["rs"])
+    let declared: BTreeSet<String> = sources("src/backend", &["rs"])
         .iter()
         .flat_map(|(_, text)| {
             text.split("kernel_params!(").skip(1).map(|rest| rest.split(')').next().unwrap())

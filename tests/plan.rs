@@ -4,7 +4,8 @@
 //! the baseline.
 
 use densenet::backend::cpu::CpuBackend;
-use densenet::backend::{Backend, Category, SgdParams};
+use densenet::backend::prelude::*;
+use densenet::backend::{Category, SgdParams};
 use densenet::config::DenseNetConfig;
 use densenet::efficient::{Mode, Network, Options};
 use densenet::params::ParamLayout;

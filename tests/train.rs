@@ -3,6 +3,7 @@
 //! data.
 
 use densenet::backend::cpu::CpuBackend;
+use densenet::backend::prelude::*;
 use densenet::backend::{Backend, Category};
 use densenet::checkpoint::Checkpoint;
 use densenet::config::DenseNetConfig;

@@ -1,6 +1,8 @@
-//! The `Backend` trait: one method per fused op of the memory-efficient DenseNet (see "Why it
-//! is built this way" in `docs/ARCHITECTURE.md`), plus buffer management through a
-//! byte-counting allocator.
+//! The op contract: [`Buffers`] (buffer management through a byte-counting allocator) and one
+//! trait per op family of the memory-efficient DenseNet (see "Why it is built this way" in
+//! `docs/ARCHITECTURE.md`), each in its own module beside its kernels; [`Backend`] is their
+//! sum. A family's module holds the trait (the maths of each op), `cpu.rs` (the cpu backend's
+//! version) and `cuda.rs` (params and launches of `kernels/<family>.cu`).
 //!
 //! Every buffer holds `f32`. Tensors inside buffers are described by plain offsets and
 //! shapes ([`Mat`], [`Spatial`]) rather than by borrowed sub-slices, because the ops read one
@@ -18,11 +20,43 @@
 //! * per-channel reductions used by BN backward are written to a `sums` buffer as
 //!   `[Σg (c values) | Σg·x̂ (c values)]`.
 
+pub mod bn_backward;
+pub mod conv;
+pub mod conv1x1;
+pub mod conv3x3;
 pub mod cpu;
 pub mod cuda;
+pub mod linear;
+pub mod loss;
 pub mod memory;
+pub mod pool;
+pub mod sgd;
+pub mod stats;
+pub mod transition;
+pub mod unfused;
 mod validate;
 mod view;
+
+pub use bn_backward::BnBackwardOps;
+pub use conv::ConvOps;
+pub use conv1x1::Conv1x1Ops;
+pub use conv3x3::Conv3x3Ops;
+pub use linear::LinearOps;
+pub use loss::LossOps;
+pub use pool::PoolOps;
+pub use sgd::SgdOps;
+pub use stats::StatsOps;
+pub use transition::TransitionOps;
+pub use unfused::UnfusedOps;
+
+/// Every op-family trait, for code that calls ops on a concrete backend (`CpuBackend`,
+/// `CudaBackend`) rather than through a `B: Backend` bound: `use densenet::backend::prelude::*;`.
+pub mod prelude {
+    pub use super::{
+        Backend, BnBackwardOps, Buffers, Conv1x1Ops, Conv3x3Ops, ConvOps, LinearOps, LossOps, PoolOps,
+        SgdOps, StatsOps, TransitionOps, UnfusedOps,
+    };
+}
 
 pub use memory::{Category, MemoryReport, MemoryTracker};
 pub use view::{At, AtMut, BnRef, BnReluView, BnSums, LinearGrads, Mat, StatsMut, StatsRef, View, ViewMut};
@@ -122,15 +156,14 @@ pub struct SgdParams {
     pub nesterov: bool,
 }
 
-/// A compute device with the fused DenseNet ops.
-pub trait Backend {
+/// A device's buffers: allocation through the byte-counting allocator, copies to and from the
+/// host, and synchronisation. Every op family builds on it.
+pub trait Buffers: sealed::Sealed {
     /// A device buffer of `f32`. Dropping it returns its bytes to the allocator.
     type Buf;
 
     /// Human-readable device name, for messages.
     fn name(&self) -> String;
-
-    // ---- memory -----------------------------------------------------------------------
 
     /// A zero-filled buffer of `len` floats, counted under `category`.
     fn alloc(&self, len: usize, category: Category) -> Result<Self::Buf>;
@@ -141,7 +174,7 @@ pub trait Backend {
     /// Bytes the device could still hand out (host memory for the cpu backend, free device
     /// memory for a GPU), if it can tell: what decides whether a planned run is attempted.
     fn available_bytes(&self) -> Option<usize>;
-    /// Refuses `needed` bytes for `what` beyond [`Backend::available_bytes`] (see
+    /// Refuses `needed` bytes for `what` beyond [`Buffers::available_bytes`] (see
     /// [`memory::ensure_fits`]).
     fn ensure_fits(&self, what: &str, needed: usize) -> Result<()> {
         memory::ensure_fits(what, needed, &self.name(), self.available_bytes())
@@ -154,349 +187,48 @@ pub trait Backend {
     fn fill_zero(&self, buf: &mut Self::Buf, offset: usize, len: usize) -> Result<()>;
     /// Waits for queued work to finish.
     fn synchronize(&self) -> Result<()>;
+}
 
-    // ---- statistics ---------------------------------------------------------------------
+/// A compute device with every op of the memory-efficient DenseNet: the sum of the op
+/// families, each a trait in its own module beside its kernels (`stats`, `bn_backward`,
+/// `conv1x1`, `conv3x3`, `transition`, `conv`, `pool`, `linear`, `loss`, `sgd`). The unfused ops
+/// that only the baseline needs are [`UnfusedOps`], not part of it.
+///
+/// Implemented by the cpu backend and the kernel backends (GPU, emulator) only: the traits are
+/// sealed, so that every implementation is one this crate tests against the reference.
+pub trait Backend:
+    Buffers
+    + StatsOps
+    + BnBackwardOps
+    + Conv1x1Ops
+    + Conv3x3Ops
+    + TransitionOps
+    + ConvOps
+    + PoolOps
+    + LinearOps
+    + LossOps
+    + SgdOps
+{
+}
 
-    /// Per-channel batch mean and biased variance of the columns of `x` (two-pass or
-    /// Welford; never E[x²]−E[x]²), written to `out[mean..mean+cols]`, `out[var..var+cols]`.
-    fn channel_stats(&self, x: View<'_, Self::Buf>, out: StatsMut<'_, Self::Buf>) -> Result<()>;
+impl<T> Backend for T where
+    T: Buffers
+        + StatsOps
+        + BnBackwardOps
+        + Conv1x1Ops
+        + Conv3x3Ops
+        + TransitionOps
+        + ConvOps
+        + PoolOps
+        + LinearOps
+        + LossOps
+        + SgdOps
+{
+}
 
-    /// `running ← (1−m)·running + m·batch`, the variance term unbiased by `count/(count−1)`.
-    /// Running mean at `running[run_mean..]`, variance at `running[run_var..]`.
-    fn update_running_stats(
-        &self,
-        batch: StatsRef<'_, Self::Buf>,
-        channels: usize,
-        count: usize,
-        running: StatsMut<'_, Self::Buf>,
-    ) -> Result<()>;
-
-    // ---- dense layer: bottleneck 1×1 ----------------------------------------------------
-
-    /// `z = relu(a⊙x + b) · Wᵀ`, W = `[z.cols][x.cols]` at `w`. Overwrites z.
-    fn bn_relu_conv1x1_fwd(
-        &self,
-        x: BnReluView<'_, Self::Buf>,
-        w: At<'_, Self::Buf>,
-        z: ViewMut<'_, Self::Buf>,
-    ) -> Result<()>;
-
-    /// `dW += dzᵀ · relu(a⊙x + b)`, dW = `[dz.cols][x.cols]` at `dw`.
-    fn bn_relu_conv1x1_wgrad(
-        &self,
-        x: BnReluView<'_, Self::Buf>,
-        dz: View<'_, Self::Buf>,
-        dw: AtMut<'_, Self::Buf>,
-    ) -> Result<()>;
-
-    /// `g = (dz · W) ⊙ [a⊙x + b > 0]` is never stored: `dx (+)= a ⊙ g` is written to `dx`
-    /// (which may be the storage `x` reads from, another buffer in practice: the gradient
-    /// storage) and `sums ← [Σg | Σg·x̂]` per channel of x.
-    fn bn_relu_conv1x1_dgrad(
-        &self,
-        dz: View<'_, Self::Buf>,
-        w: At<'_, Self::Buf>,
-        x: BnReluView<'_, Self::Buf>,
-        dx: ViewMut<'_, Self::Buf>,
-        accumulate: bool,
-        sums: &mut Self::Buf,
-    ) -> Result<()>;
-
-    // ---- dense layer: 3×3 (stride 1, pad 1) ---------------------------------------------
-
-    /// `y = conv3x3(relu(a⊙z + b), W)`, W = `[y.cols][3][3][z.cols]`. Overwrites y.
-    fn bn_relu_conv3x3_fwd(
-        &self,
-        z: BnReluView<'_, Self::Buf>,
-        shape: Spatial,
-        w: At<'_, Self::Buf>,
-        y: ViewMut<'_, Self::Buf>,
-    ) -> Result<()>;
-
-    /// `dW += wgrad3x3(relu(a⊙z + b), dy)`.
-    fn bn_relu_conv3x3_wgrad(
-        &self,
-        z: BnReluView<'_, Self::Buf>,
-        shape: Spatial,
-        dy: View<'_, Self::Buf>,
-        dw: AtMut<'_, Self::Buf>,
-    ) -> Result<()>;
-
-    /// `g = dgrad3x3(dy, W) ⊙ [a⊙z + b > 0]` into `g` (overwrites), and
-    /// `sums ← [Σg | Σg·ẑ]` per channel of z.
-    fn bn_relu_conv3x3_dgrad(
-        &self,
-        dy: View<'_, Self::Buf>,
-        shape: Spatial,
-        w: At<'_, Self::Buf>,
-        z: BnReluView<'_, Self::Buf>,
-        g: ViewMut<'_, Self::Buf>,
-        sums: &mut Self::Buf,
-    ) -> Result<()>;
-
-    // ---- batch-norm backward pieces -----------------------------------------------------
-
-    /// In place `g ← a·(g − Σg/P − x̂·Σ(g·x̂)/P)`: the full BN backward of an input x whose
-    /// gradient `g` (already masked by the ReLU) and sums are given. P = `gm.rows`.
-    fn bn_backward_elementwise(
-        &self,
-        g: ViewMut<'_, Self::Buf>,
-        x: View<'_, Self::Buf>,
-        bn: BnRef<'_, Self::Buf>,
-        sums: &Self::Buf,
-    ) -> Result<()>;
-
-    /// Turns `sums = [Σg | Σg·x̂]` (c channels, over `count` values each) into dγ += Σg·x̂,
-    /// dβ += Σg in `grads`, and, if `target.correction` is set, the deferred-correction
-    /// accumulators `α += a·Σg/P`, `β += a·Σ(g·x̂)/P` in `corr`.
-    fn bn_grad_fold(
-        &self,
-        sums: BnSums<'_, Self::Buf>,
-        bn: BnRef<'_, Self::Buf>,
-        grads: &mut Self::Buf,
-        corr: &mut Self::Buf,
-        target: BnGradTarget,
-    ) -> Result<()>;
-
-    /// The deferred BN correction, applied once per channel:
-    /// `g[:, c] −= α_c + x̂_c·β_c` with α at `corr[alpha + c]`, β at `corr[beta + c]`.
-    fn bn_correction(
-        &self,
-        g: ViewMut<'_, Self::Buf>,
-        x: View<'_, Self::Buf>,
-        stats: StatsRef<'_, Self::Buf>,
-        corr: &Self::Buf,
-        alpha: usize,
-        beta: usize,
-    ) -> Result<()>;
-
-    // ---- transition: BN-ReLU-avgpool2-conv1x1 -------------------------------------------
-
-    /// `y = avgpool2(relu(a⊙x + b)) · Wᵀ` (pool first: pool and 1×1 conv commute). x has
-    /// spatial `shape`, y has `⌊h/2⌋×⌊w/2⌋`. Overwrites y.
-    fn bn_relu_avgpool_conv1x1_fwd(
-        &self,
-        x: BnReluView<'_, Self::Buf>,
-        shape: Spatial,
-        w: At<'_, Self::Buf>,
-        y: ViewMut<'_, Self::Buf>,
-    ) -> Result<()>;
-
-    /// `dW += dyᵀ · avgpool2(relu(a⊙x + b))`.
-    fn bn_relu_avgpool_conv1x1_wgrad(
-        &self,
-        x: BnReluView<'_, Self::Buf>,
-        shape: Spatial,
-        dy: View<'_, Self::Buf>,
-        dw: AtMut<'_, Self::Buf>,
-    ) -> Result<()>;
-
-    /// `g = unpool2(dy · W)/4 ⊙ [a⊙x + b > 0]`; `dx ← a⊙g` (overwrites, every element of
-    /// dx, zero where the pool dropped an odd row/column); `sums ← [Σg | Σg·x̂]`.
-    fn bn_relu_avgpool_conv1x1_dgrad(
-        &self,
-        dy: View<'_, Self::Buf>,
-        w: At<'_, Self::Buf>,
-        x: BnReluView<'_, Self::Buf>,
-        shape: Spatial,
-        dx: ViewMut<'_, Self::Buf>,
-        sums: &mut Self::Buf,
-    ) -> Result<()>;
-
-    // ---- stems ----------------------------------------------------------------------------
-
-    /// Plain convolution `y = conv(x, W)`, W OHWI `[y.cols][k][k][x.cols]`. Overwrites y.
-    fn conv_fwd(
-        &self,
-        x: View<'_, Self::Buf>,
-        shape: Spatial,
-        geom: ConvGeom,
-        w: At<'_, Self::Buf>,
-        y: ViewMut<'_, Self::Buf>,
-    ) -> Result<()>;
-
-    /// `dW += wgrad(x, dy)` of a plain convolution.
-    fn conv_wgrad(
-        &self,
-        x: View<'_, Self::Buf>,
-        shape: Spatial,
-        geom: ConvGeom,
-        dy: View<'_, Self::Buf>,
-        dw: AtMut<'_, Self::Buf>,
-    ) -> Result<()>;
-
-    /// `dx = dgrad(dy, W)` of a plain convolution (overwrites dx). `shape` is x's.
-    fn conv_dgrad(
-        &self,
-        dy: View<'_, Self::Buf>,
-        shape: Spatial,
-        geom: ConvGeom,
-        w: At<'_, Self::Buf>,
-        dx: ViewMut<'_, Self::Buf>,
-    ) -> Result<()>;
-
-    /// ImageNet stem tail: `y = maxpool3x3/2,pad1(relu(a⊙t + b))`. Overwrites y.
-    fn bn_relu_maxpool_fwd(
-        &self,
-        t: BnReluView<'_, Self::Buf>,
-        shape: Spatial,
-        y: ViewMut<'_, Self::Buf>,
-    ) -> Result<()>;
-
-    /// Backward of [`Backend::bn_relu_maxpool_fwd`] up to the BN: the window's arg-max
-    /// (first maximum in row-major window order, as PyTorch) is recomputed from t; writes
-    /// `g = scatter(dy) ⊙ [a⊙t + b > 0]` into g (overwrites) and `sums ← [Σg | Σg·t̂]`.
-    fn bn_relu_maxpool_bwd(
-        &self,
-        dy: View<'_, Self::Buf>,
-        t: BnReluView<'_, Self::Buf>,
-        shape: Spatial,
-        g: ViewMut<'_, Self::Buf>,
-        sums: &mut Self::Buf,
-    ) -> Result<()>;
-
-    // ---- head -----------------------------------------------------------------------------
-
-    /// `pooled[n, c] = mean over pixels of image n of relu(a⊙x + b)`; pooled is N×C dense.
-    fn bn_relu_global_pool_fwd(
-        &self,
-        x: BnReluView<'_, Self::Buf>,
-        shape: Spatial,
-        pooled: &mut Self::Buf,
-    ) -> Result<()>;
-
-    /// `g = dpooled/(h·w) broadcast ⊙ [a⊙x + b > 0]`; `dx ← a⊙g` (overwrites);
-    /// `sums ← [Σg | Σg·x̂]`.
-    fn bn_relu_global_pool_bwd(
-        &self,
-        dpooled: &Self::Buf,
-        x: BnReluView<'_, Self::Buf>,
-        shape: Spatial,
-        dx: ViewMut<'_, Self::Buf>,
-        sums: &mut Self::Buf,
-    ) -> Result<()>;
-
-    /// `logits = x · Wᵀ + bias` with x `n×k` dense, W `[out][k]`.
-    fn linear_fwd(
-        &self,
-        x: View<'_, Self::Buf>,
-        w: At<'_, Self::Buf>,
-        bias: At<'_, Self::Buf>,
-        y: ViewMut<'_, Self::Buf>,
-    ) -> Result<()>;
-
-    /// `dW += dyᵀ·x`, `dbias += Σ dy`, `dx = dy·W` (overwrites dx).
-    fn linear_bwd(
-        &self,
-        dy: View<'_, Self::Buf>,
-        x: View<'_, Self::Buf>,
-        w: At<'_, Self::Buf>,
-        grads: LinearGrads<'_, Self::Buf>,
-        dx: ViewMut<'_, Self::Buf>,
-    ) -> Result<()>;
-
-    /// Mean softmax cross-entropy of `logits` (n × classes) against `labels` (n class indices
-    /// stored as exact small integers in f32): `loss[0]` ← the mean loss,
-    /// `dlogits ← (softmax − onehot)/n`. Numerically stable (max subtracted).
-    fn softmax_xent(
-        &self,
-        logits: View<'_, Self::Buf>,
-        labels: &Self::Buf,
-        loss: &mut Self::Buf,
-        dlogits: ViewMut<'_, Self::Buf>,
-    ) -> Result<()>;
-
-    // ---- optimiser ------------------------------------------------------------------------
-
-    /// One fused SGD step over `len` parameters: `d = g + wd·p`, `v = μ·v + d`,
-    /// `p −= lr·(d + μ·v)` (Nesterov) or `p −= lr·v`.
-    fn sgd_update(
-        &self,
-        params: &mut Self::Buf,
-        grads: &Self::Buf,
-        velocity: &mut Self::Buf,
-        len: usize,
-        hp: SgdParams,
-    ) -> Result<()>;
-
-    // ---- unfused ops of the baseline (`crate::baseline`) ----------------------------
-    //
-    // The textbook DenseNet materialises what the fused ops above keep in registers: the
-    // concatenation, the BN output and the ReLU output of every layer. These ops exist so
-    // that baseline runs on the same backend, through the same allocator, as the efficient
-    // path; combined with `channel_stats`, `conv_*`, `bn_grad_fold`, `bn_backward_elementwise`
-    // and the head ops they make a complete unfused training step.
-
-    /// `dst ← src` (or `dst += src` with `accumulate`), element by element, for two matrices
-    /// of the same shape: builds a concatenation column range by column range, and splits
-    /// its gradient back onto the concatenated tensors.
-    fn copy_columns(
-        &self,
-        src: View<'_, Self::Buf>,
-        dst: ViewMut<'_, Self::Buf>,
-        accumulate: bool,
-    ) -> Result<()>;
-
-    /// `y = a⊙x + b`: a batch-norm's output, stored (same f32 formula as the fused ops'
-    /// pre-activation, so a ReLU of it makes the same decisions). Overwrites y.
-    fn bn_apply(
-        &self,
-        x: View<'_, Self::Buf>,
-        bn: BnRef<'_, Self::Buf>,
-        y: ViewMut<'_, Self::Buf>,
-    ) -> Result<()>;
-
-    /// `y = max(x, 0)`. Overwrites y.
-    fn relu_fwd(&self, x: View<'_, Self::Buf>, y: ViewMut<'_, Self::Buf>) -> Result<()>;
-
-    /// ReLU backward in place: `g ← g ⊙ [x > 0]`, x being the ReLU's input.
-    fn relu_bwd(&self, g: ViewMut<'_, Self::Buf>, x: View<'_, Self::Buf>) -> Result<()>;
-
-    /// The reductions of a batch-norm backward: `sums ← [Σg | Σg·x̂]` per channel, g being the
-    /// gradient of the BN output and x̂ = (x − mean)/√(var + ε) of its input. Feeds
-    /// [`Backend::bn_grad_fold`] (dγ, dβ) and [`Backend::bn_backward_elementwise`] (dx).
-    fn bn_grad_sums(
-        &self,
-        g: View<'_, Self::Buf>,
-        x: View<'_, Self::Buf>,
-        stats: StatsRef<'_, Self::Buf>,
-        sums: &mut Self::Buf,
-    ) -> Result<()>;
-
-    /// Average pooling over non-overlapping `window`s (stride = window, no padding; a last
-    /// partial row or column of windows is dropped, as PyTorch's `AvgPool2d(k)`): y has
-    /// ⌊h/kh⌋×⌊w/kw⌋ pixels per image. `window = (2, 2)` is the transition's pool,
-    /// `window = (h, w)` the head's global pool. Overwrites y.
-    fn avg_pool_fwd(
-        &self,
-        x: View<'_, Self::Buf>,
-        shape: Spatial,
-        window: PoolWindow,
-        y: ViewMut<'_, Self::Buf>,
-    ) -> Result<()>;
-
-    /// Backward of [`Backend::avg_pool_fwd`]: `dx = dy/(kh·kw)` on every pixel of a window,
-    /// 0 on dropped pixels. `shape` is x's. Overwrites dx.
-    fn avg_pool_bwd(
-        &self,
-        dy: View<'_, Self::Buf>,
-        shape: Spatial,
-        window: PoolWindow,
-        dx: ViewMut<'_, Self::Buf>,
-    ) -> Result<()>;
-
-    /// The ImageNet stem's max-pool 3×3, stride 2, padding 1 (padding never wins).
-    /// Overwrites y.
-    fn max_pool_fwd(&self, x: View<'_, Self::Buf>, shape: Spatial, y: ViewMut<'_, Self::Buf>) -> Result<()>;
-
-    /// Backward of [`Backend::max_pool_fwd`]: each dy goes to its window's first maximum in
-    /// row-major window order (recomputed from x; PyTorch's choice), summed where windows
-    /// overlap. `shape` is x's. Overwrites dx.
-    fn max_pool_bwd(
-        &self,
-        dy: View<'_, Self::Buf>,
-        x: View<'_, Self::Buf>,
-        shape: Spatial,
-        dx: ViewMut<'_, Self::Buf>,
-    ) -> Result<()>;
+mod sealed {
+    /// Only this crate's backends implement [`super::Buffers`].
+    pub trait Sealed {}
+    impl Sealed for super::cpu::CpuBackend {}
+    impl<D: super::cuda::Device> Sealed for super::cuda::KernelBackend<D> {}
 }

@@ -1,6 +1,7 @@
 //! [`BaselineNetwork`]: the textbook training step over a [`Backend`].
 
 use super::tape::{BnRelu, Feature, LayerTape, Tape, TransitionTape};
+use crate::backend::UnfusedOps;
 use crate::backend::{
     At, Backend, BnGradTarget, BnRef, Category, ConvGeom, Mat, PoolWindow, SgdParams, Spatial, StatsRef,
 };
@@ -23,7 +24,7 @@ type BlockOutput<B> = (Vec<Feature<B>>, Vec<LayerTape<B>>);
 /// A DenseNet-BC for one batch size and image size, trained the textbook way (see
 /// [`crate::baseline`]). Parameters use the layout of [`ParamLayout`], inputs are NHWC, as for
 /// [`crate::efficient::Network`], so the two can be fed the same data and compared.
-pub struct BaselineNetwork<B: Backend> {
+pub struct BaselineNetwork<B: Backend + UnfusedOps> {
     backend: B,
     cfg: DenseNetConfig,
     layout: ParamLayout,
@@ -49,7 +50,7 @@ pub struct BaselineNetwork<B: Backend> {
     tape: Option<Tape<B>>,
 }
 
-impl<B: Backend> BaselineNetwork<B> {
+impl<B: Backend + UnfusedOps> BaselineNetwork<B> {
     /// Allocates the parameters, their gradients (and SGD momentum with `optimizer`), the
     /// running statistics and the input/head buffers. Activations are allocated by
     /// [`BaselineNetwork::forward`] and freed by [`BaselineNetwork::backward`].

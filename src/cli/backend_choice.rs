@@ -1,9 +1,9 @@
 //! `--backend auto|cpu|cuda` for the commands that run a network.
 
 use clap::ValueEnum;
-use densenet::backend::Backend;
 use densenet::backend::cpu::CpuBackend;
 use densenet::backend::cuda::CudaBackend;
+use densenet::backend::{Backend, UnfusedOps};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum BackendChoice {
@@ -22,7 +22,7 @@ pub enum BackendChoice {
 /// over the backend type and closures cannot be).
 pub trait BackendTask {
     type Output;
-    fn run<B: Backend + Clone>(self, backend: B) -> anyhow::Result<Self::Output>;
+    fn run<B: Backend + UnfusedOps + Clone>(self, backend: B) -> anyhow::Result<Self::Output>;
 }
 
 /// Runs `task` on the chosen backend.

@@ -4,7 +4,7 @@
 use super::backend_choice::{BackendChoice, BackendTask, run_on};
 use super::progress::{Progress, megabytes};
 use clap::Args;
-use densenet::backend::Backend;
+use densenet::backend::{Backend, UnfusedOps};
 use densenet::checkpoint::Checkpoint;
 use densenet::data::DataSource;
 use densenet::efficient::Options;
@@ -55,7 +55,7 @@ struct Eval<'a> {
 impl BackendTask for Eval<'_> {
     type Output = ();
 
-    fn run<B: Backend + Clone>(self, backend: B) -> anyhow::Result<()> {
+    fn run<B: Backend + UnfusedOps + Clone>(self, backend: B) -> anyhow::Result<()> {
         let args = self.args;
         let checkpoint = Checkpoint::load(&args.checkpoint)?;
         let source = match (&args.data, &checkpoint.data) {

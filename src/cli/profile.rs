@@ -6,7 +6,7 @@ use super::Outcome;
 use super::backend_choice::{BackendChoice, BackendTask, run_on};
 use super::model_args::{ModelArgs, size_or_default};
 use clap::{Args, ValueEnum};
-use densenet::backend::Backend;
+use densenet::backend::{Backend, UnfusedOps};
 use densenet::config::DenseNetConfig;
 use densenet::error::Error;
 use densenet::plan::Dtype;
@@ -244,7 +244,7 @@ struct BackendMemory;
 
 impl BackendTask for BackendMemory {
     type Output = (String, Option<usize>);
-    fn run<B: Backend + Clone>(self, backend: B) -> anyhow::Result<(String, Option<usize>)> {
+    fn run<B: Backend + UnfusedOps + Clone>(self, backend: B) -> anyhow::Result<(String, Option<usize>)> {
         Ok((backend.name(), backend.available_bytes()))
     }
 }
@@ -258,7 +258,7 @@ struct Measure<'a> {
 
 impl BackendTask for Measure<'_> {
     type Output = profile::Measured;
-    fn run<B: Backend + Clone>(self, backend: B) -> anyhow::Result<profile::Measured> {
+    fn run<B: Backend + UnfusedOps + Clone>(self, backend: B) -> anyhow::Result<profile::Measured> {
         Ok(profile::measure(backend, self.profile, self.path, self.steps)?)
     }
 }

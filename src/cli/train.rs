@@ -7,7 +7,7 @@ use super::model_args::ModelArgs;
 use super::progress::Progress;
 use super::train_dir::{Log, TrainDir};
 use clap::{Args, ValueEnum};
-use densenet::backend::Backend;
+use densenet::backend::{Backend, UnfusedOps};
 use densenet::checkpoint::{Checkpoint, remove_stale_temps};
 use densenet::data::{DataSource, Normalization, Splits, SyntheticSpec};
 use densenet::error::Error;
@@ -156,7 +156,7 @@ struct Run<'a> {
 impl BackendTask for Run<'_> {
     type Output = Outcome;
 
-    fn run<B: Backend + Clone>(self, backend: B) -> anyhow::Result<Outcome> {
+    fn run<B: Backend + UnfusedOps + Clone>(self, backend: B) -> anyhow::Result<Outcome> {
         let args = self.args;
         let train = args.train_config();
         train.validate()?;

@@ -1,6 +1,7 @@
 //! Real runs: one step of a path on a backend, with the allocator's peak and the wall time.
 
 use super::{ConfigProfile, Measured, PathKind};
+use crate::backend::UnfusedOps;
 use crate::backend::{Backend, Category, MemoryReport, SgdParams};
 use crate::baseline::BaselineNetwork;
 use crate::efficient::{Network, Options};
@@ -16,7 +17,7 @@ const SGD: SgdParams = SgdParams { lr: 0.1, momentum: 0.9, weight_decay: 1e-4, n
 /// torchvision-style initial weights and a random batch (after one untimed warm-up step when
 /// `steps > 1`), and returns the allocator's peak from the network's construction to the end
 /// of the last step (bytes the backend held before are not counted) and the median step time.
-pub fn measure<B: Backend>(
+pub fn measure<B: Backend + UnfusedOps>(
     backend: B,
     profile: &ConfigProfile,
     path: PathKind,
@@ -57,7 +58,7 @@ pub fn measure<B: Backend>(
 
 /// What the step loop calls on a network: the inherent methods of the same names that both
 /// kinds have, so that one loop measures both.
-trait StepNet<B: Backend> {
+trait StepNet<B: Backend + UnfusedOps> {
     fn set_params(&mut self, params: &[f32], running: &[f32]) -> Result<()>;
     fn set_batch(&mut self, images: &[f32], labels: &[u32]) -> Result<()>;
     fn forward(&mut self) -> Result<()>;
@@ -70,7 +71,7 @@ trait StepNet<B: Backend> {
 /// method-call syntax picks before the trait's, so these do not recurse).
 macro_rules! step_net {
     ($net:ident) => {
-        impl<B: Backend> StepNet<B> for $net<B> {
+        impl<B: Backend + UnfusedOps> StepNet<B> for $net<B> {
             fn set_params(&mut self, params: &[f32], running: &[f32]) -> Result<()> {
                 self.set_params(params, running)
             }
@@ -98,7 +99,7 @@ step_net!(BaselineNetwork);
 /// Loads `params`, `running` and the batch into `net`, then times `steps` steps (a forward,
 /// and with `train` a backward and an SGD step); returns the backend's memory report after
 /// the last one and the median step time.
-fn run_steps<B: Backend>(
+fn run_steps<B: Backend + UnfusedOps>(
     mut net: impl StepNet<B>,
     params: &[f32],
     running: &[f32],

@@ -10,7 +10,8 @@
 
 use crate::{Bench, W_OFF};
 use densenet::backend::cuda::{Device, KernelBackend};
-use densenet::backend::{At, Backend, Category, ConvGeom, Mat, Spatial};
+use densenet::backend::prelude::*;
+use densenet::backend::{At, Category, ConvGeom, Mat, Spatial};
 use densenet::backend::{AtMut, View, ViewMut};
 
 crate::kernel_cases! {

@@ -9,7 +9,8 @@
 
 use crate::{Bench, Pair, W_OFF, bn_cpu, bn_emu};
 use densenet::backend::cuda::{Device, KernelBackend};
-use densenet::backend::{At, Backend, Mat};
+use densenet::backend::prelude::*;
+use densenet::backend::{At, Mat};
 use densenet::backend::{AtMut, View, ViewMut};
 
 crate::kernel_cases! {

@@ -11,7 +11,8 @@
 
 use crate::{Bench, W_OFF, bn_cpu, bn_emu};
 use densenet::backend::cuda::{Device, KernelBackend};
-use densenet::backend::{At, Backend, Category, Mat, Spatial};
+use densenet::backend::prelude::*;
+use densenet::backend::{At, Category, Mat, Spatial};
 use densenet::backend::{AtMut, View, ViewMut};
 
 crate::kernel_cases! {

@@ -2,7 +2,8 @@
 
 use crate::{Bench, bn_cpu, bn_emu};
 use densenet::backend::cuda::{Device, KernelBackend};
-use densenet::backend::{Backend, BnGradTarget, Mat, SgdParams, StatsRef};
+use densenet::backend::prelude::*;
+use densenet::backend::{BnGradTarget, Mat, SgdParams, StatsRef};
 use densenet::backend::{BnSums, StatsMut, View, ViewMut};
 use rand::Rng;
 

@@ -4,7 +4,8 @@
 
 use crate::{Bench, W_OFF};
 use densenet::backend::cuda::{Device, KernelBackend};
-use densenet::backend::{At, Backend, Mat};
+use densenet::backend::prelude::*;
+use densenet::backend::{At, Mat};
 use densenet::backend::{LinearGrads, View, ViewMut};
 
 crate::kernel_cases! {

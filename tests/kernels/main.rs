@@ -25,7 +25,8 @@
 
 use densenet::backend::cpu::{CpuBackend, CpuBuf};
 use densenet::backend::cuda::{CudaBackend, Device, DeviceBuf, KernelBackend};
-use densenet::backend::{Backend, BnRef, Category, Mat};
+use densenet::backend::prelude::*;
+use densenet::backend::{BnRef, Category, Mat};
 use libtest_mimic::{Arguments, Trial};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

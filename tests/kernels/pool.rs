@@ -10,7 +10,8 @@
 
 use crate::{Bench, Pair, bn_cpu, bn_emu};
 use densenet::backend::cuda::{Device, KernelBackend};
-use densenet::backend::{Backend, Mat, Spatial};
+use densenet::backend::prelude::*;
+use densenet::backend::{Mat, Spatial};
 use densenet::backend::{View, ViewMut};
 use rand::Rng;
 

@@ -5,7 +5,8 @@
 use crate::conv1x1::{assert_same_bits, copy};
 use crate::{Bench, W_OFF, bn_cpu, bn_emu};
 use densenet::backend::cuda::{Device, KernelBackend};
-use densenet::backend::{At, Backend, Mat, Spatial};
+use densenet::backend::prelude::*;
+use densenet::backend::{At, Mat, Spatial};
 use densenet::backend::{AtMut, View, ViewMut};
 
 crate::kernel_cases! {

@@ -8,7 +8,8 @@
 use crate::pool::{SHAPES, coarse, stem_pool_out};
 use crate::{Bench, bn_cpu, bn_emu};
 use densenet::backend::cuda::{Device, KernelBackend};
-use densenet::backend::{Backend, Mat, PoolWindow, StatsRef};
+use densenet::backend::prelude::*;
+use densenet::backend::{Mat, PoolWindow, StatsRef};
 use densenet::backend::{View, ViewMut};
 use rand::Rng;
 

@@ -1,5 +1,5 @@
 //! Test-only bridge from the cpu backend's layouts to the f64 oracle, [`crate::reference::ops`],
-//! which the unit tests of `conv.rs` and `pointwise.rs` compute their expected values with.
+//! which the unit tests in `conv_tests.rs` and `pointwise_tests.rs` compute their expected values with.
 //!
 //! The backend stores activations as pixel-major matrices (`P × C`, pixel `p = (n·H + y)·W + x`,
 //! i.e. NHWC), the oracle as NCHW [`Tensor`]s: [`nhwc_to_tensor`] and [`tensor_to_nhwc`] convert

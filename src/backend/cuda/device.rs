@@ -3,7 +3,7 @@
 //! emulator (`emulated.rs`) — so every launch wrapper (params struct, grid and block) is
 //! shared and the emulator exercises the Rust side of each launch too.
 
-use super::params::KernelParams;
+use super::KernelParams;
 use crate::error::Result;
 
 /// Grid and block of a launch, and its dynamic shared memory.

@@ -3,8 +3,8 @@
 //! CUDA graph), uploads staged through pinned host memory so they are truly asynchronous,
 //! kernel modules loaded on first use and cached.
 
+use super::KernelParams;
 use super::device::{Device, LaunchCfg};
-use super::params::KernelParams;
 use crate::error::{Error, Result};
 use crate::kernels::{GpuArch, KernelSource, MODULES, compile_nvrtc, module_of};
 use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags};

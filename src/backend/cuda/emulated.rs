@@ -3,8 +3,8 @@
 //! emulator's memory check) and each launch runs the kernel's C++ build (see
 //! `emu/cuda_emu.h`) with the same argument array the driver would get.
 
+use super::KernelParams;
 use super::device::{Device, LaunchCfg};
-use super::params::KernelParams;
 use crate::emu::{self, Buffer};
 use crate::error::{Error, Result};
 use std::ffi::c_void;

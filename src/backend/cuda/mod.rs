@@ -4,29 +4,30 @@
 //! blocks) are written once, so CI exercises the Rust side of every launch; their argument
 //! checks are `backend::validate`, shared with the cpu backend.
 //!
-//! `KernelBackend` implements the whole `Backend` trait (`backend_impl.rs`): every op is a
-//! launch wrapper in `ops/` over a kernel family in `kernels/` — statistics, batch-norm
-//! backward pieces, the fused 1×1 / 3×3 / transition GEMMs with their BN-ReLU prologues and
-//! BN-backward epilogues, stem convolutions and pooling, the head, loss, optimiser, and the
-//! unfused ops of the baseline. Reductions that span many blocks write per-split
+//! `KernelBackend` implements [`Buffers`] here and every op family in that family's
+//! `cuda.rs` (`backend::<family>::cuda`): its `#[repr(C)]` params struct, mirrored in
+//! `kernels/<family>.cu`, and its launches — statistics, batch-norm backward pieces, the fused
+//! 1×1 / 3×3 / transition GEMMs with their BN-ReLU prologues and BN-backward epilogues, stem
+//! convolutions and pooling, the head, loss, optimiser, and the unfused ops of the baseline. Reductions that span many blocks write per-split
 //! partials into the backend's scratch and a second kernel adds them in a fixed order, so
 //! every result is deterministic.
 
-mod backend_impl;
-mod device;
+pub(crate) mod device;
 mod driver;
 #[cfg(feature = "cuda-emu")]
 mod emulated;
-mod ops;
-pub mod params;
+pub(crate) mod launch;
 
 pub use device::{Device, LaunchCfg};
 pub use driver::CudaDevice;
 #[cfg(feature = "cuda-emu")]
 pub use emulated::EmuDevice;
+pub use launch::{SplitSumParams, TileSumsParams};
 
-use super::{Category, MemoryReport, MemoryTracker, validate};
+use super::{Buffers, Category, MemoryReport, MemoryTracker, validate};
 use crate::error::{Error, Result};
+use bytemuck::Pod;
+use cudarc::driver::DeviceRepr;
 use std::sync::{Arc, Mutex};
 
 /// A device buffer of `f32` whose bytes are counted while it lives.
@@ -60,7 +61,7 @@ pub const SCRATCH_FLOATS: usize = 1 << 22;
 
 /// Kernel launches on a device, with a byte-counting allocator.
 pub struct KernelBackend<D: Device> {
-    device: Arc<D>,
+    pub(crate) device: Arc<D>,
     tracker: Arc<MemoryTracker>,
     /// Shared by clones. The lock is held while a wrapper enqueues the kernels that use the
     /// scratch; later launches on the device's one stream run after them, so the next user
@@ -123,56 +124,78 @@ impl<D: Device> KernelBackend<D> {
         enqueue(self.device.address(&scratch.mem, 0))
     }
 
-    pub fn name(&self) -> String {
-        self.device.name()
-    }
-
-    /// A zero-filled buffer of `len` floats, counted under `category`.
-    pub fn alloc(&self, len: usize, category: Category) -> Result<DeviceBuf<D>> {
-        let mem = self.device.alloc_zeroed(len)?;
-        self.tracker.allocated(len * 4, category);
-        Ok(DeviceBuf { mem, len, category, tracker: self.tracker.clone() })
-    }
-
-    pub fn memory(&self) -> MemoryReport {
-        self.tracker.report()
-    }
-
-    pub fn reset_peak(&self) {
-        self.tracker.reset_peak()
-    }
-
-    /// Free device memory (host memory for the emulator), if the device can tell.
-    pub fn available_bytes(&self) -> Option<usize> {
-        self.device.free_bytes()
-    }
-
-    pub fn upload(&self, dst: &mut DeviceBuf<D>, offset: usize, src: &[f32]) -> Result<()> {
-        validate::range(dst, offset, src.len(), "upload")?;
-        self.device.upload(&mut dst.mem, offset, src)
-    }
-
-    pub fn download(&self, src: &DeviceBuf<D>, offset: usize, len: usize) -> Result<Vec<f32>> {
-        validate::range(src, offset, len, "download")?;
-        self.device.download(&src.mem, offset, len)
-    }
-
-    pub fn fill_zero(&self, buf: &mut DeviceBuf<D>, offset: usize, len: usize) -> Result<()> {
-        validate::range(buf, offset, len, "fill_zero")?;
-        self.device.zero(&mut buf.mem, offset, len)
-    }
-
-    pub fn synchronize(&self) -> Result<()> {
-        self.device.synchronize()
-    }
-
     /// Address of element `offset` of `buf`, for a kernel argument.
-    fn addr(&self, buf: &DeviceBuf<D>, offset: usize) -> u64 {
+    pub(crate) fn addr(&self, buf: &DeviceBuf<D>, offset: usize) -> u64 {
         self.device.address(&buf.mem, offset)
     }
 }
 
 /// `v` as a 32-bit kernel field (callers have bounded it by a buffer length check).
-fn u32_of(v: usize, what: &str) -> Result<u32> {
+pub(crate) fn u32_of(v: usize, what: &str) -> Result<u32> {
     u32::try_from(v).map_err(|_| Error::Shape(format!("{what} = {v} exceeds the kernels' 32-bit extents")))
 }
+
+impl<D: Device> Buffers for KernelBackend<D> {
+    type Buf = DeviceBuf<D>;
+
+    fn name(&self) -> String {
+        self.device.name()
+    }
+
+    /// A zero-filled buffer of `len` floats, counted under `category`.
+    fn alloc(&self, len: usize, category: Category) -> Result<DeviceBuf<D>> {
+        let mem = self.device.alloc_zeroed(len)?;
+        self.tracker.allocated(len * 4, category);
+        Ok(DeviceBuf { mem, len, category, tracker: self.tracker.clone() })
+    }
+
+    fn memory(&self) -> MemoryReport {
+        self.tracker.report()
+    }
+
+    fn reset_peak(&self) {
+        self.tracker.reset_peak()
+    }
+
+    /// Free device memory (host memory for the emulator), if the device can tell.
+    fn available_bytes(&self) -> Option<usize> {
+        self.device.free_bytes()
+    }
+
+    fn upload(&self, dst: &mut DeviceBuf<D>, offset: usize, src: &[f32]) -> Result<()> {
+        validate::range(dst, offset, src.len(), "upload")?;
+        self.device.upload(&mut dst.mem, offset, src)
+    }
+
+    fn download(&self, src: &DeviceBuf<D>, offset: usize, len: usize) -> Result<Vec<f32>> {
+        validate::range(src, offset, len, "download")?;
+        self.device.download(&src.mem, offset, len)
+    }
+
+    fn fill_zero(&self, buf: &mut DeviceBuf<D>, offset: usize, len: usize) -> Result<()> {
+        validate::range(buf, offset, len, "fill_zero")?;
+        self.device.zero(&mut buf.mem, offset, len)
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.device.synchronize()
+    }
+}
+
+/// A params struct a kernel takes by value: `#[repr(C)]`, mirrored field for field by the
+/// struct of the same name in its family's `.cu` file. `tests/kernel_params.rs` compares the
+/// two (fields, types, offsets, size) and the `.cu` side `static_assert`s the size, so a
+/// one-sided edit is caught.
+pub trait KernelParams: Pod + DeviceRepr {}
+
+/// Implements cudarc's `DeviceRepr` and [`KernelParams`] for params structs.
+macro_rules! kernel_params {
+    ($($name:ident),* $(,)?) => {
+        $(
+            // SAFETY: plain-old-data `#[repr(C)]` structs laid out as their CUDA mirrors.
+            unsafe impl cudarc::driver::DeviceRepr for $name {}
+            impl $crate::backend::cuda::KernelParams for $name {}
+        )*
+    };
+}
+pub(crate) use kernel_params;

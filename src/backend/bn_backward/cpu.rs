@@ -1,0 +1,131 @@
+//! The cpu backend's bn_backward ops.
+
+use super::BnBackwardOps;
+use crate::backend::cpu::rows::{CHUNK_ROWS, normalized, par_row_chunks, row};
+use crate::backend::cpu::{Bn, CpuBackend, CpuBuf, resolve_stats};
+use crate::backend::{BnGradTarget, BnRef, BnSums, Mat, StatsRef, View, ViewMut, validate};
+use crate::error::Result;
+
+impl BnBackwardOps for CpuBackend {
+    fn bn_backward_elementwise(
+        &self,
+        g: ViewMut<'_, CpuBuf>,
+        x: View<'_, CpuBuf>,
+        bn: BnRef<'_, CpuBuf>,
+        sums: &CpuBuf,
+    ) -> Result<()> {
+        validate::bn_backward_elementwise(&g, &x, bn, sums)?;
+        let ViewMut { buf: g, mat: gm } = g;
+        let View { buf: x, mat: xm } = x;
+        let bn = Bn::resolve(bn, xm.cols);
+        bn_backward_elementwise(g.as_mut_slice(), gm, x.as_slice(), xm, &bn, &sums.data[..2 * xm.cols]);
+        Ok(())
+    }
+
+    fn bn_grad_fold(
+        &self,
+        sums: BnSums<'_, CpuBuf>,
+        bn: BnRef<'_, CpuBuf>,
+        grads: &mut CpuBuf,
+        corr: &mut CpuBuf,
+        target: BnGradTarget,
+    ) -> Result<()> {
+        validate::bn_grad_fold(&sums, bn, grads, corr, target)?;
+        let BnSums { sums, channels, count } = sums;
+        let bn = Bn::resolve(bn, channels);
+        bn_grad_fold(
+            &sums.data[..2 * channels],
+            count,
+            &bn,
+            grads.as_mut_slice(),
+            corr.as_mut_slice(),
+            target,
+        );
+        Ok(())
+    }
+
+    fn bn_correction(
+        &self,
+        g: ViewMut<'_, CpuBuf>,
+        x: View<'_, CpuBuf>,
+        stats: StatsRef<'_, CpuBuf>,
+        corr: &CpuBuf,
+        alpha: usize,
+        beta: usize,
+    ) -> Result<()> {
+        validate::bn_correction(&g, &x, stats, corr, alpha, beta)?;
+        let ViewMut { buf: g, mat: gm } = g;
+        let View { buf: x, mat: xm } = x;
+        let (mean, invstd) = resolve_stats(stats, xm.cols);
+        bn_correction(
+            g.as_mut_slice(),
+            gm,
+            x.as_slice(),
+            xm,
+            &mean,
+            &invstd,
+            &corr.data[alpha..alpha + xm.cols],
+            &corr.data[beta..beta + xm.cols],
+        );
+        Ok(())
+    }
+}
+
+pub(crate) fn bn_backward_elementwise(g: &mut [f32], gm: Mat, x: &[f32], xm: Mat, bn: &Bn, sums: &[f32]) {
+    let count = gm.rows as f32;
+    let (sum_g, sum_gx) = sums.split_at(xm.cols);
+    let mean_g: Vec<f32> = sum_g.iter().map(|s| s / count).collect();
+    let mean_gx: Vec<f32> = sum_gx.iter().map(|s| s / count).collect();
+    par_row_chunks(g, gm, CHUNK_ROWS, |mut piece| {
+        for r in 0..piece.rows {
+            let xr = row(x, xm, piece.first + r);
+            for (c, gv) in piece.row(r).iter_mut().enumerate() {
+                let xh = normalized(bn.mean[c], bn.invstd[c], xr[c]);
+                *gv = bn.a[c] * (*gv - mean_g[c] - xh * mean_gx[c]);
+            }
+        }
+    });
+}
+
+pub(crate) fn bn_grad_fold(
+    sums: &[f32],
+    count: usize,
+    bn: &Bn,
+    grads: &mut [f32],
+    corr: &mut [f32],
+    target: BnGradTarget,
+) {
+    let (sum_g, sum_gx) = sums.split_at(sums.len() / 2);
+    for (c, (&sg, &sgx)) in sum_g.iter().zip(sum_gx).enumerate() {
+        grads[target.dgamma + c] += sgx;
+        grads[target.dbeta + c] += sg;
+    }
+    if let Some((alpha, beta)) = target.correction {
+        let count = count as f32;
+        for (c, (&sg, &sgx)) in sum_g.iter().zip(sum_gx).enumerate() {
+            corr[alpha + c] += bn.a[c] * sg / count;
+            corr[beta + c] += bn.a[c] * sgx / count;
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn bn_correction(
+    g: &mut [f32],
+    gm: Mat,
+    x: &[f32],
+    xm: Mat,
+    mean: &[f32],
+    invstd: &[f32],
+    alpha: &[f32],
+    beta: &[f32],
+) {
+    par_row_chunks(g, gm, CHUNK_ROWS, |mut piece| {
+        for r in 0..piece.rows {
+            let xr = row(x, xm, piece.first + r);
+            for (c, gv) in piece.row(r).iter_mut().enumerate() {
+                *gv -= alpha[c] + normalized(mean[c], invstd[c], xr[c]) * beta[c];
+            }
+        }
+    });
+}

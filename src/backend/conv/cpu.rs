@@ -1,0 +1,99 @@
+//! The cpu backend's conv ops.
+
+use super::ConvOps;
+use crate::backend::cpu::gemm::{
+    Operand, chunk_bounds, conv_fwd_impl, conv_wgrad_impl, gemm, im2col_dgrad, map_blocks, scratch,
+};
+use crate::backend::cpu::{CpuBackend, CpuBuf};
+use crate::backend::{At, AtMut, ConvGeom, Mat, Spatial, View, ViewMut, validate};
+use crate::error::Result;
+
+impl ConvOps for CpuBackend {
+    fn conv_fwd(
+        &self,
+        x: View<'_, CpuBuf>,
+        shape: Spatial,
+        geom: ConvGeom,
+        w: At<'_, CpuBuf>,
+        y: ViewMut<'_, CpuBuf>,
+    ) -> Result<()> {
+        validate::conv_fwd(&x, shape, geom, w, &y)?;
+        let View { buf: x, mat: xm } = x;
+        let ViewMut { buf: y, mat: ym } = y;
+        conv_fwd(x.as_slice(), xm, shape, geom, &w.buf.data[w.offset..], y.as_mut_slice(), ym);
+        Ok(())
+    }
+
+    fn conv_wgrad(
+        &self,
+        x: View<'_, CpuBuf>,
+        shape: Spatial,
+        geom: ConvGeom,
+        dy: View<'_, CpuBuf>,
+        dw: AtMut<'_, CpuBuf>,
+    ) -> Result<()> {
+        validate::conv_wgrad(&x, shape, geom, &dy, &dw)?;
+        let View { buf: x, mat: xm } = x;
+        let View { buf: dy, mat: dym } = dy;
+        let AtMut { buf: dw, offset: dw_off } = dw;
+        conv_wgrad(x.as_slice(), xm, shape, geom, dy.as_slice(), dym, &mut dw.data[dw_off..]);
+        Ok(())
+    }
+
+    fn conv_dgrad(
+        &self,
+        dy: View<'_, CpuBuf>,
+        shape: Spatial,
+        geom: ConvGeom,
+        w: At<'_, CpuBuf>,
+        dx: ViewMut<'_, CpuBuf>,
+    ) -> Result<()> {
+        validate::conv_dgrad(&dy, shape, geom, w, &dx)?;
+        let View { buf: dy, mat: dym } = dy;
+        let ViewMut { buf: dx, mat: dxm } = dx;
+        conv_dgrad(dy.as_slice(), dym, shape, geom, &w.buf.data[w.offset..], dx.as_mut_slice(), dxm);
+        Ok(())
+    }
+}
+
+pub(crate) fn conv_fwd(
+    x: &[f32],
+    xm: Mat,
+    shape: Spatial,
+    geom: ConvGeom,
+    w: &[f32],
+    y: &mut [f32],
+    ym: Mat,
+) {
+    conv_fwd_impl(x, xm, shape, geom, None, w, y, ym);
+}
+
+pub(crate) fn conv_wgrad(
+    x: &[f32],
+    xm: Mat,
+    shape: Spatial,
+    geom: ConvGeom,
+    dy: &[f32],
+    dym: Mat,
+    dw: &mut [f32],
+) {
+    conv_wgrad_impl(x, xm, shape, geom, None, dy, dym, dw);
+}
+
+pub(crate) fn conv_dgrad(
+    dy: &[f32],
+    dym: Mat,
+    shape: Spatial,
+    geom: ConvGeom,
+    w: &[f32],
+    dx: &mut [f32],
+    dxm: Mat,
+) {
+    let (cin, width) = (dxm.cols, dym.cols * geom.kernel * geom.kernel);
+    map_blocks(dx, dxm, &chunk_bounds(dxm.rows), |blk, s| {
+        let taps = scratch(&mut s.a, blk.rows * width);
+        im2col_dgrad(dy, dym, shape, geom, blk.first, blk.rows, taps);
+        let d = Operand::dense(cin);
+        gemm(blk.rows, width, cin, 1.0, taps, Operand::dense(width), w, d, 0.0, blk.data, blk.view());
+    });
+}

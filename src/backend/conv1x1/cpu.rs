@@ -1,0 +1,115 @@
+//! The cpu backend's conv1x1 ops.
+
+use super::Conv1x1Ops;
+use crate::backend::cpu::gemm::{
+    Operand, Store, add_partial_sums, bn_relu_rows, chunk_bounds, gemm, map_blocks, masked_block, scratch,
+    wgrad_in_segments,
+};
+use crate::backend::cpu::{Bn, CpuBackend, CpuBuf};
+use crate::backend::{At, AtMut, BnReluView, Mat, View, ViewMut, validate};
+use crate::error::Result;
+
+impl Conv1x1Ops for CpuBackend {
+    fn bn_relu_conv1x1_fwd(
+        &self,
+        x: BnReluView<'_, CpuBuf>,
+        w: At<'_, CpuBuf>,
+        z: ViewMut<'_, CpuBuf>,
+    ) -> Result<()> {
+        validate::bn_relu_conv1x1_fwd(&x, w, &z)?;
+        let BnReluView { x: View { buf: x, mat: xm }, bn } = x;
+        let ViewMut { buf: z, mat: zm } = z;
+        let bn = Bn::resolve(bn, xm.cols);
+        bn_relu_conv1x1_fwd(x.as_slice(), xm, &bn, &w.buf.data[w.offset..], z.as_mut_slice(), zm);
+        Ok(())
+    }
+
+    fn bn_relu_conv1x1_wgrad(
+        &self,
+        x: BnReluView<'_, CpuBuf>,
+        dz: View<'_, CpuBuf>,
+        dw: AtMut<'_, CpuBuf>,
+    ) -> Result<()> {
+        validate::bn_relu_conv1x1_wgrad(&x, &dz, &dw)?;
+        let BnReluView { x: View { buf: x, mat: xm }, bn } = x;
+        let View { buf: dz, mat: dzm } = dz;
+        let AtMut { buf: dw, offset: dw_off } = dw;
+        let bn = Bn::resolve(bn, xm.cols);
+        bn_relu_conv1x1_wgrad(x.as_slice(), xm, &bn, dz.as_slice(), dzm, &mut dw.data[dw_off..]);
+        Ok(())
+    }
+
+    fn bn_relu_conv1x1_dgrad(
+        &self,
+        dz: View<'_, CpuBuf>,
+        w: At<'_, CpuBuf>,
+        x: BnReluView<'_, CpuBuf>,
+        dx: ViewMut<'_, CpuBuf>,
+        accumulate: bool,
+        sums: &mut CpuBuf,
+    ) -> Result<()> {
+        validate::bn_relu_conv1x1_dgrad(&dz, w, &x, &dx, sums)?;
+        let View { buf: dz, mat: dzm } = dz;
+        let BnReluView { x: View { buf: x, mat: xm }, bn } = x;
+        let ViewMut { buf: dx, mat: dxm } = dx;
+        let bn = Bn::resolve(bn, xm.cols);
+        bn_relu_conv1x1_dgrad(
+            dz.as_slice(),
+            dzm,
+            &w.buf.data[w.offset..],
+            x.as_slice(),
+            xm,
+            &bn,
+            dx.as_mut_slice(),
+            dxm,
+            accumulate,
+            sums.as_mut_slice(),
+        );
+        Ok(())
+    }
+}
+
+pub(crate) fn bn_relu_conv1x1_fwd(x: &[f32], xm: Mat, bn: &Bn, w: &[f32], z: &mut [f32], zm: Mat) {
+    let (cin, cout) = (xm.cols, zm.cols);
+    map_blocks(z, zm, &chunk_bounds(zm.rows), |blk, s| {
+        let act = scratch(&mut s.a, blk.rows * cin);
+        bn_relu_rows(x, xm, bn, blk.first, blk.rows, act);
+        let wt = Operand::dense_t(cin);
+        gemm(blk.rows, cin, cout, 1.0, act, Operand::dense(cin), w, wt, 0.0, blk.data, blk.view());
+    });
+}
+
+pub(crate) fn bn_relu_conv1x1_wgrad(x: &[f32], xm: Mat, bn: &Bn, dz: &[f32], dzm: Mat, dw: &mut [f32]) {
+    let (cin, cout) = (xm.cols, dzm.cols);
+    wgrad_in_segments(dzm.rows, &mut dw[..cout * cin], |p0, rows, s, partial| {
+        let act = scratch(&mut s.a, rows * cin);
+        bn_relu_rows(x, xm, bn, p0, rows, act);
+        let dzt = Operand::rows_of_t(dzm, p0);
+        let d = Operand::dense(cin);
+        gemm(cout, rows, cin, 1.0, dz, dzt, act, d, 1.0, partial, d);
+    });
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn bn_relu_conv1x1_dgrad(
+    dz: &[f32],
+    dzm: Mat,
+    w: &[f32],
+    x: &[f32],
+    xm: Mat,
+    bn: &Bn,
+    dx: &mut [f32],
+    dxm: Mat,
+    accumulate: bool,
+    sums: &mut [f32],
+) {
+    let (cin, cout) = (xm.cols, dzm.cols);
+    let store = if accumulate { Store::AddScaled } else { Store::Scaled };
+    let partials = map_blocks(dx, dxm, &chunk_bounds(dxm.rows), |blk, s| {
+        let g = scratch(&mut s.a, blk.rows * cin);
+        let d = Operand::dense(cin);
+        gemm(blk.rows, cout, cin, 1.0, dz, Operand::rows_of(dzm, blk.first), w, d, 0.0, g, d);
+        masked_block(g, x, xm, bn, store, blk)
+    });
+    add_partial_sums(&partials, &mut sums[..2 * cin]);
+}

@@ -1,0 +1,124 @@
+//! The cpu backend's conv3x3 ops.
+
+use super::Conv3x3Ops;
+use crate::backend::cpu::gemm::{
+    Operand, Store, add_partial_sums, chunk_bounds, conv_fwd_impl, conv_wgrad_impl, gemm, im2col_dgrad,
+    map_blocks, masked_block, scratch,
+};
+use crate::backend::cpu::{Bn, CpuBackend, CpuBuf};
+use crate::backend::{At, AtMut, BnReluView, ConvGeom, Mat, Spatial, View, ViewMut, validate};
+use crate::error::Result;
+
+impl Conv3x3Ops for CpuBackend {
+    fn bn_relu_conv3x3_fwd(
+        &self,
+        z: BnReluView<'_, CpuBuf>,
+        shape: Spatial,
+        w: At<'_, CpuBuf>,
+        y: ViewMut<'_, CpuBuf>,
+    ) -> Result<()> {
+        validate::bn_relu_conv3x3_fwd(&z, shape, w, &y)?;
+        let BnReluView { x: View { buf: z, mat: zm }, bn } = z;
+        let ViewMut { buf: y, mat: ym } = y;
+        let bn = Bn::resolve(bn, zm.cols);
+        bn_relu_conv3x3_fwd(z.as_slice(), zm, shape, &bn, &w.buf.data[w.offset..], y.as_mut_slice(), ym);
+        Ok(())
+    }
+
+    fn bn_relu_conv3x3_wgrad(
+        &self,
+        z: BnReluView<'_, CpuBuf>,
+        shape: Spatial,
+        dy: View<'_, CpuBuf>,
+        dw: AtMut<'_, CpuBuf>,
+    ) -> Result<()> {
+        validate::bn_relu_conv3x3_wgrad(&z, shape, &dy, &dw)?;
+        let BnReluView { x: View { buf: z, mat: zm }, bn } = z;
+        let View { buf: dy, mat: dym } = dy;
+        let AtMut { buf: dw, offset: dw_off } = dw;
+        let bn = Bn::resolve(bn, zm.cols);
+        bn_relu_conv3x3_wgrad(z.as_slice(), zm, shape, &bn, dy.as_slice(), dym, &mut dw.data[dw_off..]);
+        Ok(())
+    }
+
+    fn bn_relu_conv3x3_dgrad(
+        &self,
+        dy: View<'_, CpuBuf>,
+        shape: Spatial,
+        w: At<'_, CpuBuf>,
+        z: BnReluView<'_, CpuBuf>,
+        g: ViewMut<'_, CpuBuf>,
+        sums: &mut CpuBuf,
+    ) -> Result<()> {
+        validate::bn_relu_conv3x3_dgrad(&dy, shape, w, &z, &g, sums)?;
+        let View { buf: dy, mat: dym } = dy;
+        let BnReluView { x: View { buf: z, mat: zm }, bn } = z;
+        let ViewMut { buf: g, mat: gm } = g;
+        let bn = Bn::resolve(bn, zm.cols);
+        bn_relu_conv3x3_dgrad(
+            dy.as_slice(),
+            dym,
+            shape,
+            &w.buf.data[w.offset..],
+            z.as_slice(),
+            zm,
+            &bn,
+            g.as_mut_slice(),
+            gm,
+            sums.as_mut_slice(),
+        );
+        Ok(())
+    }
+}
+
+/// The dense layer's 3×3 convolution.
+pub(crate) const CONV3X3: ConvGeom = ConvGeom { kernel: 3, stride: 1, pad: 1 };
+
+pub(crate) fn bn_relu_conv3x3_fwd(
+    z: &[f32],
+    zm: Mat,
+    shape: Spatial,
+    bn: &Bn,
+    w: &[f32],
+    y: &mut [f32],
+    ym: Mat,
+) {
+    conv_fwd_impl(z, zm, shape, CONV3X3, Some(bn), w, y, ym);
+}
+
+pub(crate) fn bn_relu_conv3x3_wgrad(
+    z: &[f32],
+    zm: Mat,
+    shape: Spatial,
+    bn: &Bn,
+    dy: &[f32],
+    dym: Mat,
+    dw: &mut [f32],
+) {
+    conv_wgrad_impl(z, zm, shape, CONV3X3, Some(bn), dy, dym, dw);
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn bn_relu_conv3x3_dgrad(
+    dy: &[f32],
+    dym: Mat,
+    shape: Spatial,
+    w: &[f32],
+    z: &[f32],
+    zm: Mat,
+    bn: &Bn,
+    g: &mut [f32],
+    gm: Mat,
+    sums: &mut [f32],
+) {
+    let (cin, width) = (zm.cols, dym.cols * 9);
+    let partials = map_blocks(g, gm, &chunk_bounds(gm.rows), |blk, s| {
+        let taps = scratch(&mut s.a, blk.rows * width);
+        im2col_dgrad(dy, dym, shape, CONV3X3, blk.first, blk.rows, taps);
+        let gpre = scratch(&mut s.b, blk.rows * cin);
+        let d = Operand::dense(cin);
+        gemm(blk.rows, width, cin, 1.0, taps, Operand::dense(width), w, d, 0.0, gpre, d);
+        masked_block(gpre, z, zm, bn, Store::Plain, blk)
+    });
+    add_partial_sums(&partials, &mut sums[..2 * cin]);
+}

@@ -1,0 +1,431 @@
+//! Convolution-family ops of the cpu backend (GEMM-based, chunked over pixels).
+//!
+//! Every op walks the pixel dimension in chunks of [`CHUNK`] rows. Per chunk it builds its
+//! fused input tile (BN-ReLU'd, and pooled or im2col'd where the op needs it) in a
+//! chunk-sized scratch buffer and multiplies it with `matrixmultiply::sgemm`, whose row and
+//! column strides read and write the NHWC-with-pitch layout in place. No op ever holds more
+//! than a chunk of its fused input: the cpu counterpart of the CUDA kernels' tiles.
+//!
+//! Parallelism without losing determinism: chunks whose outputs are disjoint pixel rows
+//! (forward, data gradients) run in parallel. Reductions over pixels are split the same way
+//! whatever the thread count and combined in a fixed order: a weight gradient is accumulated
+//! per segment of [`SEGMENT_CHUNKS`] chunks and the segments are summed in order; the
+//! per-channel BN sums are accumulated in f64 per chunk and summed in chunk order. Results
+//! are therefore bit-identical for any number of threads.
+
+use super::Bn;
+use crate::backend::{ConvGeom, Mat, Spatial, relu};
+use rayon::prelude::*;
+
+/// Pixels per chunk: the unit of parallel work and the height of every scratch tile.
+pub(crate) const CHUNK: usize = 128;
+
+/// Chunks per weight-gradient segment. Each segment accumulates its own partial dW, so a
+/// wgrad holds ⌈P / (CHUNK·SEGMENT_CHUNKS)⌉ weight-sized partials (never a P-sized one).
+pub(crate) const SEGMENT_CHUNKS: usize = 16;
+
+// ---- ops ----------------------------------------------------------------------------------
+
+// ---- shared convolution drivers -------------------------------------------------------------
+
+/// `y = conv(x', W)` with x' = relu(a⊙x + b) when `bn` is given, else x itself.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv_fwd_impl(
+    x: &[f32],
+    xm: Mat,
+    shape: Spatial,
+    geom: ConvGeom,
+    bn: Option<&Bn>,
+    w: &[f32],
+    y: &mut [f32],
+    ym: Mat,
+) {
+    debug_assert_eq!(ym.rows, geom.out(shape).pixels());
+    let width = geom.kernel * geom.kernel * xm.cols;
+    map_blocks(y, ym, &chunk_bounds(ym.rows), |blk, s| {
+        let cols = scratch(&mut s.a, blk.rows * width);
+        im2col(x, xm, shape, geom, bn, blk.first, blk.rows, cols);
+        let wt = Operand::dense_t(width);
+        gemm(blk.rows, width, ym.cols, 1.0, cols, Operand::dense(width), w, wt, 0.0, blk.data, blk.view());
+    });
+}
+
+/// `dW += wgrad(x', dy)` with x' as in [`conv_fwd_impl`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv_wgrad_impl(
+    x: &[f32],
+    xm: Mat,
+    shape: Spatial,
+    geom: ConvGeom,
+    bn: Option<&Bn>,
+    dy: &[f32],
+    dym: Mat,
+    dw: &mut [f32],
+) {
+    debug_assert_eq!(dym.rows, geom.out(shape).pixels());
+    let (width, cout) = (geom.kernel * geom.kernel * xm.cols, dym.cols);
+    wgrad_in_segments(dym.rows, &mut dw[..cout * width], |p0, rows, s, partial| {
+        let cols = scratch(&mut s.a, rows * width);
+        im2col(x, xm, shape, geom, bn, p0, rows, cols);
+        let d = Operand::dense(width);
+        gemm(cout, rows, width, 1.0, dy, Operand::rows_of_t(dym, p0), cols, d, 1.0, partial, d);
+    });
+}
+
+// ---- tile builders --------------------------------------------------------------------------
+
+/// `dst = relu(a ⊙ src + b)` for one pixel row.
+pub(crate) fn bn_relu_into(dst: &mut [f32], src: &[f32], bn: &Bn) {
+    for (j, (d, &v)) in dst.iter_mut().zip(src).enumerate() {
+        *d = relu(bn.a[j] * v + bn.b[j]);
+    }
+}
+
+/// Fills `tile` (rows × c, dense) with the BN-ReLU'd pixel rows `[p0, p0 + rows)` of x.
+pub(crate) fn bn_relu_rows(x: &[f32], xm: Mat, bn: &Bn, p0: usize, rows: usize, tile: &mut [f32]) {
+    let c = xm.cols;
+    for r in 0..rows {
+        bn_relu_into(&mut tile[r * c..][..c], pixel_row(x, xm, p0 + r), bn);
+    }
+}
+
+/// im2col for the output pixels `[p0, p0 + rows)`: fills `tile` (rows × k²·c, dense) with each
+/// pixel's input window, column `(ky·k + kx)·c + ci` as in OHWI weights, so that
+/// `y = tile · Wᵀ`. The input is BN-ReLU'd first when `bn` is given; padding taps are 0, i.e.
+/// padding applies after the BN-ReLU, as a convolution of the ReLU output does.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn im2col(
+    src: &[f32],
+    sm: Mat,
+    shape: Spatial,
+    geom: ConvGeom,
+    bn: Option<&Bn>,
+    p0: usize,
+    rows: usize,
+    tile: &mut [f32],
+) {
+    let (k, c) = (geom.kernel, sm.cols);
+    let (out, width) = (geom.out(shape), k * k * c);
+    for r in 0..rows {
+        let (n, oy, ox) = pixel(p0 + r, out);
+        for ky in 0..k {
+            let iy = input_coord(oy, ky, geom, shape.h);
+            for kx in 0..k {
+                let ix = input_coord(ox, kx, geom, shape.w);
+                let dst = &mut tile[r * width + (ky * k + kx) * c..][..c];
+                match (iy, ix, bn) {
+                    (Some(iy), Some(ix), Some(bn)) => {
+                        bn_relu_into(dst, pixel_row(src, sm, (n * shape.h + iy) * shape.w + ix), bn)
+                    }
+                    (Some(iy), Some(ix), None) => {
+                        dst.copy_from_slice(pixel_row(src, sm, (n * shape.h + iy) * shape.w + ix))
+                    }
+                    _ => dst.fill(0.0),
+                }
+            }
+        }
+    }
+}
+
+/// The data-gradient counterpart of [`im2col`], a gather (so that chunks of input pixels are
+/// independent): for the input pixels `[p0, p0 + rows)` (x has spatial `shape`), fills `tile`
+/// (rows × c_out·k², dense) with, at column `co·k² + ky·k + kx`, dy[co] of the output pixel
+/// that sees this input pixel at tap (ky, kx), or 0 if none does. Column `co·k² + tap` is then
+/// row `co·k² + tap` of the OHWI weights read as a (c_out·k²) × c_in matrix: `dx = tile · W`.
+pub(crate) fn im2col_dgrad(
+    dy: &[f32],
+    dym: Mat,
+    shape: Spatial,
+    geom: ConvGeom,
+    p0: usize,
+    rows: usize,
+    tile: &mut [f32],
+) {
+    let (k, out) = (geom.kernel, geom.out(shape));
+    let width = dym.cols * k * k;
+    for r in 0..rows {
+        let (n, iy, ix) = pixel(p0 + r, shape);
+        let dst = &mut tile[r * width..][..width];
+        dst.fill(0.0);
+        for ky in 0..k {
+            let Some(oy) = output_coord(iy, ky, geom, out.h) else {
+                continue;
+            };
+            for kx in 0..k {
+                let Some(ox) = output_coord(ix, kx, geom, out.w) else {
+                    continue;
+                };
+                let grad = pixel_row(dy, dym, (n * out.h + oy) * out.w + ox);
+                for (co, &v) in grad.iter().enumerate() {
+                    dst[co * k * k + ky * k + kx] = v;
+                }
+            }
+        }
+    }
+}
+
+/// The input coordinate that output coordinate `o` reads at tap `t`, or `None` in the padding.
+pub(crate) fn input_coord(o: usize, t: usize, geom: ConvGeom, size: usize) -> Option<usize> {
+    (o * geom.stride + t).checked_sub(geom.pad).filter(|&i| i < size)
+}
+
+/// The output coordinate that reads input coordinate `i` at tap `t`, if any.
+pub(crate) fn output_coord(i: usize, t: usize, geom: ConvGeom, size: usize) -> Option<usize> {
+    let s = (i + geom.pad).checked_sub(t)?;
+    (s % geom.stride == 0 && s / geom.stride < size).then_some(s / geom.stride)
+}
+
+/// (n, y, x) of pixel p in an NHWC activation of spatial extent `s`.
+pub(crate) fn pixel(p: usize, s: Spatial) -> (usize, usize, usize) {
+    (p / (s.h * s.w), p / s.w % s.h, p % s.w)
+}
+
+/// The `m.cols` channels of pixel p.
+pub(crate) fn pixel_row(buf: &[f32], m: Mat, p: usize) -> &[f32] {
+    &buf[m.at(p, 0)..][..m.cols]
+}
+
+// ---- BN-ReLU backward epilogue --------------------------------------------------------------
+
+/// What the BN-ReLU backward epilogue stores for the masked gradient g.
+#[derive(Clone, Copy)]
+pub(crate) enum Store {
+    /// `out = g`
+    Plain,
+    /// `out = a·g`
+    Scaled,
+    /// `out += a·g`
+    AddScaled,
+}
+
+/// BN-ReLU backward of one pixel row: `g = gpre ⊙ [a·x + b > 0]` (the same f32 test as the
+/// forward ReLU), stored into `out` as `store` says, and `[Σg | Σg·x̂]` accumulated into
+/// `sums` in f64.
+pub(crate) fn masked_row(gpre: &[f32], x: &[f32], bn: &Bn, store: Store, out: &mut [f32], sums: &mut [f64]) {
+    let (sum_g, sum_gx) = sums.split_at_mut(x.len());
+    for j in 0..x.len() {
+        let g = if bn.a[j] * x[j] + bn.b[j] > 0.0 { gpre[j] } else { 0.0 };
+        match store {
+            Store::Plain => out[j] = g,
+            Store::Scaled => out[j] = bn.a[j] * g,
+            Store::AddScaled => out[j] += bn.a[j] * g,
+        }
+        let x_hat = (f64::from(x[j]) - f64::from(bn.mean[j])) * f64::from(bn.invstd[j]);
+        sum_g[j] += f64::from(g);
+        sum_gx[j] += f64::from(g) * x_hat;
+    }
+}
+
+/// [`masked_row`] for every row of `blk`, `gpre` being the block's dense (rows × c) gradient
+/// before the mask; returns the block's partial sums.
+pub(crate) fn masked_block(
+    gpre: &[f32],
+    x: &[f32],
+    xm: Mat,
+    bn: &Bn,
+    store: Store,
+    blk: &mut RowBlock<'_>,
+) -> Vec<f64> {
+    let c = xm.cols;
+    let mut sums = vec![0.0; 2 * c];
+    for r in 0..blk.rows {
+        let p = blk.first + r;
+        masked_row(&gpre[r * c..][..c], pixel_row(x, xm, p), bn, store, blk.row(p), &mut sums);
+    }
+    sums
+}
+
+/// Adds up per-chunk partial sums in chunk order (the order fixes the result) into `sums`.
+pub(crate) fn add_partial_sums(partials: &[Vec<f64>], sums: &mut [f32]) {
+    let mut total = vec![0.0f64; sums.len()];
+    for partial in partials {
+        total.iter_mut().zip(partial).for_each(|(t, v)| *t += v);
+    }
+    sums.iter_mut().zip(total).for_each(|(s, t)| *s = t as f32);
+}
+
+// ---- chunking and parallel drivers ----------------------------------------------------------
+
+/// Reusable per-task scratch tiles.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    pub(crate) a: Vec<f32>,
+    pub(crate) b: Vec<f32>,
+}
+
+/// The first `len` floats of a reusable scratch vector. Its contents are unspecified: callers
+/// overwrite all of them.
+pub(crate) fn scratch(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+    &mut v[..len]
+}
+
+/// `0, CHUNK, 2·CHUNK, …, rows`: the chunk boundaries of `rows` pixel rows.
+pub(crate) fn chunk_bounds(rows: usize) -> Vec<usize> {
+    (0..rows).step_by(CHUNK).chain(std::iter::once(rows)).collect()
+}
+
+/// Pixel rows `[first, first + rows)` of a [`Mat`], borrowed mutably: element (p, c) is at
+/// `data[(p − first)·ld + c]`.
+pub(crate) struct RowBlock<'a> {
+    pub(crate) first: usize,
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+    pub(crate) ld: usize,
+    pub(crate) data: &'a mut [f32],
+}
+
+impl RowBlock<'_> {
+    /// The `cols` channels of pixel p.
+    pub(crate) fn row(&mut self, p: usize) -> &mut [f32] {
+        &mut self.data[(p - self.first) * self.ld..][..self.cols]
+    }
+
+    /// The block as a GEMM output.
+    pub(crate) fn view(&self) -> Operand {
+        Operand { off: 0, rs: self.ld, cs: 1 }
+    }
+}
+
+/// Splits the rows of `m` inside `buf` at `bounds` (increasing pixel indices from 0 to
+/// `m.rows`) into disjoint mutable blocks.
+pub(crate) fn split_rows<'a>(buf: &'a mut [f32], m: Mat, bounds: &[usize]) -> Vec<RowBlock<'a>> {
+    // A single-row Mat may have a pitch smaller than its width.
+    let ld = if m.rows > 1 { m.ld } else { m.cols };
+    let mut rest = &mut buf[m.offset..];
+    let mut blocks = Vec::with_capacity(bounds.len().saturating_sub(1));
+    for pair in bounds.windows(2) {
+        let (first, end) = (pair[0], pair[1]);
+        // The last row ends at its last column; the pitch after it may lie past the buffer.
+        let len = if end == m.rows { (end - first - 1) * ld + m.cols } else { (end - first) * ld };
+        let (data, tail) = std::mem::take(&mut rest).split_at_mut(len);
+        blocks.push(RowBlock { first, rows: end - first, cols: m.cols, ld, data });
+        rest = tail;
+    }
+    blocks
+}
+
+/// Runs `f` on the blocks of `out`'s rows split at `bounds`, in parallel (they are disjoint),
+/// and returns the results in block order.
+pub(crate) fn map_blocks<R: Send>(
+    out: &mut [f32],
+    om: Mat,
+    bounds: &[usize],
+    f: impl Fn(&mut RowBlock<'_>, &mut Scratch) -> R + Sync + Send,
+) -> Vec<R> {
+    split_rows(out, om, bounds)
+        .into_par_iter()
+        .map_init(Scratch::default, |s, mut blk| f(&mut blk, s))
+        .collect()
+}
+
+/// `dw += Σ over chunks` of what `chunk_wgrad(p0, rows, scratch, partial)` adds into its
+/// (zero-initialised, dw-sized) `partial` for the pixel rows `[p0, p0 + rows)` of `0..rows`.
+/// Segments of chunks run in parallel, each into its own partial; the partials are then
+/// summed in segment order, so the result does not depend on the thread count.
+pub(crate) fn wgrad_in_segments(
+    rows: usize,
+    dw: &mut [f32],
+    chunk_wgrad: impl Fn(usize, usize, &mut Scratch, &mut [f32]) + Sync + Send,
+) {
+    let (segment, len) = (CHUNK * SEGMENT_CHUNKS, dw.len());
+    let partials: Vec<Vec<f32>> = (0..rows.div_ceil(segment))
+        .into_par_iter()
+        .map_init(Scratch::default, |s, seg| {
+            let mut partial = vec![0.0; len];
+            let end = ((seg + 1) * segment).min(rows);
+            for p0 in (seg * segment..end).step_by(CHUNK) {
+                chunk_wgrad(p0, CHUNK.min(end - p0), s, &mut partial);
+            }
+            partial
+        })
+        .collect();
+    let mut total = vec![0.0f64; len];
+    for partial in &partials {
+        total.iter_mut().zip(partial).for_each(|(t, &v)| *t += f64::from(v));
+    }
+    dw.iter_mut().zip(total).for_each(|(d, t)| *d = (f64::from(*d) + t) as f32);
+}
+
+// ---- GEMM -----------------------------------------------------------------------------------
+
+/// A strided matrix inside a slice: element (i, j) at `off + i·rs + j·cs`.
+#[derive(Clone, Copy)]
+pub(crate) struct Operand {
+    pub(crate) off: usize,
+    pub(crate) rs: usize,
+    pub(crate) cs: usize,
+}
+
+impl Operand {
+    /// A dense row-major matrix with `cols` columns.
+    pub(crate) fn dense(cols: usize) -> Self {
+        Operand { off: 0, rs: cols, cs: 1 }
+    }
+
+    /// The transpose of a dense row-major matrix with `cols` columns (e.g. Wᵀ).
+    pub(crate) fn dense_t(cols: usize) -> Self {
+        Operand { off: 0, rs: 1, cs: cols }
+    }
+
+    /// The rows of `m` from pixel p on (pixels × channels).
+    pub(crate) fn rows_of(m: Mat, p: usize) -> Self {
+        Operand { off: m.at(p, 0), rs: m.ld, cs: 1 }
+    }
+
+    /// The transpose of [`Operand::rows_of`] (channels × pixels).
+    pub(crate) fn rows_of_t(m: Mat, p: usize) -> Self {
+        Operand { off: m.at(p, 0), rs: 1, cs: m.ld }
+    }
+
+    /// Whether an r × c matrix seen through this view lies inside a slice of `len` floats.
+    pub(crate) fn fits(&self, r: usize, c: usize, len: usize) -> bool {
+        r == 0 || c == 0 || self.off + (r - 1) * self.rs + (c - 1) * self.cs < len
+    }
+}
+
+/// `C ← alpha·A·B + beta·C` for A m×k, B k×n, C m×n (`matrixmultiply::sgemm`; with beta = 0
+/// C's old contents are ignored). C must be row-major with non-overlapping rows.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: &[f32],
+    av: Operand,
+    b: &[f32],
+    bv: Operand,
+    beta: f32,
+    c: &mut [f32],
+    cv: Operand,
+) {
+    assert!(av.fits(m, k, a.len()) && bv.fits(k, n, b.len()) && cv.fits(m, n, c.len()));
+    assert!(cv.cs == 1 && (m <= 1 || cv.rs >= n), "GEMM output rows overlap");
+    if m == 0 || n == 0 {
+        return;
+    }
+    // SAFETY: the asserts keep every element sgemm touches inside its slice (with k == 0 it
+    // reads neither A nor B, so their offsets may point anywhere: `wrapping_add`), C's
+    // elements are distinct, and C, a `&mut` borrow, aliases neither A nor B.
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            alpha,
+            a.as_ptr().wrapping_add(av.off),
+            av.rs as isize,
+            av.cs as isize,
+            b.as_ptr().wrapping_add(bv.off),
+            bv.rs as isize,
+            bv.cs as isize,
+            beta,
+            c.as_mut_ptr().add(cv.off),
+            cv.rs as isize,
+            1,
+        );
+    }
+}

@@ -1,0 +1,220 @@
+//! The cpu backend's pool ops.
+
+use super::PoolOps;
+use crate::backend::cpu::rows::{
+    CHUNK_ROWS, add_in_order, bn_relu, mask_and_sum, par_row_chunks, row, write_sums,
+};
+use crate::backend::cpu::{Bn, CpuBackend, CpuBuf};
+use crate::backend::{BnReluView, Mat, Spatial, View, ViewMut, max_pool_takes, validate};
+use crate::config::conv_out;
+use crate::error::Result;
+use rayon::prelude::*;
+
+impl PoolOps for CpuBackend {
+    fn bn_relu_maxpool_fwd(
+        &self,
+        t: BnReluView<'_, CpuBuf>,
+        shape: Spatial,
+        y: ViewMut<'_, CpuBuf>,
+    ) -> Result<()> {
+        validate::bn_relu_maxpool_fwd(&t, shape, &y)?;
+        let BnReluView { x: View { buf: t, mat: tm }, bn } = t;
+        let ViewMut { buf: y, mat: ym } = y;
+        let bn = Bn::resolve(bn, tm.cols);
+        bn_relu_maxpool_fwd(t.as_slice(), tm, shape, &bn, y.as_mut_slice(), ym);
+        Ok(())
+    }
+
+    fn bn_relu_maxpool_bwd(
+        &self,
+        dy: View<'_, CpuBuf>,
+        t: BnReluView<'_, CpuBuf>,
+        shape: Spatial,
+        g: ViewMut<'_, CpuBuf>,
+        sums: &mut CpuBuf,
+    ) -> Result<()> {
+        validate::bn_relu_maxpool_bwd(&dy, &t, shape, &g, sums)?;
+        let View { buf: dy, mat: dym } = dy;
+        let BnReluView { x: View { buf: t, mat: tm }, bn } = t;
+        let ViewMut { buf: g, mat: gm } = g;
+        let bn = Bn::resolve(bn, tm.cols);
+        bn_relu_maxpool_bwd(
+            dy.as_slice(),
+            dym,
+            t.as_slice(),
+            tm,
+            shape,
+            &bn,
+            g.as_mut_slice(),
+            gm,
+            sums.as_mut_slice(),
+        );
+        Ok(())
+    }
+
+    fn bn_relu_global_pool_fwd(
+        &self,
+        x: BnReluView<'_, CpuBuf>,
+        shape: Spatial,
+        pooled: &mut CpuBuf,
+    ) -> Result<()> {
+        validate::bn_relu_global_pool_fwd(&x, shape, pooled)?;
+        let BnReluView { x: View { buf: x, mat: xm }, bn } = x;
+        let bn = Bn::resolve(bn, xm.cols);
+        bn_relu_global_pool_fwd(x.as_slice(), xm, shape, &bn, pooled.as_mut_slice());
+        Ok(())
+    }
+
+    fn bn_relu_global_pool_bwd(
+        &self,
+        dpooled: &CpuBuf,
+        x: BnReluView<'_, CpuBuf>,
+        shape: Spatial,
+        dx: ViewMut<'_, CpuBuf>,
+        sums: &mut CpuBuf,
+    ) -> Result<()> {
+        validate::bn_relu_global_pool_bwd(dpooled, &x, shape, &dx, sums)?;
+        let BnReluView { x: View { buf: x, mat: xm }, bn } = x;
+        let ViewMut { buf: dx, mat: dxm } = dx;
+        let bn = Bn::resolve(bn, xm.cols);
+        bn_relu_global_pool_bwd(
+            dpooled.as_slice(),
+            x.as_slice(),
+            xm,
+            shape,
+            &bn,
+            dx.as_mut_slice(),
+            dxm,
+            sums.as_mut_slice(),
+        );
+        Ok(())
+    }
+}
+
+/// Output height and width of the stem max-pool (3×3, stride 2, padding 1).
+pub(crate) fn pool_out(shape: Spatial) -> (usize, usize) {
+    (conv_out(shape.h, 3, 2, 1), conv_out(shape.w, 3, 2, 1))
+}
+
+/// For output pixel `q` of the stem max-pool, the maximum of `act(c, t)` per channel (the
+/// fused op's `relu(a⊙t + b)`, or the plain max-pool's identity) into `best` and the input
+/// pixel holding it into `arg`. Padding never wins (−∞, as PyTorch); the first maximum in
+/// row-major window order is kept (replaced only by a strictly greater value), which is the
+/// element PyTorch's max-pool picks. Forward and backward both call this, so the backward
+/// routes the gradient to the forward's choice. `arg` starts at the window's first pixel, so
+/// it stays inside the window even where NaN inputs never compare greater.
+pub(crate) fn window_max(
+    t: &[f32],
+    tm: Mat,
+    shape: Spatial,
+    act: impl Fn(usize, f32) -> f32,
+    q: usize,
+    best: &mut [f32],
+    arg: &mut [usize],
+) {
+    let (oh, ow) = pool_out(shape);
+    let (n, oy, ox) = (q / (oh * ow), q / ow % oh, q % ow);
+    let (y0, x0) = ((2 * oy).saturating_sub(1), (2 * ox).saturating_sub(1));
+    best.fill(f32::NEG_INFINITY);
+    arg.fill((n * shape.h + y0) * shape.w + x0);
+    for iy in y0..(2 * oy + 2).min(shape.h) {
+        for ix in x0..(2 * ox + 2).min(shape.w) {
+            let p = (n * shape.h + iy) * shape.w + ix;
+            for (c, &v) in row(t, tm, p).iter().enumerate() {
+                let v = act(c, v);
+                if max_pool_takes(v, best[c]) {
+                    best[c] = v;
+                    arg[c] = p;
+                }
+            }
+        }
+    }
+}
+
+pub(crate) fn bn_relu_maxpool_fwd(t: &[f32], tm: Mat, shape: Spatial, bn: &Bn, y: &mut [f32], ym: Mat) {
+    par_row_chunks(y, ym, CHUNK_ROWS, |mut piece| {
+        let mut arg = vec![0; tm.cols];
+        for r in 0..piece.rows {
+            window_max(t, tm, shape, |c, v| bn_relu(bn, c, v), piece.first + r, piece.row(r), &mut arg);
+        }
+    });
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn bn_relu_maxpool_bwd(
+    dy: &[f32],
+    dym: Mat,
+    t: &[f32],
+    tm: Mat,
+    shape: Spatial,
+    bn: &Bn,
+    g: &mut [f32],
+    gm: Mat,
+    sums: &mut [f32],
+) {
+    let cols = tm.cols;
+    let (oh, ow) = pool_out(shape);
+    let image = shape.h * shape.w;
+    // Windows overlap, so the scatter accumulates. One image per work item keeps each
+    // image's writes private to it and its additions in a fixed order.
+    let partials = par_row_chunks(g, gm, image, |mut piece| {
+        let n = piece.first / image;
+        (0..piece.rows).for_each(|r| piece.row(r).fill(0.0));
+        let (mut best, mut arg) = (vec![0.0; cols], vec![0; cols]);
+        for q in n * oh * ow..(n + 1) * oh * ow {
+            window_max(t, tm, shape, |c, v| bn_relu(bn, c, v), q, &mut best, &mut arg);
+            for (c, &d) in row(dy, dym, q).iter().enumerate() {
+                piece.row(arg[c] - piece.first)[c] += d;
+            }
+        }
+        let mut acc = vec![0.0; 2 * cols];
+        for r in 0..piece.rows {
+            let tr = row(t, tm, piece.first + r);
+            mask_and_sum(piece.row(r), tr, bn, &mut acc);
+        }
+        acc
+    });
+    write_sums(sums, &add_in_order(partials, 2 * cols));
+}
+
+pub(crate) fn bn_relu_global_pool_fwd(x: &[f32], xm: Mat, shape: Spatial, bn: &Bn, pooled: &mut [f32]) {
+    let cols = xm.cols;
+    let image = shape.h * shape.w;
+    pooled[..shape.n * cols].par_chunks_mut(cols.max(1)).enumerate().for_each(|(n, out)| {
+        let mut acc = vec![0.0; cols];
+        for p in n * image..(n + 1) * image {
+            for (c, (s, &v)) in acc.iter_mut().zip(row(x, xm, p)).enumerate() {
+                *s += f64::from(bn_relu(bn, c, v));
+            }
+        }
+        out.iter_mut().zip(&acc).for_each(|(o, s)| *o = (s / image as f64) as f32);
+    });
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn bn_relu_global_pool_bwd(
+    dpooled: &[f32],
+    x: &[f32],
+    xm: Mat,
+    shape: Spatial,
+    bn: &Bn,
+    dx: &mut [f32],
+    dxm: Mat,
+    sums: &mut [f32],
+) {
+    let cols = xm.cols;
+    let image = shape.h * shape.w;
+    let partials = par_row_chunks(dx, dxm, CHUNK_ROWS, |mut piece| {
+        let mut acc = vec![0.0; 2 * cols];
+        for r in 0..piece.rows {
+            let p = piece.first + r;
+            let n = p / image;
+            let g = piece.row(r);
+            g.iter_mut().zip(&dpooled[n * cols..][..cols]).for_each(|(g, &d)| *g = d / image as f32);
+            mask_and_sum(g, row(x, xm, p), bn, &mut acc);
+            g.iter_mut().zip(&bn.a).for_each(|(g, a)| *g *= a);
+        }
+        acc
+    });
+    write_sums(sums, &add_in_order(partials, 2 * cols));
+}

@@ -1,0 +1,34 @@
+//! The cpu backend's sgd ops.
+
+use super::SgdOps;
+use crate::backend::cpu::{CpuBackend, CpuBuf};
+use crate::backend::{SgdParams, validate};
+use crate::error::Result;
+use rayon::prelude::*;
+
+impl SgdOps for CpuBackend {
+    fn sgd_update(
+        &self,
+        params: &mut CpuBuf,
+        grads: &CpuBuf,
+        velocity: &mut CpuBuf,
+        len: usize,
+        hp: SgdParams,
+    ) -> Result<()> {
+        validate::sgd_update(params, grads, velocity, len)?;
+        sgd_update(&mut params.data[..len], &grads.data[..len], &mut velocity.data[..len], hp);
+        Ok(())
+    }
+}
+
+pub(crate) fn sgd_update(params: &mut [f32], grads: &[f32], velocity: &mut [f32], hp: SgdParams) {
+    let SgdParams { lr, momentum, weight_decay, nesterov } = hp;
+    params.par_iter_mut().zip(velocity.par_iter_mut()).zip(grads.par_iter()).with_min_len(4096).for_each(
+        |((p, v), &g)| {
+            let d = g + weight_decay * *p;
+            *v = momentum * *v + d;
+            let step = if nesterov { d + momentum * *v } else { *v };
+            *p -= lr * step;
+        },
+    );
+}

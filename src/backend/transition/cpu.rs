@@ -1,0 +1,216 @@
+//! The cpu backend's transition ops.
+
+use super::TransitionOps;
+use crate::backend::cpu::gemm::{
+    CHUNK, Operand, Store, add_partial_sums, chunk_bounds, gemm, map_blocks, masked_row, pixel, pixel_row,
+    scratch, wgrad_in_segments,
+};
+use crate::backend::cpu::{Bn, CpuBackend, CpuBuf};
+use crate::backend::{At, AtMut, BnReluView, Mat, Spatial, View, ViewMut, relu, validate};
+use crate::error::Result;
+
+impl TransitionOps for CpuBackend {
+    fn bn_relu_avgpool_conv1x1_fwd(
+        &self,
+        x: BnReluView<'_, CpuBuf>,
+        shape: Spatial,
+        w: At<'_, CpuBuf>,
+        y: ViewMut<'_, CpuBuf>,
+    ) -> Result<()> {
+        validate::bn_relu_avgpool_conv1x1_fwd(&x, shape, w, &y)?;
+        let BnReluView { x: View { buf: x, mat: xm }, bn } = x;
+        let ViewMut { buf: y, mat: ym } = y;
+        let bn = Bn::resolve(bn, xm.cols);
+        bn_relu_avgpool_conv1x1_fwd(
+            x.as_slice(),
+            xm,
+            shape,
+            &bn,
+            &w.buf.data[w.offset..],
+            y.as_mut_slice(),
+            ym,
+        );
+        Ok(())
+    }
+
+    fn bn_relu_avgpool_conv1x1_wgrad(
+        &self,
+        x: BnReluView<'_, CpuBuf>,
+        shape: Spatial,
+        dy: View<'_, CpuBuf>,
+        dw: AtMut<'_, CpuBuf>,
+    ) -> Result<()> {
+        validate::bn_relu_avgpool_conv1x1_wgrad(&x, shape, &dy, &dw)?;
+        let BnReluView { x: View { buf: x, mat: xm }, bn } = x;
+        let View { buf: dy, mat: dym } = dy;
+        let AtMut { buf: dw, offset: dw_off } = dw;
+        let bn = Bn::resolve(bn, xm.cols);
+        bn_relu_avgpool_conv1x1_wgrad(
+            x.as_slice(),
+            xm,
+            shape,
+            &bn,
+            dy.as_slice(),
+            dym,
+            &mut dw.data[dw_off..],
+        );
+        Ok(())
+    }
+
+    fn bn_relu_avgpool_conv1x1_dgrad(
+        &self,
+        dy: View<'_, CpuBuf>,
+        w: At<'_, CpuBuf>,
+        x: BnReluView<'_, CpuBuf>,
+        shape: Spatial,
+        dx: ViewMut<'_, CpuBuf>,
+        sums: &mut CpuBuf,
+    ) -> Result<()> {
+        validate::bn_relu_avgpool_conv1x1_dgrad(&dy, w, &x, shape, &dx, sums)?;
+        let View { buf: dy, mat: dym } = dy;
+        let BnReluView { x: View { buf: x, mat: xm }, bn } = x;
+        let ViewMut { buf: dx, mat: dxm } = dx;
+        let bn = Bn::resolve(bn, xm.cols);
+        bn_relu_avgpool_conv1x1_dgrad(
+            dy.as_slice(),
+            dym,
+            &w.buf.data[w.offset..],
+            x.as_slice(),
+            xm,
+            shape,
+            &bn,
+            dx.as_mut_slice(),
+            dxm,
+            sums.as_mut_slice(),
+        );
+        Ok(())
+    }
+}
+
+pub(crate) fn bn_relu_avgpool_conv1x1_fwd(
+    x: &[f32],
+    xm: Mat,
+    shape: Spatial,
+    bn: &Bn,
+    w: &[f32],
+    y: &mut [f32],
+    ym: Mat,
+) {
+    let (cin, cout) = (xm.cols, ym.cols);
+    map_blocks(y, ym, &chunk_bounds(ym.rows), |blk, s| {
+        let act = scratch(&mut s.a, blk.rows * cin);
+        pool_rows(x, xm, shape, bn, blk.first, blk.rows, act);
+        let wt = Operand::dense_t(cin);
+        gemm(blk.rows, cin, cout, 1.0, act, Operand::dense(cin), w, wt, 0.0, blk.data, blk.view());
+    });
+}
+
+pub(crate) fn bn_relu_avgpool_conv1x1_wgrad(
+    x: &[f32],
+    xm: Mat,
+    shape: Spatial,
+    bn: &Bn,
+    dy: &[f32],
+    dym: Mat,
+    dw: &mut [f32],
+) {
+    let (cin, cout) = (xm.cols, dym.cols);
+    wgrad_in_segments(dym.rows, &mut dw[..cout * cin], |p0, rows, s, partial| {
+        let act = scratch(&mut s.a, rows * cin);
+        pool_rows(x, xm, shape, bn, p0, rows, act);
+        let d = Operand::dense(cin);
+        gemm(cout, rows, cin, 1.0, dy, Operand::rows_of_t(dym, p0), act, d, 1.0, partial, d);
+    });
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn bn_relu_avgpool_conv1x1_dgrad(
+    dy: &[f32],
+    dym: Mat,
+    w: &[f32],
+    x: &[f32],
+    xm: Mat,
+    shape: Spatial,
+    bn: &Bn,
+    dx: &mut [f32],
+    dxm: Mat,
+    sums: &mut [f32],
+) {
+    let (cin, cout) = (xm.cols, dym.cols);
+    let out = pooled(shape);
+    if out.pixels() == 0 {
+        // Nothing survives the pool, so no input receives a gradient.
+        for p in 0..dxm.rows {
+            dx[dxm.at(p, 0)..][..dxm.cols].fill(0.0);
+        }
+        sums[..2 * cin].fill(0.0);
+        return;
+    }
+    // Blocks of whole output rows. Output row R = n·OH + oy pools input rows 2oy and 2oy+1 of
+    // image n; the last one also owns the row an odd height drops. So each block's input
+    // gradient is a contiguous range of dx's pixel rows and the blocks can run in parallel.
+    let out_rows = out.n * out.h;
+    let rows_per_block = (CHUNK / out.w).max(1);
+    let first_input_pixel = |r: usize| (r / out.h * shape.h + r % out.h * 2) * shape.w;
+    let bounds: Vec<usize> = (0..out_rows)
+        .step_by(rows_per_block)
+        .map(first_input_pixel)
+        .chain(std::iter::once(shape.pixels()))
+        .collect();
+    let partials = map_blocks(dx, dxm, &bounds, |blk, s| {
+        let (n, iy, _) = pixel(blk.first, shape);
+        let r0 = n * out.h + iy / 2;
+        let out_pixels = rows_per_block.min(out_rows - r0) * out.w;
+        // The gradient of each pooled pixel, already divided among its 4 inputs.
+        let gpre = scratch(&mut s.a, out_pixels * cin);
+        let d = Operand::dense(cin);
+        gemm(out_pixels, cout, cin, 0.25, dy, Operand::rows_of(dym, r0 * out.w), w, d, 0.0, gpre, d);
+        let mut sums = vec![0.0; 2 * cin];
+        for p in blk.first..blk.first + blk.rows {
+            let (n, iy, ix) = pixel(p, shape);
+            let (oy, ox) = (iy / 2, ix / 2);
+            if oy < out.h && ox < out.w {
+                let q = (n * out.h + oy) * out.w + ox - r0 * out.w;
+                let x_row = pixel_row(x, xm, p);
+                masked_row(&gpre[q * cin..][..cin], x_row, bn, Store::Scaled, blk.row(p), &mut sums);
+            } else {
+                // Dropped by the pool: zero gradient, nothing to add to the sums.
+                blk.row(p).fill(0.0);
+            }
+        }
+        sums
+    });
+    add_partial_sums(&partials, &mut sums[..2 * cin]);
+}
+
+/// Spatial extent after AvgPool2d(2, 2), which drops an odd last row/column.
+pub(crate) fn pooled(s: Spatial) -> Spatial {
+    Spatial { n: s.n, h: s.h / 2, w: s.w / 2 }
+}
+
+/// Fills `tile` (rows × c, dense) with the 2×2 means of BN-ReLU'd x for the pooled pixels
+/// `[p0, p0 + rows)`. Pooling before the 1×1 conv is exact (both are linear) and makes the
+/// GEMM 4× smaller.
+pub(crate) fn pool_rows(
+    x: &[f32],
+    xm: Mat,
+    shape: Spatial,
+    bn: &Bn,
+    p0: usize,
+    rows: usize,
+    tile: &mut [f32],
+) {
+    let (out, c) = (pooled(shape), xm.cols);
+    for r in 0..rows {
+        let (n, oy, ox) = pixel(p0 + r, out);
+        let top_left = (n * shape.h + 2 * oy) * shape.w + 2 * ox;
+        let dst = &mut tile[r * c..][..c];
+        dst.fill(0.0);
+        for q in [top_left, top_left + 1, top_left + shape.w, top_left + shape.w + 1] {
+            for (j, (d, &v)) in dst.iter_mut().zip(pixel_row(x, xm, q)).enumerate() {
+                *d += relu(bn.a[j] * v + bn.b[j]);
+            }
+        }
+        dst.iter_mut().for_each(|d| *d *= 0.25);
+    }
+}
