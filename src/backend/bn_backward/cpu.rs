@@ -1,7 +1,7 @@
 //! The cpu backend's bn_backward ops.
 
 use super::BnBackwardOps;
-use crate::backend::cpu::rows::{CHUNK_ROWS, normalized, par_row_chunks, row};
+use crate::backend::cpu::rows::{CHUNK_ROWS, chunk_bounds, normalized, par_blocks, row};
 use crate::backend::cpu::{Bn, CpuBackend, CpuBuf, resolve_stats};
 use crate::backend::{BnGradTarget, BnRef, BnSums, Mat, StatsRef, View, ViewMut, validate};
 use crate::error::Result;
@@ -76,7 +76,7 @@ pub(crate) fn bn_backward_elementwise(g: &mut [f32], gm: Mat, x: &[f32], xm: Mat
     let (sum_g, sum_gx) = sums.split_at(xm.cols);
     let mean_g: Vec<f32> = sum_g.iter().map(|s| s / count).collect();
     let mean_gx: Vec<f32> = sum_gx.iter().map(|s| s / count).collect();
-    par_row_chunks(g, gm, CHUNK_ROWS, |mut piece| {
+    par_blocks(g, gm, &chunk_bounds(gm.rows, CHUNK_ROWS), |piece, _| {
         for r in 0..piece.rows {
             let xr = row(x, xm, piece.first + r);
             for (c, gv) in piece.row(r).iter_mut().enumerate() {
@@ -120,7 +120,7 @@ pub(crate) fn bn_correction(
     alpha: &[f32],
     beta: &[f32],
 ) {
-    par_row_chunks(g, gm, CHUNK_ROWS, |mut piece| {
+    par_blocks(g, gm, &chunk_bounds(gm.rows, CHUNK_ROWS), |piece, _| {
         for r in 0..piece.rows {
             let xr = row(x, xm, piece.first + r);
             for (c, gv) in piece.row(r).iter_mut().enumerate() {

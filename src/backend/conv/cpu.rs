@@ -1,9 +1,8 @@
 //! The cpu backend's conv ops.
 
 use super::ConvOps;
-use crate::backend::cpu::gemm::{
-    Operand, chunk_bounds, conv_fwd_impl, conv_wgrad_impl, gemm, im2col_dgrad, map_blocks, scratch,
-};
+use crate::backend::cpu::gemm::{CHUNK, Operand, conv_fwd_impl, conv_wgrad_impl, gemm, im2col_dgrad};
+use crate::backend::cpu::rows::{chunk_bounds, par_blocks, scratch};
 use crate::backend::cpu::{CpuBackend, CpuBuf};
 use crate::backend::{At, AtMut, ConvGeom, Mat, Spatial, View, ViewMut, validate};
 use crate::error::Result;
@@ -90,10 +89,10 @@ pub(crate) fn conv_dgrad(
     dxm: Mat,
 ) {
     let (cin, width) = (dxm.cols, dym.cols * geom.kernel * geom.kernel);
-    map_blocks(dx, dxm, &chunk_bounds(dxm.rows), |blk, s| {
+    par_blocks(dx, dxm, &chunk_bounds(dxm.rows, CHUNK), |blk, s| {
         let taps = scratch(&mut s.a, blk.rows * width);
         im2col_dgrad(dy, dym, shape, geom, blk.first, blk.rows, taps);
         let d = Operand::dense(cin);
-        gemm(blk.rows, width, cin, 1.0, taps, Operand::dense(width), w, d, 0.0, blk.data, blk.view());
+        gemm(blk.rows, width, cin, 1.0, taps, Operand::dense(width), w, d, 0.0, blk.data, blk.operand());
     });
 }

@@ -1,9 +1,9 @@
 //! The cpu backend's conv1x1 ops.
 
 use super::Conv1x1Ops;
-use crate::backend::cpu::gemm::{
-    Operand, Store, add_partial_sums, bn_relu_rows, chunk_bounds, gemm, map_blocks, masked_block, scratch,
-    wgrad_in_segments,
+use crate::backend::cpu::gemm::{CHUNK, Operand, bn_relu_rows, gemm, wgrad_in_segments};
+use crate::backend::cpu::rows::{
+    Store, chunk_bounds, masked_block, par_blocks, scratch, store_sums, sum_in_order,
 };
 use crate::backend::cpu::{Bn, CpuBackend, CpuBuf};
 use crate::backend::{At, AtMut, BnReluView, Mat, View, ViewMut, validate};
@@ -71,11 +71,11 @@ impl Conv1x1Ops for CpuBackend {
 
 pub(crate) fn bn_relu_conv1x1_fwd(x: &[f32], xm: Mat, bn: &Bn, w: &[f32], z: &mut [f32], zm: Mat) {
     let (cin, cout) = (xm.cols, zm.cols);
-    map_blocks(z, zm, &chunk_bounds(zm.rows), |blk, s| {
+    par_blocks(z, zm, &chunk_bounds(zm.rows, CHUNK), |blk, s| {
         let act = scratch(&mut s.a, blk.rows * cin);
         bn_relu_rows(x, xm, bn, blk.first, blk.rows, act);
         let wt = Operand::dense_t(cin);
-        gemm(blk.rows, cin, cout, 1.0, act, Operand::dense(cin), w, wt, 0.0, blk.data, blk.view());
+        gemm(blk.rows, cin, cout, 1.0, act, Operand::dense(cin), w, wt, 0.0, blk.data, blk.operand());
     });
 }
 
@@ -105,11 +105,11 @@ pub(crate) fn bn_relu_conv1x1_dgrad(
 ) {
     let (cin, cout) = (xm.cols, dzm.cols);
     let store = if accumulate { Store::AddScaled } else { Store::Scaled };
-    let partials = map_blocks(dx, dxm, &chunk_bounds(dxm.rows), |blk, s| {
+    let partials = par_blocks(dx, dxm, &chunk_bounds(dxm.rows, CHUNK), |blk, s| {
         let g = scratch(&mut s.a, blk.rows * cin);
         let d = Operand::dense(cin);
         gemm(blk.rows, cout, cin, 1.0, dz, Operand::rows_of(dzm, blk.first), w, d, 0.0, g, d);
         masked_block(g, x, xm, bn, store, blk)
     });
-    add_partial_sums(&partials, &mut sums[..2 * cin]);
+    store_sums(&mut sums[..2 * cin], &sum_in_order(partials, 2 * cin));
 }

@@ -1,9 +1,9 @@
 //! The cpu backend's conv3x3 ops.
 
 use super::Conv3x3Ops;
-use crate::backend::cpu::gemm::{
-    Operand, Store, add_partial_sums, chunk_bounds, conv_fwd_impl, conv_wgrad_impl, gemm, im2col_dgrad,
-    map_blocks, masked_block, scratch,
+use crate::backend::cpu::gemm::{CHUNK, Operand, conv_fwd_impl, conv_wgrad_impl, gemm, im2col_dgrad};
+use crate::backend::cpu::rows::{
+    Store, chunk_bounds, masked_block, par_blocks, scratch, store_sums, sum_in_order,
 };
 use crate::backend::cpu::{Bn, CpuBackend, CpuBuf};
 use crate::backend::{At, AtMut, BnReluView, ConvGeom, Mat, Spatial, View, ViewMut, validate};
@@ -112,7 +112,7 @@ pub(crate) fn bn_relu_conv3x3_dgrad(
     sums: &mut [f32],
 ) {
     let (cin, width) = (zm.cols, dym.cols * 9);
-    let partials = map_blocks(g, gm, &chunk_bounds(gm.rows), |blk, s| {
+    let partials = par_blocks(g, gm, &chunk_bounds(gm.rows, CHUNK), |blk, s| {
         let taps = scratch(&mut s.a, blk.rows * width);
         im2col_dgrad(dy, dym, shape, CONV3X3, blk.first, blk.rows, taps);
         let gpre = scratch(&mut s.b, blk.rows * cin);
@@ -120,5 +120,5 @@ pub(crate) fn bn_relu_conv3x3_dgrad(
         gemm(blk.rows, width, cin, 1.0, taps, Operand::dense(width), w, d, 0.0, gpre, d);
         masked_block(gpre, z, zm, bn, Store::Plain, blk)
     });
-    add_partial_sums(&partials, &mut sums[..2 * cin]);
+    store_sums(&mut sums[..2 * cin], &sum_in_order(partials, 2 * cin));
 }

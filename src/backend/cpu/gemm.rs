@@ -14,6 +14,7 @@
 //! are therefore bit-identical for any number of threads.
 
 use super::Bn;
+use super::rows::{RowBlock, Scratch, chunk_bounds, par_blocks, row, scratch};
 use crate::backend::{ConvGeom, Mat, Spatial, relu};
 use rayon::prelude::*;
 
@@ -23,8 +24,6 @@ pub(crate) const CHUNK: usize = 128;
 /// Chunks per weight-gradient segment. Each segment accumulates its own partial dW, so a
 /// wgrad holds ⌈P / (CHUNK·SEGMENT_CHUNKS)⌉ weight-sized partials (never a P-sized one).
 pub(crate) const SEGMENT_CHUNKS: usize = 16;
-
-// ---- ops ----------------------------------------------------------------------------------
 
 // ---- shared convolution drivers -------------------------------------------------------------
 
@@ -42,11 +41,11 @@ pub(crate) fn conv_fwd_impl(
 ) {
     debug_assert_eq!(ym.rows, geom.out(shape).pixels());
     let width = geom.kernel * geom.kernel * xm.cols;
-    map_blocks(y, ym, &chunk_bounds(ym.rows), |blk, s| {
+    par_blocks(y, ym, &chunk_bounds(ym.rows, CHUNK), |blk, s| {
         let cols = scratch(&mut s.a, blk.rows * width);
         im2col(x, xm, shape, geom, bn, blk.first, blk.rows, cols);
         let wt = Operand::dense_t(width);
-        gemm(blk.rows, width, ym.cols, 1.0, cols, Operand::dense(width), w, wt, 0.0, blk.data, blk.view());
+        gemm(blk.rows, width, ym.cols, 1.0, cols, Operand::dense(width), w, wt, 0.0, blk.data, blk.operand());
     });
 }
 
@@ -85,7 +84,7 @@ pub(crate) fn bn_relu_into(dst: &mut [f32], src: &[f32], bn: &Bn) {
 pub(crate) fn bn_relu_rows(x: &[f32], xm: Mat, bn: &Bn, p0: usize, rows: usize, tile: &mut [f32]) {
     let c = xm.cols;
     for r in 0..rows {
-        bn_relu_into(&mut tile[r * c..][..c], pixel_row(x, xm, p0 + r), bn);
+        bn_relu_into(&mut tile[r * c..][..c], row(x, xm, p0 + r), bn);
     }
 }
 
@@ -115,10 +114,10 @@ pub(crate) fn im2col(
                 let dst = &mut tile[r * width + (ky * k + kx) * c..][..c];
                 match (iy, ix, bn) {
                     (Some(iy), Some(ix), Some(bn)) => {
-                        bn_relu_into(dst, pixel_row(src, sm, (n * shape.h + iy) * shape.w + ix), bn)
+                        bn_relu_into(dst, row(src, sm, (n * shape.h + iy) * shape.w + ix), bn)
                     }
                     (Some(iy), Some(ix), None) => {
-                        dst.copy_from_slice(pixel_row(src, sm, (n * shape.h + iy) * shape.w + ix))
+                        dst.copy_from_slice(row(src, sm, (n * shape.h + iy) * shape.w + ix))
                     }
                     _ => dst.fill(0.0),
                 }
@@ -155,7 +154,7 @@ pub(crate) fn im2col_dgrad(
                 let Some(ox) = output_coord(ix, kx, geom, out.w) else {
                     continue;
                 };
-                let grad = pixel_row(dy, dym, (n * out.h + oy) * out.w + ox);
+                let grad = row(dy, dym, (n * out.h + oy) * out.w + ox);
                 for (co, &v) in grad.iter().enumerate() {
                     dst[co * k * k + ky * k + kx] = v;
                 }
@@ -178,147 +177,6 @@ pub(crate) fn output_coord(i: usize, t: usize, geom: ConvGeom, size: usize) -> O
 /// (n, y, x) of pixel p in an NHWC activation of spatial extent `s`.
 pub(crate) fn pixel(p: usize, s: Spatial) -> (usize, usize, usize) {
     (p / (s.h * s.w), p / s.w % s.h, p % s.w)
-}
-
-/// The `m.cols` channels of pixel p.
-pub(crate) fn pixel_row(buf: &[f32], m: Mat, p: usize) -> &[f32] {
-    &buf[m.at(p, 0)..][..m.cols]
-}
-
-// ---- BN-ReLU backward epilogue --------------------------------------------------------------
-
-/// What the BN-ReLU backward epilogue stores for the masked gradient g.
-#[derive(Clone, Copy)]
-pub(crate) enum Store {
-    /// `out = g`
-    Plain,
-    /// `out = a·g`
-    Scaled,
-    /// `out += a·g`
-    AddScaled,
-}
-
-/// BN-ReLU backward of one pixel row: `g = gpre ⊙ [a·x + b > 0]` (the same f32 test as the
-/// forward ReLU), stored into `out` as `store` says, and `[Σg | Σg·x̂]` accumulated into
-/// `sums` in f64.
-pub(crate) fn masked_row(gpre: &[f32], x: &[f32], bn: &Bn, store: Store, out: &mut [f32], sums: &mut [f64]) {
-    let (sum_g, sum_gx) = sums.split_at_mut(x.len());
-    for j in 0..x.len() {
-        let g = if bn.a[j] * x[j] + bn.b[j] > 0.0 { gpre[j] } else { 0.0 };
-        match store {
-            Store::Plain => out[j] = g,
-            Store::Scaled => out[j] = bn.a[j] * g,
-            Store::AddScaled => out[j] += bn.a[j] * g,
-        }
-        let x_hat = (f64::from(x[j]) - f64::from(bn.mean[j])) * f64::from(bn.invstd[j]);
-        sum_g[j] += f64::from(g);
-        sum_gx[j] += f64::from(g) * x_hat;
-    }
-}
-
-/// [`masked_row`] for every row of `blk`, `gpre` being the block's dense (rows × c) gradient
-/// before the mask; returns the block's partial sums.
-pub(crate) fn masked_block(
-    gpre: &[f32],
-    x: &[f32],
-    xm: Mat,
-    bn: &Bn,
-    store: Store,
-    blk: &mut RowBlock<'_>,
-) -> Vec<f64> {
-    let c = xm.cols;
-    let mut sums = vec![0.0; 2 * c];
-    for r in 0..blk.rows {
-        let p = blk.first + r;
-        masked_row(&gpre[r * c..][..c], pixel_row(x, xm, p), bn, store, blk.row(p), &mut sums);
-    }
-    sums
-}
-
-/// Adds up per-chunk partial sums in chunk order (the order fixes the result) into `sums`.
-pub(crate) fn add_partial_sums(partials: &[Vec<f64>], sums: &mut [f32]) {
-    let mut total = vec![0.0f64; sums.len()];
-    for partial in partials {
-        total.iter_mut().zip(partial).for_each(|(t, v)| *t += v);
-    }
-    sums.iter_mut().zip(total).for_each(|(s, t)| *s = t as f32);
-}
-
-// ---- chunking and parallel drivers ----------------------------------------------------------
-
-/// Reusable per-task scratch tiles.
-#[derive(Default)]
-pub(crate) struct Scratch {
-    pub(crate) a: Vec<f32>,
-    pub(crate) b: Vec<f32>,
-}
-
-/// The first `len` floats of a reusable scratch vector. Its contents are unspecified: callers
-/// overwrite all of them.
-pub(crate) fn scratch(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
-    if v.len() < len {
-        v.resize(len, 0.0);
-    }
-    &mut v[..len]
-}
-
-/// `0, CHUNK, 2·CHUNK, …, rows`: the chunk boundaries of `rows` pixel rows.
-pub(crate) fn chunk_bounds(rows: usize) -> Vec<usize> {
-    (0..rows).step_by(CHUNK).chain(std::iter::once(rows)).collect()
-}
-
-/// Pixel rows `[first, first + rows)` of a [`Mat`], borrowed mutably: element (p, c) is at
-/// `data[(p − first)·ld + c]`.
-pub(crate) struct RowBlock<'a> {
-    pub(crate) first: usize,
-    pub(crate) rows: usize,
-    pub(crate) cols: usize,
-    pub(crate) ld: usize,
-    pub(crate) data: &'a mut [f32],
-}
-
-impl RowBlock<'_> {
-    /// The `cols` channels of pixel p.
-    pub(crate) fn row(&mut self, p: usize) -> &mut [f32] {
-        &mut self.data[(p - self.first) * self.ld..][..self.cols]
-    }
-
-    /// The block as a GEMM output.
-    pub(crate) fn view(&self) -> Operand {
-        Operand { off: 0, rs: self.ld, cs: 1 }
-    }
-}
-
-/// Splits the rows of `m` inside `buf` at `bounds` (increasing pixel indices from 0 to
-/// `m.rows`) into disjoint mutable blocks.
-pub(crate) fn split_rows<'a>(buf: &'a mut [f32], m: Mat, bounds: &[usize]) -> Vec<RowBlock<'a>> {
-    // A single-row Mat may have a pitch smaller than its width.
-    let ld = if m.rows > 1 { m.ld } else { m.cols };
-    let mut rest = &mut buf[m.offset..];
-    let mut blocks = Vec::with_capacity(bounds.len().saturating_sub(1));
-    for pair in bounds.windows(2) {
-        let (first, end) = (pair[0], pair[1]);
-        // The last row ends at its last column; the pitch after it may lie past the buffer.
-        let len = if end == m.rows { (end - first - 1) * ld + m.cols } else { (end - first) * ld };
-        let (data, tail) = std::mem::take(&mut rest).split_at_mut(len);
-        blocks.push(RowBlock { first, rows: end - first, cols: m.cols, ld, data });
-        rest = tail;
-    }
-    blocks
-}
-
-/// Runs `f` on the blocks of `out`'s rows split at `bounds`, in parallel (they are disjoint),
-/// and returns the results in block order.
-pub(crate) fn map_blocks<R: Send>(
-    out: &mut [f32],
-    om: Mat,
-    bounds: &[usize],
-    f: impl Fn(&mut RowBlock<'_>, &mut Scratch) -> R + Sync + Send,
-) -> Vec<R> {
-    split_rows(out, om, bounds)
-        .into_par_iter()
-        .map_init(Scratch::default, |s, mut blk| f(&mut blk, s))
-        .collect()
 }
 
 /// `dw += Σ over chunks` of what `chunk_wgrad(p0, rows, scratch, partial)` adds into its
@@ -427,5 +285,12 @@ pub(crate) fn gemm(
             cv.rs as isize,
             1,
         );
+    }
+}
+
+impl RowBlock<'_> {
+    /// The block as a GEMM output.
+    pub(crate) fn operand(&self) -> Operand {
+        Operand { off: 0, rs: self.ld, cs: 1 }
     }
 }

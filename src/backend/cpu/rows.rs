@@ -1,15 +1,19 @@
-//! Statistics, batch-norm backward pieces, pooling, head, loss and optimiser ops of the cpu
-//! backend.
+//! What the cpu ops share for parallel work over pixel rows, and their fixed-order reductions.
 //!
-//! Parallel work is cut into pieces of a fixed number of pixels (never one piece per thread),
-//! and per-piece partial reductions, accumulated in f64, are added in piece order: every
-//! result is bit-identical whatever the number of threads.
+//! Work is cut into blocks of pixel rows at boundaries that depend on the shape only, never on
+//! the number of threads ([`chunk_bounds`]); blocks run in parallel on rayon ([`par_blocks`]),
+//! each writing its own disjoint rows of the output and returning its partial per-channel
+//! sums, accumulated in f64, which are then added in block order ([`sum_in_order`]): every
+//! result is bit-identical whatever the number of threads. The BN-ReLU backward epilogue of
+//! every fused op ([`masked_row`]) is here too: the ReLU mask, what is stored, and the
+//! `[Σg | Σg·x̂]` sums.
 
 use super::Bn;
 use crate::backend::{Mat, relu};
 use rayon::prelude::*;
 
-/// Pixels per parallel work item. A constant, so that the reduction order is fixed.
+/// Pixels per parallel block of the elementwise and pooling ops. A constant, so that the
+/// reduction order is fixed.
 pub(crate) const CHUNK_ROWS: usize = 512;
 
 /// Row `p` (its `m.cols` channels) of matrix `m` in `buf`.
@@ -32,54 +36,17 @@ pub(crate) fn normalized(mean: f32, invstd: f32, x: f32) -> f32 {
     (x - mean) * invstd
 }
 
-/// Rows `first..first + rows` of a matrix, handed to one parallel work item.
-pub(crate) struct RowsMut<'a> {
-    pub(crate) first: usize,
-    pub(crate) rows: usize,
-    pub(crate) ld: usize,
-    pub(crate) cols: usize,
-    pub(crate) data: &'a mut [f32],
-}
-
-impl RowsMut<'_> {
-    /// Row `first + r`.
-    pub(crate) fn row(&mut self, r: usize) -> &mut [f32] {
-        &mut self.data[r * self.ld..][..self.cols]
-    }
-}
-
-/// Runs `f` in parallel on the rows that `m` addresses in `buf`, cut into pieces of
-/// `chunk_rows` rows (each piece is a disjoint sub-slice, so the writes need no
-/// synchronisation), and returns the results in row order.
-pub(crate) fn par_row_chunks<R: Send>(
-    buf: &mut [f32],
-    m: Mat,
-    chunk_rows: usize,
-    f: impl Fn(RowsMut<'_>) -> R + Sync,
-) -> Vec<R> {
-    if m.rows == 0 || m.cols == 0 {
-        return Vec::new();
-    }
-    debug_assert!(chunk_rows > 0);
-    // A single row may come with any pitch; otherwise the pitch is at least `cols`.
-    let pitch = if m.rows == 1 { m.cols } else { m.ld };
-    let span = (m.rows - 1) * m.ld + m.cols;
-    buf[m.offset..m.offset + span]
-        .par_chunks_mut(chunk_rows * pitch)
-        .enumerate()
-        .map(|(i, data)| {
-            let first = i * chunk_rows;
-            f(RowsMut { first, rows: chunk_rows.min(m.rows - first), ld: m.ld, cols: m.cols, data })
-        })
-        .collect()
-}
-
-/// Adds per-piece partial sums in piece order.
-pub(crate) fn add_in_order(partials: Vec<Vec<f64>>, width: usize) -> Vec<f64> {
+/// Adds per-block partial sums in block order (the order fixes the result).
+pub(crate) fn sum_in_order(partials: Vec<Vec<f64>>, width: usize) -> Vec<f64> {
     partials.into_iter().fold(vec![0.0; width], |mut total, part| {
         total.iter_mut().zip(part).for_each(|(t, v)| *t += v);
         total
     })
+}
+
+/// Stores f64 totals into f32 `sums`.
+pub(crate) fn store_sums(sums: &mut [f32], totals: &[f64]) {
+    sums.iter_mut().zip(totals).for_each(|(s, &t)| *s = t as f32);
 }
 
 /// `width` f64 accumulators, `f(p, acc)` applied to every row `p < rows`: each piece of
@@ -98,25 +65,131 @@ pub(crate) fn reduce_rows(rows: usize, width: usize, f: impl Fn(usize, &mut [f64
             acc
         })
         .collect();
-    add_in_order(partials, width)
-}
-
-/// `g ← g ⊙ [a·x + b > 0]` for one pixel, adding `Σg` and `Σg·x̂` into `acc = [Σg | Σg·x̂]`.
-pub(crate) fn mask_and_sum(g: &mut [f32], x: &[f32], bn: &Bn, acc: &mut [f64]) {
-    let (sum_g, sum_gx) = acc.split_at_mut(g.len());
-    for (c, gv) in g.iter_mut().enumerate() {
-        if !active(bn, c, x[c]) {
-            *gv = 0.0;
-        }
-        sum_g[c] += f64::from(*gv);
-        sum_gx[c] += f64::from(*gv) * f64::from(normalized(bn.mean[c], bn.invstd[c], x[c]));
-    }
-}
-
-/// Stores f64 totals into the f32 `sums` buffer.
-pub(crate) fn write_sums(sums: &mut [f32], totals: &[f64]) {
-    sums.iter_mut().zip(totals).for_each(|(s, &t)| *s = t as f32);
+    sum_in_order(partials, width)
 }
 
 // The head's GEMMs are tiny next to the convolutions, so they are plain loops parallel over
 // independent output rows (each row's sum in a fixed order).
+
+/// Reusable per-task scratch tiles.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    pub(crate) a: Vec<f32>,
+    pub(crate) b: Vec<f32>,
+}
+
+/// The first `len` floats of a reusable scratch vector. Its contents are unspecified: callers
+/// overwrite all of them.
+pub(crate) fn scratch(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+    &mut v[..len]
+}
+
+/// `0, chunk, 2·chunk, …, rows`: the boundaries of blocks of `chunk` rows (not 0) over `rows`
+/// pixel rows.
+pub(crate) fn chunk_bounds(rows: usize, chunk: usize) -> Vec<usize> {
+    (0..rows).step_by(chunk).chain(std::iter::once(rows)).collect()
+}
+
+/// Pixel rows `[first, first + rows)` of a [`Mat`], borrowed mutably: element (p, c) is at
+/// `data[(p − first)·ld + c]`.
+pub(crate) struct RowBlock<'a> {
+    pub(crate) first: usize,
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+    pub(crate) ld: usize,
+    pub(crate) data: &'a mut [f32],
+}
+
+impl RowBlock<'_> {
+    /// The `cols` channels of row `first + r`.
+    pub(crate) fn row(&mut self, r: usize) -> &mut [f32] {
+        &mut self.data[r * self.ld..][..self.cols]
+    }
+}
+
+/// Splits the rows of `m` inside `buf` at `bounds` (increasing pixel indices from 0 to
+/// `m.rows`) into disjoint mutable blocks.
+pub(crate) fn split_rows<'a>(buf: &'a mut [f32], m: Mat, bounds: &[usize]) -> Vec<RowBlock<'a>> {
+    // A single-row Mat may have a pitch smaller than its width.
+    let ld = if m.rows > 1 { m.ld } else { m.cols };
+    let mut rest = &mut buf[m.offset..];
+    let mut blocks = Vec::with_capacity(bounds.len().saturating_sub(1));
+    for pair in bounds.windows(2) {
+        let (first, end) = (pair[0], pair[1]);
+        // The last row ends at its last column; the pitch after it may lie past the buffer.
+        let len = if end == m.rows { (end - first - 1) * ld + m.cols } else { (end - first) * ld };
+        let (data, tail) = std::mem::take(&mut rest).split_at_mut(len);
+        blocks.push(RowBlock { first, rows: end - first, cols: m.cols, ld, data });
+        rest = tail;
+    }
+    blocks
+}
+
+/// Runs `f` on the blocks of `out`'s rows split at `bounds`, in parallel (they are disjoint),
+/// with a scratch per task, and returns the results in block order. A matrix without rows or
+/// columns has no blocks (a zero-width view may claim any number of rows: it addresses no
+/// element, and blocks of it would cost time and memory for nothing).
+pub(crate) fn par_blocks<R: Send>(
+    out: &mut [f32],
+    om: Mat,
+    bounds: &[usize],
+    f: impl Fn(&mut RowBlock<'_>, &mut Scratch) -> R + Sync + Send,
+) -> Vec<R> {
+    if om.rows == 0 || om.cols == 0 {
+        return Vec::new();
+    }
+    split_rows(out, om, bounds)
+        .into_par_iter()
+        .map_init(Scratch::default, |s, mut blk| f(&mut blk, s))
+        .collect()
+}
+
+/// What the BN-ReLU backward epilogue stores for the masked gradient g.
+#[derive(Clone, Copy)]
+pub(crate) enum Store {
+    /// `out = g`
+    Plain,
+    /// `out = a·g`
+    Scaled,
+    /// `out += a·g`
+    AddScaled,
+}
+
+/// BN-ReLU backward of one pixel row: `g = gpre ⊙ [a·x + b > 0]` (the same f32 test as the
+/// forward ReLU), stored into `out` as `store` says, and `[Σg | Σg·x̂]` accumulated into
+/// `sums` in f64.
+pub(crate) fn masked_row(gpre: &[f32], x: &[f32], bn: &Bn, store: Store, out: &mut [f32], sums: &mut [f64]) {
+    let (sum_g, sum_gx) = sums.split_at_mut(x.len());
+    for j in 0..x.len() {
+        let g = if active(bn, j, x[j]) { gpre[j] } else { 0.0 };
+        match store {
+            Store::Plain => out[j] = g,
+            Store::Scaled => out[j] = bn.a[j] * g,
+            Store::AddScaled => out[j] += bn.a[j] * g,
+        }
+        let x_hat = (f64::from(x[j]) - f64::from(bn.mean[j])) * f64::from(bn.invstd[j]);
+        sum_g[j] += f64::from(g);
+        sum_gx[j] += f64::from(g) * x_hat;
+    }
+}
+
+/// [`masked_row`] for every row of `blk`, `gpre` being the block's dense (rows × c) gradient
+/// before the mask; returns the block's partial sums.
+pub(crate) fn masked_block(
+    gpre: &[f32],
+    x: &[f32],
+    xm: Mat,
+    bn: &Bn,
+    store: Store,
+    blk: &mut RowBlock<'_>,
+) -> Vec<f64> {
+    let c = xm.cols;
+    let mut sums = vec![0.0; 2 * c];
+    for r in 0..blk.rows {
+        masked_row(&gpre[r * c..][..c], row(x, xm, blk.first + r), bn, store, blk.row(r), &mut sums);
+    }
+    sums
+}

@@ -2,7 +2,7 @@
 
 use super::PoolOps;
 use crate::backend::cpu::rows::{
-    CHUNK_ROWS, add_in_order, bn_relu, mask_and_sum, par_row_chunks, row, write_sums,
+    CHUNK_ROWS, Store, bn_relu, chunk_bounds, masked_row, par_blocks, row, scratch, store_sums, sum_in_order,
 };
 use crate::backend::cpu::{Bn, CpuBackend, CpuBuf};
 use crate::backend::{BnReluView, Mat, Spatial, View, ViewMut, max_pool_takes, validate};
@@ -132,7 +132,7 @@ pub(crate) fn window_max(
 }
 
 pub(crate) fn bn_relu_maxpool_fwd(t: &[f32], tm: Mat, shape: Spatial, bn: &Bn, y: &mut [f32], ym: Mat) {
-    par_row_chunks(y, ym, CHUNK_ROWS, |mut piece| {
+    par_blocks(y, ym, &chunk_bounds(ym.rows, CHUNK_ROWS), |piece, _| {
         let mut arg = vec![0; tm.cols];
         for r in 0..piece.rows {
             window_max(t, tm, shape, |c, v| bn_relu(bn, c, v), piece.first + r, piece.row(r), &mut arg);
@@ -157,24 +157,25 @@ pub(crate) fn bn_relu_maxpool_bwd(
     let image = shape.h * shape.w;
     // Windows overlap, so the scatter accumulates. One image per work item keeps each
     // image's writes private to it and its additions in a fixed order.
-    let partials = par_row_chunks(g, gm, image, |mut piece| {
+    let partials = par_blocks(g, gm, &chunk_bounds(gm.rows, image), |piece, s| {
         let n = piece.first / image;
-        (0..piece.rows).for_each(|r| piece.row(r).fill(0.0));
+        let gpre = scratch(&mut s.a, piece.rows * cols);
+        gpre.fill(0.0);
         let (mut best, mut arg) = (vec![0.0; cols], vec![0; cols]);
         for q in n * oh * ow..(n + 1) * oh * ow {
             window_max(t, tm, shape, |c, v| bn_relu(bn, c, v), q, &mut best, &mut arg);
             for (c, &d) in row(dy, dym, q).iter().enumerate() {
-                piece.row(arg[c] - piece.first)[c] += d;
+                gpre[(arg[c] - piece.first) * cols + c] += d;
             }
         }
         let mut acc = vec![0.0; 2 * cols];
         for r in 0..piece.rows {
             let tr = row(t, tm, piece.first + r);
-            mask_and_sum(piece.row(r), tr, bn, &mut acc);
+            masked_row(&gpre[r * cols..][..cols], tr, bn, Store::Plain, piece.row(r), &mut acc);
         }
         acc
     });
-    write_sums(sums, &add_in_order(partials, 2 * cols));
+    store_sums(sums, &sum_in_order(partials, 2 * cols));
 }
 
 pub(crate) fn bn_relu_global_pool_fwd(x: &[f32], xm: Mat, shape: Spatial, bn: &Bn, pooled: &mut [f32]) {
@@ -204,17 +205,16 @@ pub(crate) fn bn_relu_global_pool_bwd(
 ) {
     let cols = xm.cols;
     let image = shape.h * shape.w;
-    let partials = par_row_chunks(dx, dxm, CHUNK_ROWS, |mut piece| {
+    let partials = par_blocks(dx, dxm, &chunk_bounds(dxm.rows, CHUNK_ROWS), |piece, _| {
         let mut acc = vec![0.0; 2 * cols];
+        let mut gpre = vec![0.0; cols];
         for r in 0..piece.rows {
             let p = piece.first + r;
             let n = p / image;
-            let g = piece.row(r);
-            g.iter_mut().zip(&dpooled[n * cols..][..cols]).for_each(|(g, &d)| *g = d / image as f32);
-            mask_and_sum(g, row(x, xm, p), bn, &mut acc);
-            g.iter_mut().zip(&bn.a).for_each(|(g, a)| *g *= a);
+            gpre.iter_mut().zip(&dpooled[n * cols..][..cols]).for_each(|(g, &d)| *g = d / image as f32);
+            masked_row(&gpre, row(x, xm, p), bn, Store::Scaled, piece.row(r), &mut acc);
         }
         acc
     });
-    write_sums(sums, &add_in_order(partials, 2 * cols));
+    store_sums(sums, &sum_in_order(partials, 2 * cols));
 }

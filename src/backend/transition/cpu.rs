@@ -1,9 +1,9 @@
 //! The cpu backend's transition ops.
 
 use super::TransitionOps;
-use crate::backend::cpu::gemm::{
-    CHUNK, Operand, Store, add_partial_sums, chunk_bounds, gemm, map_blocks, masked_row, pixel, pixel_row,
-    scratch, wgrad_in_segments,
+use crate::backend::cpu::gemm::{CHUNK, Operand, gemm, pixel, wgrad_in_segments};
+use crate::backend::cpu::rows::{
+    Store, chunk_bounds, masked_row, par_blocks, row, scratch, store_sums, sum_in_order,
 };
 use crate::backend::cpu::{Bn, CpuBackend, CpuBuf};
 use crate::backend::{At, AtMut, BnReluView, Mat, Spatial, View, ViewMut, relu, validate};
@@ -97,11 +97,11 @@ pub(crate) fn bn_relu_avgpool_conv1x1_fwd(
     ym: Mat,
 ) {
     let (cin, cout) = (xm.cols, ym.cols);
-    map_blocks(y, ym, &chunk_bounds(ym.rows), |blk, s| {
+    par_blocks(y, ym, &chunk_bounds(ym.rows, CHUNK), |blk, s| {
         let act = scratch(&mut s.a, blk.rows * cin);
         pool_rows(x, xm, shape, bn, blk.first, blk.rows, act);
         let wt = Operand::dense_t(cin);
-        gemm(blk.rows, cin, cout, 1.0, act, Operand::dense(cin), w, wt, 0.0, blk.data, blk.view());
+        gemm(blk.rows, cin, cout, 1.0, act, Operand::dense(cin), w, wt, 0.0, blk.data, blk.operand());
     });
 }
 
@@ -157,7 +157,7 @@ pub(crate) fn bn_relu_avgpool_conv1x1_dgrad(
         .map(first_input_pixel)
         .chain(std::iter::once(shape.pixels()))
         .collect();
-    let partials = map_blocks(dx, dxm, &bounds, |blk, s| {
+    let partials = par_blocks(dx, dxm, &bounds, |blk, s| {
         let (n, iy, _) = pixel(blk.first, shape);
         let r0 = n * out.h + iy / 2;
         let out_pixels = rows_per_block.min(out_rows - r0) * out.w;
@@ -171,16 +171,23 @@ pub(crate) fn bn_relu_avgpool_conv1x1_dgrad(
             let (oy, ox) = (iy / 2, ix / 2);
             if oy < out.h && ox < out.w {
                 let q = (n * out.h + oy) * out.w + ox - r0 * out.w;
-                let x_row = pixel_row(x, xm, p);
-                masked_row(&gpre[q * cin..][..cin], x_row, bn, Store::Scaled, blk.row(p), &mut sums);
+                let x_row = row(x, xm, p);
+                masked_row(
+                    &gpre[q * cin..][..cin],
+                    x_row,
+                    bn,
+                    Store::Scaled,
+                    blk.row(p - blk.first),
+                    &mut sums,
+                );
             } else {
                 // Dropped by the pool: zero gradient, nothing to add to the sums.
-                blk.row(p).fill(0.0);
+                blk.row(p - blk.first).fill(0.0);
             }
         }
         sums
     });
-    add_partial_sums(&partials, &mut sums[..2 * cin]);
+    store_sums(&mut sums[..2 * cin], &sum_in_order(partials, 2 * cin));
 }
 
 /// Spatial extent after AvgPool2d(2, 2), which drops an odd last row/column.
@@ -207,7 +214,7 @@ pub(crate) fn pool_rows(
         let dst = &mut tile[r * c..][..c];
         dst.fill(0.0);
         for q in [top_left, top_left + 1, top_left + shape.w, top_left + shape.w + 1] {
-            for (j, (d, &v)) in dst.iter_mut().zip(pixel_row(x, xm, q)).enumerate() {
+            for (j, (d, &v)) in dst.iter_mut().zip(row(x, xm, q)).enumerate() {
                 *d += relu(bn.a[j] * v + bn.b[j]);
             }
         }

@@ -1,7 +1,7 @@
 //! The cpu backend's unfused ops.
 
 use super::UnfusedOps;
-use crate::backend::cpu::rows::{CHUNK_ROWS, par_row_chunks, reduce_rows, row, write_sums};
+use crate::backend::cpu::rows::{CHUNK_ROWS, chunk_bounds, par_blocks, reduce_rows, row, store_sums};
 use crate::backend::cpu::{Bn, CpuBackend, CpuBuf, resolve_stats};
 use crate::backend::pool::cpu::{pool_out, window_max};
 use crate::backend::{BnRef, Mat, PoolWindow, Spatial, StatsRef, View, ViewMut, relu, validate};
@@ -109,7 +109,7 @@ impl UnfusedOps for CpuBackend {
 }
 
 pub(crate) fn copy_columns(src: &[f32], sm: Mat, dst: &mut [f32], dm: Mat, accumulate: bool) {
-    par_row_chunks(dst, dm, CHUNK_ROWS, |mut piece| {
+    par_blocks(dst, dm, &chunk_bounds(dm.rows, CHUNK_ROWS), |piece, _| {
         for r in 0..piece.rows {
             let s = row(src, sm, piece.first + r);
             let d = piece.row(r);
@@ -123,7 +123,7 @@ pub(crate) fn copy_columns(src: &[f32], sm: Mat, dst: &mut [f32], dm: Mat, accum
 }
 
 pub(crate) fn bn_apply(x: &[f32], xm: Mat, bn: &Bn, y: &mut [f32], ym: Mat) {
-    par_row_chunks(y, ym, CHUNK_ROWS, |mut piece| {
+    par_blocks(y, ym, &chunk_bounds(ym.rows, CHUNK_ROWS), |piece, _| {
         for r in 0..piece.rows {
             let xr = row(x, xm, piece.first + r);
             for (c, (o, &v)) in piece.row(r).iter_mut().zip(xr).enumerate() {
@@ -135,7 +135,7 @@ pub(crate) fn bn_apply(x: &[f32], xm: Mat, bn: &Bn, y: &mut [f32], ym: Mat) {
 }
 
 pub(crate) fn relu_fwd(x: &[f32], xm: Mat, y: &mut [f32], ym: Mat) {
-    par_row_chunks(y, ym, CHUNK_ROWS, |mut piece| {
+    par_blocks(y, ym, &chunk_bounds(ym.rows, CHUNK_ROWS), |piece, _| {
         for r in 0..piece.rows {
             let xr = row(x, xm, piece.first + r);
             piece.row(r).iter_mut().zip(xr).for_each(|(o, &v)| *o = relu(v));
@@ -144,7 +144,7 @@ pub(crate) fn relu_fwd(x: &[f32], xm: Mat, y: &mut [f32], ym: Mat) {
 }
 
 pub(crate) fn relu_bwd(g: &mut [f32], gm: Mat, x: &[f32], xm: Mat) {
-    par_row_chunks(g, gm, CHUNK_ROWS, |mut piece| {
+    par_blocks(g, gm, &chunk_bounds(gm.rows, CHUNK_ROWS), |piece, _| {
         for r in 0..piece.rows {
             let xr = row(x, xm, piece.first + r);
             // A NaN input passes no gradient, like an input ≤ 0.
@@ -176,7 +176,7 @@ pub(crate) fn bn_grad_sums(
             sum_gx[j] += f64::from(gv) * x_hat;
         }
     });
-    write_sums(&mut sums[..2 * c], &totals);
+    store_sums(&mut sums[..2 * c], &totals);
 }
 
 /// Output pixel rows per parallel piece of a pooling op: about [`CHUNK_ROWS`] input pixels.
@@ -187,7 +187,7 @@ pub(crate) fn pool_piece(window: PoolWindow) -> usize {
 pub(crate) fn avg_pool_fwd(x: &[f32], xm: Mat, shape: Spatial, window: PoolWindow, y: &mut [f32], ym: Mat) {
     let out = window.out(shape);
     let area = (window.h * window.w) as f64;
-    par_row_chunks(y, ym, pool_piece(window), |mut piece| {
+    par_blocks(y, ym, &chunk_bounds(ym.rows, pool_piece(window)), |piece, _| {
         let mut acc = vec![0.0f64; xm.cols];
         for r in 0..piece.rows {
             let q = piece.first + r;
@@ -214,7 +214,7 @@ pub(crate) fn avg_pool_bwd(
 ) {
     let out = window.out(shape);
     let area = (window.h * window.w) as f32;
-    par_row_chunks(dx, dxm, CHUNK_ROWS, |mut piece| {
+    par_blocks(dx, dxm, &chunk_bounds(dxm.rows, CHUNK_ROWS), |piece, _| {
         for r in 0..piece.rows {
             let p = piece.first + r;
             let (n, iy, ix) = (p / (shape.h * shape.w), p / shape.w % shape.h, p % shape.w);
@@ -232,7 +232,7 @@ pub(crate) fn avg_pool_bwd(
 }
 
 pub(crate) fn max_pool_fwd(x: &[f32], xm: Mat, shape: Spatial, y: &mut [f32], ym: Mat) {
-    par_row_chunks(y, ym, CHUNK_ROWS, |mut piece| {
+    par_blocks(y, ym, &chunk_bounds(ym.rows, CHUNK_ROWS), |piece, _| {
         let mut arg = vec![0; xm.cols];
         for r in 0..piece.rows {
             window_max(x, xm, shape, |_, v| v, piece.first + r, piece.row(r), &mut arg);
@@ -254,7 +254,7 @@ pub(crate) fn max_pool_bwd(
     let image = shape.h * shape.w;
     // Windows overlap, so the scatter accumulates: one image per work item keeps each
     // image's writes private to it and its additions in a fixed order.
-    par_row_chunks(dx, dxm, image, |mut piece| {
+    par_blocks(dx, dxm, &chunk_bounds(dxm.rows, image), |piece, _| {
         let n = piece.first / image;
         (0..piece.rows).for_each(|r| piece.row(r).fill(0.0));
         let (mut best, mut arg) = (vec![0.0; cols], vec![0; cols]);
