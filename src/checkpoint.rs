@@ -331,12 +331,12 @@ pub(crate) fn header_end(bytes: &[u8], len: u64, path: &Path) -> Result<usize> {
 }
 
 /// What kind of `torch.save` file starts with `prefix`, if one does: since PyTorch 1.6 a zip
-/// archive (`PK\x03\x04`), before it a pickle of protocol 2 (`\x80\x02`; `torch.save` wrote
-/// no other protocol by default).
+/// archive (`PK\x03\x04`), before it a protocol-2 pickle (`\x80\x02`) whose first object is
+/// torch's magic number, a 10-byte long (`\x8a\x0a`).
 fn pytorch_pickle(prefix: &[u8; 8]) -> Option<&'static str> {
     match prefix {
         [b'P', b'K', 3, 4, ..] => Some("zip"),
-        [0x80, 2, ..] => Some("legacy"),
+        [0x80, 2, 0x8a, 10, ..] => Some("legacy"),
         _ => None,
     }
 }
@@ -734,4 +734,25 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     #[cfg(not(unix))]
     let _ = dir;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pickles_are_told_apart_from_valid_header_lengths() {
+        let path = Path::new("w.pth");
+        let zip = *b"PK\x03\x04\0\0\0\0";
+        let e = header_end(&zip, 1000, path).unwrap_err().to_string();
+        assert!(e.contains("is a PyTorch pickle (torch.save's zip format)"), "{e}");
+        assert!(e.contains(r#"save_file(torch.load("w.pth", map_location="cpu"), "w.safetensors")"#), "{e}");
+        let legacy = *b"\x80\x02\x8a\x0alZ\xfc\x9c";
+        assert!(header_end(&legacy, 1000, path).unwrap_err().to_string().contains("legacy format"));
+        // The same two bytes begin the valid length 640 of a safetensors header.
+        let valid = [0x80, 0x02, 0, 0, 0, 0, 0, 0];
+        assert_eq!(header_end(&valid, 648, path).unwrap(), 648);
+        let e = header_end(&valid, 100, path).unwrap_err().to_string();
+        assert!(e.contains("header length 640 runs past the end of the 100-byte file"), "{e}");
+    }
 }

@@ -66,7 +66,7 @@ impl BackendTask for Eval<'_> {
 
     fn run<B: Backend + Clone>(self, backend: B) -> anyhow::Result<()> {
         let args = self.args;
-        // Printed once the data is found: a failed run's stderr is its one error line.
+        // Printed once the network is built: a failed run's stderr is its one error line.
         let mut note = None;
         let (path, model, recorded) = match (&args.checkpoint, &args.init_from) {
             (Some(path), _) => {
@@ -98,12 +98,12 @@ impl BackendTask for Eval<'_> {
         if test.is_empty() {
             return Err(Error::Config(format!("{} has no images", test.name)).into());
         }
-        if let Some(note) = note {
-            eprintln!("{note}");
-        }
         // Buffers for more images than the test set holds would only be padding.
         let batch = args.batch.min(test.len());
         let mut net = model.network(backend, batch, test.height, test.width, Options::eval())?;
+        if let Some(note) = note {
+            eprintln!("{note}");
+        }
         let mut progress = Progress::new(None);
         let result = evaluate(&mut net, test.clone(), &model.normalization, &mut progress);
         progress.finish();
