@@ -31,7 +31,8 @@
 //! before the data is read; the configuration in the metadata is validated and bounded by
 //! the tensors the file holds before anything is sized from it; every tensor's checksum,
 //! finiteness and (running variances) sign are checked, and the normalisation must have a
-//! finite std > 0.
+//! finite std > 0. A `torch.save` file (zip or pickle) is recognised by its first bytes and
+//! told how to convert it. Plain torchvision `state_dict`s are read by [`crate::state_dict`].
 //!
 //! Files are written atomically ([`write_atomic`], or [`Checkpoint::prepare_save`] +
 //! [`PendingWrite::commit`]): a crash leaves either the old checkpoint or the new one, never

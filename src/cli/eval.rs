@@ -3,7 +3,7 @@
 
 use super::backend_choice::{BackendChoice, BackendTask, run_on};
 use super::progress::{Progress, megabytes};
-use clap::Args;
+use clap::{ArgGroup, Args};
 use densenet::backend::Backend;
 use densenet::checkpoint::Checkpoint;
 use densenet::data::DataSource;
@@ -16,10 +16,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(Args, Debug)]
-#[group(id = "weights", required = true, args = ["checkpoint", "init_from"])]
+#[command(group(ArgGroup::new("weights").required(true).args(["checkpoint", "init_from"])))]
 pub struct EvalArgs {
     /// Checkpoint written by `densenet train` (the model configuration is read from it).
-    #[arg(long, value_name = "FILE", conflicts_with = "init_from")]
+    #[arg(long, value_name = "FILE")]
     pub checkpoint: Option<PathBuf>,
     /// Evaluate the weights of FILE: a torchvision DenseNet state_dict saved as safetensors
     /// (`safetensors.torch.save_file(model.state_dict(), FILE)`; `module.` prefixes and the
