@@ -350,9 +350,9 @@ fn pickle_advice(path: &Path, kind: &str) -> String {
         "is a PyTorch pickle (torch.save's {kind} format), not a safetensors file; convert it in \
          Python with `import torch; from safetensors.torch import save_file; \
          save_file(torch.load(\"{name}\", map_location=\"cpu\"), \"{out}\")` (if it \
-         holds a whole model, save `torch.load(...).state_dict()`; if a dict with a \
-         \"state_dict\" entry, save `torch.load(...)[\"state_dict\"]`), then pass the \
-         .safetensors file"
+         holds a whole model, save `torch.load(..., weights_only=False).state_dict()`; if a \
+         dict with a \"state_dict\" entry, save `torch.load(...)[\"state_dict\"]`), then \
+         pass the .safetensors file"
     )
 }
 
