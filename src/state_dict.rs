@@ -18,7 +18,8 @@
 //! ImageNet, with `norm0`; k = 3: CIFAR); the number of `denselayerM` of each `denseblockN`
 //! the block sizes; the first layer's conv2 output channels the growth rate and its conv1
 //! output channels bn-size · growth; the transition convs the compression (the simplest θ
-//! that gives every transition's width: ½, torchvision's, then tenths, hundredths, ratios);
+//! that gives every transition's width: ½, torchvision's, then tenths, hundredths, the first
+//! transition's ratio);
 //! `classifier.weight` the classes. The result is validated (so absurd sizes are refused
 //! before anything is sized from them), then every tensor's dtype and shape is checked
 //! against it before any buffer is allocated: shapes that disagree between layers are an
@@ -333,35 +334,45 @@ fn infer_config(tensors: &BTreeMap<String, Found>) -> std::result::Result<DenseN
         in_channels,
     };
     // The simplest θ that gives every transition's width: ½ (torchvision's), tenths,
-    // hundredths, then each transition's own ratio; the shape check reports a transition that
-    // none fits.
+    // hundredths, then the first transition's own ratio; if none does, ½, and the shape check
+    // names the transition that disagrees.
     let tenths = (1..=10).map(|k| f64::from(k) / 10.0);
     let hundredths = (1..=100).map(|k| f64::from(k) / 100.0);
-    let ratios = transitions.iter().map(|&(out, inp)| out as f64 / inp as f64);
-    let candidates = std::iter::once(0.5).chain(tenths).chain(hundredths).chain(ratios);
-    let fits = |theta: f64| {
-        let c = DenseNetConfig { compression: theta, ..config.clone() };
-        let mut channels = init_features;
-        for (i, &layers) in c.blocks.iter().enumerate() {
-            match layers.checked_mul(growth).and_then(|n| n.checked_add(channels)) {
-                Some(n) => channels = n,
-                None => return false,
-            }
-            if let Some(&(out, _)) = transitions.get(i) {
-                if c.transition_out(channels) != out {
-                    return false;
-                }
-                channels = out;
-            }
+    let ratio = transitions.first().map(|&(out, inp)| out as f64 / inp as f64);
+    let candidates = std::iter::once(0.5).chain(tenths).chain(hundredths).chain(ratio);
+    let mut chosen = 0.5;
+    for theta in candidates.filter(|t| *t > 0.0 && *t <= 1.0) {
+        config.compression = theta;
+        if transitions_fit(&config, &transitions) {
+            chosen = theta;
+            break;
         }
-        true
-    };
-    let valid: Vec<f64> = candidates.filter(|t| *t > 0.0 && *t <= 1.0).collect();
-    config.compression = valid.iter().copied().find(|&t| fits(t)).unwrap_or(0.5);
+    }
+    config.compression = chosen;
     config.validate().map_err(|e| {
         format!("the configuration inferred from its shapes ({}) is unusable: {e}", config.describe())
     })?;
     Ok(config)
+}
+
+/// Whether `config`'s transitions give the output widths `transitions` (`(out, in)` of each
+/// transition conv), each block starting from the previous transition's width in the file.
+fn transitions_fit(config: &DenseNetConfig, transitions: &[(usize, usize)]) -> bool {
+    let mut channels = config.init_features;
+    for (i, &layers) in config.blocks.iter().enumerate() {
+        // Unvalidated sizes from the file: an overflow fits nothing.
+        match layers.checked_mul(config.growth).and_then(|n| n.checked_add(channels)) {
+            Some(n) => channels = n,
+            None => return false,
+        }
+        if let Some(&(out, _)) = transitions.get(i) {
+            if config.transition_out(channels) != out {
+                return false;
+            }
+            channels = out;
+        }
+    }
+    true
 }
 
 #[cfg(test)]
