@@ -31,7 +31,8 @@
 //! before the data is read; the configuration in the metadata is validated and bounded by
 //! the tensors the file holds before anything is sized from it; every tensor's checksum,
 //! finiteness and (running variances) sign are checked, and the normalisation must have a
-//! finite std > 0.
+//! finite std > 0. A `torch.save` file (zip or pickle) is recognised by its first bytes and
+//! told how to convert it. Plain torchvision `state_dict`s are read by [`crate::state_dict`].
 //!
 //! Files are written atomically ([`write_atomic`], or [`Checkpoint::prepare_save`] +
 //! [`PendingWrite::commit`]): a crash leaves either the old checkpoint or the new one, never
@@ -60,6 +61,11 @@ const MAX_HEADER: u64 = 16 << 20;
 /// Prefix of the optimiser-state tensors.
 pub const OPTIMIZER_PREFIX: &str = "optimizer.momentum_buffer.";
 
+/// Whether `format` (the `format` metadata entry) names a checkpoint this module reads.
+pub(crate) fn is_checkpoint_format(format: &str) -> bool {
+    format == FORMAT || format == FORMAT_V1
+}
+
 /// A model, where its data came from, and (for a training checkpoint) where the run stands.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Checkpoint {
@@ -78,7 +84,7 @@ struct TrainingMeta {
 
 /// Where an entry of the `state_dict` comes from.
 #[derive(Clone, Copy, Debug)]
-enum Source {
+pub(crate) enum Source {
     /// `ParamLayout::tensors[i]`.
     Param(usize),
     RunningMean(BnLayout),
@@ -88,15 +94,15 @@ enum Source {
 
 /// One `state_dict` entry.
 #[derive(Clone, Debug)]
-struct Entry {
-    name: String,
-    shape: Vec<usize>,
-    source: Source,
+pub(crate) struct Entry {
+    pub(crate) name: String,
+    pub(crate) shape: Vec<usize>,
+    pub(crate) source: Source,
 }
 
 /// torchvision's `state_dict` of a configuration, in order: each module's parameters, then
 /// (for batch-norms) its `running_mean`, `running_var`, `num_batches_tracked` buffers.
-fn state_dict(layout: &ParamLayout) -> Vec<Entry> {
+pub(crate) fn state_dict(layout: &ParamLayout) -> Vec<Entry> {
     let norms: HashMap<&str, BnLayout> = layout.norms.iter().map(|(p, n)| (p.as_str(), *n)).collect();
     let mut out = Vec::with_capacity(layout.tensors.len() + 3 * norms.len());
     for (i, t) in layout.tensors.iter().enumerate() {
@@ -144,7 +150,7 @@ fn to_torch(values: &[f32], kind: TensorKind) -> Vec<f32> {
     }
 }
 
-fn from_torch(values: &[f32], kind: TensorKind) -> Vec<f32> {
+pub(crate) fn from_torch(values: &[f32], kind: TensorKind) -> Vec<f32> {
     match kind {
         TensorKind::ConvWeight { c_out, kernel, c_in } => oihw_to_ohwi(values, c_out, kernel, c_in),
         _ => values.to_vec(),
@@ -239,24 +245,7 @@ impl Checkpoint {
     /// Errors name the file and what is wrong with it. Only a regular file is read, and the
     /// data only once the header has been checked (see the module documentation).
     pub fn load(path: &Path) -> Result<Checkpoint> {
-        let read_err = |e: std::io::Error| Error::file(path, format!("cannot read: {e}"));
-        let input = crate::files::InputFile::open(path)?;
-        let (file, len) = (input.file, input.len);
-        // Read through `take(len)`: a file that grows meanwhile cannot make us read more.
-        let mut file = file.take(len);
-        let mut bytes = vec![0u8; usize::try_from(len.min(8)).unwrap_or(8)];
-        file.read_exact(&mut bytes).map_err(read_err)?;
-        let header_end = header_end(&bytes, len, path)?;
-        bytes.resize(header_end, 0);
-        file.read_exact(&mut bytes[8..]).map_err(read_err)?;
-        let header = Header::parse(&bytes, len, path)?;
-        // The whole length is now known to be what the header declares.
-        let rest = usize::try_from(len).map_err(|_| Error::file(path, "is too large"))? - header_end;
-        bytes.try_reserve_exact(rest).map_err(|_| Error::file(path, format!("cannot hold {rest} bytes")))?;
-        file.read_to_end(&mut bytes).map_err(read_err)?;
-        if bytes.len() as u64 != len {
-            return Err(Error::file(path, "changed while it was being read"));
-        }
+        let (bytes, header) = read_checked(path, |head, len| Header::parse(head, len, path))?;
         header.decode(&bytes, path)
     }
 
@@ -269,41 +258,44 @@ impl Checkpoint {
     /// names `path`, the first `state_dict` entry whose shape differs (or that only one side
     /// has) and both shapes.
     pub fn check_config(&self, expected: &DenseNetConfig, path: &Path) -> Result<()> {
-        if &self.model.config == expected {
-            return Ok(());
-        }
-        let mine = state_dict(&self.model.layout());
-        let theirs = state_dict(&ParamLayout::new(expected));
-        let shape_of =
-            |entries: &[Entry], name: &str| entries.iter().find(|e| e.name == name).map(|e| e.shape.clone());
-        let message = |name: &str, found: Option<Vec<usize>>, want: Option<Vec<usize>>| {
-            let show = |s: Option<Vec<usize>>| s.map_or("absent".to_string(), |s| format!("{s:?}"));
-            format!(
-                "was made for another configuration: tensor `{name}` has shape {} in the \
-                 checkpoint but {} in the requested model",
-                show(found),
-                show(want)
-            )
-        };
-        for e in &theirs {
-            let found = shape_of(&mine, &e.name);
-            if found.as_ref() != Some(&e.shape) {
-                return Err(Error::file(path, message(&e.name, found, Some(e.shape.clone()))));
-            }
-        }
-        if let Some(extra) = mine.iter().find(|e| shape_of(&theirs, &e.name).is_none()) {
-            return Err(Error::file(path, message(&extra.name, Some(extra.shape.clone()), None)));
-        }
-        // Same tensors, different hyper-parameters (none today changes no shape, but the
-        // config is compared, not assumed).
-        Err(Error::file(
-            path,
-            format!(
-                "was made for another configuration ({:?}) than the requested one ({:?})",
-                self.model.config, expected
-            ),
-        ))
+        check_config(&self.model.config, expected, path)
     }
+}
+
+/// Checks that weights of configuration `found` (read from `path`) fit a network of
+/// configuration `expected`; the error is [`Checkpoint::check_config`]'s.
+pub fn check_config(found: &DenseNetConfig, expected: &DenseNetConfig, path: &Path) -> Result<()> {
+    if found == expected {
+        return Ok(());
+    }
+    let mine = state_dict(&ParamLayout::new(found));
+    let theirs = state_dict(&ParamLayout::new(expected));
+    let shape_of =
+        |entries: &[Entry], name: &str| entries.iter().find(|e| e.name == name).map(|e| e.shape.clone());
+    let message = |name: &str, found: Option<Vec<usize>>, want: Option<Vec<usize>>| {
+        let show = |s: Option<Vec<usize>>| s.map_or("absent".to_string(), |s| format!("{s:?}"));
+        format!(
+            "was made for another configuration: tensor `{name}` has shape {} in the \
+             checkpoint but {} in the requested model",
+            show(found),
+            show(want)
+        )
+    };
+    for e in &theirs {
+        let found = shape_of(&mine, &e.name);
+        if found.as_ref() != Some(&e.shape) {
+            return Err(Error::file(path, message(&e.name, found, Some(e.shape.clone()))));
+        }
+    }
+    if let Some(extra) = mine.iter().find(|e| shape_of(&theirs, &e.name).is_none()) {
+        return Err(Error::file(path, message(&extra.name, Some(extra.shape.clone()), None)));
+    }
+    // Same tensors, different hyper-parameters (none today changes no shape, but the
+    // config is compared, not assumed).
+    Err(Error::file(
+        path,
+        format!("was made for another configuration ({found:?}) than the requested one ({expected:?})"),
+    ))
 }
 
 /// What a checkpoint's header says, checked against the file length before any data is read.
@@ -317,12 +309,19 @@ struct Header {
 
 /// End of the header (8 + its declared length), checked against the bound and `len`, the
 /// file's length, from the first 8 bytes of `bytes`.
-fn header_end(bytes: &[u8], len: u64, path: &Path) -> Result<usize> {
+pub(crate) fn header_end(bytes: &[u8], len: u64, path: &Path) -> Result<usize> {
     let invalid = |m: String| Error::file(path, format!("not a valid safetensors file ({m})"));
     let Some(prefix) = bytes.first_chunk::<8>() else {
         return Err(invalid(format!("{len} bytes, fewer than the 8 of the header length")));
     };
     let n = u64::from_le_bytes(*prefix);
+    if n > MAX_HEADER || 8 + n > len {
+        // Only an unusable length is examined further: a valid safetensors header length can
+        // begin with the bytes of a pickle's protocol mark.
+        if let Some(kind) = pytorch_pickle(prefix) {
+            return Err(Error::file(path, pickle_advice(path, kind)));
+        }
+    }
     if n > MAX_HEADER {
         return Err(invalid(format!("header length {n} exceeds the limit of {MAX_HEADER} bytes")));
     }
@@ -332,25 +331,86 @@ fn header_end(bytes: &[u8], len: u64, path: &Path) -> Result<usize> {
     Ok(8 + n as usize)
 }
 
+/// What kind of `torch.save` file starts with `prefix`, if one does: since PyTorch 1.6 a zip
+/// archive (`PK\x03\x04`), before it a protocol-2 pickle (`\x80\x02`) whose first object is
+/// torch's magic number, a 10-byte long (`\x8a\x0a`).
+fn pytorch_pickle(prefix: &[u8; 8]) -> Option<&'static str> {
+    match prefix {
+        [b'P', b'K', 3, 4, ..] => Some("zip"),
+        [0x80, 2, 0x8a, 10, ..] => Some("legacy"),
+        _ => None,
+    }
+}
+
+/// One line telling how to turn the `torch.save` file `path` into safetensors.
+fn pickle_advice(path: &Path, kind: &str) -> String {
+    let (name, out) = (path.display(), path.with_extension("safetensors"));
+    let out = out.display();
+    format!(
+        "is a PyTorch pickle (torch.save's {kind} format), not a safetensors file; convert it in \
+         Python with `import torch; from safetensors.torch import save_file; \
+         save_file(torch.load(\"{name}\", map_location=\"cpu\"), \"{out}\")` (if it \
+         holds a whole model, save `torch.load(..., weights_only=False).state_dict()`; if a \
+         dict with a \"state_dict\" entry, save `torch.load(...)[\"state_dict\"]`), then \
+         pass the .safetensors file"
+    )
+}
+
+/// Reads the safetensors file `path`: opens it as a regular file, reads and bounds the header,
+/// lets `check` examine it (`check(header bytes, file length)`) before any data is read, then
+/// reads the rest. Returns the whole file and what `check` returned.
+pub(crate) fn read_checked<T>(
+    path: &Path,
+    check: impl FnOnce(&[u8], u64) -> Result<T>,
+) -> Result<(Vec<u8>, T)> {
+    let read_err = |e: std::io::Error| Error::file(path, format!("cannot read: {e}"));
+    let input = crate::files::InputFile::open(path)?;
+    let (file, len) = (input.file, input.len);
+    // Read through `take(len)`: a file that grows meanwhile cannot make us read more.
+    let mut file = file.take(len);
+    let mut bytes = vec![0u8; usize::try_from(len.min(8)).unwrap_or(8)];
+    file.read_exact(&mut bytes).map_err(read_err)?;
+    let header_end = header_end(&bytes, len, path)?;
+    bytes.resize(header_end, 0);
+    file.read_exact(&mut bytes[8..]).map_err(read_err)?;
+    let checked = check(&bytes, len)?;
+    // The whole length is now known to be what the header declares.
+    let rest = usize::try_from(len).map_err(|_| Error::file(path, "is too large"))? - header_end;
+    bytes.try_reserve_exact(rest).map_err(|_| Error::file(path, format!("cannot hold {rest} bytes")))?;
+    file.read_to_end(&mut bytes).map_err(read_err)?;
+    if bytes.len() as u64 != len {
+        return Err(Error::file(path, "changed while it was being read"));
+    }
+    Ok((bytes, checked))
+}
+
+/// The tensor index and metadata of a safetensors header (at the start of `bytes`, of a file
+/// of `len` bytes), checked to declare exactly the data the file holds.
+pub(crate) fn parse_index(bytes: &[u8], len: u64, path: &Path) -> Result<Metadata> {
+    let err = |m: String| Error::file(path, m);
+    let end = header_end(bytes, len, path)?;
+    let index: Metadata = serde_json::from_slice(&bytes[8..end])
+        .map_err(|e| err(format!("not a valid safetensors file ({e}); the file is damaged or truncated")))?;
+    // Offsets were checked to be contiguous from 0: the data ends at the largest one.
+    let declared = index.tensors().values().map(|t| t.data_offsets.1).max().unwrap_or(0) as u64;
+    if len - end as u64 != declared {
+        return Err(err(format!(
+            "not a valid safetensors file (the header declares {declared} bytes of data, the \
+             file holds {}); the file is damaged or truncated",
+            len - end as u64
+        )));
+    }
+    Ok(index)
+}
+
 impl Header {
     /// Parses and checks the header at the start of `bytes` (which need hold only the header)
     /// of a file of `len` bytes.
     fn parse(bytes: &[u8], len: u64, path: &Path) -> Result<Header> {
         let err = |m: String| Error::file(path, m);
-        let end = header_end(bytes, len, path)?;
-        let tensors: Metadata = serde_json::from_slice(&bytes[8..end]).map_err(|e| {
-            err(format!("not a valid safetensors file ({e}); the file is damaged or truncated"))
-        })?;
+        let tensors = parse_index(bytes, len, path)?;
         let infos = tensors.tensors();
-        // Offsets were checked to be contiguous from 0: the data ends at the largest one.
         let declared = infos.values().map(|t| t.data_offsets.1).max().unwrap_or(0) as u64;
-        if len - end as u64 != declared {
-            return Err(err(format!(
-                "not a valid safetensors file (the header declares {declared} bytes of data, the \
-                 file holds {}); the file is damaged or truncated",
-                len - end as u64
-            )));
-        }
         let meta = tensors.metadata().clone().unwrap_or_default();
         let get = |key: &str| -> Result<&str> {
             meta.get(key).map(String::as_str).ok_or_else(|| {
@@ -415,7 +475,7 @@ impl Header {
                 }
             }
             if dtype == Dtype::F32 {
-                check_values(&name, view.data()).map_err(err)?;
+                check_values(&name, &f32s(view.data())).map_err(err)?;
             }
             views.insert(name, view);
         }
@@ -488,9 +548,9 @@ fn check_fits(config: &DenseNetConfig, tensors: usize, elements: u64) -> std::re
 }
 
 /// Non-finite values are damage (or a diverged run), and so is a negative running variance.
-fn check_values(name: &str, data: &[u8]) -> std::result::Result<(), String> {
+pub(crate) fn check_values(name: &str, values: &[f32]) -> std::result::Result<(), String> {
     let variance = name.ends_with(".running_var");
-    match f32s(data).into_iter().enumerate().find(|(_, v)| !v.is_finite() || (variance && *v < 0.0)) {
+    match values.iter().copied().enumerate().find(|(_, v)| !v.is_finite() || (variance && *v < 0.0)) {
         Some((i, v)) if v.is_finite() => {
             Err(format!("tensor `{name}` has the negative variance {v} at index {i}"))
         }
@@ -573,7 +633,7 @@ fn tensor<'a>(
 }
 
 /// Little-endian f32 values (the data need not be 4-byte aligned).
-fn f32s(bytes: &[u8]) -> Vec<f32> {
+pub(crate) fn f32s(bytes: &[u8]) -> Vec<f32> {
     bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
 }
 
@@ -675,4 +735,25 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     #[cfg(not(unix))]
     let _ = dir;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pickles_are_told_apart_from_valid_header_lengths() {
+        let path = Path::new("w.pth");
+        let zip = *b"PK\x03\x04\0\0\0\0";
+        let e = header_end(&zip, 1000, path).unwrap_err().to_string();
+        assert!(e.contains("is a PyTorch pickle (torch.save's zip format)"), "{e}");
+        assert!(e.contains(r#"save_file(torch.load("w.pth", map_location="cpu"), "w.safetensors")"#), "{e}");
+        let legacy = *b"\x80\x02\x8a\x0alZ\xfc\x9c";
+        assert!(header_end(&legacy, 1000, path).unwrap_err().to_string().contains("legacy format"));
+        // The same two bytes begin the valid length 640 of a safetensors header.
+        let valid = [0x80, 0x02, 0, 0, 0, 0, 0, 0];
+        assert_eq!(header_end(&valid, 648, path).unwrap(), 648);
+        let e = header_end(&valid, 100, path).unwrap_err().to_string();
+        assert!(e.contains("header length 640 runs past the end of the 100-byte file"), "{e}");
+    }
 }

@@ -197,6 +197,26 @@ impl DenseNetConfig {
         Ok(())
     }
 
+    /// The hyper-parameters in words, e.g. `imagenet stem, growth 32, blocks [6, 12, 24, 16],
+    /// 64 initial features, bn-size 4, compression 0.5, 1000 classes, 3 input channels`.
+    pub fn describe(&self) -> String {
+        let stem = match self.stem {
+            Stem::Cifar => "cifar",
+            Stem::Imagenet => "imagenet",
+        };
+        format!(
+            "{stem} stem, growth {}, blocks {:?}, {} initial features, bn-size {}, compression {}, \
+             {} classes, {} input channels",
+            self.growth,
+            self.blocks,
+            self.init_features,
+            self.bn_size,
+            self.compression,
+            self.classes,
+            self.in_channels
+        )
+    }
+
     /// Output channels of a transition whose input has `c` channels: ⌊θ·c⌋.
     pub fn transition_out(&self, c: usize) -> usize {
         // The small epsilon makes θ = 0.5 on odd c give ⌊c/2⌋ exactly as torchvision's `c // 2`,

@@ -20,6 +20,7 @@ pub mod params;
 pub mod plan;
 pub mod profile;
 pub mod reference;
+pub mod state_dict;
 pub mod train;
 pub mod verify;
 

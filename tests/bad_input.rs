@@ -11,6 +11,9 @@ use densenet::checkpoint::Checkpoint;
 use densenet::config::DenseNetConfig;
 use densenet::data::Normalization;
 use densenet::train::Model;
+use safetensors::SafeTensors;
+use safetensors::tensor::{Dtype, TensorView};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -186,6 +189,55 @@ const CASES: &[(&str, &str)] = &[
     ("eval --checkpoint={good} --data={bad_label_dir}", "record 0 has label 200"),
     ("eval --checkpoint={huge} --data={test_only_dir}", "the test loss is"),
     ("eval --checkpoint={good} --data={test_only_dir} --backend=cuda", "cuda"),
+    // ---- --init-from: torchvision state_dicts and PyTorch pickles ------------------------------
+    ("eval --init-from={fifo}", "fifo: is a FIFO (named pipe), not a regular file"),
+    ("eval --init-from={empty_dir}", "empty: is a directory, not a regular file"),
+    ("eval --init-from=/dev/zero", "/dev/zero: is a character device, not a regular file"),
+    ("eval --init-from={loop_a}", "is a symbolic link loop"),
+    ("eval --init-from={missing}", "missing: does not exist"),
+    ("eval --init-from={empty_file}", "fewer than the 8 of the header length"),
+    ("train --init-from={fifo}", "fifo: is a FIFO (named pipe), not a regular file"),
+    ("train --init-from={empty_dir}", "empty: is a directory, not a regular file"),
+    ("eval --init-from={sd_truncated} --data={test_only_dir}", "not a valid safetensors file"),
+    ("train --init-from={sd_truncated}", "not a valid safetensors file"),
+    ("eval --init-from={sd_huge_shape}", "not a valid safetensors file"),
+    ("eval --init-from={sd_absurd}", "growth rate 1000000000000 is too large"),
+    ("train --init-from={sd_absurd}", "growth rate 1000000000000 is too large"),
+    ("eval --init-from={sd_wide}", "initial features 1000000000000 is too large"),
+    (
+        "eval --init-from={sd_resnet}",
+        "is not a torchvision DenseNet state_dict: it has no `features.conv0.weight` (its keys begin `bn1.bias`",
+    ),
+    ("train --init-from={sd_resnet}", "is not a torchvision DenseNet state_dict"),
+    ("eval --init-from={sd_stem5}", "expected [features, input channels, 3, 3] (CIFAR stem)"),
+    ("eval --init-from={sd_bottleneck}", "not a multiple of the growth rate 2"),
+    (
+        "eval --init-from={sd_inconsistent}",
+        "tensor `features.transition1.norm.weight` has shape [7], expected [6]",
+    ),
+    ("eval --init-from={sd_missing}", "missing keys `features.norm5.running_var`"),
+    ("eval --init-from={sd_extra}", "unexpected keys `features.norm6.weight`"),
+    (
+        "eval --init-from={sd_nan} --data={test_only_dir}",
+        "`features.conv0.weight` has the non-finite value NaN",
+    ),
+    ("train --init-from={sd_nan}", "`features.conv0.weight` has the non-finite value NaN"),
+    ("eval --init-from={sd_negvar}", "`features.norm5.running_var` has the negative variance -1"),
+    ("eval --init-from={sd_f64}", "`features.conv0.weight` has dtype F64, expected F32, F16 or BF16"),
+    ("eval --init-from={sd_nbt_f32}", "num_batches_tracked` has dtype F32, expected I64"),
+    ("eval --init-from={sd_dup}", "are both `classifier.bias`"),
+    ("eval --init-from={sd}", "records no data set; pass --data DIR"),
+    ("eval --init-from={sd} --data={test_only_dir} --batch=0", "batch size must be at least 1"),
+    ("eval --init-from={sd} --checkpoint={good}", "cannot be used with"),
+    ("train --init-from={good} --resume", "cannot be used with"),
+    ("train --init-from={sd} --growth=3", "in the checkpoint but [12, 4, 1, 1] in the requested model"),
+    ("train --init-from={sd} --stem=imagenet", "has shape [4, 3, 3, 3] in the checkpoint but [4, 3, 7, 7]"),
+    ("train --init-from={sd} --model=densenet121", "in the checkpoint but [64, 3, 7, 7]"),
+    ("eval --init-from={pickle_zip}", "is a PyTorch pickle (torch.save's zip format)"),
+    ("eval --checkpoint={pickle_zip}", "save_file(torch.load("),
+    ("eval --checkpoint={pickle_legacy}", "is a PyTorch pickle (torch.save's legacy format)"),
+    ("train --init-from={pickle_legacy}", "is a PyTorch pickle"),
+    ("train --resume --checkpoint-dir={pickle_dir}", "checkpoint.safetensors: is a PyTorch pickle"),
     // ---- profile -------------------------------------------------------------------------------
     ("profile", "--batch"),
     ("profile --batch=0", "batch size must be at least 1"),
@@ -309,8 +361,24 @@ impl Fixtures {
         // Finite weights so large that the activations overflow: the loss is not finite,
         // although the checkpoint loads (a NaN weight itself is refused on load).
         let huge = root.join("huge.safetensors");
-        Checkpoint::of_model(Model { params: vec![1e30; model.params.len()], ..model }).save(&huge).unwrap();
+        Checkpoint::of_model(Model { params: vec![1e30; model.params.len()], ..model.clone() })
+            .save(&huge)
+            .unwrap();
         names.push(("huge", huge));
+        for (name, bytes) in state_dicts(&model) {
+            let path = root.join(format!("{name}.safetensors"));
+            std::fs::write(&path, bytes).unwrap();
+            names.push((name, path));
+        }
+        // torch.save's formats: a zip archive, and before PyTorch 1.6 a protocol-2 pickle
+        // (starting with its magic number, as torch.save wrote it).
+        let zip = [b"PK\x03\x04".as_slice(), &[0; 60]].concat();
+        std::fs::write(add_name(&mut names, "pickle_zip", root.join("weights.pth")), &zip).unwrap();
+        let legacy = [b"\x80\x02\x8a\x0alZ\xfc\x9cF\xf9 j\xa8P\x19.".as_slice(), &[0; 40]].concat();
+        std::fs::write(add_name(&mut names, "pickle_legacy", root.join("legacy.pt")), legacy).unwrap();
+        let pickle_dir = add_name(&mut names, "pickle_dir", root.join("pickle_dir"));
+        std::fs::create_dir(&pickle_dir).unwrap();
+        std::fs::write(pickle_dir.join("checkpoint.safetensors"), &zip).unwrap();
         Fixtures { dir, names }
     }
 
@@ -323,6 +391,126 @@ impl Fixtures {
             })
             .collect()
     }
+}
+
+fn add_name(names: &mut Vec<(&'static str, PathBuf)>, name: &'static str, path: PathBuf) -> PathBuf {
+    names.push((name, path.clone()));
+    path
+}
+
+/// A tensor of a state_dict: name, dtype, shape, data.
+type Owned = (String, Dtype, Vec<usize>, Vec<u8>);
+
+/// Plain `state_dict`s (no metadata, as `safetensors.torch.save_file` writes them) made from
+/// `model` (DenseNet-BC-10, k = 2: 4 initial features, one layer per block), each broken in
+/// one way, by fixture name; `sd` is the intact one.
+fn state_dicts(model: &Model) -> Vec<(&'static str, Vec<u8>)> {
+    let bytes = Checkpoint::of_model(model.clone()).to_bytes().unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let owned: Vec<Owned> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    let write = |tensors: &[Owned]| {
+        let views: Vec<(String, TensorView)> = tensors
+            .iter()
+            .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+            .collect();
+        safetensors::serialize(views, None::<HashMap<String, String>>).unwrap()
+    };
+    let edit = |f: &dyn Fn(&mut Vec<Owned>)| {
+        let mut t = owned.clone();
+        f(&mut t);
+        write(&t)
+    };
+    let tensor =
+        |name: &str, shape: &[usize], data: Vec<u8>| (name.to_string(), Dtype::F32, shape.to_vec(), data);
+    let set = |name: &'static str, new: (Dtype, Vec<usize>, Vec<u8>)| {
+        move |t: &mut Vec<Owned>| {
+            let e = t.iter_mut().find(|e| e.0 == name).unwrap();
+            (e.1, e.2, e.3) = new.clone();
+        }
+    };
+    let sd = write(&owned);
+    let conv0 = owned.iter().find(|e| e.0 == "features.conv0.weight").unwrap().clone();
+    let mut nan = conv0.3.clone();
+    nan[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+    let f64s: Vec<u8> = conv0.3.chunks(4).flat_map(|_| 0.5f64.to_le_bytes()).collect();
+    // A header declaring 10¹² × 27 values with 16 bytes of data.
+    let header =
+        br#"{"features.conv0.weight":{"dtype":"F32","shape":[1000000000000,3,3,3],"data_offsets":[0,16]}}"#;
+    let huge_shape = [&(header.len() as u64).to_le_bytes()[..], header, &[0; 16]].concat();
+    vec![
+        ("sd_truncated", sd[..sd.len() - 100].to_vec()),
+        ("sd_huge_shape", huge_shape),
+        // Sizes that hold no values (a zero dimension) but name 10¹² channels.
+        (
+            "sd_absurd",
+            write(&[
+                conv0.clone(),
+                tensor(
+                    "features.denseblock1.denselayer1.conv1.weight",
+                    &[2_000_000_000_000, 0, 1, 1],
+                    vec![],
+                ),
+                tensor(
+                    "features.denseblock1.denselayer1.conv2.weight",
+                    &[1_000_000_000_000, 0, 3, 3],
+                    vec![],
+                ),
+                tensor("classifier.weight", &[10, 0], vec![]),
+            ]),
+        ),
+        (
+            "sd_wide",
+            edit(&set("features.conv0.weight", (Dtype::F32, vec![1_000_000_000_000, 0, 3, 3], vec![]))),
+        ),
+        (
+            "sd_resnet",
+            write(&[
+                tensor("conv1.weight", &[4, 3, 7, 7], vec![0; 4 * 3 * 49 * 4]),
+                tensor("bn1.weight", &[4], vec![0; 16]),
+                tensor("bn1.bias", &[4], vec![0; 16]),
+                tensor("fc.weight", &[10, 4], vec![0; 160]),
+            ]),
+        ),
+        (
+            "sd_stem5",
+            edit(&set("features.conv0.weight", (Dtype::F32, vec![4, 3, 5, 5], vec![0; 4 * 3 * 25 * 4]))),
+        ),
+        (
+            "sd_bottleneck",
+            edit(&set(
+                "features.denseblock1.denselayer1.conv1.weight",
+                (Dtype::F32, vec![7, 4, 1, 1], vec![0; 112]),
+            )),
+        ),
+        (
+            "sd_inconsistent",
+            edit(&set("features.transition1.norm.weight", (Dtype::F32, vec![7], vec![0; 28]))),
+        ),
+        ("sd_missing", edit(&|t| t.retain(|e| e.0 != "features.norm5.running_var"))),
+        ("sd_extra", edit(&|t| t.push(tensor("features.norm6.weight", &[1], vec![0; 4])))),
+        ("sd_nan", edit(&set("features.conv0.weight", (Dtype::F32, conv0.2.clone(), nan)))),
+        (
+            "sd_negvar",
+            edit(&set(
+                "features.norm5.running_var",
+                (Dtype::F32, vec![4], [-1f32; 4].iter().flat_map(|v| v.to_le_bytes()).collect()),
+            )),
+        ),
+        ("sd_f64", edit(&set("features.conv0.weight", (Dtype::F64, conv0.2.clone(), f64s)))),
+        ("sd_nbt_f32", edit(&set("features.norm5.num_batches_tracked", (Dtype::F32, vec![], vec![0; 4])))),
+        (
+            "sd_dup",
+            edit(&|t| {
+                let bias = t.iter().find(|e| e.0 == "classifier.bias").unwrap().clone();
+                t.push(("module.classifier.bias".into(), bias.1, bias.2, bias.3));
+            }),
+        ),
+        ("sd", sd),
+    ]
 }
 
 enum File {

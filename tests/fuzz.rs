@@ -1,4 +1,4 @@
-//! A bounded, seeded fuzzer for the checkpoint and CIFAR readers (stable Rust has no
+//! A bounded, seeded fuzzer for the checkpoint, state_dict and CIFAR readers (stable Rust has no
 //! `cargo fuzz`). Inputs are mutations of the committed corpus in `tests/corpus/` (a tiny
 //! training checkpoint, a few CIFAR-10 and CIFAR-100 records): bit flips, byte overwrites,
 //! truncation, extension, header-length edits and JSON edits, stacked. Each input must give
@@ -8,9 +8,12 @@
 
 use densenet::checkpoint::Checkpoint;
 use densenet::data::DataSource;
+use densenet::state_dict;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use safetensors::SafeTensors;
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -232,6 +235,47 @@ fn fuzz_checkpoint_reader() {
             file.clone()
         },
         |path: PathBuf| Checkpoint::load(&path).map(drop).map_err(|e| e.to_string()),
+    );
+    assert!(report.findings.is_empty(), "{:?}", report.findings);
+}
+
+#[test]
+fn fuzz_state_dict_reader() {
+    // The corpus checkpoint's model as a plain state_dict (no metadata: the configuration is
+    // inferred from the shapes the mutations edit).
+    let checkpoint = std::fs::read(corpus("checkpoint.safetensors")).unwrap();
+    let model = Checkpoint::from_bytes(&checkpoint, Path::new("seed")).unwrap().model;
+    let ours = Checkpoint::of_model(model.clone()).to_bytes().unwrap();
+    let st = SafeTensors::deserialize(&ours).unwrap();
+    let seed = safetensors::serialize(st.tensors(), None::<HashMap<String, String>>).unwrap();
+    let loaded = state_dict::from_bytes(&seed, Path::new("seed"), None).unwrap();
+    assert!(
+        loaded.config == model.config && loaded.params == model.params && loaded.running == model.running
+    );
+    let header_len = u64::from_le_bytes(seed[..8].try_into().unwrap()) as usize;
+    let report =
+        fuzz("state_dict (bytes)", 4000, mutants(&seed, Some(8..8 + header_len), 4), |bytes: Vec<u8>| {
+            state_dict::from_bytes(&bytes, Path::new("fuzz.safetensors"), None)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        });
+    assert!(report.findings.is_empty(), "{:?}", report.findings);
+    assert!(report.errors > report.executions / 2, "most mutants are damaged: {report:?}");
+
+    // Through the file, for state_dicts and checkpoints alike (`--init-from` takes both).
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("w.safetensors");
+    let checkpoint_header = u64::from_le_bytes(checkpoint[..8].try_into().unwrap()) as usize;
+    let mut plain = mutants(&seed, Some(8..8 + header_len), 5);
+    let mut checkpoints = mutants(&checkpoint, Some(8..8 + checkpoint_header), 6);
+    let report = fuzz(
+        "state_dict (files)",
+        600,
+        |i| {
+            std::fs::write(&file, if i % 2 == 0 { plain(i) } else { checkpoints(i) }).unwrap();
+            file.clone()
+        },
+        |path: PathBuf| state_dict::load_state_dict(&path, None).map(drop).map_err(|e| e.to_string()),
     );
     assert!(report.findings.is_empty(), "{:?}", report.findings);
 }

@@ -3,22 +3,31 @@
 
 use super::backend_choice::{BackendChoice, BackendTask, run_on};
 use super::progress::{Progress, megabytes};
-use clap::Args;
+use clap::{ArgGroup, Args};
 use densenet::backend::{Backend, UnfusedOps};
 use densenet::checkpoint::Checkpoint;
 use densenet::data::DataSource;
 use densenet::efficient::Options;
 use densenet::error::Error;
+use densenet::state_dict::load_state_dict;
 use densenet::train::evaluate;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(Args, Debug)]
+#[command(group(ArgGroup::new("weights").required(true).args(["checkpoint", "init_from"])))]
 pub struct EvalArgs {
     /// Checkpoint written by `densenet train` (the model configuration is read from it).
     #[arg(long, value_name = "FILE")]
-    pub checkpoint: PathBuf,
+    pub checkpoint: Option<PathBuf>,
+    /// Evaluate the weights of FILE: a torchvision DenseNet state_dict saved as safetensors
+    /// (`safetensors.torch.save_file(model.state_dict(), FILE)`; `module.` prefixes and the
+    /// old `norm.1`/`conv.1` names are accepted; F32, F16 or BF16), whose configuration is
+    /// inferred from its shapes and whose inputs are normalised with ImageNet's mean and std;
+    /// or a densenet checkpoint (as --checkpoint). A state_dict names no data set: pass --data.
+    #[arg(long, value_name = "FILE")]
+    pub init_from: Option<PathBuf>,
     /// CIFAR directory whose test split to evaluate (default: the data set recorded in the
     /// checkpoint).
     #[arg(long, value_name = "DIR")]
@@ -57,22 +66,44 @@ impl BackendTask for Eval<'_> {
 
     fn run<B: Backend + UnfusedOps + Clone>(self, backend: B) -> anyhow::Result<()> {
         let args = self.args;
-        let checkpoint = Checkpoint::load(&args.checkpoint)?;
-        let source = match (&args.data, &checkpoint.data) {
+        // Printed once the network is built: a failed run's stderr is its one error line.
+        let mut note = None;
+        let (path, model, recorded) = match (&args.checkpoint, &args.init_from) {
+            (Some(path), _) => {
+                let checkpoint = Checkpoint::load(path)?;
+                (path, checkpoint.model, checkpoint.data)
+            }
+            (None, Some(path)) => {
+                let weights = load_state_dict(path, None)?;
+                if weights.state_dict {
+                    note = Some(format!(
+                        "{}: a state_dict ({}); normalising inputs with ImageNet's mean and std",
+                        path.display(),
+                        weights.model.config.describe()
+                    ));
+                }
+                (path, weights.model, weights.data)
+            }
+            // clap requires one of the two.
+            (None, None) => anyhow::bail!("--checkpoint or --init-from is needed"),
+        };
+        let source = match (&args.data, recorded) {
             (Some(dir), _) => DataSource::Cifar { dir: dir.clone() },
-            (None, Some(source)) => source.clone(),
+            (None, Some(source)) => source,
             (None, None) => {
-                return Err(Error::file(&args.checkpoint, "records no data set; pass --data DIR").into());
+                return Err(Error::file(path, "records no data set; pass --data DIR").into());
             }
         };
         let test = Arc::new(source.load_test()?);
         if test.is_empty() {
             return Err(Error::Config(format!("{} has no images", test.name)).into());
         }
-        let model = &checkpoint.model;
         // Buffers for more images than the test set holds would only be padding.
         let batch = args.batch.min(test.len());
         let mut net = model.network(backend, batch, test.height, test.width, Options::eval())?;
+        if let Some(note) = note {
+            eprintln!("{note}");
+        }
         let mut progress = Progress::new(None);
         let result = evaluate(&mut net, test.clone(), &model.normalization, &mut progress);
         progress.finish();
@@ -82,7 +113,7 @@ impl BackendTask for Eval<'_> {
             anyhow::bail!(
                 "{}: the test loss is {} (accuracy {:.2}%): the checkpoint's parameters or running \
                  statistics are not finite",
-                args.checkpoint.display(),
+                path.display(),
                 e.loss,
                 100.0 * e.accuracy
             );
@@ -94,7 +125,7 @@ impl BackendTask for Eval<'_> {
         } else {
             println!(
                 "{}: test accuracy {:.2}% on {} images of {}, loss {:.4}; eval-mode peak memory {}",
-                args.checkpoint.display(),
+                path.display(),
                 100.0 * report.accuracy,
                 report.images,
                 test.name,

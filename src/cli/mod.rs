@@ -34,8 +34,9 @@ pub enum Command {
     /// the test set after every epoch and checkpointing atomically. With no flags: a small
     /// DenseNet-BC on the embedded synthetic data set, in a few minutes on a CPU.
     Train(train::TrainArgs),
-    /// Evaluate a checkpoint on a test set with running statistics (no model flags needed:
-    /// the configuration is stored in the checkpoint).
+    /// Evaluate a checkpoint, or a torchvision state_dict (--init-from), on a test set with
+    /// running statistics (no model flags needed: the configuration is stored in the
+    /// checkpoint or inferred from the state_dict's shapes).
     Eval(eval::EvalArgs),
     /// Planned and measured peak memory of one training step, efficient path vs the
     /// baseline (and of efficient inference), by category; optionally over depths, with CSV

@@ -7,9 +7,11 @@ use densenet::error::{Error, Result};
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
     /// Preset: densenet121, densenet169, densenet201, densenet161 (torchvision, ImageNet) or
-    /// densenet-bc-100-k12 (CIFAR-10). The flags below override the preset's values.
-    #[arg(long, short, default_value = "densenet-bc-100-k12")]
-    pub model: String,
+    /// densenet-bc-100-k12 (CIFAR-10, the default). The flags below override the preset's
+    /// values.
+    // No clap default: `train --init-from` must tell a preset that was given from none.
+    #[arg(long, short)]
+    pub model: Option<String>,
     /// Growth rate k (channels added by each dense layer).
     #[arg(long)]
     pub growth: Option<usize>,
@@ -33,10 +35,38 @@ pub struct ModelArgs {
     pub classes: Option<usize>,
 }
 
+/// The preset of commands that do not name their own.
+pub const DEFAULT_PRESET: &str = "densenet-bc-100-k12";
+
 impl ModelArgs {
-    /// The preset with the overrides applied, validated.
+    /// The preset given, or `default`.
+    pub fn preset_or<'a>(&'a self, default: &'a str) -> &'a str {
+        self.model.as_deref().unwrap_or(default)
+    }
+
+    /// Whether any flag that shapes the network was given (--classes aside).
+    pub fn shape_given(&self) -> bool {
+        self.model.is_some()
+            || self.growth.is_some()
+            || self.blocks.is_some()
+            || self.init_features.is_some()
+            || self.bn_size.is_some()
+            || self.compression.is_some()
+            || self.stem.is_some()
+    }
+
+    /// The preset ([`DEFAULT_PRESET`] unless given) with the overrides applied, validated.
     pub fn config(&self) -> Result<DenseNetConfig> {
-        let mut c = DenseNetConfig::preset(&self.model)?;
+        self.config_or(DEFAULT_PRESET)
+    }
+
+    /// The preset (`default` unless given) with the overrides applied, validated.
+    pub fn config_or(&self, default: &str) -> Result<DenseNetConfig> {
+        self.override_config(DenseNetConfig::preset(self.preset_or(default))?)
+    }
+
+    /// `c` with the flags below --model applied, validated.
+    pub fn override_config(&self, mut c: DenseNetConfig) -> Result<DenseNetConfig> {
         if let Some(v) = self.growth {
             c.growth = v;
         }

@@ -4,7 +4,7 @@
 
 use super::Outcome;
 use super::backend_choice::{BackendChoice, BackendTask, run_on};
-use super::model_args::{ModelArgs, size_or_default};
+use super::model_args::{DEFAULT_PRESET, ModelArgs, size_or_default};
 use clap::{Args, ValueEnum};
 use densenet::backend::{Backend, UnfusedOps};
 use densenet::config::DenseNetConfig;
@@ -131,9 +131,9 @@ pub fn run(args: &ProfileArgs) -> anyhow::Result<Outcome> {
 fn configurations(args: &ProfileArgs) -> densenet::Result<Vec<(String, DenseNetConfig)>> {
     let cfg = args.model.config()?;
     let Some(depths) = &args.depths else {
-        let unmodified = DenseNetConfig::preset(&args.model.model)? == cfg;
-        let name =
-            if unmodified { args.model.model.clone() } else { format!("{} (modified)", args.model.model) };
+        let preset = args.model.preset_or(DEFAULT_PRESET);
+        let unmodified = DenseNetConfig::preset(preset)? == cfg;
+        let name = if unmodified { preset.to_string() } else { format!("{preset} (modified)") };
         return Ok(vec![(name, cfg)]);
     };
     let mut depths = depths.clone();

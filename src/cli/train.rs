@@ -8,11 +8,13 @@ use super::progress::Progress;
 use super::train_dir::{Log, TrainDir};
 use clap::{Args, ValueEnum};
 use densenet::backend::{Backend, UnfusedOps};
-use densenet::checkpoint::{Checkpoint, remove_stale_temps};
+use densenet::checkpoint::{Checkpoint, check_config, remove_stale_temps};
+use densenet::config::DenseNetConfig;
 use densenet::data::{DataSource, Normalization, Splits, SyntheticSpec};
 use densenet::error::Error;
+use densenet::state_dict::load_state_dict;
 use densenet::train::{Model, Schedule, TrainConfig, Trainer};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::Instant;
@@ -25,8 +27,10 @@ const DEFAULT_MODEL: &str = "densenet-bc-22-k12";
 
 /// `--model` of `train`: the shared flag with this command's default.
 const MODEL_HELP: &str = "Preset: densenet-bc-<depth>-k<growth> (CIFAR, e.g. densenet-bc-100-k12) or \
-    densenet121/169/201/161 (ImageNet stem); the flags below override it. The number of classes \
-    follows the data unless --classes is given";
+    densenet121/169/201/161 (ImageNet stem); default densenet-bc-22-k12; the flags below override \
+    it. The number of classes follows the data unless --classes is given. With --init-from the \
+    network is the file's: --model and the flags below, where given, are checked against its \
+    shapes (the flags alone modify the file's configuration)";
 
 /// Name of the checkpoint file in `--checkpoint-dir`.
 const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
@@ -40,7 +44,7 @@ enum ScheduleArg {
 }
 
 #[derive(Args, Debug)]
-#[command(mut_arg("model", |a| a.default_value(DEFAULT_MODEL).help(MODEL_HELP)))]
+#[command(mut_arg("model", |a| a.help(MODEL_HELP)))]
 pub struct TrainArgs {
     #[command(flatten)]
     pub model: ModelArgs,
@@ -85,6 +89,15 @@ pub struct TrainArgs {
     /// any line past the checkpoint's epoch).
     #[arg(long, conflicts_with = "overwrite")]
     pub resume: bool,
+    /// Start from the weights of FILE instead of a random initialisation (fresh optimiser
+    /// state, epoch 0): a torchvision DenseNet state_dict saved as safetensors
+    /// (`safetensors.torch.save_file(model.state_dict(), FILE)`; `module.` prefixes and the old
+    /// `norm.1`/`conv.1` names are accepted; F32, F16 or BF16) or a densenet checkpoint. The
+    /// configuration is inferred from the shapes. A classifier of another class count than
+    /// the data's (or --classes) is re-initialised (fine-tuning). A state_dict's inputs are
+    /// normalised with ImageNet's mean and std, a checkpoint's as it records.
+    #[arg(long, value_name = "FILE", conflicts_with = "resume")]
+    pub init_from: Option<PathBuf>,
     /// Start a new run even though --checkpoint-dir holds a checkpoint, replacing it after
     /// the first epoch (without this flag such a run is refused).
     #[arg(long)]
@@ -160,7 +173,7 @@ impl BackendTask for Run<'_> {
         let args = self.args;
         let train = args.train_config();
         train.validate()?;
-        let mut config = args.model.config()?;
+        let mut config = args.model.config_or(DEFAULT_MODEL)?;
         let path = args.checkpoint_dir.join(CHECKPOINT_FILE);
         // Every check comes before anything is created, so that a rejected run leaves
         // nothing behind. An existing directory is locked first: a second run on it is told
@@ -180,8 +193,11 @@ impl BackendTask for Run<'_> {
         }
         let (source, data) = args.data()?;
         // The classifier follows the data unless --classes says otherwise.
-        if args.model.classes.is_none() {
-            config.classes = data.train.classes;
+        let classes = args.model.classes.unwrap_or(data.train.classes);
+        config.classes = classes;
+        let initial = args.init_from.as_ref().map(|f| initial_model(args, f, classes)).transpose()?;
+        if let Some(m) = &initial {
+            config = m.config.clone();
         }
         let description =
             format!("{} ({} train / {} test images)", source.describe(), data.train.len(), data.test.len());
@@ -199,15 +215,21 @@ impl BackendTask for Run<'_> {
             checkpoint.check_config(&config, &path)?;
             Trainer::resume(backend, checkpoint, train, train_set, test_set)?
         } else {
-            let model = Model::new(&config, Normalization::of(&train_set)?, args.seed)?;
+            let model = match initial {
+                Some(m) => m,
+                None => Model::new(&config, Normalization::of(&train_set)?, args.seed)?,
+            };
             Trainer::new(backend, model, train, train_set, test_set)?
         }
         .with_data_source(source);
 
+        let name = match &args.init_from {
+            Some(f) => format!("the weights of {}", f.display()),
+            None => args.model.preset_or(DEFAULT_MODEL).to_string(),
+        };
         let t = trainer.config();
         println!(
-            "training {} ({} blocks {:?}, k={}, {} parameters) on {description}",
-            args.model.model,
+            "training {name} ({} blocks {:?}, k={}, {} parameters) on {description}",
             config.blocks.len(),
             config.blocks,
             config.growth,
@@ -291,4 +313,47 @@ impl BackendTask for Run<'_> {
         );
         Ok(Outcome::Success)
     }
+}
+
+/// The model `--init-from FILE` starts from: the file's weights, its configuration checked
+/// against the model flags that were given, and a classifier for `classes` classes
+/// (re-initialised from --seed when the file's has another count). Notes go to stderr.
+fn initial_model(args: &TrainArgs, file: &Path, classes: usize) -> densenet::Result<Model> {
+    let weights = load_state_dict(file, None)?;
+    let mut model = weights.model;
+    if args.model.shape_given() {
+        // The flags given modify --model, or else the file's own configuration; the
+        // classifier is the one part that may differ (see below).
+        let base = match &args.model.model {
+            Some(preset) => DenseNetConfig::preset(preset)?,
+            None => model.config.clone(),
+        };
+        let expected = DenseNetConfig { classes: model.config.classes, ..args.model.override_config(base)? };
+        check_config(&model.config, &expected, file)?;
+    }
+    eprintln!(
+        "{}: {} ({})",
+        file.display(),
+        if weights.state_dict {
+            "a state_dict"
+        } else {
+            "a densenet checkpoint (its optimiser state is not used)"
+        },
+        model.config.describe()
+    );
+    if weights.state_dict {
+        eprintln!(
+            "{}: normalising inputs with ImageNet's mean and std (a state_dict records none)",
+            file.display()
+        );
+    }
+    if classes != model.config.classes {
+        eprintln!(
+            "{}: its classifier has {} classes; re-initialising it for {classes} (fine-tuning)",
+            file.display(),
+            model.config.classes
+        );
+        model = model.with_classes(classes, args.seed)?;
+    }
+    Ok(model)
 }

@@ -72,6 +72,12 @@ pub struct Normalization {
 }
 
 impl Normalization {
+    /// ImageNet's statistics, torchvision's `Normalize(mean=[0.485, 0.456, 0.406],
+    /// std=[0.229, 0.224, 0.225])`: what its published weights expect, and what a `state_dict`
+    /// (which records no normalisation) is run with.
+    pub const IMAGENET: Normalization =
+        Normalization { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
+
     /// Mean and (population) standard deviation of every channel over all pixels of `data`,
     /// accumulated in f64. Computed from the training set and stored in checkpoints, so that
     /// evaluation normalises exactly as training did.

@@ -46,6 +46,24 @@ impl Model {
         })
     }
 
+    /// This model with a classifier for `classes` classes (fine-tuning): the classifier's
+    /// weight and bias are initialised exactly as [`Model::new`] with `seed` initialises
+    /// them; every other parameter and running statistic is kept. The same model when it
+    /// already has `classes` outputs.
+    pub fn with_classes(self, classes: usize, seed: u64) -> Result<Model> {
+        if classes == self.config.classes {
+            return Ok(self);
+        }
+        let config = DenseNetConfig { classes, ..self.config.clone() };
+        let fresh = Model::new(&config, self.normalization, seed)?;
+        // The classifier comes last in the layout, so everything before it keeps its offsets.
+        let head = fresh.layout().head.fc_weight;
+        let mut params = self.params;
+        params.truncate(head);
+        params.extend_from_slice(&fresh.params[head..]);
+        Ok(Model { config, params, ..self })
+    }
+
     /// Where every tensor of this model lives in [`Model::params`] and [`Model::running`].
     pub fn layout(&self) -> ParamLayout {
         ParamLayout::new(&self.config)
@@ -77,5 +95,32 @@ impl Model {
     ) -> Result<Evaluation> {
         let mut net = self.network(backend, batch, data.height, data.width, Options::eval())?;
         evaluate(&mut net, data, &self.normalization, observer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_class_count_reinitialises_only_the_classifier() {
+        let config = DenseNetConfig::bc_cifar(10, 4).unwrap();
+        let norm = Normalization { mean: [0.5; 3], std: [0.25; 3] };
+        let layout = ParamLayout::new(&config);
+        let (params, running) = layout.init_random(3);
+        let trained =
+            Model { config: config.clone(), normalization: norm, params, running, batches_tracked: 9 };
+        let tuned = trained.clone().with_classes(7, 11).unwrap();
+        let fresh = Model::new(&DenseNetConfig { classes: 7, ..config }, norm, 11).unwrap();
+        let head = layout.head.fc_weight;
+        assert_eq!(tuned.config, fresh.config);
+        assert_eq!(tuned.params[..head], trained.params[..head]);
+        assert_eq!(tuned.params[head..], fresh.params[head..]);
+        assert_eq!(tuned.params.len(), fresh.params.len());
+        assert_eq!(
+            (tuned.running, tuned.batches_tracked, tuned.normalization),
+            (trained.running.clone(), 9, norm)
+        );
+        assert_eq!(trained.clone().with_classes(10, 11).unwrap(), trained);
     }
 }
