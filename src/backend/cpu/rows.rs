@@ -170,7 +170,8 @@ pub(crate) fn masked_row(gpre: &[f32], x: &[f32], bn: &Bn, store: Store, out: &m
             Store::Scaled => out[j] = bn.a[j] * g,
             Store::AddScaled => out[j] += bn.a[j] * g,
         }
-        let x_hat = (f64::from(x[j]) - f64::from(bn.mean[j])) * f64::from(bn.invstd[j]);
+        // x̂ rounded to f32 as the kernels' epilogues compute it, then summed in f64.
+        let x_hat = f64::from(normalized(bn.mean[j], bn.invstd[j], x[j]));
         sum_g[j] += f64::from(g);
         sum_gx[j] += f64::from(g) * x_hat;
     }
