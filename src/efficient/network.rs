@@ -153,7 +153,7 @@ impl<B: Backend> Network<B> {
         let train = match &plan.train {
             Some(t) => Some(TrainState {
                 grads: alloc(t.grads)?,
-                g: [alloc(t.g)?, alloc(t.g)?],
+                g: [alloc(t.g[0])?, alloc(t.g[1])?],
                 corr: alloc(t.corr)?,
                 corr_half: t.corr_half,
                 sums: alloc(t.sums)?,

@@ -31,9 +31,11 @@ pub struct StoragePlan {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct TrainPlan {
     pub grads: Planned,
-    /// Each of the two gradient ping-pong storages: sized for the largest block, or for the
-    /// ImageNet stem's conv-output gradient if that is larger (it reuses one of them).
-    pub g: Planned,
+    /// The two gradient ping-pong storages. Block b's input gradient lives in `g[b % 2]`
+    /// (a transition reads one and writes the other), so each is sized for the largest block
+    /// of its parity only; the ImageNet stem's conv-output gradient, written while block 0's
+    /// is read from `g[0]`, lives in `g[1]`.
+    pub g: [Planned; 2],
     /// Deferred-correction accumulators `[α | β]`, `corr_half` floats each.
     pub corr: Planned,
     /// The widest block (offset of β in `corr`).
@@ -112,15 +114,16 @@ impl EfficientPlan {
         let (c0, bott, last) = (cfg.init_features, cfg.bottleneck(), geometry.last().channels);
 
         let mut storages = Vec::with_capacity(geometry.blocks.len());
-        let (mut max_storage, mut max_pixels) = (0, 0);
-        for b in &geometry.blocks {
+        // The largest feature storage of the even and of the odd blocks.
+        let (mut max_storage, mut max_pixels) = ([0, 0], 0);
+        for (i, b) in geometry.blocks.iter().enumerate() {
             let pixels = product("a feature map", &[batch, b.height, b.width])?;
             let data = product("a feature storage", &[pixels, b.channels])?;
             storages.push(StoragePlan {
                 data: planned(data, FS),
                 stats: planned(if train { 2 * b.channels } else { 0 }, FS),
             });
-            max_storage = max_storage.max(data);
+            max_storage[i % 2] = max_storage[i % 2].max(data);
             max_pixels = max_pixels.max(pixels);
         }
         let max_channels = geometry.blocks.iter().map(|b| b.channels).max().unwrap_or(0);
@@ -137,7 +140,7 @@ impl EfficientPlan {
         let train = if train {
             Some(TrainPlan {
                 grads: planned(layout.num_params, PA),
-                g: planned(max_storage.max(stem_out), GB),
+                g: [planned(max_storage[0], GB), planned(max_storage[1].max(stem_out), GB)],
                 corr: planned(2 * max_channels, GB),
                 corr_half: max_channels,
                 sums: planned(2 * max_channels.max(bott).max(c0), GB),
@@ -195,8 +198,8 @@ impl EfficientPlan {
         push("logits".into(), self.logits);
         if let Some(t) = &self.train {
             push("parameter gradients".into(), t.grads);
-            push("gradient storage G0".into(), t.g);
-            push("gradient storage G1".into(), t.g);
+            push("gradient storage G0".into(), t.g[0]);
+            push("gradient storage G1".into(), t.g[1]);
             push("BN correction accumulators".into(), t.corr);
             push("BN reduction sums".into(), t.sums);
             push("bottleneck gradient dZ".into(), t.dz);
