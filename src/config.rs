@@ -112,7 +112,7 @@ impl DenseNetConfig {
     /// DenseNet-BC for CIFAR-10 of the given depth: three blocks of (depth − 4)/6 layers,
     /// 2k initial features.
     pub fn bc_cifar(depth: usize, growth: usize) -> Result<Self> {
-        if depth < 10 || (depth - 4) % 6 != 0 {
+        if depth < 10 || !(depth - 4).is_multiple_of(6) {
             return Err(Error::Config(format!("DenseNet-BC depth must be 6·n + 4 with n ≥ 1, got {depth}")));
         }
         let n = (depth - 4) / 6;

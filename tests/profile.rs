@@ -164,3 +164,46 @@ fn bad_input_gets_one_line_and_status_2() {
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     }
 }
+
+#[test]
+fn ops_times_every_op_family_of_a_training_step() {
+    let out = densenet(&[
+        "profile",
+        "--model",
+        "densenet-bc-40-k12",
+        "--batch",
+        "3",
+        "--size",
+        "7x5",
+        "--ops",
+        "--json",
+    ]);
+    let v = json(&out);
+    let report = &v.as_array().unwrap()[0];
+    let step = report["step_seconds"].as_f64().unwrap();
+    assert!(step > 0.0);
+    assert!(report["peak"]["gflops"].as_f64().unwrap() > 0.0);
+    let ops = report["ops"].as_array().unwrap();
+    let families: std::collections::BTreeSet<&str> =
+        ops.iter().map(|o| o["family"].as_str().unwrap()).collect();
+    // Every family of a CIFAR-stem training step (no max-pool stem, no unfused ops).
+    let expected =
+        ["bn_backward", "conv", "conv1x1", "conv3x3", "linear", "loss", "pool", "sgd", "stats", "transition"];
+    assert_eq!(families, expected.into_iter().collect());
+    // BC-40: 3 blocks of 6 layers; each layer's bottleneck runs forward twice (the backward
+    // recomputes it), and its 1×1 weight and data gradients once.
+    let calls = |op: &str| ops.iter().find(|o| o["op"] == op).unwrap()["calls"].as_f64().unwrap();
+    assert_eq!(calls("bn_relu_conv1x1_fwd"), 36.0);
+    assert_eq!(calls("bn_relu_conv1x1_dgrad"), 18.0);
+    assert_eq!(calls("bn_relu_conv3x3_fwd"), 18.0);
+    let total: f64 = ops.iter().map(|o| o["seconds"].as_f64().unwrap()).sum();
+    assert!(total <= step * 1.5, "ops {total} s in a {step} s step");
+    for o in ops {
+        let gemm =
+            ["conv", "conv1x1", "conv3x3", "transition", "linear"].contains(&o["family"].as_str().unwrap());
+        assert_eq!(o["gflops"].is_f64(), gemm, "{o}");
+    }
+    let refused = densenet(&["profile", "--batch", "2", "--ops", "--backend", "cuda"]);
+    assert_eq!(refused.status.code(), Some(2), "{}", String::from_utf8_lossy(&refused.stderr));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--ops times the cpu backend"));
+}

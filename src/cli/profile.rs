@@ -83,6 +83,11 @@ pub struct ProfileArgs {
     /// 10000: every step's time is kept for the median, and more steps add nothing to it.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub steps: u64,
+    /// Instead of the memory table: time every op of the efficient training step on the cpu
+    /// backend and print where the step spends its time, by op family and op, with each
+    /// GEMM-shaped op's GFLOP/s against this CPU's measured FMA peak.
+    #[arg(long)]
+    pub ops: bool,
 }
 
 /// The JSON output.
@@ -102,6 +107,9 @@ pub fn run(args: &ProfileArgs) -> anyhow::Result<Outcome> {
             densenet::files::check_output_file(path, flag)?;
         }
     }
+    if args.ops && !matches!(args.backend, BackendChoice::Cpu) {
+        return Err(Error::Config("--ops times the cpu backend's ops: use --backend cpu".into()).into());
+    }
     // Fails at once for a backend this build or machine lacks, before any planning.
     let (backend, available) = run_on(args.backend, BackendMemory)?;
     let limit = run_limit(&backend, available, args.max_run_bytes.as_deref())?;
@@ -109,6 +117,9 @@ pub fn run(args: &ProfileArgs) -> anyhow::Result<Outcome> {
     for (name, cfg) in configurations(args)? {
         let (h, w) = size_or_default(&args.size, &cfg)?;
         profiles.push(profile::plan(&name, &cfg, args.batch, h, w, dtype, &backend, &limit)?);
+    }
+    if args.ops {
+        return op_profiles(args, &profiles);
     }
     run_steps(args.backend, &mut profiles, args.steps as usize)?;
 
@@ -125,6 +136,24 @@ pub fn run(args: &ProfileArgs) -> anyhow::Result<Outcome> {
     }
     let mismatch = profiles.iter().flat_map(|p| &p.paths).any(|x| x.matches() == Some(false));
     Ok(if mismatch { Outcome::Failure } else { Outcome::Success })
+}
+
+/// `--ops` (cpu backend): the op table of each configuration's efficient training step, which
+/// must fit the run limit.
+fn op_profiles(args: &ProfileArgs, profiles: &[ConfigProfile]) -> anyhow::Result<Outcome> {
+    let mut reports = Vec::new();
+    for p in profiles {
+        if let Some(reason) = p.path(PathKind::EfficientTraining).and_then(|t| t.not_run.as_ref()) {
+            return Err(Error::Config(format!("{}: the training step is not run: {reason}", p.name)).into());
+        }
+        reports.push(profile::ops::profile_ops(p, args.steps as usize)?);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        reports.iter().for_each(|r| print!("{}", profile::ops::render(r)));
+    }
+    Ok(Outcome::Success)
 }
 
 /// The model, or DenseNet-BC at each of `--depths` (sorted, duplicates dropped).

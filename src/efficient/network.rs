@@ -810,7 +810,8 @@ impl<B: Backend> Network<B> {
         let dym = dst.columns(0, tr.c_out);
         let cmax = t.corr_half;
         let (g_lo, g_hi) = t.g.split_at_mut(1);
-        let (g_src, g_dst) = if b % 2 == 0 { (&mut g_lo[0], &g_hi[0]) } else { (&mut g_hi[0], &g_lo[0]) };
+        let (g_src, g_dst) =
+            if b.is_multiple_of(2) { (&mut g_lo[0], &g_hi[0]) } else { (&mut g_hi[0], &g_lo[0]) };
         be.bn_relu_avgpool_conv1x1_wgrad(
             View::new(&src.data, src.all()).bn_relu(bn),
             src.spatial(),

@@ -14,7 +14,9 @@
 //! gradient partials, a few MB at most) is not a buffer and is not counted, on either path.
 
 pub mod csv;
+pub mod fma_peak;
 mod measure;
+pub mod ops;
 pub mod svg;
 pub mod table;
 

@@ -15,6 +15,7 @@ impl BnBackwardOps for CpuBackend {
         sums: &CpuBuf,
     ) -> Result<()> {
         validate::bn_backward_elementwise(&g, &x, bn, sums)?;
+        let _timed = self.timed("bn_backward", "bn_backward_elementwise", 0);
         let ViewMut { buf: g, mat: gm } = g;
         let View { buf: x, mat: xm } = x;
         let bn = Bn::resolve(bn, xm.cols);
@@ -31,6 +32,7 @@ impl BnBackwardOps for CpuBackend {
         target: BnGradTarget,
     ) -> Result<()> {
         validate::bn_grad_fold(&sums, bn, grads, corr, target)?;
+        let _timed = self.timed("bn_backward", "bn_grad_fold", 0);
         let BnSums { sums, channels, count } = sums;
         let bn = Bn::resolve(bn, channels);
         bn_grad_fold(
@@ -54,6 +56,7 @@ impl BnBackwardOps for CpuBackend {
         beta: usize,
     ) -> Result<()> {
         validate::bn_correction(&g, &x, stats, corr, alpha, beta)?;
+        let _timed = self.timed("bn_backward", "bn_correction", 0);
         let ViewMut { buf: g, mat: gm } = g;
         let View { buf: x, mat: xm } = x;
         let (mean, invstd) = resolve_stats(stats, xm.cols);

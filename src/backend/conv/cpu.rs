@@ -17,6 +17,11 @@ impl ConvOps for CpuBackend {
         y: ViewMut<'_, CpuBuf>,
     ) -> Result<()> {
         validate::conv_fwd(&x, shape, geom, w, &y)?;
+        let _timed = self.timed(
+            "conv",
+            "conv_fwd",
+            2 * geom.kernel * geom.kernel * y.mat.rows * x.mat.cols * y.mat.cols,
+        );
         let View { buf: x, mat: xm } = x;
         let ViewMut { buf: y, mat: ym } = y;
         conv_fwd(x.as_slice(), xm, shape, geom, &w.buf.data[w.offset..], y.as_mut_slice(), ym);
@@ -32,6 +37,11 @@ impl ConvOps for CpuBackend {
         dw: AtMut<'_, CpuBuf>,
     ) -> Result<()> {
         validate::conv_wgrad(&x, shape, geom, &dy, &dw)?;
+        let _timed = self.timed(
+            "conv",
+            "conv_wgrad",
+            2 * geom.kernel * geom.kernel * dy.mat.rows * x.mat.cols * dy.mat.cols,
+        );
         let View { buf: x, mat: xm } = x;
         let View { buf: dy, mat: dym } = dy;
         let AtMut { buf: dw, offset: dw_off } = dw;
@@ -48,6 +58,11 @@ impl ConvOps for CpuBackend {
         dx: ViewMut<'_, CpuBuf>,
     ) -> Result<()> {
         validate::conv_dgrad(&dy, shape, geom, w, &dx)?;
+        let _timed = self.timed(
+            "conv",
+            "conv_dgrad",
+            2 * geom.kernel * geom.kernel * dy.mat.rows * dx.mat.cols * dy.mat.cols,
+        );
         let View { buf: dy, mat: dym } = dy;
         let ViewMut { buf: dx, mat: dxm } = dx;
         conv_dgrad(dy.as_slice(), dym, shape, geom, &w.buf.data[w.offset..], dx.as_mut_slice(), dxm);

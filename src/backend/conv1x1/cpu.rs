@@ -17,6 +17,8 @@ impl Conv1x1Ops for CpuBackend {
         z: ViewMut<'_, CpuBuf>,
     ) -> Result<()> {
         validate::bn_relu_conv1x1_fwd(&x, w, &z)?;
+        let _timed =
+            self.timed("conv1x1", "bn_relu_conv1x1_fwd", 2 * x.x.mat.rows * x.x.mat.cols * z.mat.cols);
         let BnReluView { x: View { buf: x, mat: xm }, bn } = x;
         let ViewMut { buf: z, mat: zm } = z;
         let bn = Bn::resolve(bn, xm.cols);
@@ -31,6 +33,8 @@ impl Conv1x1Ops for CpuBackend {
         dw: AtMut<'_, CpuBuf>,
     ) -> Result<()> {
         validate::bn_relu_conv1x1_wgrad(&x, &dz, &dw)?;
+        let _timed =
+            self.timed("conv1x1", "bn_relu_conv1x1_wgrad", 2 * x.x.mat.rows * x.x.mat.cols * dz.mat.cols);
         let BnReluView { x: View { buf: x, mat: xm }, bn } = x;
         let View { buf: dz, mat: dzm } = dz;
         let AtMut { buf: dw, offset: dw_off } = dw;
@@ -49,6 +53,8 @@ impl Conv1x1Ops for CpuBackend {
         sums: &mut CpuBuf,
     ) -> Result<()> {
         validate::bn_relu_conv1x1_dgrad(&dz, w, &x, &dx, sums)?;
+        let _timed =
+            self.timed("conv1x1", "bn_relu_conv1x1_dgrad", 2 * dz.mat.rows * dz.mat.cols * x.x.mat.cols);
         let View { buf: dz, mat: dzm } = dz;
         let BnReluView { x: View { buf: x, mat: xm }, bn } = x;
         let ViewMut { buf: dx, mat: dxm } = dx;

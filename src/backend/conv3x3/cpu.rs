@@ -18,6 +18,8 @@ impl Conv3x3Ops for CpuBackend {
         y: ViewMut<'_, CpuBuf>,
     ) -> Result<()> {
         validate::bn_relu_conv3x3_fwd(&z, shape, w, &y)?;
+        let _timed =
+            self.timed("conv3x3", "bn_relu_conv3x3_fwd", 2 * 9 * z.x.mat.rows * z.x.mat.cols * y.mat.cols);
         let BnReluView { x: View { buf: z, mat: zm }, bn } = z;
         let ViewMut { buf: y, mat: ym } = y;
         let bn = Bn::resolve(bn, zm.cols);
@@ -33,6 +35,8 @@ impl Conv3x3Ops for CpuBackend {
         dw: AtMut<'_, CpuBuf>,
     ) -> Result<()> {
         validate::bn_relu_conv3x3_wgrad(&z, shape, &dy, &dw)?;
+        let _timed =
+            self.timed("conv3x3", "bn_relu_conv3x3_wgrad", 2 * 9 * z.x.mat.rows * z.x.mat.cols * dy.mat.cols);
         let BnReluView { x: View { buf: z, mat: zm }, bn } = z;
         let View { buf: dy, mat: dym } = dy;
         let AtMut { buf: dw, offset: dw_off } = dw;
@@ -51,6 +55,8 @@ impl Conv3x3Ops for CpuBackend {
         sums: &mut CpuBuf,
     ) -> Result<()> {
         validate::bn_relu_conv3x3_dgrad(&dy, shape, w, &z, &g, sums)?;
+        let _timed =
+            self.timed("conv3x3", "bn_relu_conv3x3_dgrad", 2 * 9 * dy.mat.rows * dy.mat.cols * z.x.mat.cols);
         let View { buf: dy, mat: dym } = dy;
         let BnReluView { x: View { buf: z, mat: zm }, bn } = z;
         let ViewMut { buf: g, mat: gm } = g;

@@ -14,6 +14,7 @@
 #[cfg(test)]
 mod conv_tests;
 pub(crate) mod gemm;
+mod op_times;
 #[cfg(test)]
 mod oracle;
 #[cfg(test)]
@@ -22,6 +23,8 @@ pub(crate) mod rows;
 
 use super::{BN_EPS, BnRef, Buffers, Category, MemoryReport, MemoryTracker, StatsRef, bn_affine, validate};
 use crate::error::{Error, Result};
+pub use op_times::OpTime;
+use op_times::{OpTimer, OpTimes};
 use std::sync::Arc;
 
 /// A host buffer whose bytes are counted by the backend's tracker while it lives.
@@ -53,15 +56,39 @@ impl Drop for CpuBuf {
     }
 }
 
-/// The CPU backend. Cloning shares the allocation counter.
+/// The CPU backend. Cloning shares the allocation counter (and the op times).
 #[derive(Clone, Debug, Default)]
 pub struct CpuBackend {
     tracker: Arc<MemoryTracker>,
+    times: Option<Arc<OpTimes>>,
 }
 
 impl CpuBackend {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A backend that records the wall time of every op it runs ([`CpuBackend::op_times`]).
+    pub fn with_op_times() -> Self {
+        CpuBackend { times: Some(Arc::default()), ..Self::default() }
+    }
+
+    /// Time, calls and multiply-add flops of every op run since creation or the last
+    /// [`CpuBackend::clear_op_times`], by family and op; empty unless made
+    /// [`CpuBackend::with_op_times`].
+    pub fn op_times(&self) -> Vec<OpTime> {
+        self.times.as_ref().map(|t| t.rows()).unwrap_or_default()
+    }
+
+    pub fn clear_op_times(&self) {
+        if let Some(t) = &self.times {
+            t.clear();
+        }
+    }
+
+    /// Times the op running until the returned guard drops, if op times are on.
+    pub(crate) fn timed(&self, family: &'static str, op: &'static str, flops: usize) -> Option<OpTimer<'_>> {
+        self.times.as_deref().map(|t| OpTimer::start(t, family, op, flops as u64))
     }
 }
 

@@ -15,6 +15,7 @@ impl LinearOps for CpuBackend {
         y: ViewMut<'_, CpuBuf>,
     ) -> Result<()> {
         let (n, k, out_features) = validate::linear_fwd(x, w, bias, y.as_view())?;
+        let _timed = self.timed("linear", "linear_fwd", 2 * n * k * out_features);
         let (x, y) = (x.buf, y.buf);
         linear_fwd(
             x.as_slice(),
@@ -37,6 +38,7 @@ impl LinearOps for CpuBackend {
     ) -> Result<()> {
         let (n, k, out_features) =
             validate::linear_bwd(dy, x, w, grads.grads, grads.dw, grads.dbias, dx.as_view())?;
+        let _timed = self.timed("linear", "linear_bwd", 4 * n * k * out_features);
         let LinearGrads { grads, dw: dw_off, dbias: dbias_off } = grads;
         let (dy, x, dx) = (dy.buf, x.buf, dx.buf);
         linear_bwd(

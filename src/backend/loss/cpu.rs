@@ -15,6 +15,7 @@ impl LossOps for CpuBackend {
         dlogits: ViewMut<'_, CpuBuf>,
     ) -> Result<()> {
         let (n, classes) = validate::softmax_xent(logits, labels, loss, dlogits.as_view())?;
+        let _timed = self.timed("loss", "softmax_xent", 0);
         let (logits, dlogits) = (logits.buf, dlogits.buf);
         // A value check, the cpu backend's own: the kernels cannot refuse a label without a
         // copy to the host, and give a NaN loss instead.

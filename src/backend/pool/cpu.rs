@@ -18,6 +18,7 @@ impl PoolOps for CpuBackend {
         y: ViewMut<'_, CpuBuf>,
     ) -> Result<()> {
         validate::bn_relu_maxpool_fwd(&t, shape, &y)?;
+        let _timed = self.timed("pool", "bn_relu_maxpool_fwd", 0);
         let BnReluView { x: View { buf: t, mat: tm }, bn } = t;
         let ViewMut { buf: y, mat: ym } = y;
         let bn = Bn::resolve(bn, tm.cols);
@@ -34,6 +35,7 @@ impl PoolOps for CpuBackend {
         sums: &mut CpuBuf,
     ) -> Result<()> {
         validate::bn_relu_maxpool_bwd(&dy, &t, shape, &g, sums)?;
+        let _timed = self.timed("pool", "bn_relu_maxpool_bwd", 0);
         let View { buf: dy, mat: dym } = dy;
         let BnReluView { x: View { buf: t, mat: tm }, bn } = t;
         let ViewMut { buf: g, mat: gm } = g;
@@ -59,6 +61,7 @@ impl PoolOps for CpuBackend {
         pooled: &mut CpuBuf,
     ) -> Result<()> {
         validate::bn_relu_global_pool_fwd(&x, shape, pooled)?;
+        let _timed = self.timed("pool", "bn_relu_global_pool_fwd", 0);
         let BnReluView { x: View { buf: x, mat: xm }, bn } = x;
         let bn = Bn::resolve(bn, xm.cols);
         bn_relu_global_pool_fwd(x.as_slice(), xm, shape, &bn, pooled.as_mut_slice());
@@ -74,6 +77,7 @@ impl PoolOps for CpuBackend {
         sums: &mut CpuBuf,
     ) -> Result<()> {
         validate::bn_relu_global_pool_bwd(dpooled, &x, shape, &dx, sums)?;
+        let _timed = self.timed("pool", "bn_relu_global_pool_bwd", 0);
         let BnReluView { x: View { buf: x, mat: xm }, bn } = x;
         let ViewMut { buf: dx, mat: dxm } = dx;
         let bn = Bn::resolve(bn, xm.cols);

@@ -16,6 +16,7 @@ impl SgdOps for CpuBackend {
         hp: SgdParams,
     ) -> Result<()> {
         validate::sgd_update(params, grads, velocity, len)?;
+        let _timed = self.timed("sgd", "sgd_update", 0);
         sgd_update(&mut params.data[..len], &grads.data[..len], &mut velocity.data[..len], hp);
         Ok(())
     }

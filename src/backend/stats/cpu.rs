@@ -9,6 +9,7 @@ use crate::error::Result;
 impl StatsOps for CpuBackend {
     fn channel_stats(&self, x: View<'_, CpuBuf>, out: StatsMut<'_, CpuBuf>) -> Result<()> {
         validate::channel_stats(&x, &out)?;
+        let _timed = self.timed("stats", "channel_stats", 0);
         let View { buf: x, mat: xm } = x;
         let StatsMut { stats: out, mean, var } = out;
         let (m, v) = channel_stats(x.as_slice(), xm);
@@ -25,6 +26,7 @@ impl StatsOps for CpuBackend {
         running: StatsMut<'_, CpuBuf>,
     ) -> Result<()> {
         validate::update_running_stats(batch, channels, &running)?;
+        let _timed = self.timed("stats", "update_running_stats", 0);
         let StatsMut { stats: running, mean: run_mean, var: run_var } = running;
         let s = batch.stats.as_slice();
         update_running_stats(

@@ -18,6 +18,11 @@ impl TransitionOps for CpuBackend {
         y: ViewMut<'_, CpuBuf>,
     ) -> Result<()> {
         validate::bn_relu_avgpool_conv1x1_fwd(&x, shape, w, &y)?;
+        let _timed = self.timed(
+            "transition",
+            "bn_relu_avgpool_conv1x1_fwd",
+            2 * y.mat.rows * x.x.mat.cols * y.mat.cols,
+        );
         let BnReluView { x: View { buf: x, mat: xm }, bn } = x;
         let ViewMut { buf: y, mat: ym } = y;
         let bn = Bn::resolve(bn, xm.cols);
@@ -41,6 +46,11 @@ impl TransitionOps for CpuBackend {
         dw: AtMut<'_, CpuBuf>,
     ) -> Result<()> {
         validate::bn_relu_avgpool_conv1x1_wgrad(&x, shape, &dy, &dw)?;
+        let _timed = self.timed(
+            "transition",
+            "bn_relu_avgpool_conv1x1_wgrad",
+            2 * dy.mat.rows * x.x.mat.cols * dy.mat.cols,
+        );
         let BnReluView { x: View { buf: x, mat: xm }, bn } = x;
         let View { buf: dy, mat: dym } = dy;
         let AtMut { buf: dw, offset: dw_off } = dw;
@@ -67,6 +77,11 @@ impl TransitionOps for CpuBackend {
         sums: &mut CpuBuf,
     ) -> Result<()> {
         validate::bn_relu_avgpool_conv1x1_dgrad(&dy, w, &x, shape, &dx, sums)?;
+        let _timed = self.timed(
+            "transition",
+            "bn_relu_avgpool_conv1x1_dgrad",
+            2 * dy.mat.rows * dy.mat.cols * x.x.mat.cols,
+        );
         let View { buf: dy, mat: dym } = dy;
         let BnReluView { x: View { buf: x, mat: xm }, bn } = x;
         let ViewMut { buf: dx, mat: dxm } = dx;

@@ -10,6 +10,7 @@ use crate::error::Result;
 impl UnfusedOps for CpuBackend {
     fn copy_columns(&self, src: View<'_, CpuBuf>, dst: ViewMut<'_, CpuBuf>, accumulate: bool) -> Result<()> {
         validate::copy_columns(&src, &dst)?;
+        let _timed = self.timed("unfused", "copy_columns", 0);
         let View { buf: src, mat: sm } = src;
         let ViewMut { buf: dst, mat: dm } = dst;
         copy_columns(src.as_slice(), sm, dst.as_mut_slice(), dm, accumulate);
@@ -18,6 +19,7 @@ impl UnfusedOps for CpuBackend {
 
     fn bn_apply(&self, x: View<'_, CpuBuf>, bn: BnRef<'_, CpuBuf>, y: ViewMut<'_, CpuBuf>) -> Result<()> {
         validate::bn_apply(&x, bn, &y)?;
+        let _timed = self.timed("unfused", "bn_apply", 0);
         let View { buf: x, mat: xm } = x;
         let ViewMut { buf: y, mat: ym } = y;
         let bn = Bn::resolve(bn, xm.cols);
@@ -27,6 +29,7 @@ impl UnfusedOps for CpuBackend {
 
     fn relu_fwd(&self, x: View<'_, CpuBuf>, y: ViewMut<'_, CpuBuf>) -> Result<()> {
         validate::relu_fwd(&x, &y)?;
+        let _timed = self.timed("unfused", "relu_fwd", 0);
         let View { buf: x, mat: xm } = x;
         let ViewMut { buf: y, mat: ym } = y;
         relu_fwd(x.as_slice(), xm, y.as_mut_slice(), ym);
@@ -35,6 +38,7 @@ impl UnfusedOps for CpuBackend {
 
     fn relu_bwd(&self, g: ViewMut<'_, CpuBuf>, x: View<'_, CpuBuf>) -> Result<()> {
         validate::relu_bwd(&g, &x)?;
+        let _timed = self.timed("unfused", "relu_bwd", 0);
         let ViewMut { buf: g, mat: gm } = g;
         let View { buf: x, mat: xm } = x;
         relu_bwd(g.as_mut_slice(), gm, x.as_slice(), xm);
@@ -49,6 +53,7 @@ impl UnfusedOps for CpuBackend {
         sums: &mut CpuBuf,
     ) -> Result<()> {
         validate::bn_grad_sums(&g, &x, stats, sums)?;
+        let _timed = self.timed("unfused", "bn_grad_sums", 0);
         let View { buf: g, mat: gm } = g;
         let View { buf: x, mat: xm } = x;
         let (mean, invstd) = resolve_stats(stats, xm.cols);
@@ -64,6 +69,7 @@ impl UnfusedOps for CpuBackend {
         y: ViewMut<'_, CpuBuf>,
     ) -> Result<()> {
         validate::avg_pool_fwd(&x, shape, window, &y)?;
+        let _timed = self.timed("unfused", "avg_pool_fwd", 0);
         let View { buf: x, mat: xm } = x;
         let ViewMut { buf: y, mat: ym } = y;
         avg_pool_fwd(x.as_slice(), xm, shape, window, y.as_mut_slice(), ym);
@@ -78,6 +84,7 @@ impl UnfusedOps for CpuBackend {
         dx: ViewMut<'_, CpuBuf>,
     ) -> Result<()> {
         validate::avg_pool_bwd(&dy, shape, window, &dx)?;
+        let _timed = self.timed("unfused", "avg_pool_bwd", 0);
         let View { buf: dy, mat: dym } = dy;
         let ViewMut { buf: dx, mat: dxm } = dx;
         avg_pool_bwd(dy.as_slice(), dym, shape, window, dx.as_mut_slice(), dxm);
@@ -86,6 +93,7 @@ impl UnfusedOps for CpuBackend {
 
     fn max_pool_fwd(&self, x: View<'_, CpuBuf>, shape: Spatial, y: ViewMut<'_, CpuBuf>) -> Result<()> {
         validate::max_pool_fwd(&x, shape, &y)?;
+        let _timed = self.timed("unfused", "max_pool_fwd", 0);
         let View { buf: x, mat: xm } = x;
         let ViewMut { buf: y, mat: ym } = y;
         max_pool_fwd(x.as_slice(), xm, shape, y.as_mut_slice(), ym);
@@ -100,6 +108,7 @@ impl UnfusedOps for CpuBackend {
         dx: ViewMut<'_, CpuBuf>,
     ) -> Result<()> {
         validate::max_pool_bwd(&dy, &x, shape, &dx)?;
+        let _timed = self.timed("unfused", "max_pool_bwd", 0);
         let View { buf: dy, mat: dym } = dy;
         let View { buf: x, mat: xm } = x;
         let ViewMut { buf: dx, mat: dxm } = dx;
