@@ -26,9 +26,9 @@ pub(crate) fn bn_relu(bn: &Bn, c: usize, x: f32) -> f32 {
     relu(bn.a[c] * x + bn.b[c])
 }
 
-/// The ReLU mask `a·x + b > 0` for channel `c`.
-pub(crate) fn active(bn: &Bn, c: usize, x: f32) -> bool {
-    bn.a[c] * x + bn.b[c] > 0.0
+/// The ReLU mask `a·x + b > 0` of a channel with affine (a, b).
+pub(crate) fn active(a: f32, b: f32, x: f32) -> bool {
+    a * x + b > 0.0
 }
 
 /// `x̂ = (x − mean)·invstd`.
@@ -162,16 +162,34 @@ pub(crate) enum Store {
 /// forward ReLU), stored into `out` as `store` says, and `[Σg | Σg·x̂]` accumulated into
 /// `sums` in f64.
 pub(crate) fn masked_row(gpre: &[f32], x: &[f32], bn: &Bn, store: Store, out: &mut [f32], sums: &mut [f64]) {
-    let (sum_g, sum_gx) = sums.split_at_mut(x.len());
-    for j in 0..x.len() {
-        let g = if active(bn, j, x[j]) { gpre[j] } else { 0.0 };
-        match store {
-            Store::Plain => out[j] = g,
-            Store::Scaled => out[j] = bn.a[j] * g,
-            Store::AddScaled => out[j] += bn.a[j] * g,
-        }
+    match store {
+        Store::Plain => masked_row_with(gpre, x, bn, out, sums, |o, _, g| *o = g),
+        Store::Scaled => masked_row_with(gpre, x, bn, out, sums, |o, a, g| *o = a * g),
+        Store::AddScaled => masked_row_with(gpre, x, bn, out, sums, |o, a, g| *o += a * g),
+    }
+}
+
+/// [`masked_row`] for one store mode `put(out, a, g)`: one loop per mode over slices cut to
+/// one length, so that the compiler drops the bounds checks and the per-element branch on
+/// the mode and vectorises the loop. The arithmetic is the same, element for element.
+#[inline(always)]
+fn masked_row_with(
+    gpre: &[f32],
+    x: &[f32],
+    bn: &Bn,
+    out: &mut [f32],
+    sums: &mut [f64],
+    put: impl Fn(&mut f32, f32, f32),
+) {
+    let c = x.len();
+    let (sum_g, sum_gx) = sums[..2 * c].split_at_mut(c);
+    let (gpre, out) = (&gpre[..c], &mut out[..c]);
+    let (a, b, mean, invstd) = (&bn.a[..c], &bn.b[..c], &bn.mean[..c], &bn.invstd[..c]);
+    for j in 0..c {
+        let g = if active(a[j], b[j], x[j]) { gpre[j] } else { 0.0 };
+        put(&mut out[j], a[j], g);
         // x̂ rounded to f32 as the kernels' epilogues compute it, then summed in f64.
-        let x_hat = f64::from(normalized(bn.mean[j], bn.invstd[j], x[j]));
+        let x_hat = f64::from(normalized(mean[j], invstd[j], x[j]));
         sum_g[j] += f64::from(g);
         sum_gx[j] += f64::from(g) * x_hat;
     }
