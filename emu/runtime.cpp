@@ -478,7 +478,10 @@ void run_block(Worker& w, Launch& j, std::uint64_t b) {
     w.n_bar_waiting = 0;
     w.exited = 0;
     for (Warp& wp : w.warps) wp.exited = wp.n_open = 0;
-    for (AsyncCopies& a : w.async) a = AsyncCopies{}; // an abandoned block may have left some
+    for (AsyncCopies& a : w.async) { // an abandoned block may have left copies; keep capacity
+        a.pending.clear();
+        a.committed = 0;
+    }
     for (unsigned i = 0; i < w.n; ++i) {
         Fiber& f = w.fibers[i];
         f.state = State::Ready;

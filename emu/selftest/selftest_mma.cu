@@ -66,17 +66,19 @@ extern "C" __global__ void selftest_mma_half_warp(const unsigned* a, const unsig
 
 // A row-major 16x16 b16 tile through shared memory and ldmatrix.x4, plain and .trans: lane l
 // passes row l % 16, column 8 * (l / 16) (shifted by `skew` elements, a planted misalignment
-// when not 0) and writes its registers to out[8l..8l+4] (plain) and out[8l+4..8l+8] (.trans).
+// when not 0; with `global`, of the tile in global memory, a planted wrong state space) and
+// writes its registers to out[8l..8l+4] (plain) and out[8l+4..8l+8] (.trans).
 extern "C" __global__ void selftest_ldmatrix(const unsigned short* tile, unsigned* out,
-                                             int skew) {
+                                             int skew, int global) {
     // 24-element rows: 48 bytes, so every row start stays 16-byte aligned.
     __shared__ __align__(16) unsigned short s[16][24];
     const unsigned l = threadIdx.x;
     for (unsigned i = l; i < 16 * 16; i += 32) s[i / 16][i % 16] = tile[i];
     __syncthreads();
-    const unsigned short* row = &s[l % 16][8 * (l / 16) + skew];
+    const unsigned short* row =
+        global ? &tile[(l % 16) * 16 + 8 * (l / 16)] : &s[l % 16][8 * (l / 16) + skew];
     unsigned r[4], rt[4];
-    dn_ldmatrix_x4(r, row); // BUG: misaligned-ldmatrix
+    dn_ldmatrix_x4(r, row); // BUG: bad-ldmatrix-row
     dn_ldmatrix_x4_trans(rt, row);
     for (int i = 0; i < 4; ++i) {
         out[8 * l + i] = r[i];

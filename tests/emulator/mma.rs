@@ -290,7 +290,7 @@ fn ldmatrix_x4_and_trans_give_every_lane_its_isa_fragment() {
     let t = |r: usize, c: usize| tile[r * 16 + c] as u32;
     let x = buffer_of_u16(&tile);
     let out = buffer_of(&[0.0; 32 * 8]);
-    let args = Args::new().arg(x.ptr()).arg(out.ptr()).arg(0i32);
+    let args = Args::new().arg(x.ptr()).arg(out.ptr()).arg(0i32).arg(0i32);
     launch_checked("selftest_ldmatrix", [1, 1, 1], [32, 1, 1], 0, args, &[&x, &out]).unwrap();
     let got: Vec<u32> = bytemuck::cast_slice(out.bytes()).to_vec();
     // Lanes 8i..8i+7 pass rows 0..7 of matrix i, which is rows 8(i%2).., columns 8(i/2).. of
@@ -309,10 +309,19 @@ fn ldmatrix_x4_and_trans_give_every_lane_its_isa_fragment() {
     assert_no_diagnostics();
 
     // Row addresses one element off: not 16-byte aligned, which the hardware faults on.
-    let args = Args::new().arg(x.ptr()).arg(out.ptr()).arg(1i32);
+    let args = Args::new().arg(x.ptr()).arg(out.ptr()).arg(1i32).arg(0i32);
     let d = expect_findings("selftest_ldmatrix", [32, 1, 1], 0, args, &[&x, &out]);
     assert!(d.memory_errors >= 1 && d.races == 0, "{:#?}", d.messages);
-    assert_mentions(&d.messages, &["misaligned 16-byte read", &mma_site("misaligned-ldmatrix")]);
+    assert_mentions(&d.messages, &["misaligned 16-byte read", &mma_site("bad-ldmatrix-row")]);
+
+    // Rows in global memory: ldmatrix reads shared memory only.
+    let args = Args::new().arg(x.ptr()).arg(out.ptr()).arg(0i32).arg(1i32);
+    let d = expect_findings("selftest_ldmatrix", [32, 1, 1], 0, args, &[&x, &out]);
+    assert!(d.memory_errors >= 1 && d.races == 0, "{:#?}", d.messages);
+    assert_mentions(
+        &d.messages,
+        &["not in shared memory, which the instruction requires", &mma_site("bad-ldmatrix-row")],
+    );
 }
 
 #[test]
