@@ -31,6 +31,14 @@
 // bounds-checked but take no part in race detection. Each distinct pair of sites is reported
 // once per launch.
 //
+// PENDING COPIES (EMU_CHECK_MEMORY). Shared bytes that an emulated cp.async will fill are
+// marked pending from the copy's issue until the issuing thread's cp.async.wait_group
+// completes it; any access to them in between (by any thread: a __syncthreads does not
+// complete copies) is reported, as it reads the 0xFF poison instead of the data.
+//
+// Emulated instructions (ldmatrix, cp.async, runtime.cpp) check their accesses through
+// `check::instruction_access`, as the running thread and with the instruction's site.
+//
 // Sites are written `{pc:0x...}` (the return address of the hook, inside the kernel); src/emu.rs
 // turns them into file:line from the program's line tables.
 #include "checker.h"
@@ -172,6 +180,7 @@ struct Cell {
     std::uint32_t r_epoch = 0, r_wepoch = 0; // of the reads since (largest warp epoch)
     std::uint16_t w_tid = 0, r_tid = 0;      // last writer; reader (kMany: several)
     std::uint16_t r_warp = 0;                // readers' warp (kMany: several)
+    bool pending = false;                    // a cp.async will write it (memory check)
     const void* w_pc = nullptr;
     const void* r_pc = nullptr;
 };
@@ -243,13 +252,19 @@ void race(BlockState& s, const SharedVar& v, Addr a, const char* what, unsigned 
             " with no barrier in between");
 }
 
+/// The shadow of byte `a` of `v`, reset if it is still the previous block's.
+Cell& cell(const BlockState& s, const SharedVar& v, Addr a) {
+    Cell& c = v.cells[a - v.lo];
+    if (c.gen != s.gen) c = Cell{s.gen};
+    return c;
+}
+
 /// The race check of one byte.
 void race_check(BlockState& s, const SharedVar& v, Addr a, bool write, const void* pc) {
-    Cell& c = v.cells[a - v.lo];
+    Cell& c = cell(s, v, a);
     const unsigned u = self().linear;
     const unsigned warp = u / 32;
     const std::uint32_t E = s.epoch, W = s.warp_epoch[warp];
-    if (c.gen != s.gen) c = Cell{s.gen};
     // A full-warp __syncwarp after the other access orders it with this one.
     auto warp_ordered = [&](unsigned other_warp, std::uint32_t other_wepoch) {
         return other_warp == warp && other_wepoch < W;
@@ -279,8 +294,10 @@ void race_check(BlockState& s, const SharedVar& v, Addr a, bool write, const voi
     }
 }
 
-/// Everything but the fast path of a hook: the access [a, a + n) by the running thread.
-void access(Addr a, std::size_t n, bool write, const void* pc, std::size_t align, bool atomic) {
+/// Everything but the fast path of a hook: the access [a, a + n) by the running thread;
+/// `shared_only`: by an instruction that reads or writes shared memory only.
+void access(Addr a, std::size_t n, bool write, const void* pc, std::size_t align, bool atomic,
+            bool shared_only = false) {
     BlockState& s = *t_block;
     const detail::ThreadSelf& me = self();
     if (a - me.stack_lo < kStackBytes) return; // local memory
@@ -303,6 +320,15 @@ void access(Addr a, std::size_t n, bool write, const void* pc, std::size_t align
                                        describe(*v) + ": out of bounds");
             n = v->hi - a;
         }
+        if (memcheck)
+            for (std::size_t i = 0; i < n; ++i)
+                if (cell(s, *v, a + i).pending) {
+                    memory_finding(pc, format("%zu-byte %s of shared memory a cp.async has not completed "
+                                              "(missing cp.async.wait_group?) at byte %zu of ",
+                                              n, kind_name(write), (std::size_t)(a + i - v->lo)) +
+                                           describe(*v));
+                    break;
+                }
         if ((t_flags & EMU_CHECK_RACES) && !atomic)
             for (std::size_t i = 0; i < n; ++i) race_check(s, *v, a + i, write, pc);
         return;
@@ -327,6 +353,11 @@ void access(Addr a, std::size_t n, bool write, const void* pc, std::size_t align
                                    describe(v) + ": out of bounds");
             return;
         }
+    }
+    if (shared_only) {
+        memory_finding(pc, format("%zu-byte %s at %p: not in shared memory, which the instruction requires", n,
+                                  kind_name(write), (void*)a));
+        return;
     }
     for (Buffer* b : s.launch->handed) {
         if (!b->holds(a)) continue;
@@ -438,6 +469,17 @@ void barrier_done() {
 
 void syncwarp_done(unsigned warp, unsigned mask, unsigned live) {
     if (t_flags && (mask & live) == live) ++t_block->warp_epoch[warp];
+}
+
+void instruction_access(const void* p, std::size_t n, bool write, const void* pc, bool shared) {
+    if (t_flags) access((Addr)p, n, write, pc, n, false, shared);
+}
+
+void async_pending(const void* p, std::size_t n, bool pending) {
+    if (!(t_flags & EMU_CHECK_MEMORY)) return;
+    BlockState& s = *t_block;
+    for (Addr a = (Addr)p, end = a + n; a < end; ++a)
+        if (SharedVar* v = find_var(s, a)) cell(s, *v, a).pending = pending;
 }
 
 } // namespace check

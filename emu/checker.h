@@ -32,6 +32,13 @@ void end_block();
 void barrier_done();
 /// A `__syncwarp(mask)` completed for `warp`, whose non-exited lanes are `live`.
 void syncwarp_done(unsigned warp, unsigned mask, unsigned live);
+/// An access that an emulated instruction makes for the running thread (an ldmatrix row, the
+/// source or destination of a cp.async), checked like the kernel's own accesses with `pc` as
+/// its site; with `shared` the address must lie in shared memory.
+void instruction_access(const void* p, std::size_t n, bool write, const void* pc, bool shared);
+/// Bytes [p, p + n) of shared memory are the destination of a cp.async that has not completed
+/// (`pending`), or it has completed.
+void async_pending(const void* p, std::size_t n, bool pending);
 } // namespace check
 
 namespace detail {

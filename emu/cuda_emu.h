@@ -65,15 +65,31 @@
 //     accesses and reads of device memory never written; EMU_CHECK_RACES reports shared-memory
 //     accesses of different threads not ordered by a barrier (or, within a warp, a full-warp
 //     __syncwarp); EMU_CHECK_SHUFFLE runs the ready threads of a block in a seeded random order.
+//   * Tensor-core instructions are emulated behind the wrappers of `kernels/mma.cuh`, which
+//     call the functions of the "Tensor-core instructions" section below (runtime.cpp):
+//     mma.sync (tf32 m16n8k8, bf16 m16n8k16) and ldmatrix.x4 (.trans) are full-warp
+//     collectives (every lane at the same call site, or a diagnostic) that gather the lanes'
+//     fragments in the PTX ISA's layouts; mma adds C and the exact products in f64 and rounds
+//     once to f32, and reads tf32 operands truncated to their top 19 bits, as the tensor core
+//     does. Each lane's ldmatrix row is read as its own 16-byte shared-memory access (memory
+//     and race checks). cp.async reads its source at issue and lands in shared memory only when
+//     the issuing thread's cp.async.wait_group completes its group (or the thread exits; a
+//     __syncthreads does not); until then the destination holds 0xFF bytes, and with
+//     EMU_CHECK_MEMORY any access to it is reported as a missing wait.
 //   * Each `extern "C" __global__ void NAME(...)` is exported as
 //     `extern "C" int emu_launch_NAME(const EmuLaunchConfig*, void** args)`, where `args` is
 //     the same array `cuLaunchKernel` takes (args[i] points at the i-th argument's value).
 //
 // LIMITS
-//   * No inline PTX (`asm("mma.sync ...")`, `cp.async`), no textures/surfaces, no
-//     cooperative groups, no dynamic parallelism, no tensor-core instructions (keep them
-//     behind `__device__` wrappers with an emulated host version), no `__noinline__` macro
-//     (it clashes with libstdc++'s `__attribute__((__noinline__))`).
+//   * No inline PTX: tensor-core instructions and cp.async only through `kernels/mma.cuh`
+//     (a new instruction needs a wrapper there and an emulated version here); no
+//     textures/surfaces, no cooperative groups, no dynamic parallelism, no `__noinline__`
+//     macro (it clashes with libstdc++'s `__attribute__((__noinline__))`).
+//   * Tensor cores: the summation order and internal precision of the hardware's mma are
+//     unspecified; the emulator's correctly rounded sum is within the error bound of any of
+//     them (compare with tolerances), and subnormal operands are not flushed. cp.async copies
+//     complete exactly at the wait, so a kernel that only works because a copy landed early
+//     by luck is not modelled.
 //   * `__shared__` variables must be constant-initialisable (`constinit`): no initialisers
 //     and no user-provided constructors, which CUDA forbids as well.
 //   * Fast-math intrinsics (`__expf`, `rsqrtf`, ...) are exact here; summation order differs
@@ -265,6 +281,10 @@ enum WarpOp : int {
     WOP_REDUCE_AND,
     WOP_REDUCE_OR,
     WOP_REDUCE_XOR,
+    WOP_MMA_M16N8K8_TF32, // tensor-core collectives (full warp, see mma_m16n8k8_tf32 & co.)
+    WOP_MMA_M16N8K16_BF16,
+    WOP_LDMATRIX_X4,
+    WOP_LDMATRIX_X4_TRANS,
 };
 int barrier(int kind, int pred, const char* file, int line);
 std::uint64_t warp_op(int op, unsigned mask, std::uint64_t value, int param, int width,
@@ -783,6 +803,37 @@ inline __nv_bfloat16 __high2bfloat16(__nv_bfloat162 b) { return b.y; }
 EMU_SMALL_FLOAT_OPS(__half, __half2)
 EMU_SMALL_FLOAT_OPS(__nv_bfloat16, __nv_bfloat162)
 #undef EMU_SMALL_FLOAT_OPS
+
+// ---------------------------------------------------------------------------------------------
+// Tensor-core instructions, behind the wrappers of kernels/mma.cuh (runtime.cpp).
+namespace emu {
+/// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 and
+/// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32: full-warp collectives. Every lane
+/// hands in its fragments (PTX ISA layouts, see runtime.cpp) and gets its part of D.
+void mma_m16n8k8_tf32(float d[4], const unsigned a[4], const unsigned b[2], const float c[4],
+                      const char* file, int line);
+void mma_m16n8k16_bf16(float d[4], const unsigned a[4], const unsigned b[2], const float c[4],
+                       const char* file, int line);
+/// ldmatrix.sync.aligned.m8n8.x4{.trans}.shared.b16: a full-warp collective; `row` is this
+/// lane's row address (checked as a 16-byte shared-memory read of this thread).
+void ldmatrix_x4(unsigned r[4], const void* row, bool trans, const char* file, int line);
+/// cp.async of `bytes` (4, 8 or 16) from global to shared memory, deferred until a
+/// cp_async_wait completes its group; until then the destination holds 0xFF bytes.
+void cp_async(void* smem, const void* gmem, int bytes);
+/// cp.async.commit_group / cp.async.wait_group n, for the calling thread.
+void cp_async_commit();
+void cp_async_wait(int n);
+
+/// f32 -> tf32 as cvt.rna.tf32.f32 does it: round to nearest, ties away from zero, keeping
+/// the top 19 bits. ptxas lowers the instruction to "add 0x1000 unless |x| is inf or NaN,
+/// then clear the low 13 bits" (so a NaN keeps its sign and upper payload bits, and one whose
+/// payload lies only in the low 13 bits becomes inf); this is that.
+inline std::uint32_t f32_to_tf32_bits(float f) {
+    std::uint32_t x = std::bit_cast<std::uint32_t>(f);
+    if ((x & 0x7fffffffu) < 0x7f800000u) x += 0x1000u;
+    return x & 0xffffe000u;
+}
+} // namespace emu
 
 // ---------------------------------------------------------------------------------------------
 // Atomics (relaxed, like CUDA's; device-, block- and system-scope variants are the same here).

@@ -99,7 +99,12 @@ const char* const kWarpOpNames[] = {
     "__match_any_sync",  "__match_all_sync",  "__reduce_add_sync", "__reduce_min_sync",
     "__reduce_max_sync", "__reduce_min_sync", "__reduce_max_sync", "__reduce_and_sync",
     "__reduce_or_sync",  "__reduce_xor_sync",
+    "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32",
+    "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32",
+    "ldmatrix.sync.aligned.m8n8.x4.shared.b16",
+    "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16",
 };
+static_assert(sizeof kWarpOpNames / sizeof kWarpOpNames[0] == WOP_LDMATRIX_X4_TRANS + 1);
 const char* const kBarrierNames[] = {"__syncthreads", "__syncthreads_count", "__syncthreads_and",
                                      "__syncthreads_or"};
 
@@ -174,6 +179,19 @@ struct Collective {
     unsigned arrived;
 };
 
+/// A cp.async that has been issued but has not completed: its source bytes, read at issue.
+struct AsyncCopy {
+    unsigned char* dst;
+    unsigned bytes;
+    unsigned group; // the number of groups the thread had committed when it issued the copy
+    unsigned char data[16];
+};
+/// A thread's cp.async state: the copies in flight (oldest first) and its committed groups.
+struct AsyncCopies {
+    std::vector<AsyncCopy> pending;
+    unsigned committed = 0;
+};
+
 struct Warp {
     unsigned present = 0; // lanes that exist in this block
     unsigned exited = 0;
@@ -212,6 +230,7 @@ struct Worker {
     Launch* job = nullptr;
     std::vector<Fiber> fibers;
     std::vector<Warp> warps;
+    std::vector<AsyncCopies> async; // per thread
     std::vector<char*> stacks; // each: guard page(s) below kStackBytes of stack
     std::size_t guard = 0;
     dim3 prepared{0, 0, 0};
@@ -348,9 +367,25 @@ void wait_for_others(Worker& w, Fiber& f) {
     // Resumed: whoever switched here has set t_self to this fiber.
 }
 
+// ---- cp.async -------------------------------------------------------------------------------
+
+/// Lands the copies of thread `t` whose group is older than `before` (oldest first).
+void complete_copies(Worker& w, unsigned t, unsigned before) {
+    std::vector<AsyncCopy>& p = w.async[t].pending;
+    auto done = std::find_if(p.begin(), p.end(), [&](const AsyncCopy& c) { return c.group >= before; });
+    for (auto it = p.begin(); it != done; ++it) {
+        std::memcpy(it->dst, it->data, it->bytes);
+        check::async_pending(it->dst, it->bytes, false);
+    }
+    p.erase(p.begin(), done);
+}
+
 // ---- fibers ---------------------------------------------------------------------------------
 
 [[noreturn]] void fiber_exit(Worker& w, Fiber& f) {
+    // The hardware completes a thread's copies even when it never waits for them (uncommitted
+    // ones included); reading them before that was the bug, which the checks report.
+    complete_copies(w, f.linear, ~0u);
     f.state = State::Exited;
     if (w.exited++ == 0) w.first_exited = f.linear;
     Warp& wp = w.warps[f.linear / 32];
@@ -418,6 +453,7 @@ bool prepare(Worker& w, const Launch& j) {
     w.n = n;
     w.fibers.assign(n, Fiber{});
     w.warps.assign((n + 31) / 32, Warp{});
+    w.async.assign(n, AsyncCopies{});
     w.bar_waiters.assign(n, 0);
     for (unsigned i = 0; i < n; ++i) {
         Fiber& f = w.fibers[i];
@@ -442,6 +478,10 @@ void run_block(Worker& w, Launch& j, std::uint64_t b) {
     w.n_bar_waiting = 0;
     w.exited = 0;
     for (Warp& wp : w.warps) wp.exited = wp.n_open = 0;
+    for (AsyncCopies& a : w.async) { // an abandoned block may have left copies; keep capacity
+        a.pending.clear();
+        a.committed = 0;
+    }
     for (unsigned i = 0; i < w.n; ++i) {
         Fiber& f = w.fibers[i];
         f.state = State::Ready;
@@ -666,11 +706,126 @@ unsigned shuffle_source(const Fiber& g) {
     }
 }
 
+/// What a lane hands to an mma collective (its fragments; `d` receives its part of D).
+struct MmaLane {
+    float* d;
+    const unsigned* a;
+    const unsigned* b;
+    const float* c;
+};
+/// What a lane hands to an ldmatrix collective: the 16 bytes at its row address (read when it
+/// arrived, as its own access) and where its four registers go.
+struct LdmatrixLane {
+    unsigned* r;
+    std::uint16_t row[8];
+};
+
+float tf32_operand(unsigned bits) {
+    // The tensor core reads the top 19 bits of each .tf32 operand register and ignores the
+    // low 13: a value the kernel did not round with cvt.rna.tf32.f32 is truncated.
+    return std::bit_cast<float>(bits & 0xffffe000u);
+}
+
+/// D = A·B + C of the warp based at `base` (all 32 lanes have arrived). Layouts as the PTX ISA
+/// gives them, with g = groupID = %laneid >> 2 and t = threadID_in_group = %laneid % 4:
+///   "Matrix Fragments for mma.m16n8k8" (.tf32):
+///     A a_i: row = g for a0 and a2, g + 8 for a1 and a3; col = t for a0 and a1, t + 4 for a2
+///            and a3;
+///     B b_i: row = t for b0, t + 4 for b1; col = g;
+///   "Matrix Fragments for mma.m16n8k16 with floating point type" (.bf16, two per register,
+///   lower index in the low half):
+///     A a_i: row = g for 0 <= i < 2 || 4 <= i < 6, g + 8 otherwise;
+///            col = t * 2 + (i & 0x1) for i < 4, t * 2 + (i & 0x1) + 8 for i >= 4;
+///     B b_i: row = t * 2 + (i & 0x1) for i < 2, t * 2 + (i & 0x1) + 8 for i >= 2; col = g;
+///   both: C/D c_i: row = g for c0 and c1, g + 8 for c2 and c3; col = t * 2 + (i & 0x1).
+/// Arithmetic: the products of tf32 (11-bit) or bf16 (8-bit significand) values are exact in
+/// f32 and in f64. The PTX ISA leaves the order and the internal precision of the accumulation
+/// unspecified (the hardware aligns the products to the largest one and truncates), so this
+/// adds C and the K products exactly in f64 (each partial sum of at most 17 such products and
+/// an f32 is exact unless their exponents span more than 29 binades, and off by one f64
+/// rounding then) and rounds to f32 once: the correctly rounded sum, which lies within the
+/// error bound of any order the hardware might use; tests/emulator.rs compares with tolerances
+/// that cover it.
+void complete_mma(Worker& w, unsigned base, bool bf16) {
+    const unsigned K = bf16 ? 16 : 8;
+    double A[16][16], B[16][8], C[16][8];
+    for (unsigned l = 0; l < 32; ++l) {
+        const MmaLane& p = *reinterpret_cast<const MmaLane*>(w.fibers[base + l].value);
+        const unsigned g = l >> 2, t = l % 4;
+        if (bf16) {
+            for (unsigned i = 0; i < 8; ++i) {
+                const unsigned half = p.a[i / 2] >> (16 * (i & 1)) & 0xffffu;
+                const unsigned row = (i < 2 || (4 <= i && i < 6)) ? g : g + 8;
+                const unsigned col = t * 2 + (i & 0x1) + (i >= 4 ? 8 : 0);
+                A[row][col] = bf16_bits_to_f32((std::uint16_t)half);
+            }
+            for (unsigned i = 0; i < 4; ++i) {
+                const unsigned half = p.b[i / 2] >> (16 * (i & 1)) & 0xffffu;
+                const unsigned row = t * 2 + (i & 0x1) + (i >= 2 ? 8 : 0);
+                B[row][g] = bf16_bits_to_f32((std::uint16_t)half);
+            }
+        } else {
+            for (unsigned i = 0; i < 4; ++i) {
+                const unsigned row = (i == 0 || i == 2) ? g : g + 8;
+                const unsigned col = (i < 2) ? t : t + 4;
+                A[row][col] = tf32_operand(p.a[i]);
+            }
+            B[t][g] = tf32_operand(p.b[0]);
+            B[t + 4][g] = tf32_operand(p.b[1]);
+        }
+        for (unsigned i = 0; i < 4; ++i) C[i < 2 ? g : g + 8][t * 2 + (i & 0x1)] = p.c[i];
+    }
+    // All fragments are read before any D is written: a lane may pass the same array as C
+    // and D.
+    float D[16][8];
+    for (unsigned r = 0; r < 16; ++r)
+        for (unsigned n = 0; n < 8; ++n) {
+            double sum = C[r][n];
+            for (unsigned k = 0; k < K; ++k) sum += A[r][k] * B[k][n];
+            D[r][n] = (float)sum;
+        }
+    for (unsigned l = 0; l < 32; ++l) {
+        const MmaLane& p = *reinterpret_cast<const MmaLane*>(w.fibers[base + l].value);
+        const unsigned g = l >> 2, t = l % 4;
+        for (unsigned i = 0; i < 4; ++i) p.d[i] = D[i < 2 ? g : g + 8][t * 2 + (i & 0x1)];
+    }
+}
+
+/// ldmatrix.sync.aligned.m8n8.x4{.trans}.b16 of the warp based at `base`. PTX ISA,
+/// "Warp-level matrix load instruction: ldmatrix": lanes 8i..8i+7 give the addresses of rows
+/// 0..7 of matrix i, and register i of each lane receives two elements of matrix i: without
+/// .trans those of row %laneid >> 2 at columns (%laneid % 4) * 2 and + 1; with .trans the
+/// matrix is transposed on the way, i.e. the elements at column %laneid >> 2 of rows
+/// (%laneid % 4) * 2 and + 1 (the lower one in the low half).
+void complete_ldmatrix(Worker& w, unsigned base, bool trans) {
+    std::uint16_t rows[32][8];
+    for (unsigned l = 0; l < 32; ++l)
+        std::memcpy(rows[l], reinterpret_cast<const LdmatrixLane*>(w.fibers[base + l].value)->row, 16);
+    for (unsigned l = 0; l < 32; ++l) {
+        unsigned* r = reinterpret_cast<const LdmatrixLane*>(w.fibers[base + l].value)->r;
+        const unsigned g = l >> 2, t = l % 4;
+        for (unsigned i = 0; i < 4; ++i) {
+            const std::uint16_t* m = rows[8 * i];
+            const unsigned lo = trans ? m[(2 * t) * 8 + g] : m[g * 8 + 2 * t];
+            const unsigned hi = trans ? m[(2 * t + 1) * 8 + g] : m[g * 8 + 2 * t + 1];
+            r[i] = lo | hi << 16;
+        }
+    }
+}
+
 /// The last lane of `mask` has arrived (as `f`): compute every lane's result, release them.
 std::uint64_t complete_warp_op(Worker& w, Fiber& f) {
     unsigned base = f.linear & ~31u, mask = f.mask;
     std::uint64_t common = 0;
     switch (f.op) {
+    case WOP_MMA_M16N8K8_TF32:
+    case WOP_MMA_M16N8K16_BF16:
+        complete_mma(w, base, f.op == WOP_MMA_M16N8K16_BF16);
+        break;
+    case WOP_LDMATRIX_X4:
+    case WOP_LDMATRIX_X4_TRANS:
+        complete_ldmatrix(w, base, f.op == WOP_LDMATRIX_X4_TRANS);
+        break;
     case WOP_BALLOT:
     case WOP_ANY:
     case WOP_ALL: {
@@ -826,6 +981,56 @@ unsigned active_mask() {
     Worker& w = *t_worker;
     const Warp& wp = w.warps[current().linear / 32];
     return wp.present & ~wp.exited;
+}
+
+void mma_m16n8k8_tf32(float d[4], const unsigned a[4], const unsigned b[2], const float c[4],
+                      const char* file, int line) {
+    MmaLane lane{d, a, b, c};
+    warp_op(WOP_MMA_M16N8K8_TF32, 0xffffffffu, (std::uint64_t)(std::uintptr_t)&lane, 0, 32, file, line);
+}
+
+void mma_m16n8k16_bf16(float d[4], const unsigned a[4], const unsigned b[2], const float c[4],
+                       const char* file, int line) {
+    MmaLane lane{d, a, b, c};
+    warp_op(WOP_MMA_M16N8K16_BF16, 0xffffffffu, (std::uint64_t)(std::uintptr_t)&lane, 0, 32, file, line);
+}
+
+void ldmatrix_x4(unsigned r[4], const void* row, bool trans, const char* file, int line) {
+    // The row is read as this lane's own 16-byte access (bounds, alignment, races, pending
+    // cp.async) before the warp meets: between the reads and the exchange nothing of the warp
+    // runs, and another warp writing the rows meanwhile would be a race the check reports.
+    check::instruction_access(row, 16, false, __builtin_return_address(0), true);
+    LdmatrixLane lane{r, {}};
+    std::memcpy(lane.row, row, 16);
+    warp_op(trans ? WOP_LDMATRIX_X4_TRANS : WOP_LDMATRIX_X4, 0xffffffffu,
+            (std::uint64_t)(std::uintptr_t)&lane, 0, 32, file, line);
+}
+
+void cp_async(void* smem, const void* gmem, int bytes) {
+    Worker& w = *t_worker;
+    const Fiber& f = current();
+    const void* pc = __builtin_return_address(0);
+    check::instruction_access(gmem, (std::size_t)bytes, false, pc, false);
+    check::instruction_access(smem, (std::size_t)bytes, true, pc, true);
+    AsyncCopies& mine = w.async[f.linear];
+    AsyncCopy c{static_cast<unsigned char*>(smem), (unsigned)bytes, mine.committed, {}};
+    std::memcpy(c.data, gmem, (std::size_t)bytes);
+    // Until the copy lands the destination reads as NaN (f32, bf16) or -1, as the poisoned
+    // dynamic shared memory does, so that reading it early gives a wrong result even without
+    // the memory check, which reports the read itself.
+    std::memset(smem, 0xff, (std::size_t)bytes);
+    check::async_pending(smem, (std::size_t)bytes, true);
+    mine.pending.push_back(c);
+}
+
+void cp_async_commit() { ++t_worker->async[current().linear].committed; }
+
+void cp_async_wait(int n) {
+    Worker& w = *t_worker;
+    const unsigned t = current().linear, committed = w.async[t].committed;
+    // cp.async.wait_group n: all but the newest n committed groups are complete; copies not
+    // yet committed stay in flight.
+    if (committed > (unsigned)n) complete_copies(w, t, committed - (unsigned)n);
 }
 
 void trap(const char* what, const char* file, int line) {

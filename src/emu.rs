@@ -306,12 +306,14 @@ fn describe_pc(pc: usize) -> String {
     let mut name: Option<String> = None;
     // The return address follows the hook's call: look up the call instruction itself. Its
     // frames go from the innermost inlined function outwards; name the first in a kernel
-    // source rather than, say, the libstdc++ header of an inlined atomic.
+    // source rather than, say, the libstdc++ header of an inlined atomic. Each wrapper of
+    // `kernels/mma.cuh` stands for one instruction, so an access of an emulated ldmatrix or
+    // cp.async is named by the kernel line that uses it.
     backtrace::resolve((pc - 1) as *mut c_void, |symbol| {
         if let (Some(file), Some(line)) = (symbol.filename(), symbol.lineno()) {
             let (path, ours) = short_path(file);
             let at = format!("{path}:{line}");
-            if ours && kernel_source.is_none() {
+            if ours && kernel_source.is_none() && path != "kernels/mma.cuh" {
                 kernel_source = Some(at.clone());
             }
             innermost.get_or_insert(at);

@@ -1,6 +1,6 @@
 //! The CPU emulator of CUDA kernels (`emu/`, `src/emu.rs`), tested with its own kernels in
 //! `emu/selftest/*.cu`: results against plain Rust, planted synchronisation bugs against the
-//! diagnostics they must raise. Run with `cargo test --release --features cuda-emu --test
+//! diagnostics they must raise; the tensor-core primitives in `emulator/mma.rs`. Run with `cargo test --release --features cuda-emu --test
 //! emulator` (`-- --nocapture` shows the timings).
 #![cfg(feature = "cuda-emu")]
 
@@ -9,6 +9,9 @@ use std::time::Instant;
 
 use densenet::emu::{self, EmuError};
 use half::{bf16, f16};
+
+#[path = "emulator/mma.rs"]
+mod mma;
 
 /// Kernel arguments, each value in its own 8-byte slot (pointers and scalars).
 #[derive(Default)]

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Compiles the GPU path of kernels/mma.cuh, which no kernel module includes yet, so neither
+# the nvcc build nor scripts/nvrtc-check.sh sees it: the emulator's tensor-core self-tests
+# (emu/selftest/selftest_mma.cu, which use every wrapper) are compiled with the pinned CUDA
+# 13.0 nvcc for sm_90 and sm_80 and with NVRTC for compute_90 (the options the crate's
+# `kernels::compile_nvrtc` uses), the PTX is checked to hold each instruction the wrappers
+# stand for, sm_75 must be refused by the header's guard, and the ptxas report runs on both
+# sm_90 PTX files (registers, shared memory, spills; fails on any spill).
+#
+# Usage: scripts/mma-check.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+nvcc="$(scripts/install-cuda-toolchain.sh)"
+# The wheels put libnvrtc (and the builtins it loads) beside bin/: <cuda root>/lib.
+nvrtc_lib="$(dirname "$(dirname "$nvcc")")/lib"
+[[ -f "$nvrtc_lib/libnvrtc.so.13" ]] || { echo "mma-check: no libnvrtc.so.13 in $nvrtc_lib" >&2; exit 1; }
+src=emu/selftest/selftest_mma.cu
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$work/sm_80" "$work/sm_90"
+for arch in sm_80 sm_90; do
+    "$nvcc" --ptx -O3 -std=c++17 -lineinfo -arch="$arch" -I kernels "$src" -o "$work/$arch/nvcc_selftest_mma.ptx"
+done
+
+# NVRTC through its C API, reading mma.cuh from the include path.
+LD_LIBRARY_PATH="$nvrtc_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+    python3 - "$nvrtc_lib/libnvrtc.so.13" "$src" "$work/sm_90/nvrtc_selftest_mma.ptx" <<'PY'
+import ctypes, sys
+lib = ctypes.CDLL(sys.argv[1])
+prog = ctypes.c_void_p()
+assert lib.nvrtcCreateProgram(ctypes.byref(prog), open(sys.argv[2], "rb").read(), b"selftest_mma.cu", 0, None, None) == 0
+opts = [b"--gpu-architecture=compute_90", b"-std=c++17", b"--include-path=kernels"]
+status = lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
+size = ctypes.c_size_t()
+lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+log = ctypes.create_string_buffer(size.value)
+lib.nvrtcGetProgramLog(prog, log)
+if status != 0:
+    sys.exit("mma-check: NVRTC failed:\n" + log.value.decode())
+lib.nvrtcGetPTXSize(prog, ctypes.byref(size))
+ptx = ctypes.create_string_buffer(size.value)
+lib.nvrtcGetPTX(prog, ptx)
+open(sys.argv[3], "wb").write(ptx.value)
+PY
+
+for ptx in "$work"/sm_90/*.ptx "$work"/sm_80/*.ptx; do
+    for insn in mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 \
+        mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 cvt.rna.tf32.f32 cvt.rn.bf16x2.f32 \
+        ldmatrix.sync.aligned.m8n8.x4.shared.b16 ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 \
+        cp.async.cg.shared.global cp.async.ca.shared.global cp.async.commit_group cp.async.wait_group; do
+        grep -qF "$insn" "$ptx" || { echo "mma-check: no $insn in $ptx" >&2; exit 1; }
+    done
+done
+if "$nvcc" --ptx -arch=sm_75 -I kernels "$src" -o "$work/sm_75.ptx" 2>"$work/sm_75.log"; then
+    echo "mma-check: sm_75 was not refused" >&2
+    exit 1
+fi
+grep -q "needs sm_80 or newer" "$work/sm_75.log" || { cat "$work/sm_75.log" >&2; exit 1; }
+
+NVCC="$nvcc" scripts/ptxas-report.sh --ptx-dir "$work/sm_90"
+echo "mma-check: nvcc (sm_80, sm_90) and NVRTC (compute_90) compiled every wrapper, sm_75 refused"
