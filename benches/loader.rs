@@ -48,7 +48,7 @@ fn loader(c: &mut Criterion) {
         group.bench_function(name, |b| {
             b.iter(|| {
                 let img = decode_image(&path).unwrap();
-                transform_image(&img, transform, &mut rng, &norm, &mut out);
+                transform_image(&img, transform, &mut rng, &norm, &mut out).unwrap();
             })
         });
     }

@@ -128,7 +128,7 @@ fn eval_transform_matches_a_hand_computed_bilinear_resize_and_centre_crop() {
     };
     let mut out = vec![0.0; 28 * 28 * 3];
     let mut rng = ChaCha8Rng::seed_from_u64(0);
-    transform_image(&image, Transform::Eval { size: 28 }, &mut rng, &IMAGENET, &mut out);
+    transform_image(&image, Transform::Eval { size: 28 }, &mut rng, &IMAGENET, &mut out).unwrap();
     // Height 20 is the shorter side here: 20 → 32, width 28 → int(32 · 28/20) = 44, centre
     // crop left = round((44 − 28)/2) = 8, source step 28/44.
     for y in 0..28 {
@@ -141,10 +141,13 @@ fn eval_transform_matches_a_hand_computed_bilinear_resize_and_centre_crop() {
             }
         }
     }
+    let empty = RgbImage { width: 0, height: 3, pixels: vec![] };
+    assert!(transform_image(&empty, Transform::Eval { size: 28 }, &mut rng, &IMAGENET, &mut out).is_err());
+    assert!(transform_image(&image, Transform::Eval { size: 27 }, &mut rng, &IMAGENET, &mut out).is_err());
     // Shrinking a constant image keeps it constant (the filter's weights sum to one).
     let flat = RgbImage { width: 500, height: 375, pixels: [10, 128, 250].repeat(500 * 375) };
     let mut out = vec![0.0; 7 * 7 * 3];
-    transform_image(&flat, Transform::Eval { size: 7 }, &mut rng, &IMAGENET, &mut out);
+    transform_image(&flat, Transform::Eval { size: 7 }, &mut rng, &IMAGENET, &mut out).unwrap();
     for (i, v) in out.iter().enumerate() {
         assert!((v - normalised([10.0, 128.0, 250.0][i % 3], i % 3)).abs() < 1e-4);
     }
@@ -194,7 +197,8 @@ fn train_transform_is_deterministic_sized_and_flips_half_the_time() {
             &mut ChaCha8Rng::seed_from_u64(seed),
             &IMAGENET,
             &mut out,
-        );
+        )
+        .unwrap();
         out
     };
     assert_eq!(run(3), run(3));

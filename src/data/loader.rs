@@ -196,7 +196,7 @@ fn fill_files(
                 let i = order[(p + attempt) % order.len()];
                 match decode_image(&files.files[i]) {
                     Ok(img) => {
-                        transform_image(&img, transform, &mut rng, norm, dst);
+                        transform_image(&img, transform, &mut rng, norm, dst)?;
                         return Ok((Some(files.labels[i]), bad));
                     }
                     Err(e) if files.bad_images == BadImages::Skip => bad.push((i, e.to_string())),

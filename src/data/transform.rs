@@ -12,6 +12,7 @@
 //! image exists.
 
 use super::{CHANNELS, Normalization};
+use crate::error::{Error, Result};
 use rand::Rng;
 
 /// How one image becomes a `size × size` network input.
@@ -89,16 +90,31 @@ pub fn eval_resize(size: usize) -> usize {
 }
 
 /// Writes `image`, transformed and normalised, into `out` (`size² · 3` values, HWC).
-/// `rng` is consumed by the train transform only: the crop first, then the flip.
+/// `rng` is consumed by the train transform only: the crop first, then the flip. An empty
+/// image, pixels that are not `height · width · 3` bytes, or an `out` of another length are
+/// an [`Error::Shape`].
 pub fn transform_image(
     image: &RgbImage,
     transform: Transform,
     rng: &mut impl Rng,
     norm: &Normalization,
     out: &mut [f32],
-) {
+) -> Result<()> {
     let size = transform.size();
     let (h, w) = (image.height, image.width);
+    let pixels = h.checked_mul(w).and_then(|p| p.checked_mul(CHANNELS));
+    if h == 0 || w == 0 || pixels != Some(image.pixels.len()) {
+        return Err(Error::Shape(format!(
+            "a {w}x{h} RGB image needs {pixels:?} bytes, got {}",
+            image.pixels.len()
+        )));
+    }
+    if size == 0 || size.checked_mul(size).and_then(|p| p.checked_mul(CHANNELS)) != Some(out.len()) {
+        return Err(Error::Shape(format!(
+            "a {size}x{size} output needs {size}·{size}·3 values, got {}",
+            out.len()
+        )));
+    }
     let (rows, cols, flip) = match transform {
         Transform::Train { .. } => {
             let c = random_resized_crop(h, w, rng);
@@ -119,6 +135,7 @@ pub fn transform_image(
         }
     };
     resample(image, &rows, &cols, flip, norm, out);
+    Ok(())
 }
 
 /// The filter taps of one axis: output pixel `o` is `Σ_k weights[o·taps + k] ·
