@@ -234,7 +234,7 @@ fn augmentation_shifts_with_black_padding_and_flips() {
 
 fn collect(data: &Arc<Dataset>, plan: EpochPlan) -> Vec<(Vec<f32>, Vec<u32>)> {
     let norm = Normalization { mean: [0.0; 3], std: [1.0; 3] };
-    BatchStream::spawn(data.clone(), norm, plan).map(|b| (b.images, b.labels)).collect()
+    BatchStream::spawn(data.clone(), norm, plan).map(|b| b.map(|b| (b.images, b.labels)).unwrap()).collect()
 }
 
 #[test]

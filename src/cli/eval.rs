@@ -3,6 +3,7 @@
 
 use super::backend_choice::{BackendChoice, BackendTask, run_on};
 use super::progress::{Progress, megabytes};
+use super::train::BadImagesArg;
 use clap::{ArgGroup, Args};
 use densenet::backend::{Backend, UnfusedOps};
 use densenet::checkpoint::Checkpoint;
@@ -13,7 +14,6 @@ use densenet::state_dict::load_state_dict;
 use densenet::train::evaluate;
 use serde::Serialize;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 #[derive(Args, Debug)]
 #[command(group(ArgGroup::new("weights").required(true).args(["checkpoint", "init_from"])))]
@@ -28,18 +28,28 @@ pub struct EvalArgs {
     /// or a densenet checkpoint (as --checkpoint). A state_dict names no data set: pass --data.
     #[arg(long, value_name = "FILE")]
     pub init_from: Option<PathBuf>,
-    /// CIFAR directory whose test split to evaluate (default: the data set recorded in the
-    /// checkpoint).
+    /// CIFAR directory or image folder (its DIR/val/<class>/*.{jpg,jpeg,png}) whose test split
+    /// to evaluate (default: the data set recorded in the checkpoint). An image folder's class
+    /// names are the checkpoint's when it records a folder, else those of DIR/train (or of
+    /// DIR/val when there is no train).
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
+    /// Side of the square network input of an image folder (default: the checkpoint's, else
+    /// 224).
+    #[arg(long, value_name = "N")]
+    pub size: Option<usize>,
+    /// What to do with an image of a folder that cannot be read or decoded: fail (stop with
+    /// its path) or skip (leave it out of the accuracy, with one warning giving the count).
+    #[arg(long, value_enum, default_value = "fail")]
+    pub bad_images: BadImagesArg,
     /// Images per batch.
     #[arg(long, default_value_t = 100)]
     pub batch: usize,
     /// Where to run.
     #[arg(long, value_enum, default_value = "auto")]
     pub backend: BackendChoice,
-    /// Print one JSON object (`accuracy`, `loss`, `images`, `peak_memory_bytes`) instead of
-    /// a sentence.
+    /// Print one JSON object (`accuracy`, `loss`, `images`, `skipped_images`,
+    /// `peak_memory_bytes`) instead of a sentence.
     #[arg(long)]
     pub json: bool,
 }
@@ -47,6 +57,7 @@ pub struct EvalArgs {
 #[derive(Serialize)]
 struct Report {
     images: usize,
+    skipped_images: usize,
     loss: f64,
     accuracy: f64,
     peak_memory_bytes: usize,
@@ -88,19 +99,32 @@ impl BackendTask for Eval<'_> {
             (None, None) => anyhow::bail!("--checkpoint or --init-from is needed"),
         };
         let source = match (&args.data, recorded) {
-            (Some(dir), _) => DataSource::Cifar { dir: dir.clone() },
+            (Some(dir), recorded) => {
+                // A folder's labels are the recorded class order, and its size the trained one.
+                let (known, size) = match recorded {
+                    Some(DataSource::Folder { size, classes, .. }) => {
+                        (Some(classes), args.size.or(Some(size)))
+                    }
+                    _ => (None, args.size),
+                };
+                DataSource::detect(dir, size, true, known.as_deref())?
+            }
+            (None, Some(DataSource::Folder { dir, size, classes })) => {
+                DataSource::Folder { dir, size: args.size.unwrap_or(size), classes }
+            }
             (None, Some(source)) => source,
             (None, None) => {
                 return Err(Error::file(path, "records no data set; pass --data DIR").into());
             }
         };
-        let test = Arc::new(source.load_test()?);
+        let test = source.open_test(args.bad_images.into())?;
         if test.is_empty() {
-            return Err(Error::Config(format!("{} has no images", test.name)).into());
+            return Err(Error::Config(format!("{} has no images", test.name())).into());
         }
         // Buffers for more images than the test set holds would only be padding.
         let batch = args.batch.min(test.len());
-        let mut net = model.network(backend, batch, test.height, test.width, Options::eval())?;
+        let (height, width) = test.shape();
+        let mut net = model.network(backend, batch, height, width, Options::eval())?;
         if let Some(note) = note {
             eprintln!("{note}");
         }
@@ -119,7 +143,13 @@ impl BackendTask for Eval<'_> {
             );
         }
         let peak_memory_bytes = net.backend().memory().peak;
-        let report = Report { images: e.images, loss: e.loss, accuracy: e.accuracy, peak_memory_bytes };
+        let report = Report {
+            images: e.images,
+            skipped_images: e.skipped,
+            loss: e.loss,
+            accuracy: e.accuracy,
+            peak_memory_bytes,
+        };
         if args.json {
             println!("{}", serde_json::to_string(&report)?);
         } else {
@@ -128,7 +158,7 @@ impl BackendTask for Eval<'_> {
                 path.display(),
                 100.0 * report.accuracy,
                 report.images,
-                test.name,
+                test.name(),
                 report.loss,
                 megabytes(report.peak_memory_bytes)
             );

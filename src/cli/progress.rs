@@ -5,7 +5,7 @@
 
 use super::train_dir::Log;
 use densenet::error::Result;
-use densenet::train::{BatchProgress, EpochMetrics, Observer};
+use densenet::train::{BatchProgress, EpochMetrics, Observer, SkippedImages};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -66,6 +66,11 @@ impl Observer for Progress {
 
     fn eval_batch(&mut self, done: usize, total: usize) {
         self.bar("test".into(), total).set_position(done as u64);
+    }
+
+    fn images_skipped(&mut self, s: &SkippedImages) {
+        self.finish();
+        eprintln!("warning: {}: skipped {} unreadable image(s); the first: {}", s.pass, s.count, s.first);
     }
 
     fn epoch_end(&mut self, m: &EpochMetrics) -> Result<()> {

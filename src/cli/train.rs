@@ -10,7 +10,7 @@ use clap::{Args, ValueEnum};
 use densenet::backend::{Backend, UnfusedOps};
 use densenet::checkpoint::{Checkpoint, check_config, remove_stale_temps};
 use densenet::config::DenseNetConfig;
-use densenet::data::{DataSource, Normalization, Splits, SyntheticSpec};
+use densenet::data::{BadImages, DataSource, ImageSplits, SyntheticSpec};
 use densenet::error::Error;
 use densenet::state_dict::load_state_dict;
 use densenet::train::{Model, Schedule, TrainConfig, Trainer};
@@ -49,18 +49,31 @@ pub struct TrainArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Directory with the CIFAR-10 (data_batch_1..5.bin, test_batch.bin) or CIFAR-100
-    /// (train.bin, test.bin) binary files.
+    /// (train.bin, test.bin) binary files, or else an image folder as torchvision's
+    /// ImageFolder: DIR/train/<class>/*.{jpg,jpeg,png} and DIR/val/<class>/... (classes: the
+    /// sorted sub-directories of train; val may lack some). Folders get torchvision's ImageNet
+    /// transforms (train: random resized crop + flip; test: resize to size·256/224, centre
+    /// crop) and ImageNet's mean and std.
     #[arg(long, value_name = "DIR", conflicts_with = "synthetic")]
     pub data: Option<PathBuf>,
+    /// Side of the square network input of an image folder (default 224; CIFAR is 32x32).
+    #[arg(long, value_name = "N", requires = "data")]
+    pub size: Option<usize>,
+    /// What to do with an image of a folder that cannot be read or decoded: fail (stop with
+    /// its path, as torchvision does; the last checkpoint is kept) or skip (leave it out,
+    /// with one warning per pass giving the count and the first file).
+    #[arg(long, value_enum, default_value = "fail")]
+    pub bad_images: BadImagesArg,
     /// Train on the embedded synthetic data set: 10 classes of 32x32 shapes and textures
     /// generated from a fixed seed (the default when --data is not given).
     #[arg(long)]
     pub synthetic: bool,
-    /// Use this many training images (synthetic: generate them; CIFAR: the first ones).
-    /// Default: 5000 synthetic, all of CIFAR.
+    /// Use this many training images (synthetic: generate them; CIFAR: the first ones; image
+    /// folder: an even spread over the sorted files). Default: 5000 synthetic, all of the
+    /// others.
     #[arg(long, value_name = "N")]
     pub train_images: Option<usize>,
-    /// Use this many test images. Default: 1000 synthetic, all of CIFAR.
+    /// Use this many test images. Default: 1000 synthetic, all of the others.
     #[arg(long, value_name = "N")]
     pub test_images: Option<usize>,
     /// Number of epochs of the run (the schedule spans them all; with --resume, training
@@ -111,12 +124,29 @@ pub struct TrainArgs {
     pub seed: u64,
 }
 
+/// `--bad-images`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum BadImagesArg {
+    Fail,
+    Skip,
+}
+
+impl From<BadImagesArg> for BadImages {
+    fn from(b: BadImagesArg) -> BadImages {
+        match b {
+            BadImagesArg::Fail => BadImages::Fail,
+            BadImagesArg::Skip => BadImages::Skip,
+        }
+    }
+}
+
 impl TrainArgs {
-    fn source(&self) -> DataSource {
-        match &self.data {
+    fn source(&self) -> densenet::Result<DataSource> {
+        Ok(match &self.data {
             // Recorded in the checkpoint: an absolute path lets `eval` find it from anywhere.
             Some(dir) => {
-                DataSource::Cifar { dir: std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone()) }
+                let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
+                DataSource::detect(&dir, self.size, false, None)?
             }
             None => {
                 let d = SyntheticSpec::default();
@@ -126,13 +156,13 @@ impl TrainArgs {
                     ..d
                 })
             }
-        }
+        })
     }
 
     /// The data set, cut to --train-images / --test-images.
-    fn data(&self) -> densenet::Result<(DataSource, Splits)> {
-        let source = self.source();
-        let mut data = source.load()?;
+    fn data(&self) -> densenet::Result<(DataSource, ImageSplits)> {
+        let source = self.source()?;
+        let mut data = source.open(self.bad_images.into())?;
         if let Some(n) = self.train_images {
             data.train.truncate(n);
         }
@@ -193,7 +223,7 @@ impl BackendTask for Run<'_> {
         }
         let (source, data) = args.data()?;
         // The classifier follows the data unless --classes says otherwise.
-        let classes = args.model.classes.unwrap_or(data.train.classes);
+        let classes = args.model.classes.unwrap_or(data.train.classes());
         config.classes = classes;
         let initial = args.init_from.as_ref().map(|f| initial_model(args, f, classes)).transpose()?;
         if let Some(m) = &initial {
@@ -201,7 +231,7 @@ impl BackendTask for Run<'_> {
         }
         let description =
             format!("{} ({} train / {} test images)", source.describe(), data.train.len(), data.test.len());
-        let (train_set, test_set) = (Arc::new(data.train), Arc::new(data.test));
+        let (train_set, test_set) = (data.train, data.test);
         let device = backend.name();
         let mut trainer = if args.resume {
             if !has_checkpoint {
@@ -217,7 +247,7 @@ impl BackendTask for Run<'_> {
         } else {
             let model = match initial {
                 Some(m) => m,
-                None => Model::new(&config, Normalization::of(&train_set)?, args.seed)?,
+                None => Model::new(&config, train_set.normalization()?, args.seed)?,
             };
             Trainer::new(backend, model, train, train_set, test_set)?
         }

@@ -82,6 +82,12 @@ fn locate(dir: &Path, test_only: bool) -> Result<(PathBuf, Variant)> {
     Err(Error::file(dir, format!("no CIFAR data found: expected {expected}")))
 }
 
+/// Whether `dir` holds CIFAR files (the training ones, or the test file for `test_only`):
+/// the error says which files were expected otherwise.
+pub(super) fn present(dir: &Path, test_only: bool) -> Result<()> {
+    locate(dir, test_only).map(drop)
+}
+
 /// Both splits of the CIFAR data set in `dir`.
 pub(super) fn load(dir: &Path) -> Result<Splits> {
     let (dir, variant) = locate(dir, false)?;

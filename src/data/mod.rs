@@ -1,21 +1,28 @@
 //! Image classification data: CIFAR-10/100 binary files, the embedded synthetic data set,
-//! per-channel normalisation, augmentation and a background batch loader.
+//! folders of JPEG and PNG images, per-channel normalisation, augmentation and a background
+//! batch loader.
 //!
-//! Images are kept as bytes, NHWC (`n × height × width × 3`), exactly as small as the files;
-//! they become normalised `f32` only one batch at a time, on the loader thread.
+//! CIFAR and synthetic images are kept as bytes, NHWC (`n × height × width × 3`), exactly as
+//! small as the files ([`Dataset`]); an image folder is a list of files ([`ImageFiles`]),
+//! decoded and transformed batch by batch. Either becomes normalised `f32` only one batch at
+//! a time, on the loader thread ([`Images`] is the two behind one type).
 
 mod augment;
 mod cifar;
+pub mod folder;
 mod loader;
 mod synthetic;
+pub mod transform;
 
 pub use augment::{Augment, fill_batch};
-pub use loader::{Batch, BatchStream, EpochPlan};
+pub use folder::{BadImages, ImageFiles};
+pub use loader::{Batch, BatchStream, EpochPlan, PREFETCH};
 pub use synthetic::{CLASS_NAMES as SYNTHETIC_CLASSES, SyntheticSpec};
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Colour channels of every data set here.
 pub const CHANNELS: usize = 3;
@@ -109,7 +116,7 @@ impl Normalization {
 }
 
 /// Where the images come from; recorded in checkpoints so `densenet eval` can find the test
-/// set again.
+/// set again (and name the classes of an image folder).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum DataSource {
@@ -117,7 +124,13 @@ pub enum DataSource {
     Cifar { dir: PathBuf },
     /// The embedded data set, generated from a seed.
     Synthetic(SyntheticSpec),
+    /// An `ImageFolder` layout, `dir/train/<class>/*` and `dir/val/<class>/*` (see
+    /// [`folder`]), resized to `size × size`; `classes` by label.
+    Folder { dir: PathBuf, size: usize, classes: Vec<String> },
 }
+
+/// Side of the network input for an image folder when none is asked for (ImageNet's).
+pub const DEFAULT_FOLDER_SIZE: usize = 224;
 
 /// A training and a test set.
 #[derive(Clone, Debug)]
@@ -126,20 +139,113 @@ pub struct Splits {
     pub test: Dataset,
 }
 
+/// A training and a test set of any source.
+#[derive(Clone, Debug)]
+pub struct ImageSplits {
+    pub train: Images,
+    pub test: Images,
+}
+
 impl DataSource {
-    /// Reads or generates both splits.
+    /// What `--data dir` holds: CIFAR files if they are there, else an image folder (`dir/train`
+    /// names the classes), of `size × size` images (default [`DEFAULT_FOLDER_SIZE`]; CIFAR
+    /// images are 32 × 32 and take no size). For evaluation only (`test_only`), the CIFAR test
+    /// file or `dir/val` is enough; the classes are then `known` (those a checkpoint recorded),
+    /// else `dir/train`'s if it exists, else `dir/val`'s own.
+    pub fn detect(
+        dir: &Path,
+        size: Option<usize>,
+        test_only: bool,
+        known: Option<&[String]>,
+    ) -> Result<DataSource> {
+        crate::files::require_dir(dir)?;
+        let not_cifar = match cifar::present(dir, test_only) {
+            Ok(()) => {
+                if let Some(s) = size.filter(|&s| s != 32) {
+                    return Err(Error::file(
+                        dir,
+                        format!("holds CIFAR data, whose images are 32x32: --size {s} is for image folders"),
+                    ));
+                }
+                return Ok(DataSource::Cifar { dir: dir.to_path_buf() });
+            }
+            Err(e) => e,
+        };
+        let split = dir.join(if test_only { "val" } else { "train" });
+        if std::fs::symlink_metadata(&split).is_err() {
+            return Err(match not_cifar {
+                Error::File { path, message } => Error::File {
+                    path,
+                    message: format!(
+                        "{message}; nor an image folder (train/<class>/*.jpg|png and val/<class>/*.jpg|png)"
+                    ),
+                },
+                e => e,
+            });
+        }
+        let size = size.unwrap_or(DEFAULT_FOLDER_SIZE);
+        check_size(size)?;
+        let classes = match known {
+            Some(k) => k.to_vec(),
+            None if test_only && !dir.join("train").is_dir() => folder::classes(&split)?,
+            None => folder::classes(&dir.join("train"))?,
+        };
+        Ok(DataSource::Folder { dir: dir.to_path_buf(), size, classes })
+    }
+
+    /// Reads or generates both splits of a CIFAR or synthetic source (an image folder is
+    /// opened with [`DataSource::open`] instead: it is decoded batch by batch).
     pub fn load(&self) -> Result<Splits> {
         match self {
             DataSource::Cifar { dir } => cifar::load(dir),
             DataSource::Synthetic(spec) => spec.generate(),
+            DataSource::Folder { dir, .. } => Err(in_memory_only(dir)),
         }
     }
 
-    /// Reads or generates the test split only.
+    /// Reads or generates the test split only of a CIFAR or synthetic source.
     pub fn load_test(&self) -> Result<Dataset> {
         match self {
             DataSource::Cifar { dir } => cifar::load_test(dir),
             DataSource::Synthetic(spec) => spec.generate_split(synthetic::Split::Test),
+            DataSource::Folder { dir, .. } => Err(in_memory_only(dir)),
+        }
+    }
+
+    /// Both splits of any source: [`DataSource::load`]'s, or an image folder's file lists
+    /// (`bad_images` applies to image folders only).
+    pub fn open(&self, bad_images: BadImages) -> Result<ImageSplits> {
+        match self {
+            DataSource::Folder { dir, size, classes } => {
+                check_size(*size)?;
+                let train = folder::open(&dir.join("train"), classes, *size, bad_images)?;
+                let test = folder::open(&dir.join("val"), classes, *size, bad_images)?;
+                Ok(ImageSplits { train: train.into(), test: test.into() })
+            }
+            _ => {
+                let s = self.load()?;
+                Ok(ImageSplits { train: s.train.into(), test: s.test.into() })
+            }
+        }
+    }
+
+    /// The test split of any source (an image folder's `val`).
+    pub fn open_test(&self, bad_images: BadImages) -> Result<Images> {
+        match self {
+            DataSource::Folder { dir, size, classes } => {
+                check_size(*size)?;
+                Ok(folder::open(&dir.join("val"), classes, *size, bad_images)?.into())
+            }
+            _ => Ok(self.load_test()?.into()),
+        }
+    }
+
+    /// Names of the classes, by label, where the source has them.
+    pub fn class_names(&self) -> Option<Vec<String>> {
+        match self {
+            DataSource::Cifar { .. } => None,
+            DataSource::Synthetic(_) => Some(SYNTHETIC_CLASSES.iter().map(|c| c.to_string()).collect()),
+            DataSource::Folder { classes, .. } => Some(classes.clone()),
         }
     }
 
@@ -148,6 +254,103 @@ impl DataSource {
         match self {
             DataSource::Cifar { dir } => format!("CIFAR files in {}", dir.display()),
             DataSource::Synthetic(s) => format!("synthetic shapes {0}x{0} (seed {1})", s.size, s.seed),
+            DataSource::Folder { dir, size, classes } => {
+                format!("image folder {} ({} classes, {size}x{size})", dir.display(), classes.len())
+            }
+        }
+    }
+}
+
+fn in_memory_only(dir: &Path) -> Error {
+    Error::file(dir, "is an image folder, decoded batch by batch: open it with DataSource::open")
+}
+
+/// The network input side of an image folder: the transforms need one pixel, the network
+/// bounds the rest.
+fn check_size(size: usize) -> Result<()> {
+    if size == 0 || size > crate::config::limits::SIDE {
+        return Err(Error::Config(format!(
+            "image size must lie in 1..={}, got {size}",
+            crate::config::limits::SIDE
+        )));
+    }
+    Ok(())
+}
+
+/// A split the loader reads: images in memory, or files decoded batch by batch.
+#[derive(Clone, Debug)]
+pub enum Images {
+    Memory(Arc<Dataset>),
+    Files(Arc<ImageFiles>),
+}
+
+impl From<Arc<Dataset>> for Images {
+    fn from(d: Arc<Dataset>) -> Images {
+        Images::Memory(d)
+    }
+}
+
+impl From<Dataset> for Images {
+    fn from(d: Dataset) -> Images {
+        Images::Memory(Arc::new(d))
+    }
+}
+
+impl From<ImageFiles> for Images {
+    fn from(f: ImageFiles) -> Images {
+        Images::Files(Arc::new(f))
+    }
+}
+
+impl Images {
+    pub fn len(&self) -> usize {
+        match self {
+            Images::Memory(d) => d.len(),
+            Images::Files(f) => f.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Images::Memory(d) => &d.name,
+            Images::Files(f) => &f.name,
+        }
+    }
+
+    pub fn classes(&self) -> usize {
+        match self {
+            Images::Memory(d) => d.classes,
+            Images::Files(f) => f.class_names.len(),
+        }
+    }
+
+    /// Height and width of the network input.
+    pub fn shape(&self) -> (usize, usize) {
+        match self {
+            Images::Memory(d) => (d.height, d.width),
+            Images::Files(f) => (f.size, f.size),
+        }
+    }
+
+    /// Keeps `n` images: the first ones in memory, an even spread of an image folder.
+    pub fn truncate(&mut self, n: usize) {
+        match self {
+            Images::Memory(d) => Arc::make_mut(d).truncate(n),
+            Images::Files(f) => Arc::make_mut(f).truncate(n),
+        }
+    }
+
+    /// The normalisation a new model trains with: the data's own statistics in memory;
+    /// ImageNet's for an image folder, as torchvision's recipe (computing them would decode
+    /// every image, and fine-tuned ImageNet weights expect them).
+    pub fn normalization(&self) -> Result<Normalization> {
+        match self {
+            Images::Memory(d) => Normalization::of(d),
+            Images::Files(_) => Ok(Normalization::IMAGENET),
         }
     }
 }

@@ -1,20 +1,22 @@
 //! Test-set evaluation with running statistics.
 
-use super::Observer;
+use super::{Observer, SkippedImages};
 use crate::backend::Backend;
 use crate::config::DenseNetConfig;
-use crate::data::{BatchStream, Dataset, EpochPlan, Normalization};
+use crate::data::{BatchStream, EpochPlan, Images, Normalization};
 use crate::efficient::Network;
 use crate::error::{Error, Result};
 use serde::Serialize;
-use std::sync::Arc;
 
 /// Mean cross-entropy and accuracy over a data set.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct Evaluation {
+    /// Images evaluated (unreadable ones skipped are not).
     pub images: usize,
     pub loss: f64,
     pub accuracy: f64,
+    /// Unreadable images left out (image folders under `BadImages::Skip`).
+    pub skipped: usize,
 }
 
 /// Runs every image of `data` through `net` in eval mode ([`Network::forward_eval`]: running
@@ -22,16 +24,20 @@ pub struct Evaluation {
 /// Works on a network built for training as well as on one built for eval.
 pub fn evaluate<B: Backend>(
     net: &mut Network<B>,
-    data: Arc<Dataset>,
+    data: impl Into<Images>,
     norm: &Normalization,
     observer: &mut dyn Observer,
 ) -> Result<Evaluation> {
+    let data = data.into();
     check_data(net.config(), &data)?;
     let classes = net.config().classes;
     let plan = EpochPlan { batch: net.batch(), shuffle: None, augment: None, drop_last: false };
     let batches = plan.batches(data.len());
     let (mut loss, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+    let mut skipped = Vec::new();
     for batch in BatchStream::spawn(data.clone(), *norm, plan) {
+        let mut batch = batch?;
+        skipped.append(&mut batch.skipped);
         // A training network wants a label for every slot, padding included; they only
         // feed the training loss, which an eval forward does not compute.
         let mut labels = batch.labels.clone();
@@ -47,10 +53,22 @@ pub fn evaluate<B: Backend>(
         seen += batch.len();
         observer.eval_batch(batch.index + 1, batches);
     }
-    if seen != data.len() {
+    let left_out = SkippedImages::collect("test".into(), &skipped);
+    let skipped = left_out.as_ref().map_or(0, |s| s.count);
+    if seen + skipped != data.len() {
         return Err(Error::Config(format!("the data loader stopped after {seen} of {} images", data.len())));
     }
-    Ok(Evaluation { images: seen, loss: loss / seen as f64, accuracy: correct as f64 / seen as f64 })
+    if let Some(s) = &left_out {
+        observer.images_skipped(s);
+    }
+    if seen == 0 {
+        return Err(Error::Config(format!(
+            "none of the {} images of {} is readable",
+            data.len(),
+            data.name()
+        )));
+    }
+    Ok(Evaluation { images: seen, loss: loss / seen as f64, accuracy: correct as f64 / seen as f64, skipped })
 }
 
 /// Cross-entropy of one row of logits (log-sum-exp in f64) and whether the arg-max (first
@@ -67,15 +85,17 @@ pub(super) fn argmax(row: &[f32]) -> usize {
 }
 
 /// Checks that `data` has as many classes as the model has outputs.
-pub(super) fn check_data(config: &DenseNetConfig, data: &Dataset) -> Result<()> {
-    if data.classes != config.classes {
+pub(super) fn check_data(config: &DenseNetConfig, data: &Images) -> Result<()> {
+    if data.classes() != config.classes {
         return Err(Error::Config(format!(
             "{} has {} classes but the model has {} outputs",
-            data.name, data.classes, config.classes
+            data.name(),
+            data.classes(),
+            config.classes
         )));
     }
     if data.is_empty() {
-        return Err(Error::Config(format!("{} has no images", data.name)));
+        return Err(Error::Config(format!("{} has no images", data.name())));
     }
     Ok(())
 }

@@ -47,6 +47,37 @@ pub struct EpochMetrics {
     pub eval_seconds: f64,
     /// Peak bytes allocated on the device during the epoch.
     pub peak_memory_bytes: usize,
+    /// Unreadable images of an image folder left out of the epoch's training and test passes
+    /// (under `BadImages::Skip`; each file counted once per pass).
+    pub skipped_images: usize,
+}
+
+/// Unreadable images left out of one pass (under `BadImages::Skip`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SkippedImages {
+    /// Which pass, e.g. `epoch 3 training` or `test`.
+    pub pass: String,
+    /// Distinct files.
+    pub count: usize,
+    /// The first one met: its path and what is wrong with it.
+    pub first: String,
+}
+
+impl SkippedImages {
+    /// Collects the skipped images of a pass's batches.
+    pub(crate) fn collect<'a>(
+        pass: String,
+        batches: impl IntoIterator<Item = &'a (usize, String)>,
+    ) -> Option<Self> {
+        let mut seen = std::collections::HashSet::new();
+        let mut first = None;
+        for (i, message) in batches {
+            if seen.insert(*i) && first.is_none() {
+                first = Some(message.clone());
+            }
+        }
+        first.map(|first| SkippedImages { pass, count: seen.len(), first })
+    }
 }
 
 /// Receives progress while a model trains or evaluates. Every method does nothing by
@@ -55,6 +86,8 @@ pub trait Observer {
     fn train_batch(&mut self, _progress: &BatchProgress) {}
     /// `done` of `total` evaluation batches are finished.
     fn eval_batch(&mut self, _done: usize, _total: usize) {}
+    /// A pass left out unreadable images (called once per pass, at its end).
+    fn images_skipped(&mut self, _skipped: &SkippedImages) {}
     /// An epoch is finished. Under [`super::Trainer::fit`] its checkpoint has been written to
     /// a temporary file but not yet renamed into place: what this records (a log line) is
     /// durable before the checkpoint claims the epoch. An error here (say, a log file that

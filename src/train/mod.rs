@@ -30,7 +30,7 @@ mod schedule;
 mod trainer;
 
 pub use evaluate::{Evaluation, evaluate};
-pub use metrics::{BatchProgress, EpochMetrics, Observer};
+pub use metrics::{BatchProgress, EpochMetrics, Observer, SkippedImages};
 pub use model::Model;
 pub use schedule::Schedule;
 pub use trainer::{TrainConfig, Trainer, TrainingState};

@@ -5,11 +5,10 @@ use super::evaluate::{Evaluation, evaluate};
 use crate::backend::Backend;
 use crate::backend::memory::ensure_host_fits;
 use crate::config::DenseNetConfig;
-use crate::data::{Dataset, Normalization};
+use crate::data::{Images, Normalization};
 use crate::efficient::{Network, Options};
 use crate::error::Result;
 use crate::params::ParamLayout;
-use std::sync::Arc;
 
 /// A DenseNet-BC with its parameters, batch-norm running statistics and the input
 /// normalisation it was trained with: everything needed to run it, and what a checkpoint
@@ -89,11 +88,13 @@ impl Model {
     pub fn evaluate<B: Backend>(
         &self,
         backend: B,
-        data: Arc<Dataset>,
+        data: impl Into<Images>,
         batch: usize,
         observer: &mut dyn Observer,
     ) -> Result<Evaluation> {
-        let mut net = self.network(backend, batch, data.height, data.width, Options::eval())?;
+        let data = data.into();
+        let (height, width) = data.shape();
+        let mut net = self.network(backend, batch, height, width, Options::eval())?;
         evaluate(&mut net, data, &self.normalization, observer)
     }
 }

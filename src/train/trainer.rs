@@ -2,15 +2,14 @@
 //! one fused SGD step per batch, and a test pass with running statistics after every epoch.
 
 use super::evaluate::{Evaluation, argmax, check_data, evaluate};
-use super::{BatchProgress, EpochMetrics, Model, Observer, Schedule};
+use super::{BatchProgress, EpochMetrics, Model, Observer, Schedule, SkippedImages};
 use crate::backend::{Backend, SgdParams};
 use crate::checkpoint::Checkpoint;
-use crate::data::{Augment, BatchStream, DataSource, Dataset, EpochPlan, Normalization};
+use crate::data::{Augment, BatchStream, DataSource, EpochPlan, Images, Normalization};
 use crate::efficient::{Network, Options};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Instant;
 
 /// Hyper-parameters of a training run.
@@ -103,8 +102,8 @@ pub struct Trainer<B: Backend> {
     net: Network<B>,
     config: TrainConfig,
     normalization: Normalization,
-    train: Arc<Dataset>,
-    test: Arc<Dataset>,
+    train: Images,
+    test: Images,
     source: Option<DataSource>,
     epoch: usize,
     step: u64,
@@ -123,28 +122,31 @@ impl<B: Backend> Trainer<B> {
         backend: B,
         model: Model,
         config: TrainConfig,
-        train: Arc<Dataset>,
-        test: Arc<Dataset>,
+        train: impl Into<Images>,
+        test: impl Into<Images>,
     ) -> Result<Self> {
+        let (train, test) = (train.into(), test.into());
         config.validate()?;
         check_data(&model.config, &train)?;
         check_data(&model.config, &test)?;
-        if (test.height, test.width) != (train.height, train.width) {
+        let ((th, tw), (h, w)) = (test.shape(), train.shape());
+        if (th, tw) != (h, w) {
             return Err(Error::Shape(format!(
-                "{} has {}x{} images but {} has {}x{}",
-                test.name, test.height, test.width, train.name, train.height, train.width
+                "{} has {th}x{tw} images but {} has {h}x{w}",
+                test.name(),
+                train.name()
             )));
         }
         if train.len() < config.batch {
             return Err(Error::Config(format!(
                 "{} has {} images, fewer than one batch of {}",
-                train.name,
+                train.name(),
                 train.len(),
                 config.batch
             )));
         }
         let opts = Options::train().with_optimizer();
-        let net = model.network(backend, config.batch, train.height, train.width, opts)?;
+        let net = model.network(backend, config.batch, h, w, opts)?;
         Ok(Trainer {
             net,
             config,
@@ -166,8 +168,8 @@ impl<B: Backend> Trainer<B> {
         backend: B,
         checkpoint: Checkpoint,
         config: TrainConfig,
-        train: Arc<Dataset>,
-        test: Arc<Dataset>,
+        train: impl Into<Images>,
+        test: impl Into<Images>,
     ) -> Result<Self> {
         let Some(state) = checkpoint.training else {
             return Err(Error::Config(
@@ -233,7 +235,10 @@ impl<B: Backend> Trainer<B> {
         let start = Instant::now();
         let (mut loss_sum, mut correct, mut done) = (0.0f64, 0usize, 0usize);
         let mut lr = cfg.lr;
+        let mut skipped = Vec::new();
         for batch in BatchStream::spawn(self.train.clone(), self.normalization, plan) {
+            let mut batch = batch?;
+            skipped.append(&mut batch.skipped);
             lr = cfg.schedule.lr(cfg.lr, self.step, batches as u64, cfg.epochs as u64);
             self.net.set_batch(&batch.images, &batch.labels)?;
             self.net.forward()?;
@@ -290,6 +295,10 @@ impl<B: Backend> Trainer<B> {
         if done != batches {
             return Err(Error::Config(format!("the data loader stopped after {done} of {batches} batches")));
         }
+        let left_out = SkippedImages::collect(format!("epoch {} training", self.epoch + 1), &skipped);
+        if let Some(s) = &left_out {
+            observer.images_skipped(s);
+        }
         let train_seconds = start.elapsed().as_secs_f64();
         let eval_start = Instant::now();
         let test = self.evaluate(observer)?;
@@ -315,6 +324,7 @@ impl<B: Backend> Trainer<B> {
             train_seconds,
             eval_seconds: eval_start.elapsed().as_secs_f64(),
             peak_memory_bytes: self.net.backend().memory().peak,
+            skipped_images: left_out.map_or(0, |s| s.count) + test.skipped,
         })
     }
 
