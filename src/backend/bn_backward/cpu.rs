@@ -79,12 +79,16 @@ pub(crate) fn bn_backward_elementwise(g: &mut [f32], gm: Mat, x: &[f32], xm: Mat
     let (sum_g, sum_gx) = sums.split_at(xm.cols);
     let mean_g: Vec<f32> = sum_g.iter().map(|s| s / count).collect();
     let mean_gx: Vec<f32> = sum_gx.iter().map(|s| s / count).collect();
+    // Slices cut to one length, so that the inner loop has no bounds checks and vectorises.
+    let c = xm.cols;
+    let (a, mean, invstd) = (&bn.a[..c], &bn.mean[..c], &bn.invstd[..c]);
+    let (mean_g, mean_gx) = (&mean_g[..c], &mean_gx[..c]);
     par_blocks(g, gm, &chunk_bounds(gm.rows, CHUNK_ROWS), |piece, _| {
         for r in 0..piece.rows {
-            let xr = row(x, xm, piece.first + r);
-            for (c, gv) in piece.row(r).iter_mut().enumerate() {
-                let xh = normalized(bn.mean[c], bn.invstd[c], xr[c]);
-                *gv = bn.a[c] * (*gv - mean_g[c] - xh * mean_gx[c]);
+            let (xr, gr) = (row(x, xm, piece.first + r), &mut piece.row(r)[..c]);
+            for j in 0..c {
+                let xh = normalized(mean[j], invstd[j], xr[j]);
+                gr[j] = a[j] * (gr[j] - mean_g[j] - xh * mean_gx[j]);
             }
         }
     });
