@@ -4,8 +4,8 @@
 // copy_columns_<T>: dst ← src or dst += src (building a concatenation / splitting its gradient).
 // bn_apply_<T>: y = a·x + b, with dn_affine: the fused kernels' pre-activation bit for bit, so a
 //   ReLU of it decides exactly as they do.
-// relu_fwd_<T>: y = max(x, 0) (0 for NaN, as the host's f32::max). relu_bwd_<T>: g ← 0 where
-//   !(x > 0), in place.
+// relu_fwd_<T>: y = dn_relu(x) = max(x, 0), a NaN passing through (as PyTorch and the host's
+//   `backend::relu`). relu_bwd_<T>: g ← 0 where !(x > 0), in place.
 // bn_grad_sums_<T>: per-pixel-tile partials of [Σg | Σg·x̂], x̂ in double as on the host;
 //   tile_sums_finish_f32 (reduce.cu) adds the tiles in a fixed order (common.cuh, "Deterministic
 //   per-channel sums"; the tiles live in the backend's scratch): no float atomics,
