@@ -7,7 +7,7 @@
 //!     cargo bench --bench kernels -- conv3x3       # criterion's filter on benchmark ids
 //!
 //! Ids are `<model>/<site>/<op>` and `<model>/<site>/<op>/unfused`; every op is called through
-//! the `Backend` trait on `CudaBackend`. Criterion times `iters` launches and then
+//! the op-family traits (`backend::prelude`) on `CudaBackend`. Criterion times `iters` launches and then
 //! `synchronize()`s inside the timed region, so queued kernels are counted; one untimed launch
 //! before the first timed one loads the kernel's module. The summary table at the end gives
 //! the mean time per launch over every launch criterion timed, GFLOP/s, GB/s (10⁹ bytes) and

@@ -1,12 +1,14 @@
-//! The argument contract of every [`Backend`](super::Backend) op, checked in one place.
+//! The argument contract of every op of every family ([`Backend`](super::Backend) and
+//! [`UnfusedOps`](super::UnfusedOps)), checked in one place.
 //!
 //! Each backend calls the function named after an op first thing in that op, before it
 //! touches memory or builds a launch, so the cpu backend, the GPU and the emulator reject
 //! exactly the same calls with the same [`Error::Shape`] message, and whatever passes here
 //! cannot make a backend index out of a buffer. A function receives the op's arguments as
-//! they are (outputs reborrowed shared) and needs only their geometry: buffer lengths through
-//! [`BufLen`], [`Mat`]s, [`Spatial`]s, BN references and offsets. All size arithmetic is
-//! checked, so an absurd shape is an error rather than an overflow.
+//! they are (views by reference, other outputs reborrowed shared) and needs only their
+//! geometry: buffer lengths through [`BufLen`], [`Mat`]s, [`Spatial`]s, BN references and
+//! offsets. All size arithmetic is checked, so an absurd shape is an error rather than an
+//! overflow.
 //!
 //! What this contract covers: every view inside its buffer, pitches no smaller than their
 //! columns, matrices that pair up agreeing in rows / columns / pixels, BN statistics and
@@ -191,7 +193,7 @@ fn window(w: PoolWindow) -> Result<()> {
     Ok(())
 }
 
-// ---- one function per op, named and ordered as the `Backend` trait ---------------------------
+// ---- one function per op, named as the op, families in the order of `backend::Backend` ------
 
 pub(crate) fn channel_stats<B: BufLen>(x: &View<'_, B>, out: &StatsMut<'_, B>) -> Result<()> {
     let (x, xm) = (x.buf, x.mat);

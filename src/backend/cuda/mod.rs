@@ -1,5 +1,5 @@
 //! Backends that run the hand-written kernels of `kernels/*.cu`: [`CudaBackend`] on a GPU
-//! through the CUDA driver and, with feature `cuda-emu`, [`EmuBackend`] on the CPU emulator.
+//! through the CUDA driver and, with feature `cuda-emu`, `EmuBackend` on the CPU emulator.
 //! Both are [`KernelBackend`] over a [`Device`]: the launch wrappers (params structs, grids,
 //! blocks) are written once, so CI exercises the Rust side of every launch; their argument
 //! checks are `backend::validate`, shared with the cpu backend.

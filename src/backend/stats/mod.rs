@@ -14,7 +14,7 @@ use crate::error::Result;
 /// Per-channel batch statistics and the running-statistics update.
 pub trait StatsOps: Buffers {
     /// Per-channel batch mean and biased variance of the columns of `x` (two-pass or
-    /// Welford; never E[x²]−E[x]²), written to `out[mean..mean+cols]`, `out[var..var+cols]`.
+    /// Welford; never E\[x²\] − E\[x\]²), written to `out[mean..mean+cols]`, `out[var..var+cols]`.
     fn channel_stats(&self, x: View<'_, Self::Buf>, out: StatsMut<'_, Self::Buf>) -> Result<()>;
 
     /// `running ← (1−m)·running + m·batch`, the variance term unbiased by `count/(count−1)`.

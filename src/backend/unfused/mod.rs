@@ -40,7 +40,7 @@ pub trait UnfusedOps: Buffers {
 
     /// The reductions of a batch-norm backward: `sums ← [Σg | Σg·x̂]` per channel, g being the
     /// gradient of the BN output and x̂ = (x − mean)/√(var + ε) of its input. Feeds
-    /// [`BnBackwardOps::bn_grad_fold`] (dγ, dβ) and [`BnBackwardOps::bn_backward_elementwise`] (dx).
+    /// [`BnBackwardOps::bn_grad_fold`](crate::backend::BnBackwardOps::bn_grad_fold) (dγ, dβ) and [`BnBackwardOps::bn_backward_elementwise`](crate::backend::BnBackwardOps::bn_backward_elementwise) (dx).
     fn bn_grad_sums(
         &self,
         g: View<'_, Self::Buf>,
