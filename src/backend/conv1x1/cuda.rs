@@ -9,7 +9,7 @@ use super::Conv1x1Ops;
 use crate::backend::Buffers;
 use crate::backend::cuda::device::{Device, LaunchCfg};
 use crate::backend::cuda::launch::{Cut, SplitRule, split, split_sum_launch};
-use crate::backend::cuda::{DeviceBuf, KernelBackend, SCRATCH_FLOATS, kernel_params, u32_of};
+use crate::backend::cuda::{DeviceBuf, KernelBackend, KernelParams, SCRATCH_FLOATS, kernel_params, u32_of};
 use crate::backend::{At, AtMut, BnReluView, Mat, View, ViewMut, validate};
 use crate::error::Result;
 use bytemuck::{Pod, Zeroable};
@@ -147,6 +147,39 @@ impl<D: Device> KernelBackend<D> {
         })
     }
 
+    /// Launches `kernel`, a data gradient of `kernels/fused_gemm.cuh` with its BN-ReLU backward
+    /// epilogue (the 1×1 convolution's or the transition's), over `runs`, with `operands` =
+    /// [output gradient, W, x, mean, var, γ, β, dx] as the kernel takes them, then the sums'
+    /// finishing pass ([`Self::split_sums`]).
+    ///
+    /// # Safety
+    /// The operands must cover what `p` describes and `sums` 2·cin floats: each kernel's
+    /// arguments are raw addresses.
+    pub(crate) unsafe fn fused_dgrad<P: KernelParams>(
+        &self,
+        kernel: &'static str,
+        runs: DgradRuns,
+        p: &P,
+        operands: [u64; 8],
+        sums: &mut DeviceBuf<D>,
+    ) -> Result<()> {
+        let cfg = runs.cfg()?;
+        let sums_addr = self.addr(sums, 0);
+        self.split_sums(runs, sums, |partials| {
+            let [grad, w, x, mean, var, gamma, beta, dx] = operands;
+            // SAFETY: the operands are the caller's; partials is 0 with one run (the kernel
+            // stores the sums) or holds 2·cin doubles per run (split_sums).
+            unsafe {
+                self.device.launch(
+                    kernel,
+                    cfg,
+                    p,
+                    &[grad, w, x, mean, var, gamma, beta, dx, sums_addr, partials],
+                )
+            }
+        })
+    }
+
     /// The per-channel sums of a data gradient into `sums[0..2·cin]`: `partial` launches the
     /// GEMM with the address of its double partials (0 when there is a single run: the kernel
     /// then stores the sums itself), then `tile_sums` adds the runs in order.
@@ -271,7 +304,7 @@ impl<D: Device> Conv1x1Ops for KernelBackend<D> {
         let runs = DgradRuns::new(xm.rows, xm.cols)?;
         let p = conv1x1_params(xm, dzm, dxm.ld, accumulate, runs.splits, runs.run)?;
         let [mean, var, gamma, beta] = self.bn_addresses(bn);
-        let addrs = [
+        let operands = [
             self.addr(dz, dzm.offset),
             self.addr(w.buf, w.offset),
             self.addr(x, xm.offset),
@@ -280,23 +313,10 @@ impl<D: Device> Conv1x1Ops for KernelBackend<D> {
             gamma,
             beta,
             self.addr(dx, dxm.offset),
-            self.addr(sums, 0),
         ];
-        let cfg = runs.cfg()?;
-        self.split_sums(runs, sums, |partials| {
-            let [dz, w, x, mean, var, gamma, beta, dx, sums] = addrs;
-            // SAFETY: dz covers dzm, x covers xm, dx covers dxm (same pixels and channels), W
-            // cout × cin floats, sums and the per-channel vectors 2·cin and cin floats (checked
-            // above); partials is 0 with one run (the kernel stores the sums) or holds 2·cin
-            // doubles per run (split_sums).
-            unsafe {
-                self.device.launch(
-                    "bn_relu_conv1x1_dgrad_f32",
-                    cfg,
-                    &p,
-                    &[dz, w, x, mean, var, gamma, beta, dx, sums, partials],
-                )
-            }
-        })
+        // SAFETY: dz covers dzm, x covers xm, dx covers dxm (same pixels and channels), W
+        // cout × cin floats, sums and the per-channel vectors 2·cin and cin floats (checked
+        // above).
+        unsafe { self.fused_dgrad("bn_relu_conv1x1_dgrad_f32", runs, &p, operands, sums) }
     }
 }

@@ -158,7 +158,7 @@ impl<D: Device> TransitionOps for KernelBackend<D> {
         let runs = DgradRuns::new(dym.rows, xm.cols)?;
         let p = transition_params(xm, shape, dym, dxm.ld, runs.splits, runs.run)?;
         let [mean, var, gamma, beta] = self.bn_addresses(bn);
-        let addrs = [
+        let operands = [
             self.addr(dy, dym.offset),
             self.addr(w.buf, w.offset),
             self.addr(x, xm.offset),
@@ -167,23 +167,10 @@ impl<D: Device> TransitionOps for KernelBackend<D> {
             gamma,
             beta,
             self.addr(dx, dxm.offset),
-            self.addr(sums, 0),
         ];
-        let cfg = runs.cfg()?;
-        self.split_sums(runs, sums, |partials| {
-            let [dy, w, x, mean, var, gamma, beta, dx, sums] = addrs;
-            // SAFETY: dy covers dym (the pooled pixels), x and dx cover xm and dxm (shape's
-            // pixels, same channels), W cout × cin floats, sums and the per-channel vectors
-            // 2·cin and cin floats (checked above); partials is 0 with one run (the kernel
-            // stores the sums) or holds 2·cin doubles per run (split_sums).
-            unsafe {
-                self.device.launch(
-                    "bn_relu_avgpool_conv1x1_dgrad_f32",
-                    cfg,
-                    &p,
-                    &[dy, w, x, mean, var, gamma, beta, dx, sums, partials],
-                )
-            }
-        })
+        // SAFETY: dy covers dym (the pooled pixels), x and dx cover xm and dxm (shape's pixels,
+        // same channels), W cout × cin floats, sums and the per-channel vectors 2·cin and cin
+        // floats (checked above).
+        unsafe { self.fused_dgrad("bn_relu_avgpool_conv1x1_dgrad_f32", runs, &p, operands, sums) }
     }
 }
