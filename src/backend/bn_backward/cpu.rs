@@ -61,10 +61,8 @@ impl BnBackwardOps for CpuBackend {
         let View { buf: x, mat: xm } = x;
         let (mean, invstd) = resolve_stats(stats, xm.cols);
         bn_correction(
-            g.as_mut_slice(),
-            gm,
-            x.as_slice(),
-            xm,
+            ViewMut::new(g.as_mut_slice(), gm),
+            View::new(x.as_slice(), xm),
             &mean,
             &invstd,
             &corr.data[alpha..alpha + xm.cols],
@@ -116,17 +114,16 @@ pub(crate) fn bn_grad_fold(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn bn_correction(
-    g: &mut [f32],
-    gm: Mat,
-    x: &[f32],
-    xm: Mat,
+    g: ViewMut<'_, [f32]>,
+    x: View<'_, [f32]>,
     mean: &[f32],
     invstd: &[f32],
     alpha: &[f32],
     beta: &[f32],
 ) {
+    let ViewMut { buf: g, mat: gm } = g;
+    let View { buf: x, mat: xm } = x;
     par_blocks(g, gm, &chunk_bounds(gm.rows, CHUNK_ROWS), |piece, _| {
         for r in 0..piece.rows {
             let xr = row(x, xm, piece.first + r);

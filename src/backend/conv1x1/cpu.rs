@@ -60,14 +60,11 @@ impl Conv1x1Ops for CpuBackend {
         let ViewMut { buf: dx, mat: dxm } = dx;
         let bn = Bn::resolve(bn, xm.cols);
         bn_relu_conv1x1_dgrad(
-            dz.as_slice(),
-            dzm,
+            View::new(dz.as_slice(), dzm),
             &w.buf.data[w.offset..],
-            x.as_slice(),
-            xm,
+            View::new(x.as_slice(), xm),
             &bn,
-            dx.as_mut_slice(),
-            dxm,
+            ViewMut::new(dx.as_mut_slice(), dxm),
             accumulate,
             sums.as_mut_slice(),
         );
@@ -96,19 +93,18 @@ pub(crate) fn bn_relu_conv1x1_wgrad(x: &[f32], xm: Mat, bn: &Bn, dz: &[f32], dzm
     });
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn bn_relu_conv1x1_dgrad(
-    dz: &[f32],
-    dzm: Mat,
+    dz: View<'_, [f32]>,
     w: &[f32],
-    x: &[f32],
-    xm: Mat,
+    x: View<'_, [f32]>,
     bn: &Bn,
-    dx: &mut [f32],
-    dxm: Mat,
+    dx: ViewMut<'_, [f32]>,
     accumulate: bool,
     sums: &mut [f32],
 ) {
+    let View { buf: dz, mat: dzm } = dz;
+    let View { buf: x, mat: xm } = x;
+    let ViewMut { buf: dx, mat: dxm } = dx;
     let (cin, cout) = (xm.cols, dzm.cols);
     let store = if accumulate { Store::AddScaled } else { Store::Scaled };
     let partials = par_blocks(dx, dxm, &chunk_bounds(dxm.rows, CHUNK), |blk, s| {

@@ -62,15 +62,12 @@ impl Conv3x3Ops for CpuBackend {
         let ViewMut { buf: g, mat: gm } = g;
         let bn = Bn::resolve(bn, zm.cols);
         bn_relu_conv3x3_dgrad(
-            dy.as_slice(),
-            dym,
+            View::new(dy.as_slice(), dym),
             shape,
             &w.buf.data[w.offset..],
-            z.as_slice(),
-            zm,
+            View::new(z.as_slice(), zm),
             &bn,
-            g.as_mut_slice(),
-            gm,
+            ViewMut::new(g.as_mut_slice(), gm),
             sums.as_mut_slice(),
         );
         Ok(())
@@ -104,19 +101,18 @@ pub(crate) fn bn_relu_conv3x3_wgrad(
     conv_wgrad_impl(z, zm, shape, CONV3X3, Some(bn), dy, dym, dw);
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn bn_relu_conv3x3_dgrad(
-    dy: &[f32],
-    dym: Mat,
+    dy: View<'_, [f32]>,
     shape: Spatial,
     w: &[f32],
-    z: &[f32],
-    zm: Mat,
+    z: View<'_, [f32]>,
     bn: &Bn,
-    g: &mut [f32],
-    gm: Mat,
+    g: ViewMut<'_, [f32]>,
     sums: &mut [f32],
 ) {
+    let View { buf: dy, mat: dym } = dy;
+    let View { buf: z, mat: zm } = z;
+    let ViewMut { buf: g, mat: gm } = g;
     let (cin, width) = (zm.cols, dym.cols * 9);
     let partials = par_blocks(g, gm, &chunk_bounds(gm.rows, CHUNK), |blk, s| {
         let taps = scratch(&mut s.a, blk.rows * width);

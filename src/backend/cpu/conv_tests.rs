@@ -1,7 +1,7 @@
 use super::Bn;
 use super::gemm::*;
 use super::oracle::{affine_backward, bn_relu, bn_relu_backward, mat_to_tensor, tensor_to_nhwc, to_f64};
-use crate::backend::{ConvGeom, Mat, Spatial};
+use crate::backend::{ConvGeom, Mat, Spatial, View, ViewMut};
 use crate::backend::{conv::cpu::*, conv1x1::cpu::*, conv3x3::cpu::*, transition::cpu::*};
 use crate::reference::ops::{
     ConvShape, avgpool2_backward, avgpool2_forward, conv2d_backward_data, conv2d_backward_weight,
@@ -144,7 +144,15 @@ fn conv1x1_dgrad_matches_reference_overwrite_and_accumulate() {
             let (mut dx, dxm) = output(&mut r, p, cin);
             let mut sums = uniform(&mut r, 2 * cin + 2, -1.0, 1.0);
             let (dx0, sums0) = (dx.clone(), sums.clone());
-            bn_relu_conv1x1_dgrad(&dz, dzm, &w, &x, xm, &bn, &mut dx, dxm, accumulate, &mut sums);
+            bn_relu_conv1x1_dgrad(
+                View::new(&dz, dzm),
+                &w,
+                View::new(&x, xm),
+                &bn,
+                ViewMut::new(&mut dx, dxm),
+                accumulate,
+                &mut sums,
+            );
 
             // dz · W is the transposed 1×1 conv.
             let dz = mat_to_tensor(&dz, dzm, flat(p));
@@ -220,7 +228,15 @@ fn conv3x3_dgrad_matches_reference() {
         let (mut g, gm) = output(&mut r, s.pixels(), cin);
         let mut sums = uniform(&mut r, 2 * cin + 2, -1.0, 1.0);
         let (g0, sums0) = (g.clone(), sums.clone());
-        bn_relu_conv3x3_dgrad(&dy, dym, s, &w, &z, zm, &bn, &mut g, gm, &mut sums);
+        bn_relu_conv3x3_dgrad(
+            View::new(&dy, dym),
+            s,
+            &w,
+            View::new(&z, zm),
+            &bn,
+            ViewMut::new(&mut g, gm),
+            &mut sums,
+        );
         let dy = mat_to_tensor(&dy, dym, s);
         let gpre = conv2d_backward_data(&dy, &to_f64(&w), cin, s.h, s.w, conv_shape(CONV3X3));
         let (want_g, want_sums) = bn_relu_backward(&gpre, &z, zm, &bn);
@@ -297,7 +313,15 @@ fn transition_dgrad_matches_reference() {
         let (mut dx, dxm) = output(&mut r, s.pixels(), cin);
         let mut sums = uniform(&mut r, 2 * cin + 2, -1.0, 1.0);
         let (dx0, sums0) = (dx.clone(), sums.clone());
-        bn_relu_avgpool_conv1x1_dgrad(&dy, dym, &w, &x, xm, s, &bn, &mut dx, dxm, &mut sums);
+        bn_relu_avgpool_conv1x1_dgrad(
+            View::new(&dy, dym),
+            &w,
+            View::new(&x, xm),
+            s,
+            &bn,
+            ViewMut::new(&mut dx, dxm),
+            &mut sums,
+        );
         let dy = mat_to_tensor(&dy, dym, o);
         let dpooled = conv2d_backward_data(&dy, &to_f64(&w), cin, o.h, o.w, ONE_BY_ONE);
         let (g, want_sums) = bn_relu_backward(&avgpool2_backward(&dpooled, s.h, s.w), &x, xm, &bn);
@@ -328,7 +352,15 @@ fn transition_on_images_too_small_to_pool_zeroes_the_gradient() {
     let (mut dx, dxm) = output(&mut r, s.pixels(), cin);
     let mut sums = uniform(&mut r, 2 * cin, -1.0, 1.0);
     let dx0 = dx.clone();
-    bn_relu_avgpool_conv1x1_dgrad(&dy, dym, &w, &x, xm, s, &bn, &mut dx, dxm, &mut sums);
+    bn_relu_avgpool_conv1x1_dgrad(
+        View::new(&dy, dym),
+        &w,
+        View::new(&x, xm),
+        s,
+        &bn,
+        ViewMut::new(&mut dx, dxm),
+        &mut sums,
+    );
     assert!(dense(&dx, dxm).iter().all(|&v| v == 0.0));
     assert!(sums.iter().all(|&v| v == 0.0));
     assert_outside_untouched(&dx0, &dx, dxm);
@@ -449,20 +481,44 @@ fn run_all_ops() -> Vec<Vec<f32>> {
     out(cout * cin, &mut |o| bn_relu_conv1x1_wgrad(&x, xm, &bn, &d, dm, o));
     out(p * cin + 2 * cin, &mut |o| {
         let (dx, sums) = o.split_at_mut(p * cin);
-        bn_relu_conv1x1_dgrad(&d, dm, &w1, &x, xm, &bn, dx, xm_out, true, sums)
+        bn_relu_conv1x1_dgrad(
+            View::new(&d, dm),
+            &w1,
+            View::new(&x, xm),
+            &bn,
+            ViewMut::new(dx, xm_out),
+            true,
+            sums,
+        )
     });
     out(p * cout, &mut |o| bn_relu_conv3x3_fwd(&x, xm, s, &bn, &w3, o, dm_out));
     out(cout * 9 * cin, &mut |o| bn_relu_conv3x3_wgrad(&x, xm, s, &bn, &d, dm, o));
     out(p * cin + 2 * cin, &mut |o| {
         let (g, sums) = o.split_at_mut(p * cin);
-        bn_relu_conv3x3_dgrad(&d, dm, s, &w3, &x, xm, &bn, g, xm_out, sums)
+        bn_relu_conv3x3_dgrad(
+            View::new(&d, dm),
+            s,
+            &w3,
+            View::new(&x, xm),
+            &bn,
+            ViewMut::new(g, xm_out),
+            sums,
+        )
     });
     let (tp, tq) = (pooled_shape(ts).pixels(), ts.pixels());
     out(tp * cout, &mut |o| bn_relu_avgpool_conv1x1_fwd(&tx, txm, ts, &bn, &w1, o, Mat::dense(0, tp, cout)));
     out(cout * cin, &mut |o| bn_relu_avgpool_conv1x1_wgrad(&tx, txm, ts, &bn, &td, tdm, o));
     out(tq * cin + 2 * cin, &mut |o| {
         let (dx, sums) = o.split_at_mut(tq * cin);
-        bn_relu_avgpool_conv1x1_dgrad(&td, tdm, &w1, &tx, txm, ts, &bn, dx, Mat::dense(0, tq, cin), sums)
+        bn_relu_avgpool_conv1x1_dgrad(
+            View::new(&td, tdm),
+            &w1,
+            View::new(&tx, txm),
+            ts,
+            &bn,
+            ViewMut::new(dx, Mat::dense(0, tq, cin)),
+            sums,
+        )
     });
     let sp = stem.out(s).pixels();
     out(sp * cout, &mut |o| conv_fwd(&x, xm, s, stem, &ws, o, Mat::dense(0, sp, cout)));

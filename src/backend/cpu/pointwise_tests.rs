@@ -10,7 +10,7 @@ use super::oracle::{
     to_f64,
 };
 use super::rows::*;
-use crate::backend::{BN_EPS, BN_MOMENTUM, BnGradTarget, Mat, SgdParams, Spatial};
+use crate::backend::{BN_EPS, BN_MOMENTUM, BnGradTarget, Mat, SgdParams, Spatial, View, ViewMut};
 use crate::backend::{
     bn_backward::cpu::*, linear::cpu::*, loss::cpu::*, pool::cpu::*, sgd::cpu::*, stats::cpu::*,
 };
@@ -246,7 +246,7 @@ fn bn_correction_matches_reference() {
             })
             .collect();
         let before = g.clone();
-        bn_correction(&mut g, gm, &x, xm, &bn.mean, &bn.invstd, &alpha, &beta);
+        bn_correction(ViewMut::new(&mut g, gm), View::new(&x, xm), &bn.mean, &bn.invstd, &alpha, &beta);
         check(&format!("bn_correction {shape:?}"), &gather(&g, gm), &reference);
         gaps_untouched(&before, &g, gm);
     }
@@ -297,7 +297,14 @@ fn bn_backward_matches_finite_differences() {
             dx[dxm.at(p, ch)] = bn.a[ch] * w[p * c + ch];
         }
     }
-    bn_correction(&mut dx, dxm, &x, xm, &bn.mean, &bn.invstd, &corr[..c], &corr[c..]);
+    bn_correction(
+        ViewMut::new(&mut dx, dxm),
+        View::new(&x, xm),
+        &bn.mean,
+        &bn.invstd,
+        &corr[..c],
+        &corr[c..],
+    );
     check("deferred correction vs finite differences", &gather(&dx, dxm), &dx_fd);
 }
 
@@ -324,7 +331,14 @@ fn check_maxpool(rng: &mut ChaCha8Rng, what: &str, t: &[f32], tm: Mat, shape: Sp
     poison(&mut g, gm);
     let before = g.clone();
     let mut sums = vec![f32::NAN; 2 * c + 1];
-    bn_relu_maxpool_bwd(&dy, dym, t, tm, shape, bn, &mut g, gm, &mut sums);
+    bn_relu_maxpool_bwd(
+        View::new(&dy, dym),
+        View::new(t, tm),
+        shape,
+        bn,
+        ViewMut::new(&mut g, gm),
+        &mut sums,
+    );
     check(&format!("maxpool bwd g {what}"), &gather(&g, gm), &ref_g);
     check(&format!("maxpool bwd sums {what}"), &sums[..2 * c], &ref_sums);
     assert!(sums[2 * c].is_nan());
@@ -401,7 +415,14 @@ fn stem_maxpool_bn_backward_matches_finite_differences() {
     let bn = train_bn(&t, tm, &gamma, &beta);
     let (mut g, gm) = strided(&mut rng, tm.rows, c, 0.0, 1.0);
     let mut sums = vec![0.0; 2 * c];
-    bn_relu_maxpool_bwd(&dy, dym, &t, tm, shape, &bn, &mut g, gm, &mut sums);
+    bn_relu_maxpool_bwd(
+        View::new(&dy, dym),
+        View::new(&t, tm),
+        shape,
+        &bn,
+        ViewMut::new(&mut g, gm),
+        &mut sums,
+    );
     let target = BnGradTarget { dgamma: 0, dbeta: c, correction: None };
     let mut grads = vec![0.0; 2 * c];
     bn_grad_fold(&sums, tm.rows, &bn, &mut grads, &mut [], target);
@@ -435,7 +456,14 @@ fn global_pool_fwd_bwd_match_reference() {
         poison(&mut dx, dxm);
         let before = dx.clone();
         let mut sums = vec![f32::NAN; 2 * c];
-        bn_relu_global_pool_bwd(&dpooled, &x, xm, shape, &bn, &mut dx, dxm, &mut sums);
+        bn_relu_global_pool_bwd(
+            &dpooled,
+            View::new(&x, xm),
+            shape,
+            &bn,
+            ViewMut::new(&mut dx, dxm),
+            &mut sums,
+        );
         check(&format!("global pool bwd dx {shape:?}"), &gather(&dx, dxm), &ref_dx);
         check(&format!("global pool bwd sums {shape:?}"), &sums, &ref_sums);
         gaps_untouched(&before, &dx, dxm);
@@ -464,13 +492,20 @@ fn head_global_pool_deferred_bn_backward_matches_finite_differences() {
     let bn = train_bn(&x, xm, &gamma, &beta);
     let (mut dx, dxm) = strided(&mut rng, xm.rows, c, 0.0, 1.0);
     let mut sums = vec![0.0; 2 * c];
-    bn_relu_global_pool_bwd(&v, &x, xm, shape, &bn, &mut dx, dxm, &mut sums);
+    bn_relu_global_pool_bwd(&v, View::new(&x, xm), shape, &bn, ViewMut::new(&mut dx, dxm), &mut sums);
     let target = BnGradTarget { dgamma: 0, dbeta: c, correction: Some((0, c)) };
     let (mut grads, mut corr) = (vec![0.0; 2 * c], vec![0.0; 2 * c]);
     bn_grad_fold(&sums, xm.rows, &bn, &mut grads, &mut corr, target);
     check("head dgamma vs finite differences", &grads[..c], &dgamma_fd);
     check("head dbeta vs finite differences", &grads[c..], &dbeta_fd);
-    bn_correction(&mut dx, dxm, &x, xm, &bn.mean, &bn.invstd, &corr[..c], &corr[c..]);
+    bn_correction(
+        ViewMut::new(&mut dx, dxm),
+        View::new(&x, xm),
+        &bn.mean,
+        &bn.invstd,
+        &corr[..c],
+        &corr[c..],
+    );
     check("head dx vs finite differences", &gather(&dx, dxm), &dx_fd);
 }
 
@@ -578,10 +613,24 @@ fn results_do_not_depend_on_thread_count() {
     let run = || {
         let (mean, var) = channel_stats(&x, xm);
         let (mut g, mut sums) = (x.clone(), vec![0.0; 4 * c]);
-        bn_relu_maxpool_bwd(&dy, dym, &x, xm, shape, &bn, &mut g, xm, &mut sums[..2 * c]);
+        bn_relu_maxpool_bwd(
+            View::new(&dy, dym),
+            View::new(&x, xm),
+            shape,
+            &bn,
+            ViewMut::new(&mut g, xm),
+            &mut sums[..2 * c],
+        );
         bn_backward_elementwise(&mut g, xm, &x, xm, &bn, &sums[..2 * c]);
         let mut dx = x.clone();
-        bn_relu_global_pool_bwd(&dpooled, &x, xm, shape, &bn, &mut dx, xm, &mut sums[2 * c..]);
+        bn_relu_global_pool_bwd(
+            &dpooled,
+            View::new(&x, xm),
+            shape,
+            &bn,
+            ViewMut::new(&mut dx, xm),
+            &mut sums[2 * c..],
+        );
         [mean, var, g, dx, sums].concat()
     };
     let with = |threads| rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(run);

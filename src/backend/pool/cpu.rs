@@ -41,14 +41,11 @@ impl PoolOps for CpuBackend {
         let ViewMut { buf: g, mat: gm } = g;
         let bn = Bn::resolve(bn, tm.cols);
         bn_relu_maxpool_bwd(
-            dy.as_slice(),
-            dym,
-            t.as_slice(),
-            tm,
+            View::new(dy.as_slice(), dym),
+            View::new(t.as_slice(), tm),
             shape,
             &bn,
-            g.as_mut_slice(),
-            gm,
+            ViewMut::new(g.as_mut_slice(), gm),
             sums.as_mut_slice(),
         );
         Ok(())
@@ -83,12 +80,10 @@ impl PoolOps for CpuBackend {
         let bn = Bn::resolve(bn, xm.cols);
         bn_relu_global_pool_bwd(
             dpooled.as_slice(),
-            x.as_slice(),
-            xm,
+            View::new(x.as_slice(), xm),
             shape,
             &bn,
-            dx.as_mut_slice(),
-            dxm,
+            ViewMut::new(dx.as_mut_slice(), dxm),
             sums.as_mut_slice(),
         );
         Ok(())
@@ -144,18 +139,17 @@ pub(crate) fn bn_relu_maxpool_fwd(t: &[f32], tm: Mat, shape: Spatial, bn: &Bn, y
     });
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn bn_relu_maxpool_bwd(
-    dy: &[f32],
-    dym: Mat,
-    t: &[f32],
-    tm: Mat,
+    dy: View<'_, [f32]>,
+    t: View<'_, [f32]>,
     shape: Spatial,
     bn: &Bn,
-    g: &mut [f32],
-    gm: Mat,
+    g: ViewMut<'_, [f32]>,
     sums: &mut [f32],
 ) {
+    let View { buf: dy, mat: dym } = dy;
+    let View { buf: t, mat: tm } = t;
+    let ViewMut { buf: g, mat: gm } = g;
     let cols = tm.cols;
     let (oh, ow) = pool_out(shape);
     let image = shape.h * shape.w;
@@ -196,17 +190,16 @@ pub(crate) fn bn_relu_global_pool_fwd(x: &[f32], xm: Mat, shape: Spatial, bn: &B
     });
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn bn_relu_global_pool_bwd(
     dpooled: &[f32],
-    x: &[f32],
-    xm: Mat,
+    x: View<'_, [f32]>,
     shape: Spatial,
     bn: &Bn,
-    dx: &mut [f32],
-    dxm: Mat,
+    dx: ViewMut<'_, [f32]>,
     sums: &mut [f32],
 ) {
+    let View { buf: x, mat: xm } = x;
+    let ViewMut { buf: dx, mat: dxm } = dx;
     let cols = xm.cols;
     let image = shape.h * shape.w;
     let partials = par_blocks(dx, dxm, &chunk_bounds(dxm.rows, CHUNK_ROWS), |piece, _| {

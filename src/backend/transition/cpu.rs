@@ -87,15 +87,12 @@ impl TransitionOps for CpuBackend {
         let ViewMut { buf: dx, mat: dxm } = dx;
         let bn = Bn::resolve(bn, xm.cols);
         bn_relu_avgpool_conv1x1_dgrad(
-            dy.as_slice(),
-            dym,
+            View::new(dy.as_slice(), dym),
             &w.buf.data[w.offset..],
-            x.as_slice(),
-            xm,
+            View::new(x.as_slice(), xm),
             shape,
             &bn,
-            dx.as_mut_slice(),
-            dxm,
+            ViewMut::new(dx.as_mut_slice(), dxm),
             sums.as_mut_slice(),
         );
         Ok(())
@@ -138,19 +135,18 @@ pub(crate) fn bn_relu_avgpool_conv1x1_wgrad(
     });
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn bn_relu_avgpool_conv1x1_dgrad(
-    dy: &[f32],
-    dym: Mat,
+    dy: View<'_, [f32]>,
     w: &[f32],
-    x: &[f32],
-    xm: Mat,
+    x: View<'_, [f32]>,
     shape: Spatial,
     bn: &Bn,
-    dx: &mut [f32],
-    dxm: Mat,
+    dx: ViewMut<'_, [f32]>,
     sums: &mut [f32],
 ) {
+    let View { buf: dy, mat: dym } = dy;
+    let View { buf: x, mat: xm } = x;
+    let ViewMut { buf: dx, mat: dxm } = dx;
     let (cin, cout) = (xm.cols, dym.cols);
     let out = pooled(shape);
     if out.pixels() == 0 {
