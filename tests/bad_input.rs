@@ -353,7 +353,7 @@ impl Fixtures {
             names.push((name, d));
         }
         let config = DenseNetConfig::bc_cifar(10, 2).unwrap();
-        let identity = Normalization { mean: [0.0; 3], std: [1.0; 3] };
+        let identity = Normalization::new([0.0; 3], [1.0; 3]);
         let model = Model::new(&config, identity, 0).unwrap();
         let good = root.join("good.safetensors");
         Checkpoint::of_model(model.clone()).save(&good).unwrap();
