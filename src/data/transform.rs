@@ -139,6 +139,25 @@ pub fn transform_image(
     Ok(())
 }
 
+/// `image` as the eval-mode network input of side `size`: torchvision's eval transform
+/// ([`Transform::Eval`]: shorter side to [`eval_resize`]`(size)`, central `size × size`) and
+/// `norm`, as `size² · 3` values, HWC (one image of a batch, as [`crate::efficient::Network`]
+/// takes them). What a caller needs to prepare inputs itself.
+pub fn eval_input(image: &RgbImage, size: usize, norm: &Normalization) -> Result<Vec<f32>> {
+    let len = size.checked_mul(size).and_then(|p| p.checked_mul(CHANNELS));
+    let Some(len) = len.filter(|_| (1..=crate::config::limits::SIDE).contains(&size)) else {
+        return Err(Error::Config(format!(
+            "image size must lie in 1..={}, got {size}",
+            crate::config::limits::SIDE
+        )));
+    };
+    let mut out = vec![0.0; len];
+    // The eval transform draws nothing: any generator will do.
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
+    transform_image(image, Transform::Eval { size }, &mut rng, norm, &mut out)?;
+    Ok(out)
+}
+
 /// The filter taps of one axis: output pixel `o` is `Σ_k weights[o·taps + k] ·
 /// source[first[o] + k]` over `count[o]` taps (PIL's `precompute_coeffs`).
 struct Axis {
