@@ -146,10 +146,10 @@ impl BackendTask for Predict<'_> {
             }
         }
         if let Some((_, first)) = skipped.first() {
+            if skipped.len() == self.files.len() {
+                anyhow::bail!("none of the {} images is readable; the first: {first}", skipped.len());
+            }
             eprintln!("warning: skipped {} unreadable image(s); the first: {first}", skipped.len());
-        }
-        if skipped.len() == self.files.len() {
-            anyhow::bail!("none of the {} images is readable", self.files.len());
         }
         Ok(())
     }
