@@ -254,7 +254,10 @@ const CASES: &[(&str, &str)] = &[
     ("predict --checkpoint={good} {corrupt_png}", "corrupt.png: is not a valid image"),
     ("predict --checkpoint={good} {png} {corrupt_png}", "corrupt.png"),
     ("predict --checkpoint={good} {bomb_png}", "bomb.png: is 100000x100000 pixels, more than"),
-    ("predict --checkpoint={good} {bad_images_dir} --bad-images=skip", "none of the 1 images is readable; the first: "),
+    (
+        "predict --checkpoint={good} {bad_images_dir} --bad-images=skip",
+        "none of the 1 images is readable; the first: ",
+    ),
     ("predict --checkpoint={good} {png} --top=0", "--top must be at least 1"),
     ("predict --checkpoint={good} {png} --top=-1", "invalid value '-1'"),
     ("predict --checkpoint={good} {png} --top=18446744073709551616", "invalid value"),
