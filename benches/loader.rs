@@ -39,7 +39,7 @@ fn loader(c: &mut Criterion) {
     let mut group = c.benchmark_group("loader_500x375_jpeg_to_224");
     group.throughput(Throughput::Elements(1));
     let mut out = vec![0f32; 224 * 224 * 3];
-    let norm = Normalization::IMAGENET;
+    let norm = Normalization::imagenet();
     group.bench_function("decode", |b| b.iter(|| decode_image(&path).unwrap().pixels.len()));
     for (name, transform) in
         [("train", Transform::Train { size: 224 }), ("eval", Transform::Eval { size: 224 })]

@@ -427,14 +427,8 @@ impl Header {
         config.validate().map_err(|e| err(format!("metadata `config`: {e}")))?;
         check_fits(&config, infos.len(), declared / 4).map_err(|m| err(format!("metadata `config`: {m}")))?;
         let normalization: Normalization = parse(get("normalization")?, "normalization", path)?;
-        let stats = normalization.mean.iter().zip(&normalization.std).enumerate();
-        if let Some((c, (m, s))) =
-            stats.clone().find(|(_, (m, s))| !(m.is_finite() && s.is_finite() && **s > 0.0))
-        {
-            return Err(err(format!(
-                "metadata `normalization`: channel {c} has mean {m} and std {s}, expected finite \
-                 values and a std > 0"
-            )));
+        if let Some(problem) = normalization.problem(config.in_channels) {
+            return Err(err(format!("metadata `normalization`: {problem}")));
         }
         Ok(Header { meta, config, normalization, checksums })
     }

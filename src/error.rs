@@ -35,9 +35,11 @@ pub enum Error {
     /// point: between steps or after a complete save.
     #[error("interrupted by {0}")]
     Interrupted(String),
-    /// The CUDA driver reported an error.
-    #[error("CUDA driver: {0}")]
-    Driver(#[from] cudarc::driver::DriverError),
+    /// The CUDA driver reported an error: its `CUresult` (`code`, e.g. 2), the constant's
+    /// name (`CUDA_ERROR_OUT_OF_MEMORY`) and the driver's description. Our own fields rather
+    /// than cudarc's error type, so that the public API does not expose a dependency.
+    #[error("CUDA driver: {name} ({code}): {message}")]
+    Driver { code: u32, name: String, message: String },
     /// A CUDA library could not be loaded (cudarc would panic on its first call).
     #[error("{library} not found: the dynamic loader (LD_LIBRARY_PATH, the ld.so cache, /lib, /usr/lib) found none of {}; {hint}", searched.join(", "))]
     MissingLibrary { library: String, searched: Vec<String>, hint: String },

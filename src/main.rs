@@ -13,6 +13,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => cli::verify::run(args),
         Command::Train(args) => cli::train::run(args),
         Command::Eval(args) => cli::eval::run(args).map(|()| Outcome::Success),
+        Command::Predict(args) => cli::predict::run(args).map(|()| Outcome::Success),
         Command::Profile(args) => cli::profile::run(args),
         Command::Kernels(args) => cli::kernels::run(args),
     };

@@ -27,7 +27,7 @@
 //! against that one instead.
 //!
 //! A `state_dict` records no input normalisation: it runs with ImageNet's
-//! ([`Normalization::IMAGENET`]), which torchvision's weights expect.
+//! ([`Normalization::imagenet`]), which torchvision's weights expect.
 
 use crate::backend::memory::ensure_host_fits;
 use crate::checkpoint::{
@@ -161,7 +161,7 @@ pub fn from_bytes(bytes: &[u8], path: &Path, expected: Option<&DenseNetConfig>) 
     }
     Ok(Model {
         config,
-        normalization: Normalization::IMAGENET,
+        normalization: Normalization::imagenet(),
         params,
         running,
         batches_tracked: batches_tracked.unwrap_or(0),
@@ -400,7 +400,7 @@ mod tests {
         let (params, running) = layout.init_random(7);
         Model {
             config: config.clone(),
-            normalization: Normalization::IMAGENET,
+            normalization: Normalization::imagenet(),
             params,
             running,
             batches_tracked: 3,

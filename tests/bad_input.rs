@@ -238,6 +238,39 @@ const CASES: &[(&str, &str)] = &[
     ("eval --checkpoint={pickle_legacy}", "is a PyTorch pickle (torch.save's legacy format)"),
     ("train --init-from={pickle_legacy}", "is a PyTorch pickle"),
     ("train --resume --checkpoint-dir={pickle_dir}", "checkpoint.safetensors: is a PyTorch pickle"),
+    // ---- predict -------------------------------------------------------------------------------
+    ("predict --checkpoint={good}", "the following required arguments were not provided"),
+    ("predict {png}", "the following required arguments were not provided"),
+    ("predict --checkpoint={missing} {png}", "missing: does not exist"),
+    ("predict --checkpoint={png} {png}", "image.png"),
+    ("predict --init-from={pickle_zip} {png}", "is a PyTorch pickle"),
+    ("predict --checkpoint={good} {missing}", "missing: does not exist"),
+    ("predict --checkpoint={good} {fifo}", "fifo: is a FIFO"),
+    ("predict --checkpoint={good} {loop_a}", "loop_a"),
+    ("predict --checkpoint={good} /dev/zero", "/dev/zero: is a character device"),
+    ("predict --checkpoint={good} {empty_dir}", "empty: holds no images"),
+    ("predict --checkpoint={good} {file}", "plain.txt: is not a JPEG or PNG file"),
+    ("predict --checkpoint={good} {empty_file}", "empty.bin"),
+    ("predict --checkpoint={good} {corrupt_png}", "corrupt.png: is not a valid image"),
+    ("predict --checkpoint={good} {png} {corrupt_png}", "corrupt.png"),
+    ("predict --checkpoint={good} {bomb_png}", "bomb.png: is 100000x100000 pixels, more than"),
+    (
+        "predict --checkpoint={good} {bad_images_dir} --bad-images=skip",
+        "none of the 1 images is readable; the first: ",
+    ),
+    ("predict --checkpoint={good} {png} --top=0", "--top must be at least 1"),
+    ("predict --checkpoint={good} {png} --top=-1", "invalid value '-1'"),
+    ("predict --checkpoint={good} {png} --top=18446744073709551616", "invalid value"),
+    ("predict --checkpoint={good} {png} --batch=0", "batch size must be at least 1"),
+    ("predict --checkpoint={good} {png} --batch=NaN", "invalid value 'NaN'"),
+    ("predict --checkpoint={good} {png} --size=0", "image size"),
+    ("predict --checkpoint={good} {png} --size=2", "too small"),
+    ("predict --checkpoint={good} {png} --size=100000", "too large"),
+    ("predict --checkpoint={good} {png} --size=65536", "needs"),
+    ("predict --checkpoint={huge} {png}", "make its outputs overflow"),
+    ("predict --checkpoint={good} {png} --backend=cuda", "cuda"),
+    ("predict --checkpoint={good} {png} --backend=tpu", "invalid value 'tpu'"),
+    ("predict --checkpoint={good} {png} --bad-images=maybe", "invalid value 'maybe'"),
     // ---- profile -------------------------------------------------------------------------------
     ("profile", "--batch"),
     ("profile --batch=0", "batch size must be at least 1"),
@@ -302,6 +335,17 @@ impl Fixtures {
         std::fs::write(add("empty_file", root.join("empty.bin")), "").unwrap();
         std::fs::create_dir(add("empty_dir", root.join("empty"))).unwrap();
         mkfifo(&add("fifo", root.join("fifo")));
+        // Images for `predict`: a good PNG, a PNG whose data is garbage, one whose header
+        // claims 100000 x 100000 pixels, and a folder holding only an unreadable image.
+        let png = add("png", root.join("image.png"));
+        image::RgbImage::from_pixel(9, 7, image::Rgb([10, 200, 30])).save(&png).unwrap();
+        let header = std::fs::read(&png).unwrap()[..33].to_vec();
+        std::fs::write(add("corrupt_png", root.join("corrupt.png")), [&header[..], &[0xAB; 64]].concat())
+            .unwrap();
+        std::fs::write(add("bomb_png", root.join("bomb.png")), png_claiming(100_000, 100_000)).unwrap();
+        let bad_images = add("bad_images_dir", root.join("bad_images"));
+        std::fs::create_dir(&bad_images).unwrap();
+        std::fs::write(bad_images.join("x.jpg"), "not a JPEG").unwrap();
         let (a, b) = (add("loop_a", root.join("loop_a")), root.join("loop_b"));
         symlink(&b, &a);
         symlink(&a, &b);
@@ -353,7 +397,7 @@ impl Fixtures {
             names.push((name, d));
         }
         let config = DenseNetConfig::bc_cifar(10, 2).unwrap();
-        let identity = Normalization { mean: [0.0; 3], std: [1.0; 3] };
+        let identity = Normalization::new([0.0; 3], [1.0; 3]);
         let model = Model::new(&config, identity, 0).unwrap();
         let good = root.join("good.safetensors");
         Checkpoint::of_model(model.clone()).save(&good).unwrap();
@@ -391,6 +435,30 @@ impl Fixtures {
             })
             .collect()
     }
+}
+
+/// The signature and IHDR chunk of a `w × h` 8-bit RGB PNG (with its CRC), then an empty
+/// IDAT: a header that claims the size, with no pixels behind it.
+fn png_claiming(w: u32, h: u32) -> Vec<u8> {
+    let chunk = |kind: &[u8], data: &[u8]| {
+        let body = [kind, data].concat();
+        let crc = png_crc(&body);
+        [&(data.len() as u32).to_be_bytes()[..], &body, &crc.to_be_bytes()].concat()
+    };
+    let ihdr = [&w.to_be_bytes()[..], &h.to_be_bytes(), &[8, 2, 0, 0, 0]].concat();
+    [&b"\x89PNG\r\n\x1a\n"[..], &chunk(b"IHDR", &ihdr), &chunk(b"IDAT", &[]), &chunk(b"IEND", &[])].concat()
+}
+
+/// CRC-32 (IEEE, as PNG uses), bit by bit: a few dozen bytes only.
+fn png_crc(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
 }
 
 fn add_name(names: &mut Vec<(&'static str, PathBuf)>, name: &'static str, path: PathBuf) -> PathBuf {

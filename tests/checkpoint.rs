@@ -77,7 +77,7 @@ fn random_model(cfg: &DenseNetConfig, seed: u64) -> Model {
     let (params, running) = ParamLayout::new(cfg).init_random(seed);
     Model {
         config: cfg.clone(),
-        normalization: Normalization { mean: [0.1, 0.2, 0.3], std: [0.4, 0.5, 0.6] },
+        normalization: Normalization::new([0.1, 0.2, 0.3], [0.4, 0.5, 0.6]),
         params,
         running,
         batches_tracked: 1234,

@@ -190,13 +190,13 @@ fn normalization_is_per_channel_mean_and_std() {
 #[test]
 fn augmentation_shifts_with_black_padding_and_flips() {
     let d = tiny(1);
-    let norm = Normalization { mean: [0.5, 0.25, 0.0], std: [0.5, 1.0, 2.0] };
+    let norm = Normalization::new([0.5, 0.25, 0.0], [0.5, 1.0, 2.0]);
     let value = |y: usize, x: usize, c: usize| {
         (f32::from(d.image(0)[(y * 4 + x) * 3 + c]) / 255.0 - norm.mean[c]) / norm.std[c]
     };
     let mut plain = vec![0.0; 48];
     let mut labels = Vec::new();
-    fill_batch(&d, &[0], &norm, None, &mut plain, &mut labels);
+    fill_batch(&d, &[0], &norm, None, &mut plain, &mut labels).unwrap();
     assert_eq!(labels, vec![0]);
     for (i, v) in plain.iter().enumerate() {
         assert!((v - value(i / 12, i / 3 % 4, i % 3)).abs() < 1e-6);
@@ -207,7 +207,8 @@ fn augmentation_shifts_with_black_padding_and_flips() {
     let (mut flips, mut shifts) = (0, 0);
     for _ in 0..50 {
         let mut out = vec![0.0; 48];
-        fill_batch(&d, &[0], &norm, Some((Augment { pad: 2, flip: true }, &mut rng)), &mut out, &mut labels);
+        fill_batch(&d, &[0], &norm, Some((Augment { pad: 2, flip: true }, &mut rng)), &mut out, &mut labels)
+            .unwrap();
         let matches = |dy: i64, dx: i64, flip: bool| {
             (0..48).all(|i| {
                 let (y, x, c) = ((i / 12) as i64, (i / 3 % 4) as i64, i % 3);
@@ -233,7 +234,7 @@ fn augmentation_shifts_with_black_padding_and_flips() {
 }
 
 fn collect(data: &Arc<Dataset>, plan: EpochPlan) -> Vec<(Vec<f32>, Vec<u32>)> {
-    let norm = Normalization { mean: [0.0; 3], std: [1.0; 3] };
+    let norm = Normalization::new([0.0; 3], [1.0; 3]);
     BatchStream::spawn(data.clone(), norm, plan).map(|b| b.map(|b| (b.images, b.labels)).unwrap()).collect()
 }
 

@@ -6,14 +6,14 @@ use densenet::data::folder::{MAX_PIXELS, decode_image};
 use densenet::data::transform::{
     CROP_RATIO, CROP_SCALE, RgbImage, Transform, eval_resize, random_resized_crop, transform_image,
 };
-use densenet::data::{BadImages, BatchStream, DataSource, EpochPlan, Images, Normalization};
+use densenet::data::{
+    BadImages, BatchStream, DataSource, EpochPlan, IMAGENET_MEAN, IMAGENET_STD, Images, Normalization,
+};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
-
-const IMAGENET: Normalization = Normalization::IMAGENET;
 
 /// An RGB image whose pixel (x, y) is `f(x, y)`, saved in the format of its extension.
 fn save_rgb(path: &Path, w: u32, h: u32, f: impl Fn(u32, u32) -> [u8; 3]) {
@@ -55,7 +55,7 @@ fn files(images: &Images) -> &densenet::data::ImageFiles {
 }
 
 fn stream(images: &Images, plan: EpochPlan) -> Vec<densenet::Result<densenet::data::Batch>> {
-    BatchStream::spawn(images.clone(), IMAGENET, plan).collect()
+    BatchStream::spawn(images.clone(), Normalization::imagenet(), plan).collect()
 }
 
 const EVAL: EpochPlan = EpochPlan { batch: 3, shuffle: None, augment: None, drop_last: false };
@@ -110,7 +110,7 @@ fn grey_and_rgba_decode_to_rgb() {
 
 /// The value the network sees for byte value `v` in channel `c`.
 fn normalised(v: f32, c: usize) -> f32 {
-    (v / 255.0 - IMAGENET.mean[c]) / IMAGENET.std[c]
+    (v / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c]
 }
 
 #[test]
@@ -128,7 +128,8 @@ fn eval_transform_matches_a_hand_computed_bilinear_resize_and_centre_crop() {
     };
     let mut out = vec![0.0; 28 * 28 * 3];
     let mut rng = ChaCha8Rng::seed_from_u64(0);
-    transform_image(&image, Transform::Eval { size: 28 }, &mut rng, &IMAGENET, &mut out).unwrap();
+    transform_image(&image, Transform::Eval { size: 28 }, &mut rng, &Normalization::imagenet(), &mut out)
+        .unwrap();
     // Height 20 is the shorter side here: 20 → 32, width 28 → int(32 · 28/20) = 44, centre
     // crop left = round((44 − 28)/2) = 8, source step 28/44.
     for y in 0..28 {
@@ -142,12 +143,19 @@ fn eval_transform_matches_a_hand_computed_bilinear_resize_and_centre_crop() {
         }
     }
     let empty = RgbImage { width: 0, height: 3, pixels: vec![] };
-    assert!(transform_image(&empty, Transform::Eval { size: 28 }, &mut rng, &IMAGENET, &mut out).is_err());
-    assert!(transform_image(&image, Transform::Eval { size: 27 }, &mut rng, &IMAGENET, &mut out).is_err());
+    assert!(
+        transform_image(&empty, Transform::Eval { size: 28 }, &mut rng, &Normalization::imagenet(), &mut out)
+            .is_err()
+    );
+    assert!(
+        transform_image(&image, Transform::Eval { size: 27 }, &mut rng, &Normalization::imagenet(), &mut out)
+            .is_err()
+    );
     // Shrinking a constant image keeps it constant (the filter's weights sum to one).
     let flat = RgbImage { width: 500, height: 375, pixels: [10, 128, 250].repeat(500 * 375) };
     let mut out = vec![0.0; 7 * 7 * 3];
-    transform_image(&flat, Transform::Eval { size: 7 }, &mut rng, &IMAGENET, &mut out).unwrap();
+    transform_image(&flat, Transform::Eval { size: 7 }, &mut rng, &Normalization::imagenet(), &mut out)
+        .unwrap();
     for (i, v) in out.iter().enumerate() {
         assert!((v - normalised([10.0, 128.0, 250.0][i % 3], i % 3)).abs() < 1e-4);
     }
@@ -195,7 +203,7 @@ fn train_transform_is_deterministic_sized_and_flips_half_the_time() {
             &image,
             Transform::Train { size },
             &mut ChaCha8Rng::seed_from_u64(seed),
-            &IMAGENET,
+            &Normalization::imagenet(),
             &mut out,
         )
         .unwrap();

@@ -32,7 +32,7 @@ fn model(config: &DenseNetConfig, seed: u64) -> Model {
     let (params, running) = ParamLayout::new(config).init_random(seed);
     Model {
         config: config.clone(),
-        normalization: Normalization::IMAGENET,
+        normalization: Normalization::imagenet(),
         params,
         running,
         batches_tracked: 5,
@@ -159,7 +159,7 @@ fn train_starts_fresh_from_a_state_dict_and_fits_the_classifier_to_the_data() {
     );
     let checkpoint = Checkpoint::load(&saved).unwrap();
     assert_eq!(checkpoint.model.config, DenseNetConfig { classes: 10, ..config.clone() });
-    assert_eq!(checkpoint.model.normalization, Normalization::IMAGENET);
+    assert_eq!(checkpoint.model.normalization, Normalization::imagenet());
     let state = checkpoint.training.unwrap();
     assert_eq!((state.epoch, state.step), (1, 2), "a fresh run: one epoch of two batches");
 

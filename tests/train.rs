@@ -219,7 +219,7 @@ fn bad_training_setups_are_rejected() {
     }
     let mut seven = config();
     seven.classes = 7;
-    let wrong_classes = Model::new(&seven, model.normalization, 0).unwrap();
+    let wrong_classes = Model::new(&seven, model.normalization.clone(), 0).unwrap();
     let msg = new(train_config(1), wrong_classes).err().unwrap().to_string();
     assert!(msg.contains("synthetic train has 10 classes but the model has 7 outputs"), "{msg}");
 

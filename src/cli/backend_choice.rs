@@ -1,9 +1,8 @@
-//! `--backend auto|cpu|cuda` for the commands that run a network.
+//! `--backend auto|cpu|cuda` for the commands that run a network: the flag's values, mapped
+//! onto the library's [`BackendKind`].
 
 use clap::ValueEnum;
-use densenet::backend::cpu::CpuBackend;
-use densenet::backend::cuda::CudaBackend;
-use densenet::backend::{Backend, UnfusedOps};
+use densenet::backend::{BackendKind, BackendTask};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum BackendChoice {
@@ -18,24 +17,19 @@ pub enum BackendChoice {
     CudaEmu,
 }
 
-/// Work to run on whichever backend the user picked (a trait, because the work is generic
-/// over the backend type and closures cannot be).
-pub trait BackendTask {
-    type Output;
-    fn run<B: Backend + UnfusedOps + Clone>(self, backend: B) -> anyhow::Result<Self::Output>;
+impl From<BackendChoice> for BackendKind {
+    fn from(choice: BackendChoice) -> BackendKind {
+        match choice {
+            BackendChoice::Auto => BackendKind::Auto,
+            BackendChoice::Cpu => BackendKind::Cpu,
+            BackendChoice::Cuda => BackendKind::Cuda,
+            #[cfg(feature = "cuda-emu")]
+            BackendChoice::CudaEmu => BackendKind::CudaEmu,
+        }
+    }
 }
 
 /// Runs `task` on the chosen backend.
-pub fn run_on<T: BackendTask>(choice: BackendChoice, task: T) -> anyhow::Result<T::Output> {
-    match choice {
-        BackendChoice::Cpu => task.run(CpuBackend::new()),
-        BackendChoice::Cuda => task.run(CudaBackend::new(0)?),
-        // No driver or no GPU: the cpu backend.
-        BackendChoice::Auto => match CudaBackend::new(0) {
-            Ok(gpu) => task.run(gpu),
-            Err(_) => task.run(CpuBackend::new()),
-        },
-        #[cfg(feature = "cuda-emu")]
-        BackendChoice::CudaEmu => task.run(densenet::backend::cuda::EmuBackend::new()?),
-    }
+pub fn run_on<T: BackendTask>(choice: BackendChoice, task: T) -> Result<T::Output, T::Error> {
+    densenet::backend::run_on(choice.into(), task)
 }

@@ -33,10 +33,10 @@ pub fn write(
     let (batch, c) = (step.labels.len(), cfg.in_channels);
     std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, format!("cannot create: {e}")))?;
     // The input is not normalised: the batch is already standard normal.
-    let identity = Normalization { mean: [0.0; 3], std: [1.0; 3] };
+    let identity = Normalization::identity(c);
     let model = |params, running, batches_tracked| Model {
         config: cfg.clone(),
-        normalization: identity,
+        normalization: identity.clone(),
         params,
         running,
         batches_tracked,

@@ -1,11 +1,11 @@
 //! `densenet eval`: test-set accuracy of a checkpoint with an eval-mode network (running
 //! statistics, no gradient buffers).
 
-use super::backend_choice::{BackendChoice, BackendTask, run_on};
+use super::backend_choice::{BackendChoice, run_on};
 use super::progress::{Progress, megabytes};
 use super::train::BadImagesArg;
 use clap::{ArgGroup, Args};
-use densenet::backend::{Backend, UnfusedOps};
+use densenet::backend::{Backend, BackendTask, UnfusedOps};
 use densenet::checkpoint::Checkpoint;
 use densenet::data::DataSource;
 use densenet::efficient::Options;
@@ -74,6 +74,7 @@ struct Eval<'a> {
 
 impl BackendTask for Eval<'_> {
     type Output = ();
+    type Error = anyhow::Error;
 
     fn run<B: Backend + UnfusedOps + Clone>(self, backend: B) -> anyhow::Result<()> {
         let args = self.args;

@@ -6,6 +6,7 @@ pub mod eval;
 pub mod info;
 pub mod kernels;
 pub mod model_args;
+pub mod predict;
 pub mod profile;
 pub mod progress;
 pub mod train;
@@ -38,6 +39,10 @@ pub enum Command {
     /// running statistics (no model flags needed: the configuration is stored in the
     /// checkpoint or inferred from the state_dict's shapes).
     Eval(eval::EvalArgs),
+    /// Print the most probable classes of JPEG or PNG images (files or folders) with softmax
+    /// probabilities, under a checkpoint or a torchvision state_dict (eval transform at the
+    /// model's input size, running statistics).
+    Predict(predict::PredictArgs),
     /// Planned and measured peak memory of one training step, efficient path vs the
     /// baseline (and of efficient inference), by category; optionally over depths, with CSV
     /// and an SVG plot. Paths too large for the run limit are planned only.

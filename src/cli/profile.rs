@@ -3,10 +3,10 @@
 //! and an SVG plot against depth.
 
 use super::Outcome;
-use super::backend_choice::{BackendChoice, BackendTask, run_on};
+use super::backend_choice::{BackendChoice, run_on};
 use super::model_args::{DEFAULT_PRESET, ModelArgs, size_or_default};
 use clap::{Args, ValueEnum};
-use densenet::backend::{Backend, UnfusedOps};
+use densenet::backend::{Backend, BackendTask, UnfusedOps};
 use densenet::config::DenseNetConfig;
 use densenet::error::Error;
 use densenet::plan::Dtype;
@@ -273,6 +273,7 @@ struct BackendMemory;
 
 impl BackendTask for BackendMemory {
     type Output = (String, Option<usize>);
+    type Error = anyhow::Error;
     fn run<B: Backend + UnfusedOps + Clone>(self, backend: B) -> anyhow::Result<(String, Option<usize>)> {
         Ok((backend.name(), backend.available_bytes()))
     }
@@ -287,6 +288,7 @@ struct Measure<'a> {
 
 impl BackendTask for Measure<'_> {
     type Output = profile::Measured;
+    type Error = anyhow::Error;
     fn run<B: Backend + UnfusedOps + Clone>(self, backend: B) -> anyhow::Result<profile::Measured> {
         Ok(profile::measure(backend, self.profile, self.path, self.steps)?)
     }

@@ -2,12 +2,12 @@
 //! JSONL log.
 
 use super::Outcome;
-use super::backend_choice::{BackendChoice, BackendTask, run_on};
+use super::backend_choice::{BackendChoice, run_on};
 use super::model_args::ModelArgs;
 use super::progress::Progress;
 use super::train_dir::{Log, TrainDir};
 use clap::{Args, ValueEnum};
-use densenet::backend::{Backend, UnfusedOps};
+use densenet::backend::{Backend, BackendTask, UnfusedOps};
 use densenet::checkpoint::{Checkpoint, check_config, remove_stale_temps};
 use densenet::config::DenseNetConfig;
 use densenet::data::{BadImages, DataSource, ImageSplits, SyntheticSpec};
@@ -198,6 +198,7 @@ struct Run<'a> {
 
 impl BackendTask for Run<'_> {
     type Output = Outcome;
+    type Error = anyhow::Error;
 
     fn run<B: Backend + UnfusedOps + Clone>(self, backend: B) -> anyhow::Result<Outcome> {
         let args = self.args;

@@ -2,11 +2,11 @@
 //! oracle, compared.
 
 use super::Outcome;
-use super::backend_choice::{BackendChoice, BackendTask, run_on};
+use super::backend_choice::{BackendChoice, run_on};
 use super::dump;
 use super::model_args::{ModelArgs, size_or_default};
 use clap::Args;
-use densenet::backend::{Backend, UnfusedOps};
+use densenet::backend::{Backend, BackendTask, UnfusedOps};
 use densenet::config::DenseNetConfig;
 use densenet::verify::{F32_TOLERANCE, KINK_MARGIN, VerifyReport, verify_with_step};
 use std::path::{Path, PathBuf};
@@ -84,6 +84,7 @@ struct Verify<'a> {
 
 impl BackendTask for Verify<'_> {
     type Output = VerifyReport;
+    type Error = anyhow::Error;
     fn run<B: Backend + UnfusedOps + Clone>(self, backend: B) -> anyhow::Result<VerifyReport> {
         let (report, step) = verify_with_step(&backend, self.cfg, self.batch, self.h, self.w, self.seed)?;
         if let Some(dir) = self.dump {

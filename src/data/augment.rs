@@ -1,6 +1,7 @@
 //! Turning bytes into a normalised `f32` batch, with the standard CIFAR augmentation.
 
 use super::{CHANNELS, Dataset, Normalization};
+use crate::error::Result;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
@@ -23,6 +24,7 @@ impl Default for Augment {
 /// Writes images `indices` of `data` into `out` (NHWC, normalised) and their labels into
 /// `labels`. With `augment`, every image gets a random crop offset and flip from `rng`.
 /// `out` may be longer than the images need: the rest is zero-filled (a padded last batch).
+/// A normalisation of another channel count than the images' is an [`crate::Error::Shape`].
 pub fn fill_batch(
     data: &Dataset,
     indices: &[usize],
@@ -30,12 +32,12 @@ pub fn fill_batch(
     augment: Option<(Augment, &mut ChaCha8Rng)>,
     out: &mut [f32],
     labels: &mut Vec<u32>,
-) {
+) -> Result<()> {
     let (h, w) = (data.height, data.width);
     let n = data.image_len();
+    let affine = norm.affine(CHANNELS)?;
     // Padding is black in pixel space, as torchvision pads before normalising.
-    let pad_value: [f32; CHANNELS] = std::array::from_fn(|c| -norm.mean[c] / norm.std[c]);
-    let scale: [f32; CHANNELS] = std::array::from_fn(|c| 1.0 / (255.0 * norm.std[c]));
+    let pad_value: [f32; CHANNELS] = std::array::from_fn(|c| -affine[c].1);
     labels.clear();
     let mut augment = augment;
     for (slot, &i) in indices.iter().enumerate() {
@@ -62,7 +64,7 @@ pub fn fill_batch(
                 for c in 0..CHANNELS {
                     dst[o + c] = if inside {
                         let s = (sy as usize * w + sx as usize) * CHANNELS + c;
-                        f32::from(src[s]) * scale[c] - norm.mean[c] / norm.std[c]
+                        f32::from(src[s]) * affine[c].0 - affine[c].1
                     } else {
                         pad_value[c]
                     };
@@ -71,4 +73,5 @@ pub fn fill_batch(
         }
     }
     out[indices.len() * n..].fill(0.0);
+    Ok(())
 }

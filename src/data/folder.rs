@@ -163,6 +163,19 @@ fn is_dir(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_dir())
 }
 
+/// Every image file below `dir` (the rules of a class directory: any depth, links followed
+/// once, `*.jpg`, `*.jpeg`, `*.png` in any case), sorted by path; an error when there is none.
+pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    require_dir(dir)?;
+    let mut found = Vec::new();
+    walk(dir, 0, &mut HashSet::new(), &mut found)?;
+    if found.is_empty() {
+        return Err(Error::file(dir, "holds no images (*.jpg, *.jpeg or *.png)"));
+    }
+    found.sort();
+    Ok(found)
+}
+
 /// Appends the image files below `dir` to `out`, visiting every directory once.
 fn walk(dir: &Path, depth: usize, visited: &mut HashSet<(u64, u64)>, out: &mut Vec<PathBuf>) -> Result<()> {
     #[cfg(unix)]

@@ -119,7 +119,7 @@ impl BatchStream {
                                 augment,
                                 &mut images,
                                 &mut labels,
-                            );
+                            )?;
                         }
                         Images::Files(f) => {
                             let slots = index * plan.batch..end;

@@ -71,19 +71,73 @@ impl Dataset {
 }
 
 /// Per-channel normalisation `x' = (x/255 − mean) / std`, as torchvision's `ToTensor` followed
-/// by `Normalize(mean, std)`.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+/// by `Normalize(mean, std)`: one mean and one std per input channel (3 for every data set
+/// here; [`Normalization::check`] compares the count with a network's input channels).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Normalization {
-    pub mean: [f32; CHANNELS],
-    pub std: [f32; CHANNELS],
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
 }
 
+/// ImageNet's per-channel mean (RGB), torchvision's `Normalize(mean=[0.485, 0.456, 0.406])`.
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// ImageNet's per-channel standard deviation (RGB), torchvision's `std=[0.229, 0.224, 0.225]`.
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
 impl Normalization {
-    /// ImageNet's statistics, torchvision's `Normalize(mean=[0.485, 0.456, 0.406],
-    /// std=[0.229, 0.224, 0.225])`: what its published weights expect, and what a `state_dict`
-    /// (which records no normalisation) is run with.
-    pub const IMAGENET: Normalization =
-        Normalization { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
+    /// `mean` and `std` per channel; see [`Normalization::check`] for what is valid.
+    pub fn new(mean: impl Into<Vec<f32>>, std: impl Into<Vec<f32>>) -> Normalization {
+        Normalization { mean: mean.into(), std: std.into() }
+    }
+
+    /// No normalisation on `channels` channels: mean 0, std 1 (inputs are `x/255`).
+    pub fn identity(channels: usize) -> Normalization {
+        Normalization { mean: vec![0.0; channels], std: vec![1.0; channels] }
+    }
+
+    /// ImageNet's statistics ([`IMAGENET_MEAN`], [`IMAGENET_STD`]): what torchvision's
+    /// published weights expect, and what a `state_dict` (which records no normalisation) is
+    /// run with.
+    pub fn imagenet() -> Normalization {
+        Normalization::new(IMAGENET_MEAN, IMAGENET_STD)
+    }
+
+    /// Number of channels it normalises.
+    pub fn channels(&self) -> usize {
+        self.mean.len()
+    }
+
+    /// A clear [`Error::Config`] unless there is one mean and one std for each of `channels`
+    /// channels, every value finite and every std > 0 (a zero std would divide by zero).
+    pub fn check(&self, channels: usize) -> Result<()> {
+        match self.problem(channels) {
+            Some(p) => Err(Error::Config(format!("input normalisation: {p}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// What [`Normalization::check`] objects to, if anything (for callers that word the error
+    /// themselves, e.g. naming the checkpoint's metadata).
+    pub(crate) fn problem(&self, channels: usize) -> Option<String> {
+        if self.mean.len() != channels || self.std.len() != channels {
+            return Some(format!(
+                "{} means and {} stds for {channels} input channels",
+                self.mean.len(),
+                self.std.len()
+            ));
+        }
+        let mut stats = self.mean.iter().zip(&self.std).enumerate();
+        stats.find(|(_, (m, s))| !(m.is_finite() && s.is_finite() && **s > 0.0)).map(|(c, (m, s))| {
+            format!("channel {c} has mean {m} and std {s}, expected finite values and a std > 0")
+        })
+    }
+
+    /// Per channel, the `(scale, bias)` with `x' = byte · scale − bias`, for `channels`
+    /// channels (checked).
+    pub(crate) fn affine(&self, channels: usize) -> Result<Vec<(f32, f32)>> {
+        self.check(channels).map_err(|e| Error::Shape(format!("images of {channels} channels: {e}")))?;
+        Ok(self.mean.iter().zip(&self.std).map(|(&m, &s)| (1.0 / (255.0 * s), m / s)).collect())
+    }
 
     /// Mean and (population) standard deviation of every channel over all pixels of `data`,
     /// accumulated in f64. Computed from the training set and stored in checkpoints, so that
@@ -102,7 +156,7 @@ impl Normalization {
             }
         }
         let count = (data.images.len() / CHANNELS) as f64;
-        let mut norm = Normalization { mean: [0.0; CHANNELS], std: [1.0; CHANNELS] };
+        let mut norm = Normalization::identity(CHANNELS);
         for c in 0..CHANNELS {
             let mean = sum[c] / count;
             // Values lie in [0, 1], so E[x²] − E[x]² in f64 loses nothing that matters here.
@@ -350,7 +404,7 @@ impl Images {
     pub fn normalization(&self) -> Result<Normalization> {
         match self {
             Images::Memory(d) => Normalization::of(d),
-            Images::Files(_) => Ok(Normalization::IMAGENET),
+            Images::Files(_) => Ok(Normalization::imagenet()),
         }
     }
 }

@@ -91,8 +91,8 @@ pub fn eval_resize(size: usize) -> usize {
 
 /// Writes `image`, transformed and normalised, into `out` (`size² · 3` values, HWC).
 /// `rng` is consumed by the train transform only: the crop first, then the flip. An empty
-/// image, pixels that are not `height · width · 3` bytes, or an `out` of another length are
-/// an [`Error::Shape`].
+/// image, pixels that are not `height · width · 3` bytes, an `out` of another length or a
+/// normalisation of another channel count than 3 are an [`Error::Shape`].
 pub fn transform_image(
     image: &RgbImage,
     transform: Transform,
@@ -115,6 +115,7 @@ pub fn transform_image(
             out.len()
         )));
     }
+    let affine = norm.affine(CHANNELS)?;
     let (rows, cols, flip) = match transform {
         Transform::Train { .. } => {
             let c = random_resized_crop(h, w, rng);
@@ -134,8 +135,27 @@ pub fn transform_image(
             (Axis::new(h, top as f64 * sy, sy, size), Axis::new(w, left as f64 * sx, sx, size), false)
         }
     };
-    resample(image, &rows, &cols, flip, norm, out);
+    resample(image, &rows, &cols, flip, &affine, out);
     Ok(())
+}
+
+/// `image` as the eval-mode network input of side `size`: torchvision's eval transform
+/// ([`Transform::Eval`]: shorter side to [`eval_resize`]`(size)`, central `size × size`) and
+/// `norm`, as `size² · 3` values, HWC (one image of a batch, as [`crate::efficient::Network`]
+/// takes them). What a caller needs to prepare inputs itself.
+pub fn eval_input(image: &RgbImage, size: usize, norm: &Normalization) -> Result<Vec<f32>> {
+    let len = size.checked_mul(size).and_then(|p| p.checked_mul(CHANNELS));
+    let Some(len) = len.filter(|_| (1..=crate::config::limits::SIDE).contains(&size)) else {
+        return Err(Error::Config(format!(
+            "image size must lie in 1..={}, got {size}",
+            crate::config::limits::SIDE
+        )));
+    };
+    let mut out = vec![0.0; len];
+    // The eval transform draws nothing: any generator will do.
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
+    transform_image(image, Transform::Eval { size }, &mut rng, norm, &mut out)?;
+    Ok(out)
 }
 
 /// The filter taps of one axis: output pixel `o` is `Σ_k weights[o·taps + k] ·
@@ -196,8 +216,8 @@ impl Axis {
 
 /// Horizontal pass over the rows the vertical pass reads (f32, no intermediate rounding),
 /// then the vertical pass, rounded to 8 bits as PIL's result is, normalised, and written
-/// mirrored when `flip`.
-fn resample(image: &RgbImage, rows: &Axis, cols: &Axis, flip: bool, norm: &Normalization, out: &mut [f32]) {
+/// mirrored when `flip`. `affine` is [`Normalization::affine`]'s, one per channel.
+fn resample(image: &RgbImage, rows: &Axis, cols: &Axis, flip: bool, affine: &[(f32, f32)], out: &mut [f32]) {
     let (out_h, out_w) = (rows.first.len(), cols.first.len());
     let (y0, y1) = rows.span();
     let row_len = out_w * CHANNELS;
@@ -217,8 +237,6 @@ fn resample(image: &RgbImage, rows: &Axis, cols: &Axis, flip: bool, norm: &Norma
             t[x * CHANNELS..(x + 1) * CHANNELS].copy_from_slice(&acc);
         }
     }
-    let scale: [f32; CHANNELS] = std::array::from_fn(|c| 1.0 / (255.0 * norm.std[c]));
-    let bias: [f32; CHANNELS] = std::array::from_fn(|c| norm.mean[c] / norm.std[c]);
     let mut acc = vec![0f32; row_len];
     for y in 0..out_h {
         let (f, n) = (rows.first[y], rows.count[y]);
@@ -232,7 +250,7 @@ fn resample(image: &RgbImage, rows: &Axis, cols: &Axis, flip: bool, norm: &Norma
             let ox = if flip { out_w - 1 - x } else { x };
             for c in 0..CHANNELS {
                 let v = acc[x * CHANNELS + c].round().clamp(0.0, 255.0);
-                dst[ox * CHANNELS + c] = v * scale[c] - bias[c];
+                dst[ox * CHANNELS + c] = v * affine[c].0 - affine[c].1;
             }
         }
     }

@@ -35,7 +35,7 @@ pub fn evaluate<B: Backend>(
     let batches = plan.batches(data.len());
     let (mut loss, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
     let mut skipped = Vec::new();
-    for batch in BatchStream::spawn(data.clone(), *norm, plan) {
+    for batch in BatchStream::spawn(data.clone(), norm.clone(), plan) {
         let mut batch = batch?;
         skipped.append(&mut batch.skipped);
         // A training network wants a label for every slot, padding included; they only

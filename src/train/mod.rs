@@ -26,11 +26,13 @@
 mod evaluate;
 mod metrics;
 mod model;
+mod predict;
 mod schedule;
 mod trainer;
 
 pub use evaluate::{Evaluation, evaluate};
 pub use metrics::{BatchProgress, EpochMetrics, Observer, SkippedImages};
 pub use model::Model;
+pub use predict::{Prediction, Predictor, input_size};
 pub use schedule::Schedule;
 pub use trainer::{TrainConfig, Trainer, TrainingState};

@@ -31,6 +31,7 @@ impl Model {
     /// A freshly initialised model (torchvision's initialisation, drawn from `seed`).
     pub fn new(config: &DenseNetConfig, normalization: Normalization, seed: u64) -> Result<Model> {
         config.validate()?;
+        normalization.check(config.in_channels)?;
         let layout = ParamLayout::new(config);
         // The parameters and running statistics live on the host first: refuse a model whose
         // copies do not fit rather than abort on the allocation.
@@ -54,7 +55,7 @@ impl Model {
             return Ok(self);
         }
         let config = DenseNetConfig { classes, ..self.config.clone() };
-        let fresh = Model::new(&config, self.normalization, seed)?;
+        let fresh = Model::new(&config, self.normalization.clone(), seed)?;
         // The classifier comes last in the layout, so everything before it keeps its offsets.
         let head = fresh.layout().head.fc_weight;
         let mut params = self.params;
@@ -106,13 +107,18 @@ mod tests {
     #[test]
     fn a_new_class_count_reinitialises_only_the_classifier() {
         let config = DenseNetConfig::bc_cifar(10, 4).unwrap();
-        let norm = Normalization { mean: [0.5; 3], std: [0.25; 3] };
+        let norm = Normalization::new([0.5; 3], [0.25; 3]);
         let layout = ParamLayout::new(&config);
         let (params, running) = layout.init_random(3);
-        let trained =
-            Model { config: config.clone(), normalization: norm, params, running, batches_tracked: 9 };
+        let trained = Model {
+            config: config.clone(),
+            normalization: norm.clone(),
+            params,
+            running,
+            batches_tracked: 9,
+        };
         let tuned = trained.clone().with_classes(7, 11).unwrap();
-        let fresh = Model::new(&DenseNetConfig { classes: 7, ..config }, norm, 11).unwrap();
+        let fresh = Model::new(&DenseNetConfig { classes: 7, ..config }, norm.clone(), 11).unwrap();
         let head = layout.head.fc_weight;
         assert_eq!(tuned.config, fresh.config);
         assert_eq!(tuned.params[..head], trained.params[..head]);

@@ -150,7 +150,7 @@ impl<B: Backend> Trainer<B> {
         Ok(Trainer {
             net,
             config,
-            normalization: model.normalization,
+            normalization: model.normalization.clone(),
             train,
             test,
             source: None,
@@ -236,7 +236,7 @@ impl<B: Backend> Trainer<B> {
         let (mut loss_sum, mut correct, mut done) = (0.0f64, 0usize, 0usize);
         let mut lr = cfg.lr;
         let mut skipped = Vec::new();
-        for batch in BatchStream::spawn(self.train.clone(), self.normalization, plan) {
+        for batch in BatchStream::spawn(self.train.clone(), self.normalization.clone(), plan) {
             let mut batch = batch?;
             skipped.append(&mut batch.skipped);
             lr = cfg.schedule.lr(cfg.lr, self.step, batches as u64, cfg.epochs as u64);
@@ -339,7 +339,7 @@ impl<B: Backend> Trainer<B> {
         self.check_not_diverged()?;
         Ok(Model {
             config: self.net.config().clone(),
-            normalization: self.normalization,
+            normalization: self.normalization.clone(),
             params: self.net.params()?,
             running: self.net.running()?,
             batches_tracked: self.batches_tracked,

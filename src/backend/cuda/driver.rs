@@ -37,6 +37,13 @@ impl Drop for Staging {
     }
 }
 
+/// [`Error::Driver`] from cudarc's error: the code, its constant's name and the driver's
+/// description, so the public error type carries the information without cudarc's type.
+fn driver_error(e: DriverError) -> Error {
+    let message = e.error_string().map(|m| m.to_string_lossy().into_owned()).unwrap_or_default();
+    Error::Driver { code: e.0 as u32, name: format!("{:?}", e.0), message }
+}
+
 /// One GPU.
 pub struct CudaDevice {
     ctx: Arc<CudaContext>,
@@ -57,15 +64,15 @@ impl CudaDevice {
                 "no CUDA driver found (libcuda could not be loaded); use --backend cpu".into(),
             ));
         }
-        let ctx = CudaContext::new(ordinal)?;
+        let ctx = CudaContext::new(ordinal).map_err(driver_error)?;
         // SAFETY: everything runs on the one stream below, so its order is the only
         // synchronisation needed and per-buffer events would be pure overhead. Disabled before
         // the stream is created, so creating it does not synchronise the context either.
         unsafe { ctx.disable_event_tracking() };
         // A stream of our own rather than the legacy default stream, which synchronises with
         // every other blocking stream and cannot be captured into a CUDA graph.
-        let stream = ctx.new_stream()?;
-        let name = format!("cuda:{ordinal} ({})", ctx.name()?);
+        let stream = ctx.new_stream().map_err(driver_error)?;
+        let name = format!("cuda:{ordinal} ({})", ctx.name().map_err(driver_error)?);
         Ok(CudaDevice {
             ctx,
             stream,
@@ -89,8 +96,10 @@ impl CudaDevice {
             KernelSource::Cuda(_) => {
                 let cc = |a| self.ctx.attribute(a).map(|v| v as u32);
                 let arch = GpuArch {
-                    major: cc(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
-                    minor: cc(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
+                    major: cc(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)
+                        .map_err(driver_error)?,
+                    minor: cc(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)
+                        .map_err(driver_error)?,
                 };
                 Ptx::from_src(compile_nvrtc(spec, arch)?)
             }
@@ -125,7 +134,7 @@ impl CudaDevice {
             let free = self.ctx.mem_get_info().map(|(free, _)| free).unwrap_or(0);
             Error::OutOfMemory { device: self.name.clone(), requested: bytes, free }
         } else {
-            e.into()
+            driver_error(e)
         }
     }
 }
@@ -170,31 +179,32 @@ impl Device for CudaDevice {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => {
                 // SAFETY: the memory is uninitialised, and written below before any copy reads it.
-                let host = unsafe { self.ctx.alloc_pinned::<f32>(src.len()) }?;
-                let copied = self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DISABLE_TIMING))?;
+                let host = unsafe { self.ctx.alloc_pinned::<f32>(src.len()) }.map_err(driver_error)?;
+                let copied =
+                    self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DISABLE_TIMING)).map_err(driver_error)?;
                 e.insert(Staging { host, copied })
             }
         };
-        buf.copied.synchronize()?;
-        buf.host.as_mut_slice()?.copy_from_slice(src);
+        buf.copied.synchronize().map_err(driver_error)?;
+        buf.host.as_mut_slice().map_err(driver_error)?.copy_from_slice(src);
         let mut dst = mem.slice_mut(offset..offset + src.len());
-        self.stream.memcpy_htod(&buf.host, &mut dst)?;
-        Ok(buf.copied.record(&self.stream)?)
+        self.stream.memcpy_htod(&buf.host, &mut dst).map_err(driver_error)?;
+        buf.copied.record(&self.stream).map_err(driver_error)
     }
 
     fn download(&self, mem: &CudaSlice<f32>, offset: usize, len: usize) -> Result<Vec<f32>> {
         let mut out = vec![0.0f32; len];
-        self.stream.memcpy_dtoh(&mem.slice(offset..offset + len), &mut out)?;
-        self.stream.synchronize()?;
+        self.stream.memcpy_dtoh(&mem.slice(offset..offset + len), &mut out).map_err(driver_error)?;
+        self.stream.synchronize().map_err(driver_error)?;
         Ok(out)
     }
 
     fn zero(&self, mem: &mut CudaSlice<f32>, offset: usize, len: usize) -> Result<()> {
-        Ok(self.stream.memset_zeros(&mut mem.slice_mut(offset..offset + len))?)
+        self.stream.memset_zeros(&mut mem.slice_mut(offset..offset + len)).map_err(driver_error)
     }
 
     fn synchronize(&self) -> Result<()> {
-        Ok(self.stream.synchronize()?)
+        self.stream.synchronize().map_err(driver_error)
     }
 
     fn free_bytes(&self) -> Option<usize> {
