@@ -582,7 +582,9 @@ def measured_run(cmd, env=None):
         rss = Path(tmp) / "rss"
         run = subprocess.run([sys.executable, "-c", PEAK_RSS_LAUNCHER, str(rss), *cmd], env=env,
                              capture_output=True, text=True)
-        return run.returncode, run.stdout, run.stderr, int(rss.read_text()) * RSS_UNIT
+        # No file: the launcher failed before its command ended, which its stderr tells.
+        peak = int(rss.read_text()) * RSS_UNIT if rss.exists() else 0
+        return run.returncode, run.stdout, run.stderr, peak
 
 
 def bench_ours_cpu(densenet, model_name, batch, steps, planned, env):
@@ -655,7 +657,7 @@ def cpu_table(rows):
 
 def bench_cpu(densenet, nets, args, env):
     """Part (b) on the CPU: (the lines of its table, the largest RSS torch had after its imports)."""
-    runs = {(model_name, label): ([], []) for model_name, *_ in nets for _, label in CPU_CONFIGS}
+    runs = {(model_name, batch, label): ([], []) for model_name, batch, *_ in nets for _, label in CPU_CONFIGS}
     import_rss = 0
     for round_ in range(1, args.rounds + 1):
         for model_name, batch, cfg, size, planned in nets:
@@ -666,11 +668,11 @@ def bench_cpu(densenet, nets, args, env):
                     seconds, rss, imported = bench_torch_cpu(cfg, batch, size, variant, args.steps, args.warmup,
                                                              args.threads, env)
                     import_rss = max(import_rss, imported)
-                runs[model_name, label][0].append(seconds)
-                runs[model_name, label][1].append(rss)
+                runs[model_name, batch, label][0].append(seconds)
+                runs[model_name, batch, label][1].append(rss)
                 print(f"round {round_}/{args.rounds} {model_name} batch {batch}: {label}"
                       f" {seconds * 1e3:.0f} ms, peak RSS {rss / 1e6:.0f} MB", flush=True)
-    rows = [CpuRow(model_name, batch, "{}x{}".format(*size), label, *runs[model_name, label],
+    rows = [CpuRow(model_name, batch, "{}x{}".format(*size), label, *runs[model_name, batch, label],
                    planned if variant == "ours" else None)
             for model_name, batch, _, size, planned in nets for variant, label in CPU_CONFIGS]
     return cpu_table(rows), import_rss
@@ -746,6 +748,9 @@ def main():
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("torch sees no CUDA device")
     densenet, work = Path(args.densenet), Path(args.work)
+    if not densenet.is_file():
+        build = "cargo build --release" if device == "cpu" else "scripts/gpu-check.sh build"
+        raise SystemExit(f"{densenet}: no such file; `{build}` makes it")
     work.mkdir(parents=True, exist_ok=True)
     env = None
     if device == "cpu":
