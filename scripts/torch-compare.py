@@ -701,8 +701,8 @@ def parse_args(argv=None):
                         " (default: gpu-build/torch-compare for cuda, target/torch-compare for cpu)")
     parser.add_argument("--steps", type=int, help="timed training steps per measurement (default: 20 cuda, 5 cpu)")
     parser.add_argument("--nets", type=parse_nets, metavar="MODEL:BATCH,...",
-                        help="networks of part (b), by our presets (default: densenet-bc-100-k12:64 and"
-                        " densenet121:64 on cuda, densenet121:8 on cpu)")
+                        help="networks of part (b), by our presets (default: densenet-bc-100-k12:64,densenet121:64"
+                        " on cuda, densenet-bc-100-k12:64,densenet121:8 on cpu)")
     parser.add_argument("--threads", type=int, help="cpu: threads of ours and torch (default: this process's cores)")
     parser.add_argument("--rounds", type=int,
                         help="cpu: rounds of ours, torch naive, torch memory_efficient (default 3)")
