@@ -115,7 +115,7 @@ pub fn render(p: &OpProfile) -> String {
     let timed: f64 = p.ops.iter().map(|o| o.seconds).sum();
     let _ = writeln!(
         out,
-        "  ops {:.1}% of the step; the rest is buffer copies, uploads and the host side",
+        "  ops sum to {:.1}% of the median step (op times are means over every step run, the warm-up\n  included; the rest of a step is buffer copies, uploads and the host side)",
         100.0 * timed / p.step_seconds
     );
     out
