@@ -14,8 +14,8 @@
 //! are therefore bit-identical for any number of threads.
 
 use super::Bn;
-use super::rows::{RowBlock, Scratch, chunk_bounds, par_blocks, row, scratch};
-use crate::backend::{ConvGeom, Mat, Spatial, relu};
+use super::rows::{RowBlock, Scratch, bn_relu, chunk_bounds, par_blocks, row, scratch};
+use crate::backend::{ConvGeom, Mat, Spatial};
 use rayon::prelude::*;
 
 /// Pixels per chunk: the unit of parallel work and the height of every scratch tile.
@@ -76,7 +76,7 @@ pub(crate) fn conv_wgrad_impl(
 /// `dst = relu(a ⊙ src + b)` for one pixel row.
 pub(crate) fn bn_relu_into(dst: &mut [f32], src: &[f32], bn: &Bn) {
     for (j, (d, &v)) in dst.iter_mut().zip(src).enumerate() {
-        *d = relu(bn.a[j] * v + bn.b[j]);
+        *d = bn_relu(bn, j, v);
     }
 }
 

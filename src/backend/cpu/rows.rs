@@ -22,11 +22,13 @@ pub(crate) fn row(buf: &[f32], m: Mat, p: usize) -> &[f32] {
 }
 
 /// `relu(a·x + b)` for channel `c`; positive exactly where [`active`] is true.
+#[inline]
 pub(crate) fn bn_relu(bn: &Bn, c: usize, x: f32) -> f32 {
     relu(bn.a[c] * x + bn.b[c])
 }
 
 /// The ReLU mask `a·x + b > 0` of a channel with affine (a, b).
+#[inline]
 pub(crate) fn active(a: f32, b: f32, x: f32) -> bool {
     a * x + b > 0.0
 }

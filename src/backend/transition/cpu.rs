@@ -3,10 +3,10 @@
 use super::TransitionOps;
 use crate::backend::cpu::gemm::{CHUNK, Operand, gemm, pixel, wgrad_in_segments};
 use crate::backend::cpu::rows::{
-    Store, chunk_bounds, masked_row, par_blocks, row, scratch, store_sums, sum_in_order,
+    Store, bn_relu, chunk_bounds, masked_row, par_blocks, row, scratch, store_sums, sum_in_order,
 };
 use crate::backend::cpu::{Bn, CpuBackend, CpuBuf};
-use crate::backend::{At, AtMut, BnReluView, Mat, Spatial, View, ViewMut, relu, validate};
+use crate::backend::{At, AtMut, BnReluView, Mat, Spatial, View, ViewMut, validate};
 use crate::error::Result;
 
 impl TransitionOps for CpuBackend {
@@ -226,7 +226,7 @@ pub(crate) fn pool_rows(
         dst.fill(0.0);
         for q in [top_left, top_left + 1, top_left + shape.w, top_left + shape.w + 1] {
             for (j, (d, &v)) in dst.iter_mut().zip(row(x, xm, q)).enumerate() {
-                *d += relu(bn.a[j] * v + bn.b[j]);
+                *d += bn_relu(bn, j, v);
             }
         }
         dst.iter_mut().for_each(|d| *d *= 0.25);
