@@ -9,8 +9,12 @@
 //!   names may paste parameters (`name_##SUFFIX`), instantiated at top level with one token per
 //!   argument, `DN_X_KERNELS(float, f32)`.
 //!
-//! Rejected: a `__global__` not in that shape, conditional compilation (`#if` & co.: the
-//! scanner cannot evaluate it), `#undef` of a kernel macro, a macro that defines kernels but is never instantiated or is
+//! Conditional compilation (`#if` & co.) is allowed around code that defines no kernel (the
+//! inline-PTX wrappers of `mma.cuh`): the scanner cannot evaluate a condition, so a
+//! `__global__`, a kernel macro's definition or an instantiation inside one is rejected.
+//!
+//! Rejected: a `__global__` not in that shape, a kernel inside conditional compilation,
+//! an unbalanced `#if`/`#endif`, `#undef` of a kernel macro, a macro that defines kernels but is never instantiated or is
 //! used inside another macro, an instantiation with the wrong number of arguments, and the
 //! same kernel name twice. Used by `build/ptx.rs`; compiled into the library's unit tests too
 //! (`src/kernels.rs`), which exercise it.
@@ -21,16 +25,34 @@ use std::collections::HashMap;
 pub fn scan(source: &str) -> Result<Vec<String>, String> {
     let mut macros: HashMap<String, KernelMacro> = HashMap::new();
     let mut top: Vec<Token> = Vec::new();
+    // Open `#if`s: inside one, nothing may define or instantiate a kernel.
+    let mut depth = 0usize;
     for (line_no, line) in logical_lines(&strip_comments(source)?) {
         let trimmed = line.trim_start();
         let Some(directive) = trimmed.strip_prefix('#') else {
-            top.extend(tokenize(&line, line_no)?);
+            let tokens = tokenize(&line, line_no)?;
+            if depth > 0
+                && let Some(t) = tokens.iter().find(|t| t.text == "__global__" || macros.contains_key(&t.text))
+            {
+                return Err(format!(
+                    "line {line_no}: `{}` inside conditional compilation: the kernel scanner cannot \
+                     evaluate the condition, so kernels must be unconditional",
+                    t.text
+                ));
+            }
+            top.extend(tokens);
             continue;
         };
         let directive = directive.trim_start();
         let word: String = directive.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
         match word.as_str() {
             "define" => {
+                if depth > 0 && directive.contains("__global__") {
+                    return Err(format!(
+                        "line {line_no}: a kernel macro defined inside conditional compilation: \
+                         the kernel scanner cannot evaluate the condition"
+                    ));
+                }
                 let defined = parse_define(directive["define".len()..].trim_start(), line_no, &|t| {
                     macros.contains_key(t)
                 })?;
@@ -48,16 +70,20 @@ pub fn scan(source: &str) -> Result<Vec<String>, String> {
                     ));
                 }
             }
-            "if" | "ifdef" | "ifndef" | "elif" | "else" | "endif" => {
-                return Err(format!(
-                    "line {line_no}: `#{word}`: conditional compilation is not understood by the kernel scanner"
-                ));
+            "if" | "ifdef" | "ifndef" => depth += 1,
+            "elif" | "else" | "endif" if depth == 0 => {
+                return Err(format!("line {line_no}: `#{word}` without an open `#if`"));
             }
+            "endif" => depth -= 1,
+            "elif" | "else" => {}
             // #include, #pragma and the like cannot define kernels.
             _ => {}
         }
     }
 
+    if depth > 0 {
+        return Err(format!("{depth} `#if` never closed by `#endif`"));
+    }
     let mut names: Vec<String> = Vec::new();
     let mut i = 0;
     while i < top.len() {

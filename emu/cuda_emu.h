@@ -830,7 +830,8 @@ void cp_async_wait(int n);
 /// payload lies only in the low 13 bits becomes inf); this is that.
 inline std::uint32_t f32_to_tf32_bits(float f) {
     std::uint32_t x = std::bit_cast<std::uint32_t>(f);
-    if ((x & 0x7fffffffu) < 0x7f800000u) x += 0x1000u;
+    if ((x & 0x7fffffffu) > 0x7f800000u) x |= 0x00400000u; // a NaN stays one once truncated
+    else if ((x & 0x7fffffffu) < 0x7f800000u) x += 0x1000u;
     return x & 0xffffe000u;
 }
 } // namespace emu

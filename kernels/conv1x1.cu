@@ -51,46 +51,47 @@ struct Conv1x1DxEpilogue {
     }
 };
 
-template <typename T>
+template <class Math, typename T>
 __device__ void bn_relu_conv1x1_fwd(const Conv1x1Params p, const T* x, const BnParams bn,
                                     const float* w, T* z) {
     const BnReluSource<T> src{x, p.pixels, p.cin, p.ld_x, bn};
-    dn_fused_gemm_fwd(src, p.pixels, p.cin, w, p.cout, z, p.ld_z);
+    dn_fused_gemm_fwd<Math>(src, p.pixels, p.cin, w, p.cout, z, p.ld_z);
 }
 
-template <typename T>
+template <class Math, typename T>
 __device__ void bn_relu_conv1x1_wgrad(const Conv1x1Params p, const T* x, const BnParams bn,
                                       const T* dz, float* dw, float* partials) {
     const BnReluSource<T> src{x, p.pixels, p.cin, p.ld_x, bn};
-    dn_fused_gemm_wgrad(src, dz, p.pixels, p.ld_z, p.cout, p.cin, p.splits, p.run, dw, partials);
+    dn_fused_gemm_wgrad<Math>(src, dz, p.pixels, p.ld_z, p.cout, p.cin, p.splits, p.run, dw, partials);
 }
 
-template <typename T>
+template <class Math, typename T>
 __device__ void bn_relu_conv1x1_dgrad(const Conv1x1Params p, const T* dz, const float* w,
                                       const T* x, const BnParams bn, T* dx, float* sums,
                                       double* partials) {
     const Conv1x1DxEpilogue<T> epi{x, dx, p.ld_x, p.ld_dx, p.cin, p.accumulate != 0, bn};
-    dn_fused_gemm_dgrad(epi, dz, p.pixels, p.ld_z, w, p.cout, p.cin, p.splits, p.run, sums,
+    dn_fused_gemm_dgrad<Math>(epi, dz, p.pixels, p.ld_z, w, p.cout, p.cin, p.splits, p.run, sums,
                         partials);
 }
 
-#define DN_CONV1X1_KERNELS(T, SUFFIX)                                                             \
-    extern "C" __global__ void __launch_bounds__(kGemmThreads) bn_relu_conv1x1_fwd_##SUFFIX(     \
-        const Conv1x1Params p, const T* x, const float* mean, const float* var,                   \
-        const float* gamma, const float* beta, const float* w, T* z) {                            \
-        bn_relu_conv1x1_fwd<T>(p, x, BnParams{mean, var, gamma, beta}, w, z);                     \
-    }                                                                                             \
-    extern "C" __global__ void __launch_bounds__(kGemmThreads) bn_relu_conv1x1_wgrad_##SUFFIX(   \
-        const Conv1x1Params p, const T* x, const float* mean, const float* var,                   \
-        const float* gamma, const float* beta, const T* dz, float* dw, float* partials) {         \
-        bn_relu_conv1x1_wgrad<T>(p, x, BnParams{mean, var, gamma, beta}, dz, dw, partials);       \
-    }                                                                                             \
-    extern "C" __global__ void __launch_bounds__(kGemmThreads) bn_relu_conv1x1_dgrad_##SUFFIX(   \
-        const Conv1x1Params p, const T* dz, const float* w, const T* x, const float* mean,        \
-        const float* var, const float* gamma, const float* beta, T* dx, float* sums,              \
-        double* partials) {                                                                       \
-        bn_relu_conv1x1_dgrad<T>(p, dz, w, x, BnParams{mean, var, gamma, beta}, dx, sums,         \
-                                 partials);                                                       \
+#define DN_CONV1X1_KERNELS(T, MATH, SUFFIX)                                                         \
+    extern "C" __global__ void __launch_bounds__(kGemmThreads) bn_relu_conv1x1_fwd_##SUFFIX(        \
+        const Conv1x1Params p, const T* x, const float* mean, const float* var,                     \
+        const float* gamma, const float* beta, const float* w, T* z) {                              \
+        bn_relu_conv1x1_fwd<MATH, T>(p, x, BnParams{mean, var, gamma, beta}, w, z);                 \
+    }                                                                                               \
+    extern "C" __global__ void __launch_bounds__(kGemmThreads) bn_relu_conv1x1_wgrad_##SUFFIX(      \
+        const Conv1x1Params p, const T* x, const float* mean, const float* var,                     \
+        const float* gamma, const float* beta, const T* dz, float* dw, float* partials) {           \
+        bn_relu_conv1x1_wgrad<MATH, T>(p, x, BnParams{mean, var, gamma, beta}, dz, dw, partials);   \
+    }                                                                                               \
+    extern "C" __global__ void __launch_bounds__(kGemmThreads) bn_relu_conv1x1_dgrad_##SUFFIX(      \
+        const Conv1x1Params p, const T* dz, const float* w, const T* x, const float* mean,          \
+        const float* var, const float* gamma, const float* beta, T* dx, float* sums,                \
+        double* partials) {                                                                         \
+        bn_relu_conv1x1_dgrad<MATH, T>(p, dz, w, x, BnParams{mean, var, gamma, beta}, dx, sums,     \
+                                 partials);                                                         \
     }
 
-DN_CONV1X1_KERNELS(float, f32)
+DN_CONV1X1_KERNELS(float, SimtF32, f32)
+DN_CONV1X1_KERNELS(float, MmaTf32, tf32)

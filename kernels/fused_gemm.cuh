@@ -31,6 +31,17 @@
 //     reads and writes 32 consecutive channels of one pixel, and each thread's BN constants
 //     (one channel) are computed once.
 //
+// MULTIPLY (the `Math` policy every GEMM below is instantiated with)
+//   * SimtF32: the 4 × 4 FFMA micro-tile of each thread above; exact f32 (the fp32 precision).
+//   * MmaTf32: tensor cores, mma.sync m16n8k8 tf32 with f32 accumulation (the tf32 precision).
+//     Warp tile 32 × 16 (8 warps as 2 along M × 4 along N), mma tile 16 × 8 × 8, so a warp
+//     issues 2 × 2 mma per 8-deep slice of the step. The fragments are read from the same
+//     k-major shared tiles as SimtF32's (the loaders, their BN-ReLU(-pool) prologue and the
+//     epilogue are shared) and rounded there with cvt.rna.tf32.f32, so the operand an mma
+//     sees is exactly Precision::round_operand of what the cpu backend multiplies. The
+//     accumulators are staged into s.c in the fragments' layout, after which the epilogues
+//     are the same.
+//
 // DETERMINISM (no float atomics anywhere; the splits depend on the shape only)
 //   * wgrad splits the reduction into `splits` runs of `run` steps (blockIdx.z). With one split
 //     each block adds its tile into dW; otherwise it stores the tile into the backend's scratch
@@ -48,6 +59,7 @@
 // CPU references: src/backend/{conv1x1,transition}/cpu.rs (same op names).
 #pragma once
 #include "common.cuh"
+#include "mma.cuh"
 
 constexpr int kTileM = 64;
 constexpr int kTileN = 64;
@@ -236,28 +248,105 @@ struct DirectLoader {
 __device__ __forceinline__ int dn_micro_row() { return threadIdx.x / (kTileN / kMicro) * kMicro; }
 __device__ __forceinline__ int dn_micro_col() { return threadIdx.x % (kTileN / kMicro) * kMicro; }
 
-__device__ __forceinline__ void dn_multiply_step(const float (*a)[kSmemPitch],
-                                                 const float (*b)[kSmemPitch],
-                                                 float (&acc)[kMicro][kMicro]) {
-    const int m = dn_micro_row(), n = dn_micro_col();
+// Exact f32: each thread's kMicro × kMicro register tile, 16 FFMA per reduction index.
+struct SimtF32 {
+    struct Acc {
+        float v[kMicro][kMicro];
+    };
+
+    __device__ static void multiply(const float (*a)[kSmemPitch], const float (*b)[kSmemPitch],
+                                    Acc& acc) {
+        const int m = dn_micro_row(), n = dn_micro_col();
 #pragma unroll
-    for (int k = 0; k < kTileK; ++k) {
-        const float4 av = *reinterpret_cast<const float4*>(&a[k][m]);
-        const float4 bv = *reinterpret_cast<const float4*>(&b[k][n]);
-        const float ar[kMicro] = {av.x, av.y, av.z, av.w};
-        const float br[kMicro] = {bv.x, bv.y, bv.z, bv.w};
+        for (int k = 0; k < kTileK; ++k) {
+            const float4 av = *reinterpret_cast<const float4*>(&a[k][m]);
+            const float4 bv = *reinterpret_cast<const float4*>(&b[k][n]);
+            const float ar[kMicro] = {av.x, av.y, av.z, av.w};
+            const float br[kMicro] = {bv.x, bv.y, bv.z, bv.w};
+#pragma unroll
+            for (int i = 0; i < kMicro; ++i)
+#pragma unroll
+                for (int j = 0; j < kMicro; ++j) acc.v[i][j] += ar[i] * br[j];
+        }
+    }
+
+    // Writes the micro-tile into c (the tile's row-major accumulators).
+    __device__ static void stage(float (*c)[kSmemPitch], const Acc& acc) {
+        const int m = dn_micro_row(), n = dn_micro_col();
 #pragma unroll
         for (int i = 0; i < kMicro; ++i)
-#pragma unroll
-            for (int j = 0; j < kMicro; ++j) acc[i][j] += ar[i] * br[j];
+            *reinterpret_cast<float4*>(&c[m + i][n]) =
+                make_float4(acc.v[i][0], acc.v[i][1], acc.v[i][2], acc.v[i][3]);
     }
-}
+};
+
+// Tensor cores, TF32 operands, f32 accumulation. Fragment layouts (PTX ISA, mma.m16n8k8 .tf32;
+// g = lane / 4, t = lane % 4): A 16 × 8 row-major, a0 = (g, t), a1 = (g + 8, t), a2 = (g, t + 4),
+// a3 = (g + 8, t + 4); B 8 × 8, b0 = (k t, n g), b1 = (k t + 4, n g); C 16 × 8, c0, c1 = (g, 2t),
+// (g, 2t + 1), c2, c3 = the same columns of row g + 8. The shared tiles are k-major, so A's
+// element (m, k) is a[k][m] and B's (k, n) is b[k][n].
+struct MmaTf32 {
+    static constexpr int kWarpM = 32, kWarpN = 16;
+    static constexpr int kWarpsN = kTileN / kWarpN;
+    static constexpr int kFragsM = kWarpM / 16, kFragsN = kWarpN / 8;
+    static_assert((kTileM / kWarpM) * kWarpsN * 32 == kGemmThreads, "one warp tile per warp");
+    static_assert(kTileK % 8 == 0, "a reduction step is whole k8 slices");
+
+    struct Acc {
+        float v[kFragsM][kFragsN][4];
+    };
+
+    // The first tile row and column of this warp's tile.
+    __device__ static int warp_row() { return threadIdx.x / 32 / kWarpsN * kWarpM; }
+    __device__ static int warp_col() { return threadIdx.x / 32 % kWarpsN * kWarpN; }
+
+    __device__ static void multiply(const float (*a)[kSmemPitch], const float (*b)[kSmemPitch],
+                                    Acc& acc) {
+        const int g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
+        const int m0 = warp_row(), n0 = warp_col();
+#pragma unroll
+        for (int k = 0; k < kTileK; k += 8) {
+            unsigned af[kFragsM][4], bf[kFragsN][2];
+#pragma unroll
+            for (int i = 0; i < kFragsM; ++i) {
+                const int m = m0 + 16 * i + g;
+                af[i][0] = dn_cvt_tf32(a[k + t][m]);
+                af[i][1] = dn_cvt_tf32(a[k + t][m + 8]);
+                af[i][2] = dn_cvt_tf32(a[k + t + 4][m]);
+                af[i][3] = dn_cvt_tf32(a[k + t + 4][m + 8]);
+            }
+#pragma unroll
+            for (int j = 0; j < kFragsN; ++j) {
+                const int n = n0 + 8 * j + g;
+                bf[j][0] = dn_cvt_tf32(b[k + t][n]);
+                bf[j][1] = dn_cvt_tf32(b[k + t + 4][n]);
+            }
+#pragma unroll
+            for (int i = 0; i < kFragsM; ++i)
+#pragma unroll
+                for (int j = 0; j < kFragsN; ++j)
+                    dn_mma_m16n8k8_tf32(acc.v[i][j], af[i], bf[j], acc.v[i][j]);
+        }
+    }
+
+    __device__ static void stage(float (*c)[kSmemPitch], const Acc& acc) {
+        const int g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
+#pragma unroll
+        for (int i = 0; i < kFragsM; ++i)
+#pragma unroll
+            for (int j = 0; j < kFragsN; ++j) {
+                const int m = warp_row() + 16 * i + g, n = warp_col() + 8 * j + 2 * t;
+                *reinterpret_cast<float2*>(&c[m][n]) = make_float2(acc.v[i][j][0], acc.v[i][j][1]);
+                *reinterpret_cast<float2*>(&c[m + 8][n]) = make_float2(acc.v[i][j][2], acc.v[i][j][3]);
+            }
+    }
+};
 
 // acc += A·B over the reduction steps [first, first + steps). Ends with a barrier (when there is
 // any step), after which the operand buffers are free.
-template <class LoadA, class LoadB>
+template <class Math, class LoadA, class LoadB>
 __device__ void dn_gemm_mainloop(GemmSmem& s, LoadA& la, LoadB& lb, unsigned int first,
-                                 unsigned int steps, float (&acc)[kMicro][kMicro]) {
+                                 unsigned int steps, typename Math::Acc& acc) {
     if (steps == 0) return;
     la.fetch(first * kTileK);
     lb.fetch(first * kTileK);
@@ -271,7 +360,7 @@ __device__ void dn_gemm_mainloop(GemmSmem& s, LoadA& la, LoadB& lb, unsigned int
             la.fetch((first + i + 1) * kTileK);
             lb.fetch((first + i + 1) * kTileK);
         }
-        dn_multiply_step(s.op.a[cur], s.op.b[cur], acc);
+        Math::multiply(s.op.a[cur], s.op.b[cur], acc);
         // The other buffer was last read in step i − 1, which every thread finished before the
         // barrier that ended it.
         if (more) {
@@ -282,15 +371,11 @@ __device__ void dn_gemm_mainloop(GemmSmem& s, LoadA& la, LoadB& lb, unsigned int
     }
 }
 
-// Writes the micro-tiles into s.c and waits for the whole tile. The caller has passed a barrier
-// since the operand buffers were last read (the main loop ends with one).
-__device__ __forceinline__ void dn_stage_accumulators(GemmSmem& s,
-                                                      const float (&acc)[kMicro][kMicro]) {
-    const int m = dn_micro_row(), n = dn_micro_col();
-#pragma unroll
-    for (int i = 0; i < kMicro; ++i)
-        *reinterpret_cast<float4*>(&s.c[m + i][n]) =
-            make_float4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]);
+// Writes the accumulators into s.c and waits for the whole tile. The caller has passed a
+// barrier since the operand buffers were last read (the main loop ends with one).
+template <class Math>
+__device__ __forceinline__ void dn_stage_accumulators(GemmSmem& s, const typename Math::Acc& acc) {
+    Math::stage(s.c, acc);
     __syncthreads();
 }
 
@@ -304,7 +389,7 @@ __device__ __forceinline__ int dn_epi_row(int q) {
 
 // Forward: out[r][n] = Σ_k src(r, k)·W[n][k] (W is cout × cin), overwriting out (pitch ld_out).
 // blockIdx.x: tile of rows, blockIdx.y: tile of output channels.
-template <typename T, class Src>
+template <class Math, typename T, class Src>
 __device__ void dn_fused_gemm_fwd(const Src& src, unsigned int rows, unsigned int cin,
                                   const float* __restrict__ w, unsigned int cout,
                                   T* __restrict__ out, unsigned int ld_out) {
@@ -312,9 +397,9 @@ __device__ void dn_fused_gemm_fwd(const Src& src, unsigned int rows, unsigned in
     const unsigned int m0 = blockIdx.x * kTileM, n0 = blockIdx.y * kTileN;
     TransposingLoader<Src> la(src, m0);
     TransposingLoader<PlainSource<float>> lb(PlainSource<float>{w, cout, cin, cin}, n0);
-    float acc[kMicro][kMicro] = {};
-    dn_gemm_mainloop(s, la, lb, 0, dn_ceil_div(cin, kTileK), acc);
-    dn_stage_accumulators(s, acc);
+    typename Math::Acc acc = {};
+    dn_gemm_mainloop<Math>(s, la, lb, 0, dn_ceil_div(cin, kTileK), acc);
+    dn_stage_accumulators<Math>(s, acc);
     const unsigned int c = n0 + dn_epi_col();
     if (c >= cout) return;
 #pragma unroll 4
@@ -328,7 +413,7 @@ __device__ void dn_fused_gemm_fwd(const Src& src, unsigned int rows, unsigned in
 // blockIdx.x: tile of output channels n, blockIdx.y: tile of input channels c, blockIdx.z: the
 // split, reduction steps [z·run, (z + 1)·run). With one split the block adds into dw, otherwise it
 // stores its tile into partials[z][n][c] for split_sum_f32 (reduce.cu).
-template <typename T, class Src>
+template <class Math, typename T, class Src>
 __device__ void dn_fused_gemm_wgrad(const Src& src, const T* __restrict__ dout, unsigned int rows,
                                     unsigned int ld_dout, unsigned int cout, unsigned int cin,
                                     unsigned int splits, unsigned int run, float* __restrict__ dw,
@@ -339,9 +424,9 @@ __device__ void dn_fused_gemm_wgrad(const Src& src, const T* __restrict__ dout, 
     DirectLoader<Src> lb(src, n0);
     const unsigned int first = blockIdx.z * run;
     const unsigned int steps = min(run, dn_ceil_div(rows, kTileK) - first);
-    float acc[kMicro][kMicro] = {};
-    dn_gemm_mainloop(s, la, lb, first, steps, acc);
-    dn_stage_accumulators(s, acc);
+    typename Math::Acc acc = {};
+    dn_gemm_mainloop<Math>(s, la, lb, first, steps, acc);
+    dn_stage_accumulators<Math>(s, acc);
     const unsigned int c = n0 + dn_epi_col();
     if (c >= cin) return;
     float* target = splits == 1 ? dw : partials + static_cast<size_t>(blockIdx.z) * cout * cin;
@@ -386,7 +471,7 @@ __device__ __forceinline__ float dn_masked_grad(const BnChannel& k, float x, flo
 // each element goes to epi.apply(k, r, c, gpre, s1, s2), which stores the input gradient of row
 // r, channel c and adds to the thread's sums. The block's [Σg | Σg·x̂] go to `sums` (one run)
 // or, as doubles, to partials[y·2·cin + c] and [y·2·cin + cin + c] for dn_tile_sums_finish.
-template <typename T, class Epi>
+template <class Math, typename T, class Epi>
 __device__ void dn_fused_gemm_dgrad(const Epi& epi, const T* __restrict__ dout, unsigned int rows,
                                     unsigned int ld_dout, const float* __restrict__ w,
                                     unsigned int cout, unsigned int cin, unsigned int splits,
@@ -404,9 +489,9 @@ __device__ void dn_fused_gemm_dgrad(const Epi& epi, const T* __restrict__ dout, 
         const unsigned int m0 = tile * kTileM;
         TransposingLoader<PlainSource<T>> la(PlainSource<T>{dout, rows, cout, ld_dout}, m0);
         DirectLoader<PlainSource<float>> lb(PlainSource<float>{w, cout, cin, cin}, n0);
-        float acc[kMicro][kMicro] = {};
-        dn_gemm_mainloop(s, la, lb, 0, dn_ceil_div(cout, kTileK), acc);
-        dn_stage_accumulators(s, acc);
+        typename Math::Acc acc = {};
+        dn_gemm_mainloop<Math>(s, la, lb, 0, dn_ceil_div(cout, kTileK), acc);
+        dn_stage_accumulators<Math>(s, acc);
         // f32 over one tile's rows (at most 16 pixels, 144 for the transition), double beyond.
         float t1 = 0.0f, t2 = 0.0f;
         if (c < cin) {

@@ -18,8 +18,14 @@
 // of two n8 tiles from a row-major K x N tile.
 #pragma once
 
-#if defined(__CUDA_ARCH__) && !defined(DENSENET_EMU) && __CUDA_ARCH__ < 800
-#error "kernels/mma.cuh needs sm_80 or newer (mma.sync .tf32/.bf16, cp.async)"
+// The instructions exist from sm_80 on. Compiled for an older GPU (NVRTC compiles for the GPU
+// it runs on) every wrapper traps instead, so that the modules holding tensor-core kernels
+// still load there for their fp32 kernels; the backends refuse tf32 on such a GPU before
+// launching anything, so the trap is never reached.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#define DN_TENSOR_CORES 1
+#else
+#define DN_TENSOR_CORES 0
 #endif
 
 #if defined(DENSENET_EMU)
@@ -63,23 +69,27 @@ template <int N> __device__ __forceinline__ void dn_cp_async_wait() { ::emu::cp_
 
 __device__ __forceinline__ void dn_mma_m16n8k8_tf32(float d[4], const unsigned a[4],
                                                     const unsigned b[2], const float c[4]) {
-#if defined(__CUDA_ARCH__)
+#if DN_TENSOR_CORES
     asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, "
                  "{%4,%5,%6,%7}, {%8,%9}, {%10,%11,%12,%13};\n"
                  : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]),
                    "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
+#elif defined(__CUDA_ARCH__)
+    __trap();
 #endif
 }
 
 __device__ __forceinline__ void dn_mma_m16n8k16_bf16(float d[4], const unsigned a[4],
                                                      const unsigned b[2], const float c[4]) {
-#if defined(__CUDA_ARCH__)
+#if DN_TENSOR_CORES
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
                  "{%4,%5,%6,%7}, {%8,%9}, {%10,%11,%12,%13};\n"
                  : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]),
                    "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
+#elif defined(__CUDA_ARCH__)
+    __trap();
 #endif
 }
 
@@ -88,8 +98,10 @@ __device__ __forceinline__ void dn_mma_m16n8k16_bf16(float d[4], const unsigned 
 // are zero. Not volatile: a pure conversion the compiler may schedule or share.
 __device__ __forceinline__ unsigned dn_cvt_tf32(float x) {
     unsigned r = 0;
-#if defined(__CUDA_ARCH__)
+#if DN_TENSOR_CORES
     asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
+#elif defined(__CUDA_ARCH__)
+    __trap();
 #endif
     return r;
 }
@@ -97,8 +109,10 @@ __device__ __forceinline__ unsigned dn_cvt_tf32(float x) {
 // cvt.rn.bf16x2.f32 d, a, b puts cvt(a) in the high half and cvt(b) in the low half.
 __device__ __forceinline__ unsigned dn_pack_bf16x2(float lo, float hi) {
     unsigned r = 0;
-#if defined(__CUDA_ARCH__)
+#if DN_TENSOR_CORES
     asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+#elif defined(__CUDA_ARCH__)
+    __trap();
 #endif
     return r;
 }
@@ -106,20 +120,24 @@ __device__ __forceinline__ unsigned dn_pack_bf16x2(float lo, float hi) {
 // Each lane passes the address of one 16-byte row (lanes 8i..8i+7: the rows of matrix i),
 // which must be 16-byte aligned and in shared memory.
 __device__ __forceinline__ void dn_ldmatrix_x4(unsigned r[4], const void* smem_row_addr) {
-#if defined(__CUDA_ARCH__)
+#if DN_TENSOR_CORES
     const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem_row_addr));
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(s));
+#elif defined(__CUDA_ARCH__)
+    __trap();
 #endif
 }
 
 __device__ __forceinline__ void dn_ldmatrix_x4_trans(unsigned r[4], const void* smem_row_addr) {
-#if defined(__CUDA_ARCH__)
+#if DN_TENSOR_CORES
     const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem_row_addr));
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(s));
+#elif defined(__CUDA_ARCH__)
+    __trap();
 #endif
 }
 
@@ -127,33 +145,41 @@ __device__ __forceinline__ void dn_ldmatrix_x4_trans(unsigned r[4], const void* 
 // addresses 16-byte aligned. The "memory" clobbers keep the compiler from moving shared
 // accesses across the asynchronous copy and its waits.
 __device__ __forceinline__ void dn_cp_async_16(void* smem, const void* gmem) {
-#if defined(__CUDA_ARCH__)
+#if DN_TENSOR_CORES
     const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem) : "memory");
+#elif defined(__CUDA_ARCH__)
+    __trap();
 #endif
 }
 
 // 4 bytes global -> shared through L1 (.ca: .cg allows 16-byte copies only); both addresses
 // 4-byte aligned.
 __device__ __forceinline__ void dn_cp_async_4(void* smem, const void* gmem) {
-#if defined(__CUDA_ARCH__)
+#if DN_TENSOR_CORES
     const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(gmem) : "memory");
+#elif defined(__CUDA_ARCH__)
+    __trap();
 #endif
 }
 
 // Closes the calling thread's group of cp.async copies issued since the last commit.
 __device__ __forceinline__ void dn_cp_async_commit() {
-#if defined(__CUDA_ARCH__)
+#if DN_TENSOR_CORES
     asm volatile("cp.async.commit_group;\n" ::: "memory");
+#elif defined(__CUDA_ARCH__)
+    __trap();
 #endif
 }
 
 // Waits until at most N of the calling thread's committed groups are pending. Only the
 // calling thread's copies: other threads see them after a __syncthreads that follows.
 template <int N> __device__ __forceinline__ void dn_cp_async_wait() {
-#if defined(__CUDA_ARCH__)
+#if DN_TENSOR_CORES
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#elif defined(__CUDA_ARCH__)
+    __trap();
 #endif
 }
 

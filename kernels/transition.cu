@@ -80,54 +80,55 @@ struct TransitionDxEpilogue {
     }
 };
 
-template <typename T>
+template <class Math, typename T>
 __device__ void bn_relu_avgpool_conv1x1_fwd(const TransitionParams p, const T* x,
                                             const BnParams bn, const float* w, T* y) {
-    dn_fused_gemm_fwd(transition_source(p, x, bn), transition_rows(p), p.cin, w, p.cout, y,
+    dn_fused_gemm_fwd<Math>(transition_source(p, x, bn), transition_rows(p), p.cin, w, p.cout, y,
                       p.ld_y);
 }
 
-template <typename T>
+template <class Math, typename T>
 __device__ void bn_relu_avgpool_conv1x1_wgrad(const TransitionParams p, const T* x,
                                               const BnParams bn, const T* dy, float* dw,
                                               float* partials) {
-    dn_fused_gemm_wgrad(transition_source(p, x, bn), dy, transition_rows(p), p.ld_y, p.cout, p.cin,
+    dn_fused_gemm_wgrad<Math>(transition_source(p, x, bn), dy, transition_rows(p), p.ld_y, p.cout, p.cin,
                         p.splits, p.run, dw, partials);
 }
 
-template <typename T>
+template <class Math, typename T>
 __device__ void bn_relu_avgpool_conv1x1_dgrad(const TransitionParams p, const T* dy,
                                               const float* w, const T* x, const BnParams bn,
                                               T* dx, float* sums, double* partials) {
     const TransitionDxEpilogue<T> epi{x, dx, p.ld_x, p.ld_dx, p.h, p.w, p.h / 2, p.w / 2, p.cin, bn};
-    dn_fused_gemm_dgrad(epi, dy, transition_rows(p), p.ld_y, w, p.cout, p.cin, p.splits, p.run,
+    dn_fused_gemm_dgrad<Math>(epi, dy, transition_rows(p), p.ld_y, w, p.cout, p.cin, p.splits, p.run,
                         sums, partials);
 }
 
-#define DN_TRANSITION_KERNELS(T, SUFFIX)                                                          \
-    extern "C" __global__ void __launch_bounds__(kGemmThreads)                                    \
-        bn_relu_avgpool_conv1x1_fwd_##SUFFIX(const TransitionParams p, const T* x,                \
-                                             const float* mean, const float* var,                 \
-                                             const float* gamma, const float* beta,               \
-                                             const float* w, T* y) {                              \
-        bn_relu_avgpool_conv1x1_fwd<T>(p, x, BnParams{mean, var, gamma, beta}, w, y);             \
-    }                                                                                             \
-    extern "C" __global__ void __launch_bounds__(kGemmThreads)                                    \
-        bn_relu_avgpool_conv1x1_wgrad_##SUFFIX(const TransitionParams p, const T* x,              \
-                                               const float* mean, const float* var,               \
-                                               const float* gamma, const float* beta,             \
-                                               const T* dy, float* dw, float* partials) {         \
-        bn_relu_avgpool_conv1x1_wgrad<T>(p, x, BnParams{mean, var, gamma, beta}, dy, dw,          \
-                                         partials);                                               \
-    }                                                                                             \
-    extern "C" __global__ void __launch_bounds__(kGemmThreads)                                    \
-        bn_relu_avgpool_conv1x1_dgrad_##SUFFIX(const TransitionParams p, const T* dy,             \
-                                               const float* w, const T* x, const float* mean,     \
-                                               const float* var, const float* gamma,              \
-                                               const float* beta, T* dx, float* sums,             \
-                                               double* partials) {                                \
-        bn_relu_avgpool_conv1x1_dgrad<T>(p, dy, w, x, BnParams{mean, var, gamma, beta}, dx, sums, \
-                                         partials);                                               \
+#define DN_TRANSITION_KERNELS(T, MATH, SUFFIX)                                                      \
+    extern "C" __global__ void __launch_bounds__(kGemmThreads)                                      \
+        bn_relu_avgpool_conv1x1_fwd_##SUFFIX(const TransitionParams p, const T* x,                  \
+                                             const float* mean, const float* var,                   \
+                                             const float* gamma, const float* beta,                 \
+                                             const float* w, T* y) {                                \
+        bn_relu_avgpool_conv1x1_fwd<MATH, T>(p, x, BnParams{mean, var, gamma, beta}, w, y);         \
+    }                                                                                               \
+    extern "C" __global__ void __launch_bounds__(kGemmThreads)                                      \
+        bn_relu_avgpool_conv1x1_wgrad_##SUFFIX(const TransitionParams p, const T* x,                \
+                                               const float* mean, const float* var,                 \
+                                               const float* gamma, const float* beta,               \
+                                               const T* dy, float* dw, float* partials) {           \
+        bn_relu_avgpool_conv1x1_wgrad<MATH, T>(p, x, BnParams{mean, var, gamma, beta}, dy, dw,      \
+                                         partials);                                                 \
+    }                                                                                               \
+    extern "C" __global__ void __launch_bounds__(kGemmThreads)                                      \
+        bn_relu_avgpool_conv1x1_dgrad_##SUFFIX(const TransitionParams p, const T* dy,               \
+                                               const float* w, const T* x, const float* mean,       \
+                                               const float* var, const float* gamma,                \
+                                               const float* beta, T* dx, float* sums,               \
+                                               double* partials) {                                  \
+        bn_relu_avgpool_conv1x1_dgrad<MATH, T>(p, dy, w, x, BnParams{mean, var, gamma, beta}, dx, sums, \
+                                         partials);                                                 \
     }
 
-DN_TRANSITION_KERNELS(float, f32)
+DN_TRANSITION_KERNELS(float, SimtF32, f32)
+DN_TRANSITION_KERNELS(float, MmaTf32, tf32)

@@ -38,6 +38,7 @@
 //! [`PendingWrite::commit`]): a crash leaves either the old checkpoint or the new one, never
 //! a mix, and at worst a temporary file that [`remove_stale_temps`] deletes.
 
+use crate::Precision;
 use crate::config::DenseNetConfig;
 use crate::data::{DataSource, Normalization};
 use crate::error::{Error, Result};
@@ -78,6 +79,9 @@ pub struct Checkpoint {
 #[derive(Serialize, Deserialize)]
 struct TrainingMeta {
     config: TrainConfig,
+    /// Absent from checkpoints written before precisions existed, which were all fp32.
+    #[serde(default)]
+    precision: Precision,
     epoch: usize,
     step: u64,
 }
@@ -208,7 +212,12 @@ impl Checkpoint {
             meta.insert("data".into(), json(d)?);
         }
         if let Some(t) = &self.training {
-            let m = TrainingMeta { config: t.config.clone(), epoch: t.epoch, step: t.step };
+            let m = TrainingMeta {
+                config: t.config.clone(),
+                precision: t.precision,
+                epoch: t.epoch,
+                step: t.step,
+            };
             meta.insert("training".into(), json(&m)?);
             for spec in &layout.tensors {
                 let v = to_torch(&t.velocity[spec.offset..spec.offset + spec.len], spec.kind);
@@ -508,7 +517,7 @@ impl Header {
                 velocity[spec.offset..spec.offset + spec.len]
                     .copy_from_slice(&from_torch(&f32s(views[&momentum(spec)].data()), spec.kind));
             }
-            TrainingState { config: t.config, epoch: t.epoch, step: t.step, velocity }
+            TrainingState { config: t.config, precision: t.precision, epoch: t.epoch, step: t.step, velocity }
         });
         Ok(Checkpoint { model, data, training })
     }

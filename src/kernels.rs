@@ -179,6 +179,13 @@ extern "C" __global__ void __launch_bounds__(256) last(const P p) {}
     }
 
     #[test]
+    fn conditional_code_around_no_kernel_is_read_through() {
+        let src = "#if defined(X)\n#define W 1\n__device__ int f() { return 1; }\n#elif Y\n#else\n#endif\n\
+                   extern \"C\" __global__ void k() {}\n";
+        assert_eq!(scan(src).unwrap(), ["k"]);
+    }
+
+    #[test]
     fn unreadable_sources_are_rejected_with_the_reason() {
         let cases = [
             ("__global__ void k(int x) {}", "without `extern \"C\"`"),
@@ -188,6 +195,10 @@ extern "C" __global__ void __launch_bounds__(256) last(const P p) {}
             ("extern \"C\" __global__ void* k(int x) {}", "kernel name expected, found `*`"),
             ("extern \"C\" __global__ void k<float>(int x) {}", "`(` expected after kernel `k`"),
             ("#if 1\nextern \"C\" __global__ void k() {}\n#endif", "conditional compilation"),
+            ("#if 1\n#define K(S) extern \"C\" __global__ void k_##S() {}\n#endif\nK(f32)", "conditional"),
+            ("#define K(S) extern \"C\" __global__ void k_##S() {}\n#ifdef X\nK(f32)\n#endif", "conditional"),
+            ("#if 1\nint x;\n", "never closed"),
+            ("int x;\n#endif\n", "without an open `#if`"),
             ("#define K(S) extern \"C\" __global__ void k_##S() {}\nK(f32, f64)", "takes 1 arguments, got 2"),
             (
                 "#define K(S) extern \"C\" __global__ void k_##S() {}\nK(unsigned int)",

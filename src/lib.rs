@@ -18,6 +18,7 @@ pub mod info;
 pub mod kernels;
 pub mod params;
 pub mod plan;
+pub mod precision;
 pub mod profile;
 pub mod reference;
 pub mod state_dict;
@@ -26,3 +27,4 @@ pub mod verify;
 
 pub use config::{DenseNetConfig, Stem};
 pub use error::{Error, Result};
+pub use precision::Precision;

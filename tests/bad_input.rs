@@ -295,7 +295,7 @@ const CASES: &[(&str, &str)] = &[
     ("profile --batch=2 --growth=1000000000", "growth rate 1000000000 is too large"),
     ("profile --batch=2 --size=4294967296x4294967296", "too large"),
     ("profile --batch=2 --size=1x", "not of the form HxW"),
-    ("profile --batch=2 --dtype=f16", "invalid value 'f16'"),
+    ("profile --batch=2 --precision=f16", "invalid value 'f16'"),
     ("profile --batch=2 --backend=cuda", "cuda"),
     ("profile --batch=2 --max-run-bytes=0 --csv={empty_dir}", "empty"),
     ("profile --batch=2 --max-run-bytes=0 --csv={missing}/x.csv", "missing/x.csv"),

@@ -1,6 +1,7 @@
 //! Checkpoints: torchvision's state_dict names and layouts, exact round trips (bit-identical
 //! logits), clear errors for damaged files and other configurations, and atomic saves.
 
+use densenet::Precision;
 use densenet::backend::cpu::CpuBackend;
 use densenet::checkpoint::{Checkpoint, OPTIMIZER_PREFIX, state_dict_names, write_atomic};
 use densenet::config::DenseNetConfig;
@@ -92,6 +93,8 @@ fn training_checkpoint(cfg: &DenseNetConfig) -> Checkpoint {
         data: Some(DataSource::Synthetic(SyntheticSpec { seed: 2, size: 16, train: 10, test: 5 })),
         training: Some(TrainingState {
             config: TrainConfig { epochs: 9, schedule: Schedule::Cosine, seed: 11, ..TrainConfig::default() },
+            // Not the default, so that a round trip shows it is recorded.
+            precision: Precision::Tf32,
             epoch: 4,
             step: 321,
             velocity,

@@ -45,7 +45,7 @@ fn runs_every_path_and_measures_exactly_the_plan() {
     let csv = std::fs::read_to_string(csv).unwrap();
     let lines: Vec<&str> = csv.lines().collect();
     assert!(lines[0].starts_with(
-        "model,depth,growth,batch,height,width,dtype,backend,path,planned_bytes,measured_bytes"
+        "model,depth,growth,batch,height,width,precision,backend,path,planned_bytes,measured_bytes"
     ));
     assert_eq!(lines.len(), 1 + 2 * 3);
     assert!(lines[1..].iter().all(|l| l.contains(",true,true,")), "{csv}");
@@ -141,7 +141,7 @@ fn bad_input_gets_one_line_and_status_2() {
     // Rejected by the argument parser, whose message adds a usage line.
     let parser: &[&[&str]] = &[
         &["profile"],
-        &["profile", "--batch", "2", "--dtype", "f16"],
+        &["profile", "--batch", "2", "--precision", "f16"],
         &["profile", "--batch", "2", "--depths", "40", "--blocks", "2,2"],
         &["profile", "--batch", "2", "--depths", "40", "--bn-size", "2"],
     ];

@@ -63,6 +63,7 @@ pub mod prelude {
 pub use memory::{Category, MemoryReport, MemoryTracker};
 pub use view::{At, AtMut, BnRef, BnReluView, BnSums, LinearGrads, Mat, StatsMut, StatsRef, View, ViewMut};
 
+use crate::Precision;
 use crate::error::Result;
 
 /// Batch-norm ε, as PyTorch.
@@ -166,6 +167,9 @@ pub trait Buffers: sealed::Sealed {
 
     /// Human-readable device name, for messages.
     fn name(&self) -> String;
+    /// How this backend's convolutions multiply (set when it is made, e.g.
+    /// `CpuBackend::with_precision`).
+    fn precision(&self) -> Precision;
 
     /// A zero-filled buffer of `len` floats, counted under `category`.
     fn alloc(&self, len: usize, category: Category) -> Result<Self::Buf>;

@@ -22,6 +22,7 @@
 use super::cpu::CpuBackend;
 use super::cuda::CudaBackend;
 use super::{Backend, Buffers, UnfusedOps};
+use crate::Precision;
 use crate::error::{Error, Result};
 
 /// Which backend to run on.
@@ -82,6 +83,17 @@ impl AnyBackend {
         }
     }
 
+    /// This backend computing its convolutions in `precision`; an error when the device cannot
+    /// (tf32 on a GPU older than compute capability 8.0).
+    pub fn with_precision(self, precision: Precision) -> Result<AnyBackend> {
+        Ok(match self {
+            AnyBackend::Cpu(b) => AnyBackend::Cpu(b.with_precision(precision)),
+            AnyBackend::Cuda(b) => AnyBackend::Cuda(b.with_precision(precision)?),
+            #[cfg(feature = "cuda-emu")]
+            AnyBackend::CudaEmu(b) => AnyBackend::CudaEmu(b.with_precision(precision)?),
+        })
+    }
+
     /// Runs `task` on this backend.
     pub fn run<T: BackendTask>(self, task: T) -> Result<T::Output, T::Error> {
         match self {
@@ -101,7 +113,11 @@ pub trait BackendTask {
     fn run<B: Backend + UnfusedOps + Clone>(self, backend: B) -> Result<Self::Output, Self::Error>;
 }
 
-/// Opens the backend of `kind` and runs `task` on it.
-pub fn run_on<T: BackendTask>(kind: BackendKind, task: T) -> Result<T::Output, T::Error> {
-    kind.open()?.run(task)
+/// Opens the backend of `kind`, computing in `precision`, and runs `task` on it.
+pub fn run_on<T: BackendTask>(
+    kind: BackendKind,
+    precision: Precision,
+    task: T,
+) -> Result<T::Output, T::Error> {
+    kind.open()?.with_precision(precision)?.run(task)
 }

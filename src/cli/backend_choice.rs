@@ -1,7 +1,8 @@
-//! `--backend auto|cpu|cuda` for the commands that run a network: the flag's values, mapped
-//! onto the library's [`BackendKind`].
+//! `--backend auto|cpu|cuda` and `--precision fp32|tf32` for the commands that run a network:
+//! the flags' values, mapped onto the library's [`BackendKind`] and [`Precision`].
 
 use clap::ValueEnum;
+use densenet::Precision;
 use densenet::backend::{BackendKind, BackendTask};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -29,7 +30,31 @@ impl From<BackendChoice> for BackendKind {
     }
 }
 
-/// Runs `task` on the chosen backend.
-pub fn run_on<T: BackendTask>(choice: BackendChoice, task: T) -> Result<T::Output, T::Error> {
-    densenet::backend::run_on(choice.into(), task)
+/// `--precision`: how the convolutions multiply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PrecisionChoice {
+    /// f32 operands and arithmetic: the exact path.
+    Fp32,
+    /// f32 storage, GEMM operands rounded to TF32 (10-bit mantissa) and multiplied on tensor
+    /// cores with f32 accumulation (GPUs of compute capability 8.0+; the cpu backend rounds
+    /// the same way, for testing).
+    Tf32,
+}
+
+impl From<PrecisionChoice> for Precision {
+    fn from(choice: PrecisionChoice) -> Precision {
+        match choice {
+            PrecisionChoice::Fp32 => Precision::Fp32,
+            PrecisionChoice::Tf32 => Precision::Tf32,
+        }
+    }
+}
+
+/// Runs `task` on the chosen backend, computing in `precision`.
+pub fn run_on<T: BackendTask>(
+    choice: BackendChoice,
+    precision: Precision,
+    task: T,
+) -> Result<T::Output, T::Error> {
+    densenet::backend::run_on(choice.into(), precision, task)
 }

@@ -1,7 +1,7 @@
 //! `densenet eval`: test-set accuracy of a checkpoint with an eval-mode network (running
 //! statistics, no gradient buffers).
 
-use super::backend_choice::{BackendChoice, run_on};
+use super::backend_choice::{BackendChoice, PrecisionChoice, run_on};
 use super::progress::{Progress, megabytes};
 use super::train::BadImagesArg;
 use clap::{ArgGroup, Args};
@@ -48,6 +48,9 @@ pub struct EvalArgs {
     /// Where to run.
     #[arg(long, value_enum, default_value = "auto")]
     pub backend: BackendChoice,
+    /// How the convolutions multiply: fp32 (exact) or tf32 (tensor cores).
+    #[arg(long, value_enum, default_value = "fp32")]
+    pub precision: PrecisionChoice,
     /// Print one JSON object (`accuracy`, `loss`, `images`, `skipped_images`,
     /// `peak_memory_bytes`) instead of a sentence.
     #[arg(long)]
@@ -64,7 +67,7 @@ struct Report {
 }
 
 pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
-    run_on(args.backend, Eval { args })
+    run_on(args.backend, args.precision.into(), Eval { args })
 }
 
 /// `eval` on the chosen backend.

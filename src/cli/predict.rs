@@ -1,7 +1,7 @@
 //! `densenet predict`: the most probable classes of image files under a checkpoint or a
 //! torchvision state_dict, with an eval-mode network.
 
-use super::backend_choice::{BackendChoice, run_on};
+use super::backend_choice::{BackendChoice, PrecisionChoice, run_on};
 use super::train::BadImagesArg;
 use clap::{ArgGroup, Args};
 use densenet::backend::{Backend, BackendTask, UnfusedOps};
@@ -48,6 +48,9 @@ pub struct PredictArgs {
     /// Where to run.
     #[arg(long, value_enum, default_value = "auto")]
     pub backend: BackendChoice,
+    /// How the convolutions multiply: fp32 (exact) or tf32 (tensor cores).
+    #[arg(long, value_enum, default_value = "fp32")]
+    pub precision: PrecisionChoice,
     /// Print one JSON object per image (`file`, `logits`, `top`: class, name, probability)
     /// instead of text.
     #[arg(long)]
@@ -95,7 +98,11 @@ pub fn run(args: &PredictArgs) -> anyhow::Result<()> {
     };
     let size = args.size.unwrap_or_else(|| input_size(&model.config, data.as_ref()));
     let names = class_names(&model, data.as_ref());
-    run_on(args.backend, Predict { args, model: &model, files: &files, names: &names, size })
+    run_on(
+        args.backend,
+        args.precision.into(),
+        Predict { args, model: &model, files: &files, names: &names, size },
+    )
 }
 
 /// The class names: the checkpoint's data set's when it has one name per output, else

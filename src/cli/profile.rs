@@ -3,13 +3,13 @@
 //! and an SVG plot against depth.
 
 use super::Outcome;
-use super::backend_choice::{BackendChoice, run_on};
+use super::backend_choice::{BackendChoice, PrecisionChoice, run_on};
 use super::model_args::{DEFAULT_PRESET, ModelArgs, size_or_default};
-use clap::{Args, ValueEnum};
+use clap::Args;
+use densenet::Precision;
 use densenet::backend::{Backend, BackendTask, UnfusedOps};
 use densenet::config::DenseNetConfig;
 use densenet::error::Error;
-use densenet::plan::Dtype;
 use densenet::profile::{self, ConfigProfile, PathKind, RunLimit, format_bytes};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -32,12 +32,6 @@ Examples:
   densenet profile --model densenet-bc-100-k12 --batch 64
   densenet profile --model densenet121 --batch 256 --max-run-bytes 0
   densenet profile --batch 64 --depths 40,100,160,250 --csv memory.csv --svg memory.svg";
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum DtypeArg {
-    /// 32-bit floats (the only element type so far).
-    F32,
-}
 
 #[derive(Args, Debug)]
 #[command(after_long_help = AFTER_HELP)]
@@ -62,9 +56,9 @@ pub struct ProfileArgs {
     /// Where to run the steps.
     #[arg(long, value_enum, default_value = "cpu")]
     pub backend: BackendChoice,
-    /// Element type of activations and parameters.
-    #[arg(long, value_enum, default_value = "f32")]
-    pub dtype: DtypeArg,
+    /// How the convolutions multiply: fp32 (exact) or tf32 (tensor cores).
+    #[arg(long, value_enum, default_value = "fp32")]
+    pub precision: PrecisionChoice,
     /// Run a path only if its planned peak is at most this many bytes, e.g. 4G, 500M, 2GiB
     /// (k/M/G/T: powers of 1000, Ki/Mi/Gi/Ti: of 1024); 0 plans only.
     #[arg(long, value_name = "BYTES")]
@@ -98,9 +92,7 @@ struct Report<'a> {
 }
 
 pub fn run(args: &ProfileArgs) -> anyhow::Result<Outcome> {
-    let dtype = match args.dtype {
-        DtypeArg::F32 => Dtype::F32,
-    };
+    let precision: Precision = args.precision.into();
     // Output files are checked before minutes of measuring, not after.
     for (path, flag) in [(&args.csv, "--csv"), (&args.svg, "--svg")] {
         if let Some(path) = path {
@@ -111,17 +103,17 @@ pub fn run(args: &ProfileArgs) -> anyhow::Result<Outcome> {
         return Err(Error::Config("--ops times the cpu backend's ops: use --backend cpu".into()).into());
     }
     // Fails at once for a backend this build or machine lacks, before any planning.
-    let (backend, available) = run_on(args.backend, BackendMemory)?;
+    let (backend, available) = run_on(args.backend, args.precision.into(), BackendMemory)?;
     let limit = run_limit(&backend, available, args.max_run_bytes.as_deref())?;
     let mut profiles = Vec::new();
     for (name, cfg) in configurations(args)? {
         let (h, w) = size_or_default(&args.size, &cfg)?;
-        profiles.push(profile::plan(&name, &cfg, args.batch, h, w, dtype, &backend, &limit)?);
+        profiles.push(profile::plan(&name, &cfg, args.batch, h, w, precision, &backend, &limit)?);
     }
     if args.ops {
         return op_profiles(args, &profiles);
     }
-    run_steps(args.backend, &mut profiles, args.steps as usize)?;
+    run_steps(args.backend, precision, &mut profiles, args.steps as usize)?;
 
     if args.json {
         println!("{}", serde_json::to_string_pretty(&Report { run_limit: &limit, profiles: &profiles })?);
@@ -227,7 +219,12 @@ fn parse_bytes(s: &str) -> densenet::Result<usize> {
 
 /// Runs every path that fits, with a progress bar (on stderr, hidden when it is not a
 /// terminal). A step can take minutes on a CPU, so the bar ticks on its own.
-fn run_steps(choice: BackendChoice, profiles: &mut [ConfigProfile], steps: usize) -> anyhow::Result<()> {
+fn run_steps(
+    choice: BackendChoice,
+    precision: Precision,
+    profiles: &mut [ConfigProfile],
+    steps: usize,
+) -> anyhow::Result<()> {
     let todo: Vec<(usize, usize)> = profiles
         .iter()
         .enumerate()
@@ -244,7 +241,7 @@ fn run_steps(choice: BackendChoice, profiles: &mut [ConfigProfile], steps: usize
     for (i, j) in todo {
         let path = profiles[i].paths[j].path;
         bar.set_message(format!("{}: {}", profiles[i].name, path.label()));
-        let measured = run_on(choice, Measure { profile: &profiles[i], path, steps });
+        let measured = run_on(choice, precision, Measure { profile: &profiles[i], path, steps });
         let slot = &mut profiles[i].paths[j];
         match measured {
             Ok(m) => slot.measured = Some(m),

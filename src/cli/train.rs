@@ -2,11 +2,12 @@
 //! JSONL log.
 
 use super::Outcome;
-use super::backend_choice::{BackendChoice, run_on};
+use super::backend_choice::{BackendChoice, PrecisionChoice, run_on};
 use super::model_args::ModelArgs;
 use super::progress::Progress;
 use super::train_dir::{Log, TrainDir};
 use clap::{Args, ValueEnum};
+use densenet::Precision;
 use densenet::backend::{Backend, BackendTask, UnfusedOps};
 use densenet::checkpoint::{Checkpoint, check_config, remove_stale_temps};
 use densenet::config::DenseNetConfig;
@@ -93,6 +94,10 @@ pub struct TrainArgs {
     /// Where to run.
     #[arg(long, value_enum, default_value = "auto")]
     pub backend: BackendChoice,
+    /// How the convolutions multiply: fp32 (exact) or tf32 (tensor cores). Recorded in the
+    /// checkpoint; --resume continues in the checkpoint's precision, which this must then match.
+    #[arg(long, value_enum)]
+    pub precision: Option<PrecisionChoice>,
     /// Directory of the checkpoint (checkpoint.safetensors, rewritten atomically after every
     /// epoch; created if missing).
     #[arg(long, value_name = "D", default_value = "checkpoints")]
@@ -188,7 +193,22 @@ impl TrainArgs {
 }
 
 pub fn run(args: &TrainArgs) -> anyhow::Result<Outcome> {
-    run_on(args.backend, Run { args })
+    run_on(args.backend, precision(args), Run { args })
+}
+
+/// `--precision`, else (with --resume) the precision the checkpoint's run computed in, else
+/// fp32. A checkpoint that cannot be read is left to the run, which reports it in context.
+fn precision(args: &TrainArgs) -> Precision {
+    if let Some(p) = args.precision {
+        return p.into();
+    }
+    let path = args.checkpoint_dir.join(CHECKPOINT_FILE);
+    if args.resume
+        && let Ok(Checkpoint { training: Some(state), .. }) = Checkpoint::load(&path)
+    {
+        return state.precision;
+    }
+    Precision::Fp32
 }
 
 /// `train` on the chosen backend.

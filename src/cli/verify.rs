@@ -2,7 +2,7 @@
 //! oracle, compared.
 
 use super::Outcome;
-use super::backend_choice::{BackendChoice, run_on};
+use super::backend_choice::{BackendChoice, PrecisionChoice, run_on};
 use super::dump;
 use super::model_args::{ModelArgs, size_or_default};
 use clap::Args;
@@ -24,6 +24,9 @@ pub struct VerifyArgs {
     /// Backend running the efficient path.
     #[arg(long, value_enum, default_value = "auto")]
     pub backend: BackendChoice,
+    /// How the convolutions multiply: fp32 (exact) or tf32 (tensor cores).
+    #[arg(long, value_enum, default_value = "fp32")]
+    pub precision: PrecisionChoice,
     /// Seed of the random weights and inputs.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -41,7 +44,7 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<Outcome> {
     let cfg = args.model.config()?;
     let (h, w) = size_or_default(&args.size, &cfg)?;
     let task = Verify { cfg: &cfg, batch: args.batch, h, w, seed: args.seed, dump: args.dump.as_deref() };
-    let report = run_on(args.backend, task)?;
+    let report = run_on(args.backend, args.precision.into(), task)?;
     let passed = report.passed(F32_TOLERANCE);
     if args.json {
         println!("{}", serde_json::to_string(&report)?);

@@ -20,6 +20,7 @@ mod efficient;
 pub use baseline::BaselinePlan;
 pub use efficient::{EfficientPlan, Planned, StoragePlan, TrainPlan};
 
+use crate::Precision;
 use crate::backend::Category;
 use crate::error::{Error, Result};
 use serde::Serialize;
@@ -35,6 +36,13 @@ pub enum Dtype {
 }
 
 impl Dtype {
+    /// The feature-storage element type of a precision (f32 for fp32 and tf32 alike).
+    pub fn of(precision: Precision) -> Dtype {
+        match precision {
+            Precision::Fp32 | Precision::Tf32 => Dtype::F32,
+        }
+    }
+
     /// Bytes per element.
     pub fn size(self) -> usize {
         match self {

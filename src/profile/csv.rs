@@ -9,7 +9,7 @@ use std::fmt::Write;
 /// bytes at the planned peak.
 pub fn render(profiles: &[ConfigProfile]) -> String {
     let mut out = String::from(
-        "model,depth,growth,batch,height,width,dtype,backend,path,planned_bytes,measured_bytes,run,matches,seconds,baseline_over_efficient",
+        "model,depth,growth,batch,height,width,precision,backend,path,planned_bytes,measured_bytes,run,matches,seconds,baseline_over_efficient",
     );
     for c in Category::ALL {
         out.push(',');
@@ -32,7 +32,7 @@ pub fn render(profiles: &[ConfigProfile]) -> String {
                 p.batch,
                 p.height,
                 p.width,
-                p.dtype.name(),
+                p.precision.name(),
                 field(&p.backend),
                 x.path.label(),
                 x.planned_bytes,

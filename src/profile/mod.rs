@@ -22,6 +22,7 @@ pub mod table;
 
 pub use measure::measure;
 
+use crate::Precision;
 use crate::backend::Category;
 use crate::config::DenseNetConfig;
 use crate::efficient::Options;
@@ -105,7 +106,8 @@ pub struct ConfigProfile {
     pub batch: usize,
     pub height: usize,
     pub width: usize,
-    pub dtype: Dtype,
+    /// How the convolutions multiply (the feature storage's element type follows from it).
+    pub precision: Precision,
     pub backend: String,
     pub paths: Vec<PathProfile>,
 }
@@ -147,10 +149,11 @@ pub fn plan(
     batch: usize,
     height: usize,
     width: usize,
-    dtype: Dtype,
+    precision: Precision,
     backend: &str,
     limit: &RunLimit,
 ) -> Result<ConfigProfile> {
+    let dtype = Dtype::of(precision);
     let efficient = |opts| EfficientPlan::new(cfg, batch, height, width, dtype, opts);
     let train = efficient(Options::train().with_optimizer())?;
     let eval = efficient(Options::eval())?;
@@ -177,7 +180,7 @@ pub fn plan(
         batch,
         height,
         width,
-        dtype,
+        precision,
         backend: backend.to_string(),
         paths: vec![
             planned(PathKind::EfficientTraining, train.total_bytes, train.by_category()),
@@ -250,7 +253,7 @@ mod tests {
     fn paths_over_the_limit_are_planned_only() {
         let cfg = DenseNetConfig::preset("densenet-bc-100-k12").unwrap();
         let limit = RunLimit { bytes: 1_000_000_000, reason: "test".into() };
-        let p = plan("bc-100", &cfg, 64, 32, 32, Dtype::F32, "cpu", &limit).unwrap();
+        let p = plan("bc-100", &cfg, 64, 32, 32, Precision::Fp32, "cpu", &limit).unwrap();
         assert!(p.path(PathKind::EfficientTraining).unwrap().not_run.is_none());
         let baseline = p.path(PathKind::BaselineTraining).unwrap();
         assert!(baseline.not_run.as_deref().unwrap().contains("> run limit 1.00 GB (test)"));

@@ -41,7 +41,7 @@ pub struct OpProfile {
 /// Runs `steps` training steps of `profile`'s configuration on a cpu backend that times its
 /// ops (see [`measure`] for the steps), then measures the FMA peak.
 pub fn profile_ops(profile: &ConfigProfile, steps: usize) -> Result<OpProfile> {
-    let backend = CpuBackend::with_op_times();
+    let backend = CpuBackend::with_op_times().with_precision(profile.precision);
     let measured = measure(backend.clone(), profile, PathKind::EfficientTraining, steps)?;
     let runs = steps.max(1) + usize::from(steps > 1);
     let ops = backend

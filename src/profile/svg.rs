@@ -133,7 +133,7 @@ pub fn render(profiles: &[ConfigProfile]) -> String {
     s
 }
 
-/// What the profiles have in common (model family, growth, batch, size, dtype, backend).
+/// What the profiles have in common (model family, growth, batch, size, precision, backend).
 fn subtitle(ps: &[&ConfigProfile]) -> String {
     let first = ps[0];
     let same = |f: &dyn Fn(&ConfigProfile) -> String| ps.iter().all(|p| f(p) == f(first));
@@ -152,7 +152,7 @@ fn subtitle(ps: &[&ConfigProfile]) -> String {
     if same(&|p| format!("{}x{}", p.height, p.width)) {
         parts.push(format!("{}×{}", first.height, first.width));
     }
-    parts.push(format!("{}, {} backend", first.dtype.name(), first.backend));
+    parts.push(format!("{}, {} backend", first.precision.name(), first.backend));
     parts.join(", ")
 }
 

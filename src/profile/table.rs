@@ -51,7 +51,7 @@ fn config_table(out: &mut String, p: &ConfigProfile) {
         p.batch,
         p.height,
         p.width,
-        p.dtype.name(),
+        p.precision.name(),
         p.backend
     );
     row(out, "", p.paths.iter().map(|x| x.path.label().to_string()));

@@ -3,6 +3,7 @@
 
 use super::evaluate::{Evaluation, argmax, check_data, evaluate};
 use super::{BatchProgress, EpochMetrics, Model, Observer, Schedule, SkippedImages};
+use crate::Precision;
 use crate::backend::{Backend, SgdParams};
 use crate::checkpoint::Checkpoint;
 use crate::data::{Augment, BatchStream, DataSource, EpochPlan, Images, Normalization};
@@ -88,6 +89,8 @@ impl TrainConfig {
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrainingState {
     pub config: TrainConfig,
+    /// What the run computed in (its backend's precision): a resumed run must use the same.
+    pub precision: Precision,
     /// Completed epochs.
     pub epoch: usize,
     /// Optimiser steps taken.
@@ -176,6 +179,13 @@ impl<B: Backend> Trainer<B> {
                 "the checkpoint holds a model only (no optimiser state), so it cannot be resumed".into(),
             ));
         };
+        if state.precision != backend.precision() {
+            return Err(Error::Config(format!(
+                "the checkpoint's run computed in {}, this backend in {}: resume it in {0}",
+                state.precision,
+                backend.precision()
+            )));
+        }
         let mut trainer = Trainer::new(backend, checkpoint.model, config, train, test)?;
         trainer.net.set_velocity(&state.velocity)?;
         trainer.epoch = state.epoch;
@@ -353,6 +363,7 @@ impl<B: Backend> Trainer<B> {
             data: self.source.clone(),
             training: Some(TrainingState {
                 config: self.config.clone(),
+                precision: self.net.backend().precision(),
                 epoch: self.epoch,
                 step: self.step,
                 velocity: self.net.velocity()?,

@@ -17,6 +17,9 @@ crate::kernel_cases! {
     conv1x1_fwd => ["bn_relu_conv1x1_fwd_f32"],
     conv1x1_wgrad => ["bn_relu_conv1x1_wgrad_f32", "split_sum_f32"],
     conv1x1_dgrad => ["bn_relu_conv1x1_dgrad_f32", "tile_sums_finish_f32"],
+    conv1x1_fwd @ tf32 => ["bn_relu_conv1x1_fwd_tf32"],
+    conv1x1_wgrad @ tf32 => ["bn_relu_conv1x1_wgrad_tf32", "split_sum_f32"],
+    conv1x1_dgrad @ tf32 => ["bn_relu_conv1x1_dgrad_tf32", "tile_sums_finish_f32"],
 }
 
 /// (pixels, c_in, c_out): batch 3 of 7×5 images; 1×1 images; 3 × 37×41 pixels, more than one

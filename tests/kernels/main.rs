@@ -23,6 +23,7 @@
 //! Coverage (emulator): every production kernel must be claimed by a case, and each case
 //! checks that it really launched the kernels it claims; emulator diagnostics must be zero.
 
+use densenet::Precision;
 use densenet::backend::cpu::{CpuBackend, CpuBuf};
 use densenet::backend::cuda::{CudaBackend, Device, DeviceBuf, KernelBackend};
 use densenet::backend::prelude::*;
@@ -58,8 +59,17 @@ pub struct Bench<'d, D: Device> {
 }
 
 impl<'d, D: Device> Bench<'d, D> {
+    /// The device under test against a cpu backend of the same precision (so that a tf32
+    /// kernel is compared with the cpu's products of the same rounded operands); each
+    /// precision draws its own inputs.
     pub fn new(device: &'d KernelBackend<D>, seed: u64) -> Self {
-        Bench { cpu: CpuBackend::new(), emu: device, rng: ChaCha8Rng::seed_from_u64(seed) }
+        let precision = device.precision();
+        let seed = seed ^ (precision as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        Bench {
+            cpu: CpuBackend::new().with_precision(precision),
+            emu: device,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        }
     }
 
     /// `values` on both backends.
@@ -222,6 +232,8 @@ pub fn bn_emu<'a, D: Device>(stats: &'a Pair<D>, params: &'a Pair<D>, c: usize) 
 /// One case of a kernel family, instantiated for each device.
 pub struct Case {
     pub name: &'static str,
+    /// The precision the device (and the cpu backend it is compared with) computes in.
+    pub precision: Precision,
     /// The kernels the case claims to launch (checked on the emulator).
     #[cfg_attr(not(feature = "cuda-emu"), allow(dead_code))]
     pub kernels: &'static [&'static str],
@@ -230,12 +242,18 @@ pub struct Case {
     pub emulated: fn(&densenet::backend::cuda::EmuBackend),
 }
 
+/// The precision a case names after its `@` (fp32 when it names none).
+pub fn case_precision(named: &[&str]) -> Precision {
+    named.first().map_or(Precision::Fp32, |p| p.parse().expect("a precision"))
+}
+
 /// Declares a module's cases with the kernels each covers: `pub const COVERED` and `pub fn
 /// cases()`, from which `main` makes `<module>::emulated::<case>` and `<module>::gpu::<case>`.
-/// A case is `fn <case><D: Device>(device: &KernelBackend<D>)`.
+/// A case is `fn <case><D: Device>(device: &KernelBackend<D>)`; `<case> @ tf32 => [...]` runs
+/// the same function on a device computing in tf32, as the case `<case>_tf32`.
 #[macro_export]
 macro_rules! kernel_cases {
-    ($($case:ident => [$($kernel:literal),* $(,)?]),* $(,)?) => {
+    ($($case:ident $(@ $precision:ident)? => [$($kernel:literal),* $(,)?]),* $(,)?) => {
         /// Every kernel some case of this module claims.
         #[cfg_attr(not(feature = "cuda-emu"), allow(dead_code))]
         pub const COVERED: &[&str] = &[$($($kernel,)*)*];
@@ -244,7 +262,8 @@ macro_rules! kernel_cases {
         pub fn cases() -> Vec<$crate::Case> {
             vec![$(
                 $crate::Case {
-                    name: stringify!($case),
+                    name: concat!(stringify!($case) $(, "_", stringify!($precision))?),
+                    precision: $crate::case_precision(&[$(stringify!($precision))?]),
                     kernels: &[$($kernel),*],
                     gpu: |b| $case(b),
                     #[cfg(feature = "cuda-emu")]
@@ -290,12 +309,12 @@ fn main() -> ExitCode {
         for case in cases {
             #[cfg(feature = "cuda-emu")]
             trials.push(Trial::test(format!("{family}::emulated::{}", case.name), move || {
-                on_emulator(case.kernels, case.emulated);
+                on_emulator(case.kernels, case.precision, case.emulated);
                 Ok(())
             }));
             trials.push(
                 Trial::test(format!("{family}::gpu::{}", case.name), move || {
-                    on_gpu(case.gpu);
+                    on_gpu(case.precision, case.gpu);
                     Ok(())
                 })
                 .with_ignored_flag(ignore_gpu),
@@ -324,8 +343,8 @@ fn main() -> ExitCode {
 
 /// Runs a case on the GPU; without a usable one (only reached with `DENSENET_REQUIRE_GPU=1`,
 /// or when the GPU failed after the probe) the case fails.
-fn on_gpu(case: fn(&CudaBackend)) {
-    match CudaBackend::new(0) {
+fn on_gpu(precision: Precision, case: fn(&CudaBackend)) {
+    match CudaBackend::new(0).and_then(|b| b.with_precision(precision)) {
         Ok(b) => case(&b),
         Err(e) => panic!("no usable GPU: {e}"),
     }
@@ -335,13 +354,17 @@ fn on_gpu(case: fn(&CudaBackend)) {
 /// block in a shuffled order, and checks that no diagnostic was raised and that every kernel
 /// the case claims was launched.
 #[cfg(feature = "cuda-emu")]
-pub fn on_emulator(kernels: &[&str], case: impl FnOnce(&densenet::backend::cuda::EmuBackend)) {
+pub fn on_emulator(
+    kernels: &[&str],
+    precision: Precision,
+    case: impl FnOnce(&densenet::backend::cuda::EmuBackend),
+) {
     use densenet::emu;
     let checks = emu::Checks::all(SHUFFLE_SEED);
     emu::set_checks(checks);
     emu::take_diagnostics();
     emu::take_launches();
-    case(&densenet::backend::cuda::EmuBackend::new().unwrap());
+    case(&densenet::backend::cuda::EmuBackend::new().unwrap().with_precision(precision).unwrap());
     let diagnostics = emu::take_diagnostics();
     assert_eq!(diagnostics.count, 0, "with {checks:?}: {:#?}", diagnostics.messages);
     let launched: std::collections::BTreeSet<&str> = emu::take_launches().into_iter().collect();

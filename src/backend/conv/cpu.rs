@@ -1,6 +1,7 @@
 //! The cpu backend's conv ops.
 
 use super::ConvOps;
+use crate::Precision;
 use crate::backend::cpu::gemm::{CHUNK, Operand, conv_fwd_impl, conv_wgrad_impl, gemm, im2col_dgrad};
 use crate::backend::cpu::rows::{chunk_bounds, par_blocks, scratch};
 use crate::backend::cpu::{CpuBackend, CpuBuf};
@@ -24,7 +25,16 @@ impl ConvOps for CpuBackend {
         );
         let View { buf: x, mat: xm } = x;
         let ViewMut { buf: y, mat: ym } = y;
-        conv_fwd(x.as_slice(), xm, shape, geom, &w.buf.data[w.offset..], y.as_mut_slice(), ym);
+        conv_fwd(
+            self.precision,
+            x.as_slice(),
+            xm,
+            shape,
+            geom,
+            &w.buf.data[w.offset..],
+            y.as_mut_slice(),
+            ym,
+        );
         Ok(())
     }
 
@@ -45,7 +55,7 @@ impl ConvOps for CpuBackend {
         let View { buf: x, mat: xm } = x;
         let View { buf: dy, mat: dym } = dy;
         let AtMut { buf: dw, offset: dw_off } = dw;
-        conv_wgrad(x.as_slice(), xm, shape, geom, dy.as_slice(), dym, &mut dw.data[dw_off..]);
+        conv_wgrad(self.precision, x.as_slice(), xm, shape, geom, dy.as_slice(), dym, &mut dw.data[dw_off..]);
         Ok(())
     }
 
@@ -65,12 +75,22 @@ impl ConvOps for CpuBackend {
         );
         let View { buf: dy, mat: dym } = dy;
         let ViewMut { buf: dx, mat: dxm } = dx;
-        conv_dgrad(dy.as_slice(), dym, shape, geom, &w.buf.data[w.offset..], dx.as_mut_slice(), dxm);
+        conv_dgrad(
+            self.precision,
+            dy.as_slice(),
+            dym,
+            shape,
+            geom,
+            &w.buf.data[w.offset..],
+            dx.as_mut_slice(),
+            dxm,
+        );
         Ok(())
     }
 }
 
 pub(crate) fn conv_fwd(
+    precision: Precision,
     x: &[f32],
     xm: Mat,
     shape: Spatial,
@@ -79,10 +99,11 @@ pub(crate) fn conv_fwd(
     y: &mut [f32],
     ym: Mat,
 ) {
-    conv_fwd_impl(x, xm, shape, geom, None, w, y, ym);
+    conv_fwd_impl(precision, x, xm, shape, geom, None, w, y, ym);
 }
 
 pub(crate) fn conv_wgrad(
+    precision: Precision,
     x: &[f32],
     xm: Mat,
     shape: Spatial,
@@ -91,10 +112,11 @@ pub(crate) fn conv_wgrad(
     dym: Mat,
     dw: &mut [f32],
 ) {
-    conv_wgrad_impl(x, xm, shape, geom, None, dy, dym, dw);
+    conv_wgrad_impl(precision, x, xm, shape, geom, None, dy, dym, dw);
 }
 
 pub(crate) fn conv_dgrad(
+    precision: Precision,
     dy: &[f32],
     dym: Mat,
     shape: Spatial,
@@ -108,6 +130,19 @@ pub(crate) fn conv_dgrad(
         let taps = scratch(&mut s.a, blk.rows * width);
         im2col_dgrad(dy, dym, shape, geom, blk.first, blk.rows, taps);
         let d = Operand::dense(cin);
-        gemm(blk.rows, width, cin, 1.0, taps, Operand::dense(width), w, d, 0.0, blk.data, blk.operand());
+        gemm(
+            precision,
+            blk.rows,
+            width,
+            cin,
+            1.0,
+            taps,
+            Operand::dense(width),
+            w,
+            d,
+            0.0,
+            blk.data,
+            blk.operand(),
+        );
     });
 }

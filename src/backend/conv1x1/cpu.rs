@@ -1,6 +1,7 @@
 //! The cpu backend's conv1x1 ops.
 
 use super::Conv1x1Ops;
+use crate::Precision;
 use crate::backend::cpu::gemm::{CHUNK, Operand, bn_relu_rows, gemm, wgrad_in_segments};
 use crate::backend::cpu::rows::{
     Store, chunk_bounds, masked_block, par_blocks, scratch, store_sums, sum_in_order,
@@ -22,7 +23,15 @@ impl Conv1x1Ops for CpuBackend {
         let BnReluView { x: View { buf: x, mat: xm }, bn } = x;
         let ViewMut { buf: z, mat: zm } = z;
         let bn = Bn::resolve(bn, xm.cols);
-        bn_relu_conv1x1_fwd(x.as_slice(), xm, &bn, &w.buf.data[w.offset..], z.as_mut_slice(), zm);
+        bn_relu_conv1x1_fwd(
+            self.precision,
+            x.as_slice(),
+            xm,
+            &bn,
+            &w.buf.data[w.offset..],
+            z.as_mut_slice(),
+            zm,
+        );
         Ok(())
     }
 
@@ -39,7 +48,15 @@ impl Conv1x1Ops for CpuBackend {
         let View { buf: dz, mat: dzm } = dz;
         let AtMut { buf: dw, offset: dw_off } = dw;
         let bn = Bn::resolve(bn, xm.cols);
-        bn_relu_conv1x1_wgrad(x.as_slice(), xm, &bn, dz.as_slice(), dzm, &mut dw.data[dw_off..]);
+        bn_relu_conv1x1_wgrad(
+            self.precision,
+            x.as_slice(),
+            xm,
+            &bn,
+            dz.as_slice(),
+            dzm,
+            &mut dw.data[dw_off..],
+        );
         Ok(())
     }
 
@@ -60,6 +77,7 @@ impl Conv1x1Ops for CpuBackend {
         let ViewMut { buf: dx, mat: dxm } = dx;
         let bn = Bn::resolve(bn, xm.cols);
         bn_relu_conv1x1_dgrad(
+            self.precision,
             View::new(dz.as_slice(), dzm),
             &w.buf.data[w.offset..],
             View::new(x.as_slice(), xm),
@@ -72,28 +90,58 @@ impl Conv1x1Ops for CpuBackend {
     }
 }
 
-pub(crate) fn bn_relu_conv1x1_fwd(x: &[f32], xm: Mat, bn: &Bn, w: &[f32], z: &mut [f32], zm: Mat) {
+pub(crate) fn bn_relu_conv1x1_fwd(
+    precision: Precision,
+    x: &[f32],
+    xm: Mat,
+    bn: &Bn,
+    w: &[f32],
+    z: &mut [f32],
+    zm: Mat,
+) {
     let (cin, cout) = (xm.cols, zm.cols);
     par_blocks(z, zm, &chunk_bounds(zm.rows, CHUNK), |blk, s| {
         let act = scratch(&mut s.a, blk.rows * cin);
         bn_relu_rows(x, xm, bn, blk.first, blk.rows, act);
         let wt = Operand::dense_t(cin);
-        gemm(blk.rows, cin, cout, 1.0, act, Operand::dense(cin), w, wt, 0.0, blk.data, blk.operand());
+        gemm(
+            precision,
+            blk.rows,
+            cin,
+            cout,
+            1.0,
+            act,
+            Operand::dense(cin),
+            w,
+            wt,
+            0.0,
+            blk.data,
+            blk.operand(),
+        );
     });
 }
 
-pub(crate) fn bn_relu_conv1x1_wgrad(x: &[f32], xm: Mat, bn: &Bn, dz: &[f32], dzm: Mat, dw: &mut [f32]) {
+pub(crate) fn bn_relu_conv1x1_wgrad(
+    precision: Precision,
+    x: &[f32],
+    xm: Mat,
+    bn: &Bn,
+    dz: &[f32],
+    dzm: Mat,
+    dw: &mut [f32],
+) {
     let (cin, cout) = (xm.cols, dzm.cols);
     wgrad_in_segments(dzm.rows, &mut dw[..cout * cin], |p0, rows, s, partial| {
         let act = scratch(&mut s.a, rows * cin);
         bn_relu_rows(x, xm, bn, p0, rows, act);
         let dzt = Operand::rows_of_t(dzm, p0);
         let d = Operand::dense(cin);
-        gemm(cout, rows, cin, 1.0, dz, dzt, act, d, 1.0, partial, d);
+        gemm(precision, cout, rows, cin, 1.0, dz, dzt, act, d, 1.0, partial, d);
     });
 }
 
 pub(crate) fn bn_relu_conv1x1_dgrad(
+    precision: Precision,
     dz: View<'_, [f32]>,
     w: &[f32],
     x: View<'_, [f32]>,
@@ -110,7 +158,7 @@ pub(crate) fn bn_relu_conv1x1_dgrad(
     let partials = par_blocks(dx, dxm, &chunk_bounds(dxm.rows, CHUNK), |blk, s| {
         let g = scratch(&mut s.a, blk.rows * cin);
         let d = Operand::dense(cin);
-        gemm(blk.rows, cout, cin, 1.0, dz, Operand::rows_of(dzm, blk.first), w, d, 0.0, g, d);
+        gemm(precision, blk.rows, cout, cin, 1.0, dz, Operand::rows_of(dzm, blk.first), w, d, 0.0, g, d);
         masked_block(g, x, xm, bn, store, blk)
     });
     store_sums(&mut sums[..2 * cin], &sum_in_order(partials, 2 * cin));

@@ -7,6 +7,7 @@
 
 use super::Conv1x1Ops;
 use crate::backend::Buffers;
+use crate::backend::cuda::conv_kernel;
 use crate::backend::cuda::device::{Device, LaunchCfg};
 use crate::backend::cuda::launch::{Cut, SplitRule, split, split_sum_launch};
 use crate::backend::cuda::{DeviceBuf, KernelBackend, KernelParams, SCRATCH_FLOATS, kernel_params, u32_of};
@@ -245,7 +246,14 @@ impl<D: Device> Conv1x1Ops for KernelBackend<D> {
         ];
         // SAFETY: x covers xm, z covers zm (same pixels), W cout × cin floats, the per-channel
         // vectors cin floats (checked above).
-        unsafe { self.device.launch("bn_relu_conv1x1_fwd_f32", fwd_cfg(zm.rows, zm.cols)?, &p, &addrs) }
+        unsafe {
+            self.device.launch(
+                conv_kernel!(self, "bn_relu_conv1x1_fwd"),
+                fwd_cfg(zm.rows, zm.cols)?,
+                &p,
+                &addrs,
+            )
+        }
     }
 
     fn bn_relu_conv1x1_wgrad(
@@ -272,7 +280,7 @@ impl<D: Device> Conv1x1Ops for KernelBackend<D> {
             // kernel adds into dW) or holds a dW-sized tile per split (split_wgrad).
             unsafe {
                 self.device.launch(
-                    "bn_relu_conv1x1_wgrad_f32",
+                    conv_kernel!(self, "bn_relu_conv1x1_wgrad"),
                     cfg,
                     &p,
                     &[x, mean, var, gamma, beta, dz, dw_addr, partials],
@@ -317,6 +325,6 @@ impl<D: Device> Conv1x1Ops for KernelBackend<D> {
         // SAFETY: dz covers dzm, x covers xm, dx covers dxm (same pixels and channels), W
         // cout × cin floats, sums and the per-channel vectors 2·cin and cin floats (checked
         // above).
-        unsafe { self.fused_dgrad("bn_relu_conv1x1_dgrad_f32", runs, &p, operands, sums) }
+        unsafe { self.fused_dgrad(conv_kernel!(self, "bn_relu_conv1x1_dgrad"), runs, &p, operands, sums) }
     }
 }

@@ -1,6 +1,7 @@
 //! The cpu backend's conv3x3 ops.
 
 use super::Conv3x3Ops;
+use crate::Precision;
 use crate::backend::cpu::gemm::{CHUNK, Operand, conv_fwd_impl, conv_wgrad_impl, gemm, im2col_dgrad};
 use crate::backend::cpu::rows::{
     Store, chunk_bounds, masked_block, par_blocks, scratch, store_sums, sum_in_order,
@@ -23,7 +24,16 @@ impl Conv3x3Ops for CpuBackend {
         let BnReluView { x: View { buf: z, mat: zm }, bn } = z;
         let ViewMut { buf: y, mat: ym } = y;
         let bn = Bn::resolve(bn, zm.cols);
-        bn_relu_conv3x3_fwd(z.as_slice(), zm, shape, &bn, &w.buf.data[w.offset..], y.as_mut_slice(), ym);
+        bn_relu_conv3x3_fwd(
+            self.precision,
+            z.as_slice(),
+            zm,
+            shape,
+            &bn,
+            &w.buf.data[w.offset..],
+            y.as_mut_slice(),
+            ym,
+        );
         Ok(())
     }
 
@@ -41,7 +51,16 @@ impl Conv3x3Ops for CpuBackend {
         let View { buf: dy, mat: dym } = dy;
         let AtMut { buf: dw, offset: dw_off } = dw;
         let bn = Bn::resolve(bn, zm.cols);
-        bn_relu_conv3x3_wgrad(z.as_slice(), zm, shape, &bn, dy.as_slice(), dym, &mut dw.data[dw_off..]);
+        bn_relu_conv3x3_wgrad(
+            self.precision,
+            z.as_slice(),
+            zm,
+            shape,
+            &bn,
+            dy.as_slice(),
+            dym,
+            &mut dw.data[dw_off..],
+        );
         Ok(())
     }
 
@@ -62,6 +81,7 @@ impl Conv3x3Ops for CpuBackend {
         let ViewMut { buf: g, mat: gm } = g;
         let bn = Bn::resolve(bn, zm.cols);
         bn_relu_conv3x3_dgrad(
+            self.precision,
             View::new(dy.as_slice(), dym),
             shape,
             &w.buf.data[w.offset..],
@@ -78,6 +98,7 @@ impl Conv3x3Ops for CpuBackend {
 pub(crate) const CONV3X3: ConvGeom = ConvGeom { kernel: 3, stride: 1, pad: 1 };
 
 pub(crate) fn bn_relu_conv3x3_fwd(
+    precision: Precision,
     z: &[f32],
     zm: Mat,
     shape: Spatial,
@@ -86,10 +107,11 @@ pub(crate) fn bn_relu_conv3x3_fwd(
     y: &mut [f32],
     ym: Mat,
 ) {
-    conv_fwd_impl(z, zm, shape, CONV3X3, Some(bn), w, y, ym);
+    conv_fwd_impl(precision, z, zm, shape, CONV3X3, Some(bn), w, y, ym);
 }
 
 pub(crate) fn bn_relu_conv3x3_wgrad(
+    precision: Precision,
     z: &[f32],
     zm: Mat,
     shape: Spatial,
@@ -98,10 +120,11 @@ pub(crate) fn bn_relu_conv3x3_wgrad(
     dym: Mat,
     dw: &mut [f32],
 ) {
-    conv_wgrad_impl(z, zm, shape, CONV3X3, Some(bn), dy, dym, dw);
+    conv_wgrad_impl(precision, z, zm, shape, CONV3X3, Some(bn), dy, dym, dw);
 }
 
 pub(crate) fn bn_relu_conv3x3_dgrad(
+    precision: Precision,
     dy: View<'_, [f32]>,
     shape: Spatial,
     w: &[f32],
@@ -119,7 +142,7 @@ pub(crate) fn bn_relu_conv3x3_dgrad(
         im2col_dgrad(dy, dym, shape, CONV3X3, blk.first, blk.rows, taps);
         let gpre = scratch(&mut s.b, blk.rows * cin);
         let d = Operand::dense(cin);
-        gemm(blk.rows, width, cin, 1.0, taps, Operand::dense(width), w, d, 0.0, gpre, d);
+        gemm(precision, blk.rows, width, cin, 1.0, taps, Operand::dense(width), w, d, 0.0, gpre, d);
         masked_block(gpre, z, zm, bn, Store::Plain, blk)
     });
     store_sums(&mut sums[..2 * cin], &sum_in_order(partials, 2 * cin));

@@ -1,6 +1,7 @@
 use super::Bn;
 use super::gemm::*;
 use super::oracle::{affine_backward, bn_relu, bn_relu_backward, mat_to_tensor, tensor_to_nhwc, to_f64};
+use crate::Precision;
 use crate::backend::{ConvGeom, Mat, Spatial, View, ViewMut};
 use crate::backend::{conv::cpu::*, conv1x1::cpu::*, conv3x3::cpu::*, transition::cpu::*};
 use crate::reference::ops::{
@@ -105,7 +106,7 @@ fn conv1x1_fwd_matches_reference() {
         let w = uniform(&mut r, cout * cin, -1.0, 1.0);
         let (mut z, zm) = output(&mut r, p, cout);
         let before = z.clone();
-        bn_relu_conv1x1_fwd(&x, xm, &bn, &w, &mut z, zm);
+        bn_relu_conv1x1_fwd(Precision::Fp32, &x, xm, &bn, &w, &mut z, zm);
         let act = bn_relu(&mat_to_tensor(&x, xm, flat(p)), &bn);
         let want = tensor_to_nhwc(&conv2d_forward(&act, &to_f64(&w), cout, ONE_BY_ONE));
         assert_close(&format!("conv1x1 fwd P={p} {cin}->{cout}"), &dense(&z, zm), &want);
@@ -123,7 +124,7 @@ fn conv1x1_wgrad_accumulates_reference() {
         // dW starts non-zero, and the slice runs past the tensor (3 floats must survive).
         let mut dw = uniform(&mut r, cout * cin + 3, -1.0, 1.0);
         let before = dw.clone();
-        bn_relu_conv1x1_wgrad(&x, xm, &bn, &dz, dzm, &mut dw);
+        bn_relu_conv1x1_wgrad(Precision::Fp32, &x, xm, &bn, &dz, dzm, &mut dw);
         let act = bn_relu(&mat_to_tensor(&x, xm, flat(p)), &bn);
         let grad = conv2d_backward_weight(&act, &mat_to_tensor(&dz, dzm, flat(p)), ONE_BY_ONE);
         let want: Vec<f64> = grad.iter().zip(&before).map(|(g, &b)| g + f64::from(b)).collect();
@@ -145,6 +146,7 @@ fn conv1x1_dgrad_matches_reference_overwrite_and_accumulate() {
             let mut sums = uniform(&mut r, 2 * cin + 2, -1.0, 1.0);
             let (dx0, sums0) = (dx.clone(), sums.clone());
             bn_relu_conv1x1_dgrad(
+                Precision::Fp32,
                 View::new(&dz, dzm),
                 &w,
                 View::new(&x, xm),
@@ -190,7 +192,7 @@ fn conv3x3_fwd_matches_reference() {
         let w = uniform(&mut r, cout * 9 * cin, -1.0, 1.0);
         let (mut y, ym) = output(&mut r, s.pixels(), cout);
         let before = y.clone();
-        bn_relu_conv3x3_fwd(&z, zm, s, &bn, &w, &mut y, ym);
+        bn_relu_conv3x3_fwd(Precision::Fp32, &z, zm, s, &bn, &w, &mut y, ym);
         let act = bn_relu(&mat_to_tensor(&z, zm, s), &bn);
         let want = tensor_to_nhwc(&conv2d_forward(&act, &to_f64(&w), cout, conv_shape(CONV3X3)));
         assert_close(&format!("conv3x3 fwd {s:?} {cin}->{cout}"), &dense(&y, ym), &want);
@@ -208,7 +210,7 @@ fn conv3x3_wgrad_accumulates_reference() {
         let len = cout * 9 * cin;
         let mut dw = uniform(&mut r, len + 3, -1.0, 1.0);
         let before = dw.clone();
-        bn_relu_conv3x3_wgrad(&z, zm, s, &bn, &dy, dym, &mut dw);
+        bn_relu_conv3x3_wgrad(Precision::Fp32, &z, zm, s, &bn, &dy, dym, &mut dw);
         let act = bn_relu(&mat_to_tensor(&z, zm, s), &bn);
         let grad = conv2d_backward_weight(&act, &mat_to_tensor(&dy, dym, s), conv_shape(CONV3X3));
         let want: Vec<f64> = grad.iter().zip(&before).map(|(g, &b)| g + f64::from(b)).collect();
@@ -229,6 +231,7 @@ fn conv3x3_dgrad_matches_reference() {
         let mut sums = uniform(&mut r, 2 * cin + 2, -1.0, 1.0);
         let (g0, sums0) = (g.clone(), sums.clone());
         bn_relu_conv3x3_dgrad(
+            Precision::Fp32,
             View::new(&dy, dym),
             s,
             &w,
@@ -273,7 +276,7 @@ fn transition_fwd_matches_reference() {
         let w = uniform(&mut r, cout * cin, -1.0, 1.0);
         let (mut y, ym) = output(&mut r, o.pixels(), cout);
         let before = y.clone();
-        bn_relu_avgpool_conv1x1_fwd(&x, xm, s, &bn, &w, &mut y, ym);
+        bn_relu_avgpool_conv1x1_fwd(Precision::Fp32, &x, xm, s, &bn, &w, &mut y, ym);
         let pooled = avgpool2_forward(&bn_relu(&mat_to_tensor(&x, xm, s), &bn));
         let want = tensor_to_nhwc(&conv2d_forward(&pooled, &to_f64(&w), cout, ONE_BY_ONE));
         assert_close(&format!("transition fwd {s:?} {cin}->{cout}"), &dense(&y, ym), &want);
@@ -291,7 +294,7 @@ fn transition_wgrad_accumulates_reference() {
         let (dy, dym) = input(&mut r, o.pixels(), cout);
         let mut dw = uniform(&mut r, cout * cin + 3, -1.0, 1.0);
         let before = dw.clone();
-        bn_relu_avgpool_conv1x1_wgrad(&x, xm, s, &bn, &dy, dym, &mut dw);
+        bn_relu_avgpool_conv1x1_wgrad(Precision::Fp32, &x, xm, s, &bn, &dy, dym, &mut dw);
         let pooled = avgpool2_forward(&bn_relu(&mat_to_tensor(&x, xm, s), &bn));
         let grad = conv2d_backward_weight(&pooled, &mat_to_tensor(&dy, dym, o), ONE_BY_ONE);
         let want: Vec<f64> = grad.iter().zip(&before).map(|(g, &b)| g + f64::from(b)).collect();
@@ -314,6 +317,7 @@ fn transition_dgrad_matches_reference() {
         let mut sums = uniform(&mut r, 2 * cin + 2, -1.0, 1.0);
         let (dx0, sums0) = (dx.clone(), sums.clone());
         bn_relu_avgpool_conv1x1_dgrad(
+            Precision::Fp32,
             View::new(&dy, dym),
             &w,
             View::new(&x, xm),
@@ -353,6 +357,7 @@ fn transition_on_images_too_small_to_pool_zeroes_the_gradient() {
     let mut sums = uniform(&mut r, 2 * cin, -1.0, 1.0);
     let dx0 = dx.clone();
     bn_relu_avgpool_conv1x1_dgrad(
+        Precision::Fp32,
         View::new(&dy, dym),
         &w,
         View::new(&x, xm),
@@ -385,7 +390,7 @@ fn conv_fwd_matches_reference() {
         let w = uniform(&mut r, cout * g.kernel * g.kernel * cin, -1.0, 1.0);
         let (mut y, ym) = output(&mut r, g.out(s).pixels(), cout);
         let before = y.clone();
-        conv_fwd(&x, xm, s, g, &w, &mut y, ym);
+        conv_fwd(Precision::Fp32, &x, xm, s, g, &w, &mut y, ym);
         let want =
             tensor_to_nhwc(&conv2d_forward(&mat_to_tensor(&x, xm, s), &to_f64(&w), cout, conv_shape(g)));
         assert_close(&format!("conv fwd {s:?} {g:?} {cin}->{cout}"), &dense(&y, ym), &want);
@@ -402,7 +407,7 @@ fn conv_wgrad_accumulates_reference() {
         let len = cout * g.kernel * g.kernel * cin;
         let mut dw = uniform(&mut r, len + 3, -1.0, 1.0);
         let before = dw.clone();
-        conv_wgrad(&x, xm, s, g, &dy, dym, &mut dw);
+        conv_wgrad(Precision::Fp32, &x, xm, s, g, &dy, dym, &mut dw);
         let (x, dy) = (mat_to_tensor(&x, xm, s), mat_to_tensor(&dy, dym, g.out(s)));
         let grad = conv2d_backward_weight(&x, &dy, conv_shape(g));
         let want: Vec<f64> = grad.iter().zip(&before).map(|(g, &b)| g + f64::from(b)).collect();
@@ -419,7 +424,7 @@ fn conv_dgrad_matches_reference() {
         let (dy, dym) = input(&mut r, g.out(s).pixels(), cout);
         let (mut dx, dxm) = output(&mut r, s.pixels(), cin);
         let before = dx.clone();
-        conv_dgrad(&dy, dym, s, g, &w, &mut dx, dxm);
+        conv_dgrad(Precision::Fp32, &dy, dym, s, g, &w, &mut dx, dxm);
         let dy = mat_to_tensor(&dy, dym, g.out(s));
         let want = tensor_to_nhwc(&conv2d_backward_data(&dy, &to_f64(&w), cin, s.h, s.w, conv_shape(g)));
         assert_close(&format!("conv dgrad {s:?} {g:?} {cout}->{cin}"), &dense(&dx, dxm), &want);
@@ -436,8 +441,8 @@ fn conv_dgrad_is_adjoint_of_conv_fwd() {
         let (dy, dym) = input(&mut r, g.out(s).pixels(), cout);
         let (mut y, ym) = output(&mut r, g.out(s).pixels(), cout);
         let (mut dx, dxm) = output(&mut r, s.pixels(), cin);
-        conv_fwd(&x, xm, s, g, &w, &mut y, ym);
-        conv_dgrad(&dy, dym, s, g, &w, &mut dx, dxm);
+        conv_fwd(Precision::Fp32, &x, xm, s, g, &w, &mut y, ym);
+        conv_dgrad(Precision::Fp32, &dy, dym, s, g, &w, &mut dx, dxm);
         // ⟨conv(x), dy⟩ = ⟨x, dgrad(dy)⟩, relative to Σ|y·dy| (the scale of the rounding).
         let (y, dy, x, dx) = (dense(&y, ym), dense(&dy, dym), dense(&x, xm), dense(&dx, dxm));
         let lhs: f64 = y.iter().zip(&dy).map(|(a, b)| a * b).sum();
@@ -477,11 +482,12 @@ fn run_all_ops() -> Vec<Vec<f32>> {
     };
     let dm_out = Mat::dense(0, p, cout);
     let xm_out = Mat::dense(0, p, cin);
-    out(p * cout, &mut |o| bn_relu_conv1x1_fwd(&x, xm, &bn, &w1, o, dm_out));
-    out(cout * cin, &mut |o| bn_relu_conv1x1_wgrad(&x, xm, &bn, &d, dm, o));
+    out(p * cout, &mut |o| bn_relu_conv1x1_fwd(Precision::Fp32, &x, xm, &bn, &w1, o, dm_out));
+    out(cout * cin, &mut |o| bn_relu_conv1x1_wgrad(Precision::Fp32, &x, xm, &bn, &d, dm, o));
     out(p * cin + 2 * cin, &mut |o| {
         let (dx, sums) = o.split_at_mut(p * cin);
         bn_relu_conv1x1_dgrad(
+            Precision::Fp32,
             View::new(&d, dm),
             &w1,
             View::new(&x, xm),
@@ -491,11 +497,12 @@ fn run_all_ops() -> Vec<Vec<f32>> {
             sums,
         )
     });
-    out(p * cout, &mut |o| bn_relu_conv3x3_fwd(&x, xm, s, &bn, &w3, o, dm_out));
-    out(cout * 9 * cin, &mut |o| bn_relu_conv3x3_wgrad(&x, xm, s, &bn, &d, dm, o));
+    out(p * cout, &mut |o| bn_relu_conv3x3_fwd(Precision::Fp32, &x, xm, s, &bn, &w3, o, dm_out));
+    out(cout * 9 * cin, &mut |o| bn_relu_conv3x3_wgrad(Precision::Fp32, &x, xm, s, &bn, &d, dm, o));
     out(p * cin + 2 * cin, &mut |o| {
         let (g, sums) = o.split_at_mut(p * cin);
         bn_relu_conv3x3_dgrad(
+            Precision::Fp32,
             View::new(&d, dm),
             s,
             &w3,
@@ -506,11 +513,14 @@ fn run_all_ops() -> Vec<Vec<f32>> {
         )
     });
     let (tp, tq) = (pooled_shape(ts).pixels(), ts.pixels());
-    out(tp * cout, &mut |o| bn_relu_avgpool_conv1x1_fwd(&tx, txm, ts, &bn, &w1, o, Mat::dense(0, tp, cout)));
-    out(cout * cin, &mut |o| bn_relu_avgpool_conv1x1_wgrad(&tx, txm, ts, &bn, &td, tdm, o));
+    out(tp * cout, &mut |o| {
+        bn_relu_avgpool_conv1x1_fwd(Precision::Fp32, &tx, txm, ts, &bn, &w1, o, Mat::dense(0, tp, cout))
+    });
+    out(cout * cin, &mut |o| bn_relu_avgpool_conv1x1_wgrad(Precision::Fp32, &tx, txm, ts, &bn, &td, tdm, o));
     out(tq * cin + 2 * cin, &mut |o| {
         let (dx, sums) = o.split_at_mut(tq * cin);
         bn_relu_avgpool_conv1x1_dgrad(
+            Precision::Fp32,
             View::new(&td, tdm),
             &w1,
             View::new(&tx, txm),
@@ -521,9 +531,9 @@ fn run_all_ops() -> Vec<Vec<f32>> {
         )
     });
     let sp = stem.out(s).pixels();
-    out(sp * cout, &mut |o| conv_fwd(&x, xm, s, stem, &ws, o, Mat::dense(0, sp, cout)));
-    out(cout * 49 * cin, &mut |o| conv_wgrad(&x, xm, s, stem, &sd, sdm, o));
-    out(p * cin, &mut |o| conv_dgrad(&sd, sdm, s, stem, &ws, o, xm_out));
+    out(sp * cout, &mut |o| conv_fwd(Precision::Fp32, &x, xm, s, stem, &ws, o, Mat::dense(0, sp, cout)));
+    out(cout * 49 * cin, &mut |o| conv_wgrad(Precision::Fp32, &x, xm, s, stem, &sd, sdm, o));
+    out(p * cin, &mut |o| conv_dgrad(Precision::Fp32, &sd, sdm, s, stem, &ws, o, xm_out));
     outs
 }
 

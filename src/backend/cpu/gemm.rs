@@ -15,6 +15,7 @@
 
 use super::Bn;
 use super::rows::{RowBlock, Scratch, bn_relu, chunk_bounds, par_blocks, row, scratch};
+use crate::Precision;
 use crate::backend::{ConvGeom, Mat, Spatial};
 use rayon::prelude::*;
 
@@ -30,6 +31,7 @@ pub(crate) const SEGMENT_CHUNKS: usize = 16;
 /// `y = conv(x', W)` with x' = relu(a⊙x + b) when `bn` is given, else x itself.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn conv_fwd_impl(
+    precision: Precision,
     x: &[f32],
     xm: Mat,
     shape: Spatial,
@@ -45,13 +47,27 @@ pub(crate) fn conv_fwd_impl(
         let cols = scratch(&mut s.a, blk.rows * width);
         im2col(x, xm, shape, geom, bn, blk.first, blk.rows, cols);
         let wt = Operand::dense_t(width);
-        gemm(blk.rows, width, ym.cols, 1.0, cols, Operand::dense(width), w, wt, 0.0, blk.data, blk.operand());
+        gemm(
+            precision,
+            blk.rows,
+            width,
+            ym.cols,
+            1.0,
+            cols,
+            Operand::dense(width),
+            w,
+            wt,
+            0.0,
+            blk.data,
+            blk.operand(),
+        );
     });
 }
 
 /// `dW += wgrad(x', dy)` with x' as in [`conv_fwd_impl`].
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn conv_wgrad_impl(
+    precision: Precision,
     x: &[f32],
     xm: Mat,
     shape: Spatial,
@@ -67,7 +83,7 @@ pub(crate) fn conv_wgrad_impl(
         let cols = scratch(&mut s.a, rows * width);
         im2col(x, xm, shape, geom, bn, p0, rows, cols);
         let d = Operand::dense(width);
-        gemm(cout, rows, width, 1.0, dy, Operand::rows_of_t(dym, p0), cols, d, 1.0, partial, d);
+        gemm(precision, cout, rows, width, 1.0, dy, Operand::rows_of_t(dym, p0), cols, d, 1.0, partial, d);
     });
 }
 
@@ -245,9 +261,12 @@ impl Operand {
 }
 
 /// `C ← alpha·A·B + beta·C` for A m×k, B k×n, C m×n (`matrixmultiply::sgemm`; with beta = 0
-/// C's old contents are ignored). C must be row-major with non-overlapping rows.
+/// C's old contents are ignored). C must be row-major with non-overlapping rows. Under
+/// [`Precision::Tf32`] A and B are multiplied as rounded to TF32 (copies, in per-thread
+/// buffers), the products the tensor-core kernels form.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm(
+    precision: Precision,
     m: usize,
     k: usize,
     n: usize,
@@ -265,7 +284,60 @@ pub(crate) fn gemm(
     if m == 0 || n == 0 {
         return;
     }
-    // SAFETY: the asserts keep every element sgemm touches inside its slice (with k == 0 it
+    if precision == Precision::Fp32 {
+        // SAFETY: the asserts above.
+        unsafe { sgemm(m, k, n, alpha, a, av, b, bv, beta, c, cv) };
+        return;
+    }
+    ROUNDED.with_borrow_mut(|(ra, rb)| {
+        let ra = rounded_copy(precision, a, av, m, k, ra);
+        let rb = rounded_copy(precision, b, bv, k, n, rb);
+        // SAFETY: the copies are dense m×k and k×n; C is checked above.
+        unsafe { sgemm(m, k, n, alpha, ra, Operand::dense(k), rb, Operand::dense(n), beta, c, cv) };
+    });
+}
+
+thread_local! {
+    /// The rounded operand copies of [`gemm`], reused call to call.
+    static ROUNDED: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// The r × c matrix `v` of `src`, dense, each element rounded to `precision`'s operand format.
+fn rounded_copy<'a>(
+    precision: Precision,
+    src: &[f32],
+    v: Operand,
+    r: usize,
+    c: usize,
+    dst: &'a mut Vec<f32>,
+) -> &'a [f32] {
+    dst.clear();
+    dst.extend(
+        (0..r).flat_map(|i| (0..c).map(move |j| precision.round_operand(src[v.off + i * v.rs + j * v.cs]))),
+    );
+    dst
+}
+
+/// `matrixmultiply::sgemm` on strided operands.
+///
+/// # Safety
+/// `av`, `bv` and `cv` must fit their slices for m×k, k×n and m×n (as [`gemm`] asserts) and
+/// C's rows must not overlap.
+#[allow(clippy::too_many_arguments)]
+unsafe fn sgemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: &[f32],
+    av: Operand,
+    b: &[f32],
+    bv: Operand,
+    beta: f32,
+    c: &mut [f32],
+    cv: Operand,
+) {
+    // SAFETY: the caller keeps every element sgemm touches inside its slice (with k == 0 it
     // reads neither A nor B, so their offsets may point anywhere: `wrapping_add`), C's
     // elements are distinct, and C, a `&mut` borrow, aliases neither A nor B.
     unsafe {

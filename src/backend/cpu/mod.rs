@@ -22,6 +22,7 @@ mod pointwise_tests;
 pub(crate) mod rows;
 
 use super::{BN_EPS, BnRef, Buffers, Category, MemoryReport, MemoryTracker, StatsRef, bn_affine, validate};
+use crate::Precision;
 use crate::error::{Error, Result};
 pub use op_times::OpTime;
 use op_times::{OpTimer, OpTimes};
@@ -61,11 +62,18 @@ impl Drop for CpuBuf {
 pub struct CpuBackend {
     tracker: Arc<MemoryTracker>,
     times: Option<Arc<OpTimes>>,
+    pub(crate) precision: Precision,
 }
 
 impl CpuBackend {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// This backend computing its convolutions in `precision`: for tf32, every GEMM operand
+    /// is rounded as the tensor-core kernels round it (see [`Precision::Tf32`]).
+    pub fn with_precision(self, precision: Precision) -> Self {
+        CpuBackend { precision, ..self }
     }
 
     /// A backend that records the wall time of every op it runs ([`CpuBackend::op_times`]).
@@ -129,6 +137,10 @@ impl Buffers for CpuBackend {
 
     fn name(&self) -> String {
         "cpu".into()
+    }
+
+    fn precision(&self) -> Precision {
+        self.precision
     }
 
     fn alloc(&self, len: usize, category: Category) -> Result<CpuBuf> {

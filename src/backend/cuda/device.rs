@@ -5,6 +5,7 @@
 
 use super::KernelParams;
 use crate::error::Result;
+use crate::kernels::GpuArch;
 
 /// Grid and block of a launch, and its dynamic shared memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +54,8 @@ pub trait Device: Send + Sync + 'static {
     type Mem: Send + Sync;
 
     fn name(&self) -> String;
+    /// The compute capability the device runs kernels as.
+    fn compute_capability(&self) -> Result<GpuArch>;
     /// `len` zeroed floats.
     fn alloc_zeroed(&self, len: usize) -> Result<Self::Mem>;
     /// `len` floats of unspecified contents, for memory kernels write before they read (the

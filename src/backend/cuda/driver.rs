@@ -83,6 +83,15 @@ impl CudaDevice {
         })
     }
 
+    /// The GPU's compute capability.
+    fn arch(&self) -> Result<GpuArch> {
+        let cc = |a| self.ctx.attribute(a).map(|v| v as u32).map_err(driver_error);
+        Ok(GpuArch {
+            major: cc(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
+            minor: cc(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
+        })
+    }
+
     /// Module `index` of [`MODULES`], compiled (NVRTC sources) and loaded on first use. A module
     /// that fails is not cached, names itself in the error and leaves every other module usable.
     fn module(&self, index: usize) -> Result<Arc<CudaModule>> {
@@ -93,16 +102,7 @@ impl CudaDevice {
         let spec = &MODULES[index];
         let ptx = match spec.source {
             KernelSource::Ptx(text) => Ptx::from_src(text),
-            KernelSource::Cuda(_) => {
-                let cc = |a| self.ctx.attribute(a).map(|v| v as u32);
-                let arch = GpuArch {
-                    major: cc(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)
-                        .map_err(driver_error)?,
-                    minor: cc(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)
-                        .map_err(driver_error)?,
-                };
-                Ptx::from_src(compile_nvrtc(spec, arch)?)
-            }
+            KernelSource::Cuda(_) => Ptx::from_src(compile_nvrtc(spec, self.arch()?)?),
         };
         let module = self
             .ctx
@@ -144,6 +144,10 @@ impl Device for CudaDevice {
 
     fn name(&self) -> String {
         self.name.clone()
+    }
+
+    fn compute_capability(&self) -> Result<GpuArch> {
+        self.arch()
     }
 
     fn alloc_zeroed(&self, len: usize) -> Result<CudaSlice<f32>> {

@@ -7,6 +7,7 @@ use super::KernelParams;
 use super::device::{Device, LaunchCfg};
 use crate::emu::{self, Buffer};
 use crate::error::{Error, Result};
+use crate::kernels::GpuArch;
 use std::ffi::c_void;
 
 /// The emulated GPU.
@@ -30,6 +31,12 @@ impl Device for EmuDevice {
 
     fn name(&self) -> String {
         "cuda-emu".into()
+    }
+
+    /// The emulator runs every instruction the kernels use, tensor-core ones included, as an
+    /// sm_90 GPU would.
+    fn compute_capability(&self) -> Result<GpuArch> {
+        Ok(GpuArch { major: 9, minor: 0 })
     }
 
     fn alloc_zeroed(&self, len: usize) -> Result<Buffer> {

@@ -25,6 +25,7 @@ pub use emulated::EmuDevice;
 pub use launch::{SplitSumParams, TileSumsParams};
 
 use super::{Buffers, Category, MemoryReport, MemoryTracker, validate};
+use crate::Precision;
 use crate::error::{Error, Result};
 use bytemuck::Pod;
 use cudarc::driver::DeviceRepr;
@@ -67,6 +68,7 @@ pub struct KernelBackend<D: Device> {
     /// scratch; later launches on the device's one stream run after them, so the next user
     /// cannot overwrite partials that are still to be read.
     scratch: Arc<Mutex<DeviceBuf<D>>>,
+    pub(crate) precision: Precision,
 }
 
 impl<D: Device> Clone for KernelBackend<D> {
@@ -75,6 +77,7 @@ impl<D: Device> Clone for KernelBackend<D> {
             device: self.device.clone(),
             tracker: self.tracker.clone(),
             scratch: self.scratch.clone(),
+            precision: self.precision,
         }
     }
 }
@@ -109,7 +112,29 @@ impl<D: Device> KernelBackend<D> {
         tracker.allocated(SCRATCH_FLOATS * 4, Category::Workspace);
         let scratch =
             DeviceBuf { mem, len: SCRATCH_FLOATS, category: Category::Workspace, tracker: tracker.clone() };
-        Ok(KernelBackend { device: Arc::new(device), tracker, scratch: Arc::new(Mutex::new(scratch)) })
+        Ok(KernelBackend {
+            device: Arc::new(device),
+            tracker,
+            scratch: Arc::new(Mutex::new(scratch)),
+            precision: Precision::Fp32,
+        })
+    }
+
+    /// This backend running its convolutions in `precision` ([`Precision`]): tf32 takes the
+    /// tensor-core kernels, which need compute capability 8.0 or newer.
+    pub fn with_precision(self, precision: Precision) -> Result<Self> {
+        if precision == Precision::Tf32 {
+            let arch = self.device.compute_capability()?;
+            if arch.major < 8 {
+                return Err(Error::Config(format!(
+                    "precision tf32 needs tensor cores of compute capability 8.0 or newer; {} is {}.{}",
+                    self.device.name(),
+                    arch.major,
+                    arch.minor
+                )));
+            }
+        }
+        Ok(KernelBackend { precision, ..self })
     }
 
     /// Runs `enqueue` with the device address of `floats` floats of scratch (see
@@ -140,6 +165,10 @@ impl<D: Device> Buffers for KernelBackend<D> {
 
     fn name(&self) -> String {
         self.device.name()
+    }
+
+    fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// A zero-filled buffer of `len` floats, counted under `category`.
@@ -199,3 +228,15 @@ macro_rules! kernel_params {
     };
 }
 pub(crate) use kernel_params;
+
+/// The entry point of a convolution op for the backend's precision: `<op>_f32` (SIMT f32) or
+/// `<op>_tf32` (tensor cores), as a `&'static str` for the launch.
+macro_rules! conv_kernel {
+    ($backend:expr, $op:literal) => {
+        match $backend.precision {
+            $crate::Precision::Fp32 => concat!($op, "_f32"),
+            $crate::Precision::Tf32 => concat!($op, "_tf32"),
+        }
+    };
+}
+pub(crate) use conv_kernel;

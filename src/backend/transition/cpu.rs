@@ -1,6 +1,7 @@
 //! The cpu backend's transition ops.
 
 use super::TransitionOps;
+use crate::Precision;
 use crate::backend::cpu::gemm::{CHUNK, Operand, gemm, pixel, wgrad_in_segments};
 use crate::backend::cpu::rows::{
     Store, bn_relu, chunk_bounds, masked_row, par_blocks, row, scratch, store_sums, sum_in_order,
@@ -27,6 +28,7 @@ impl TransitionOps for CpuBackend {
         let ViewMut { buf: y, mat: ym } = y;
         let bn = Bn::resolve(bn, xm.cols);
         bn_relu_avgpool_conv1x1_fwd(
+            self.precision,
             x.as_slice(),
             xm,
             shape,
@@ -56,6 +58,7 @@ impl TransitionOps for CpuBackend {
         let AtMut { buf: dw, offset: dw_off } = dw;
         let bn = Bn::resolve(bn, xm.cols);
         bn_relu_avgpool_conv1x1_wgrad(
+            self.precision,
             x.as_slice(),
             xm,
             shape,
@@ -87,6 +90,7 @@ impl TransitionOps for CpuBackend {
         let ViewMut { buf: dx, mat: dxm } = dx;
         let bn = Bn::resolve(bn, xm.cols);
         bn_relu_avgpool_conv1x1_dgrad(
+            self.precision,
             View::new(dy.as_slice(), dym),
             &w.buf.data[w.offset..],
             View::new(x.as_slice(), xm),
@@ -100,6 +104,7 @@ impl TransitionOps for CpuBackend {
 }
 
 pub(crate) fn bn_relu_avgpool_conv1x1_fwd(
+    precision: Precision,
     x: &[f32],
     xm: Mat,
     shape: Spatial,
@@ -113,11 +118,25 @@ pub(crate) fn bn_relu_avgpool_conv1x1_fwd(
         let act = scratch(&mut s.a, blk.rows * cin);
         pool_rows(x, xm, shape, bn, blk.first, blk.rows, act);
         let wt = Operand::dense_t(cin);
-        gemm(blk.rows, cin, cout, 1.0, act, Operand::dense(cin), w, wt, 0.0, blk.data, blk.operand());
+        gemm(
+            precision,
+            blk.rows,
+            cin,
+            cout,
+            1.0,
+            act,
+            Operand::dense(cin),
+            w,
+            wt,
+            0.0,
+            blk.data,
+            blk.operand(),
+        );
     });
 }
 
 pub(crate) fn bn_relu_avgpool_conv1x1_wgrad(
+    precision: Precision,
     x: &[f32],
     xm: Mat,
     shape: Spatial,
@@ -131,11 +150,12 @@ pub(crate) fn bn_relu_avgpool_conv1x1_wgrad(
         let act = scratch(&mut s.a, rows * cin);
         pool_rows(x, xm, shape, bn, p0, rows, act);
         let d = Operand::dense(cin);
-        gemm(cout, rows, cin, 1.0, dy, Operand::rows_of_t(dym, p0), act, d, 1.0, partial, d);
+        gemm(precision, cout, rows, cin, 1.0, dy, Operand::rows_of_t(dym, p0), act, d, 1.0, partial, d);
     });
 }
 
 pub(crate) fn bn_relu_avgpool_conv1x1_dgrad(
+    precision: Precision,
     dy: View<'_, [f32]>,
     w: &[f32],
     x: View<'_, [f32]>,
@@ -175,7 +195,20 @@ pub(crate) fn bn_relu_avgpool_conv1x1_dgrad(
         // The gradient of each pooled pixel, already divided among its 4 inputs.
         let gpre = scratch(&mut s.a, out_pixels * cin);
         let d = Operand::dense(cin);
-        gemm(out_pixels, cout, cin, 0.25, dy, Operand::rows_of(dym, r0 * out.w), w, d, 0.0, gpre, d);
+        gemm(
+            precision,
+            out_pixels,
+            cout,
+            cin,
+            0.25,
+            dy,
+            Operand::rows_of(dym, r0 * out.w),
+            w,
+            d,
+            0.0,
+            gpre,
+            d,
+        );
         let mut sums = vec![0.0; 2 * cin];
         for p in blk.first..blk.first + blk.rows {
             let (n, iy, ix) = pixel(p, shape);

@@ -5,6 +5,7 @@
 use super::TransitionOps;
 use crate::backend::Buffers;
 use crate::backend::conv1x1::cuda::{DgradRuns, WgradSplit, fwd_cfg};
+use crate::backend::cuda::conv_kernel;
 use crate::backend::cuda::device::Device;
 use crate::backend::cuda::{DeviceBuf, KernelBackend, kernel_params, u32_of};
 use crate::backend::{At, AtMut, BnReluView, Mat, Spatial, View, ViewMut, validate};
@@ -96,7 +97,12 @@ impl<D: Device> TransitionOps for KernelBackend<D> {
         // SAFETY: x covers xm (shape's pixels), y covers ym (the pooled pixels), W cout × cin
         // floats, the per-channel vectors cin floats (checked above).
         unsafe {
-            self.device.launch("bn_relu_avgpool_conv1x1_fwd_f32", fwd_cfg(ym.rows, ym.cols)?, &p, &addrs)
+            self.device.launch(
+                conv_kernel!(self, "bn_relu_avgpool_conv1x1_fwd"),
+                fwd_cfg(ym.rows, ym.cols)?,
+                &p,
+                &addrs,
+            )
         }
     }
 
@@ -125,7 +131,7 @@ impl<D: Device> TransitionOps for KernelBackend<D> {
             // 0 with one split (the kernel adds into dW) or holds a dW-sized tile per split.
             unsafe {
                 self.device.launch(
-                    "bn_relu_avgpool_conv1x1_wgrad_f32",
+                    conv_kernel!(self, "bn_relu_avgpool_conv1x1_wgrad"),
                     cfg,
                     &p,
                     &[x, mean, var, gamma, beta, dy, dw_addr, partials],
@@ -171,6 +177,8 @@ impl<D: Device> TransitionOps for KernelBackend<D> {
         // SAFETY: dy covers dym (the pooled pixels), x and dx cover xm and dxm (shape's pixels,
         // same channels), W cout × cin floats, sums and the per-channel vectors 2·cin and cin
         // floats (checked above).
-        unsafe { self.fused_dgrad("bn_relu_avgpool_conv1x1_dgrad_f32", runs, &p, operands, sums) }
+        unsafe {
+            self.fused_dgrad(conv_kernel!(self, "bn_relu_avgpool_conv1x1_dgrad"), runs, &p, operands, sums)
+        }
     }
 }
