@@ -75,17 +75,20 @@ __device__ void bn_relu_conv1x1_dgrad(const Conv1x1Params p, const T* dz, const 
 }
 
 #define DN_CONV1X1_KERNELS(T, MATH, SUFFIX)                                                         \
-    extern "C" __global__ void __launch_bounds__(kGemmThreads) bn_relu_conv1x1_fwd_##SUFFIX(        \
+    extern "C" __global__ void __launch_bounds__(kGemmThreads, MATH::kMinBlocks)                    \
+        bn_relu_conv1x1_fwd_##SUFFIX(                                                               \
         const Conv1x1Params p, const T* x, const float* mean, const float* var,                     \
         const float* gamma, const float* beta, const float* w, T* z) {                              \
         bn_relu_conv1x1_fwd<MATH, T>(p, x, BnParams{mean, var, gamma, beta}, w, z);                 \
     }                                                                                               \
-    extern "C" __global__ void __launch_bounds__(kGemmThreads) bn_relu_conv1x1_wgrad_##SUFFIX(      \
+    extern "C" __global__ void __launch_bounds__(kGemmThreads, MATH::kMinBlocks)                    \
+        bn_relu_conv1x1_wgrad_##SUFFIX(                                                             \
         const Conv1x1Params p, const T* x, const float* mean, const float* var,                     \
         const float* gamma, const float* beta, const T* dz, float* dw, float* partials) {           \
         bn_relu_conv1x1_wgrad<MATH, T>(p, x, BnParams{mean, var, gamma, beta}, dz, dw, partials);   \
     }                                                                                               \
-    extern "C" __global__ void __launch_bounds__(kGemmThreads) bn_relu_conv1x1_dgrad_##SUFFIX(      \
+    extern "C" __global__ void __launch_bounds__(kGemmThreads, MATH::kMinBlocks)                    \
+        bn_relu_conv1x1_dgrad_##SUFFIX(                                                             \
         const Conv1x1Params p, const T* dz, const float* w, const T* x, const float* mean,          \
         const float* var, const float* gamma, const float* beta, T* dx, float* sums,                \
         double* partials) {                                                                         \

@@ -250,6 +250,10 @@ __device__ __forceinline__ int dn_micro_col() { return threadIdx.x % (kTileN / k
 
 // Exact f32: each thread's kMicro × kMicro register tile, 16 FFMA per reduction index.
 struct SimtF32 {
+    // The launch bounds' minimum of resident blocks: 0 leaves the register budget to ptxas,
+    // which keeps these kernels at ≤ 65 registers without spilling.
+    static constexpr int kMinBlocks = 0;
+
     struct Acc {
         float v[kMicro][kMicro];
     };
@@ -291,6 +295,9 @@ struct MmaTf32 {
     static constexpr int kFragsM = kWarpM / 16, kFragsN = kWarpN / 8;
     static_assert((kTileM / kWarpM) * kWarpsN * 32 == kGemmThreads, "one warp tile per warp");
     static_assert(kTileK % 8 == 0, "a reduction step is whole k8 slices");
+    // Left to itself ptxas gives the pooled forward 64 registers and spills; asking for four
+    // resident blocks (≤ 64 registers) makes it schedule every tf32 kernel without a spill.
+    static constexpr int kMinBlocks = 4;
 
     struct Acc {
         float v[kFragsM][kFragsN][4];

@@ -105,14 +105,14 @@ __device__ void bn_relu_avgpool_conv1x1_dgrad(const TransitionParams p, const T*
 }
 
 #define DN_TRANSITION_KERNELS(T, MATH, SUFFIX)                                                      \
-    extern "C" __global__ void __launch_bounds__(kGemmThreads)                                      \
+    extern "C" __global__ void __launch_bounds__(kGemmThreads, MATH::kMinBlocks)                    \
         bn_relu_avgpool_conv1x1_fwd_##SUFFIX(const TransitionParams p, const T* x,                  \
                                              const float* mean, const float* var,                   \
                                              const float* gamma, const float* beta,                 \
                                              const float* w, T* y) {                                \
         bn_relu_avgpool_conv1x1_fwd<MATH, T>(p, x, BnParams{mean, var, gamma, beta}, w, y);         \
     }                                                                                               \
-    extern "C" __global__ void __launch_bounds__(kGemmThreads)                                      \
+    extern "C" __global__ void __launch_bounds__(kGemmThreads, MATH::kMinBlocks)                    \
         bn_relu_avgpool_conv1x1_wgrad_##SUFFIX(const TransitionParams p, const T* x,                \
                                                const float* mean, const float* var,                 \
                                                const float* gamma, const float* beta,               \
@@ -120,7 +120,7 @@ __device__ void bn_relu_avgpool_conv1x1_dgrad(const TransitionParams p, const T*
         bn_relu_avgpool_conv1x1_wgrad<MATH, T>(p, x, BnParams{mean, var, gamma, beta}, dy, dw,      \
                                          partials);                                                 \
     }                                                                                               \
-    extern "C" __global__ void __launch_bounds__(kGemmThreads)                                      \
+    extern "C" __global__ void __launch_bounds__(kGemmThreads, MATH::kMinBlocks)                    \
         bn_relu_avgpool_conv1x1_dgrad_##SUFFIX(const TransitionParams p, const T* dy,               \
                                                const float* w, const T* x, const float* mean,       \
                                                const float* var, const float* gamma,                \

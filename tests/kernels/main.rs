@@ -281,12 +281,13 @@ mod conv3x3;
 mod elementwise;
 mod head;
 mod pool;
+mod tf32;
 mod transition;
 mod unfused;
 
 fn main() -> ExitCode {
     let args = Arguments::from_args();
-    let families: [(&str, Vec<Case>); 8] = [
+    let families: [(&str, Vec<Case>); 9] = [
         ("elementwise", elementwise::cases()),
         ("conv1x1", conv1x1::cases()),
         ("conv3x3", conv3x3::cases()),
@@ -295,6 +296,7 @@ fn main() -> ExitCode {
         ("pool", pool::cases()),
         ("head", head::cases()),
         ("unfused", unfused::cases()),
+        ("tf32", tf32::cases()),
     ];
     let require = std::env::var(REQUIRE_GPU).is_ok_and(|v| v == "1");
     // Probed once so that the reason is printed once; each case opens its own backend.
@@ -392,6 +394,7 @@ fn every_kernel_has_an_emulated_test() {
         pool::COVERED,
         head::COVERED,
         unfused::COVERED,
+        tf32::COVERED,
     ]
     .concat();
     for k in &production {

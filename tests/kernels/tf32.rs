@@ -1,0 +1,204 @@
+//! The tensor-core (tf32) kernels against the exact path: the device computing in tf32 against
+//! the cpu backend in fp32, with an error bound derived from the unit roundoff and the GEMM
+//! depth K instead of a tuned tolerance. (The cases `<op>_tf32` of the family modules compare
+//! the same kernels with the cpu backend at tf32, which multiplies the same rounded operands,
+//! to the harness's 1e-5.)
+//!
+//! The bound. A tf32 kernel rounds each operand to TF32, relative error ≤ u = 2⁻¹¹ (10 explicit
+//! mantissa bits, round to nearest), so each product a·b is formed as a·b·(1 + θ) with
+//! |θ| ≤ (1 + u)² − 1 = 2u + u², exactly (products of two TF32 values fit an f32). Both paths
+//! then add K terms in f32, each sum within γ_K·Σ|terms| of its exact value (γ_K = K·ε/(1 − K·ε),
+//! ε = 2⁻²⁴, for any order and any tree of additions), the tf32 path's terms being up to
+//! (1 + u)² times larger. So, per output element,
+//!     |c_tf32 − c_fp32| ≤ [2u + u² + γ_K·(1 + (1 + u)²)] · Σ_k |a_k|·|b_k|,
+//! and the same for the Frobenius norm of the whole output, with Σ|a||b| the output of the same
+//! op on |operands| (computed by the cpu backend in fp32, whose own error there is another
+//! γ_K relative, covered by the 1.01 margin). BN-ReLU'd and pooled operands are ≥ 0 already; a
+//! data gradient's BN-ReLU-backward epilogue multiplies by a per-channel a and a 0/1 mask, which
+//! the bound carries through as |a|. Each check also requires the error to be above 10⁻⁶ of the
+//! output: a kernel that quietly multiplied in f32 would pass the bound but fail that.
+
+use densenet::Precision;
+use densenet::backend::cpu::CpuBackend;
+use densenet::backend::cuda::{Device, KernelBackend};
+use densenet::backend::prelude::*;
+use densenet::backend::{At, AtMut, BnRef, Category, Mat, Spatial, View, ViewMut};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+crate::kernel_cases! {
+    conv1x1 @ tf32 => ["bn_relu_conv1x1_fwd_tf32", "bn_relu_conv1x1_wgrad_tf32", "bn_relu_conv1x1_dgrad_tf32"],
+    transition @ tf32 => [
+        "bn_relu_avgpool_conv1x1_fwd_tf32",
+        "bn_relu_avgpool_conv1x1_wgrad_tf32",
+        "bn_relu_avgpool_conv1x1_dgrad_tf32",
+    ],
+}
+
+/// The derived bound on ‖c_tf32 − c_fp32‖ / ‖Σ|a||b|‖ for GEMMs of depth `k` (module docs).
+pub fn tf32_bound(k: usize) -> f64 {
+    let u = Precision::Tf32.operand_roundoff();
+    let eps = 2f64.powi(-24);
+    let gamma = k as f64 * eps / (1.0 - k as f64 * eps);
+    1.01 * (2.0 * u + u * u + gamma * (1.0 + (1.0 + u).powi(2)))
+}
+
+/// Requires ‖tf32 − fp32‖ ≤ tf32_bound(k)·‖abs‖ and ‖tf32 − fp32‖ > 10⁻⁶·‖fp32‖.
+pub fn check_bound(what: &str, tf32: &[f32], fp32: &[f32], abs: &[f32], k: usize) {
+    let norm = |v: &mut dyn Iterator<Item = f64>| v.map(|x| x * x).sum::<f64>().sqrt();
+    let err = norm(&mut tf32.iter().zip(fp32).map(|(a, b)| f64::from(*a) - f64::from(*b)));
+    let scale = norm(&mut abs.iter().map(|&v| f64::from(v)));
+    let reference = norm(&mut fp32.iter().map(|&v| f64::from(v)));
+    let bound = tf32_bound(k);
+    println!(
+        "{what}: ‖tf32 − fp32‖/‖fp32‖ = {:.2e}, ‖tf32 − fp32‖/‖Σ|a||b|‖ = {:.2e} ≤ {bound:.2e} (K = {k})",
+        err / reference,
+        err / scale
+    );
+    assert!(
+        err.is_finite() && err <= bound * scale,
+        "{what}: error {err:e} above the bound {:e}",
+        bound * scale
+    );
+    assert!(
+        err > 1e-6 * reference,
+        "{what}: tf32 agrees with fp32 to {:e}: were the operands rounded?",
+        err / reference
+    );
+}
+
+/// Host inputs of one op: x (rows × cin), BN statistics and parameters over cin, W (cout × cin),
+/// an output gradient (rows_out × cout), all dense.
+struct Inputs {
+    x: Vec<f32>,
+    stats: Vec<f32>,
+    params: Vec<f32>,
+    w: Vec<f32>,
+    dout: Vec<f32>,
+}
+
+impl Inputs {
+    fn random(rng: &mut ChaCha8Rng, rows: usize, rows_out: usize, cin: usize, cout: usize) -> Inputs {
+        let mut uniform =
+            |n: usize, lo: f32, hi: f32| (0..n).map(|_| rng.random_range(lo..hi)).collect::<Vec<f32>>();
+        let x = uniform(rows * cin, -2.0, 2.0);
+        let mut stats = uniform(cin, -0.5, 0.5);
+        stats.extend(uniform(cin, 0.2, 2.0));
+        // γ of both signs, so that the epilogue's a is negative for some channels.
+        let mut params: Vec<f32> = uniform(cin, 0.5, 1.5)
+            .into_iter()
+            .enumerate()
+            .map(|(i, g)| if i % 5 == 2 { -g } else { g })
+            .collect();
+        params.extend(uniform(cin, -0.3, 0.3));
+        let w = uniform(cout * cin, -1.0, 1.0);
+        let dout = uniform(rows_out * cout, -1.0, 1.0);
+        Inputs { x, stats, params, w, dout }
+    }
+}
+
+fn magnitudes(v: &[f32], abs: bool) -> Vec<f32> {
+    v.iter().map(|x| if abs { x.abs() } else { *x }).collect()
+}
+
+fn upload<B: Buffers>(b: &B, v: &[f32]) -> B::Buf {
+    let mut buf = b.alloc(v.len(), Category::Workspace).unwrap();
+    b.upload(&mut buf, 0, v).unwrap();
+    buf
+}
+
+/// The three outputs of one op: forward y, weight gradient dW (from zero), data gradient dx,
+/// each on |operands| when `abs` (and then |dx|).
+type Outputs = [Vec<f32>; 3];
+
+/// A fused 1×1 family's three ops on backend `b`: `pooled` selects the transition (input
+/// `shape`), else the bottleneck (`shape.pixels()` rows).
+fn run<B: Backend>(
+    b: &B,
+    i: &Inputs,
+    shape: Spatial,
+    pooled: bool,
+    cin: usize,
+    cout: usize,
+    abs: bool,
+) -> Outputs {
+    let rows = shape.pixels();
+    let rows_out = if pooled { shape.n * (shape.h / 2) * (shape.w / 2) } else { rows };
+    let (x, stats, params) = (upload(b, &i.x), upload(b, &i.stats), upload(b, &i.params));
+    let w = upload(b, &magnitudes(&i.w, abs));
+    let dout = upload(b, &magnitudes(&i.dout, abs));
+    let xv = || {
+        View::new(&x, Mat::dense(0, rows, cin)).bn_relu(BnRef {
+            stats: &stats,
+            mean: 0,
+            var: cin,
+            params: &params,
+            gamma: 0,
+            beta: cin,
+        })
+    };
+    let om = Mat::dense(0, rows_out, cout);
+    let mut y = b.alloc(rows_out * cout, Category::Workspace).unwrap();
+    let mut dw = b.alloc(cout * cin, Category::Workspace).unwrap();
+    let mut dx = b.alloc(rows * cin, Category::Workspace).unwrap();
+    let mut sums = b.alloc(2 * cin, Category::Workspace).unwrap();
+    let dxv = ViewMut::new(&mut dx, Mat::dense(0, rows, cin));
+    if pooled {
+        b.bn_relu_avgpool_conv1x1_fwd(xv(), shape, At { buf: &w, offset: 0 }, ViewMut::new(&mut y, om))
+            .unwrap();
+        b.bn_relu_avgpool_conv1x1_wgrad(xv(), shape, View::new(&dout, om), AtMut::new(&mut dw, 0)).unwrap();
+        b.bn_relu_avgpool_conv1x1_dgrad(
+            View::new(&dout, om),
+            At { buf: &w, offset: 0 },
+            xv(),
+            shape,
+            dxv,
+            &mut sums,
+        )
+        .unwrap();
+    } else {
+        b.bn_relu_conv1x1_fwd(xv(), At { buf: &w, offset: 0 }, ViewMut::new(&mut y, om)).unwrap();
+        b.bn_relu_conv1x1_wgrad(xv(), View::new(&dout, om), AtMut::new(&mut dw, 0)).unwrap();
+        b.bn_relu_conv1x1_dgrad(View::new(&dout, om), At { buf: &w, offset: 0 }, xv(), dxv, false, &mut sums)
+            .unwrap();
+    }
+    let down = |buf: &B::Buf, n: usize| b.download(buf, 0, n).unwrap();
+    [down(&y, rows_out * cout), down(&dw, cout * cin), magnitudes(&down(&dx, rows * cin), abs)]
+}
+
+/// (shape, c_in, c_out) with a GEMM depth from 5 to 4551 (the bottleneck wgrad over 3 × 37×41
+/// pixels).
+const SHAPES: [(Spatial, usize, usize); 3] = [
+    (Spatial { n: 3, h: 7, w: 5 }, 13, 37),
+    (Spatial { n: 3, h: 37, w: 41 }, 70, 48),
+    (Spatial { n: 3, h: 15, w: 7 }, 130, 72),
+];
+
+fn family<D: Device>(device: &KernelBackend<D>, pooled: bool, seed: u64) {
+    assert_eq!(device.precision(), Precision::Tf32);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let cpu = CpuBackend::new();
+    let name = if pooled { "transition" } else { "conv1x1" };
+    for (shape, cin, cout) in SHAPES {
+        let i = Inputs::random(&mut rng, shape.pixels(), shape.pixels(), cin, cout);
+        let tf32 = run(device, &i, shape, pooled, cin, cout, false);
+        let fp32 = run(&cpu, &i, shape, pooled, cin, cout, false);
+        let abs = run(&cpu, &i, shape, pooled, cin, cout, true);
+        let rows_out = if pooled { shape.n * (shape.h / 2) * (shape.w / 2) } else { shape.pixels() };
+        // The reduction depth of each GEMM (the pooled input's four taps are added before the
+        // rounding, so they do not deepen it).
+        let depths = [cin, rows_out, cout];
+        for (k, op) in ["fwd", "wgrad", "dgrad"].into_iter().enumerate() {
+            let what = format!("{name} {op} {shape:?} {cin}->{cout}");
+            check_bound(&what, &tf32[k], &fp32[k], &abs[k], depths[k]);
+        }
+    }
+}
+
+fn conv1x1<D: Device>(device: &KernelBackend<D>) {
+    family(device, false, 31);
+}
+
+fn transition<D: Device>(device: &KernelBackend<D>) {
+    family(device, true, 32);
+}
