@@ -158,6 +158,21 @@ fn resuming_with_another_model_names_the_mismatched_tensor() {
     assert!(stderr.contains("checkpoint.safetensors: was made for another configuration: tensor `features.denseblock1.denselayer1.conv1.weight` has shape [16, 24, 1, 1] in the checkpoint but [8, 24, 1, 1]"), "{stderr}");
 }
 
+#[test]
+fn a_tf32_run_resumes_in_tf32_and_refuses_another_precision() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ok(&train(dir.path(), &["--epochs", "1", "--backend", "cpu", "--precision", "tf32"]));
+    assert!(out.contains("cpu (tf32)"), "{out}");
+    // Without --precision a resumed run continues in the checkpoint's.
+    let out = ok(&train(dir.path(), &["--epochs", "2", "--resume", "--backend", "cpu"]));
+    assert!(out.contains("cpu (tf32)") && out.contains("resuming after epoch 1"), "{out}");
+    let out = train(dir.path(), &["--epochs", "3", "--resume", "--backend", "cpu", "--precision", "fp32"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("the checkpoint's run computed in tf32, this backend in fp32"), "{stderr}");
+}
+
 /// One run per checkpoint directory, no silent overwrite, and a rejected run creates nothing.
 #[cfg(unix)]
 #[test]

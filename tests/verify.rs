@@ -4,6 +4,7 @@
 //! group's gradient, the input gradient, updated running statistics, eval-mode logits) must
 //! stay below the f32 tolerance of 1e-4.
 
+use densenet::Precision;
 use densenet::backend::cpu::CpuBackend;
 use densenet::config::{DenseNetConfig, Stem};
 use densenet::verify::{F32_TOLERANCE, verify};
@@ -71,4 +72,30 @@ fn imagenet_stem_batch1() {
 #[test]
 fn densenet_bc_100_k12() {
     check(&DenseNetConfig::preset("densenet-bc-100-k12").unwrap(), 2, 32, 32, 0);
+}
+
+/// tf32 on the cpu backend (every GEMM operand rounded as the tensor-core kernels round it):
+/// within the tf32 tolerance (see `densenet::verify::TF32_TOLERANCE`), and visibly not the fp32
+/// result.
+fn check_tf32(cfg: &DenseNetConfig, batch: usize, h: usize, w: usize, seed: u64) {
+    let backend = CpuBackend::new().with_precision(Precision::Tf32);
+    let r = verify(&backend, cfg, batch, h, w, seed).expect("verify runs");
+    assert_eq!((r.precision, r.tolerance), (Precision::Tf32, densenet::verify::TF32_TOLERANCE));
+    for c in &r.comparisons {
+        println!("{:<28} {:.3e}", c.name, c.rel_error);
+        assert!(c.rel_error < r.tolerance, "{} relative error {:.3e} ({cfg:?})", c.name, c.rel_error);
+    }
+    assert!(r.passed());
+    let logits = r.comparisons.iter().find(|c| c.name == "logits").unwrap().rel_error;
+    assert!(logits > 1e-6, "tf32 logits agree with the oracle to {logits:e}: were the operands rounded?");
+}
+
+#[test]
+fn cifar_stem_tf32() {
+    check_tf32(&custom(Stem::Cifar, 5, &[3, 2, 2], 7, 4, 0.5), 3, 7, 5, 14);
+}
+
+#[test]
+fn imagenet_stem_tf32() {
+    check_tf32(&custom(Stem::Imagenet, 6, &[2, 2], 8, 4, 0.5), 2, 35, 29, 15);
 }

@@ -253,7 +253,7 @@ impl BackendTask for Run<'_> {
         let description =
             format!("{} ({} train / {} test images)", source.describe(), data.train.len(), data.test.len());
         let (train_set, test_set) = (data.train, data.test);
-        let device = backend.name();
+        let (device, precision) = (backend.name(), backend.precision());
         let mut trainer = if args.resume {
             if !has_checkpoint {
                 return Err(Error::file(
@@ -288,7 +288,7 @@ impl BackendTask for Run<'_> {
         );
         println!(
             "{} epochs of {} batches of {}, SGD lr {} ({} schedule), Nesterov momentum {}, \
-             weight decay {}, {device}",
+             weight decay {}, {device} ({precision})",
             t.epochs,
             trainer.batches_per_epoch(),
             t.batch,

@@ -8,7 +8,7 @@ use super::model_args::{ModelArgs, size_or_default};
 use clap::Args;
 use densenet::backend::{Backend, BackendTask, UnfusedOps};
 use densenet::config::DenseNetConfig;
-use densenet::verify::{F32_TOLERANCE, KINK_MARGIN, VerifyReport, verify_with_step};
+use densenet::verify::{VerifyReport, verify_with_step};
 use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug)]
@@ -45,7 +45,7 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<Outcome> {
     let (h, w) = size_or_default(&args.size, &cfg)?;
     let task = Verify { cfg: &cfg, batch: args.batch, h, w, seed: args.seed, dump: args.dump.as_deref() };
     let report = run_on(args.backend, args.precision.into(), task)?;
-    let passed = report.passed(F32_TOLERANCE);
+    let passed = report.passed();
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -56,21 +56,22 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<Outcome> {
 
 fn print_table(r: &VerifyReport, passed: bool) {
     println!(
-        "verify on {}: batch {}, {}x{}, seed {}; relative error ||efficient - oracle|| / ||oracle||",
-        r.backend, r.batch, r.height, r.width, r.seed
+        "verify on {} ({}): batch {}, {}x{}, seed {}; relative error ||efficient - oracle|| / ||oracle||",
+        r.backend, r.precision, r.batch, r.height, r.width, r.seed
     );
     for c in &r.comparisons {
         println!("  {:<28} {:.3e}", c.name, c.rel_error);
     }
     println!(
         "  ({} ReLU/max-pool decisions within {:.0e} of their kink taken as the backend took them)",
-        r.kink_decisions, KINK_MARGIN
+        r.kink_decisions, r.kink_margin
     );
     println!("  (efficient path {:.2} s, f64 oracle {:.2} s)", r.backend_seconds, r.oracle_seconds);
     println!(
-        "max relative error {:.3e} (tolerance {:.0e}): {}",
+        "max relative error {:.3e} (tolerance {:.0e} for {}): {}",
         r.max_rel_error,
-        F32_TOLERANCE,
+        r.tolerance,
+        r.precision,
         if passed { "PASS" } else { "FAIL" }
     );
 }
