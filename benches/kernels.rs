@@ -5,8 +5,10 @@
 //!
 //!     cargo bench --bench kernels                  # everything, then a summary table
 //!     cargo bench --bench kernels -- conv3x3       # criterion's filter on benchmark ids
+//!     DENSENET_BENCH_PRECISION=tf32 cargo bench --bench kernels   # one precision (default: fp32,tf32)
 //!
-//! Ids are `<model>/<site>/<op>` and `<model>/<site>/<op>/unfused`; every op is called through
+//! Ids are `<precision>/<model>/<site>/<op>` and `<precision>/<model>/<site>/<op>/unfused`
+//! (the unfused chains are the baseline's kernels, which are f32 at either precision); every op is called through
 //! the op-family traits (`backend::prelude`) on `CudaBackend`. Criterion times `iters` launches and then
 //! `synchronize()`s inside the timed region, so queued kernels are counted; one untimed launch
 //! before the first timed one loads the kernel's module. The summary table at the end gives
@@ -46,6 +48,7 @@
 //! the fused ops' 64×64 GEMM tiles, so a gain also contains that difference.
 
 use criterion::Criterion;
+use densenet::Precision;
 use densenet::backend::cuda::CudaBackend;
 use densenet::backend::prelude::*;
 use densenet::backend::{
@@ -119,7 +122,7 @@ impl<B: Backend + UnfusedOps> Bench<'_, B> {
     ) -> Option<f64> {
         let be = &self.be;
         let (mut launches, mut total, mut warm) = (0u64, Duration::ZERO, false);
-        self.c.bench_function(id, |b| {
+        self.c.bench_function(&format!("{}/{id}", be.precision()), |b| {
             b.iter_custom(|iters| {
                 let fail = |e: densenet::Error| -> ! { panic!("{id}: {e}") };
                 if !warm {
@@ -1009,25 +1012,43 @@ fn format_time(seconds: f64) -> String {
     if seconds < 1e-3 { format!("{:.1} µs", seconds * 1e6) } else { format!("{:.3} ms", seconds * 1e3) }
 }
 
-fn print_table(device: &str, rows: &[Row]) {
+/// Dense multiply-add peak of an H100/H200 SXM by the vendor's datasheet, in FLOP/s, for the
+/// arithmetic the convolutions of `precision` run on (plain f32 FMA, TF32 tensor cores): the
+/// "peak" column's denominator. Other ops run plain f32 whatever the precision.
+fn datasheet_peak(precision: Precision) -> f64 {
+    match precision {
+        Precision::Fp32 => 67e12,
+        Precision::Tf32 => 495e12,
+    }
+}
+
+fn print_table(device: &str, precision: Precision, rows: &[Row]) {
     println!(
-        "\nkernels on {device}, batch {BATCH}: mean time per launch; rates from counted FLOPs and bytes"
+        "\nkernels on {device} ({precision}), batch {BATCH}: mean time per launch; rates from counted \
+         FLOPs and bytes; peak: of the H200's {:.0} TFLOP/s datasheet rate for {precision}",
+        datasheet_peak(precision) / 1e12
     );
     println!(
-        "{:<44} {:>11} {:>9} {:>8} {:>11} {:>8}",
-        "benchmark", "time", "GFLOP/s", "GB/s", "unfused", "gain"
+        "{:<44} {:>11} {:>9} {:>6} {:>8} {:>11} {:>8}",
+        "benchmark", "time", "GFLOP/s", "peak", "GB/s", "unfused", "gain"
     );
     for r in rows {
         let gflops = if r.flops > 0.0 { format!("{:.0}", r.flops / r.seconds / 1e9) } else { "-".into() };
+        let peak = if r.flops > 0.0 {
+            format!("{:.0}%", 100.0 * r.flops / r.seconds / datasheet_peak(precision))
+        } else {
+            "-".into()
+        };
         let (unfused, gain) = match r.unfused {
             Some(u) => (format_time(u), format!("{:.2}x", u / r.seconds)),
             None => (String::new(), String::new()),
         };
         println!(
-            "{:<44} {:>11} {:>9} {:>8.0} {:>11} {:>8}",
+            "{:<44} {:>11} {:>9} {:>6} {:>8.0} {:>11} {:>8}",
             r.id,
             format_time(r.seconds),
             gflops,
+            peak,
             r.bytes / r.seconds / 1e9,
             unfused,
             gain
@@ -1035,8 +1056,19 @@ fn print_table(device: &str, rows: &[Row]) {
     }
 }
 
+/// The precisions to run, from `DENSENET_BENCH_PRECISION` (comma-separated; default both).
+fn precisions() -> Result<Vec<Precision>> {
+    match std::env::var(PRECISION_VAR) {
+        Ok(list) => list.split(',').map(|p| p.trim().parse().map_err(Into::into)).collect(),
+        Err(_) => Ok(Precision::ALL.to_vec()),
+    }
+}
+
+const PRECISION_VAR: &str = "DENSENET_BENCH_PRECISION";
+
 fn main() -> Result<()> {
-    let gpu = match CudaBackend::new(0) {
+    let precisions = precisions()?;
+    let base = match CudaBackend::new(0) {
         Ok(gpu) => gpu,
         Err(e) => {
             println!("skipped: {e}");
@@ -1048,27 +1080,34 @@ fn main() -> Result<()> {
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(1))
         .configure_from_args();
-    let mut h = Bench { be: gpu.clone(), c: &mut c, rows: Vec::new() };
-    for model in models()? {
-        bench_stem(&mut h, &gpu, &model)?;
-        let mut blocks: Vec<usize> = model.layer_blocks.iter().chain(model.transitions).copied().collect();
-        blocks.sort_unstable();
-        blocks.dedup();
-        // One block's buffers at a time: densenet121's first block needs about 1 GB.
-        for b in blocks {
-            let mut x = Block::new(&gpu, &model.cfg, b)?;
-            if model.layer_blocks.contains(&b) {
-                bench_layer(&mut h, &format!("{}/block{}", model.name, b + 1), &mut x);
+    let mut tables = Vec::new();
+    for precision in precisions {
+        let gpu = base.clone().with_precision(precision)?;
+        let mut h = Bench { be: gpu.clone(), c: &mut c, rows: Vec::new() };
+        for model in models()? {
+            bench_stem(&mut h, &gpu, &model)?;
+            let mut blocks: Vec<usize> =
+                model.layer_blocks.iter().chain(model.transitions).copied().collect();
+            blocks.sort_unstable();
+            blocks.dedup();
+            // One block's buffers at a time: densenet121's first block needs about 1 GB.
+            for b in blocks {
+                let mut x = Block::new(&gpu, &model.cfg, b)?;
+                if model.layer_blocks.contains(&b) {
+                    bench_layer(&mut h, &format!("{}/block{}", model.name, b + 1), &mut x);
+                }
+                if model.transitions.contains(&b) {
+                    bench_transition(&mut h, &format!("{}/transition{}", model.name, b + 1), &mut x);
+                }
             }
-            if model.transitions.contains(&b) {
-                bench_transition(&mut h, &format!("{}/transition{}", model.name, b + 1), &mut x);
-            }
+            bench_head(&mut h, &gpu, &model)?;
+            bench_sgd(&mut h, &gpu, &model)?;
         }
-        bench_head(&mut h, &gpu, &model)?;
-        bench_sgd(&mut h, &gpu, &model)?;
+        tables.push((precision, std::mem::take(&mut h.rows)));
     }
-    let rows = std::mem::take(&mut h.rows);
     c.final_summary();
-    print_table(&gpu.name(), &rows);
+    for (precision, rows) in &tables {
+        print_table(&base.name(), *precision, rows);
+    }
     Ok(())
 }
