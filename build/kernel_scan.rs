@@ -32,7 +32,8 @@ pub fn scan(source: &str) -> Result<Vec<String>, String> {
         let Some(directive) = trimmed.strip_prefix('#') else {
             let tokens = tokenize(&line, line_no)?;
             if depth > 0
-                && let Some(t) = tokens.iter().find(|t| t.text == "__global__" || macros.contains_key(&t.text))
+                && let Some(t) =
+                    tokens.iter().find(|t| t.text == "__global__" || macros.contains_key(&t.text))
             {
                 return Err(format!(
                     "line {line_no}: `{}` inside conditional compilation: the kernel scanner cannot \
