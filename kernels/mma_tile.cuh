@@ -33,15 +33,9 @@ __device__ __forceinline__ void dn_mma_tile_tf32(const float (&a)[K][LDA], const
     const int g = static_cast<int>(threadIdx.x % 32 / 4), t = static_cast<int>(threadIdx.x % 4);
 #pragma unroll
     for (int k = 0; k < K; k += 8) {
-        unsigned af[FM][4], bf[FN][2];
-#pragma unroll
-        for (int i = 0; i < FM; ++i) {
-            const int m = m0 + 16 * i + g;
-            af[i][0] = dn_cvt_tf32(a[k + t][m]);
-            af[i][1] = dn_cvt_tf32(a[k + t][m + 8]);
-            af[i][2] = dn_cvt_tf32(a[k + t + 4][m]);
-            af[i][3] = dn_cvt_tf32(a[k + t + 4][m + 8]);
-        }
+        // B's fragments for the slice, then A's one mma row at a time: 4 + 2·FN operand
+        // registers live instead of 4·FM + 2·FN.
+        unsigned bf[FN][2];
 #pragma unroll
         for (int j = 0; j < FN; ++j) {
             const int n = n0 + 8 * j + g;
@@ -49,16 +43,20 @@ __device__ __forceinline__ void dn_mma_tile_tf32(const float (&a)[K][LDA], const
             bf[j][1] = dn_cvt_tf32(b[k + t + 4][n]);
         }
 #pragma unroll
-        for (int i = 0; i < FM; ++i)
+        for (int i = 0; i < FM; ++i) {
+            const int m = m0 + 16 * i + g;
+            const unsigned af[4] = {dn_cvt_tf32(a[k + t][m]), dn_cvt_tf32(a[k + t][m + 8]),
+                                    dn_cvt_tf32(a[k + t + 4][m]), dn_cvt_tf32(a[k + t + 4][m + 8])};
 #pragma unroll
             for (int j = 0; j < FN; ++j) {
                 float c[4] = {acc[2 * i][2 * j], acc[2 * i][2 * j + 1], acc[2 * i + 1][2 * j],
                               acc[2 * i + 1][2 * j + 1]};
-                dn_mma_m16n8k8_tf32(c, af[i], bf[j], c);
+                dn_mma_m16n8k8_tf32(c, af, bf[j], c);
                 acc[2 * i][2 * j] = c[0];
                 acc[2 * i][2 * j + 1] = c[1];
                 acc[2 * i + 1][2 * j] = c[2];
                 acc[2 * i + 1][2 * j + 1] = c[3];
             }
+        }
     }
 }
