@@ -166,7 +166,7 @@ struct MmaTf32 {
     __device__ static int col(int j) { return dn_mma_tile_col(warp_n(), j); }
     __device__ static void multiply(const float (&a)[kBK][kBM + kPad],
                                     const float (&b)[kBK][kBN + kPad], float (&acc)[kTM][kTN]) {
-        dn_mma_tile_tf32<2, 2>(a, b, warp_m(), warp_n(), acc);
+        dn_mma_tile_tf32<2, 2, kBK>(a, b, warp_m(), warp_n(), acc);
     }
 
     // Weight gradient, transposed (dWᵀ = Xᵀ·dy: mma rows are GEMM-K columns, mma columns
@@ -175,13 +175,15 @@ struct MmaTf32 {
     using WAcc = float[kWgradTN][kWgradTM];
     static_assert(kWgradBK == 4 * 16 && kWgradBCO == 2 * 16 && kWgradTM == 4 && kWgradTN == 2,
                   "weight-gradient warp tiles");
-    __device__ static int o(int i) { return dn_mma_tile_col(threadIdx.x / 32 % 2 * 16, i); }
-    __device__ static int k(int j) { return dn_mma_tile_row(threadIdx.x / 32 / 2 * 16, j); }
+    __device__ static int warp_k() { return threadIdx.x / 32 / 2 * 16; }
+    __device__ static int warp_o() { return threadIdx.x / 32 % 2 * 16; }
+    __device__ static int o(int i) { return dn_mma_tile_col(warp_o(), i); }
+    __device__ static int k(int j) { return dn_mma_tile_row(warp_k(), j); }
     __device__ static float at(const WAcc& acc, int i, int j) { return acc[j][i]; }
     __device__ static void wgrad_multiply(const float (&a)[kWgradBP][kWgradBK + kPad],
                                           const float (&dy)[kWgradBP][kWgradBCO + kPad],
                                           WAcc& acc) {
-        dn_mma_tile_tf32<1, 2>(a, dy, threadIdx.x / 32 / 2 * 16, threadIdx.x / 32 % 2 * 16, acc);
+        dn_mma_tile_tf32<1, 2, kWgradBP>(a, dy, warp_k(), warp_o(), acc);
     }
 
     // Data gradient: a gather (3 output columns for an RGB stem, and each pixel its own set of

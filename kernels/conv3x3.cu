@@ -372,7 +372,7 @@ struct Micro<MmaTf32, BN, TN> {
     __device__ static int col(int j) { return dn_mma_tile_col(warp_n() * kWarpN, j); }
 
     __device__ static void multiply(const Stages<BN, TN>& s, int buf, float (&acc)[kTM][TN]) {
-        dn_mma_tile_tf32<2, kWarpN / 8>(s.a[buf], s.b[buf], warp_m() * 32, warp_n() * kWarpN, acc);
+        dn_mma_tile_tf32<2, kWarpN / 8, kBK>(s.a[buf], s.b[buf], warp_m() * 32, warp_n() * kWarpN, acc);
     }
 };
 
@@ -584,7 +584,7 @@ struct WMicro<MmaTf32, BCO, TMW, TNW> {
     __device__ static float at(const Acc& acc, int i, int j) { return acc[j][i]; }
 
     __device__ static void multiply(const WStages<BCO>& s, int buf, Acc& acc) {
-        dn_mma_tile_tf32<1, BCO / 8>(s.a[buf], s.dy[buf], warp_k(), 0, acc);
+        dn_mma_tile_tf32<1, BCO / 8, kWgradBP>(s.a[buf], s.dy[buf], warp_k(), 0, acc);
     }
 };
 
@@ -731,9 +731,15 @@ __device__ __forceinline__ void forward_dispatch(const Conv3x3Params& p, const T
                                                  const float* __restrict__ w, T* __restrict__ y) {
     __shared__ FwdShared s;
     switch (p.tile) {
-    case 8: forward<Math, T, 8, 2>(p, s.stages.n8, s.tapmask, s.ab, z, mean, var, gamma, beta, w, y); break;
-    case 16: forward<Math, T, 16, 4>(p, s.stages.n16, s.tapmask, s.ab, z, mean, var, gamma, beta, w, y); break;
-    default: forward<Math, T, 32, 4>(p, s.stages.n32, s.tapmask, s.ab, z, mean, var, gamma, beta, w, y); break;
+    case 8:
+        forward<Math, T, 8, 2>(p, s.stages.n8, s.tapmask, s.ab, z, mean, var, gamma, beta, w, y);
+        break;
+    case 16:
+        forward<Math, T, 16, 4>(p, s.stages.n16, s.tapmask, s.ab, z, mean, var, gamma, beta, w, y);
+        break;
+    default:
+        forward<Math, T, 32, 4>(p, s.stages.n32, s.tapmask, s.ab, z, mean, var, gamma, beta, w, y);
+        break;
     }
 }
 
@@ -749,10 +755,12 @@ __device__ __forceinline__ void data_grad_dispatch(
         data_grad<Math, T, 8, 2>(p, s.u.n8, s.tapmask, s.chan, dy, w, z, mean, var, gamma, beta, g, partials);
         break;
     case 16:
-        data_grad<Math, T, 16, 4>(p, s.u.n16, s.tapmask, s.chan, dy, w, z, mean, var, gamma, beta, g, partials);
+        data_grad<Math, T, 16, 4>(p, s.u.n16, s.tapmask, s.chan, dy, w, z, mean, var, gamma, beta, g,
+                                  partials);
         break;
     default:
-        data_grad<Math, T, 32, 4>(p, s.u.n32, s.tapmask, s.chan, dy, w, z, mean, var, gamma, beta, g, partials);
+        data_grad<Math, T, 32, 4>(p, s.u.n32, s.tapmask, s.chan, dy, w, z, mean, var, gamma, beta, g,
+                                  partials);
         break;
     }
 }

@@ -22,13 +22,13 @@ __device__ __forceinline__ int dn_mma_tile_col(int n0, int j) {
     return n0 + 8 * (j / 2) + 2 * static_cast<int>(threadIdx.x % 4) + j % 2;
 }
 
-// acc += A·B over the K reduction indices of the stage, A(m, k) = a[k][m], B(k, n) = b[k][n],
+// acc += A·B over the stage's first K reduction indices, A(m, k) = a[k][m], B(k, n) = b[k][n],
 // for the warp tile at (m0, n0). Every lane of the warp must call it (mma.sync is a warp
 // instruction). The operands are rounded with cvt.rna.tf32.f32 as the fragments are read, so
 // an mma multiplies exactly Precision::round_operand of the staged values.
 template <int FM, int FN, int K, int LDA, int LDB>
-__device__ __forceinline__ void dn_mma_tile_tf32(const float (&a)[K][LDA], const float (&b)[K][LDB],
-                                                 int m0, int n0, float (&acc)[2 * FM][2 * FN]) {
+__device__ __forceinline__ void dn_mma_tile_tf32(const float (*a)[LDA], const float (*b)[LDB], int m0,
+                                                 int n0, float (&acc)[2 * FM][2 * FN]) {
     static_assert(K % 8 == 0, "a stage is whole k8 slices");
     const int g = static_cast<int>(threadIdx.x % 32 / 4), t = static_cast<int>(threadIdx.x % 4);
 #pragma unroll
