@@ -30,9 +30,24 @@
 //   of output channels are staged in shared memory as one float4 per (channel, tap). Every dx
 //   element has one writer.
 //
+// MULTIPLY (the `Math` policy each entry point is instantiated with: <op>_f32, <op>_tf32)
+//   * SimtF32: the FFMA register tiles above; exact f32 (the fp32 precision).
+//   * MmaTf32 (the tf32 precision): the forward and the weight gradient multiply their staged
+//     steps on tensor cores, mma.sync m16n8k8 tf32 with f32 accumulation, reading the
+//     fragments from the same k-major shared tiles (mma_tile.cuh) and rounding them there
+//     with cvt.rna.tf32.f32, as the cpu backend rounds its operands at tf32; loaders and
+//     epilogues are the f32 kernels'. Forward: 8 warps as 4 × 2 warp tiles of 32 pixels × 16
+//     channels, whose lane fragments are 4 × 4 like a thread's f32 tile, so the epilogue reads
+//     them in place. Weight gradient: the transposed product dWᵀ (mma rows the 64 GEMM-K
+//     columns, mma columns the 32 output channels), 4 × 2 warp tiles of 16 × 16. The data
+//     gradient stays the FFMA gather (no mma tile fits 3 output columns and per-pixel tap
+//     sets) and multiplies dy and W rounded as the tensor cores would: a product of two TF32
+//     values is exact in f32, so it is the tf32 product.
+//
 // CPU reference: src/backend/conv/cpu.rs (conv_fwd, conv_wgrad, conv_dgrad; im2col in cpu/gemm.rs,
 // im2col_dgrad).
 #include "common.cuh"
+#include "mma_tile.cuh"
 
 // Mirrors backend::conv::ConvParams.
 struct ConvParams {
@@ -87,9 +102,99 @@ static_assert((kWgradBCO / kWgradTM) * kWgradThreadsK == kThreads, "weight-gradi
 constexpr int kDgradChannels = 4;
 constexpr int kDgradPairs = 512;
 
+// ---- multiply policies -------------------------------------------------------------------
+
+// How the forward and the weight gradient multiply a staged step, which tile elements a
+// thread's accumulators are (row(i) / o(i), col(j) / k(j), increasing with the index), and
+// what the data gradient's gather multiplies.
+
+// Exact f32: per-thread register tiles of FFMA.
+struct SimtF32 {
+    // Forward: pixels tm·kTM .. +kTM−1 × channels tn·kTN .. +kTN−1.
+    __device__ static int row(int i) { return threadIdx.x / kThreadsN * kTM + i; }
+    __device__ static int col(int j) { return threadIdx.x % kThreadsN * kTN + j; }
+    __device__ static void multiply(const float (&a)[kBK][kBM + kPad],
+                                    const float (&b)[kBK][kBN + kPad], float (&acc)[kTM][kTN]) {
+        const int m = row(0), n = col(0);
+#pragma unroll
+        for (int kq = 0; kq < kBK; ++kq) {
+            const float4 av4 = *reinterpret_cast<const float4*>(&a[kq][m]);
+            const float4 bv4 = *reinterpret_cast<const float4*>(&b[kq][n]);
+            const float av[kTM] = {av4.x, av4.y, av4.z, av4.w}, bv[kTN] = {bv4.x, bv4.y, bv4.z, bv4.w};
+#pragma unroll
+            for (int i = 0; i < kTM; ++i)
+#pragma unroll
+                for (int jj = 0; jj < kTN; ++jj) acc[i][jj] += av[i] * bv[jj];
+        }
+    }
+
+    // Weight gradient: channels to·kWgradTM .. +kWgradTM−1 × columns tk·kWgradTN .. +kWgradTN−1.
+    using WAcc = float[kWgradTM][kWgradTN];
+    __device__ static int o(int i) { return threadIdx.x / kWgradThreadsK * kWgradTM + i; }
+    __device__ static int k(int j) { return threadIdx.x % kWgradThreadsK * kWgradTN + j; }
+    __device__ static float at(const WAcc& acc, int i, int j) { return acc[i][j]; }
+    __device__ static void wgrad_multiply(const float (&a)[kWgradBP][kWgradBK + kPad],
+                                          const float (&dy)[kWgradBP][kWgradBCO + kPad],
+                                          WAcc& acc) {
+        const int o0 = o(0), k0 = k(0);
+#pragma unroll
+        for (int r = 0; r < kWgradBP; ++r) {
+            const float4 d = *reinterpret_cast<const float4*>(&dy[r][o0]);
+            const float2 v = *reinterpret_cast<const float2*>(&a[r][k0]);
+            const float dv[kWgradTM] = {d.x, d.y, d.z, d.w}, vv[kWgradTN] = {v.x, v.y};
+#pragma unroll
+            for (int i = 0; i < kWgradTM; ++i)
+#pragma unroll
+                for (int j = 0; j < kWgradTN; ++j) acc[i][j] += dv[i] * vv[j];
+        }
+    }
+
+    // Data gradient: the operands as they are.
+    __device__ static float operand(float x) { return x; }
+};
+
+// TF32 operands, f32 accumulation (mma_tile.cuh).
+struct MmaTf32 {
+    // Forward: 8 warps as 4 along the pixels × 2 along the channels, warp tiles of 32 × 16
+    // (2 × 2 mma per k8 slice), whose lane fragments are kTM × kTN like the f32 tile.
+    static constexpr int kWarpsN = 2;
+    static_assert((kBM / 32) * kWarpsN * 32 == kThreads && kBN / kWarpsN == 16 && kTM == 4 && kTN == 4,
+                  "forward warp tiles");
+    __device__ static int warp_m() { return threadIdx.x / 32 / kWarpsN * 32; }
+    __device__ static int warp_n() { return threadIdx.x / 32 % kWarpsN * 16; }
+    __device__ static int row(int i) { return dn_mma_tile_row(warp_m(), i); }
+    __device__ static int col(int j) { return dn_mma_tile_col(warp_n(), j); }
+    __device__ static void multiply(const float (&a)[kBK][kBM + kPad],
+                                    const float (&b)[kBK][kBN + kPad], float (&acc)[kTM][kTN]) {
+        dn_mma_tile_tf32<2, 2, kBK>(a, b, warp_m(), warp_n(), acc);
+    }
+
+    // Weight gradient, transposed (dWᵀ = Xᵀ·dy: mma rows are GEMM-K columns, mma columns
+    // output channels): 8 warps as 4 along the 64 columns × 2 along the 32 channels, warp
+    // tiles of 16 × 16 (2 mma per k8 slice); acc is [column][channel].
+    using WAcc = float[kWgradTN][kWgradTM];
+    static_assert(kWgradBK == 4 * 16 && kWgradBCO == 2 * 16 && kWgradTM == 4 && kWgradTN == 2,
+                  "weight-gradient warp tiles");
+    __device__ static int warp_k() { return threadIdx.x / 32 / 2 * 16; }
+    __device__ static int warp_o() { return threadIdx.x / 32 % 2 * 16; }
+    __device__ static int o(int i) { return dn_mma_tile_col(warp_o(), i); }
+    __device__ static int k(int j) { return dn_mma_tile_row(warp_k(), j); }
+    __device__ static float at(const WAcc& acc, int i, int j) { return acc[j][i]; }
+    __device__ static void wgrad_multiply(const float (&a)[kWgradBP][kWgradBK + kPad],
+                                          const float (&dy)[kWgradBP][kWgradBCO + kPad],
+                                          WAcc& acc) {
+        dn_mma_tile_tf32<1, 2, kWgradBP>(a, dy, warp_k(), warp_o(), acc);
+    }
+
+    // Data gradient: a gather (3 output columns for an RGB stem, and each pixel its own set of
+    // taps under a stride), which no mma tile fits; it multiplies the operands rounded as the
+    // tensor cores would, whose products are exact in f32, so it computes the tf32 product.
+    __device__ static float operand(float x) { return __uint_as_float(dn_cvt_tf32(x)); }
+};
+
 // ---- forward --------------------------------------------------------------------------------
 
-template <typename T>
+template <class Math, typename T>
 __device__ __forceinline__ void forward(const ConvParams& p, const T* __restrict__ x,
                                         const float* __restrict__ w, T* __restrict__ y) {
     __shared__ __align__(16) float a_s[kBK][kBM + kPad];
@@ -118,7 +223,6 @@ __device__ __forceinline__ void forward(const ConvParams& p, const T* __restrict
     __syncthreads();
 
     const int kk = threadIdx.x % kBK, r0 = threadIdx.x / kBK;
-    const int tn = threadIdx.x % kThreadsN, tm = threadIdx.x / kThreadsN;
     const int h = static_cast<int>(p.h), width = static_cast<int>(p.w);
     float acc[kTM][kTN] = {};
     for (int k0 = 0; k0 < K; k0 += kBK) {
@@ -154,25 +258,16 @@ __device__ __forceinline__ void forward(const ConvParams& p, const T* __restrict
             b_s[e % kBK][e / kBK] = rb[j];
         }
         __syncthreads();
-#pragma unroll
-        for (int kq = 0; kq < kBK; ++kq) {
-            const float4 a = *reinterpret_cast<const float4*>(&a_s[kq][tm * kTM]);
-            const float4 b = *reinterpret_cast<const float4*>(&b_s[kq][tn * kTN]);
-            const float av[kTM] = {a.x, a.y, a.z, a.w}, bv[kTN] = {b.x, b.y, b.z, b.w};
-#pragma unroll
-            for (int i = 0; i < kTM; ++i)
-#pragma unroll
-                for (int jj = 0; jj < kTN; ++jj) acc[i][jj] += av[i] * bv[jj];
-        }
+        Math::multiply(a_s, b_s, acc);
     }
 
 #pragma unroll
     for (int i = 0; i < kTM; ++i) {
-        const unsigned int q = m0 + tm * kTM + i;
+        const unsigned int q = m0 + Math::row(i);
         if (q >= out_pixels) break;
 #pragma unroll
         for (int j = 0; j < kTN; ++j) {
-            const unsigned int o = n0 + tn * kTN + j;
+            const unsigned int o = n0 + Math::col(j);
             if (o < p.c_out) y[dn_at(q, o, p.ld_y)] = static_cast<T>(acc[i][j]);
         }
     }
@@ -180,7 +275,7 @@ __device__ __forceinline__ void forward(const ConvParams& p, const T* __restrict
 
 // ---- weight gradient ------------------------------------------------------------------------
 
-template <typename T>
+template <class Math, typename T>
 __device__ __forceinline__ void weight_grad(const ConvParams& p, const T* __restrict__ x,
                                             const T* __restrict__ dy,
                                             float* __restrict__ partials) {
@@ -203,8 +298,7 @@ __device__ __forceinline__ void weight_grad(const ConvParams& p, const T* __rest
     const int c = k - tap * static_cast<int>(p.c_in);
     const int ky = tap / static_cast<int>(p.kernel), kx = tap - ky * static_cast<int>(p.kernel);
 
-    const int tk = threadIdx.x % kWgradThreadsK, to = threadIdx.x / kWgradThreadsK;
-    float acc[kWgradTM][kWgradTN] = {};
+    typename Math::WAcc acc = {};
     for (unsigned int q0 = begin; q0 < end; q0 += kWgradBP) {
         float ra[kWgradRows], rd[kWgradDyLoads];
         unsigned int q = q0 + row0;
@@ -244,35 +338,26 @@ __device__ __forceinline__ void weight_grad(const ConvParams& p, const T* __rest
             dy_s[e / kWgradBCO][e % kWgradBCO] = rd[j];
         }
         __syncthreads();
-#pragma unroll
-        for (int r = 0; r < kWgradBP; ++r) {
-            const float4 d = *reinterpret_cast<const float4*>(&dy_s[r][to * kWgradTM]);
-            const float2 v = *reinterpret_cast<const float2*>(&a_s[r][tk * kWgradTN]);
-            const float dv[kWgradTM] = {d.x, d.y, d.z, d.w}, vv[kWgradTN] = {v.x, v.y};
-#pragma unroll
-            for (int i = 0; i < kWgradTM; ++i)
-#pragma unroll
-                for (int j = 0; j < kWgradTN; ++j) acc[i][j] += dv[i] * vv[j];
-        }
+        Math::wgrad_multiply(a_s, dy_s, acc);
     }
 
     // This split's partial dW tile, one writer per element.
     float* part = partials + static_cast<size_t>(blockIdx.z) * p.c_out * K;
 #pragma unroll
     for (int i = 0; i < kWgradTM; ++i) {
-        const unsigned int o = o0 + to * kWgradTM + i;
+        const unsigned int o = o0 + Math::o(i);
         if (o >= p.c_out) break;
 #pragma unroll
         for (int j = 0; j < kWgradTN; ++j) {
-            const int kj = static_cast<int>(k0) + tk * kWgradTN + j;
-            if (kj < K) part[static_cast<size_t>(o) * K + kj] = acc[i][j];
+            const int kj = static_cast<int>(k0) + Math::k(j);
+            if (kj < K) part[static_cast<size_t>(o) * K + kj] = Math::at(acc, i, j);
         }
     }
 }
 
 // ---- data gradient --------------------------------------------------------------------------
 
-template <typename T>
+template <class Math, typename T>
 __device__ __forceinline__ void data_grad(const ConvParams& p, const T* __restrict__ dy,
                                           const float* __restrict__ w, T* __restrict__ dx) {
     // W(o, tap, c0 .. c0 + 3) of a chunk of output channels, at [(o − o_begin)·k² + tap].
@@ -298,7 +383,7 @@ __device__ __forceinline__ void data_grad(const ConvParams& p, const T* __restri
             const float* src = w + (static_cast<size_t>(o_begin) * taps + e) * p.c_in + c0;
             float v[kDgradChannels];
 #pragma unroll
-            for (int j = 0; j < kDgradChannels; ++j) v[j] = c0 + j < p.c_in ? src[j] : 0.0f;
+            for (int j = 0; j < kDgradChannels; ++j) v[j] = c0 + j < p.c_in ? Math::operand(src[j]) : 0.0f;
             w_s[e] = make_float4(v[0], v[1], v[2], v[3]);
         }
         __syncthreads();
@@ -316,7 +401,7 @@ __device__ __forceinline__ void data_grad(const ConvParams& p, const T* __restri
                 const T* d = dy + dn_at(out, o_begin, p.ld_y);
                 const float4* wv = w_s + ky * kernel + kx;
                 for (int o = 0; o < count; ++o) {
-                    const float g = static_cast<float>(d[o]);
+                    const float g = Math::operand(static_cast<float>(d[o]));
                     const float4 f = wv[o * taps];
                     acc[0] += g * f.x;
                     acc[1] += g * f.y;
@@ -334,21 +419,22 @@ __device__ __forceinline__ void data_grad(const ConvParams& p, const T* __restri
 
 } // namespace conv
 
-#define DN_CONV_KERNELS(T, SUFFIX)                                                               \
+#define DN_CONV_KERNELS(T, MATH, SUFFIX)                                                         \
     extern "C" __global__ void __launch_bounds__(conv::kThreads)                                 \
         conv_fwd_##SUFFIX(const ConvParams p, const T* __restrict__ x,                           \
                           const float* __restrict__ w, T* __restrict__ y) {                      \
-        conv::forward<T>(p, x, w, y);                                                            \
+        conv::forward<conv::MATH, T>(p, x, w, y);                                                \
     }                                                                                            \
     extern "C" __global__ void __launch_bounds__(conv::kThreads)                                 \
         conv_wgrad_##SUFFIX(const ConvParams p, const T* __restrict__ x,                         \
                             const T* __restrict__ dy, float* __restrict__ partials) {            \
-        conv::weight_grad<T>(p, x, dy, partials);                                                \
+        conv::weight_grad<conv::MATH, T>(p, x, dy, partials);                                    \
     }                                                                                            \
     extern "C" __global__ void __launch_bounds__(conv::kThreads)                                 \
         conv_dgrad_##SUFFIX(const ConvParams p, const T* __restrict__ dy,                        \
                             const float* __restrict__ w, T* __restrict__ dx) {                   \
-        conv::data_grad<T>(p, dy, w, dx);                                                        \
+        conv::data_grad<conv::MATH, T>(p, dy, w, dx);                                            \
     }
 
-DN_CONV_KERNELS(float, f32)
+DN_CONV_KERNELS(float, SimtF32, f32)
+DN_CONV_KERNELS(float, MmaTf32, tf32)

@@ -53,9 +53,26 @@
 //   shared memory, and write one partial row each; the reduction adds rows in block order.
 //   ReLU decisions use dn_affine (common.cuh), bit-identical to the host's.
 //
+// MULTIPLY (the `Math` policy each entry point is instantiated with: <op>_f32, <op>_tf32)
+//   * SimtF32: the per-thread FFMA register tiles above; exact f32 (the fp32 precision).
+//   * MmaTf32: tensor cores, mma.sync m16n8k8 tf32 with f32 accumulation (the tf32
+//     precision). Only the multiply of a staged step differs: loaders, BN-ReLU, tap masks,
+//     epilogues and split reductions are the f32 kernels', and the fragments are read from
+//     the same k-major stages (mma_tile.cuh) and rounded there with cvt.rna.tf32.f32, so an
+//     mma multiplies exactly the operands the cpu backend multiplies at tf32.
+//     Forward / data gradient: warp tiles of 32 pixels, 8 warps as 4 × 2 of 32 × 16 for
+//     BN = 32, 8 × 1 of 32 × 16 for BN = 16 and of 32 × 8 for BN = 8. A lane's fragments are
+//     then 4 pixel rows × TN columns, the shape of a thread's f32 tile, so the epilogues read
+//     them in place without staging them through shared memory; the data gradient's block
+//     reduction orders its thread rows by warp row and fragment row instead.
+//     Weight gradient: the transposed product dWᵀ, mma rows the block's 128 K columns (16 per
+//     warp), mma columns its BCO output channels, so that BCO = 8 fills the mma's 8 columns
+//     instead of half of its 16 rows; warp tiles 16 × BCO.
+//
 // CPU reference: src/backend/conv3x3/cpu.rs (bn_relu_conv3x3_fwd / _wgrad / _dgrad, im2col,
 // im2col_dgrad).
 #include "common.cuh"
+#include "mma_tile.cuh"
 
 // Mirrors backend::conv3x3::Conv3x3Params.
 struct Conv3x3Params {
@@ -304,27 +321,64 @@ __device__ __forceinline__ void store_stage(Stages<BN, TN>& s, int buf,
     }
 }
 
-// acc += A-tile(rows tm·4 .. +3) · B-tile(columns tn·TN .. +TN−1) over one staged K-step.
+// How a block multiplies a staged K-step, and which tile elements a thread's kTM × TN
+// accumulators acc[i][j] are: tile row row(i), column col(j), both increasing with the index.
+// The data gradient's block reduction adds per-thread column sums in the order of red_row(),
+// the thread's place among the kThreadsM threads that share each column.
+struct SimtF32 {};
+struct MmaTf32 {};
+template <class Math, int BN, int TN>
+struct Micro;
+
+// Exact f32: rows tm·4 .. +3 and columns tn·TN .. +TN−1 of the tile, kTM·TN FFMA per K index
+// from one float4 (A) and one float4/float2 (W) fragment.
 template <int BN, int TN>
-__device__ __forceinline__ void multiply_stage(const Stages<BN, TN>& s, int buf,
-                                               float (&acc)[kTM][TN]) {
-    const int tn = threadIdx.x % Tile<BN, TN>::kThreadsN;
-    const int tm = threadIdx.x / Tile<BN, TN>::kThreadsN;
+struct Micro<SimtF32, BN, TN> {
+    __device__ static int red_row() { return threadIdx.x / Tile<BN, TN>::kThreadsN; }
+    __device__ static int row(int i) { return red_row() * kTM + i; }
+    __device__ static int col(int j) { return threadIdx.x % Tile<BN, TN>::kThreadsN * TN + j; }
+
+    __device__ static void multiply(const Stages<BN, TN>& s, int buf, float (&acc)[kTM][TN]) {
+        const int m = row(0), n = col(0);
 #pragma unroll
-    for (int kk = 0; kk < kBK; ++kk) {
-        float a[kTM], b[TN];
-        load_frag<kTM>(&s.a[buf][kk][tm * kTM], a);
-        load_frag<TN>(&s.b[buf][kk][tn * TN], b);
+        for (int kk = 0; kk < kBK; ++kk) {
+            float a[kTM], b[TN];
+            load_frag<kTM>(&s.a[buf][kk][m], a);
+            load_frag<TN>(&s.b[buf][kk][n], b);
 #pragma unroll
-        for (int i = 0; i < kTM; ++i)
+            for (int i = 0; i < kTM; ++i)
 #pragma unroll
-            for (int j = 0; j < TN; ++j) acc[i][j] += a[i] * b[j];
+                for (int j = 0; j < TN; ++j) acc[i][j] += a[i] * b[j];
+        }
     }
-}
+};
+
+// Tensor cores (mma_tile.cuh): warp tiles of 32 pixels × BN / kWarpsN columns, the warps
+// kWarpsM along the pixels × kWarpsN along the columns: 4 × 2 of 32 × 16 for BN = 32
+// (BM = 128), 8 × 1 of 32 × 16 for BN = 16 and of 32 × 8 for BN = 8 (BM = 256). A lane's
+// mma accumulators then are kTM rows × TN columns, the shape of the f32 register tile.
+template <int BN, int TN>
+struct Micro<MmaTf32, BN, TN> {
+    static constexpr int kWarpsM = Tile<BN, TN>::BM / 32;
+    static constexpr int kWarpsN = kThreads / 32 / kWarpsM;
+    static constexpr int kWarpN = BN / kWarpsN;
+    static_assert(kWarpsM * kWarpsN * 32 == kThreads && kWarpN % 8 == 0, "one warp tile per warp");
+    static_assert(kTM == 4 && TN == kWarpN / 4, "a lane's fragments are the thread's kTM × TN");
+
+    __device__ static int warp_m() { return threadIdx.x / 32 / kWarpsN; }
+    __device__ static int warp_n() { return threadIdx.x / 32 % kWarpsN; }
+    __device__ static int red_row() { return warp_m() * 8 + static_cast<int>(threadIdx.x % 32 / 4); }
+    __device__ static int row(int i) { return dn_mma_tile_row(warp_m() * 32, i); }
+    __device__ static int col(int j) { return dn_mma_tile_col(warp_n() * kWarpN, j); }
+
+    __device__ static void multiply(const Stages<BN, TN>& s, int buf, float (&acc)[kTM][TN]) {
+        dn_mma_tile_tf32<2, kWarpN / 8, kBK>(s.a[buf], s.b[buf], warp_m() * 32, warp_n() * kWarpN, acc);
+    }
+};
 
 // The K loop of one BM × BN tile: acc = A · B. The tile's tap masks (and the forward's BN
 // table) must be visible. Ends with a barrier, so the stages may be reused afterwards.
-template <typename T, Pass kPass, int BN, int TN>
+template <class Math, typename T, Pass kPass, int BN, int TN>
 __device__ __forceinline__ void mainloop(const Conv3x3Params& p, unsigned int m0, unsigned int n0,
                                          Stages<BN, TN>& s, const unsigned int* __restrict__ tapmask,
                                          const float2* __restrict__ ab, const T* __restrict__ src,
@@ -348,7 +402,7 @@ __device__ __forceinline__ void mainloop(const Conv3x3Params& p, unsigned int m0
             load_a<T, kPass, BN, TN>(p, m0, cur, tapmask, ab, src, fa);
             load_b<kPass, BN, TN>(p, n0, (step + 1) * kBK, w, rb);
         }
-        multiply_stage<BN, TN>(s, buf, acc);
+        Micro<Math, BN, TN>::multiply(s, buf, acc);
         // The other buffer was last read before the previous barrier.
         if (more) store_stage<kPass, BN, TN>(s, buf ^ 1, fa, rb);
         __syncthreads();
@@ -357,7 +411,7 @@ __device__ __forceinline__ void mainloop(const Conv3x3Params& p, unsigned int m0
 
 // ---- forward --------------------------------------------------------------------------------
 
-template <typename T, int BN, int TN>
+template <class Math, typename T, int BN, int TN>
 __device__ __forceinline__ void forward(const Conv3x3Params& p, Stages<BN, TN>& s,
                                         unsigned int* __restrict__ tapmask, float2* __restrict__ ab,
                                         const T* __restrict__ z, const float* __restrict__ mean,
@@ -377,18 +431,18 @@ __device__ __forceinline__ void forward(const Conv3x3Params& p, Stages<BN, TN>& 
     __syncthreads();
 
     float acc[kTM][TN] = {};
-    mainloop<T, Pass::kForward, BN, TN>(p, m0, n0, s, tapmask, ab, z, w, acc);
+    mainloop<Math, T, Pass::kForward, BN, TN>(p, m0, n0, s, tapmask, ab, z, w, acc);
 
     // Epilogue: straight into y's columns.
+    using Mi = Micro<Math, BN, TN>;
     const unsigned int pixels = p.n * p.h * p.w;
-    const unsigned int tn = threadIdx.x % Tl::kThreadsN, tm = threadIdx.x / Tl::kThreadsN;
 #pragma unroll
     for (int i = 0; i < kTM; ++i) {
-        const unsigned int pixel = m0 + tm * kTM + i;
+        const unsigned int pixel = m0 + Mi::row(i);
         if (pixel >= pixels) break;
 #pragma unroll
         for (int j = 0; j < TN; ++j) {
-            const unsigned int o = n0 + tn * TN + j;
+            const unsigned int o = n0 + Mi::col(j);
             if (o < p.c_out) y[dn_at(pixel, o, p.ld_y)] = static_cast<T>(acc[i][j]);
         }
     }
@@ -404,7 +458,7 @@ union DgradShared {
     double red[Tile<BN, TN>::kThreadsM][2 * BN];
 };
 
-template <typename T, int BN, int TN>
+template <class Math, typename T, int BN, int TN>
 __device__ __forceinline__ void data_grad(const Conv3x3Params& p, DgradShared<BN, TN>& s,
                                           unsigned int* __restrict__ tapmask,
                                           float4* __restrict__ chan, const T* __restrict__ dy,
@@ -415,9 +469,9 @@ __device__ __forceinline__ void data_grad(const Conv3x3Params& p, DgradShared<BN
                                           const float* __restrict__ beta, T* __restrict__ g,
                                           float* __restrict__ partials) {
     using Tl = Tile<BN, TN>;
+    using Mi = Micro<Math, BN, TN>;
     const unsigned int n0 = blockIdx.y * BN;
     const unsigned int pixels = p.n * p.h * p.w;
-    const unsigned int tn = threadIdx.x % Tl::kThreadsN, tm = threadIdx.x / Tl::kThreadsN;
     // The epilogue's per-channel (a, b, mean, 1/√(var + ε)) of this block's columns; visible
     // after the first tile's barrier.
     if (threadIdx.x < BN) {
@@ -439,18 +493,18 @@ __device__ __forceinline__ void data_grad(const Conv3x3Params& p, DgradShared<BN
         tile_tap_masks<Tl::BM>(p, m0, -1, tapmask);
         __syncthreads();
         float acc[kTM][TN] = {};
-        mainloop<T, Pass::kDataGrad, BN, TN>(p, m0, n0, s.stages, tapmask, nullptr, dy, w, acc);
+        mainloop<Math, T, Pass::kDataGrad, BN, TN>(p, m0, n0, s.stages, tapmask, nullptr, dy, w, acc);
 
         // Epilogue: ReLU mask from z, store g, accumulate the BN-backward sums.
 #pragma unroll
         for (int i = 0; i < kTM; ++i) {
-            const unsigned int pixel = m0 + tm * kTM + i;
+            const unsigned int pixel = m0 + Mi::row(i);
             if (pixel >= pixels) break;
 #pragma unroll
             for (int j = 0; j < TN; ++j) {
-                const unsigned int c = n0 + tn * TN + j;
+                const unsigned int c = n0 + Mi::col(j);
                 if (c >= p.c_in) continue;
-                const float4 bn = chan[tn * TN + j];
+                const float4 bn = chan[Mi::col(j)];
                 const float zv = static_cast<float>(z[dn_at(pixel, c, p.ld_z)]);
                 const float gv = dn_affine(bn.x, zv, bn.y) > 0.0f ? acc[i][j] : 0.0f;
                 g[dn_at(pixel, c, p.ld_g)] = static_cast<T>(gv);
@@ -465,8 +519,8 @@ __device__ __forceinline__ void data_grad(const Conv3x3Params& p, DgradShared<BN
     // loop ended with a barrier (with c_out = 0 none touched the stages), so they are free.
 #pragma unroll
     for (int j = 0; j < TN; ++j) {
-        s.red[tm][tn * TN + j] = sum_g[j];
-        s.red[tm][BN + tn * TN + j] = sum_gx[j];
+        s.red[Mi::red_row()][Mi::col(j)] = sum_g[j];
+        s.red[Mi::red_row()][BN + Mi::col(j)] = sum_gx[j];
     }
     __syncthreads();
     if (threadIdx.x < 2 * BN) {
@@ -481,9 +535,62 @@ __device__ __forceinline__ void data_grad(const Conv3x3Params& p, DgradShared<BN
     }
 }
 
+// The weight gradient's multiply of a staged stage of kWgradBP pixels, and which elements of
+// the BCO × kWgradBK block tile a thread's kO × kK accumulators are: output channel o(i),
+// K column k(j), both increasing with the index; at(acc, i, j) is that element.
+template <class Math, int BCO, int TMW, int TNW>
+struct WMicro;
+
+// Exact f32: channels to·TMW .. +TMW−1 × columns tk·TNW .. +TNW−1, TMW·TNW FFMA per pixel.
+template <int BCO, int TMW, int TNW>
+struct WMicro<SimtF32, BCO, TMW, TNW> {
+    using Tl = WTile<BCO, TMW, TNW>;
+    static constexpr int kO = TMW, kK = TNW;
+    using Acc = float[TMW][TNW];
+
+    __device__ static int o(int i) { return threadIdx.x / Tl::kThreadsK * TMW + i; }
+    __device__ static int k(int j) { return threadIdx.x % Tl::kThreadsK * TNW + j; }
+    __device__ static float at(const Acc& acc, int i, int j) { return acc[i][j]; }
+
+    __device__ static void multiply(const WStages<BCO>& s, int buf, Acc& acc) {
+        const int o0 = o(0), k0 = k(0);
+#pragma unroll
+        for (int r = 0; r < kWgradBP; ++r) {
+            float d[TMW], v[TNW];
+            load_frag<TMW>(&s.dy[buf][r][o0], d);
+            load_frag<TNW>(&s.a[buf][r][k0], v);
+#pragma unroll
+            for (int i = 0; i < TMW; ++i)
+#pragma unroll
+                for (int j = 0; j < TNW; ++j) acc[i][j] += d[i] * v[j];
+        }
+    }
+};
+
+// Tensor cores on the transposed product dWᵀ = Aᵀ·dy: mma rows are the block's kWgradBK K
+// columns (16 per warp), mma columns its BCO output channels, so the narrowest tile (BCO = 8)
+// fills an m16n8k8 without padding; each warp tile is 16 × BCO (BCO / 8 mma per k8 slice).
+template <int BCO, int TMW, int TNW>
+struct WMicro<MmaTf32, BCO, TMW, TNW> {
+    static constexpr int kWarpK = 16;
+    static_assert(kThreads / 32 * kWarpK == kWgradBK && BCO % 8 == 0, "one warp tile per warp");
+    static constexpr int kO = BCO / 4, kK = 2;
+    // [K column][output channel], the mma tile's rows × columns.
+    using Acc = float[kK][kO];
+
+    __device__ static int warp_k() { return threadIdx.x / 32 * kWarpK; }
+    __device__ static int o(int i) { return dn_mma_tile_col(0, i); }
+    __device__ static int k(int j) { return dn_mma_tile_row(warp_k(), j); }
+    __device__ static float at(const Acc& acc, int i, int j) { return acc[j][i]; }
+
+    __device__ static void multiply(const WStages<BCO>& s, int buf, Acc& acc) {
+        dn_mma_tile_tf32<1, BCO / 8, kWgradBP>(s.a[buf], s.dy[buf], warp_k(), 0, acc);
+    }
+};
+
 // ---- weight gradient ------------------------------------------------------------------------
 
-template <typename T, int BCO, int TMW, int TNW>
+template <class Math, typename T, int BCO, int TMW, int TNW>
 __device__ __forceinline__ void weight_grad(const Conv3x3Params& p, WStages<BCO>& s,
                                             const T* __restrict__ z, const float* __restrict__ mean,
                                             const float* __restrict__ var,
@@ -555,8 +662,8 @@ __device__ __forceinline__ void weight_grad(const Conv3x3Params& p, WStages<BCO>
         }
     };
 
-    const int tk = threadIdx.x % Tl::kThreadsK, to = threadIdx.x / Tl::kThreadsK;
-    float acc[TMW][TNW] = {};
+    using Mi = WMicro<Math, BCO, TMW, TNW>;
+    typename Mi::Acc acc = {};
     const int stages = static_cast<int>((end - begin + kWgradBP - 1) / kWgradBP);
     load(begin);
     store(0);
@@ -565,16 +672,7 @@ __device__ __forceinline__ void weight_grad(const Conv3x3Params& p, WStages<BCO>
         const int buf = st & 1;
         const bool more = st + 1 < stages;
         if (more) load(begin + (st + 1) * kWgradBP);
-#pragma unroll
-        for (int r = 0; r < kWgradBP; ++r) {
-            float d[TMW], v[TNW];
-            load_frag<TMW>(&s.dy[buf][r][to * TMW], d);
-            load_frag<TNW>(&s.a[buf][r][tk * TNW], v);
-#pragma unroll
-            for (int i = 0; i < TMW; ++i)
-#pragma unroll
-                for (int j = 0; j < TNW; ++j) acc[i][j] += d[i] * v[j];
-        }
+        Mi::multiply(s, buf, acc);
         // The other buffer was last read before the previous barrier.
         if (more) store(buf ^ 1);
         __syncthreads();
@@ -583,13 +681,13 @@ __device__ __forceinline__ void weight_grad(const Conv3x3Params& p, WStages<BCO>
     // This split's partial dW tile, one writer per element.
     float* part = partials + static_cast<size_t>(blockIdx.z) * p.c_out * K;
 #pragma unroll
-    for (int i = 0; i < TMW; ++i) {
-        const unsigned int o = o0 + to * TMW + i;
+    for (int i = 0; i < Mi::kO; ++i) {
+        const unsigned int o = o0 + Mi::o(i);
         if (o >= p.c_out) break;
 #pragma unroll
-        for (int j = 0; j < TNW; ++j) {
-            const int kj = static_cast<int>(k0) + tk * TNW + j;
-            if (kj < K) part[static_cast<size_t>(o) * K + kj] = acc[i][j];
+        for (int j = 0; j < Mi::kK; ++j) {
+            const int kj = static_cast<int>(k0) + Mi::k(j);
+            if (kj < K) part[static_cast<size_t>(o) * K + kj] = Mi::at(acc, i, j);
         }
     }
 }
@@ -624,7 +722,7 @@ union WgradShared {
     WStages<32> n32;
 };
 
-template <typename T>
+template <class Math, typename T>
 __device__ __forceinline__ void forward_dispatch(const Conv3x3Params& p, const T* __restrict__ z,
                                                  const float* __restrict__ mean,
                                                  const float* __restrict__ var,
@@ -633,13 +731,19 @@ __device__ __forceinline__ void forward_dispatch(const Conv3x3Params& p, const T
                                                  const float* __restrict__ w, T* __restrict__ y) {
     __shared__ FwdShared s;
     switch (p.tile) {
-    case 8: forward<T, 8, 2>(p, s.stages.n8, s.tapmask, s.ab, z, mean, var, gamma, beta, w, y); break;
-    case 16: forward<T, 16, 4>(p, s.stages.n16, s.tapmask, s.ab, z, mean, var, gamma, beta, w, y); break;
-    default: forward<T, 32, 4>(p, s.stages.n32, s.tapmask, s.ab, z, mean, var, gamma, beta, w, y); break;
+    case 8:
+        forward<Math, T, 8, 2>(p, s.stages.n8, s.tapmask, s.ab, z, mean, var, gamma, beta, w, y);
+        break;
+    case 16:
+        forward<Math, T, 16, 4>(p, s.stages.n16, s.tapmask, s.ab, z, mean, var, gamma, beta, w, y);
+        break;
+    default:
+        forward<Math, T, 32, 4>(p, s.stages.n32, s.tapmask, s.ab, z, mean, var, gamma, beta, w, y);
+        break;
     }
 }
 
-template <typename T>
+template <class Math, typename T>
 __device__ __forceinline__ void data_grad_dispatch(
     const Conv3x3Params& p, const T* __restrict__ dy, const float* __restrict__ w,
     const T* __restrict__ z, const float* __restrict__ mean, const float* __restrict__ var,
@@ -648,57 +752,62 @@ __device__ __forceinline__ void data_grad_dispatch(
     __shared__ DgradSmem s;
     switch (p.tile) {
     case 8:
-        data_grad<T, 8, 2>(p, s.u.n8, s.tapmask, s.chan, dy, w, z, mean, var, gamma, beta, g, partials);
+        data_grad<Math, T, 8, 2>(p, s.u.n8, s.tapmask, s.chan, dy, w, z, mean, var, gamma, beta, g, partials);
         break;
     case 16:
-        data_grad<T, 16, 4>(p, s.u.n16, s.tapmask, s.chan, dy, w, z, mean, var, gamma, beta, g, partials);
+        data_grad<Math, T, 16, 4>(p, s.u.n16, s.tapmask, s.chan, dy, w, z, mean, var, gamma, beta, g,
+                                  partials);
         break;
     default:
-        data_grad<T, 32, 4>(p, s.u.n32, s.tapmask, s.chan, dy, w, z, mean, var, gamma, beta, g, partials);
+        data_grad<Math, T, 32, 4>(p, s.u.n32, s.tapmask, s.chan, dy, w, z, mean, var, gamma, beta, g,
+                                  partials);
         break;
     }
 }
 
-template <typename T>
+template <class Math, typename T>
 __device__ __forceinline__ void weight_grad_dispatch(
     const Conv3x3Params& p, const T* __restrict__ z, const float* __restrict__ mean,
     const float* __restrict__ var, const float* __restrict__ gamma,
     const float* __restrict__ beta, const T* __restrict__ dy, float* __restrict__ partials) {
     __shared__ WgradShared s;
     switch (p.tile) {
-    case 8: weight_grad<T, 8, 2, 2>(p, s.n8, z, mean, var, gamma, beta, dy, partials); break;
-    case 16: weight_grad<T, 16, 4, 2>(p, s.n16, z, mean, var, gamma, beta, dy, partials); break;
-    default: weight_grad<T, 32, 4, 4>(p, s.n32, z, mean, var, gamma, beta, dy, partials); break;
+    case 8: weight_grad<Math, T, 8, 2, 2>(p, s.n8, z, mean, var, gamma, beta, dy, partials); break;
+    case 16: weight_grad<Math, T, 16, 4, 2>(p, s.n16, z, mean, var, gamma, beta, dy, partials); break;
+    default: weight_grad<Math, T, 32, 4, 4>(p, s.n32, z, mean, var, gamma, beta, dy, partials); break;
     }
 }
 
 } // namespace conv3x3
 
-#define DN_CONV3X3_KERNELS(T, SUFFIX)                                                            \
+#define DN_CONV3X3_KERNELS(T, MATH, SUFFIX)                                                       \
     extern "C" __global__ void __launch_bounds__(conv3x3::kThreads) bn_relu_conv3x3_fwd_##SUFFIX( \
-        const Conv3x3Params p, const T* __restrict__ z, const float* __restrict__ mean,          \
-        const float* __restrict__ var, const float* __restrict__ gamma,                          \
-        const float* __restrict__ beta, const float* __restrict__ w, T* __restrict__ y) {        \
-        conv3x3::forward_dispatch<T>(p, z, mean, var, gamma, beta, w, y);                        \
-    }                                                                                            \
-    extern "C" __global__ void __launch_bounds__(conv3x3::kThreads)                              \
-        bn_relu_conv3x3_wgrad_##SUFFIX(const Conv3x3Params p, const T* __restrict__ z,           \
-                                       const float* __restrict__ mean,                           \
-                                       const float* __restrict__ var,                            \
-                                       const float* __restrict__ gamma,                          \
-                                       const float* __restrict__ beta, const T* __restrict__ dy, \
-                                       float* __restrict__ partials) {                           \
-        conv3x3::weight_grad_dispatch<T>(p, z, mean, var, gamma, beta, dy, partials);            \
-    }                                                                                            \
-    extern "C" __global__ void __launch_bounds__(conv3x3::kThreads)                              \
-        bn_relu_conv3x3_dgrad_##SUFFIX(const Conv3x3Params p, const T* __restrict__ dy,          \
-                                       const float* __restrict__ w, const T* __restrict__ z,     \
-                                       const float* __restrict__ mean,                           \
-                                       const float* __restrict__ var,                            \
-                                       const float* __restrict__ gamma,                          \
-                                       const float* __restrict__ beta, T* __restrict__ g,        \
-                                       float* __restrict__ partials) {                           \
-        conv3x3::data_grad_dispatch<T>(p, dy, w, z, mean, var, gamma, beta, g, partials);        \
+        const Conv3x3Params p, const T* __restrict__ z, const float* __restrict__ mean,           \
+        const float* __restrict__ var, const float* __restrict__ gamma,                           \
+        const float* __restrict__ beta, const float* __restrict__ w, T* __restrict__ y) {         \
+        conv3x3::forward_dispatch<conv3x3::MATH, T>(p, z, mean, var, gamma, beta, w, y);          \
+    }                                                                                             \
+    extern "C" __global__ void __launch_bounds__(conv3x3::kThreads)                               \
+        bn_relu_conv3x3_wgrad_##SUFFIX(const Conv3x3Params p, const T* __restrict__ z,            \
+                                       const float* __restrict__ mean,                            \
+                                       const float* __restrict__ var,                             \
+                                       const float* __restrict__ gamma,                           \
+                                       const float* __restrict__ beta, const T* __restrict__ dy,  \
+                                       float* __restrict__ partials) {                            \
+        conv3x3::weight_grad_dispatch<conv3x3::MATH, T>(p, z, mean, var, gamma, beta, dy,         \
+                                                        partials);                                \
+    }                                                                                             \
+    extern "C" __global__ void __launch_bounds__(conv3x3::kThreads)                               \
+        bn_relu_conv3x3_dgrad_##SUFFIX(const Conv3x3Params p, const T* __restrict__ dy,           \
+                                       const float* __restrict__ w, const T* __restrict__ z,      \
+                                       const float* __restrict__ mean,                            \
+                                       const float* __restrict__ var,                             \
+                                       const float* __restrict__ gamma,                           \
+                                       const float* __restrict__ beta, T* __restrict__ g,         \
+                                       float* __restrict__ partials) {                            \
+        conv3x3::data_grad_dispatch<conv3x3::MATH, T>(p, dy, w, z, mean, var, gamma, beta, g,     \
+                                                      partials);                                  \
     }
 
-DN_CONV3X3_KERNELS(float, f32)
+DN_CONV3X3_KERNELS(float, SimtF32, f32)
+DN_CONV3X3_KERNELS(float, MmaTf32, tf32)

@@ -19,6 +19,10 @@ crate::kernel_cases! {
     conv_wgrad => ["conv_wgrad_f32", "split_sum_f32"],
     conv_dgrad => ["conv_dgrad_f32"],
     conv_wgrad_repeats_bit_for_bit => ["conv_wgrad_f32", "split_sum_f32"],
+    conv_fwd @ tf32 => ["conv_fwd_tf32"],
+    conv_wgrad @ tf32 => ["conv_wgrad_tf32", "split_sum_f32"],
+    conv_dgrad @ tf32 => ["conv_dgrad_tf32"],
+    conv_wgrad_repeats_bit_for_bit @ tf32 => ["conv_wgrad_tf32", "split_sum_f32"],
     conv_rejects_unsupported_geometry => [],
 }
 

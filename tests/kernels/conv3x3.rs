@@ -20,6 +20,10 @@ crate::kernel_cases! {
     conv3x3_wgrad => ["bn_relu_conv3x3_wgrad_f32", "split_sum_f32"],
     conv3x3_dgrad => ["bn_relu_conv3x3_dgrad_f32", "split_sum_f32"],
     conv3x3_gradients_repeat_bit_for_bit => ["bn_relu_conv3x3_wgrad_f32", "bn_relu_conv3x3_dgrad_f32"],
+    conv3x3_fwd @ tf32 => ["bn_relu_conv3x3_fwd_tf32"],
+    conv3x3_wgrad @ tf32 => ["bn_relu_conv3x3_wgrad_tf32", "split_sum_f32"],
+    conv3x3_dgrad @ tf32 => ["bn_relu_conv3x3_dgrad_tf32", "split_sum_f32"],
+    conv3x3_gradients_repeat_bit_for_bit @ tf32 => ["bn_relu_conv3x3_wgrad_tf32", "bn_relu_conv3x3_dgrad_tf32"],
     conv3x3_rejects_inconsistent_shapes => [],
 }
 

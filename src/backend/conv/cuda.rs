@@ -5,6 +5,7 @@
 
 use super::ConvOps;
 use crate::backend::conv3x3::cuda::{spatial_u32, wgrad_splits};
+use crate::backend::cuda::conv_kernel;
 use crate::backend::cuda::device::{Device, LaunchCfg};
 use crate::backend::cuda::launch::split_sum_launch;
 use crate::backend::cuda::{DeviceBuf, KernelBackend, kernel_params, u32_of};
@@ -114,7 +115,7 @@ impl<D: Device> ConvOps for KernelBackend<D> {
         let addrs = [self.addr(x, xm.offset), self.addr(w.buf, w.offset), self.addr(y, ym.offset)];
         // SAFETY: x covers xm (one row per input pixel), y covers ym (one row per output
         // pixel; only its columns are written), W c_out·k²·c_in floats (checked above).
-        unsafe { self.device.launch("conv_fwd_f32", cfg, &p, &addrs) }
+        unsafe { self.device.launch(conv_kernel!(self, "conv_fwd"), cfg, &p, &addrs) }
     }
 
     fn conv_wgrad(
@@ -148,7 +149,9 @@ impl<D: Device> ConvOps for KernelBackend<D> {
         self.with_scratch(splits * len, |scratch| {
             // SAFETY: x covers xm, dy covers dym (one row per input / output pixel); split s
             // writes rows [s·len, (s+1)·len) of the scratch, which holds splits·len floats.
-            unsafe { self.device.launch("conv_wgrad_f32", cfg, &p, &[x_addr, dy_addr, scratch])? };
+            unsafe {
+                self.device.launch(conv_kernel!(self, "conv_wgrad"), cfg, &p, &[x_addr, dy_addr, scratch])?
+            };
             // SAFETY: the scratch holds splits rows of len partials, dw covers len floats at
             // dw_off (checked above).
             unsafe { self.device.launch("split_sum_f32", sum_cfg, &sum_p, &[scratch, dw_addr]) }
@@ -186,6 +189,6 @@ impl<D: Device> ConvOps for KernelBackend<D> {
         let addrs = [self.addr(dy, dym.offset), self.addr(w.buf, w.offset), self.addr(dx, dxm.offset)];
         // SAFETY: dy covers dym (one row per output pixel), dx covers dxm (one row per input
         // pixel; only its columns are written), W c_out·k²·c_in floats (checked above).
-        unsafe { self.device.launch("conv_dgrad_f32", cfg, &p, &addrs) }
+        unsafe { self.device.launch(conv_kernel!(self, "conv_dgrad"), cfg, &p, &addrs) }
     }
 }

@@ -6,6 +6,7 @@
 
 use super::Conv3x3Ops;
 use crate::backend::Buffers;
+use crate::backend::cuda::conv_kernel;
 use crate::backend::cuda::device::{Device, LaunchCfg};
 use crate::backend::cuda::launch::{Cut, SplitRule, split, split_sum_launch};
 use crate::backend::cuda::{DeviceBuf, KernelBackend, SCRATCH_FLOATS, kernel_params, u32_of};
@@ -153,7 +154,7 @@ impl<D: Device> Conv3x3Ops for KernelBackend<D> {
         // SAFETY: z covers zm and y covers ym, both with one row per pixel of `shape`; the
         // kernel writes only columns [0, c_out) of ym's rows. W covers c_out·9·c_in floats, the
         // BN vectors c_in each (all checked above).
-        unsafe { self.device.launch("bn_relu_conv3x3_fwd_f32", cfg, &p, &addrs) }
+        unsafe { self.device.launch(conv_kernel!(self, "bn_relu_conv3x3_fwd"), cfg, &p, &addrs) }
     }
 
     fn bn_relu_conv3x3_wgrad(
@@ -200,7 +201,7 @@ impl<D: Device> Conv3x3Ops for KernelBackend<D> {
             // SAFETY: z covers zm and dy covers dym (one row per pixel each), the BN vectors
             // c_in floats; split s writes rows [s·len, (s+1)·len) of the scratch, which holds
             // splits·len floats.
-            unsafe { self.device.launch("bn_relu_conv3x3_wgrad_f32", cfg, &p, &addrs)? };
+            unsafe { self.device.launch(conv_kernel!(self, "bn_relu_conv3x3_wgrad"), cfg, &p, &addrs)? };
             // SAFETY: the scratch holds splits rows of len partials, dw covers len floats at
             // dw_off (checked above).
             unsafe { self.device.launch("split_sum_f32", sum_cfg, &sum_p, &[scratch, dw_addr]) }
@@ -255,7 +256,7 @@ impl<D: Device> Conv3x3Ops for KernelBackend<D> {
             // SAFETY: dy, z and g cover their matrices (one row per pixel, g and z of the same
             // shape), W c_out·9·c_in floats, the BN vectors c_in; pixel block b writes row b
             // of 2·c_in partials, and the scratch holds pixel_blocks such rows.
-            unsafe { self.device.launch("bn_relu_conv3x3_dgrad_f32", cfg, &p, &addrs)? };
+            unsafe { self.device.launch(conv_kernel!(self, "bn_relu_conv3x3_dgrad"), cfg, &p, &addrs)? };
             // SAFETY: pixel_blocks rows of 2·c_in partials in the scratch; sums covers 2·c_in.
             unsafe { self.device.launch("split_sum_f32", sum_cfg, &sum_p, &[scratch, sums_addr]) }
         })
