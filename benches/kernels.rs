@@ -1059,7 +1059,7 @@ fn print_table(device: &str, precision: Precision, rows: &[Row]) {
 /// The precisions to run, from `DENSENET_BENCH_PRECISION` (comma-separated; default both).
 fn precisions() -> Result<Vec<Precision>> {
     match std::env::var(PRECISION_VAR) {
-        Ok(list) => list.split(',').map(|p| p.trim().parse().map_err(Into::into)).collect(),
+        Ok(list) => list.split(',').map(|p| p.trim().parse()).collect(),
         Err(_) => Ok(Precision::ALL.to_vec()),
     }
 }

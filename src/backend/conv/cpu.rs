@@ -89,6 +89,7 @@ impl ConvOps for CpuBackend {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn conv_fwd(
     precision: Precision,
     x: &[f32],
@@ -102,6 +103,7 @@ pub(crate) fn conv_fwd(
     conv_fwd_impl(precision, x, xm, shape, geom, None, w, y, ym);
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn conv_wgrad(
     precision: Precision,
     x: &[f32],
@@ -115,6 +117,7 @@ pub(crate) fn conv_wgrad(
     conv_wgrad_impl(precision, x, xm, shape, geom, None, dy, dym, dw);
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn conv_dgrad(
     precision: Precision,
     dy: &[f32],

@@ -140,6 +140,7 @@ pub(crate) fn bn_relu_conv1x1_wgrad(
     });
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn bn_relu_conv1x1_dgrad(
     precision: Precision,
     dz: View<'_, [f32]>,

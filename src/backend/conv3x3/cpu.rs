@@ -97,6 +97,7 @@ impl Conv3x3Ops for CpuBackend {
 /// The dense layer's 3×3 convolution.
 pub(crate) const CONV3X3: ConvGeom = ConvGeom { kernel: 3, stride: 1, pad: 1 };
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn bn_relu_conv3x3_fwd(
     precision: Precision,
     z: &[f32],
@@ -110,6 +111,7 @@ pub(crate) fn bn_relu_conv3x3_fwd(
     conv_fwd_impl(precision, z, zm, shape, CONV3X3, Some(bn), w, y, ym);
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn bn_relu_conv3x3_wgrad(
     precision: Precision,
     z: &[f32],
@@ -123,6 +125,7 @@ pub(crate) fn bn_relu_conv3x3_wgrad(
     conv_wgrad_impl(precision, z, zm, shape, CONV3X3, Some(bn), dy, dym, dw);
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn bn_relu_conv3x3_dgrad(
     precision: Precision,
     dy: View<'_, [f32]>,

@@ -103,6 +103,7 @@ impl TransitionOps for CpuBackend {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn bn_relu_avgpool_conv1x1_fwd(
     precision: Precision,
     x: &[f32],
@@ -135,6 +136,7 @@ pub(crate) fn bn_relu_avgpool_conv1x1_fwd(
     });
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn bn_relu_avgpool_conv1x1_wgrad(
     precision: Precision,
     x: &[f32],
@@ -154,6 +156,7 @@ pub(crate) fn bn_relu_avgpool_conv1x1_wgrad(
     });
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn bn_relu_avgpool_conv1x1_dgrad(
     precision: Precision,
     dy: View<'_, [f32]>,
