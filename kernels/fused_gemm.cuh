@@ -35,12 +35,13 @@
 //   * SimtF32: the 4 × 4 FFMA micro-tile of each thread above; exact f32 (the fp32 precision).
 //   * MmaTf32: tensor cores, mma.sync m16n8k8 tf32 with f32 accumulation (the tf32 precision).
 //     Warp tile 32 × 16 (8 warps as 2 along M × 4 along N), mma tile 16 × 8 × 8, so a warp
-//     issues 2 × 2 mma per 8-deep slice of the step. The fragments are read from the same
+//     issues 2 × 2 mma per 8-deep slice of the step, through dn_mma_tile_tf32 (mma_tile.cuh,
+//     shared with the implicit-GEMM convolutions). The fragments are read from the same
 //     k-major shared tiles as SimtF32's (the loaders, their BN-ReLU(-pool) prologue and the
 //     epilogue are shared) and rounded there with cvt.rna.tf32.f32, so the operand an mma
 //     sees is exactly Precision::round_operand of what the cpu backend multiplies. The
-//     accumulators are staged into s.c in the fragments' layout, after which the epilogues
-//     are the same.
+//     accumulators are staged into s.c by their tile rows and columns, after which the
+//     epilogues are the same.
 //
 // DETERMINISM (no float atomics anywhere; the splits depend on the shape only)
 //   * wgrad splits the reduction into `splits` runs of `run` steps (blockIdx.z). With one split
@@ -59,7 +60,7 @@
 // CPU references: src/backend/{conv1x1,transition}/cpu.rs (same op names).
 #pragma once
 #include "common.cuh"
-#include "mma.cuh"
+#include "mma_tile.cuh"
 
 constexpr int kTileM = 64;
 constexpr int kTileN = 64;
@@ -284,23 +285,20 @@ struct SimtF32 {
     }
 };
 
-// Tensor cores, TF32 operands, f32 accumulation. Fragment layouts (PTX ISA, mma.m16n8k8 .tf32;
-// g = lane / 4, t = lane % 4): A 16 × 8 row-major, a0 = (g, t), a1 = (g + 8, t), a2 = (g, t + 4),
-// a3 = (g + 8, t + 4); B 8 × 8, b0 = (k t, n g), b1 = (k t + 4, n g); C 16 × 8, c0, c1 = (g, 2t),
-// (g, 2t + 1), c2, c3 = the same columns of row g + 8. The shared tiles are k-major, so A's
-// element (m, k) is a[k][m] and B's (k, n) is b[k][n].
+// Tensor cores, TF32 operands, f32 accumulation: each warp multiplies its 32 × 16 warp tile
+// with dn_mma_tile_tf32 (mma_tile.cuh), whose accumulator grid is staged into s.c by the tile
+// row and column of each element.
 struct MmaTf32 {
     static constexpr int kWarpM = 32, kWarpN = 16;
     static constexpr int kWarpsN = kTileN / kWarpN;
     static constexpr int kFragsM = kWarpM / 16, kFragsN = kWarpN / 8;
     static_assert((kTileM / kWarpM) * kWarpsN * 32 == kGemmThreads, "one warp tile per warp");
-    static_assert(kTileK % 8 == 0, "a reduction step is whole k8 slices");
-    // Left to itself ptxas gives the pooled forward 64 registers and spills; asking for four
-    // resident blocks (≤ 64 registers) makes it schedule every tf32 kernel without a spill.
-    static constexpr int kMinBlocks = 4;
+    // Left to itself ptxas gives these kernels 64 registers and spills in the pooled ones;
+    // three resident blocks (≤ 85 registers) schedule every one without a spill (78–80).
+    static constexpr int kMinBlocks = 3;
 
     struct Acc {
-        float v[kFragsM][kFragsN][4];
+        float v[2 * kFragsM][2 * kFragsN];
     };
 
     // The first tile row and column of this warp's tile.
@@ -309,43 +307,16 @@ struct MmaTf32 {
 
     __device__ static void multiply(const float (*a)[kSmemPitch], const float (*b)[kSmemPitch],
                                     Acc& acc) {
-        const int g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
-        const int m0 = warp_row(), n0 = warp_col();
-#pragma unroll
-        for (int k = 0; k < kTileK; k += 8) {
-            unsigned af[kFragsM][4], bf[kFragsN][2];
-#pragma unroll
-            for (int i = 0; i < kFragsM; ++i) {
-                const int m = m0 + 16 * i + g;
-                af[i][0] = dn_cvt_tf32(a[k + t][m]);
-                af[i][1] = dn_cvt_tf32(a[k + t][m + 8]);
-                af[i][2] = dn_cvt_tf32(a[k + t + 4][m]);
-                af[i][3] = dn_cvt_tf32(a[k + t + 4][m + 8]);
-            }
-#pragma unroll
-            for (int j = 0; j < kFragsN; ++j) {
-                const int n = n0 + 8 * j + g;
-                bf[j][0] = dn_cvt_tf32(b[k + t][n]);
-                bf[j][1] = dn_cvt_tf32(b[k + t + 4][n]);
-            }
-#pragma unroll
-            for (int i = 0; i < kFragsM; ++i)
-#pragma unroll
-                for (int j = 0; j < kFragsN; ++j)
-                    dn_mma_m16n8k8_tf32(acc.v[i][j], af[i], bf[j], acc.v[i][j]);
-        }
+        dn_mma_tile_tf32<kFragsM, kFragsN, kTileK, kSmemPitch, kSmemPitch>(a, b, warp_row(),
+                                                                          warp_col(), acc.v);
     }
 
     __device__ static void stage(float (*c)[kSmemPitch], const Acc& acc) {
-        const int g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
 #pragma unroll
-        for (int i = 0; i < kFragsM; ++i)
+        for (int i = 0; i < 2 * kFragsM; ++i)
 #pragma unroll
-            for (int j = 0; j < kFragsN; ++j) {
-                const int m = warp_row() + 16 * i + g, n = warp_col() + 8 * j + 2 * t;
-                *reinterpret_cast<float2*>(&c[m][n]) = make_float2(acc.v[i][j][0], acc.v[i][j][1]);
-                *reinterpret_cast<float2*>(&c[m + 8][n]) = make_float2(acc.v[i][j][2], acc.v[i][j][3]);
-            }
+            for (int j = 0; j < 2 * kFragsN; ++j)
+                c[dn_mma_tile_row(warp_row(), i)][dn_mma_tile_col(warp_col(), j)] = acc.v[i][j];
     }
 };
 

@@ -22,7 +22,7 @@ use densenet::Precision;
 use densenet::backend::cpu::CpuBackend;
 use densenet::backend::cuda::{Device, KernelBackend};
 use densenet::backend::prelude::*;
-use densenet::backend::{At, AtMut, BnRef, Category, Mat, Spatial, View, ViewMut};
+use densenet::backend::{At, AtMut, BnRef, Category, ConvGeom, Mat, Spatial, View, ViewMut};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -33,6 +33,8 @@ crate::kernel_cases! {
         "bn_relu_avgpool_conv1x1_wgrad_tf32",
         "bn_relu_avgpool_conv1x1_dgrad_tf32",
     ],
+    conv3x3 @ tf32 => ["bn_relu_conv3x3_fwd_tf32", "bn_relu_conv3x3_wgrad_tf32", "bn_relu_conv3x3_dgrad_tf32"],
+    stem @ tf32 => ["conv_fwd_tf32", "conv_wgrad_tf32", "conv_dgrad_tf32"],
 }
 
 /// The derived bound on ‖c_tf32 − c_fp32‖ / ‖Σ|a||b|‖ for GEMMs of depth `k` (module docs).
@@ -78,7 +80,15 @@ struct Inputs {
 }
 
 impl Inputs {
-    fn random(rng: &mut ChaCha8Rng, rows: usize, rows_out: usize, cin: usize, cout: usize) -> Inputs {
+    /// W has `taps`·cin·cout elements (OHWI).
+    fn random(
+        rng: &mut ChaCha8Rng,
+        rows: usize,
+        rows_out: usize,
+        cin: usize,
+        cout: usize,
+        taps: usize,
+    ) -> Inputs {
         let mut uniform =
             |n: usize, lo: f32, hi: f32| (0..n).map(|_| rng.random_range(lo..hi)).collect::<Vec<f32>>();
         let x = uniform(rows * cin, -2.0, 2.0);
@@ -91,7 +101,7 @@ impl Inputs {
             .map(|(i, g)| if i % 5 == 2 { -g } else { g })
             .collect();
         params.extend(uniform(cin, -0.3, 0.3));
-        let w = uniform(cout * cin, -1.0, 1.0);
+        let w = uniform(taps * cout * cin, -1.0, 1.0);
         let dout = uniform(rows_out * cout, -1.0, 1.0);
         Inputs { x, stats, params, w, dout }
     }
@@ -180,7 +190,7 @@ fn family<D: Device>(device: &KernelBackend<D>, pooled: bool, seed: u64) {
     let cpu = CpuBackend::new();
     let name = if pooled { "transition" } else { "conv1x1" };
     for (shape, cin, cout) in SHAPES {
-        let i = Inputs::random(&mut rng, shape.pixels(), shape.pixels(), cin, cout);
+        let i = Inputs::random(&mut rng, shape.pixels(), shape.pixels(), cin, cout, 1);
         let tf32 = run(device, &i, shape, pooled, cin, cout, false);
         let fp32 = run(&cpu, &i, shape, pooled, cin, cout, false);
         let abs = run(&cpu, &i, shape, pooled, cin, cout, true);
@@ -201,4 +211,123 @@ fn conv1x1<D: Device>(device: &KernelBackend<D>) {
 
 fn transition<D: Device>(device: &KernelBackend<D>) {
     family(device, true, 32);
+}
+
+/// The dense layer's 3×3 convolution (stride 1, padding 1, same spatial size) on backend `b`:
+/// forward, weight gradient from zero, and the data gradient g (masked by the ReLU, not
+/// scaled); on |operands| when `abs`.
+fn run_conv3x3<B: Backend>(b: &B, i: &Inputs, shape: Spatial, cin: usize, cout: usize, abs: bool) -> Outputs {
+    let rows = shape.pixels();
+    let (z, stats, params) = (upload(b, &i.x), upload(b, &i.stats), upload(b, &i.params));
+    let w = upload(b, &magnitudes(&i.w, abs));
+    let dout = upload(b, &magnitudes(&i.dout, abs));
+    let zv = || {
+        View::new(&z, Mat::dense(0, rows, cin)).bn_relu(BnRef {
+            stats: &stats,
+            mean: 0,
+            var: cin,
+            params: &params,
+            gamma: 0,
+            beta: cin,
+        })
+    };
+    let om = Mat::dense(0, rows, cout);
+    let mut y = b.alloc(rows * cout, Category::Workspace).unwrap();
+    let mut dw = b.alloc(9 * cout * cin, Category::Workspace).unwrap();
+    let mut g = b.alloc(rows * cin, Category::Workspace).unwrap();
+    let mut sums = b.alloc(2 * cin, Category::Workspace).unwrap();
+    b.bn_relu_conv3x3_fwd(zv(), shape, At { buf: &w, offset: 0 }, ViewMut::new(&mut y, om)).unwrap();
+    b.bn_relu_conv3x3_wgrad(zv(), shape, View::new(&dout, om), AtMut::new(&mut dw, 0)).unwrap();
+    b.bn_relu_conv3x3_dgrad(
+        View::new(&dout, om),
+        shape,
+        At { buf: &w, offset: 0 },
+        zv(),
+        ViewMut::new(&mut g, Mat::dense(0, rows, cin)),
+        &mut sums,
+    )
+    .unwrap();
+    let down = |buf: &B::Buf, n: usize| b.download(buf, 0, n).unwrap();
+    [down(&y, rows * cout), down(&dw, 9 * cout * cin), down(&g, rows * cin)]
+}
+
+/// The stem's plain convolution of `geom` on backend `b`: forward, weight gradient from zero,
+/// data gradient; on |operands| when `abs` (the input too: no ReLU makes it ≥ 0).
+fn run_stem<B: Backend>(
+    b: &B,
+    i: &Inputs,
+    shape: Spatial,
+    geom: ConvGeom,
+    cin: usize,
+    cout: usize,
+    abs: bool,
+) -> Outputs {
+    let (rows, out) = (shape.pixels(), geom.out(shape).pixels());
+    let taps = geom.kernel * geom.kernel;
+    let x = upload(b, &magnitudes(&i.x, abs));
+    let w = upload(b, &magnitudes(&i.w, abs));
+    let dout = upload(b, &magnitudes(&i.dout, abs));
+    let (xm, om) = (Mat::dense(0, rows, cin), Mat::dense(0, out, cout));
+    let mut y = b.alloc(out * cout, Category::Workspace).unwrap();
+    let mut dw = b.alloc(taps * cout * cin, Category::Workspace).unwrap();
+    let mut dx = b.alloc(rows * cin, Category::Workspace).unwrap();
+    b.conv_fwd(View::new(&x, xm), shape, geom, At { buf: &w, offset: 0 }, ViewMut::new(&mut y, om)).unwrap();
+    b.conv_wgrad(View::new(&x, xm), shape, geom, View::new(&dout, om), AtMut::new(&mut dw, 0)).unwrap();
+    b.conv_dgrad(View::new(&dout, om), shape, geom, At { buf: &w, offset: 0 }, ViewMut::new(&mut dx, xm))
+        .unwrap();
+    let down = |buf: &B::Buf, n: usize| b.download(buf, 0, n).unwrap();
+    [down(&y, out * cout), down(&dw, taps * cout * cin), down(&dx, rows * cin)]
+}
+
+fn conv3x3<D: Device>(device: &KernelBackend<D>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(33);
+    let cpu = CpuBackend::new();
+    // The bottleneck widths 4k → k of growth 12 and 32, and an odd one; batch 3.
+    for (shape, cin, cout) in [
+        (Spatial { n: 3, h: 7, w: 5 }, 20, 5),
+        (Spatial { n: 3, h: 9, w: 11 }, 48, 12),
+        (Spatial { n: 3, h: 8, w: 6 }, 128, 32),
+    ] {
+        let i = Inputs::random(&mut rng, shape.pixels(), shape.pixels(), cin, cout, 9);
+        let tf32 = run_conv3x3(device, &i, shape, cin, cout, false);
+        let fp32 = run_conv3x3(&cpu, &i, shape, cin, cout, false);
+        let abs = run_conv3x3(&cpu, &i, shape, cin, cout, true);
+        let depths = [9 * cin, shape.pixels(), 9 * cout];
+        for (k, op) in ["fwd", "wgrad", "dgrad"].into_iter().enumerate() {
+            check_bound(
+                &format!("conv3x3 {op} {shape:?} {cin}->{cout}"),
+                &tf32[k],
+                &fp32[k],
+                &abs[k],
+                depths[k],
+            );
+        }
+    }
+}
+
+fn stem<D: Device>(device: &KernelBackend<D>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(34);
+    let cpu = CpuBackend::new();
+    // The CIFAR stem (3×3, stride 1) and the ImageNet one (7×7, stride 2, padding 3).
+    for (shape, geom, cout) in [
+        (Spatial { n: 3, h: 9, w: 7 }, ConvGeom { kernel: 3, stride: 1, pad: 1 }, 24),
+        (Spatial { n: 3, h: 23, w: 19 }, ConvGeom { kernel: 7, stride: 2, pad: 3 }, 16),
+    ] {
+        let cin = 3;
+        let taps = geom.kernel * geom.kernel;
+        let i = Inputs::random(&mut rng, shape.pixels(), geom.out(shape).pixels(), cin, cout, taps);
+        let tf32 = run_stem(device, &i, shape, geom, cin, cout, false);
+        let fp32 = run_stem(&cpu, &i, shape, geom, cin, cout, false);
+        let abs = run_stem(&cpu, &i, shape, geom, cin, cout, true);
+        let depths = [taps * cin, geom.out(shape).pixels(), taps * cout];
+        for (k, op) in ["fwd", "wgrad", "dgrad"].into_iter().enumerate() {
+            check_bound(
+                &format!("stem {op} {shape:?} {geom:?} 3->{cout}"),
+                &tf32[k],
+                &fp32[k],
+                &abs[k],
+                depths[k],
+            );
+        }
+    }
 }
