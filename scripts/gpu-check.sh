@@ -16,7 +16,7 @@
 #   device       nvidia-smi, and one training step of a tiny DenseNet on the GPU against the
 #                f64 oracle (every kernel family launched once);
 #   kernel tests every GPU case of tests/kernels (DENSENET_REQUIRE_GPU=1: no GPU is a failure);
-#   verify       whole training steps on the GPU against the f64 oracle;
+#   verify       whole training steps on the GPU against the f64 oracle (fp32, and tf32 on the tensor-core kernels);
 #   memcheck     compute-sanitizer memcheck, and racecheck, on the GPU kernel tests;
 #   bench        benches/kernels.rs with short criterion settings;
 #   profile      timed training steps (median after a warm-up, synchronised): ms/step, img/s,
@@ -75,14 +75,16 @@ for line in sys.stdin:
 # The run's budget in seconds, and each stage's own limit.
 budget=225
 # Expected on one H200 with 16 cores: device ~5 s (the driver compiles the PTX once, cached
-# for the later stages), kernel tests ~10 s, verify ~3 s and ~4 s, memcheck ~30 s, racecheck
+# for the later stages), kernel tests ~10 s, verify ~3 s (fp32), ~3 s (tf32) and ~4 s, memcheck ~30 s, racecheck
 # ~40 s, bench ~50 s (fp32 and tf32), profile ~5 s and ~8 s, leaving torch-compare 70-80 s.
 declare -A limit=(
-    [device]=15 [kernel_tests]=30 [verify_bc100]=20 [verify_d121]=25 [memcheck]=35
+    [device]=15 [kernel_tests]=30 [verify_bc100]=20 [verify_tf32]=20 [verify_d121]=25 [memcheck]=35
     [racecheck]=40 [bench]=60 [profile_bc100]=15 [profile_d121]=20 [torch]=95
 )
 # Whole-network verification: sizes at which the oracle (f64, every core) takes seconds.
 verify_bc100=(--model densenet-bc-100-k12 --batch 16)
+# The same step on the tensor-core kernels, against the oracle at tf32's tolerance.
+verify_tf32=(--model densenet-bc-100-k12 --batch 16 --precision tf32)
 verify_d121=(--model densenet121 --batch 2 --size 224x224)
 # Timed training steps, batch 64; --max-run-bytes keeps the baseline of densenet121
 # (12.6 GB planned) to its plan.
@@ -105,6 +107,7 @@ run() {
     stage_device
     stage_kernel_tests
     stage_verify verify_bc100 "${verify_bc100[@]}"
+    stage_verify verify_tf32 "${verify_tf32[@]}"
     stage_verify verify_d121 "${verify_d121[@]}"
     stage_sanitizer memcheck
     stage_sanitizer racecheck "${racecheck_skip[@]}"
