@@ -16,7 +16,8 @@
 #   device       nvidia-smi, and one training step of a tiny DenseNet on the GPU against the
 #                f64 oracle (every kernel family launched once);
 #   kernel tests every GPU case of tests/kernels (DENSENET_REQUIRE_GPU=1: no GPU is a failure);
-#   verify       whole training steps on the GPU against the f64 oracle (fp32, and tf32 on the tensor-core kernels);
+#   verify       whole training steps on the GPU against the f64 oracle (fp32, and tf32 on
+#                the tensor-core kernels);
 #   memcheck     compute-sanitizer memcheck, and racecheck, on the GPU kernel tests;
 #   bench        benches/kernels.rs with short criterion settings;
 #   profile      timed training steps (median after a warm-up, synchronised): ms/step, img/s,
