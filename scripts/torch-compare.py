@@ -37,7 +37,9 @@ WORK/summary.txt (WORK defaults to gpu-build/torch-compare, or target/torch-comp
     `memory_efficient=True`, PyTorch's default TF32 convolutions, and channels_last with bf16
     autocast; median step time over --steps steps (default 20) after 3 warm-up steps (CUDA
     events; cudnn.benchmark on) and the peak of `torch.cuda.max_memory_allocated` after
-    `reset_peak_memory_stats`. Ours: the efficient path and the baseline on the same kernels.
+    `reset_peak_memory_stats`. Ours: the efficient path and the baseline on the same kernels
+    (fp32), and the efficient path on the tensor-core kernels (`--precision tf32`), the
+    counterpart of PyTorch's TF32.
 
     --device cpu: torchvision in fp32, naive (the default `DenseNet`) and with
     `memory_efficient=True`, timed with time.perf_counter (a CPU step is synchronous): median
@@ -493,10 +495,10 @@ def bench_torch_cuda(cfg, batch, size, variant, steps, warmup):
     return statistics.median(times), peak
 
 
-def bench_ours_cuda(densenet, model_name, batch, steps):
-    """{path: (median step seconds, peak bytes)} of our `profile` for the paths it ran."""
-    run = subprocess.run([str(densenet), "profile", "--backend", "cuda", "--model", model_name,
-                          "--batch", str(batch), "--steps", str(steps), "--json"], capture_output=True, text=True)
+def bench_ours_cuda(densenet, model_name, batch, steps, precision="fp32"):
+    """{path: (median step seconds, peak bytes)} of our `profile` at `precision` for the paths it ran."""
+    run = subprocess.run([str(densenet), "profile", "--backend", "cuda", "--model", model_name, "--batch", str(batch),
+                          "--steps", str(steps), "--precision", precision, "--json"], capture_output=True, text=True)
     if run.returncode != 0:
         raise SystemExit(f"densenet profile failed ({run.returncode}):\n{run.stderr}")
     paths = json.loads(run.stdout)["profiles"][0]["paths"]
@@ -510,6 +512,9 @@ VARIANTS = [
     ("channels_last_bf16", "torchvision channels_last + bf16 autocast"),
 ]
 OURS = [("efficient_training", "ours, efficient (fp32)"), ("baseline_training", "ours, baseline (fp32)")]
+# Our tensor-core step, beside torchvision's TF32 (the baseline's unfused kernels are fp32 at either
+# precision, so only the efficient path is listed).
+OURS_TF32 = [("efficient_training", "ours, efficient (tf32)")]
 
 
 def bench_cuda(densenet, nets, steps, warmup):
@@ -520,10 +525,11 @@ def bench_cuda(densenet, nets, steps, warmup):
             seconds, peak = bench_torch_cuda(cfg, batch, size, variant, steps, warmup)
             rows.append((model_name, batch, size, label, seconds, peak))
             print(f"{model_name} {label}: {seconds * 1e3:.1f} ms, {peak / 1e6:.0f} MB", flush=True)
-        ours = bench_ours_cuda(densenet, model_name, batch, steps)
-        for path, label in OURS:
-            if path in ours:
-                rows.append((model_name, batch, size, label, *ours[path]))
+        for precision, listed in (("fp32", OURS), ("tf32", OURS_TF32)):
+            ours = bench_ours_cuda(densenet, model_name, batch, steps, precision)
+            for path, label in listed:
+                if path in ours:
+                    rows.append((model_name, batch, size, label, *ours[path]))
 
     columns = ("model", "batch", "size", "implementation", "step ms", "images/s", "peak MB")
     row = "{:<21} {:>5} {:>7}  {:<42} {:>8} {:>9} {:>8}"
