@@ -10,12 +10,14 @@
 //!
 //! Batch 8 on the cpu backend (`cargo bench --bench dense_block` takes about a minute on two
 //! cores), 64 on the cuda backend, which runs only when `CudaBackend::new(0)` finds a GPU.
-//! Criterion's throughput, in elem/s, is images/s. Each iteration ends by synchronising the
+//! `DENSENET_BENCH_PRECISION=fp32,tf32` runs each precision (group ids `<case>/<backend>/<precision>`;
+//! default fp32). Criterion's throughput, in elem/s, is images/s. Each iteration ends by synchronising the
 //! backend inside the timed region, so queued GPU work is counted; one untimed step before
 //! each benchmark loads the kernels and touches every buffer.
 
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use densenet::Precision;
 use densenet::backend::UnfusedOps;
 use densenet::backend::cpu::CpuBackend;
 use densenet::backend::cuda::CudaBackend;
@@ -146,14 +148,34 @@ fn bench_backend<B: Backend + UnfusedOps + Clone>(c: &mut Criterion, label: &str
     }
 }
 
+/// The precisions of `DENSENET_BENCH_PRECISION` (comma-separated, as for benches/kernels.rs;
+/// default fp32). The baseline's unfused kernels are f32 at either precision.
+fn precisions() -> Vec<Precision> {
+    let Ok(list) = std::env::var("DENSENET_BENCH_PRECISION") else {
+        return vec![Precision::Fp32];
+    };
+    list.split(',')
+        .map(|p| {
+            p.trim().parse().unwrap_or_else(|e| {
+                eprintln!("DENSENET_BENCH_PRECISION: {e}");
+                std::process::exit(2)
+            })
+        })
+        .collect()
+}
+
 fn cpu(c: &mut Criterion) {
-    bench_backend(c, "cpu", CpuBackend::new(), 8);
+    for p in precisions() {
+        bench_backend(c, &format!("cpu/{p}"), CpuBackend::new().with_precision(p), 8);
+    }
 }
 
 fn cuda(c: &mut Criterion) {
-    match CudaBackend::new(0) {
-        Ok(gpu) => bench_backend(c, "cuda", gpu, 64),
-        Err(e) => println!("skipped cuda benchmarks: {e}"),
+    for p in precisions() {
+        match CudaBackend::new(0).and_then(|gpu| gpu.with_precision(p)) {
+            Ok(gpu) => bench_backend(c, &format!("cuda/{p}"), gpu, 64),
+            Err(e) => println!("skipped cuda benchmarks: {e}"),
+        }
     }
 }
 
