@@ -111,6 +111,11 @@ fn magnitudes(v: &[f32], abs: bool) -> Vec<f32> {
     v.iter().map(|x| if abs { x.abs() } else { *x }).collect()
 }
 
+/// The BN of `c` channels whose [mean | var] and [γ | β] are `stats` and `params`.
+fn bn<'a, T>(stats: &'a T, params: &'a T, c: usize) -> BnRef<'a, T> {
+    BnRef { stats, mean: 0, var: c, params, gamma: 0, beta: c }
+}
+
 fn upload<B: Buffers>(b: &B, v: &[f32]) -> B::Buf {
     let mut buf = b.alloc(v.len(), Category::Workspace).unwrap();
     b.upload(&mut buf, 0, v).unwrap();
@@ -137,16 +142,7 @@ fn run<B: Backend>(
     let (x, stats, params) = (upload(b, &i.x), upload(b, &i.stats), upload(b, &i.params));
     let w = upload(b, &magnitudes(&i.w, abs));
     let dout = upload(b, &magnitudes(&i.dout, abs));
-    let xv = || {
-        View::new(&x, Mat::dense(0, rows, cin)).bn_relu(BnRef {
-            stats: &stats,
-            mean: 0,
-            var: cin,
-            params: &params,
-            gamma: 0,
-            beta: cin,
-        })
-    };
+    let xv = || View::new(&x, Mat::dense(0, rows, cin)).bn_relu(bn(&stats, &params, cin));
     let om = Mat::dense(0, rows_out, cout);
     let mut y = b.alloc(rows_out * cout, Category::Workspace).unwrap();
     let mut dw = b.alloc(cout * cin, Category::Workspace).unwrap();
@@ -190,11 +186,11 @@ fn family<D: Device>(device: &KernelBackend<D>, pooled: bool, seed: u64) {
     let cpu = CpuBackend::new();
     let name = if pooled { "transition" } else { "conv1x1" };
     for (shape, cin, cout) in SHAPES {
-        let i = Inputs::random(&mut rng, shape.pixels(), shape.pixels(), cin, cout, 1);
+        let rows_out = if pooled { shape.n * (shape.h / 2) * (shape.w / 2) } else { shape.pixels() };
+        let i = Inputs::random(&mut rng, shape.pixels(), rows_out, cin, cout, 1);
         let tf32 = run(device, &i, shape, pooled, cin, cout, false);
         let fp32 = run(&cpu, &i, shape, pooled, cin, cout, false);
         let abs = run(&cpu, &i, shape, pooled, cin, cout, true);
-        let rows_out = if pooled { shape.n * (shape.h / 2) * (shape.w / 2) } else { shape.pixels() };
         // The reduction depth of each GEMM (the pooled input's four taps are added before the
         // rounding, so they do not deepen it).
         let depths = [cin, rows_out, cout];
@@ -221,16 +217,7 @@ fn run_conv3x3<B: Backend>(b: &B, i: &Inputs, shape: Spatial, cin: usize, cout: 
     let (z, stats, params) = (upload(b, &i.x), upload(b, &i.stats), upload(b, &i.params));
     let w = upload(b, &magnitudes(&i.w, abs));
     let dout = upload(b, &magnitudes(&i.dout, abs));
-    let zv = || {
-        View::new(&z, Mat::dense(0, rows, cin)).bn_relu(BnRef {
-            stats: &stats,
-            mean: 0,
-            var: cin,
-            params: &params,
-            gamma: 0,
-            beta: cin,
-        })
-    };
+    let zv = || View::new(&z, Mat::dense(0, rows, cin)).bn_relu(bn(&stats, &params, cin));
     let om = Mat::dense(0, rows, cout);
     let mut y = b.alloc(rows * cout, Category::Workspace).unwrap();
     let mut dw = b.alloc(9 * cout * cin, Category::Workspace).unwrap();

@@ -312,9 +312,16 @@ fn rounded_copy<'a>(
     dst: &'a mut Vec<f32>,
 ) -> &'a [f32] {
     dst.clear();
-    dst.extend(
-        (0..r).flat_map(|i| (0..c).map(move |j| precision.round_operand(src[v.off + i * v.rs + j * v.cs]))),
-    );
+    dst.reserve(r * c);
+    for i in 0..r {
+        let row = v.off + i * v.rs;
+        if v.cs == 1 {
+            // Contiguous rows (every operand but a transposed view): slices, not index arithmetic.
+            dst.extend(src[row..row + c].iter().map(|&x| precision.round_operand(x)));
+        } else {
+            dst.extend((0..c).map(|j| precision.round_operand(src[row + j * v.cs])));
+        }
+    }
     dst
 }
 
