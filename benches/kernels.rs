@@ -1013,12 +1013,13 @@ fn format_time(seconds: f64) -> String {
 }
 
 /// Dense multiply-add peak of an H100/H200 SXM by the vendor's datasheet, in FLOP/s, for the
-/// arithmetic the convolutions of `precision` run on (plain f32 FMA, TF32 tensor cores): the
-/// "peak" column's denominator. Other ops run plain f32 whatever the precision.
+/// arithmetic the convolutions of `precision` run on (plain f32 FMA, TF32 or BF16 tensor
+/// cores): the "peak" column's denominator. Other ops run plain f32 whatever the precision.
 fn datasheet_peak(precision: Precision) -> f64 {
     match precision {
         Precision::Fp32 => 67e12,
         Precision::Tf32 => 495e12,
+        Precision::Bf16 => 989e12,
     }
 }
 

@@ -27,4 +27,4 @@ pub mod verify;
 
 pub use config::{DenseNetConfig, Stem};
 pub use error::{Error, Result};
-pub use precision::Precision;
+pub use precision::{Dtype, Precision};

@@ -4,7 +4,11 @@
 //! sum. A family's module holds the trait (the maths of each op), `cpu.rs` (the cpu backend's
 //! version) and `cuda.rs` (params and launches of `kernels/<family>.cu`).
 //!
-//! Every buffer holds `f32`. Tensors inside buffers are described by plain offsets and
+//! A buffer holds `f32`, or bf16 for the activation-shaped buffers of a `Precision::Bf16`
+//! network ([`Dtype`]): an op's activation arguments (its [`View`]s, [`ViewMut`]s and
+//! [`BnReluView`]s) are read as f32 and rounded to their buffer's type when written; every
+//! other argument (weights, statistics, sums, parameters and their gradients) is f32.
+//! Tensors inside buffers are described by plain offsets and
 //! shapes ([`Mat`], [`Spatial`]) rather than by borrowed sub-slices, because the ops read one
 //! column range of a feature storage while another op writes a different range of the same
 //! storage, and because a CUDA kernel receives exactly these numbers in its params struct.
@@ -63,8 +67,8 @@ pub mod prelude {
 pub use memory::{Category, MemoryReport, MemoryTracker};
 pub use view::{At, AtMut, BnRef, BnReluView, BnSums, LinearGrads, Mat, StatsMut, StatsRef, View, ViewMut};
 
-use crate::Precision;
 use crate::error::Result;
+use crate::{Dtype, Precision};
 
 /// Batch-norm ε, as PyTorch.
 pub const BN_EPS: f32 = 1e-5;
@@ -162,7 +166,8 @@ pub struct SgdParams {
 /// A device's buffers: allocation through the byte-counting allocator, copies to and from the
 /// host, and synchronisation. Every op family builds on it.
 pub trait Buffers: sealed::Sealed {
-    /// A device buffer of `f32`. Dropping it returns its bytes to the allocator.
+    /// A device buffer of `f32` or bf16 elements. Dropping it returns its bytes to the
+    /// allocator.
     type Buf;
 
     /// Human-readable device name, for messages.
@@ -171,8 +176,12 @@ pub trait Buffers: sealed::Sealed {
     /// `CpuBackend::with_precision`).
     fn precision(&self) -> Precision;
 
-    /// A zero-filled buffer of `len` floats, counted under `category`.
-    fn alloc(&self, len: usize, category: Category) -> Result<Self::Buf>;
+    /// A zero-filled buffer of `len` f32s, counted under `category`.
+    fn alloc(&self, len: usize, category: Category) -> Result<Self::Buf> {
+        self.alloc_as(len, Dtype::F32, category)
+    }
+    /// A zero-filled buffer of `len` elements of `dtype`, counted under `category`.
+    fn alloc_as(&self, len: usize, dtype: Dtype, category: Category) -> Result<Self::Buf>;
     /// Bytes currently allocated and the peak since creation or the last reset.
     fn memory(&self) -> MemoryReport;
     /// Forget the peak: it becomes the current allocation.
@@ -185,9 +194,10 @@ pub trait Buffers: sealed::Sealed {
     fn ensure_fits(&self, what: &str, needed: usize) -> Result<()> {
         memory::ensure_fits(what, needed, &self.name(), self.available_bytes())
     }
-    /// Copies host data into `dst[offset..offset + src.len()]`.
+    /// Copies host data into `dst[offset..offset + src.len()]`, rounded to nearest even
+    /// where `dst` holds bf16.
     fn upload(&self, dst: &mut Self::Buf, offset: usize, src: &[f32]) -> Result<()>;
-    /// Copies `src[offset..offset + len]` to the host.
+    /// Copies `src[offset..offset + len]` to the host (widened to f32 from bf16).
     fn download(&self, src: &Self::Buf, offset: usize, len: usize) -> Result<Vec<f32>>;
     /// Sets `buf[offset..offset + len]` to zero.
     fn fill_zero(&self, buf: &mut Self::Buf, offset: usize, len: usize) -> Result<()>;

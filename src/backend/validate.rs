@@ -32,14 +32,14 @@ use super::{
 };
 use crate::error::{Error, Result};
 
-/// The one property of a buffer the checks need: how many floats it holds.
+/// The one property of a buffer the checks need: how many elements it holds.
 pub trait BufLen {
     fn len(&self) -> usize;
 }
 
 impl BufLen for super::cpu::CpuBuf {
     fn len(&self) -> usize {
-        self.as_slice().len()
+        super::cpu::CpuBuf::len(self)
     }
 }
 
@@ -53,7 +53,7 @@ impl<D: super::cuda::Device> BufLen for super::cuda::DeviceBuf<D> {
 pub(crate) fn range<B: BufLen + ?Sized>(buf: &B, offset: usize, len: usize, what: &str) -> Result<()> {
     if offset.checked_add(len).is_none_or(|end| end > buf.len()) {
         return Err(Error::Shape(format!(
-            "{what}: range {offset}..{} outside a buffer of {} floats",
+            "{what}: range {offset}..{} outside a buffer of {} elements",
             offset.saturating_add(len),
             buf.len()
         )));

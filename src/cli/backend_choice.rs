@@ -1,4 +1,4 @@
-//! `--backend auto|cpu|cuda` and `--precision fp32|tf32` for the commands that run a network:
+//! `--backend auto|cpu|cuda` and `--precision fp32|tf32|bf16` for the commands that run a network:
 //! the flags' values, mapped onto the library's [`BackendKind`] and [`Precision`].
 
 use clap::ValueEnum;
@@ -39,6 +39,9 @@ pub enum PrecisionChoice {
     /// cores with f32 accumulation (GPUs of compute capability 8.0+; the cpu backend rounds
     /// the same way, for testing).
     Tf32,
+    /// bf16 storage of activations and their gradients (half the memory), GEMM operands in
+    /// bf16 on tensor cores with f32 accumulation; statistics, BN sums and parameters in f32.
+    Bf16,
 }
 
 impl From<PrecisionChoice> for Precision {
@@ -46,6 +49,7 @@ impl From<PrecisionChoice> for Precision {
         match choice {
             PrecisionChoice::Fp32 => Precision::Fp32,
             PrecisionChoice::Tf32 => Precision::Tf32,
+            PrecisionChoice::Bf16 => Precision::Bf16,
         }
     }
 }

@@ -14,7 +14,7 @@ use crate::backend::{AtMut, BnSums, LinearGrads, StatsMut, View, ViewMut};
 use crate::config::{DenseNetConfig, Geometry, Stem};
 use crate::error::{Error, Result};
 use crate::params::{BnLayout, BnSite, ParamLayout};
-use crate::plan::{Dtype, EfficientPlan, Planned};
+use crate::plan::{EfficientPlan, Planned};
 use serde::Serialize;
 
 /// Training (batch statistics, gradients) or inference (running statistics, no gradient
@@ -131,9 +131,9 @@ impl<B: Backend> Network<B> {
         opts: Options,
     ) -> Result<Self> {
         // Every buffer comes from the plan, so the planner's prediction is the allocation.
-        let plan = EfficientPlan::new(cfg, batch, height, width, Dtype::F32, opts)?;
+        let plan = EfficientPlan::new(cfg, batch, height, width, backend.precision().storage(), opts)?;
         backend.ensure_fits("the network", plan.total_bytes)?;
-        let alloc = |p: Planned| backend.alloc(p.len, p.category);
+        let alloc = |p: Planned| backend.alloc_as(p.len, p.dtype, p.category);
         let layout = ParamLayout::new(cfg);
 
         let params = alloc(plan.params)?;

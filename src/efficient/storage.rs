@@ -23,8 +23,8 @@ impl<B: Backend> FeatureStorage<B> {
     /// Allocates the storage and its statistics as planned (the statistics are empty in eval
     /// mode, where the running statistics are used).
     pub fn new(backend: &B, geom: BlockGeometry, batch: usize, plan: &StoragePlan) -> Result<Self> {
-        let data = backend.alloc(plan.data.len, plan.data.category)?;
-        let stats = backend.alloc(plan.stats.len, plan.stats.category)?;
+        let data = backend.alloc_as(plan.data.len, plan.data.dtype, plan.data.category)?;
+        let stats = backend.alloc_as(plan.stats.len, plan.stats.dtype, plan.stats.category)?;
         Ok(FeatureStorage { geom, batch, data, stats })
     }
 

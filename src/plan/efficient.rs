@@ -12,11 +12,19 @@ use crate::error::{Error, Result};
 use crate::params::ParamLayout;
 use serde::Serialize;
 
-/// A buffer's length in elements and the category its bytes are counted under.
+/// A buffer's length in elements, their type and the category its bytes are counted under.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Planned {
     pub len: usize,
     pub category: Category,
+    pub dtype: Dtype,
+}
+
+impl Planned {
+    pub fn bytes(&self) -> usize {
+        // Saturates only where `EfficientPlan::new` has already failed: it checks the total.
+        self.len.saturating_mul(self.dtype.size())
+    }
 }
 
 /// One dense block's feature storage S and its per-channel `[mean | var]`.
@@ -59,11 +67,14 @@ pub struct TrainPlan {
 }
 
 /// All buffers of an efficient [`Network`](crate::efficient::Network) for one configuration,
-/// batch, image size and dtype.
+/// batch, image size and storage dtype: the activation-shaped buffers (input, stem output,
+/// feature storages, Z, dZ, the gradient storages, the input gradient) hold `dtype`; statistics,
+/// reductions, parameters and the head (pooled features, logits and their gradients) f32.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct EfficientPlan {
     pub geometry: Geometry,
     pub batch: usize,
+    /// Element type of the activation-shaped buffers.
     pub dtype: Dtype,
     pub mode: Mode,
     pub params: Planned,
@@ -100,9 +111,10 @@ impl EfficientPlan {
         opts: Options,
     ) -> Result<Self> {
         cfg.validate()?;
-        let planned = |len, category| Planned { len, category };
+        let planned = |len, category| Planned { len, category, dtype: Dtype::F32 };
+        let activation = |len, category| Planned { len, category, dtype };
         // Before the geometry: an image too large to address must not reach its arithmetic.
-        let input = planned(product("the input batch", &[batch, height, width, cfg.in_channels])?, SH);
+        let input = activation(product("the input batch", &[batch, height, width, cfg.in_channels])?, SH);
         let geometry = cfg.geometry(height, width)?;
         let train = opts.mode == Mode::Train;
         if train {
@@ -120,7 +132,7 @@ impl EfficientPlan {
             let pixels = product("a feature map", &[batch, b.height, b.width])?;
             let data = product("a feature storage", &[pixels, b.channels])?;
             storages.push(StoragePlan {
-                data: planned(data, FS),
+                data: activation(data, FS),
                 stats: planned(if train { 2 * b.channels } else { 0 }, FS),
             });
             max_storage[i % 2] = max_storage[i % 2].max(data);
@@ -140,11 +152,11 @@ impl EfficientPlan {
         let train = if train {
             Some(TrainPlan {
                 grads: planned(layout.num_params, PA),
-                g: [planned(max_storage[0], GB), planned(max_storage[1].max(stem_out), GB)],
+                g: [activation(max_storage[0], GB), activation(max_storage[1].max(stem_out), GB)],
                 corr: planned(2 * max_channels, GB),
                 corr_half: max_channels,
                 sums: planned(2 * max_channels.max(bott).max(c0), GB),
-                dz: planned(max_z, WS),
+                dz: activation(max_z, WS),
                 zstats: planned(product("the bottleneck statistics", &[2, bott, cfg.num_layers()])?, FS),
                 stem_stats: planned(if cfg.stem == Stem::Imagenet { 2 * c0 } else { 0 }, SH),
                 velocity: opts.optimizer.then_some(planned(layout.num_params, PA)),
@@ -164,9 +176,9 @@ impl EfficientPlan {
             params: planned(layout.num_params, PA),
             running: planned(layout.num_running, PA),
             input,
-            stem_out: planned(stem_out, SH),
+            stem_out: activation(stem_out, SH),
             storages,
-            z: planned(max_z, WS),
+            z: activation(max_z, WS),
             pooled: planned(pooled, SH),
             logits: planned(logits, SH),
             train,
@@ -181,9 +193,13 @@ impl EfficientPlan {
     pub fn buffers(&self) -> Vec<PlannedBuffer> {
         let mut out = Vec::new();
         let mut push = |name: String, p: Planned| {
-            // Saturates only where `new` has already failed: it checks the total.
-            let bytes = p.len.saturating_mul(self.dtype.size());
-            out.push(PlannedBuffer { name, category: p.category, len: p.len, bytes });
+            out.push(PlannedBuffer {
+                name,
+                category: p.category,
+                dtype: p.dtype,
+                len: p.len,
+                bytes: p.bytes(),
+            });
         };
         push("parameters".into(), self.params);
         push("running statistics".into(), self.running);

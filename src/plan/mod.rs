@@ -20,48 +20,18 @@ mod efficient;
 pub use baseline::BaselinePlan;
 pub use efficient::{EfficientPlan, Planned, StoragePlan, TrainPlan};
 
-use crate::Precision;
 use crate::backend::Category;
 use crate::error::{Error, Result};
+pub use crate::precision::Dtype;
 use serde::Serialize;
 use std::collections::BTreeMap;
-
-/// Element type of activations and parameters. Only f32 exists for now; the planner takes it
-/// explicitly so that reduced-precision storage later changes one place.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Dtype {
-    #[default]
-    F32,
-}
-
-impl Dtype {
-    /// The feature-storage element type of a precision (f32 for fp32 and tf32 alike).
-    pub fn of(precision: Precision) -> Dtype {
-        match precision {
-            Precision::Fp32 | Precision::Tf32 => Dtype::F32,
-        }
-    }
-
-    /// Bytes per element.
-    pub fn size(self) -> usize {
-        match self {
-            Dtype::F32 => 4,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Dtype::F32 => "f32",
-        }
-    }
-}
 
 /// One named buffer of a plan.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PlannedBuffer {
     pub name: String,
     pub category: Category,
+    pub dtype: Dtype,
     /// Number of elements.
     pub len: usize,
     pub bytes: usize,

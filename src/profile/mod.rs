@@ -27,7 +27,7 @@ use crate::backend::Category;
 use crate::config::DenseNetConfig;
 use crate::efficient::Options;
 use crate::error::Result;
-use crate::plan::{BaselinePlan, CategoryBytes, Dtype, EfficientPlan};
+use crate::plan::{BaselinePlan, CategoryBytes, EfficientPlan};
 use serde::Serialize;
 
 /// What is profiled.
@@ -153,7 +153,7 @@ pub fn plan(
     backend: &str,
     limit: &RunLimit,
 ) -> Result<ConfigProfile> {
-    let dtype = Dtype::of(precision);
+    let dtype = precision.storage();
     let efficient = |opts| EfficientPlan::new(cfg, batch, height, width, dtype, opts);
     let train = efficient(Options::train().with_optimizer())?;
     let eval = efficient(Options::eval())?;

@@ -1,6 +1,7 @@
 //! The cpu backend's bn_backward ops.
 
 use super::BnBackwardOps;
+use crate::backend::cpu::elem::{Elem, with_elems};
 use crate::backend::cpu::rows::{CHUNK_ROWS, chunk_bounds, normalized, par_blocks, row};
 use crate::backend::cpu::{Bn, CpuBackend, CpuBuf, resolve_stats};
 use crate::backend::{BnGradTarget, BnRef, BnSums, Mat, StatsRef, View, ViewMut, validate};
@@ -18,8 +19,9 @@ impl BnBackwardOps for CpuBackend {
         let _timed = self.timed("bn_backward", "bn_backward_elementwise", 0);
         let ViewMut { buf: g, mat: gm } = g;
         let View { buf: x, mat: xm } = x;
-        let bn = Bn::resolve(bn, xm.cols);
-        bn_backward_elementwise(g.as_mut_slice(), gm, x.as_slice(), xm, &bn, &sums.data[..2 * xm.cols]);
+        let bn = Bn::resolve(bn, xm.cols)?;
+        let sums = &sums.f32s("BN sums")?[..2 * xm.cols];
+        with_elems!({ bn_backward_elementwise(g, gm, x, xm, &bn, sums) } mut g = g, x = x);
         Ok(())
     }
 
@@ -34,13 +36,13 @@ impl BnBackwardOps for CpuBackend {
         validate::bn_grad_fold(&sums, bn, grads, corr, target)?;
         let _timed = self.timed("bn_backward", "bn_grad_fold", 0);
         let BnSums { sums, channels, count } = sums;
-        let bn = Bn::resolve(bn, channels);
+        let bn = Bn::resolve(bn, channels)?;
         bn_grad_fold(
-            &sums.data[..2 * channels],
+            &sums.f32s("BN sums")?[..2 * channels],
             count,
             &bn,
-            grads.as_mut_slice(),
-            corr.as_mut_slice(),
+            grads.f32s_mut("parameter gradients")?,
+            corr.f32s_mut("BN correction")?,
             target,
         );
         Ok(())
@@ -59,20 +61,24 @@ impl BnBackwardOps for CpuBackend {
         let _timed = self.timed("bn_backward", "bn_correction", 0);
         let ViewMut { buf: g, mat: gm } = g;
         let View { buf: x, mat: xm } = x;
-        let (mean, invstd) = resolve_stats(stats, xm.cols);
-        bn_correction(
-            ViewMut::new(g.as_mut_slice(), gm),
-            View::new(x.as_slice(), xm),
-            &mean,
-            &invstd,
-            &corr.data[alpha..alpha + xm.cols],
-            &corr.data[beta..beta + xm.cols],
-        );
+        let (mean, invstd) = resolve_stats(stats, xm.cols)?;
+        let corr = corr.f32s("BN correction")?;
+        let (alpha, beta) = (&corr[alpha..alpha + xm.cols], &corr[beta..beta + xm.cols]);
+        with_elems!({
+            bn_correction(ViewMut::new(&mut g[..], gm), View::new(&x[..], xm), &mean, &invstd, alpha, beta)
+        } mut g = g, x = x);
         Ok(())
     }
 }
 
-pub(crate) fn bn_backward_elementwise(g: &mut [f32], gm: Mat, x: &[f32], xm: Mat, bn: &Bn, sums: &[f32]) {
+pub(crate) fn bn_backward_elementwise<G: Elem, X: Elem>(
+    g: &mut [G],
+    gm: Mat,
+    x: &[X],
+    xm: Mat,
+    bn: &Bn,
+    sums: &[f32],
+) {
     let count = gm.rows as f32;
     let (sum_g, sum_gx) = sums.split_at(xm.cols);
     let mean_g: Vec<f32> = sum_g.iter().map(|s| s / count).collect();
@@ -85,8 +91,8 @@ pub(crate) fn bn_backward_elementwise(g: &mut [f32], gm: Mat, x: &[f32], xm: Mat
         for r in 0..piece.rows {
             let (xr, gr) = (row(x, xm, piece.first + r), &mut piece.row(r)[..c]);
             for j in 0..c {
-                let xh = normalized(mean[j], invstd[j], xr[j]);
-                gr[j] = a[j] * (gr[j] - mean_g[j] - xh * mean_gx[j]);
+                let xh = normalized(mean[j], invstd[j], xr[j].get());
+                gr[j] = G::put(a[j] * (gr[j].get() - mean_g[j] - xh * mean_gx[j]));
             }
         }
     });
@@ -114,9 +120,9 @@ pub(crate) fn bn_grad_fold(
     }
 }
 
-pub(crate) fn bn_correction(
-    g: ViewMut<'_, [f32]>,
-    x: View<'_, [f32]>,
+pub(crate) fn bn_correction<G: Elem, X: Elem>(
+    g: ViewMut<'_, [G]>,
+    x: View<'_, [X]>,
     mean: &[f32],
     invstd: &[f32],
     alpha: &[f32],
@@ -128,7 +134,7 @@ pub(crate) fn bn_correction(
         for r in 0..piece.rows {
             let xr = row(x, xm, piece.first + r);
             for (c, gv) in piece.row(r).iter_mut().enumerate() {
-                *gv -= alpha[c] + normalized(mean[c], invstd[c], xr[c]) * beta[c];
+                *gv = G::put(gv.get() - (alpha[c] + normalized(mean[c], invstd[c], xr[c].get()) * beta[c]));
             }
         }
     });

@@ -2,6 +2,7 @@
 
 use super::ConvOps;
 use crate::Precision;
+use crate::backend::cpu::elem::{Elem, with_elems};
 use crate::backend::cpu::gemm::{CHUNK, Operand, conv_fwd_impl, conv_wgrad_impl, gemm, im2col_dgrad};
 use crate::backend::cpu::rows::{chunk_bounds, par_blocks, scratch};
 use crate::backend::cpu::{CpuBackend, CpuBuf};
@@ -25,16 +26,18 @@ impl ConvOps for CpuBackend {
         );
         let View { buf: x, mat: xm } = x;
         let ViewMut { buf: y, mat: ym } = y;
-        conv_fwd(
-            self.precision,
-            x.as_slice(),
-            xm,
-            shape,
-            geom,
-            &w.buf.data[w.offset..],
-            y.as_mut_slice(),
-            ym,
-        );
+        with_elems!({
+            conv_fwd(
+                self.precision,
+                &x[..],
+                xm,
+                shape,
+                geom,
+                &w.buf.f32s("weights")?[w.offset..],
+                &mut y[..],
+                ym,
+            )
+        } x = x, mut y = y);
         Ok(())
     }
 
@@ -55,7 +58,8 @@ impl ConvOps for CpuBackend {
         let View { buf: x, mat: xm } = x;
         let View { buf: dy, mat: dym } = dy;
         let AtMut { buf: dw, offset: dw_off } = dw;
-        conv_wgrad(self.precision, x.as_slice(), xm, shape, geom, dy.as_slice(), dym, &mut dw.data[dw_off..]);
+        let dw = &mut dw.f32s_mut("weight gradients")?[dw_off..];
+        with_elems!({ conv_wgrad(self.precision, x, xm, shape, geom, dy, dym, dw) } x = x, dy = dy);
         Ok(())
     }
 
@@ -75,42 +79,44 @@ impl ConvOps for CpuBackend {
         );
         let View { buf: dy, mat: dym } = dy;
         let ViewMut { buf: dx, mat: dxm } = dx;
-        conv_dgrad(
-            self.precision,
-            dy.as_slice(),
-            dym,
-            shape,
-            geom,
-            &w.buf.data[w.offset..],
-            dx.as_mut_slice(),
-            dxm,
-        );
+        with_elems!({
+            conv_dgrad(
+                self.precision,
+                &dy[..],
+                dym,
+                shape,
+                geom,
+                &w.buf.f32s("weights")?[w.offset..],
+                &mut dx[..],
+                dxm,
+            )
+        } dy = dy, mut dx = dx);
         Ok(())
     }
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn conv_fwd(
+pub(crate) fn conv_fwd<X: Elem, Y: Elem>(
     precision: Precision,
-    x: &[f32],
+    x: &[X],
     xm: Mat,
     shape: Spatial,
     geom: ConvGeom,
     w: &[f32],
-    y: &mut [f32],
+    y: &mut [Y],
     ym: Mat,
 ) {
     conv_fwd_impl(precision, x, xm, shape, geom, None, w, y, ym);
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn conv_wgrad(
+pub(crate) fn conv_wgrad<X: Elem, D: Elem>(
     precision: Precision,
-    x: &[f32],
+    x: &[X],
     xm: Mat,
     shape: Spatial,
     geom: ConvGeom,
-    dy: &[f32],
+    dy: &[D],
     dym: Mat,
     dw: &mut [f32],
 ) {
@@ -118,14 +124,14 @@ pub(crate) fn conv_wgrad(
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn conv_dgrad(
+pub(crate) fn conv_dgrad<D: Elem, X: Elem>(
     precision: Precision,
-    dy: &[f32],
+    dy: &[D],
     dym: Mat,
     shape: Spatial,
     geom: ConvGeom,
     w: &[f32],
-    dx: &mut [f32],
+    dx: &mut [X],
     dxm: Mat,
 ) {
     let (cin, width) = (dxm.cols, dym.cols * geom.kernel * geom.kernel);

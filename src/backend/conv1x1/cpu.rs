@@ -2,6 +2,7 @@
 
 use super::Conv1x1Ops;
 use crate::Precision;
+use crate::backend::cpu::elem::{Elem, with_elems};
 use crate::backend::cpu::gemm::{CHUNK, Operand, bn_relu_rows, gemm, wgrad_in_segments};
 use crate::backend::cpu::rows::{
     Store, chunk_bounds, masked_block, par_blocks, scratch, store_sums, sum_in_order,
@@ -22,16 +23,9 @@ impl Conv1x1Ops for CpuBackend {
             self.timed("conv1x1", "bn_relu_conv1x1_fwd", 2 * x.x.mat.rows * x.x.mat.cols * z.mat.cols);
         let BnReluView { x: View { buf: x, mat: xm }, bn } = x;
         let ViewMut { buf: z, mat: zm } = z;
-        let bn = Bn::resolve(bn, xm.cols);
-        bn_relu_conv1x1_fwd(
-            self.precision,
-            x.as_slice(),
-            xm,
-            &bn,
-            &w.buf.data[w.offset..],
-            z.as_mut_slice(),
-            zm,
-        );
+        let bn = Bn::resolve(bn, xm.cols)?;
+        let w = &w.buf.f32s("weights")?[w.offset..];
+        with_elems!({ bn_relu_conv1x1_fwd(self.precision, x, xm, &bn, w, z, zm) } x = x, mut z = z);
         Ok(())
     }
 
@@ -47,16 +41,9 @@ impl Conv1x1Ops for CpuBackend {
         let BnReluView { x: View { buf: x, mat: xm }, bn } = x;
         let View { buf: dz, mat: dzm } = dz;
         let AtMut { buf: dw, offset: dw_off } = dw;
-        let bn = Bn::resolve(bn, xm.cols);
-        bn_relu_conv1x1_wgrad(
-            self.precision,
-            x.as_slice(),
-            xm,
-            &bn,
-            dz.as_slice(),
-            dzm,
-            &mut dw.data[dw_off..],
-        );
+        let bn = Bn::resolve(bn, xm.cols)?;
+        let dw = &mut dw.f32s_mut("weight gradients")?[dw_off..];
+        with_elems!({ bn_relu_conv1x1_wgrad(self.precision, x, xm, &bn, dz, dzm, dw) } x = x, dz = dz);
         Ok(())
     }
 
@@ -75,28 +62,32 @@ impl Conv1x1Ops for CpuBackend {
         let View { buf: dz, mat: dzm } = dz;
         let BnReluView { x: View { buf: x, mat: xm }, bn } = x;
         let ViewMut { buf: dx, mat: dxm } = dx;
-        let bn = Bn::resolve(bn, xm.cols);
-        bn_relu_conv1x1_dgrad(
-            self.precision,
-            View::new(dz.as_slice(), dzm),
-            &w.buf.data[w.offset..],
-            View::new(x.as_slice(), xm),
-            &bn,
-            ViewMut::new(dx.as_mut_slice(), dxm),
-            accumulate,
-            sums.as_mut_slice(),
-        );
+        let bn = Bn::resolve(bn, xm.cols)?;
+        let w = &w.buf.f32s("weights")?[w.offset..];
+        let sums = sums.f32s_mut("BN sums")?;
+        with_elems!({
+            bn_relu_conv1x1_dgrad(
+                self.precision,
+                View::new(&dz[..], dzm),
+                w,
+                View::new(&x[..], xm),
+                &bn,
+                ViewMut::new(&mut dx[..], dxm),
+                accumulate,
+                sums,
+            )
+        } dz = dz, x = x, mut dx = dx);
         Ok(())
     }
 }
 
-pub(crate) fn bn_relu_conv1x1_fwd(
+pub(crate) fn bn_relu_conv1x1_fwd<X: Elem, Z: Elem>(
     precision: Precision,
-    x: &[f32],
+    x: &[X],
     xm: Mat,
     bn: &Bn,
     w: &[f32],
-    z: &mut [f32],
+    z: &mut [Z],
     zm: Mat,
 ) {
     let (cin, cout) = (xm.cols, zm.cols);
@@ -121,12 +112,12 @@ pub(crate) fn bn_relu_conv1x1_fwd(
     });
 }
 
-pub(crate) fn bn_relu_conv1x1_wgrad(
+pub(crate) fn bn_relu_conv1x1_wgrad<X: Elem, D: Elem>(
     precision: Precision,
-    x: &[f32],
+    x: &[X],
     xm: Mat,
     bn: &Bn,
-    dz: &[f32],
+    dz: &[D],
     dzm: Mat,
     dw: &mut [f32],
 ) {
@@ -141,13 +132,13 @@ pub(crate) fn bn_relu_conv1x1_wgrad(
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn bn_relu_conv1x1_dgrad(
+pub(crate) fn bn_relu_conv1x1_dgrad<D: Elem, X: Elem, O: Elem>(
     precision: Precision,
-    dz: View<'_, [f32]>,
+    dz: View<'_, [D]>,
     w: &[f32],
-    x: View<'_, [f32]>,
+    x: View<'_, [X]>,
     bn: &Bn,
-    dx: ViewMut<'_, [f32]>,
+    dx: ViewMut<'_, [O]>,
     accumulate: bool,
     sums: &mut [f32],
 ) {

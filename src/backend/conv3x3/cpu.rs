@@ -2,6 +2,7 @@
 
 use super::Conv3x3Ops;
 use crate::Precision;
+use crate::backend::cpu::elem::{Elem, with_elems};
 use crate::backend::cpu::gemm::{CHUNK, Operand, conv_fwd_impl, conv_wgrad_impl, gemm, im2col_dgrad};
 use crate::backend::cpu::rows::{
     Store, chunk_bounds, masked_block, par_blocks, scratch, store_sums, sum_in_order,
@@ -23,17 +24,19 @@ impl Conv3x3Ops for CpuBackend {
             self.timed("conv3x3", "bn_relu_conv3x3_fwd", 2 * 9 * z.x.mat.rows * z.x.mat.cols * y.mat.cols);
         let BnReluView { x: View { buf: z, mat: zm }, bn } = z;
         let ViewMut { buf: y, mat: ym } = y;
-        let bn = Bn::resolve(bn, zm.cols);
-        bn_relu_conv3x3_fwd(
-            self.precision,
-            z.as_slice(),
-            zm,
-            shape,
-            &bn,
-            &w.buf.data[w.offset..],
-            y.as_mut_slice(),
-            ym,
-        );
+        let bn = Bn::resolve(bn, zm.cols)?;
+        with_elems!({
+            bn_relu_conv3x3_fwd(
+                self.precision,
+                &z[..],
+                zm,
+                shape,
+                &bn,
+                &w.buf.f32s("weights")?[w.offset..],
+                &mut y[..],
+                ym,
+            )
+        } z = z, mut y = y);
         Ok(())
     }
 
@@ -50,17 +53,19 @@ impl Conv3x3Ops for CpuBackend {
         let BnReluView { x: View { buf: z, mat: zm }, bn } = z;
         let View { buf: dy, mat: dym } = dy;
         let AtMut { buf: dw, offset: dw_off } = dw;
-        let bn = Bn::resolve(bn, zm.cols);
-        bn_relu_conv3x3_wgrad(
-            self.precision,
-            z.as_slice(),
-            zm,
-            shape,
-            &bn,
-            dy.as_slice(),
-            dym,
-            &mut dw.data[dw_off..],
-        );
+        let bn = Bn::resolve(bn, zm.cols)?;
+        with_elems!({
+            bn_relu_conv3x3_wgrad(
+                self.precision,
+                &z[..],
+                zm,
+                shape,
+                &bn,
+                &dy[..],
+                dym,
+                &mut dw.f32s_mut("weight gradients")?[dw_off..],
+            )
+        } z = z, dy = dy);
         Ok(())
     }
 
@@ -79,17 +84,19 @@ impl Conv3x3Ops for CpuBackend {
         let View { buf: dy, mat: dym } = dy;
         let BnReluView { x: View { buf: z, mat: zm }, bn } = z;
         let ViewMut { buf: g, mat: gm } = g;
-        let bn = Bn::resolve(bn, zm.cols);
-        bn_relu_conv3x3_dgrad(
-            self.precision,
-            View::new(dy.as_slice(), dym),
-            shape,
-            &w.buf.data[w.offset..],
-            View::new(z.as_slice(), zm),
-            &bn,
-            ViewMut::new(g.as_mut_slice(), gm),
-            sums.as_mut_slice(),
-        );
+        let bn = Bn::resolve(bn, zm.cols)?;
+        with_elems!({
+            bn_relu_conv3x3_dgrad(
+                self.precision,
+                View::new(&dy[..], dym),
+                shape,
+                &w.buf.f32s("weights")?[w.offset..],
+                View::new(&z[..], zm),
+                &bn,
+                ViewMut::new(&mut g[..], gm),
+                sums.f32s_mut("BN sums")?,
+            )
+        } z = z, dy = dy, mut g = g);
         Ok(())
     }
 }
@@ -98,27 +105,27 @@ impl Conv3x3Ops for CpuBackend {
 pub(crate) const CONV3X3: ConvGeom = ConvGeom { kernel: 3, stride: 1, pad: 1 };
 
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn bn_relu_conv3x3_fwd(
+pub(crate) fn bn_relu_conv3x3_fwd<Z: Elem, Y: Elem>(
     precision: Precision,
-    z: &[f32],
+    z: &[Z],
     zm: Mat,
     shape: Spatial,
     bn: &Bn,
     w: &[f32],
-    y: &mut [f32],
+    y: &mut [Y],
     ym: Mat,
 ) {
     conv_fwd_impl(precision, z, zm, shape, CONV3X3, Some(bn), w, y, ym);
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn bn_relu_conv3x3_wgrad(
+pub(crate) fn bn_relu_conv3x3_wgrad<Z: Elem, D: Elem>(
     precision: Precision,
-    z: &[f32],
+    z: &[Z],
     zm: Mat,
     shape: Spatial,
     bn: &Bn,
-    dy: &[f32],
+    dy: &[D],
     dym: Mat,
     dw: &mut [f32],
 ) {
@@ -126,14 +133,14 @@ pub(crate) fn bn_relu_conv3x3_wgrad(
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn bn_relu_conv3x3_dgrad(
+pub(crate) fn bn_relu_conv3x3_dgrad<D: Elem, Z: Elem, G: Elem>(
     precision: Precision,
-    dy: View<'_, [f32]>,
+    dy: View<'_, [D]>,
     shape: Spatial,
     w: &[f32],
-    z: View<'_, [f32]>,
+    z: View<'_, [Z]>,
     bn: &Bn,
-    g: ViewMut<'_, [f32]>,
+    g: ViewMut<'_, [G]>,
     sums: &mut [f32],
 ) {
     let View { buf: dy, mat: dym } = dy;

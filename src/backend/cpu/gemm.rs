@@ -14,6 +14,7 @@
 //! are therefore bit-identical for any number of threads.
 
 use super::Bn;
+use super::elem::Elem;
 use super::rows::{RowBlock, Scratch, bn_relu, chunk_bounds, par_blocks, row, scratch};
 use crate::Precision;
 use crate::backend::{ConvGeom, Mat, Spatial};
@@ -30,15 +31,15 @@ pub(crate) const SEGMENT_CHUNKS: usize = 16;
 
 /// `y = conv(x', W)` with x' = relu(a⊙x + b) when `bn` is given, else x itself.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn conv_fwd_impl(
+pub(crate) fn conv_fwd_impl<X: Elem, Y: Elem>(
     precision: Precision,
-    x: &[f32],
+    x: &[X],
     xm: Mat,
     shape: Spatial,
     geom: ConvGeom,
     bn: Option<&Bn>,
     w: &[f32],
-    y: &mut [f32],
+    y: &mut [Y],
     ym: Mat,
 ) {
     debug_assert_eq!(ym.rows, geom.out(shape).pixels());
@@ -66,14 +67,14 @@ pub(crate) fn conv_fwd_impl(
 
 /// `dW += wgrad(x', dy)` with x' as in [`conv_fwd_impl`].
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn conv_wgrad_impl(
+pub(crate) fn conv_wgrad_impl<X: Elem, D: Elem>(
     precision: Precision,
-    x: &[f32],
+    x: &[X],
     xm: Mat,
     shape: Spatial,
     geom: ConvGeom,
     bn: Option<&Bn>,
-    dy: &[f32],
+    dy: &[D],
     dym: Mat,
     dw: &mut [f32],
 ) {
@@ -90,14 +91,19 @@ pub(crate) fn conv_wgrad_impl(
 // ---- tile builders --------------------------------------------------------------------------
 
 /// `dst = relu(a ⊙ src + b)` for one pixel row.
-pub(crate) fn bn_relu_into(dst: &mut [f32], src: &[f32], bn: &Bn) {
+pub(crate) fn bn_relu_into<T: Elem>(dst: &mut [f32], src: &[T], bn: &Bn) {
     for (j, (d, &v)) in dst.iter_mut().zip(src).enumerate() {
-        *d = bn_relu(bn, j, v);
+        *d = bn_relu(bn, j, v.get());
     }
 }
 
+/// `dst = src` widened to f32, for one pixel row.
+pub(crate) fn widen_into<T: Elem>(dst: &mut [f32], src: &[T]) {
+    dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v.get());
+}
+
 /// Fills `tile` (rows × c, dense) with the BN-ReLU'd pixel rows `[p0, p0 + rows)` of x.
-pub(crate) fn bn_relu_rows(x: &[f32], xm: Mat, bn: &Bn, p0: usize, rows: usize, tile: &mut [f32]) {
+pub(crate) fn bn_relu_rows<T: Elem>(x: &[T], xm: Mat, bn: &Bn, p0: usize, rows: usize, tile: &mut [f32]) {
     let c = xm.cols;
     for r in 0..rows {
         bn_relu_into(&mut tile[r * c..][..c], row(x, xm, p0 + r), bn);
@@ -109,8 +115,8 @@ pub(crate) fn bn_relu_rows(x: &[f32], xm: Mat, bn: &Bn, p0: usize, rows: usize, 
 /// `y = tile · Wᵀ`. The input is BN-ReLU'd first when `bn` is given; padding taps are 0, i.e.
 /// padding applies after the BN-ReLU, as a convolution of the ReLU output does.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn im2col(
-    src: &[f32],
+pub(crate) fn im2col<T: Elem>(
+    src: &[T],
     sm: Mat,
     shape: Spatial,
     geom: ConvGeom,
@@ -133,7 +139,7 @@ pub(crate) fn im2col(
                         bn_relu_into(dst, row(src, sm, (n * shape.h + iy) * shape.w + ix), bn)
                     }
                     (Some(iy), Some(ix), None) => {
-                        dst.copy_from_slice(row(src, sm, (n * shape.h + iy) * shape.w + ix))
+                        widen_into(dst, row(src, sm, (n * shape.h + iy) * shape.w + ix))
                     }
                     _ => dst.fill(0.0),
                 }
@@ -147,8 +153,8 @@ pub(crate) fn im2col(
 /// (rows × c_out·k², dense) with, at column `co·k² + ky·k + kx`, dy[co] of the output pixel
 /// that sees this input pixel at tap (ky, kx), or 0 if none does. Column `co·k² + tap` is then
 /// row `co·k² + tap` of the OHWI weights read as a (c_out·k²) × c_in matrix: `dx = tile · W`.
-pub(crate) fn im2col_dgrad(
-    dy: &[f32],
+pub(crate) fn im2col_dgrad<T: Elem>(
+    dy: &[T],
     dym: Mat,
     shape: Spatial,
     geom: ConvGeom,
@@ -172,7 +178,7 @@ pub(crate) fn im2col_dgrad(
                 };
                 let grad = row(dy, dym, (n * out.h + oy) * out.w + ox);
                 for (co, &v) in grad.iter().enumerate() {
-                    dst[co * k * k + ky * k + kx] = v;
+                    dst[co * k * k + ky * k + kx] = v.get();
                 }
             }
         }
@@ -261,22 +267,24 @@ impl Operand {
 }
 
 /// `C ← alpha·A·B + beta·C` for A m×k, B k×n, C m×n (`matrixmultiply::sgemm`; with beta = 0
-/// C's old contents are ignored). C must be row-major with non-overlapping rows. Under
-/// [`Precision::Tf32`] A and B are multiplied as rounded to TF32 (copies, in per-thread
-/// buffers), the products the tensor-core kernels form.
+/// C's old contents are ignored). C must be row-major with non-overlapping rows. f32 operands
+/// under [`Precision::Fp32`] are read in place; otherwise an operand is first copied (per
+/// thread, reused call to call) widened to f32 and rounded to the precision's operand format —
+/// the products the tensor-core kernels form — and a bf16 C is computed in an f32 copy and
+/// rounded once when stored.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm(
+pub(crate) fn gemm<A: Elem, B: Elem, C: Elem>(
     precision: Precision,
     m: usize,
     k: usize,
     n: usize,
     alpha: f32,
-    a: &[f32],
+    a: &[A],
     av: Operand,
-    b: &[f32],
+    b: &[B],
     bv: Operand,
     beta: f32,
-    c: &mut [f32],
+    c: &mut [C],
     cv: Operand,
 ) {
     assert!(av.fits(m, k, a.len()) && bv.fits(k, n, b.len()) && cv.fits(m, n, c.len()));
@@ -284,28 +292,58 @@ pub(crate) fn gemm(
     if m == 0 || n == 0 {
         return;
     }
-    if precision == Precision::Fp32 {
-        // SAFETY: the asserts above.
-        unsafe { sgemm(m, k, n, alpha, a, av, b, bv, beta, c, cv) };
-        return;
-    }
-    ROUNDED.with_borrow_mut(|(ra, rb)| {
-        let ra = rounded_copy(precision, a, av, m, k, ra);
-        let rb = rounded_copy(precision, b, bv, k, n, rb);
-        // SAFETY: the copies are dense m×k and k×n; C is checked above.
-        unsafe { sgemm(m, k, n, alpha, ra, Operand::dense(k), rb, Operand::dense(n), beta, c, cv) };
+    COPIES.with_borrow_mut(|(ra, rb, rc)| {
+        let (a, av) = operand(precision, a, av, m, k, ra);
+        let (b, bv) = operand(precision, b, bv, k, n, rb);
+        match C::as_f32_mut(c) {
+            // SAFETY: the asserts above; a copied operand is dense.
+            Some(c) => unsafe { sgemm(m, k, n, alpha, a, av, b, bv, beta, c, cv) },
+            None => {
+                let dense = Operand::dense(n);
+                rc.clear();
+                if beta == 0.0 {
+                    rc.resize(m * n, 0.0);
+                } else {
+                    (0..m).for_each(|i| rc.extend(c[cv.off + i * cv.rs..][..n].iter().map(|v| v.get())));
+                }
+                // SAFETY: as above; the copy of C is dense m×n.
+                unsafe { sgemm(m, k, n, alpha, a, av, b, bv, beta, rc, dense) };
+                for i in 0..m {
+                    let dst = &mut c[cv.off + i * cv.rs..][..n];
+                    dst.iter_mut().zip(&rc[i * n..][..n]).for_each(|(d, &v)| *d = C::put(v));
+                }
+            }
+        }
     });
 }
 
 thread_local! {
-    /// The rounded operand copies of [`gemm`], reused call to call.
-    static ROUNDED: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    /// The operand copies of [`gemm`] (A, B, C), reused call to call.
+    static COPIES: std::cell::RefCell<(Vec<f32>, Vec<f32>, Vec<f32>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
 
-/// The r × c matrix `v` of `src`, dense, each element rounded to `precision`'s operand format.
-fn rounded_copy<'a>(
+/// The r × c operand `v` of `src` as the multiply reads it: in place when it is f32 and
+/// needs no rounding, else a dense copy in `dst`.
+fn operand<'a, T: Elem>(
     precision: Precision,
-    src: &[f32],
+    src: &'a [T],
+    v: Operand,
+    r: usize,
+    c: usize,
+    dst: &'a mut Vec<f32>,
+) -> (&'a [f32], Operand) {
+    match T::as_f32(src) {
+        Some(src) if precision == Precision::Fp32 => (src, v),
+        _ => (rounded_copy(precision, src, v, r, c, dst), Operand::dense(c)),
+    }
+}
+
+/// The r × c matrix `v` of `src`, dense, each element widened to f32 and rounded to
+/// `precision`'s operand format.
+fn rounded_copy<'a, T: Elem>(
+    precision: Precision,
+    src: &[T],
     v: Operand,
     r: usize,
     c: usize,
@@ -317,9 +355,9 @@ fn rounded_copy<'a>(
         let row = v.off + i * v.rs;
         if v.cs == 1 {
             // Contiguous rows (every operand but a transposed view): slices, not index arithmetic.
-            dst.extend(src[row..row + c].iter().map(|&x| precision.round_operand(x)));
+            dst.extend(src[row..row + c].iter().map(|&x| precision.round_operand(x.get())));
         } else {
-            dst.extend((0..c).map(|j| precision.round_operand(src[row + j * v.cs])));
+            dst.extend((0..c).map(|j| precision.round_operand(src[row + j * v.cs].get())));
         }
     }
     dst
@@ -367,7 +405,7 @@ unsafe fn sgemm(
     }
 }
 
-impl RowBlock<'_> {
+impl<T> RowBlock<'_, T> {
     /// The block as a GEMM output.
     pub(crate) fn operand(&self) -> Operand {
         Operand { off: 0, rs: self.ld, cs: 1 }

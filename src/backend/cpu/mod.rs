@@ -13,6 +13,7 @@
 
 #[cfg(test)]
 mod conv_tests;
+pub(crate) mod elem;
 pub(crate) mod gemm;
 mod op_times;
 #[cfg(test)]
@@ -22,38 +23,60 @@ mod pointwise_tests;
 pub(crate) mod rows;
 
 use super::{BN_EPS, BnRef, Buffers, Category, MemoryReport, MemoryTracker, StatsRef, bn_affine, validate};
-use crate::Precision;
 use crate::error::{Error, Result};
+use crate::{Dtype, Precision};
+use elem::{CpuData, Elem, with_elems};
 pub use op_times::OpTime;
 use op_times::{OpTimer, OpTimes};
 use std::sync::Arc;
 
-/// A host buffer whose bytes are counted by the backend's tracker while it lives.
+/// A host buffer of f32 or bf16 elements whose bytes are counted by the backend's tracker
+/// while it lives.
 #[derive(Debug)]
 pub struct CpuBuf {
-    pub(crate) data: Vec<f32>,
+    pub(crate) data: CpuData,
     category: Category,
     tracker: Arc<MemoryTracker>,
 }
 
 impl CpuBuf {
-    pub fn as_slice(&self) -> &[f32] {
-        &self.data
-    }
-    pub fn as_mut_slice(&mut self) -> &mut [f32] {
-        &mut self.data
-    }
     pub fn len(&self) -> usize {
         self.data.len()
     }
     pub fn is_empty(&self) -> bool {
-        self.data.is_empty()
+        self.data.len() == 0
     }
+    pub fn dtype(&self) -> Dtype {
+        self.data.dtype()
+    }
+    fn bytes(&self) -> usize {
+        self.len() * self.dtype().size()
+    }
+
+    /// The elements of an f32 buffer (parameters, statistics, sums, the head); an error naming
+    /// `what` for a bf16 one.
+    pub(crate) fn f32s(&self, what: &str) -> Result<&[f32]> {
+        match &self.data {
+            CpuData::F32(v) => Ok(v),
+            CpuData::Bf16(_) => Err(not_f32(what)),
+        }
+    }
+
+    pub(crate) fn f32s_mut(&mut self, what: &str) -> Result<&mut [f32]> {
+        match &mut self.data {
+            CpuData::F32(v) => Ok(v),
+            CpuData::Bf16(_) => Err(not_f32(what)),
+        }
+    }
+}
+
+fn not_f32(what: &str) -> Error {
+    Error::Shape(format!("{what}: a bf16 buffer where the op needs f32"))
 }
 
 impl Drop for CpuBuf {
     fn drop(&mut self) {
-        self.tracker.freed(self.data.len() * 4, self.category);
+        self.tracker.freed(self.bytes(), self.category);
     }
 }
 
@@ -110,26 +133,26 @@ pub(crate) struct Bn {
 }
 
 impl Bn {
-    pub(crate) fn resolve(bn: BnRef<'_, CpuBuf>, channels: usize) -> Bn {
+    pub(crate) fn resolve(bn: BnRef<'_, CpuBuf>, channels: usize) -> Result<Bn> {
         let stats = StatsRef { stats: bn.stats, mean: bn.mean, var: bn.var };
-        let (mean, invstd) = resolve_stats(stats, channels);
-        let s = bn.stats.as_slice();
-        let p = bn.params.as_slice();
+        let (mean, invstd) = resolve_stats(stats, channels)?;
+        let s = bn.stats.f32s("batch-norm statistics")?;
+        let p = bn.params.f32s("batch-norm parameters")?;
         let (a, b) = bn_affine(
             &p[bn.gamma..bn.gamma + channels],
             &p[bn.beta..bn.beta + channels],
             &mean,
             &s[bn.var..bn.var + channels],
         );
-        Bn { a, b, mean, invstd }
+        Ok(Bn { a, b, mean, invstd })
     }
 }
 
-pub(crate) fn resolve_stats(s: StatsRef<'_, CpuBuf>, channels: usize) -> (Vec<f32>, Vec<f32>) {
-    let d = s.stats.as_slice();
+pub(crate) fn resolve_stats(s: StatsRef<'_, CpuBuf>, channels: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+    let d = s.stats.f32s("batch-norm statistics")?;
     let mean = d[s.mean..s.mean + channels].to_vec();
     let invstd = d[s.var..s.var + channels].iter().map(|v| 1.0 / (v + BN_EPS).sqrt()).collect();
-    (mean, invstd)
+    Ok((mean, invstd))
 }
 
 impl Buffers for CpuBackend {
@@ -143,16 +166,24 @@ impl Buffers for CpuBackend {
         self.precision
     }
 
-    fn alloc(&self, len: usize, category: Category) -> Result<CpuBuf> {
-        let mut data = Vec::new();
-        data.try_reserve_exact(len).map_err(|_| Error::OutOfMemory {
-            device: "cpu".into(),
-            requested: len.saturating_mul(4),
-            free: super::memory::host_available_bytes().unwrap_or(0),
-        })?;
-        data.resize(len, 0.0);
-        self.tracker.allocated(len * 4, category);
-        Ok(CpuBuf { data, category, tracker: self.tracker.clone() })
+    fn alloc_as(&self, len: usize, dtype: Dtype, category: Category) -> Result<CpuBuf> {
+        fn zeroed<T: Clone + Default>(len: usize, dtype: Dtype) -> Result<Vec<T>> {
+            let mut data = Vec::new();
+            data.try_reserve_exact(len).map_err(|_| Error::OutOfMemory {
+                device: "cpu".into(),
+                requested: len.saturating_mul(dtype.size()),
+                free: super::memory::host_available_bytes().unwrap_or(0),
+            })?;
+            data.resize(len, T::default());
+            Ok(data)
+        }
+        let data = match dtype {
+            Dtype::F32 => CpuData::F32(zeroed(len, dtype)?),
+            Dtype::Bf16 => CpuData::Bf16(zeroed(len, dtype)?),
+        };
+        let buf = CpuBuf { data, category, tracker: self.tracker.clone() };
+        self.tracker.allocated(buf.bytes(), category);
+        Ok(buf)
     }
 
     fn memory(&self) -> MemoryReport {
@@ -169,18 +200,20 @@ impl Buffers for CpuBackend {
 
     fn upload(&self, dst: &mut CpuBuf, offset: usize, src: &[f32]) -> Result<()> {
         validate::range(dst, offset, src.len(), "upload")?;
-        dst.data[offset..offset + src.len()].copy_from_slice(src);
+        with_elems!({
+            d[offset..offset + src.len()].iter_mut().zip(src).for_each(|(d, &v)| *d = Elem::put(v))
+        } mut d = dst);
         Ok(())
     }
 
     fn download(&self, src: &CpuBuf, offset: usize, len: usize) -> Result<Vec<f32>> {
         validate::range(src, offset, len, "download")?;
-        Ok(src.data[offset..offset + len].to_vec())
+        Ok(with_elems!({ s[offset..offset + len].iter().map(|v| v.get()).collect() } s = src))
     }
 
     fn fill_zero(&self, buf: &mut CpuBuf, offset: usize, len: usize) -> Result<()> {
         validate::range(buf, offset, len, "fill_zero")?;
-        buf.data[offset..offset + len].fill(0.0);
+        with_elems!({ b[offset..offset + len].fill(Default::default()) } mut b = buf);
         Ok(())
     }
 

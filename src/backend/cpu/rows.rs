@@ -9,6 +9,7 @@
 //! `[Σg | Σg·x̂]` sums.
 
 use super::Bn;
+use super::elem::Elem;
 use crate::backend::{Mat, relu};
 use rayon::prelude::*;
 
@@ -17,7 +18,7 @@ use rayon::prelude::*;
 pub(crate) const CHUNK_ROWS: usize = 512;
 
 /// Row `p` (its `m.cols` channels) of matrix `m` in `buf`.
-pub(crate) fn row(buf: &[f32], m: Mat, p: usize) -> &[f32] {
+pub(crate) fn row<T>(buf: &[T], m: Mat, p: usize) -> &[T] {
     &buf[m.at(p, 0)..][..m.cols]
 }
 
@@ -97,24 +98,24 @@ pub(crate) fn chunk_bounds(rows: usize, chunk: usize) -> Vec<usize> {
 
 /// Pixel rows `[first, first + rows)` of a [`Mat`], borrowed mutably: element (p, c) is at
 /// `data[(p − first)·ld + c]`.
-pub(crate) struct RowBlock<'a> {
+pub(crate) struct RowBlock<'a, T = f32> {
     pub(crate) first: usize,
     pub(crate) rows: usize,
     pub(crate) cols: usize,
     pub(crate) ld: usize,
-    pub(crate) data: &'a mut [f32],
+    pub(crate) data: &'a mut [T],
 }
 
-impl RowBlock<'_> {
+impl<T> RowBlock<'_, T> {
     /// The `cols` channels of row `first + r`.
-    pub(crate) fn row(&mut self, r: usize) -> &mut [f32] {
+    pub(crate) fn row(&mut self, r: usize) -> &mut [T] {
         &mut self.data[r * self.ld..][..self.cols]
     }
 }
 
 /// Splits the rows of `m` inside `buf` at `bounds` (increasing pixel indices from 0 to
 /// `m.rows`) into disjoint mutable blocks.
-pub(crate) fn split_rows<'a>(buf: &'a mut [f32], m: Mat, bounds: &[usize]) -> Vec<RowBlock<'a>> {
+pub(crate) fn split_rows<'a, T>(buf: &'a mut [T], m: Mat, bounds: &[usize]) -> Vec<RowBlock<'a, T>> {
     // A single-row Mat may have a pitch smaller than its width.
     let ld = if m.rows > 1 { m.ld } else { m.cols };
     let mut rest = &mut buf[m.offset..];
@@ -134,11 +135,11 @@ pub(crate) fn split_rows<'a>(buf: &'a mut [f32], m: Mat, bounds: &[usize]) -> Ve
 /// with a scratch per task, and returns the results in block order. A matrix without rows or
 /// columns has no blocks (a zero-width view may claim any number of rows: it addresses no
 /// element, and blocks of it would cost time and memory for nothing).
-pub(crate) fn par_blocks<R: Send>(
-    out: &mut [f32],
+pub(crate) fn par_blocks<T: Send, R: Send>(
+    out: &mut [T],
     om: Mat,
     bounds: &[usize],
-    f: impl Fn(&mut RowBlock<'_>, &mut Scratch) -> R + Sync + Send,
+    f: impl Fn(&mut RowBlock<'_, T>, &mut Scratch) -> R + Sync + Send,
 ) -> Vec<R> {
     if om.rows == 0 || om.cols == 0 {
         return Vec::new();
@@ -163,11 +164,18 @@ pub(crate) enum Store {
 /// BN-ReLU backward of one pixel row: `g = gpre ⊙ [a·x + b > 0]` (the same f32 test as the
 /// forward ReLU), stored into `out` as `store` says, and `[Σg | Σg·x̂]` accumulated into
 /// `sums` in f64.
-pub(crate) fn masked_row(gpre: &[f32], x: &[f32], bn: &Bn, store: Store, out: &mut [f32], sums: &mut [f64]) {
+pub(crate) fn masked_row<X: Elem, O: Elem>(
+    gpre: &[f32],
+    x: &[X],
+    bn: &Bn,
+    store: Store,
+    out: &mut [O],
+    sums: &mut [f64],
+) {
     match store {
-        Store::Plain => masked_row_with(gpre, x, bn, out, sums, |o, _, g| *o = g),
-        Store::Scaled => masked_row_with(gpre, x, bn, out, sums, |o, a, g| *o = a * g),
-        Store::AddScaled => masked_row_with(gpre, x, bn, out, sums, |o, a, g| *o += a * g),
+        Store::Plain => masked_row_with(gpre, x, bn, out, sums, |o, _, g| *o = O::put(g)),
+        Store::Scaled => masked_row_with(gpre, x, bn, out, sums, |o, a, g| *o = O::put(a * g)),
+        Store::AddScaled => masked_row_with(gpre, x, bn, out, sums, |o, a, g| *o = O::put(o.get() + a * g)),
     }
 }
 
@@ -175,23 +183,24 @@ pub(crate) fn masked_row(gpre: &[f32], x: &[f32], bn: &Bn, store: Store, out: &m
 /// one length, so that the compiler drops the bounds checks and the per-element branch on
 /// the mode and vectorises the loop. The arithmetic is the same, element for element.
 #[inline(always)]
-fn masked_row_with(
+fn masked_row_with<X: Elem, O: Elem>(
     gpre: &[f32],
-    x: &[f32],
+    x: &[X],
     bn: &Bn,
-    out: &mut [f32],
+    out: &mut [O],
     sums: &mut [f64],
-    put: impl Fn(&mut f32, f32, f32),
+    put: impl Fn(&mut O, f32, f32),
 ) {
     let c = x.len();
     let (sum_g, sum_gx) = sums[..2 * c].split_at_mut(c);
     let (gpre, out) = (&gpre[..c], &mut out[..c]);
     let (a, b, mean, invstd) = (&bn.a[..c], &bn.b[..c], &bn.mean[..c], &bn.invstd[..c]);
     for j in 0..c {
-        let g = if active(a[j], b[j], x[j]) { gpre[j] } else { 0.0 };
+        let xj = x[j].get();
+        let g = if active(a[j], b[j], xj) { gpre[j] } else { 0.0 };
         put(&mut out[j], a[j], g);
         // x̂ rounded to f32 as the kernels' epilogues compute it, then summed in f64.
-        let x_hat = f64::from(normalized(mean[j], invstd[j], x[j]));
+        let x_hat = f64::from(normalized(mean[j], invstd[j], xj));
         sum_g[j] += f64::from(g);
         sum_gx[j] += f64::from(g) * x_hat;
     }
@@ -199,13 +208,13 @@ fn masked_row_with(
 
 /// [`masked_row`] for every row of `blk`, `gpre` being the block's dense (rows × c) gradient
 /// before the mask; returns the block's partial sums.
-pub(crate) fn masked_block(
+pub(crate) fn masked_block<X: Elem, O: Elem>(
     gpre: &[f32],
-    x: &[f32],
+    x: &[X],
     xm: Mat,
     bn: &Bn,
     store: Store,
-    blk: &mut RowBlock<'_>,
+    blk: &mut RowBlock<'_, O>,
 ) -> Vec<f64> {
     let c = xm.cols;
     let mut sums = vec![0.0; 2 * c];

@@ -25,8 +25,8 @@ pub use emulated::EmuDevice;
 pub use launch::{SplitSumParams, TileSumsParams};
 
 use super::{Buffers, Category, MemoryReport, MemoryTracker, validate};
-use crate::Precision;
 use crate::error::{Error, Result};
+use crate::{Dtype, Precision};
 use bytemuck::Pod;
 use cudarc::driver::DeviceRepr;
 use std::sync::{Arc, Mutex};
@@ -35,6 +35,7 @@ use std::sync::{Arc, Mutex};
 pub struct DeviceBuf<D: Device> {
     mem: D::Mem,
     len: usize,
+    dtype: Dtype,
     category: Category,
     tracker: Arc<MemoryTracker>,
 }
@@ -45,6 +46,9 @@ impl<D: Device> DeviceBuf<D> {
     }
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+    pub fn dtype(&self) -> Dtype {
+        self.dtype
     }
 }
 
@@ -110,8 +114,13 @@ impl<D: Device> KernelBackend<D> {
         // verifies on uninitialised memory.
         let mem = device.alloc_uninit(SCRATCH_FLOATS)?;
         tracker.allocated(SCRATCH_FLOATS * 4, Category::Workspace);
-        let scratch =
-            DeviceBuf { mem, len: SCRATCH_FLOATS, category: Category::Workspace, tracker: tracker.clone() };
+        let scratch = DeviceBuf {
+            mem,
+            len: SCRATCH_FLOATS,
+            dtype: Dtype::F32,
+            category: Category::Workspace,
+            tracker: tracker.clone(),
+        };
         Ok(KernelBackend {
             device: Arc::new(device),
             tracker,
@@ -123,6 +132,9 @@ impl<D: Device> KernelBackend<D> {
     /// This backend running its convolutions in `precision` ([`Precision`]): tf32 takes the
     /// tensor-core kernels, which need compute capability 8.0 or newer.
     pub fn with_precision(self, precision: Precision) -> Result<Self> {
+        if precision == Precision::Bf16 {
+            return Err(Error::Config(format!("precision bf16: not built for {} yet", self.device.name())));
+        }
         if precision == Precision::Tf32 {
             let arch = self.device.compute_capability()?;
             if arch.major < 8 {
@@ -171,11 +183,16 @@ impl<D: Device> Buffers for KernelBackend<D> {
         self.precision
     }
 
-    /// A zero-filled buffer of `len` floats, counted under `category`.
-    fn alloc(&self, len: usize, category: Category) -> Result<DeviceBuf<D>> {
+    fn alloc_as(&self, len: usize, dtype: Dtype, category: Category) -> Result<DeviceBuf<D>> {
+        if dtype != Dtype::F32 {
+            return Err(Error::Config(format!(
+                "{dtype} buffers: the kernels of {} run in f32 only",
+                self.name()
+            )));
+        }
         let mem = self.device.alloc_zeroed(len)?;
         self.tracker.allocated(len * 4, category);
-        Ok(DeviceBuf { mem, len, category, tracker: self.tracker.clone() })
+        Ok(DeviceBuf { mem, len, dtype, category, tracker: self.tracker.clone() })
     }
 
     fn memory(&self) -> MemoryReport {
@@ -236,6 +253,8 @@ macro_rules! conv_kernel {
         match $backend.precision {
             $crate::Precision::Fp32 => concat!($op, "_f32"),
             $crate::Precision::Tf32 => concat!($op, "_tf32"),
+            // Refused by `with_precision` until the bf16 kernels exist.
+            $crate::Precision::Bf16 => concat!($op, "_bf16"),
         }
     };
 }

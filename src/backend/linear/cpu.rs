@@ -18,12 +18,12 @@ impl LinearOps for CpuBackend {
         let _timed = self.timed("linear", "linear_fwd", 2 * n * k * out_features);
         let (x, y) = (x.buf, y.buf);
         linear_fwd(
-            x.as_slice(),
+            x.f32s("activations")?,
             n,
             k,
-            &w.buf.data[w.offset..w.offset + out_features * k],
-            &bias.buf.data[bias.offset..bias.offset + out_features],
-            y.as_mut_slice(),
+            &w.buf.f32s("weights")?[w.offset..w.offset + out_features * k],
+            &bias.buf.f32s("biases")?[bias.offset..bias.offset + out_features],
+            y.f32s_mut("outputs")?,
         );
         Ok(())
     }
@@ -42,15 +42,15 @@ impl LinearOps for CpuBackend {
         let LinearGrads { grads, dw: dw_off, dbias: dbias_off } = grads;
         let (dy, x, dx) = (dy.buf, x.buf, dx.buf);
         linear_bwd(
-            dy.as_slice(),
-            x.as_slice(),
+            dy.f32s("output gradients")?,
+            x.f32s("activations")?,
             n,
             k,
-            &w.buf.data[w.offset..w.offset + out_features * k],
-            grads.as_mut_slice(),
+            &w.buf.f32s("weights")?[w.offset..w.offset + out_features * k],
+            grads.f32s_mut("parameter gradients")?,
             dw_off,
             dbias_off,
-            dx.as_mut_slice(),
+            dx.f32s_mut("input gradients")?,
         );
         Ok(())
     }

@@ -19,13 +19,14 @@ impl LossOps for CpuBackend {
         let (logits, dlogits) = (logits.buf, dlogits.buf);
         // A value check, the cpu backend's own: the kernels cannot refuse a label without a
         // copy to the host, and give a NaN loss instead.
-        let labels = &labels.data[..n];
+        let labels = &labels.f32s("labels")?[..n];
         if let Some(bad) = labels.iter().find(|&&l| !(l >= 0.0 && (l as usize) < classes && l.fract() == 0.0))
         {
             return Err(Error::Shape(format!("label {bad} is not a class index below {classes}")));
         }
-        loss.data[0] =
-            softmax_xent(&logits.data[..n * classes], labels, classes, &mut dlogits.data[..n * classes]);
+        let logits = &logits.f32s("logits")?[..n * classes];
+        let dlogits = &mut dlogits.f32s_mut("logit gradients")?[..n * classes];
+        loss.f32s_mut("loss")?[0] = softmax_xent(logits, labels, classes, dlogits);
         Ok(())
     }
 }

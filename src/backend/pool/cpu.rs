@@ -1,6 +1,7 @@
 //! The cpu backend's pool ops.
 
 use super::PoolOps;
+use crate::backend::cpu::elem::{Elem, with_elems};
 use crate::backend::cpu::rows::{
     CHUNK_ROWS, Store, bn_relu, chunk_bounds, masked_row, par_blocks, row, scratch, store_sums, sum_in_order,
 };
@@ -21,8 +22,8 @@ impl PoolOps for CpuBackend {
         let _timed = self.timed("pool", "bn_relu_maxpool_fwd", 0);
         let BnReluView { x: View { buf: t, mat: tm }, bn } = t;
         let ViewMut { buf: y, mat: ym } = y;
-        let bn = Bn::resolve(bn, tm.cols);
-        bn_relu_maxpool_fwd(t.as_slice(), tm, shape, &bn, y.as_mut_slice(), ym);
+        let bn = Bn::resolve(bn, tm.cols)?;
+        with_elems!({ bn_relu_maxpool_fwd(t, tm, shape, &bn, y, ym) } t = t, mut y = y);
         Ok(())
     }
 
@@ -39,15 +40,17 @@ impl PoolOps for CpuBackend {
         let View { buf: dy, mat: dym } = dy;
         let BnReluView { x: View { buf: t, mat: tm }, bn } = t;
         let ViewMut { buf: g, mat: gm } = g;
-        let bn = Bn::resolve(bn, tm.cols);
-        bn_relu_maxpool_bwd(
-            View::new(dy.as_slice(), dym),
-            View::new(t.as_slice(), tm),
-            shape,
-            &bn,
-            ViewMut::new(g.as_mut_slice(), gm),
-            sums.as_mut_slice(),
-        );
+        let bn = Bn::resolve(bn, tm.cols)?;
+        with_elems!({
+            bn_relu_maxpool_bwd(
+                View::new(&dy[..], dym),
+                View::new(&t[..], tm),
+                shape,
+                &bn,
+                ViewMut::new(&mut g[..], gm),
+                sums.f32s_mut("BN sums")?,
+            )
+        } t = t, dy = dy, mut g = g);
         Ok(())
     }
 
@@ -60,8 +63,9 @@ impl PoolOps for CpuBackend {
         validate::bn_relu_global_pool_fwd(&x, shape, pooled)?;
         let _timed = self.timed("pool", "bn_relu_global_pool_fwd", 0);
         let BnReluView { x: View { buf: x, mat: xm }, bn } = x;
-        let bn = Bn::resolve(bn, xm.cols);
-        bn_relu_global_pool_fwd(x.as_slice(), xm, shape, &bn, pooled.as_mut_slice());
+        let bn = Bn::resolve(bn, xm.cols)?;
+        let pooled = pooled.f32s_mut("pooled features")?;
+        with_elems!({ bn_relu_global_pool_fwd(x, xm, shape, &bn, pooled) } x = x);
         Ok(())
     }
 
@@ -77,15 +81,17 @@ impl PoolOps for CpuBackend {
         let _timed = self.timed("pool", "bn_relu_global_pool_bwd", 0);
         let BnReluView { x: View { buf: x, mat: xm }, bn } = x;
         let ViewMut { buf: dx, mat: dxm } = dx;
-        let bn = Bn::resolve(bn, xm.cols);
-        bn_relu_global_pool_bwd(
-            dpooled.as_slice(),
-            View::new(x.as_slice(), xm),
-            shape,
-            &bn,
-            ViewMut::new(dx.as_mut_slice(), dxm),
-            sums.as_mut_slice(),
-        );
+        let bn = Bn::resolve(bn, xm.cols)?;
+        with_elems!({
+            bn_relu_global_pool_bwd(
+                dpooled.f32s("pooled-feature gradients")?,
+                View::new(&x[..], xm),
+                shape,
+                &bn,
+                ViewMut::new(&mut dx[..], dxm),
+                sums.f32s_mut("BN sums")?,
+            )
+        } x = x, mut dx = dx);
         Ok(())
     }
 }
@@ -102,8 +108,8 @@ pub(crate) fn pool_out(shape: Spatial) -> (usize, usize) {
 /// element PyTorch's max-pool picks. Forward and backward both call this, so the backward
 /// routes the gradient to the forward's choice. `arg` starts at the window's first pixel, so
 /// it stays inside the window even where NaN inputs never compare greater.
-pub(crate) fn window_max(
-    t: &[f32],
+pub(crate) fn window_max<T: Elem>(
+    t: &[T],
     tm: Mat,
     shape: Spatial,
     act: impl Fn(usize, f32) -> f32,
@@ -120,7 +126,7 @@ pub(crate) fn window_max(
         for ix in x0..(2 * ox + 2).min(shape.w) {
             let p = (n * shape.h + iy) * shape.w + ix;
             for (c, &v) in row(t, tm, p).iter().enumerate() {
-                let v = act(c, v);
+                let v = act(c, v.get());
                 if max_pool_takes(v, best[c]) {
                     best[c] = v;
                     arg[c] = p;
@@ -130,21 +136,29 @@ pub(crate) fn window_max(
     }
 }
 
-pub(crate) fn bn_relu_maxpool_fwd(t: &[f32], tm: Mat, shape: Spatial, bn: &Bn, y: &mut [f32], ym: Mat) {
+pub(crate) fn bn_relu_maxpool_fwd<T: Elem, Y: Elem>(
+    t: &[T],
+    tm: Mat,
+    shape: Spatial,
+    bn: &Bn,
+    y: &mut [Y],
+    ym: Mat,
+) {
     par_blocks(y, ym, &chunk_bounds(ym.rows, CHUNK_ROWS), |piece, _| {
-        let mut arg = vec![0; tm.cols];
+        let (mut best, mut arg) = (vec![0.0; tm.cols], vec![0; tm.cols]);
         for r in 0..piece.rows {
-            window_max(t, tm, shape, |c, v| bn_relu(bn, c, v), piece.first + r, piece.row(r), &mut arg);
+            window_max(t, tm, shape, |c, v| bn_relu(bn, c, v), piece.first + r, &mut best, &mut arg);
+            piece.row(r).iter_mut().zip(&best).for_each(|(o, &v)| *o = Y::put(v));
         }
     });
 }
 
-pub(crate) fn bn_relu_maxpool_bwd(
-    dy: View<'_, [f32]>,
-    t: View<'_, [f32]>,
+pub(crate) fn bn_relu_maxpool_bwd<D: Elem, T: Elem, G: Elem>(
+    dy: View<'_, [D]>,
+    t: View<'_, [T]>,
     shape: Spatial,
     bn: &Bn,
-    g: ViewMut<'_, [f32]>,
+    g: ViewMut<'_, [G]>,
     sums: &mut [f32],
 ) {
     let View { buf: dy, mat: dym } = dy;
@@ -163,7 +177,7 @@ pub(crate) fn bn_relu_maxpool_bwd(
         for q in n * oh * ow..(n + 1) * oh * ow {
             window_max(t, tm, shape, |c, v| bn_relu(bn, c, v), q, &mut best, &mut arg);
             for (c, &d) in row(dy, dym, q).iter().enumerate() {
-                gpre[(arg[c] - piece.first) * cols + c] += d;
+                gpre[(arg[c] - piece.first) * cols + c] += d.get();
             }
         }
         let mut acc = vec![0.0; 2 * cols];
@@ -176,26 +190,32 @@ pub(crate) fn bn_relu_maxpool_bwd(
     store_sums(sums, &sum_in_order(partials, 2 * cols));
 }
 
-pub(crate) fn bn_relu_global_pool_fwd(x: &[f32], xm: Mat, shape: Spatial, bn: &Bn, pooled: &mut [f32]) {
+pub(crate) fn bn_relu_global_pool_fwd<X: Elem>(
+    x: &[X],
+    xm: Mat,
+    shape: Spatial,
+    bn: &Bn,
+    pooled: &mut [f32],
+) {
     let cols = xm.cols;
     let image = shape.h * shape.w;
     pooled[..shape.n * cols].par_chunks_mut(cols.max(1)).enumerate().for_each(|(n, out)| {
         let mut acc = vec![0.0; cols];
         for p in n * image..(n + 1) * image {
             for (c, (s, &v)) in acc.iter_mut().zip(row(x, xm, p)).enumerate() {
-                *s += f64::from(bn_relu(bn, c, v));
+                *s += f64::from(bn_relu(bn, c, v.get()));
             }
         }
         out.iter_mut().zip(&acc).for_each(|(o, s)| *o = (s / image as f64) as f32);
     });
 }
 
-pub(crate) fn bn_relu_global_pool_bwd(
+pub(crate) fn bn_relu_global_pool_bwd<X: Elem, O: Elem>(
     dpooled: &[f32],
-    x: View<'_, [f32]>,
+    x: View<'_, [X]>,
     shape: Spatial,
     bn: &Bn,
-    dx: ViewMut<'_, [f32]>,
+    dx: ViewMut<'_, [O]>,
     sums: &mut [f32],
 ) {
     let View { buf: x, mat: xm } = x;

@@ -17,7 +17,12 @@ impl SgdOps for CpuBackend {
     ) -> Result<()> {
         validate::sgd_update(params, grads, velocity, len)?;
         let _timed = self.timed("sgd", "sgd_update", 0);
-        sgd_update(&mut params.data[..len], &grads.data[..len], &mut velocity.data[..len], hp);
+        sgd_update(
+            &mut params.f32s_mut("parameters")?[..len],
+            &grads.f32s("parameter gradients")?[..len],
+            &mut velocity.f32s_mut("momentum")?[..len],
+            hp,
+        );
         Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! The cpu backend's stats ops.
 
 use super::StatsOps;
+use crate::backend::cpu::elem::{Elem, with_elems};
 use crate::backend::cpu::rows::{reduce_rows, row};
 use crate::backend::cpu::{CpuBackend, CpuBuf};
 use crate::backend::{BN_MOMENTUM, Mat, StatsMut, StatsRef, View, validate};
@@ -12,9 +13,10 @@ impl StatsOps for CpuBackend {
         let _timed = self.timed("stats", "channel_stats", 0);
         let View { buf: x, mat: xm } = x;
         let StatsMut { stats: out, mean, var } = out;
-        let (m, v) = channel_stats(x.as_slice(), xm);
-        out.data[mean..mean + xm.cols].copy_from_slice(&m);
-        out.data[var..var + xm.cols].copy_from_slice(&v);
+        let (m, v) = with_elems!({ channel_stats(x, xm) } x = x);
+        let out = out.f32s_mut("channel statistics")?;
+        out[mean..mean + xm.cols].copy_from_slice(&m);
+        out[var..var + xm.cols].copy_from_slice(&v);
         Ok(())
     }
 
@@ -28,12 +30,12 @@ impl StatsOps for CpuBackend {
         validate::update_running_stats(batch, channels, &running)?;
         let _timed = self.timed("stats", "update_running_stats", 0);
         let StatsMut { stats: running, mean: run_mean, var: run_var } = running;
-        let s = batch.stats.as_slice();
+        let s = batch.stats.f32s("batch statistics")?;
         update_running_stats(
             &s[batch.mean..batch.mean + channels],
             &s[batch.var..batch.var + channels],
             count,
-            running.as_mut_slice(),
+            running.f32s_mut("running statistics")?,
             run_mean,
             run_var,
         );
@@ -41,17 +43,17 @@ impl StatsOps for CpuBackend {
     }
 }
 
-pub(crate) fn channel_stats(x: &[f32], xm: Mat) -> (Vec<f32>, Vec<f32>) {
+pub(crate) fn channel_stats<T: Elem>(x: &[T], xm: Mat) -> (Vec<f32>, Vec<f32>) {
     let count = xm.rows as f64;
     // Two passes in f64: the variance is a sum of squared deviations from the exact mean,
     // so it keeps its precision when |mean| ≫ std (E[x²] − E[x]² would cancel it away).
     let sum = reduce_rows(xm.rows, xm.cols, |p, acc| {
-        acc.iter_mut().zip(row(x, xm, p)).for_each(|(s, &v)| *s += f64::from(v));
+        acc.iter_mut().zip(row(x, xm, p)).for_each(|(s, &v)| *s += f64::from(v.get()));
     });
     let mean: Vec<f64> = sum.iter().map(|s| s / count).collect();
     let squares = reduce_rows(xm.rows, xm.cols, |p, acc| {
         for ((s, &v), m) in acc.iter_mut().zip(row(x, xm, p)).zip(&mean) {
-            let d = f64::from(v) - m;
+            let d = f64::from(v.get()) - m;
             *s += d * d;
         }
     });

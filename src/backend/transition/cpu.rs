@@ -2,6 +2,7 @@
 
 use super::TransitionOps;
 use crate::Precision;
+use crate::backend::cpu::elem::{Elem, with_elems};
 use crate::backend::cpu::gemm::{CHUNK, Operand, gemm, pixel, wgrad_in_segments};
 use crate::backend::cpu::rows::{
     Store, bn_relu, chunk_bounds, masked_row, par_blocks, row, scratch, store_sums, sum_in_order,
@@ -26,17 +27,19 @@ impl TransitionOps for CpuBackend {
         );
         let BnReluView { x: View { buf: x, mat: xm }, bn } = x;
         let ViewMut { buf: y, mat: ym } = y;
-        let bn = Bn::resolve(bn, xm.cols);
-        bn_relu_avgpool_conv1x1_fwd(
-            self.precision,
-            x.as_slice(),
-            xm,
-            shape,
-            &bn,
-            &w.buf.data[w.offset..],
-            y.as_mut_slice(),
-            ym,
-        );
+        let bn = Bn::resolve(bn, xm.cols)?;
+        with_elems!({
+            bn_relu_avgpool_conv1x1_fwd(
+                self.precision,
+                &x[..],
+                xm,
+                shape,
+                &bn,
+                &w.buf.f32s("weights")?[w.offset..],
+                &mut y[..],
+                ym,
+            )
+        } x = x, mut y = y);
         Ok(())
     }
 
@@ -56,17 +59,19 @@ impl TransitionOps for CpuBackend {
         let BnReluView { x: View { buf: x, mat: xm }, bn } = x;
         let View { buf: dy, mat: dym } = dy;
         let AtMut { buf: dw, offset: dw_off } = dw;
-        let bn = Bn::resolve(bn, xm.cols);
-        bn_relu_avgpool_conv1x1_wgrad(
-            self.precision,
-            x.as_slice(),
-            xm,
-            shape,
-            &bn,
-            dy.as_slice(),
-            dym,
-            &mut dw.data[dw_off..],
-        );
+        let bn = Bn::resolve(bn, xm.cols)?;
+        with_elems!({
+            bn_relu_avgpool_conv1x1_wgrad(
+                self.precision,
+                &x[..],
+                xm,
+                shape,
+                &bn,
+                &dy[..],
+                dym,
+                &mut dw.f32s_mut("weight gradients")?[dw_off..],
+            )
+        } x = x, dy = dy);
         Ok(())
     }
 
@@ -88,30 +93,32 @@ impl TransitionOps for CpuBackend {
         let View { buf: dy, mat: dym } = dy;
         let BnReluView { x: View { buf: x, mat: xm }, bn } = x;
         let ViewMut { buf: dx, mat: dxm } = dx;
-        let bn = Bn::resolve(bn, xm.cols);
-        bn_relu_avgpool_conv1x1_dgrad(
-            self.precision,
-            View::new(dy.as_slice(), dym),
-            &w.buf.data[w.offset..],
-            View::new(x.as_slice(), xm),
-            shape,
-            &bn,
-            ViewMut::new(dx.as_mut_slice(), dxm),
-            sums.as_mut_slice(),
-        );
+        let bn = Bn::resolve(bn, xm.cols)?;
+        with_elems!({
+            bn_relu_avgpool_conv1x1_dgrad(
+                self.precision,
+                View::new(&dy[..], dym),
+                &w.buf.f32s("weights")?[w.offset..],
+                View::new(&x[..], xm),
+                shape,
+                &bn,
+                ViewMut::new(&mut dx[..], dxm),
+                sums.f32s_mut("BN sums")?,
+            )
+        } x = x, dy = dy, mut dx = dx);
         Ok(())
     }
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn bn_relu_avgpool_conv1x1_fwd(
+pub(crate) fn bn_relu_avgpool_conv1x1_fwd<X: Elem, Y: Elem>(
     precision: Precision,
-    x: &[f32],
+    x: &[X],
     xm: Mat,
     shape: Spatial,
     bn: &Bn,
     w: &[f32],
-    y: &mut [f32],
+    y: &mut [Y],
     ym: Mat,
 ) {
     let (cin, cout) = (xm.cols, ym.cols);
@@ -137,13 +144,13 @@ pub(crate) fn bn_relu_avgpool_conv1x1_fwd(
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn bn_relu_avgpool_conv1x1_wgrad(
+pub(crate) fn bn_relu_avgpool_conv1x1_wgrad<X: Elem, D: Elem>(
     precision: Precision,
-    x: &[f32],
+    x: &[X],
     xm: Mat,
     shape: Spatial,
     bn: &Bn,
-    dy: &[f32],
+    dy: &[D],
     dym: Mat,
     dw: &mut [f32],
 ) {
@@ -157,14 +164,14 @@ pub(crate) fn bn_relu_avgpool_conv1x1_wgrad(
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn bn_relu_avgpool_conv1x1_dgrad(
+pub(crate) fn bn_relu_avgpool_conv1x1_dgrad<D: Elem, X: Elem, O: Elem>(
     precision: Precision,
-    dy: View<'_, [f32]>,
+    dy: View<'_, [D]>,
     w: &[f32],
-    x: View<'_, [f32]>,
+    x: View<'_, [X]>,
     shape: Spatial,
     bn: &Bn,
-    dx: ViewMut<'_, [f32]>,
+    dx: ViewMut<'_, [O]>,
     sums: &mut [f32],
 ) {
     let View { buf: dy, mat: dym } = dy;
@@ -175,7 +182,7 @@ pub(crate) fn bn_relu_avgpool_conv1x1_dgrad(
     if out.pixels() == 0 {
         // Nothing survives the pool, so no input receives a gradient.
         for p in 0..dxm.rows {
-            dx[dxm.at(p, 0)..][..dxm.cols].fill(0.0);
+            dx[dxm.at(p, 0)..][..dxm.cols].fill(O::default());
         }
         sums[..2 * cin].fill(0.0);
         return;
@@ -229,7 +236,7 @@ pub(crate) fn bn_relu_avgpool_conv1x1_dgrad(
                 );
             } else {
                 // Dropped by the pool: zero gradient, nothing to add to the sums.
-                blk.row(p - blk.first).fill(0.0);
+                blk.row(p - blk.first).fill(O::default());
             }
         }
         sums
@@ -245,8 +252,8 @@ pub(crate) fn pooled(s: Spatial) -> Spatial {
 /// Fills `tile` (rows × c, dense) with the 2×2 means of BN-ReLU'd x for the pooled pixels
 /// `[p0, p0 + rows)`. Pooling before the 1×1 conv is exact (both are linear) and makes the
 /// GEMM 4× smaller.
-pub(crate) fn pool_rows(
-    x: &[f32],
+pub(crate) fn pool_rows<X: Elem>(
+    x: &[X],
     xm: Mat,
     shape: Spatial,
     bn: &Bn,
@@ -262,7 +269,7 @@ pub(crate) fn pool_rows(
         dst.fill(0.0);
         for q in [top_left, top_left + 1, top_left + shape.w, top_left + shape.w + 1] {
             for (j, (d, &v)) in dst.iter_mut().zip(row(x, xm, q)).enumerate() {
-                *d += bn_relu(bn, j, v);
+                *d += bn_relu(bn, j, v.get());
             }
         }
         dst.iter_mut().for_each(|d| *d *= 0.25);

@@ -13,7 +13,7 @@ impl UnfusedOps for CpuBackend {
         let _timed = self.timed("unfused", "copy_columns", 0);
         let View { buf: src, mat: sm } = src;
         let ViewMut { buf: dst, mat: dm } = dst;
-        copy_columns(src.as_slice(), sm, dst.as_mut_slice(), dm, accumulate);
+        copy_columns(src.f32s("source")?, sm, dst.f32s_mut("destination")?, dm, accumulate);
         Ok(())
     }
 
@@ -22,8 +22,8 @@ impl UnfusedOps for CpuBackend {
         let _timed = self.timed("unfused", "bn_apply", 0);
         let View { buf: x, mat: xm } = x;
         let ViewMut { buf: y, mat: ym } = y;
-        let bn = Bn::resolve(bn, xm.cols);
-        bn_apply(x.as_slice(), xm, &bn, y.as_mut_slice(), ym);
+        let bn = Bn::resolve(bn, xm.cols)?;
+        bn_apply(x.f32s("activations")?, xm, &bn, y.f32s_mut("outputs")?, ym);
         Ok(())
     }
 
@@ -32,7 +32,7 @@ impl UnfusedOps for CpuBackend {
         let _timed = self.timed("unfused", "relu_fwd", 0);
         let View { buf: x, mat: xm } = x;
         let ViewMut { buf: y, mat: ym } = y;
-        relu_fwd(x.as_slice(), xm, y.as_mut_slice(), ym);
+        relu_fwd(x.f32s("activations")?, xm, y.f32s_mut("outputs")?, ym);
         Ok(())
     }
 
@@ -41,7 +41,7 @@ impl UnfusedOps for CpuBackend {
         let _timed = self.timed("unfused", "relu_bwd", 0);
         let ViewMut { buf: g, mat: gm } = g;
         let View { buf: x, mat: xm } = x;
-        relu_bwd(g.as_mut_slice(), gm, x.as_slice(), xm);
+        relu_bwd(g.f32s_mut("gradients")?, gm, x.f32s("activations")?, xm);
         Ok(())
     }
 
@@ -56,8 +56,16 @@ impl UnfusedOps for CpuBackend {
         let _timed = self.timed("unfused", "bn_grad_sums", 0);
         let View { buf: g, mat: gm } = g;
         let View { buf: x, mat: xm } = x;
-        let (mean, invstd) = resolve_stats(stats, xm.cols);
-        bn_grad_sums(g.as_slice(), gm, x.as_slice(), xm, &mean, &invstd, sums.as_mut_slice());
+        let (mean, invstd) = resolve_stats(stats, xm.cols)?;
+        bn_grad_sums(
+            g.f32s("gradients")?,
+            gm,
+            x.f32s("activations")?,
+            xm,
+            &mean,
+            &invstd,
+            sums.f32s_mut("BN sums")?,
+        );
         Ok(())
     }
 
@@ -72,7 +80,7 @@ impl UnfusedOps for CpuBackend {
         let _timed = self.timed("unfused", "avg_pool_fwd", 0);
         let View { buf: x, mat: xm } = x;
         let ViewMut { buf: y, mat: ym } = y;
-        avg_pool_fwd(x.as_slice(), xm, shape, window, y.as_mut_slice(), ym);
+        avg_pool_fwd(x.f32s("activations")?, xm, shape, window, y.f32s_mut("outputs")?, ym);
         Ok(())
     }
 
@@ -87,7 +95,7 @@ impl UnfusedOps for CpuBackend {
         let _timed = self.timed("unfused", "avg_pool_bwd", 0);
         let View { buf: dy, mat: dym } = dy;
         let ViewMut { buf: dx, mat: dxm } = dx;
-        avg_pool_bwd(dy.as_slice(), dym, shape, window, dx.as_mut_slice(), dxm);
+        avg_pool_bwd(dy.f32s("output gradients")?, dym, shape, window, dx.f32s_mut("input gradients")?, dxm);
         Ok(())
     }
 
@@ -96,7 +104,7 @@ impl UnfusedOps for CpuBackend {
         let _timed = self.timed("unfused", "max_pool_fwd", 0);
         let View { buf: x, mat: xm } = x;
         let ViewMut { buf: y, mat: ym } = y;
-        max_pool_fwd(x.as_slice(), xm, shape, y.as_mut_slice(), ym);
+        max_pool_fwd(x.f32s("activations")?, xm, shape, y.f32s_mut("outputs")?, ym);
         Ok(())
     }
 
@@ -112,7 +120,15 @@ impl UnfusedOps for CpuBackend {
         let View { buf: dy, mat: dym } = dy;
         let View { buf: x, mat: xm } = x;
         let ViewMut { buf: dx, mat: dxm } = dx;
-        max_pool_bwd(dy.as_slice(), dym, x.as_slice(), xm, shape, dx.as_mut_slice(), dxm);
+        max_pool_bwd(
+            dy.f32s("output gradients")?,
+            dym,
+            x.f32s("activations")?,
+            xm,
+            shape,
+            dx.f32s_mut("input gradients")?,
+            dxm,
+        );
         Ok(())
     }
 }
