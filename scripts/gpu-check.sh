@@ -76,16 +76,18 @@ for line in sys.stdin:
 # The run's budget in seconds, and each stage's own limit.
 budget=225
 # Expected on one H200 with 16 cores: device ~5 s (the driver compiles the PTX once, cached
-# for the later stages), kernel tests ~10 s, verify ~3 s (fp32), ~3 s (tf32) and ~4 s, memcheck ~30 s, racecheck
-# ~40 s, bench ~50 s (fp32 and tf32), profile ~5 s and ~8 s, leaving torch-compare 70-80 s.
+# for the later stages), kernel tests ~10 s, verify ~3 s (fp32), ~3 s (tf32), ~3 s (bf16) and ~4 s, memcheck ~30 s, racecheck
+# ~40 s, bench ~50 s (tf32 and bf16), profile ~5 s and ~8 s, leaving torch-compare 60-70 s.
 declare -A limit=(
-    [device]=15 [kernel_tests]=30 [verify_bc100]=20 [verify_tf32]=20 [verify_d121]=25 [memcheck]=35
+    [device]=15 [kernel_tests]=30 [verify_bc100]=20 [verify_tf32]=20 [verify_bf16]=20 [verify_d121]=25 [memcheck]=35
     [racecheck]=40 [bench]=60 [profile_bc100]=15 [profile_d121]=20 [torch]=95
 )
 # Whole-network verification: sizes at which the oracle (f64, every core) takes seconds.
 verify_bc100=(--model densenet-bc-100-k12 --batch 16)
 # The same step on the tensor-core kernels, against the oracle at tf32's tolerance.
 verify_tf32=(--model densenet-bc-100-k12 --batch 16 --precision tf32)
+# And on the bf16 kernels with bf16 activations (the cpu backend measures 0.13 here).
+verify_bf16=(--model densenet-bc-100-k12 --batch 16 --precision bf16)
 verify_d121=(--model densenet121 --batch 2 --size 224x224)
 # Timed training steps, batch 64; --max-run-bytes keeps the baseline of densenet121
 # (12.6 GB planned) to its plan.
@@ -109,6 +111,7 @@ run() {
     stage_kernel_tests
     stage_verify verify_bc100 "${verify_bc100[@]}"
     stage_verify verify_tf32 "${verify_tf32[@]}"
+    stage_verify verify_bf16 "${verify_bf16[@]}"
     stage_verify verify_d121 "${verify_d121[@]}"
     stage_sanitizer memcheck
     stage_sanitizer racecheck "${racecheck_skip[@]}"
@@ -280,7 +283,10 @@ print(json.dumps(f))' "$log")"
 stage_bench() {
     ((gpu)) || { no_gpu bench; return; }
     local log="$results/bench.log"
-    run_limited bench "$log" env CRITERION_HOME="$results/criterion" "$out/bench-kernels" --bench --noplot \
+    # The tensor-core kernels only: the fp32 ones are timed whole in the profile stages and in
+    # torch-compare's fp32 rows, and three precisions would not fit the budget.
+    run_limited bench "$log" env CRITERION_HOME="$results/criterion" DENSENET_BENCH_PRECISION=tf32,bf16 \
+        "$out/bench-kernels" --bench --noplot \
         --warm-up-time 0.05 --measurement-time 0.1 --sample-size 10 --nresamples 1000 || return 0
     # The benchmark's own summary table ends its output: one row per benchmark.
     local figures

@@ -38,8 +38,9 @@ WORK/summary.txt (WORK defaults to gpu-build/torch-compare, or target/torch-comp
     autocast; median step time over --steps steps (default 20) after 3 warm-up steps (CUDA
     events; cudnn.benchmark on) and the peak of `torch.cuda.max_memory_allocated` after
     `reset_peak_memory_stats`. Ours: the efficient path and the baseline on the same kernels
-    (fp32), and the efficient path on the tensor-core kernels (`--precision tf32`), the
-    counterpart of PyTorch's TF32.
+    (fp32), and the efficient path on the tensor-core kernels: `--precision tf32`, the
+    counterpart of PyTorch's TF32, and `--precision bf16` (bf16 activations and gradients,
+    bf16 tensor cores), the counterpart of channels_last + bf16 autocast.
 
     --device cpu: torchvision in fp32, naive (the default `DenseNet`) and with
     `memory_efficient=True`, timed with time.perf_counter (a CPU step is synchronous): median
@@ -515,6 +516,8 @@ OURS = [("efficient_training", "ours, efficient (fp32)"), ("baseline_training", 
 # Our tensor-core step, beside torchvision's TF32 (the baseline's unfused kernels are fp32 at either
 # precision, so only the efficient path is listed).
 OURS_TF32 = [("efficient_training", "ours, efficient (tf32)")]
+# Our bf16 step, beside torchvision's channels_last + bf16 autocast.
+OURS_BF16 = [("efficient_training", "ours, efficient (bf16)")]
 
 
 def bench_cuda(densenet, nets, steps, warmup):
@@ -525,7 +528,7 @@ def bench_cuda(densenet, nets, steps, warmup):
             seconds, peak = bench_torch_cuda(cfg, batch, size, variant, steps, warmup)
             rows.append((model_name, batch, size, label, seconds, peak))
             print(f"{model_name} {label}: {seconds * 1e3:.1f} ms, {peak / 1e6:.0f} MB", flush=True)
-        for precision, listed in (("fp32", OURS), ("tf32", OURS_TF32)):
+        for precision, listed in (("fp32", OURS), ("tf32", OURS_TF32), ("bf16", OURS_BF16)):
             ours = bench_ours_cuda(densenet, model_name, batch, steps, precision)
             for path, label in listed:
                 if path in ours:

@@ -3,6 +3,7 @@
 //! and activation memory grows linearly with depth on the efficient path, quadratically on
 //! the baseline.
 
+use densenet::Precision;
 use densenet::backend::cpu::CpuBackend;
 use densenet::backend::prelude::*;
 use densenet::backend::{Category, SgdParams};
@@ -48,8 +49,9 @@ fn measured_peak(
     h: usize,
     w: usize,
     opts: Options,
+    precision: Precision,
 ) -> (usize, Vec<(Category, usize)>) {
-    let backend = CpuBackend::new();
+    let backend = CpuBackend::new().with_precision(precision);
     let mut net = Network::new(backend.clone(), cfg, n, h, w, opts).unwrap();
     let layout = ParamLayout::new(cfg);
     net.set_params(&layout.init(2), &layout.init_running()).unwrap();
@@ -78,14 +80,40 @@ fn predicted_equals_measured_for_training_inference_and_optimizer() {
     let all = [Options::train(), Options::train().with_optimizer(), Options::eval(), train_input_grad];
     for (name, cfg, n, h, w) in configs() {
         for opts in all {
-            let plan = EfficientPlan::new(&cfg, n, h, w, Dtype::F32, opts).unwrap();
-            let (peak, by) = measured_peak(&cfg, n, h, w, opts);
-            assert_eq!(plan.total_bytes, peak, "{name} {opts:?}");
-            let planned: Vec<(Category, usize)> = plan.by_category().into_iter().collect();
-            assert_eq!(planned, by, "{name} {opts:?}");
-            let listed: usize = plan.buffers().iter().map(|b| b.bytes).sum();
-            assert_eq!(listed, plan.total_bytes);
+            for precision in [Precision::Fp32, Precision::Bf16] {
+                let plan = EfficientPlan::new(&cfg, n, h, w, precision.storage(), opts).unwrap();
+                let (peak, by) = measured_peak(&cfg, n, h, w, opts, precision);
+                assert_eq!(plan.total_bytes, peak, "{name} {opts:?} {precision}");
+                let planned: Vec<(Category, usize)> = plan.by_category().into_iter().collect();
+                assert_eq!(planned, by, "{name} {opts:?} {precision}");
+                let listed: usize = plan.buffers().iter().map(|b| b.bytes).sum();
+                assert_eq!(listed, plan.total_bytes);
+            }
         }
+    }
+}
+
+/// bf16 storage halves every activation-shaped buffer and nothing else: the targets
+/// (DenseNet-BC-100 batch 64 at most 110 MB, densenet121 batch 256 at most 2.6 GB) hold, and
+/// parameters, statistics and the head keep their f32 bytes.
+#[test]
+fn bf16_storage_halves_the_activations_only() {
+    let cases = [("densenet-bc-100-k12", 64, 32, 110 * MB), ("densenet121", 256, 224, 2_600 * MB)];
+    for (name, batch, size, target) in cases {
+        let cfg = DenseNetConfig::preset(name).unwrap();
+        let plan =
+            |dtype| EfficientPlan::new(&cfg, batch, size, size, dtype, Options::train().with_optimizer());
+        let (f32_plan, bf16_plan) = (plan(Dtype::F32).unwrap(), plan(Dtype::Bf16).unwrap());
+        println!("{name} batch {batch}: fp32 {} B, bf16 {} B", f32_plan.total_bytes, bf16_plan.total_bytes);
+        assert!(bf16_plan.total_bytes <= target, "{name}: {} B", bf16_plan.total_bytes);
+        for (a, b) in f32_plan.buffers().iter().zip(bf16_plan.buffers()) {
+            assert_eq!((&a.name, a.len), (&b.name, b.len));
+            let expected = if b.dtype == Dtype::Bf16 { a.bytes / 2 } else { a.bytes };
+            assert_eq!(b.bytes, expected, "{name}: {}", b.name);
+        }
+        let by = bf16_plan.by_category();
+        assert_eq!(by[&Category::Parameters], f32_plan.by_category()[&Category::Parameters]);
+        assert!(by[&Category::FeatureStorage] < f32_plan.by_category()[&Category::FeatureStorage] * 51 / 100);
     }
 }
 

@@ -74,28 +74,41 @@ fn densenet_bc_100_k12() {
     check(&DenseNetConfig::preset("densenet-bc-100-k12").unwrap(), 2, 32, 32, 0);
 }
 
-/// tf32 on the cpu backend (every GEMM operand rounded as the tensor-core kernels round it):
-/// within the tf32 tolerance (see `densenet::verify::TF32_TOLERANCE`), and visibly not the fp32
-/// result.
-fn check_tf32(cfg: &DenseNetConfig, batch: usize, h: usize, w: usize, seed: u64) {
-    let backend = CpuBackend::new().with_precision(Precision::Tf32);
+/// tf32 or bf16 on the cpu backend (every GEMM operand rounded as the tensor-core kernels round
+/// it; for bf16 the activations stored in bf16 too): within the precision's tolerance (see
+/// `densenet::verify::TF32_TOLERANCE` and `BF16_TOLERANCE`), and visibly not the fp32 result.
+fn check_reduced(precision: Precision, cfg: &DenseNetConfig, batch: usize, h: usize, w: usize, seed: u64) {
+    let backend = CpuBackend::new().with_precision(precision);
     let r = verify(&backend, cfg, batch, h, w, seed).expect("verify runs");
-    assert_eq!((r.precision, r.tolerance), (Precision::Tf32, densenet::verify::TF32_TOLERANCE));
+    assert_eq!((r.precision, r.tolerance), (precision, densenet::verify::tolerance(precision)));
     for c in &r.comparisons {
         println!("{:<28} {:.3e}", c.name, c.rel_error);
         assert!(c.rel_error < r.tolerance, "{} relative error {:.3e} ({cfg:?})", c.name, c.rel_error);
     }
     assert!(r.passed());
     let logits = r.comparisons.iter().find(|c| c.name == "logits").unwrap().rel_error;
-    assert!(logits > 1e-6, "tf32 logits agree with the oracle to {logits:e}: were the operands rounded?");
+    assert!(
+        logits > 1e-6,
+        "{precision} logits agree with the oracle to {logits:e}: were the operands rounded?"
+    );
 }
 
 #[test]
 fn cifar_stem_tf32() {
-    check_tf32(&custom(Stem::Cifar, 5, &[3, 2, 2], 7, 4, 0.5), 3, 7, 5, 14);
+    check_reduced(Precision::Tf32, &custom(Stem::Cifar, 5, &[3, 2, 2], 7, 4, 0.5), 3, 7, 5, 14);
 }
 
 #[test]
 fn imagenet_stem_tf32() {
-    check_tf32(&custom(Stem::Imagenet, 6, &[2, 2], 8, 4, 0.5), 2, 35, 29, 15);
+    check_reduced(Precision::Tf32, &custom(Stem::Imagenet, 6, &[2, 2], 8, 4, 0.5), 2, 35, 29, 15);
+}
+
+#[test]
+fn cifar_stem_bf16() {
+    check_reduced(Precision::Bf16, &custom(Stem::Cifar, 5, &[3, 2, 2], 7, 4, 0.5), 3, 7, 5, 16);
+}
+
+#[test]
+fn imagenet_stem_bf16() {
+    check_reduced(Precision::Bf16, &custom(Stem::Imagenet, 6, &[2, 2], 8, 4, 0.5), 2, 35, 29, 17);
 }

@@ -31,7 +31,7 @@ pub enum BackendKind {
     /// CUDA when a driver and a GPU are usable ([`auto`]), else cpu.
     #[default]
     Auto,
-    /// Plain Rust on the CPU (f32, bit-reproducible across thread counts).
+    /// Plain Rust on the CPU (any precision, bit-reproducible across thread counts).
     Cpu,
     /// Hand-written CUDA kernels on GPU 0; an error when there is no usable GPU.
     Cuda,

@@ -9,7 +9,7 @@ use densenet::backend::{BackendKind, BackendTask};
 pub enum BackendChoice {
     /// The fastest backend available: CUDA when built in and a GPU is present, else cpu.
     Auto,
-    /// Plain Rust on the CPU (f32, bit-reproducible across thread counts).
+    /// Plain Rust on the CPU (any precision, bit-reproducible across thread counts).
     Cpu,
     /// Hand-written CUDA kernels on an NVIDIA GPU (GPU 0).
     Cuda,

@@ -56,7 +56,8 @@ pub struct ProfileArgs {
     /// Where to run the steps.
     #[arg(long, value_enum, default_value = "cpu")]
     pub backend: BackendChoice,
-    /// How the convolutions multiply: fp32 (exact) or tf32 (tensor cores).
+    /// How the convolutions multiply and activations are stored: fp32 (exact), tf32 (tensor
+    /// cores) or bf16 (bf16 activations and tensor cores).
     #[arg(long, value_enum, default_value = "fp32")]
     pub precision: PrecisionChoice,
     /// Run a path only if its planned peak is at most this many bytes, e.g. 4G, 500M, 2GiB

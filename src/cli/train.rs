@@ -94,8 +94,8 @@ pub struct TrainArgs {
     /// Where to run.
     #[arg(long, value_enum, default_value = "auto")]
     pub backend: BackendChoice,
-    /// How the convolutions multiply: fp32 (exact) or tf32 (tensor cores). Recorded in the
-    /// checkpoint; --resume continues in the checkpoint's precision, which this must then match.
+    /// How the convolutions multiply and activations are stored: fp32 (exact), tf32 (tensor
+    /// cores) or bf16 (bf16 activations and tensor cores). Recorded in the checkpoint; --resume continues in the checkpoint's precision, which this must then match.
     #[arg(long, value_enum)]
     pub precision: Option<PrecisionChoice>,
     /// Directory of the checkpoint (checkpoint.safetensors, rewritten atomically after every

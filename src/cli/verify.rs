@@ -24,7 +24,8 @@ pub struct VerifyArgs {
     /// Backend running the efficient path.
     #[arg(long, value_enum, default_value = "auto")]
     pub backend: BackendChoice,
-    /// How the convolutions multiply: fp32 (exact) or tf32 (tensor cores).
+    /// How the convolutions multiply and activations are stored: fp32 (exact), tf32 (tensor
+    /// cores) or bf16 (bf16 activations and tensor cores).
     #[arg(long, value_enum, default_value = "fp32")]
     pub precision: PrecisionChoice,
     /// Seed of the random weights and inputs.

@@ -27,7 +27,7 @@ use crate::backend::Category;
 use crate::config::DenseNetConfig;
 use crate::efficient::Options;
 use crate::error::Result;
-use crate::plan::{BaselinePlan, CategoryBytes, EfficientPlan};
+use crate::plan::{BaselinePlan, CategoryBytes, Dtype, EfficientPlan};
 use serde::Serialize;
 
 /// What is profiled.
@@ -157,7 +157,9 @@ pub fn plan(
     let efficient = |opts| EfficientPlan::new(cfg, batch, height, width, dtype, opts);
     let train = efficient(Options::train().with_optimizer())?;
     let eval = efficient(Options::eval())?;
-    let baseline = BaselinePlan::new(cfg, batch, height, width, dtype, true)?;
+    // The baseline is the textbook f32 implementation whatever the precision: its buffers
+    // stay f32 (its convolutions multiply as the backend's precision says).
+    let baseline = BaselinePlan::new(cfg, batch, height, width, Dtype::F32, true)?;
     let planned = |path, bytes, by: CategoryBytes| PathProfile {
         path,
         planned_bytes: bytes,

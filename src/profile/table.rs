@@ -54,6 +54,13 @@ fn config_table(out: &mut String, p: &ConfigProfile) {
         p.precision.name(),
         p.backend
     );
+    if p.precision.storage() != crate::Dtype::F32 {
+        let _ = writeln!(
+            out,
+            "  (efficient paths store activations in {}; the baseline stores f32)",
+            p.precision.storage()
+        );
+    }
     row(out, "", p.paths.iter().map(|x| x.path.label().to_string()));
     row(out, "planned peak", p.paths.iter().map(|x| format_bytes(x.planned_bytes)));
     row(
