@@ -164,6 +164,20 @@ impl FromStr for Precision {
 mod tests {
     use super::*;
 
+    /// Normal f32s of both signs and random bits over a wide exponent range, from a seeded
+    /// xorshift (subnormals are left out: they carry fewer bits than a roundoff assumes).
+    fn random_normals(seed: u64) -> impl Iterator<Item = f32> {
+        let mut state = seed;
+        std::iter::repeat_with(move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            f32::from_bits((state >> 32) as u32 & 0x3fff_ffff) * if state & 1 == 0 { 1.0 } else { -1.0 }
+        })
+        .take(10_000)
+        .filter(|x| x.is_normal())
+    }
+
     #[test]
     fn tf32_rounds_to_nearest_ties_away_and_keeps_specials() {
         // 1 + 2^-11 is a tie between 1 and 1 + 2^-10: away from zero.
@@ -179,16 +193,7 @@ mod tests {
         // The largest finite f32 rounds up out of range, as the hardware conversion does.
         assert_eq!(round_tf32(f32::MAX), f32::INFINITY);
         // The relative error never exceeds the unit roundoff.
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        for _ in 0..10_000 {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let x =
-                f32::from_bits((state >> 32) as u32 & 0x3fff_ffff) * if state & 1 == 0 { 1.0 } else { -1.0 };
-            if !x.is_normal() {
-                continue; // subnormals carry fewer bits than the roundoff assumes
-            }
+        for x in random_normals(0x2545_f491_4f6c_dd1d) {
             let r = round_tf32(x);
             assert_eq!(r.to_bits() & 0x1fff, 0);
             let rel = ((f64::from(r) - f64::from(x)) / f64::from(x)).abs();
@@ -208,16 +213,7 @@ mod tests {
         assert_eq!(bf16_bits(f32::from_bits(0x7f80_0001)), 0x7fff);
         assert_eq!(bf16_bits(-f32::NAN), 0x7fff);
         assert_eq!(bf16_bits(-0.0), 0x8000);
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        for _ in 0..10_000 {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let x =
-                f32::from_bits((state >> 32) as u32 & 0x3fff_ffff) * if state & 1 == 0 { 1.0 } else { -1.0 };
-            if !x.is_normal() {
-                continue;
-            }
+        for x in random_normals(0x9e37_79b9_7f4a_7c15) {
             let r = round_bf16(x);
             let rel = ((f64::from(r) - f64::from(x)) / f64::from(x)).abs();
             assert!(rel <= Precision::Bf16.operand_roundoff(), "{x}: {rel}");

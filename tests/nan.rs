@@ -1,8 +1,8 @@
 //! A NaN never hides: ReLU, max-pool and every fused op pass NaN on as PyTorch does, so a
 //! single NaN in any parameter reaches the loss of a training step and the logits of an eval
 //! pass (with ReLU as `max(x, 0)` it would have become 0 after the next batch norm, and
-//! training would go on with a finite loss). Checked on the cpu backend and, with feature
-//! `cuda-emu`, on the emulated kernels, for both stems.
+//! training would go on with a finite loss). Checked on the cpu backend (in f32 and with bf16
+//! storage) and, with feature `cuda-emu`, on the emulated kernels, for both stems.
 
 use densenet::backend::Backend;
 use densenet::backend::cpu::CpuBackend;
@@ -62,6 +62,12 @@ fn every_parameter_reaches_the_loss<B: Backend + Clone>(backend: &B) {
 #[test]
 fn nan_in_any_parameter_reaches_the_loss_on_the_cpu_backend() {
     every_parameter_reaches_the_loss(&CpuBackend::new());
+}
+
+/// bf16 storage rounds every stored activation: a NaN must survive that rounding too.
+#[test]
+fn nan_in_any_parameter_reaches_the_loss_with_bf16_storage() {
+    every_parameter_reaches_the_loss(&CpuBackend::new().with_precision(densenet::Precision::Bf16));
 }
 
 #[cfg(feature = "cuda-emu")]

@@ -1,7 +1,8 @@
-//! The `cpu` backend: plain Rust in f32, the executable specification of every fused op and
-//! the CPU fallback. GEMMs go through `matrixmultiply` on row chunks of the pixel dimension,
-//! so no op materialises more than a chunk of its fused (BN-ReLU'd, im2col'd) input — the
-//! same working-set discipline as the CUDA kernels' shared-memory tiles.
+//! The `cpu` backend: plain Rust computing in f32 (on activations stored in f32 or bf16, see
+//! `elem`), the executable specification of every fused op and the CPU fallback. GEMMs go
+//! through `matrixmultiply` on row chunks of the pixel dimension, so no op materialises more
+//! than a chunk of its fused (BN-ReLU'd, im2col'd) input — the same working-set discipline as
+//! the CUDA kernels' shared-memory tiles.
 //!
 //! Results do not depend on the number of threads: work is split into fixed chunks and
 //! per-chunk partial reductions are combined in chunk order.
