@@ -87,6 +87,7 @@ pub fn bn_affine(gamma: &[f32], beta: &[f32], mean: &[f32], var: &[f32]) -> (Vec
 /// ReLU as PyTorch computes it: `max(v, 0)`, except that a NaN passes through (so a NaN
 /// anywhere upstream reaches the loss instead of turning into a harmless 0). Every backend
 /// and kernel uses this definition (`dn_relu` in kernels/common.cuh).
+#[inline]
 pub fn relu(v: f32) -> f32 {
     if v > 0.0 || v.is_nan() { v } else { 0.0 }
 }

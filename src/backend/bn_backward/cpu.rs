@@ -3,6 +3,7 @@
 use super::BnBackwardOps;
 use crate::backend::cpu::elem::{Elem, with_elems};
 use crate::backend::cpu::rows::{CHUNK_ROWS, chunk_bounds, normalized, par_blocks, row};
+use crate::backend::cpu::simd::multiversioned;
 use crate::backend::cpu::{Bn, CpuBackend, CpuBuf, resolve_stats};
 use crate::backend::{BnGradTarget, BnRef, BnSums, Mat, StatsRef, View, ViewMut, validate};
 use crate::error::Result;
@@ -133,9 +134,19 @@ pub(crate) fn bn_correction<G: Elem, X: Elem>(
     par_blocks(g, gm, &chunk_bounds(gm.rows, CHUNK_ROWS), |piece, _| {
         for r in 0..piece.rows {
             let xr = row(x, xm, piece.first + r);
-            for (c, gv) in piece.row(r).iter_mut().enumerate() {
-                *gv = G::put(gv.get() - (alpha[c] + normalized(mean[c], invstd[c], xr[c].get()) * beta[c]));
-            }
+            correct_row(piece.row(r), xr, mean, invstd, alpha, beta);
         }
     });
+}
+
+multiversioned! {
+    /// `g −= α + x̂·β` for one pixel row.
+    fn correct_row<G: Elem, X: Elem>(g: &mut [G], x: &[X], mean: &[f32], invstd: &[f32], alpha: &[f32], beta: &[f32]) {
+        // Slices cut to one length, so that the loop has no bounds checks and vectorises.
+        let c = g.len();
+        let (x, mean, invstd, alpha, beta) = (&x[..c], &mean[..c], &invstd[..c], &alpha[..c], &beta[..c]);
+        for j in 0..c {
+            g[j] = G::put(g[j].get() - (alpha[j] + normalized(mean[j], invstd[j], x[j].get()) * beta[j]));
+        }
+    }
 }

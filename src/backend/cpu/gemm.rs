@@ -15,9 +15,10 @@
 
 use super::Bn;
 use super::elem::Elem;
-use super::rows::{RowBlock, Scratch, bn_relu, chunk_bounds, par_blocks, row, scratch};
+use super::rows::{RowBlock, Scratch, chunk_bounds, par_blocks, row, scratch};
+use super::simd::multiversioned;
 use crate::Precision;
-use crate::backend::{ConvGeom, Mat, Spatial};
+use crate::backend::{ConvGeom, Mat, Spatial, relu};
 use rayon::prelude::*;
 
 /// Pixels per chunk: the unit of parallel work and the height of every scratch tile.
@@ -91,94 +92,104 @@ pub(crate) fn conv_wgrad_impl<X: Elem, D: Elem>(
 // ---- tile builders --------------------------------------------------------------------------
 
 /// `dst = relu(a ⊙ src + b)` for one pixel row.
+#[inline(always)]
 pub(crate) fn bn_relu_into<T: Elem>(dst: &mut [f32], src: &[T], bn: &Bn) {
-    for (j, (d, &v)) in dst.iter_mut().zip(src).enumerate() {
-        *d = bn_relu(bn, j, v.get());
+    // Slices cut to one length: no bounds checks in the loop, which then vectorises.
+    let c = dst.len();
+    let (src, a, b) = (&src[..c], &bn.a[..c], &bn.b[..c]);
+    for j in 0..c {
+        dst[j] = relu(a[j] * src[j].get() + b[j]);
     }
 }
 
 /// `dst = src` widened to f32, for one pixel row.
+#[inline(always)]
 pub(crate) fn widen_into<T: Elem>(dst: &mut [f32], src: &[T]) {
     dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v.get());
 }
 
-/// Fills `tile` (rows × c, dense) with the BN-ReLU'd pixel rows `[p0, p0 + rows)` of x.
-pub(crate) fn bn_relu_rows<T: Elem>(x: &[T], xm: Mat, bn: &Bn, p0: usize, rows: usize, tile: &mut [f32]) {
-    let c = xm.cols;
-    for r in 0..rows {
-        bn_relu_into(&mut tile[r * c..][..c], row(x, xm, p0 + r), bn);
+multiversioned! {
+    /// Fills `tile` (rows × c, dense) with the BN-ReLU'd pixel rows `[p0, p0 + rows)` of x.
+    pub(crate) fn bn_relu_rows<T: Elem>(x: &[T], xm: Mat, bn: &Bn, p0: usize, rows: usize, tile: &mut [f32]) {
+        let c = xm.cols;
+        for r in 0..rows {
+            bn_relu_into(&mut tile[r * c..][..c], row(x, xm, p0 + r), bn);
+        }
     }
 }
 
-/// im2col for the output pixels `[p0, p0 + rows)`: fills `tile` (rows × k²·c, dense) with each
-/// pixel's input window, column `(ky·k + kx)·c + ci` as in OHWI weights, so that
-/// `y = tile · Wᵀ`. The input is BN-ReLU'd first when `bn` is given; padding taps are 0, i.e.
-/// padding applies after the BN-ReLU, as a convolution of the ReLU output does.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn im2col<T: Elem>(
-    src: &[T],
-    sm: Mat,
-    shape: Spatial,
-    geom: ConvGeom,
-    bn: Option<&Bn>,
-    p0: usize,
-    rows: usize,
-    tile: &mut [f32],
-) {
-    let (k, c) = (geom.kernel, sm.cols);
-    let (out, width) = (geom.out(shape), k * k * c);
-    for r in 0..rows {
-        let (n, oy, ox) = pixel(p0 + r, out);
-        for ky in 0..k {
-            let iy = input_coord(oy, ky, geom, shape.h);
-            for kx in 0..k {
-                let ix = input_coord(ox, kx, geom, shape.w);
-                let dst = &mut tile[r * width + (ky * k + kx) * c..][..c];
-                match (iy, ix, bn) {
-                    (Some(iy), Some(ix), Some(bn)) => {
-                        bn_relu_into(dst, row(src, sm, (n * shape.h + iy) * shape.w + ix), bn)
+multiversioned! {
+    /// im2col for the output pixels `[p0, p0 + rows)`: fills `tile` (rows × k²·c, dense) with each
+    /// pixel's input window, column `(ky·k + kx)·c + ci` as in OHWI weights, so that
+    /// `y = tile · Wᵀ`. The input is BN-ReLU'd first when `bn` is given; padding taps are 0, i.e.
+    /// padding applies after the BN-ReLU, as a convolution of the ReLU output does.
+    pub(crate) fn im2col<T: Elem>(
+        src: &[T],
+        sm: Mat,
+        shape: Spatial,
+        geom: ConvGeom,
+        bn: Option<&Bn>,
+        p0: usize,
+        rows: usize,
+        tile: &mut [f32],
+    ) {
+        let (k, c) = (geom.kernel, sm.cols);
+        let (out, width) = (geom.out(shape), k * k * c);
+        for r in 0..rows {
+            let (n, oy, ox) = pixel(p0 + r, out);
+            for ky in 0..k {
+                let iy = input_coord(oy, ky, geom, shape.h);
+                for kx in 0..k {
+                    let ix = input_coord(ox, kx, geom, shape.w);
+                    let dst = &mut tile[r * width + (ky * k + kx) * c..][..c];
+                    match (iy, ix, bn) {
+                        (Some(iy), Some(ix), Some(bn)) => {
+                            bn_relu_into(dst, row(src, sm, (n * shape.h + iy) * shape.w + ix), bn)
+                        }
+                        (Some(iy), Some(ix), None) => {
+                            widen_into(dst, row(src, sm, (n * shape.h + iy) * shape.w + ix))
+                        }
+                        _ => dst.fill(0.0),
                     }
-                    (Some(iy), Some(ix), None) => {
-                        widen_into(dst, row(src, sm, (n * shape.h + iy) * shape.w + ix))
-                    }
-                    _ => dst.fill(0.0),
                 }
             }
         }
     }
 }
 
-/// The data-gradient counterpart of [`im2col`], a gather (so that chunks of input pixels are
-/// independent): for the input pixels `[p0, p0 + rows)` (x has spatial `shape`), fills `tile`
-/// (rows × c_out·k², dense) with, at column `co·k² + ky·k + kx`, dy[co] of the output pixel
-/// that sees this input pixel at tap (ky, kx), or 0 if none does. Column `co·k² + tap` is then
-/// row `co·k² + tap` of the OHWI weights read as a (c_out·k²) × c_in matrix: `dx = tile · W`.
-pub(crate) fn im2col_dgrad<T: Elem>(
-    dy: &[T],
-    dym: Mat,
-    shape: Spatial,
-    geom: ConvGeom,
-    p0: usize,
-    rows: usize,
-    tile: &mut [f32],
-) {
-    let (k, out) = (geom.kernel, geom.out(shape));
-    let width = dym.cols * k * k;
-    for r in 0..rows {
-        let (n, iy, ix) = pixel(p0 + r, shape);
-        let dst = &mut tile[r * width..][..width];
-        dst.fill(0.0);
-        for ky in 0..k {
-            let Some(oy) = output_coord(iy, ky, geom, out.h) else {
-                continue;
-            };
-            for kx in 0..k {
-                let Some(ox) = output_coord(ix, kx, geom, out.w) else {
+multiversioned! {
+    /// The data-gradient counterpart of [`im2col`], a gather (so that chunks of input pixels are
+    /// independent): for the input pixels `[p0, p0 + rows)` (x has spatial `shape`), fills `tile`
+    /// (rows × c_out·k², dense) with, at column `co·k² + ky·k + kx`, dy[co] of the output pixel
+    /// that sees this input pixel at tap (ky, kx), or 0 if none does. Column `co·k² + tap` is then
+    /// row `co·k² + tap` of the OHWI weights read as a (c_out·k²) × c_in matrix: `dx = tile · W`.
+    pub(crate) fn im2col_dgrad<T: Elem>(
+        dy: &[T],
+        dym: Mat,
+        shape: Spatial,
+        geom: ConvGeom,
+        p0: usize,
+        rows: usize,
+        tile: &mut [f32],
+    ) {
+        let (k, out) = (geom.kernel, geom.out(shape));
+        let width = dym.cols * k * k;
+        for r in 0..rows {
+            let (n, iy, ix) = pixel(p0 + r, shape);
+            let dst = &mut tile[r * width..][..width];
+            dst.fill(0.0);
+            for ky in 0..k {
+                let Some(oy) = output_coord(iy, ky, geom, out.h) else {
                     continue;
                 };
-                let grad = row(dy, dym, (n * out.h + oy) * out.w + ox);
-                for (co, &v) in grad.iter().enumerate() {
-                    dst[co * k * k + ky * k + kx] = v.get();
+                for kx in 0..k {
+                    let Some(ox) = output_coord(ix, kx, geom, out.w) else {
+                        continue;
+                    };
+                    let grad = row(dy, dym, (n * out.h + oy) * out.w + ox);
+                    for (co, &v) in grad.iter().enumerate() {
+                        dst[co * k * k + ky * k + kx] = v.get();
+                    }
                 }
             }
         }

@@ -22,6 +22,7 @@ mod oracle;
 #[cfg(test)]
 mod pointwise_tests;
 pub(crate) mod rows;
+pub(crate) mod simd;
 
 use super::{BN_EPS, BnRef, Buffers, Category, MemoryReport, MemoryTracker, StatsRef, bn_affine, validate};
 use crate::error::{Error, Result};

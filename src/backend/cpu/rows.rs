@@ -10,6 +10,7 @@
 
 use super::Bn;
 use super::elem::Elem;
+use super::simd::multiversioned;
 use crate::backend::{Mat, relu};
 use rayon::prelude::*;
 
@@ -18,6 +19,7 @@ use rayon::prelude::*;
 pub(crate) const CHUNK_ROWS: usize = 512;
 
 /// Row `p` (its `m.cols` channels) of matrix `m` in `buf`.
+#[inline]
 pub(crate) fn row<T>(buf: &[T], m: Mat, p: usize) -> &[T] {
     &buf[m.at(p, 0)..][..m.cols]
 }
@@ -35,6 +37,7 @@ pub(crate) fn active(a: f32, b: f32, x: f32) -> bool {
 }
 
 /// `x̂ = (x − mean)·invstd`.
+#[inline]
 pub(crate) fn normalized(mean: f32, invstd: f32, x: f32) -> f32 {
     (x - mean) * invstd
 }
@@ -161,21 +164,25 @@ pub(crate) enum Store {
     AddScaled,
 }
 
-/// BN-ReLU backward of one pixel row: `g = gpre ⊙ [a·x + b > 0]` (the same f32 test as the
-/// forward ReLU), stored into `out` as `store` says, and `[Σg | Σg·x̂]` accumulated into
-/// `sums` in f64.
-pub(crate) fn masked_row<X: Elem, O: Elem>(
-    gpre: &[f32],
-    x: &[X],
-    bn: &Bn,
-    store: Store,
-    out: &mut [O],
-    sums: &mut [f64],
-) {
-    match store {
-        Store::Plain => masked_row_with(gpre, x, bn, out, sums, |o, _, g| *o = O::put(g)),
-        Store::Scaled => masked_row_with(gpre, x, bn, out, sums, |o, a, g| *o = O::put(a * g)),
-        Store::AddScaled => masked_row_with(gpre, x, bn, out, sums, |o, a, g| *o = O::put(o.get() + a * g)),
+multiversioned! {
+    /// BN-ReLU backward of one pixel row: `g = gpre ⊙ [a·x + b > 0]` (the same f32 test as the
+    /// forward ReLU), stored into `out` as `store` says, and `[Σg | Σg·x̂]` accumulated into
+    /// `sums` in f64.
+    pub(crate) fn masked_row<X: Elem, O: Elem>(
+        gpre: &[f32],
+        x: &[X],
+        bn: &Bn,
+        store: Store,
+        out: &mut [O],
+        sums: &mut [f64],
+    ) {
+        match store {
+            Store::Plain => masked_row_with(gpre, x, bn, out, sums, |o, _, g| *o = O::put(g)),
+            Store::Scaled => masked_row_with(gpre, x, bn, out, sums, |o, a, g| *o = O::put(a * g)),
+            Store::AddScaled => {
+                masked_row_with(gpre, x, bn, out, sums, |o, a, g| *o = O::put(o.get() + a * g))
+            }
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 use super::StatsOps;
 use crate::backend::cpu::elem::{Elem, with_elems};
 use crate::backend::cpu::rows::{reduce_rows, row};
+use crate::backend::cpu::simd::multiversioned;
 use crate::backend::cpu::{CpuBackend, CpuBuf};
 use crate::backend::{BN_MOMENTUM, Mat, StatsMut, StatsRef, View, validate};
 use crate::error::Result;
@@ -47,17 +48,33 @@ pub(crate) fn channel_stats<T: Elem>(x: &[T], xm: Mat) -> (Vec<f32>, Vec<f32>) {
     let count = xm.rows as f64;
     // Two passes in f64: the variance is a sum of squared deviations from the exact mean,
     // so it keeps its precision when |mean| ≫ std (E[x²] − E[x]² would cancel it away).
-    let sum = reduce_rows(xm.rows, xm.cols, |p, acc| {
-        acc.iter_mut().zip(row(x, xm, p)).for_each(|(s, &v)| *s += f64::from(v.get()));
-    });
+    let sum = reduce_rows(xm.rows, xm.cols, |p, acc| add_row(acc, row(x, xm, p)));
     let mean: Vec<f64> = sum.iter().map(|s| s / count).collect();
-    let squares = reduce_rows(xm.rows, xm.cols, |p, acc| {
-        for ((s, &v), m) in acc.iter_mut().zip(row(x, xm, p)).zip(&mean) {
-            let d = f64::from(v.get()) - m;
-            *s += d * d;
-        }
-    });
+    let squares = reduce_rows(xm.rows, xm.cols, |p, acc| add_squared_deviations(acc, row(x, xm, p), &mean));
     (mean.iter().map(|&m| m as f32).collect(), squares.iter().map(|s| (s / count) as f32).collect())
+}
+
+multiversioned! {
+    /// `acc += x` in f64, for one pixel row.
+    fn add_row<T: Elem>(acc: &mut [f64], x: &[T]) {
+        let c = acc.len();
+        let x = &x[..c];
+        for j in 0..c {
+            acc[j] += f64::from(x[j].get());
+        }
+    }
+}
+
+multiversioned! {
+    /// `acc += (x − mean)²` in f64, for one pixel row.
+    fn add_squared_deviations<T: Elem>(acc: &mut [f64], x: &[T], mean: &[f64]) {
+        let c = acc.len();
+        let (x, mean) = (&x[..c], &mean[..c]);
+        for j in 0..c {
+            let d = f64::from(x[j].get()) - mean[j];
+            acc[j] += d * d;
+        }
+    }
 }
 
 pub(crate) fn update_running_stats(

@@ -7,6 +7,7 @@ use crate::backend::cpu::gemm::{CHUNK, Operand, gemm, pixel, wgrad_in_segments};
 use crate::backend::cpu::rows::{
     Store, bn_relu, chunk_bounds, masked_row, par_blocks, row, scratch, store_sums, sum_in_order,
 };
+use crate::backend::cpu::simd::multiversioned;
 use crate::backend::cpu::{Bn, CpuBackend, CpuBuf};
 use crate::backend::{At, AtMut, BnReluView, Mat, Spatial, View, ViewMut, validate};
 use crate::error::Result;
@@ -249,29 +250,31 @@ pub(crate) fn pooled(s: Spatial) -> Spatial {
     Spatial { n: s.n, h: s.h / 2, w: s.w / 2 }
 }
 
-/// Fills `tile` (rows × c, dense) with the 2×2 means of BN-ReLU'd x for the pooled pixels
-/// `[p0, p0 + rows)`. Pooling before the 1×1 conv is exact (both are linear) and makes the
-/// GEMM 4× smaller.
-pub(crate) fn pool_rows<X: Elem>(
-    x: &[X],
-    xm: Mat,
-    shape: Spatial,
-    bn: &Bn,
-    p0: usize,
-    rows: usize,
-    tile: &mut [f32],
-) {
-    let (out, c) = (pooled(shape), xm.cols);
-    for r in 0..rows {
-        let (n, oy, ox) = pixel(p0 + r, out);
-        let top_left = (n * shape.h + 2 * oy) * shape.w + 2 * ox;
-        let dst = &mut tile[r * c..][..c];
-        dst.fill(0.0);
-        for q in [top_left, top_left + 1, top_left + shape.w, top_left + shape.w + 1] {
-            for (j, (d, &v)) in dst.iter_mut().zip(row(x, xm, q)).enumerate() {
-                *d += bn_relu(bn, j, v.get());
+multiversioned! {
+    /// Fills `tile` (rows × c, dense) with the 2×2 means of BN-ReLU'd x for the pooled pixels
+    /// `[p0, p0 + rows)`. Pooling before the 1×1 conv is exact (both are linear) and makes the
+    /// GEMM 4× smaller.
+    pub(crate) fn pool_rows<X: Elem>(
+        x: &[X],
+        xm: Mat,
+        shape: Spatial,
+        bn: &Bn,
+        p0: usize,
+        rows: usize,
+        tile: &mut [f32],
+    ) {
+        let (out, c) = (pooled(shape), xm.cols);
+        for r in 0..rows {
+            let (n, oy, ox) = pixel(p0 + r, out);
+            let top_left = (n * shape.h + 2 * oy) * shape.w + 2 * ox;
+            let dst = &mut tile[r * c..][..c];
+            dst.fill(0.0);
+            for q in [top_left, top_left + 1, top_left + shape.w, top_left + shape.w + 1] {
+                for (j, (d, &v)) in dst.iter_mut().zip(row(x, xm, q)).enumerate() {
+                    *d += bn_relu(bn, j, v.get());
+                }
             }
+            dst.iter_mut().for_each(|d| *d *= 0.25);
         }
-        dst.iter_mut().for_each(|d| *d *= 0.25);
     }
 }
