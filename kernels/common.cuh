@@ -4,6 +4,11 @@
 // emulator (emu/cuda_emu.h, DENSENET_EMU defined) the same code runs on the host.
 #pragma once
 
+// __nv_bfloat16, the activation element type of the bf16 kernels (`<op>_bf16`): loads widen it
+// with static_cast<float>, stores round to nearest even with static_cast<__nv_bfloat16>. nvcc
+// and NVRTC (built in) both provide the header; the emulator its own (emu/include).
+#include <cuda_bf16.h>
+
 // Batch-norm epsilon, as PyTorch (mirrors backend::BN_EPS).
 #define DN_BN_EPS 1e-5f
 

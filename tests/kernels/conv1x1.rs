@@ -29,10 +29,10 @@ crate::kernel_cases! {
 /// dgrad runs go through the scratch for 4551 and 315 pixels.
 const SHAPES: [(usize, usize, usize); 4] = [(105, 13, 37), (3, 5, 12), (4551, 70, 48), (315, 130, 72)];
 
-/// A second pair holding the same values as `p` (its cpu side).
+/// A second pair holding the same values as `p` (its cpu side), of the same dtype.
 pub fn copy<D: Device>(b: &mut Bench<'_, D>, p: &Pair<D>) -> Pair<D> {
     let v = b.cpu.download(&p.cpu, 0, p.cpu.len()).unwrap();
-    b.pair(&v)
+    b.pair_as(&v, p.emu.dtype())
 }
 
 /// Requires two emu buffers to hold the same bits: a rerun of a deterministic op.

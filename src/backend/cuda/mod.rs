@@ -280,3 +280,16 @@ macro_rules! conv_kernel {
     };
 }
 pub(crate) use conv_kernel;
+
+/// The entry point of an op whose kernels differ only in the activation element type (the
+/// statistics, batch-norm backward and pooling families): `<op>_f32` or `<op>_bf16` by the
+/// backend's storage dtype, which `KernelBackend::dtypes` has checked the activations against.
+macro_rules! storage_kernel {
+    ($backend:expr, $op:literal) => {
+        match $backend.precision.storage() {
+            $crate::Dtype::F32 => concat!($op, "_f32"),
+            $crate::Dtype::Bf16 => concat!($op, "_bf16"),
+        }
+    };
+}
+pub(crate) use storage_kernel;
