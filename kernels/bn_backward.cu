@@ -108,7 +108,7 @@ __device__ void bn_grad_fold(const BnFoldParams p, const float* __restrict__ sum
     }
 
 DN_BN_BACKWARD_KERNELS(float, f32)
-DN_BN_BACKWARD_KERNELS(__nv_bfloat16, bf16)
+DN_BN_BACKWARD_KERNELS(dn_bf16, bf16)
 
 // Statistics and parameters are f32 whatever the activation type: one instance.
 extern "C" __global__ void bn_grad_fold_f32(const BnFoldParams p, const float* sums,

@@ -230,4 +230,4 @@ __device__ void bn_relu_global_pool_bwd(const GlobalPoolParams p, const float* _
     }
 
 DN_POOL_KERNELS(float, f32)
-DN_POOL_KERNELS(__nv_bfloat16, bf16)
+DN_POOL_KERNELS(dn_bf16, bf16)

@@ -133,7 +133,7 @@ __device__ void update_running_stats(const RunningStatsParams p, const float* __
     }
 
 DN_STATS_KERNELS(float, f32)
-DN_STATS_KERNELS(__nv_bfloat16, bf16)
+DN_STATS_KERNELS(dn_bf16, bf16)
 
 extern "C" __global__ void channel_stats_finish_f32(const ChannelStatsParams p,
                                                     const double* partials, float* mean,

@@ -20,6 +20,9 @@ crate::kernel_cases! {
     conv1x1_fwd @ tf32 => ["bn_relu_conv1x1_fwd_tf32"],
     conv1x1_wgrad @ tf32 => ["bn_relu_conv1x1_wgrad_tf32", "split_sum_f32"],
     conv1x1_dgrad @ tf32 => ["bn_relu_conv1x1_dgrad_tf32", "tile_sums_finish_f32"],
+    conv1x1_fwd @ bf16 => ["bn_relu_conv1x1_fwd_bf16"],
+    conv1x1_wgrad @ bf16 => ["bn_relu_conv1x1_wgrad_bf16", "split_sum_f32"],
+    conv1x1_dgrad @ bf16 => ["bn_relu_conv1x1_dgrad_bf16", "tile_sums_finish_f32"],
 }
 
 /// (pixels, c_in, c_out): batch 3 of 7×5 images; 1×1 images; 3 × 37×41 pixels, more than one
