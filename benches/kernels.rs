@@ -5,10 +5,11 @@
 //!
 //!     cargo bench --bench kernels                  # everything, then a summary table
 //!     cargo bench --bench kernels -- conv3x3       # criterion's filter on benchmark ids
-//!     DENSENET_BENCH_PRECISION=tf32 cargo bench --bench kernels   # one precision (default: fp32,tf32)
+//!     DENSENET_BENCH_PRECISION=bf16 cargo bench --bench kernels   # one precision (default: fp32,tf32,bf16)
 //!
 //! Ids are `<precision>/<model>/<site>/<op>` and `<precision>/<model>/<site>/<op>/unfused`
-//! (the unfused chains are the baseline's kernels, which are f32 at either precision); every op is called through
+//! (the unfused chains are the baseline's kernels, which are f32 at every precision, so bf16 has none: at bf16
+//! the activation buffers are bf16, as the network allocates them); every op is called through
 //! the op-family traits (`backend::prelude`) on `CudaBackend`. Criterion times `iters` launches and then
 //! `synchronize()`s inside the timed region, so queued kernels are counted; one untimed launch
 //! before the first timed one loads the kernel's module. The summary table at the end gives
@@ -22,7 +23,8 @@
 //! channels, 2×2 average pool). `stem`, `head` (norm5, global pool, classifier, loss) and
 //! `sgd` (all parameters) complete the step.
 //!
-//! Counts (P input pixels, P' output pixels, c_i → c_o channels, k×k kernel, 4-byte floats):
+//! Counts (P input pixels, P' output pixels, c_i → c_o channels, k×k kernel; activations of
+//! 2 bytes at bf16, every other value a 4-byte float):
 //! * FLOPs of a convolution: 2·P'·k²·c_i·c_o (all taps, padding included; the BN-ReLU
 //!   prologue's ~3·P·c_i and the pool's adds are not counted); wgrad and dgrad the same;
 //!   linear 2·n·c_i·c_o forward, twice that backward. Per element: channel_stats 3 (two
@@ -48,7 +50,6 @@
 //! the fused ops' 64×64 GEMM tiles, so a gain also contains that difference.
 
 use criterion::Criterion;
-use densenet::Precision;
 use densenet::backend::cuda::CudaBackend;
 use densenet::backend::prelude::*;
 use densenet::backend::{
@@ -58,6 +59,7 @@ use densenet::backend::{AtMut, LinearGrads, StatsMut, View, ViewMut};
 use densenet::config::{DenseNetConfig, Stem};
 use densenet::error::Result;
 use densenet::params::ParamLayout;
+use densenet::{Dtype, Precision};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::time::{Duration, Instant};
@@ -144,6 +146,13 @@ impl<B: Backend + UnfusedOps> Bench<'_, B> {
         (launches > 0).then(|| total.as_secs_f64() / launches as f64)
     }
 
+    /// Bytes of `activations` elements of the storage dtype (2 bytes at bf16, else 4) and of
+    /// `floats` f32 values.
+    fn bytes(&self, activations: &[usize], floats: &[usize]) -> f64 {
+        let size = self.be.precision().storage().size();
+        (size * activations.iter().sum::<usize>() + 4 * floats.iter().sum::<usize>()) as f64
+    }
+
     /// An op without an unfused counterpart.
     fn op<C>(
         &mut self,
@@ -158,7 +167,9 @@ impl<B: Backend + UnfusedOps> Bench<'_, B> {
         }
     }
 
-    /// A fused op and the unfused chain computing the same outputs.
+    /// A fused op and the unfused chain computing the same outputs. At bf16 there is no chain:
+    /// the baseline's unfused kernels are f32 only, and the convolutions the chains end in take
+    /// the bf16 activations, so no chain of them connects the fused op's inputs and outputs.
     fn fused<C>(
         &mut self,
         id: String,
@@ -169,16 +180,12 @@ impl<B: Backend + UnfusedOps> Bench<'_, B> {
         unfused: impl FnMut(&mut C) -> Result<()>,
     ) {
         let seconds = self.time(&id, ctx, fused);
-        let unfused = self.time(&format!("{id}/unfused"), ctx, unfused);
+        let chain = self.be.precision().storage() == Dtype::F32;
+        let unfused = if chain { self.time(&format!("{id}/unfused"), ctx, unfused) } else { None };
         if let Some(seconds) = seconds {
             self.rows.push(Row { id, flops, bytes, seconds, unfused });
         }
     }
-}
-
-/// Bytes of `floats` 4-byte values.
-fn bytes(floats: &[usize]) -> f64 {
-    4.0 * floats.iter().sum::<usize>() as f64
 }
 
 /// Where one batch-norm finds its statistics (in a stats buffer) and γ, β (in `params`).
@@ -226,17 +233,17 @@ impl Params {
     }
 }
 
-/// A buffer of `len` floats uniform in [−1, 1).
-fn random<B: Backend + UnfusedOps>(be: &B, len: usize, seed: u64) -> Result<B::Buf> {
+/// A buffer of `len` elements of `dtype` uniform in [−1, 1).
+fn random<B: Backend + UnfusedOps>(be: &B, len: usize, dtype: Dtype, seed: u64) -> Result<B::Buf> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let host: Vec<f32> = (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-    let mut buf = be.alloc(len, Category::Workspace)?;
+    let mut buf = be.alloc_as(len, dtype, Category::Workspace)?;
     be.upload(&mut buf, 0, &host)?;
     Ok(buf)
 }
 
-fn zeros<B: Backend + UnfusedOps>(be: &B, len: usize) -> Result<B::Buf> {
-    be.alloc(len, Category::Workspace)
+fn zeros<B: Backend + UnfusedOps>(be: &B, len: usize, dtype: Dtype) -> Result<B::Buf> {
+    be.alloc_as(len, dtype, Category::Workspace)
 }
 
 fn upload<B: Backend + UnfusedOps>(be: &B, host: &[f32]) -> Result<B::Buf> {
@@ -294,6 +301,7 @@ impl<B: Backend + UnfusedOps + Clone> Block<B> {
             (params.weights(bott * c_in), params.weights(k * 9 * bott), params.weights(c_out * c));
         let norm1 = params.norm(c, 0, c);
         let norm2 = params.norm(bott, 2 * c, 2 * c + bott);
+        let act = be.precision().storage();
         let mut x = Block {
             be: be.clone(),
             shape,
@@ -302,19 +310,19 @@ impl<B: Backend + UnfusedOps + Clone> Block<B> {
             k,
             bott,
             c_out,
-            s: random(be, p * c, 2)?,
-            g: random(be, p * c, 3)?,
-            stats: zeros(be, 2 * c + 2 * bott)?,
-            z: zeros(be, p * bott)?,
-            dz: random(be, p * bott, 4)?,
-            y: zeros(be, pooled * c_out)?,
-            dy: random(be, pooled * c_out, 5)?,
-            grads: zeros(be, params.values.len())?,
+            s: random(be, p * c, act, 2)?,
+            g: random(be, p * c, act, 3)?,
+            stats: zeros(be, 2 * c + 2 * bott, Dtype::F32)?,
+            z: zeros(be, p * bott, act)?,
+            dz: random(be, p * bott, act, 4)?,
+            y: zeros(be, pooled * c_out, act)?,
+            dy: random(be, pooled * c_out, act, 5)?,
+            grads: zeros(be, params.values.len(), Dtype::F32)?,
             params: upload(be, &params.values)?,
-            sums: zeros(be, 2 * c.max(bott))?,
-            corr: zeros(be, 2 * c)?,
-            t1: zeros(be, p * c.max(bott))?,
-            t2: zeros(be, p * c.max(bott))?,
+            sums: zeros(be, 2 * c.max(bott), Dtype::F32)?,
+            corr: zeros(be, 2 * c, Dtype::F32)?,
+            t1: zeros(be, p * c.max(bott), Dtype::F32)?,
+            t2: zeros(be, p * c.max(bott), Dtype::F32)?,
             norm1,
             norm2,
             w1,
@@ -359,7 +367,7 @@ fn bench_layer<B: Backend + UnfusedOps>(h: &mut Bench<'_, B>, site: &str, x: &mu
     h.fused(
         format!("{site}/conv1x1_fwd"),
         flops1,
-        bytes(&[p * c_in, bott * c_in, p * bott]),
+        h.bytes(&[p * c_in, p * bott], &[bott * c_in]),
         x,
         |x| {
             let w = At { buf: &x.params, offset: x.w1 };
@@ -385,13 +393,13 @@ fn bench_layer<B: Backend + UnfusedOps>(h: &mut Bench<'_, B>, site: &str, x: &mu
             )
         },
     );
-    h.op(format!("{site}/channel_stats_z"), 3.0 * pf * bottf, bytes(&[p * bott]), x, |x| {
+    h.op(format!("{site}/channel_stats_z"), 3.0 * pf * bottf, h.bytes(&[p * bott], &[]), x, |x| {
         x.be.channel_stats(View::new(&x.z, zm), StatsMut::new(&mut x.stats, x.norm2.mean, x.norm2.var))
     });
     h.fused(
         format!("{site}/conv3x3_fwd"),
         flops3,
-        bytes(&[p * bott, 9 * bott * k, p * k]),
+        h.bytes(&[p * bott, p * k], &[9 * bott * k]),
         x,
         |x| {
             let w = At { buf: &x.params, offset: x.w3 };
@@ -418,11 +426,11 @@ fn bench_layer<B: Backend + UnfusedOps>(h: &mut Bench<'_, B>, site: &str, x: &mu
             )
         },
     );
-    h.op(format!("{site}/channel_stats_new"), 3.0 * pf * kf, bytes(&[p * k]), x, |x| {
+    h.op(format!("{site}/channel_stats_new"), 3.0 * pf * kf, h.bytes(&[p * k], &[]), x, |x| {
         x.be.channel_stats(View::new(&x.s, ym), StatsMut::new(&mut x.stats, new.mean, new.var))
     });
     // The accumulators are zero, so repeated launches leave G as it was.
-    h.op(format!("{site}/bn_correction"), 4.0 * pf * kf, bytes(&[3 * p * k]), x, |x| {
+    h.op(format!("{site}/bn_correction"), 4.0 * pf * kf, h.bytes(&[3 * p * k], &[]), x, |x| {
         x.be.bn_correction(
             ViewMut::new(&mut x.g, ym),
             View::new(&x.s, ym),
@@ -435,7 +443,7 @@ fn bench_layer<B: Backend + UnfusedOps>(h: &mut Bench<'_, B>, site: &str, x: &mu
     h.fused(
         format!("{site}/conv3x3_wgrad"),
         flops3,
-        bytes(&[p * bott, p * k, 2 * 9 * bott * k]),
+        h.bytes(&[p * bott, p * k], &[2 * 9 * bott * k]),
         x,
         |x| {
             x.be.bn_relu_conv3x3_wgrad(
@@ -464,7 +472,7 @@ fn bench_layer<B: Backend + UnfusedOps>(h: &mut Bench<'_, B>, site: &str, x: &mu
     h.fused(
         format!("{site}/conv3x3_dgrad"),
         flops3,
-        bytes(&[p * k, 9 * bott * k, p * bott, p * bott]),
+        h.bytes(&[p * k, p * bott, p * bott], &[9 * bott * k]),
         x,
         |x| {
             let w = At { buf: &x.params, offset: x.w3 };
@@ -500,18 +508,24 @@ fn bench_layer<B: Backend + UnfusedOps>(h: &mut Bench<'_, B>, site: &str, x: &mu
             )
         },
     );
-    h.op(format!("{site}/bn_backward_elementwise"), 5.0 * pf * bottf, bytes(&[3 * p * bott]), x, |x| {
-        x.be.bn_backward_elementwise(
-            ViewMut::new(&mut x.dz, zm),
-            View::new(&x.z, zm),
-            bn(&x.stats, &x.params, x.norm2),
-            &x.sums,
-        )
-    });
+    h.op(
+        format!("{site}/bn_backward_elementwise"),
+        5.0 * pf * bottf,
+        h.bytes(&[3 * p * bott], &[]),
+        x,
+        |x| {
+            x.be.bn_backward_elementwise(
+                ViewMut::new(&mut x.dz, zm),
+                View::new(&x.z, zm),
+                bn(&x.stats, &x.params, x.norm2),
+                &x.sums,
+            )
+        },
+    );
     h.fused(
         format!("{site}/conv1x1_wgrad"),
         flops1,
-        bytes(&[p * c_in, p * bott, 2 * bott * c_in]),
+        h.bytes(&[p * c_in, p * bott], &[2 * bott * c_in]),
         x,
         |x| {
             x.be.bn_relu_conv1x1_wgrad(
@@ -539,7 +553,7 @@ fn bench_layer<B: Backend + UnfusedOps>(h: &mut Bench<'_, B>, site: &str, x: &mu
     h.fused(
         format!("{site}/conv1x1_dgrad"),
         flops1,
-        bytes(&[p * bott, bott * c_in, p * c_in, 2 * p * c_in]),
+        h.bytes(&[p * bott, p * c_in, 2 * p * c_in], &[bott * c_in]),
         x,
         |x| {
             let w = At { buf: &x.params, offset: x.w1 };
@@ -596,7 +610,7 @@ fn bench_transition<B: Backend + UnfusedOps>(h: &mut Bench<'_, B>, site: &str, x
     h.fused(
         format!("{site}/fwd"),
         flops,
-        bytes(&[p * c, c * c_out, q * c_out]),
+        h.bytes(&[p * c, q * c_out], &[c * c_out]),
         x,
         |x| {
             let w = At { buf: &x.params, offset: x.wt };
@@ -621,7 +635,7 @@ fn bench_transition<B: Backend + UnfusedOps>(h: &mut Bench<'_, B>, site: &str, x
     h.fused(
         format!("{site}/wgrad"),
         flops,
-        bytes(&[p * c, q * c_out, 2 * c * c_out]),
+        h.bytes(&[p * c, q * c_out], &[2 * c * c_out]),
         x,
         |x| {
             let bn1 = bn(&x.stats, &x.params, x.norm1);
@@ -646,7 +660,7 @@ fn bench_transition<B: Backend + UnfusedOps>(h: &mut Bench<'_, B>, site: &str, x
     h.fused(
         format!("{site}/dgrad"),
         flops,
-        bytes(&[q * c_out, c * c_out, p * c, p * c]),
+        h.bytes(&[q * c_out, p * c, p * c], &[c * c_out]),
         x,
         |x| {
             let w = At { buf: &x.params, offset: x.wt };
@@ -723,20 +737,21 @@ fn bench_stem<B: Backend + UnfusedOps + Clone>(h: &mut Bench<'_, B>, be: &B, mod
     let mut params = Params::new();
     let w = params.weights(c0 * kk * c_in);
     let norm = params.norm(c0, 0, c0);
+    let act = be.precision().storage();
     let mut x = StemBufs {
         be: be.clone(),
-        input: random(be, pi * c_in, 6)?,
-        t: zeros(be, pt * c0)?,
-        dt: random(be, pt * c0, 7)?,
-        stats: zeros(be, 2 * c0)?,
-        dx: zeros(be, pi * c_in)?,
-        y: zeros(be, ps * c0)?,
-        dy: random(be, ps * c0, 8)?,
-        grads: zeros(be, params.values.len())?,
+        input: random(be, pi * c_in, act, 6)?,
+        t: zeros(be, pt * c0, act)?,
+        dt: random(be, pt * c0, act, 7)?,
+        stats: zeros(be, 2 * c0, Dtype::F32)?,
+        dx: zeros(be, pi * c_in, act)?,
+        y: zeros(be, ps * c0, act)?,
+        dy: random(be, ps * c0, act, 8)?,
+        grads: zeros(be, params.values.len(), Dtype::F32)?,
         params: upload(be, &params.values)?,
-        sums: zeros(be, 2 * c0)?,
-        t1: zeros(be, pt * c0)?,
-        t2: zeros(be, pt * c0)?,
+        sums: zeros(be, 2 * c0, Dtype::F32)?,
+        t1: zeros(be, pt * c0, Dtype::F32)?,
+        t2: zeros(be, pt * c0, Dtype::F32)?,
         norm,
         w,
     };
@@ -753,7 +768,7 @@ fn bench_stem<B: Backend + UnfusedOps + Clone>(h: &mut Bench<'_, B>, be: &B, mod
     let site = format!("{}/stem", model.name);
     let flops = 2.0 * pt as f64 * kk as f64 * c_in as f64 * c0 as f64;
     let weights = c0 * kk * c_in;
-    h.op(format!("{site}/conv_fwd"), flops, bytes(&[pi * c_in, weights, pt * c0]), &mut x, |x| {
+    h.op(format!("{site}/conv_fwd"), flops, h.bytes(&[pi * c_in, pt * c0], &[weights]), &mut x, |x| {
         x.be.conv_fwd(
             View::new(&x.input, xm),
             in_shape,
@@ -762,7 +777,7 @@ fn bench_stem<B: Backend + UnfusedOps + Clone>(h: &mut Bench<'_, B>, be: &B, mod
             ViewMut::new(&mut x.t, tm),
         )
     });
-    h.op(format!("{site}/conv_wgrad"), flops, bytes(&[pi * c_in, pt * c0, 2 * weights]), &mut x, |x| {
+    h.op(format!("{site}/conv_wgrad"), flops, h.bytes(&[pi * c_in, pt * c0], &[2 * weights]), &mut x, |x| {
         x.be.conv_wgrad(
             View::new(&x.input, xm),
             in_shape,
@@ -771,7 +786,7 @@ fn bench_stem<B: Backend + UnfusedOps + Clone>(h: &mut Bench<'_, B>, be: &B, mod
             AtMut::new(&mut x.grads, x.w),
         )
     });
-    h.op(format!("{site}/conv_dgrad"), flops, bytes(&[pt * c0, weights, pi * c_in]), &mut x, |x| {
+    h.op(format!("{site}/conv_dgrad"), flops, h.bytes(&[pt * c0, pi * c_in], &[weights]), &mut x, |x| {
         x.be.conv_dgrad(
             View::new(&x.dt, tm),
             in_shape,
@@ -791,7 +806,7 @@ fn bench_stem<B: Backend + UnfusedOps + Clone>(h: &mut Bench<'_, B>, be: &B, mod
     h.fused(
         format!("{site}/maxpool_fwd"),
         0.0,
-        bytes(&[pt * c0, ps * c0]),
+        h.bytes(&[pt * c0, ps * c0], &[]),
         &mut x,
         |x| {
             x.be.bn_relu_maxpool_fwd(
@@ -808,7 +823,7 @@ fn bench_stem<B: Backend + UnfusedOps + Clone>(h: &mut Bench<'_, B>, be: &B, mod
     h.fused(
         format!("{site}/maxpool_bwd"),
         0.0,
-        bytes(&[ps * c0, pt * c0, pt * c0]),
+        h.bytes(&[ps * c0, pt * c0, pt * c0], &[]),
         &mut x,
         |x| {
             let bn0 = bn(&x.stats, &x.params, x.norm);
@@ -874,22 +889,23 @@ fn bench_head<B: Backend + UnfusedOps + Clone>(h: &mut Bench<'_, B>, be: &B, mod
     let (fc, bias) = (params.weights(classes * c), params.weights(classes));
     let norm = params.norm(c, 0, c);
     let labels: Vec<f32> = (0..n).map(|i| (i % classes) as f32).collect();
+    let act = be.precision().storage();
     let mut x = HeadBufs {
         be: be.clone(),
-        x: random(be, p * c, 9)?,
-        g: zeros(be, p * c)?,
-        stats: zeros(be, 2 * c)?,
-        pooled: zeros(be, n * c)?,
-        dpooled: random(be, n * c, 10)?,
-        logits: zeros(be, n * classes)?,
-        dlogits: zeros(be, n * classes)?,
+        x: random(be, p * c, act, 9)?,
+        g: zeros(be, p * c, act)?,
+        stats: zeros(be, 2 * c, Dtype::F32)?,
+        pooled: zeros(be, n * c, Dtype::F32)?,
+        dpooled: random(be, n * c, Dtype::F32, 10)?,
+        logits: zeros(be, n * classes, Dtype::F32)?,
+        dlogits: zeros(be, n * classes, Dtype::F32)?,
         labels: upload(be, &labels)?,
-        loss: zeros(be, 1)?,
-        grads: zeros(be, params.values.len())?,
+        loss: zeros(be, 1, Dtype::F32)?,
+        grads: zeros(be, params.values.len(), Dtype::F32)?,
         params: upload(be, &params.values)?,
-        sums: zeros(be, 2 * c)?,
-        t1: zeros(be, p * c)?,
-        t2: zeros(be, p * c)?,
+        sums: zeros(be, 2 * c, Dtype::F32)?,
+        t1: zeros(be, p * c, Dtype::F32)?,
+        t2: zeros(be, p * c, Dtype::F32)?,
         norm,
         fc,
         bias,
@@ -903,7 +919,7 @@ fn bench_head<B: Backend + UnfusedOps + Clone>(h: &mut Bench<'_, B>, be: &B, mod
     h.fused(
         format!("{site}/global_pool_fwd"),
         0.0,
-        bytes(&[p * c, n * c]),
+        h.bytes(&[p * c], &[n * c]),
         &mut x,
         |x| {
             x.be.bn_relu_global_pool_fwd(
@@ -925,7 +941,7 @@ fn bench_head<B: Backend + UnfusedOps + Clone>(h: &mut Bench<'_, B>, be: &B, mod
     h.op(
         format!("{site}/linear_fwd"),
         linear_flops,
-        bytes(&[n * c, classes * c + classes, n * classes]),
+        h.bytes(&[], &[n * c, classes * c + classes, n * classes]),
         &mut x,
         |x| {
             let (w, b) = (At { buf: &x.params, offset: x.fc }, At { buf: &x.params, offset: x.bias });
@@ -937,7 +953,7 @@ fn bench_head<B: Backend + UnfusedOps + Clone>(h: &mut Bench<'_, B>, be: &B, mod
             )
         },
     );
-    h.op(format!("{site}/softmax_xent"), 0.0, bytes(&[2 * n * classes + n]), &mut x, |x| {
+    h.op(format!("{site}/softmax_xent"), 0.0, h.bytes(&[], &[2 * n * classes + n]), &mut x, |x| {
         x.be.softmax_xent(
             View::new(&x.logits, Mat::dense(0, n, classes)),
             &x.labels,
@@ -948,7 +964,7 @@ fn bench_head<B: Backend + UnfusedOps + Clone>(h: &mut Bench<'_, B>, be: &B, mod
     h.op(
         format!("{site}/linear_bwd"),
         2.0 * linear_flops,
-        bytes(&[n * classes, n * c, classes * c, 2 * (classes * c + classes), n * c]),
+        h.bytes(&[], &[n * classes, n * c, classes * c, 2 * (classes * c + classes), n * c]),
         &mut x,
         |x| {
             let w = At { buf: &x.params, offset: x.fc };
@@ -964,7 +980,7 @@ fn bench_head<B: Backend + UnfusedOps + Clone>(h: &mut Bench<'_, B>, be: &B, mod
     h.fused(
         format!("{site}/global_pool_bwd"),
         0.0,
-        bytes(&[n * c, p * c, p * c]),
+        h.bytes(&[p * c, p * c], &[n * c]),
         &mut x,
         |x| {
             let bn5 = bn(&x.stats, &x.params, x.norm);
@@ -999,8 +1015,9 @@ fn bench_head<B: Backend + UnfusedOps + Clone>(h: &mut Bench<'_, B>, be: &B, mod
 fn bench_sgd<B: Backend + UnfusedOps>(h: &mut Bench<'_, B>, be: &B, model: &Model) -> Result<()> {
     let n = ParamLayout::new(&model.cfg).num_params;
     let hp = SgdParams { lr: 0.1, momentum: 0.9, weight_decay: 1e-4, nesterov: true };
-    let mut bufs = (random(be, n, 11)?, random(be, n, 12)?, zeros(be, n)?);
-    h.op(format!("{}/sgd", model.name), 8.0 * n as f64, bytes(&[5 * n]), &mut bufs, |(p, g, v)| {
+    let mut bufs =
+        (random(be, n, Dtype::F32, 11)?, random(be, n, Dtype::F32, 12)?, zeros(be, n, Dtype::F32)?);
+    h.op(format!("{}/sgd", model.name), 8.0 * n as f64, h.bytes(&[], &[5 * n]), &mut bufs, |(p, g, v)| {
         be.sgd_update(p, g, v, n, hp)
     });
     Ok(())
@@ -1057,7 +1074,7 @@ fn print_table(device: &str, precision: Precision, rows: &[Row]) {
     }
 }
 
-/// The precisions to run, from `DENSENET_BENCH_PRECISION` (comma-separated; default both).
+/// The precisions to run, from `DENSENET_BENCH_PRECISION` (comma-separated; default all).
 fn precisions() -> Result<Vec<Precision>> {
     match std::env::var(PRECISION_VAR) {
         Ok(list) => list.split(',').map(|p| p.trim().parse()).collect(),

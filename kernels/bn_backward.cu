@@ -4,7 +4,7 @@
 // normalised input and the per-channel sums S1 = Σg, S2 = Σg·x̂ over the P values of a channel:
 //   bn_backward_elementwise_<T>: in place g ← a·(g − S1/P − x̂·S2/P)  (bottleneck and stem BNs,
 //     whose input has one reader, so the full backward is applied at once);
-//   bn_grad_fold_<T>: dγ += S2, dβ += S1 and, for BNs over a feature storage, the deferred
+//   bn_grad_fold_f32: dγ += S2, dβ += S1 and, for BNs over a feature storage, the deferred
 //     correction accumulators α += a·S1/P, β += a·S2/P (docs/ARCHITECTURE.md, "Deferred BN correction");
 //   bn_correction_<T>: g ← g − α − x̂·β, applied once per storage channel when its gradient is
 //     complete.
@@ -108,6 +108,7 @@ __device__ void bn_grad_fold(const BnFoldParams p, const float* __restrict__ sum
     }
 
 DN_BN_BACKWARD_KERNELS(float, f32)
+DN_BN_BACKWARD_KERNELS(dn_bf16, bf16)
 
 // Statistics and parameters are f32 whatever the activation type: one instance.
 extern "C" __global__ void bn_grad_fold_f32(const BnFoldParams p, const float* sums,

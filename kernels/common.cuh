@@ -4,6 +4,31 @@
 // emulator (emu/cuda_emu.h, DENSENET_EMU defined) the same code runs on the host.
 #pragma once
 
+// ---- bf16 activations ------------------------------------------------------------------------
+// f32 → bf16 bits, rounded to nearest even, NaN → 0x7fff: what __float2bfloat16,
+// cvt.rn.bf16.f32 and the host's precision::bf16_bits give. In integer arithmetic, so that a
+// module holding bf16 kernels still compiles for a GPU without bf16 instructions (below sm_80)
+// for its f32 kernels.
+__device__ __forceinline__ unsigned short dn_bf16_bits(float f) {
+    const unsigned int u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fff;
+    return static_cast<unsigned short>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+// The activation element of the bf16 kernels (`<op>_bf16`): two bytes of bf16 bits; a load widens
+// it exactly (static_cast<float>), a store rounds with dn_bf16_bits (static_cast<dn_bf16>).
+// Defined here rather than taken from <cuda_bf16.h>: the kernels ship as sources for NVRTC, and
+// NVRTC 13.0 has no cuda_bf16.h built in (the toolkit's needs the toolkit's include directory at
+// run time); nvcc, NVRTC and the emulator thus compile the same type.
+struct __align__(2) dn_bf16 {
+    unsigned short bits;
+    dn_bf16() = default;
+    __device__ __forceinline__ dn_bf16(float f) : bits(dn_bf16_bits(f)) {}
+    __device__ __forceinline__ operator float() const {
+        return __uint_as_float(static_cast<unsigned int>(bits) << 16);
+    }
+};
+
 // Batch-norm epsilon, as PyTorch (mirrors backend::BN_EPS).
 #define DN_BN_EPS 1e-5f
 

@@ -30,7 +30,8 @@
 //   of output channels are staged in shared memory as one float4 per (channel, tap). Every dx
 //   element has one writer.
 //
-// MULTIPLY (the `Math` policy each entry point is instantiated with: <op>_f32, <op>_tf32)
+// MULTIPLY (the `Math` policy each entry point is instantiated with: <op>_f32, <op>_tf32,
+// <op>_bf16)
 //   * SimtF32: the FFMA register tiles above; exact f32 (the fp32 precision).
 //   * MmaTf32 (the tf32 precision): the forward and the weight gradient multiply their staged
 //     steps on tensor cores, mma.sync m16n8k8 tf32 with f32 accumulation, reading the
@@ -43,6 +44,9 @@
 //     gradient stays the FFMA gather (no mma tile fits 3 output columns and per-pixel tap
 //     sets) and multiplies dy and W rounded as the tensor cores would: a product of two TF32
 //     values is exact in f32, so it is the tf32 product.
+//   * MmaBf16 (the bf16 precision, on bf16 activations): the same tiles with mma.sync m16n8k16
+//     bf16, one k16 slice per staged step, fragments packed with cvt.rn.bf16x2.f32
+//     (dn_mma_tile_bf16); the data gradient's gather multiplies bf16-rounded operands.
 //
 // CPU reference: src/backend/conv/cpu.rs (conv_fwd, conv_wgrad, conv_dgrad; im2col in cpu/gemm.rs,
 // im2col_dgrad).
@@ -153,8 +157,10 @@ struct SimtF32 {
     __device__ static float operand(float x) { return x; }
 };
 
-// TF32 operands, f32 accumulation (mma_tile.cuh).
-struct MmaTf32 {
+// Tensor cores on operands of `Operands` (mma_tile.cuh: Tf32Operands, Bf16Operands), f32
+// accumulation.
+template <class Operands>
+struct Mma {
     // Forward: 8 warps as 4 along the pixels × 2 along the channels, warp tiles of 32 × 16
     // (2 × 2 mma per k8 slice), whose lane fragments are kTM × kTN like the f32 tile.
     static constexpr int kWarpsN = 2;
@@ -166,7 +172,7 @@ struct MmaTf32 {
     __device__ static int col(int j) { return dn_mma_tile_col(warp_n(), j); }
     __device__ static void multiply(const float (&a)[kBK][kBM + kPad],
                                     const float (&b)[kBK][kBN + kPad], float (&acc)[kTM][kTN]) {
-        dn_mma_tile_tf32<2, 2, kBK>(a, b, warp_m(), warp_n(), acc);
+        Operands::template tile<2, 2, kBK>(a, b, warp_m(), warp_n(), acc);
     }
 
     // Weight gradient, transposed (dWᵀ = Xᵀ·dy: mma rows are GEMM-K columns, mma columns
@@ -183,14 +189,16 @@ struct MmaTf32 {
     __device__ static void wgrad_multiply(const float (&a)[kWgradBP][kWgradBK + kPad],
                                           const float (&dy)[kWgradBP][kWgradBCO + kPad],
                                           WAcc& acc) {
-        dn_mma_tile_tf32<1, 2, kWgradBP>(a, dy, warp_k(), warp_o(), acc);
+        Operands::template tile<1, 2, kWgradBP>(a, dy, warp_k(), warp_o(), acc);
     }
 
     // Data gradient: a gather (3 output columns for an RGB stem, and each pixel its own set of
     // taps under a stride), which no mma tile fits; it multiplies the operands rounded as the
-    // tensor cores would, whose products are exact in f32, so it computes the tf32 product.
-    __device__ static float operand(float x) { return __uint_as_float(dn_cvt_tf32(x)); }
+    // tensor cores would, whose products are exact in f32, so it computes the mma's product.
+    __device__ static float operand(float x) { return Operands::round(x); }
 };
+using MmaTf32 = Mma<Tf32Operands>;
+using MmaBf16 = Mma<Bf16Operands>;
 
 // ---- forward --------------------------------------------------------------------------------
 
@@ -438,3 +446,4 @@ __device__ __forceinline__ void data_grad(const ConvParams& p, const T* __restri
 
 DN_CONV_KERNELS(float, SimtF32, f32)
 DN_CONV_KERNELS(float, MmaTf32, tf32)
+DN_CONV_KERNELS(dn_bf16, MmaBf16, bf16)

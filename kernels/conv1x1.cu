@@ -98,3 +98,4 @@ __device__ void bn_relu_conv1x1_dgrad(const Conv1x1Params p, const T* dz, const 
 
 DN_CONV1X1_KERNELS(float, SimtF32, f32)
 DN_CONV1X1_KERNELS(float, MmaTf32, tf32)
+DN_CONV1X1_KERNELS(dn_bf16, MmaBf16, bf16)

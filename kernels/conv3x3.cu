@@ -53,7 +53,8 @@
 //   shared memory, and write one partial row each; the reduction adds rows in block order.
 //   ReLU decisions use dn_affine (common.cuh), bit-identical to the host's.
 //
-// MULTIPLY (the `Math` policy each entry point is instantiated with: <op>_f32, <op>_tf32)
+// MULTIPLY (the `Math` policy each entry point is instantiated with: <op>_f32, <op>_tf32,
+// <op>_bf16)
 //   * SimtF32: the per-thread FFMA register tiles above; exact f32 (the fp32 precision).
 //   * MmaTf32: tensor cores, mma.sync m16n8k8 tf32 with f32 accumulation (the tf32
 //     precision). Only the multiply of a staged step differs: loaders, BN-ReLU, tap masks,
@@ -68,6 +69,9 @@
 //     Weight gradient: the transposed product dWᵀ, mma rows the block's 128 K columns (16 per
 //     warp), mma columns its BCO output channels, so that BCO = 8 fills the mma's 8 columns
 //     instead of half of its 16 rows; warp tiles 16 × BCO.
+//   * MmaBf16 (the bf16 precision, on bf16 activations): the same warp tiles and fragment grid
+//     with mma.sync m16n8k16 bf16, one k16 slice per staged step (kBK = kWgradBP = 16), the
+//     fragments packed from the same stages with cvt.rn.bf16x2.f32 (dn_mma_tile_bf16).
 //
 // CPU reference: src/backend/conv3x3/cpu.rs (bn_relu_conv3x3_fwd / _wgrad / _dgrad, im2col,
 // im2col_dgrad).
@@ -326,7 +330,11 @@ __device__ __forceinline__ void store_stage(Stages<BN, TN>& s, int buf,
 // The data gradient's block reduction adds per-thread column sums in the order of red_row(),
 // the thread's place among the kThreadsM threads that share each column.
 struct SimtF32 {};
-struct MmaTf32 {};
+// Tensor cores on operands of `Operands` (mma_tile.cuh).
+template <class Operands>
+struct Mma {};
+using MmaTf32 = Mma<Tf32Operands>;
+using MmaBf16 = Mma<Bf16Operands>;
 template <class Math, int BN, int TN>
 struct Micro;
 
@@ -357,8 +365,8 @@ struct Micro<SimtF32, BN, TN> {
 // kWarpsM along the pixels × kWarpsN along the columns: 4 × 2 of 32 × 16 for BN = 32
 // (BM = 128), 8 × 1 of 32 × 16 for BN = 16 and of 32 × 8 for BN = 8 (BM = 256). A lane's
 // mma accumulators then are kTM rows × TN columns, the shape of the f32 register tile.
-template <int BN, int TN>
-struct Micro<MmaTf32, BN, TN> {
+template <class Operands, int BN, int TN>
+struct Micro<Mma<Operands>, BN, TN> {
     static constexpr int kWarpsM = Tile<BN, TN>::BM / 32;
     static constexpr int kWarpsN = kThreads / 32 / kWarpsM;
     static constexpr int kWarpN = BN / kWarpsN;
@@ -372,7 +380,8 @@ struct Micro<MmaTf32, BN, TN> {
     __device__ static int col(int j) { return dn_mma_tile_col(warp_n() * kWarpN, j); }
 
     __device__ static void multiply(const Stages<BN, TN>& s, int buf, float (&acc)[kTM][TN]) {
-        dn_mma_tile_tf32<2, kWarpN / 8, kBK>(s.a[buf], s.b[buf], warp_m() * 32, warp_n() * kWarpN, acc);
+        Operands::template tile<2, kWarpN / 8, kBK>(s.a[buf], s.b[buf], warp_m() * 32, warp_n() * kWarpN,
+                                                   acc);
     }
 };
 
@@ -570,8 +579,8 @@ struct WMicro<SimtF32, BCO, TMW, TNW> {
 // Tensor cores on the transposed product dWᵀ = Aᵀ·dy: mma rows are the block's kWgradBK K
 // columns (16 per warp), mma columns its BCO output channels, so the narrowest tile (BCO = 8)
 // fills an m16n8k8 without padding; each warp tile is 16 × BCO (BCO / 8 mma per k8 slice).
-template <int BCO, int TMW, int TNW>
-struct WMicro<MmaTf32, BCO, TMW, TNW> {
+template <class Operands, int BCO, int TMW, int TNW>
+struct WMicro<Mma<Operands>, BCO, TMW, TNW> {
     static constexpr int kWarpK = 16;
     static_assert(kThreads / 32 * kWarpK == kWgradBK && BCO % 8 == 0, "one warp tile per warp");
     static constexpr int kO = BCO / 4, kK = 2;
@@ -584,7 +593,7 @@ struct WMicro<MmaTf32, BCO, TMW, TNW> {
     __device__ static float at(const Acc& acc, int i, int j) { return acc[j][i]; }
 
     __device__ static void multiply(const WStages<BCO>& s, int buf, Acc& acc) {
-        dn_mma_tile_tf32<1, BCO / 8, kWgradBP>(s.a[buf], s.dy[buf], warp_k(), 0, acc);
+        Operands::template tile<1, BCO / 8, kWgradBP>(s.a[buf], s.dy[buf], warp_k(), 0, acc);
     }
 };
 
@@ -811,3 +820,4 @@ __device__ __forceinline__ void weight_grad_dispatch(
 
 DN_CONV3X3_KERNELS(float, SimtF32, f32)
 DN_CONV3X3_KERNELS(float, MmaTf32, tf32)
+DN_CONV3X3_KERNELS(dn_bf16, MmaBf16, bf16)

@@ -34,6 +34,10 @@
 // MULTIPLY (the `Math` policy every GEMM below is instantiated with)
 //   * SimtF32: the 4 × 4 FFMA micro-tile of each thread above; exact f32 (the fp32 precision).
 //   * MmaTf32: tensor cores, mma.sync m16n8k8 tf32 with f32 accumulation (the tf32 precision).
+//   * MmaBf16: the same warp tiles with mma.sync m16n8k16 bf16 (the bf16 precision): one k16
+//     slice per step, its fragments packed from the same f32 shared tiles with
+//     cvt.rn.bf16x2.f32 (dn_mma_tile_bf16), so an mma multiplies the bf16-rounded operands the
+//     cpu backend multiplies at bf16; activations are loaded from and stored to bf16 (T).
 //     Warp tile 32 × 16 (8 warps as 2 along M × 4 along N), mma tile 16 × 8 × 8, so a warp
 //     issues 2 × 2 mma per 8-deep slice of the step, through dn_mma_tile_tf32 (mma_tile.cuh,
 //     shared with the implicit-GEMM convolutions). The fragments are read from the same
@@ -285,17 +289,17 @@ struct SimtF32 {
     }
 };
 
-// Tensor cores, TF32 operands, f32 accumulation: each warp multiplies its 32 × 16 warp tile
-// with dn_mma_tile_tf32 (mma_tile.cuh), whose accumulator grid is staged into s.c by the tile
-// row and column of each element.
-struct MmaTf32 {
+// Tensor cores, f32 accumulation, operands of `Operands` (mma_tile.cuh: Tf32Operands,
+// Bf16Operands): each warp multiplies its 32 × 16 warp tile with Operands::tile, whose
+// accumulator grid is staged into s.c by the tile row and column of each element. `MinBlocks`
+// is the launch bounds' minimum of resident blocks.
+template <class Operands, int MinBlocks>
+struct MmaGemm {
     static constexpr int kWarpM = 32, kWarpN = 16;
     static constexpr int kWarpsN = kTileN / kWarpN;
     static constexpr int kFragsM = kWarpM / 16, kFragsN = kWarpN / 8;
     static_assert((kTileM / kWarpM) * kWarpsN * 32 == kGemmThreads, "one warp tile per warp");
-    // Left to itself ptxas gives these kernels 64 registers and spills in the pooled ones;
-    // three resident blocks (≤ 85 registers) schedule every one without a spill (78–80).
-    static constexpr int kMinBlocks = 3;
+    static constexpr int kMinBlocks = MinBlocks;
 
     struct Acc {
         float v[2 * kFragsM][2 * kFragsN];
@@ -307,8 +311,7 @@ struct MmaTf32 {
 
     __device__ static void multiply(const float (*a)[kSmemPitch], const float (*b)[kSmemPitch],
                                     Acc& acc) {
-        dn_mma_tile_tf32<kFragsM, kFragsN, kTileK, kSmemPitch, kSmemPitch>(a, b, warp_row(),
-                                                                          warp_col(), acc.v);
+        Operands::template tile<kFragsM, kFragsN, kTileK>(a, b, warp_row(), warp_col(), acc.v);
     }
 
     __device__ static void stage(float (*c)[kSmemPitch], const Acc& acc) {
@@ -319,6 +322,12 @@ struct MmaTf32 {
                 c[dn_mma_tile_row(warp_row(), i)][dn_mma_tile_col(warp_col(), j)] = acc.v[i][j];
     }
 };
+
+// TF32: left to itself ptxas gives these kernels 64 registers and spills in the pooled ones;
+// three resident blocks (≤ 85 registers) schedule every one without a spill (78–80).
+using MmaTf32 = MmaGemm<Tf32Operands, 3>;
+// BF16 (k16 slices: one per step of kTileK = 16): the same bound, for the same reason.
+using MmaBf16 = MmaGemm<Bf16Operands, 3>;
 
 // acc += A·B over the reduction steps [first, first + steps). Ends with a barrier (when there is
 // any step), after which the operand buffers are free.

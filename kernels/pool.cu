@@ -11,7 +11,7 @@
 //   maximum is itself, in row-major output order — the order in which the host adds them, so g
 //   is bit-identical to the cpu backend's. A pixel with a·t + b ≤ 0 is masked to 0 whatever it
 //   would gather, so it skips the windows (about half the pixels after a BN).
-// bn_relu_global_pool_fwd_<T>: pooled[n, c] = mean over image n's pixels of relu(a·x + b); one
+// bn_relu_global_pool_fwd_<T>: pooled[n, c] (f32 for every T: the head is f32) = mean over image n's pixels of relu(a·x + b); one
 //   block per (32 channels, image), each row thread adds a strided subset of the pixels in
 //   double, the 8 totals are added in order (fixed order, deterministic).
 // bn_relu_global_pool_bwd_<T>: g = dpooled[n, c]/(h·w) ⊙ [a·x + b > 0]; dx = a·g (overwrites);
@@ -152,7 +152,7 @@ __device__ void bn_relu_global_pool_fwd(const GlobalPoolParams p, const T* __res
                                         const float* __restrict__ mean,
                                         const float* __restrict__ var,
                                         const float* __restrict__ gamma,
-                                        const float* __restrict__ beta, T* __restrict__ pooled) {
+                                        const float* __restrict__ beta, float* __restrict__ pooled) {
     __shared__ double part[kDnTileRows][kDnTileCols];
     const unsigned int c = blockIdx.x * kDnTileCols + threadIdx.x;
     const bool active = c < p.cols;
@@ -169,7 +169,7 @@ __device__ void bn_relu_global_pool_fwd(const GlobalPoolParams p, const T* __res
         if (threadIdx.y == 0 && active) {
             double total = 0.0;
             for (int i = 0; i < kDnTileRows; ++i) total += part[i][threadIdx.x];
-            pooled[static_cast<size_t>(n) * p.cols + c] = static_cast<T>(total / p.image);
+            pooled[static_cast<size_t>(n) * p.cols + c] = static_cast<float>(total / p.image);
         }
         // Row thread 0 has read `part` before the next image overwrites it.
         __syncthreads();
@@ -177,7 +177,7 @@ __device__ void bn_relu_global_pool_fwd(const GlobalPoolParams p, const T* __res
 }
 
 template <typename T>
-__device__ void bn_relu_global_pool_bwd(const GlobalPoolParams p, const T* __restrict__ dpooled,
+__device__ void bn_relu_global_pool_bwd(const GlobalPoolParams p, const float* __restrict__ dpooled,
                                         const T* __restrict__ x, const float* __restrict__ mean,
                                         const float* __restrict__ var,
                                         const float* __restrict__ gamma,
@@ -196,7 +196,7 @@ __device__ void bn_relu_global_pool_bwd(const GlobalPoolParams p, const T* __res
     if (active)
         for (unsigned int pix = static_cast<unsigned int>(first) + threadIdx.y; pix < last; pix += kDnTileRows) {
             const float xv = static_cast<float>(x[dn_at(pix, c, p.ld_x)]);
-            float gv = static_cast<float>(dpooled[static_cast<size_t>(pix / p.image) * p.cols + c]) / area;
+            float gv = dpooled[static_cast<size_t>(pix / p.image) * p.cols + c] / area;
             if (!(dn_affine(act.a, xv, act.b) > 0.0f)) gv = 0.0f;
             dx[dn_at(pix, c, p.ld_dx)] = static_cast<T>(act.a * gv);
             s1 += gv;
@@ -220,13 +220,14 @@ __device__ void bn_relu_global_pool_bwd(const GlobalPoolParams p, const T* __res
     }                                                                                             \
     extern "C" __global__ void __launch_bounds__(kPoolThreads) bn_relu_global_pool_fwd_##SUFFIX(  \
         const GlobalPoolParams p, const T* x, const float* mean, const float* var,                \
-        const float* gamma, const float* beta, T* pooled) {                                       \
+        const float* gamma, const float* beta, float* pooled) {                                   \
         bn_relu_global_pool_fwd<T>(p, x, mean, var, gamma, beta, pooled);                         \
     }                                                                                             \
     extern "C" __global__ void __launch_bounds__(kPoolThreads) bn_relu_global_pool_bwd_##SUFFIX(  \
-        const GlobalPoolParams p, const T* dpooled, const T* x, const float* mean,                \
+        const GlobalPoolParams p, const float* dpooled, const T* x, const float* mean,            \
         const float* var, const float* gamma, const float* beta, T* dx, double* partials) {       \
         bn_relu_global_pool_bwd<T>(p, dpooled, x, mean, var, gamma, beta, dx, partials);          \
     }
 
 DN_POOL_KERNELS(float, f32)
+DN_POOL_KERNELS(dn_bf16, bf16)

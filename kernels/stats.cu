@@ -10,10 +10,10 @@
 //   E[x²] − E[x]², which loses every digit when |mean| ≫ std — and combines its row threads
 //   in a fixed order. One split writes mean and variance directly; otherwise each run's
 //   (mean, M2) goes to the backend's scratch as doubles and
-// channel_stats_finish_<T> merges the runs in order with Chan's pairwise formula
+// channel_stats_finish_f32 merges the runs in order with Chan's pairwise formula
 //   (mean += δ·n_s/n, M2 += M2_s + δ²·n_acc·n_s/n), exact and stable in double. The split
 //   depends on the shape only, so results are deterministic.
-// update_running_stats_<T>: running ← (1 − m)·running + m·batch, the variance unbiased by
+// update_running_stats_f32: running ← (1 − m)·running + m·batch, the variance unbiased by
 //   count/(count − 1), as PyTorch.
 //
 // CPU reference: src/backend/stats/cpu.rs (same op names).
@@ -111,10 +111,10 @@ __device__ void channel_stats_finish(const ChannelStatsParams p, const double* _
     var[c] = static_cast<float>(m2 / p.rows);
 }
 
-template <typename T>
+// Running statistics are f32 at every precision (the op contract), so there is one kernel.
 __device__ void update_running_stats(const RunningStatsParams p, const float* __restrict__ mean,
-                                     const float* __restrict__ var, T* __restrict__ run_mean,
-                                     T* __restrict__ run_var) {
+                                     const float* __restrict__ var, float* __restrict__ run_mean,
+                                     float* __restrict__ run_var) {
     const unsigned int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= p.channels) return;
     const float keep = 1.0f - p.momentum;
@@ -130,18 +130,19 @@ __device__ void update_running_stats(const RunningStatsParams p, const float* __
                                                       float* mean, float* var,                   \
                                                       double* partials) {                        \
         channel_stats<T>(p, x, mean, var, partials);                                             \
-    }                                                                                            \
-    extern "C" __global__ void update_running_stats_##SUFFIX(                                    \
-        const RunningStatsParams p, const float* mean, const float* var, T* run_mean,            \
-        T* run_var) {                                                                            \
-        update_running_stats<T>(p, mean, var, run_mean, run_var);                                \
     }
 
 DN_STATS_KERNELS(float, f32)
+DN_STATS_KERNELS(dn_bf16, bf16)
 
-// Statistics are f32 whatever the activation type: one instance.
 extern "C" __global__ void channel_stats_finish_f32(const ChannelStatsParams p,
                                                     const double* partials, float* mean,
                                                     float* var) {
     channel_stats_finish(p, partials, mean, var);
+}
+
+extern "C" __global__ void update_running_stats_f32(const RunningStatsParams p, const float* mean,
+                                                    const float* var, float* run_mean,
+                                                    float* run_var) {
+    update_running_stats(p, mean, var, run_mean, run_var);
 }

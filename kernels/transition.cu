@@ -132,3 +132,4 @@ __device__ void bn_relu_avgpool_conv1x1_dgrad(const TransitionParams p, const T*
 
 DN_TRANSITION_KERNELS(float, SimtF32, f32)
 DN_TRANSITION_KERNELS(float, MmaTf32, tf32)
+DN_TRANSITION_KERNELS(dn_bf16, MmaBf16, bf16)

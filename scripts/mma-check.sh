@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Compiles the GPU path of every wrapper of kernels/mma.cuh, including those no production
-# kernel uses yet (bf16 mma, ldmatrix, cp.async), which the nvcc build and
-# scripts/nvrtc-check.sh would not see: the emulator's tensor-core self-tests
+# kernel uses yet (ldmatrix, cp.async; the tf32 and bf16 kernels use the mma and cvt wrappers),
+# which the nvcc build and scripts/nvrtc-check.sh would not see: the emulator's tensor-core self-tests
 # (emu/selftest/selftest_mma.cu, which use every wrapper) are compiled with the pinned CUDA
 # 13.0 nvcc for sm_90 and sm_80 and with NVRTC for compute_90 (the options the crate's
 # `kernels::compile_nvrtc` uses), and the PTX is checked to hold each instruction the wrappers

@@ -1,7 +1,7 @@
 //! Whole networks on the CUDA kernels, executed by the CPU emulator, against the f64 oracle:
 //! both stems, batch 3, odd image sizes, growth 5 and 12. Every comparison (logits, loss,
 //! each parameter group's gradient, the input gradient, running statistics, eval logits)
-//! must stay below the fp32 tolerance of 1e-4 (the tf32 cases: the tf32 tolerance), with no
+//! must stay below the fp32 tolerance of 1e-4 (the tf32 and bf16 cases: their precision's tolerance), with no
 //! emulator diagnostics.
 #![cfg(feature = "cuda-emu")]
 
@@ -70,4 +70,14 @@ fn cifar_stem_growth12_batch3_tf32() {
 #[test]
 fn imagenet_stem_growth5_batch3_tf32() {
     check_at(Precision::Tf32, &custom(Stem::Imagenet, 5, &[3, 2], 10), 3, 33, 27, 26);
+}
+
+#[test]
+fn cifar_stem_growth12_batch3_bf16() {
+    check_at(Precision::Bf16, &custom(Stem::Cifar, 12, &[2, 2], 24), 3, 11, 13, 27);
+}
+
+#[test]
+fn imagenet_stem_growth5_batch3_bf16() {
+    check_at(Precision::Bf16, &custom(Stem::Imagenet, 5, &[3, 2], 10), 3, 33, 27, 28);
 }

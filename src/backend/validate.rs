@@ -30,6 +30,7 @@ use super::{
     At, AtMut, BnGradTarget, BnRef, BnReluView, BnSums, ConvGeom, Mat, PoolWindow, Spatial, StatsMut,
     StatsRef, View, ViewMut,
 };
+use crate::Dtype;
 use crate::error::{Error, Result};
 
 /// The one property of a buffer the checks need: how many elements it holds.
@@ -57,6 +58,27 @@ pub(crate) fn range<B: BufLen + ?Sized>(buf: &B, offset: usize, len: usize, what
             offset.saturating_add(len),
             buf.len()
         )));
+    }
+    Ok(())
+}
+
+/// The element types of a kernel backend's op arguments, checked after the op's shape checks
+/// (the cpu backend converts per buffer and needs only the f32 ones): every activation argument
+/// has the backend's `storage` dtype, the one its kernels `<op>_<storage>` read and write, and
+/// every other argument (weights, statistics, parameters, sums, gradients, the head's buffers)
+/// is f32. A mismatch would make a kernel read or write the wrong number of bytes per element.
+pub(crate) fn dtypes(
+    storage: Dtype,
+    activations: &[(&str, Dtype)],
+    f32_args: &[(&str, Dtype)],
+) -> Result<()> {
+    if let Some((what, dtype)) = activations.iter().find(|(_, d)| *d != storage) {
+        return Err(Error::Shape(format!(
+            "{what}: the buffer is {dtype}, but the kernels of this backend take {storage} activations"
+        )));
+    }
+    if let Some((what, dtype)) = f32_args.iter().find(|(_, d)| *d != Dtype::F32) {
+        return Err(Error::Shape(format!("{what}: the buffer is {dtype}, but it must be f32")));
     }
     Ok(())
 }

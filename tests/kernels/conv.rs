@@ -23,6 +23,10 @@ crate::kernel_cases! {
     conv_wgrad @ tf32 => ["conv_wgrad_tf32", "split_sum_f32"],
     conv_dgrad @ tf32 => ["conv_dgrad_tf32"],
     conv_wgrad_repeats_bit_for_bit @ tf32 => ["conv_wgrad_tf32", "split_sum_f32"],
+    conv_fwd @ bf16 => ["conv_fwd_bf16"],
+    conv_wgrad @ bf16 => ["conv_wgrad_bf16", "split_sum_f32"],
+    conv_dgrad @ bf16 => ["conv_dgrad_bf16"],
+    conv_wgrad_repeats_bit_for_bit @ bf16 => ["conv_wgrad_bf16", "split_sum_f32"],
     conv_rejects_unsupported_geometry => [],
 }
 

@@ -20,6 +20,9 @@ crate::kernel_cases! {
     conv1x1_fwd @ tf32 => ["bn_relu_conv1x1_fwd_tf32"],
     conv1x1_wgrad @ tf32 => ["bn_relu_conv1x1_wgrad_tf32", "split_sum_f32"],
     conv1x1_dgrad @ tf32 => ["bn_relu_conv1x1_dgrad_tf32", "tile_sums_finish_f32"],
+    conv1x1_fwd @ bf16 => ["bn_relu_conv1x1_fwd_bf16"],
+    conv1x1_wgrad @ bf16 => ["bn_relu_conv1x1_wgrad_bf16", "split_sum_f32"],
+    conv1x1_dgrad @ bf16 => ["bn_relu_conv1x1_dgrad_bf16", "tile_sums_finish_f32"],
 }
 
 /// (pixels, c_in, c_out): batch 3 of 7×5 images; 1×1 images; 3 × 37×41 pixels, more than one
@@ -29,10 +32,10 @@ crate::kernel_cases! {
 /// dgrad runs go through the scratch for 4551 and 315 pixels.
 const SHAPES: [(usize, usize, usize); 4] = [(105, 13, 37), (3, 5, 12), (4551, 70, 48), (315, 130, 72)];
 
-/// A second pair holding the same values as `p` (its cpu side).
+/// A second pair holding the same values as `p` (its cpu side), of the same dtype.
 pub fn copy<D: Device>(b: &mut Bench<'_, D>, p: &Pair<D>) -> Pair<D> {
     let v = b.cpu.download(&p.cpu, 0, p.cpu.len()).unwrap();
-    b.pair(&v)
+    b.pair_as(&v, p.emu.dtype())
 }
 
 /// Requires two emu buffers to hold the same bits: a rerun of a deterministic op.

@@ -24,6 +24,10 @@ crate::kernel_cases! {
     conv3x3_wgrad @ tf32 => ["bn_relu_conv3x3_wgrad_tf32", "split_sum_f32"],
     conv3x3_dgrad @ tf32 => ["bn_relu_conv3x3_dgrad_tf32", "split_sum_f32"],
     conv3x3_gradients_repeat_bit_for_bit @ tf32 => ["bn_relu_conv3x3_wgrad_tf32", "bn_relu_conv3x3_dgrad_tf32"],
+    conv3x3_fwd @ bf16 => ["bn_relu_conv3x3_fwd_bf16"],
+    conv3x3_wgrad @ bf16 => ["bn_relu_conv3x3_wgrad_bf16", "split_sum_f32"],
+    conv3x3_dgrad @ bf16 => ["bn_relu_conv3x3_dgrad_bf16", "split_sum_f32"],
+    conv3x3_gradients_repeat_bit_for_bit @ bf16 => ["bn_relu_conv3x3_wgrad_bf16", "bn_relu_conv3x3_dgrad_bf16"],
     conv3x3_rejects_inconsistent_shapes => [],
 }
 
@@ -165,7 +169,7 @@ fn conv3x3_gradients_repeat_bit_for_bit<D: Device>(device: &KernelBackend<D>) {
             )
             .unwrap();
         let gm = Mat::dense(0, p, c_in);
-        let mut g = b.emu.alloc(p * c_in, Category::Workspace).unwrap();
+        let mut g = b.emu.alloc_as(p * c_in, b.activations, Category::Workspace).unwrap();
         let mut sums = b.emu.alloc(2 * c_in, Category::Workspace).unwrap();
         let wa = At { buf: &w.emu, offset: 0 };
         b.emu

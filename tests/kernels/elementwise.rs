@@ -13,6 +13,9 @@ crate::kernel_cases! {
     bn_backward_elementwise => ["bn_backward_elementwise_f32"],
     bn_grad_fold => ["bn_grad_fold_f32"],
     bn_correction => ["bn_correction_f32"],
+    channel_stats @ bf16 => ["channel_stats_bf16", "channel_stats_finish_f32"],
+    bn_backward_elementwise @ bf16 => ["bn_backward_elementwise_bf16"],
+    bn_correction @ bf16 => ["bn_correction_bf16"],
     softmax_xent => ["softmax_xent_f32"],
     sgd_update => ["sgd_update_f32"],
 }

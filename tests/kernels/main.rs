@@ -15,19 +15,25 @@
 //! or writes and NaN patterns with distinct payloads (mixed with random finite values)
 //! everywhere else — padding, pitch columns, neighbouring columns. Inside an op's output the
 //! device must agree with the cpu backend to a relative error ‖emu − cpu‖/‖cpu‖ ≤ [`TOL`] =
-//! 1e-5 for every kernel here (summation orders differ, so bit-equality is not expected); a
-//! kernel that reads padding turns its output into NaN and fails that. Every element outside
+//! 1e-5 for every kernel here (summation orders differ, so bit-equality is not expected), or
+//! [`TOL_BF16`] for an output stored as bf16; a kernel that reads padding turns its output into
+//! NaN and fails that.
+//!
+//! Precisions: a case runs at fp32 unless declared `<case> @ tf32` or `@ bf16`; at bf16 the
+//! activation buffers ([`Bench::matrix`], [`Bench::storage`]) are bf16 on both backends and
+//! everything else f32, as the network allocates them. Every element outside
 //! the output must still hold its initial bits, on both backends: a stray write is caught bit
 //! for bit even where it would store a plausible value.
 //!
 //! Coverage (emulator): every production kernel must be claimed by a case, and each case
 //! checks that it really launched the kernels it claims; emulator diagnostics must be zero.
 
-use densenet::Precision;
 use densenet::backend::cpu::{CpuBackend, CpuBuf};
 use densenet::backend::cuda::{CudaBackend, Device, DeviceBuf, KernelBackend};
 use densenet::backend::prelude::*;
 use densenet::backend::{BnRef, Category, Mat};
+use densenet::precision::{bf16_bits, bf16_value};
+use densenet::{Dtype, Precision};
 use libtest_mimic::{Arguments, Trial};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -35,6 +41,17 @@ use std::process::ExitCode;
 
 /// Default tolerance: relative error of a kernel against the cpu backend.
 pub const TOL: f64 = 1e-5;
+
+/// Tolerance of an output stored as bf16 (8 significant bits). Both backends compute it in f32
+/// from the same bf16 inputs and bf16-rounded GEMM operands, so their f32 values agree to the
+/// accumulation order (≤ K·2⁻²⁴ relative over a depth K, ~√K·2⁻²⁴ typically) and round to the
+/// same bf16 value unless a rounding boundary lies between them; such an element then differs
+/// by one bf16 ulp, at most 2⁻⁷ of its value. The share of elements that straddle a boundary is
+/// about that f32 disagreement over the bf16 ulp, ≤ K·2⁻¹⁶ (7% for the deepest GEMM here,
+/// K = 4551; ≤ 0.1% typically), so ‖emu − cpu‖/‖cpu‖ ≲ 2⁻⁷·√(K·2⁻¹⁶) ≤ 2⁻⁸ = 3.9e-3, which
+/// is the bound: a quarter of all elements one ulp apart. A wrong product (fragment layout,
+/// tile, mask) moves outputs by O(1).
+pub const TOL_BF16: f64 = 1.0 / 256.0;
 
 /// Set to 1 to make GPU cases fail, instead of being ignored, when no GPU is usable.
 const REQUIRE_GPU: &str = "DENSENET_REQUIRE_GPU";
@@ -56,6 +73,8 @@ pub struct Bench<'d, D: Device> {
     pub cpu: CpuBackend,
     pub emu: &'d KernelBackend<D>,
     pub rng: ChaCha8Rng,
+    /// The dtype of activation buffers: the precision's storage.
+    pub activations: Dtype,
 }
 
 impl<'d, D: Device> Bench<'d, D> {
@@ -69,28 +88,40 @@ impl<'d, D: Device> Bench<'d, D> {
             cpu: CpuBackend::new().with_precision(precision),
             emu: device,
             rng: ChaCha8Rng::seed_from_u64(seed),
+            activations: precision.storage(),
         }
     }
 
-    /// `values` on both backends.
+    /// `values` on both backends, in f32 buffers.
     pub fn pair(&mut self, values: &[f32]) -> Pair<D> {
-        let mut cpu = self.cpu.alloc(values.len(), Category::Workspace).unwrap();
+        self.pair_as(values, Dtype::F32)
+    }
+
+    /// `values` on both backends, in buffers of `dtype` (`init` holds them as stored).
+    pub fn pair_as(&mut self, values: &[f32], dtype: Dtype) -> Pair<D> {
+        let mut cpu = self.cpu.alloc_as(values.len(), dtype, Category::Workspace).unwrap();
         self.cpu.upload(&mut cpu, 0, values).unwrap();
-        let mut emu = self.emu.alloc(values.len(), Category::Workspace).unwrap();
+        let mut emu = self.emu.alloc_as(values.len(), dtype, Category::Workspace).unwrap();
         self.emu.upload(&mut emu, 0, values).unwrap();
-        Pair { cpu, emu, init: values.to_vec() }
+        let init = match dtype {
+            Dtype::F32 => values.to_vec(),
+            Dtype::Bf16 => values.iter().map(|&v| bf16_value(bf16_bits(v))).collect(),
+        };
+        Pair { cpu, emu, init }
     }
 
     pub fn uniform(&mut self, len: usize, lo: f32, hi: f32) -> Vec<f32> {
         (0..len).map(|_| self.rng.random_range(lo..hi)).collect()
     }
 
-    /// A `len`-float buffer holding `value(rng, i)` at every element `i` inside `regions` and
-    /// poison (see [`POISON`]) everywhere else.
+    /// A `len`-element buffer of `dtype` holding `value(rng, i)` at every element `i` inside
+    /// `regions` and poison (see [`POISON`]; at bf16 every NaN is stored as 0x7fff) everywhere
+    /// else.
     pub fn fill(
         &mut self,
         len: usize,
         regions: &[Mat],
+        dtype: Dtype,
         mut value: impl FnMut(&mut ChaCha8Rng, usize) -> f32,
     ) -> Pair<D> {
         let inside = mask(len, regions);
@@ -101,27 +132,28 @@ impl<'d, D: Device> Bench<'d, D> {
                 (false, _) => self.rng.random_range(-4.0..4.0),
             })
             .collect();
-        self.pair(&values)
+        self.pair_as(&values, dtype)
     }
 
     /// A `len`-float buffer uniform in [lo, hi) inside `regions`, poison elsewhere.
     pub fn poisoned(&mut self, len: usize, regions: &[Mat], lo: f32, hi: f32) -> Pair<D> {
-        self.fill(len, regions, |rng, _| rng.random_range(lo..hi))
+        self.fill(len, regions, Dtype::F32, |rng, _| rng.random_range(lo..hi))
     }
 
-    /// A random rows × cols matrix at offset 3 with pitch cols + 5, poison around it.
+    /// A random rows × cols activation matrix (of the [`activations`](Self::activations)
+    /// dtype) at offset 3 with pitch cols + 5, poison around it.
     pub fn matrix(&mut self, rows: usize, cols: usize, lo: f32, hi: f32) -> (Pair<D>, Mat) {
         let m = Mat { offset: 3, rows, cols, ld: cols + 5 };
-        (self.poisoned(3 + rows * m.ld + 2, &[m], lo, hi), m)
+        (self.fill(3 + rows * m.ld + 2, &[m], self.activations, |rng, _| rng.random_range(lo..hi)), m)
     }
 
-    /// An op's output: columns [4, 4 + cols) of a rows × (cols + 9) storage at offset 2, with
-    /// 5 more floats after it (so that the buffer exists with 0 rows too). The output starts
-    /// random (an op that accumulates adds to it, one that overwrites must not read it), its
-    /// neighbours are poison.
+    /// An op's activation output (of the [`activations`](Self::activations) dtype): columns
+    /// [4, 4 + cols) of a rows × (cols + 9) storage at offset 2, with 5 more elements after it
+    /// (so that the buffer exists with 0 rows too). The output starts random (an op that
+    /// accumulates adds to it, one that overwrites must not read it), its neighbours are poison.
     pub fn storage(&mut self, rows: usize, cols: usize) -> (Pair<D>, Mat) {
         let m = Mat { offset: 2 + 4, rows, cols, ld: cols + 9 };
-        (self.poisoned(2 + rows * m.ld + 5, &[m], -1.0, 1.0), m)
+        (self.fill(2 + rows * m.ld + 5, &[m], self.activations, |rng, _| rng.random_range(-1.0..1.0)), m)
     }
 
     /// A random `len`-float weight at [`W_OFF`] of a slightly larger buffer, poison around it.
@@ -141,10 +173,14 @@ impl<'d, D: Device> Bench<'d, D> {
     }
 
     /// The output check of every case. `regions` are the op's outputs in `p`: inside each the
-    /// device's values against the cpu's, relative error ≤ [`TOL`] (per region, printed; the
-    /// largest is returned); every other element must still hold its initial bits on both
-    /// backends.
+    /// device's values against the cpu's, relative error ≤ [`TOL`], or [`TOL_BF16`] when `p` is
+    /// bf16 (per region, printed; the largest is returned); every other element must still hold
+    /// its initial bits on both backends.
     pub fn check(&self, what: &str, p: &Pair<D>, regions: &[Mat]) -> f64 {
+        let tol = match p.emu.dtype() {
+            Dtype::F32 => TOL,
+            Dtype::Bf16 => TOL_BF16,
+        };
         let emu = self.emu.download(&p.emu, 0, p.init.len()).unwrap();
         let cpu = self.cpu.download(&p.cpu, 0, p.init.len()).unwrap();
         let inside = mask(p.init.len(), regions);
@@ -177,7 +213,7 @@ impl<'d, D: Device> Bench<'d, D> {
             let want: Vec<f32> = index.iter().map(|&i| cpu[i]).collect();
             let err = rel_error(&got, &want);
             println!("{name}: relative error {err:.2e}");
-            if err.is_nan() || err > TOL {
+            if err.is_nan() || err > tol {
                 // The first element furthest off (a NaN first), to point at the bug.
                 let off = |j: usize| {
                     let d = (f64::from(got[j]) - f64::from(want[j])).abs();
@@ -185,7 +221,7 @@ impl<'d, D: Device> Bench<'d, D> {
                 };
                 let j = (0..got.len()).rev().max_by(|&a, &b| off(a).total_cmp(&off(b))).unwrap_or(0);
                 panic!(
-                    "{name}: relative error {err:.3e} > {TOL:.0e}; worst: element {} (row {}, column {}): \
+                    "{name}: relative error {err:.3e} > {tol:.1e}; worst: element {} (row {}, column {}): \
                      device {} cpu {}",
                     index[j],
                     j / m.cols.max(1),
@@ -250,7 +286,8 @@ pub fn case_precision(named: &[&str]) -> Precision {
 /// Declares a module's cases with the kernels each covers: `pub const COVERED` and `pub fn
 /// cases()`, from which `main` makes `<module>::emulated::<case>` and `<module>::gpu::<case>`.
 /// A case is `fn <case><D: Device>(device: &KernelBackend<D>)`; `<case> @ tf32 => [...]` runs
-/// the same function on a device computing in tf32, as the case `<case>_tf32`.
+/// the same function on a device computing in tf32, as the case `<case>_tf32` (likewise
+/// `@ bf16`).
 #[macro_export]
 macro_rules! kernel_cases {
     ($($case:ident $(@ $precision:ident)? => [$($kernel:literal),* $(,)?]),* $(,)?) => {
@@ -277,6 +314,7 @@ macro_rules! kernel_cases {
 mod conv;
 mod conv1x1;
 mod conv3x3;
+mod dtypes;
 /// One module per kernel family.
 mod elementwise;
 mod head;
@@ -287,7 +325,7 @@ mod unfused;
 
 fn main() -> ExitCode {
     let args = Arguments::from_args();
-    let families: [(&str, Vec<Case>); 9] = [
+    let families: [(&str, Vec<Case>); 10] = [
         ("elementwise", elementwise::cases()),
         ("conv1x1", conv1x1::cases()),
         ("conv3x3", conv3x3::cases()),
@@ -297,6 +335,7 @@ fn main() -> ExitCode {
         ("head", head::cases()),
         ("unfused", unfused::cases()),
         ("tf32", tf32::cases()),
+        ("dtypes", dtypes::cases()),
     ];
     let require = std::env::var(REQUIRE_GPU).is_ok_and(|v| v == "1");
     // Probed once so that the reason is printed once; each case opens its own backend.
@@ -395,6 +434,7 @@ fn every_kernel_has_an_emulated_test() {
         head::COVERED,
         unfused::COVERED,
         tf32::COVERED,
+        dtypes::COVERED,
     ]
     .concat();
     for k in &production {

@@ -18,6 +18,8 @@ use rand::Rng;
 crate::kernel_cases! {
     bn_relu_maxpool => ["bn_relu_maxpool_fwd_f32", "bn_relu_maxpool_bwd_f32", "tile_sums_finish_f32"],
     bn_relu_global_pool => ["bn_relu_global_pool_fwd_f32", "bn_relu_global_pool_bwd_f32", "tile_sums_finish_f32"],
+    bn_relu_maxpool @ bf16 => ["bn_relu_maxpool_fwd_bf16", "bn_relu_maxpool_bwd_bf16", "tile_sums_finish_f32"],
+    bn_relu_global_pool @ bf16 => ["bn_relu_global_pool_fwd_bf16", "bn_relu_global_pool_bwd_bf16", "tile_sums_finish_f32"],
 }
 
 /// (shape, channels) of every case here and in `unfused.rs`.
@@ -37,7 +39,7 @@ pub(crate) fn stem_pool_out(s: Spatial) -> Spatial {
 /// ties, both above 0 and (after a BN-ReLU) at 0, so the first-maximum rule decides.
 pub(crate) fn coarse<D: Device>(b: &mut Bench<'_, D>, rows: usize, cols: usize) -> (Pair<D>, Mat) {
     let m = Mat { offset: 3, rows, cols, ld: cols + 5 };
-    (b.fill(3 + rows * m.ld + 2, &[m], |rng, _| rng.random_range(-4i32..=4) as f32 * 0.5), m)
+    (b.fill(3 + rows * m.ld + 2, &[m], b.activations, |rng, _| rng.random_range(-4i32..=4) as f32 * 0.5), m)
 }
 
 fn bn_relu_maxpool<D: Device>(device: &KernelBackend<D>) {

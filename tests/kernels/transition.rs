@@ -16,6 +16,9 @@ crate::kernel_cases! {
     transition_fwd @ tf32 => ["bn_relu_avgpool_conv1x1_fwd_tf32"],
     transition_wgrad @ tf32 => ["bn_relu_avgpool_conv1x1_wgrad_tf32", "split_sum_f32"],
     transition_dgrad @ tf32 => ["bn_relu_avgpool_conv1x1_dgrad_tf32", "tile_sums_finish_f32"],
+    transition_fwd @ bf16 => ["bn_relu_avgpool_conv1x1_fwd_bf16"],
+    transition_wgrad @ bf16 => ["bn_relu_avgpool_conv1x1_wgrad_bf16", "split_sum_f32"],
+    transition_dgrad @ bf16 => ["bn_relu_avgpool_conv1x1_dgrad_bf16", "tile_sums_finish_f32"],
 }
 
 /// (input shape, c_in, c_out): odd height and width, even height and odd width, odd height and

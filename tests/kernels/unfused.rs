@@ -7,6 +7,7 @@
 
 use crate::pool::{SHAPES, coarse, stem_pool_out};
 use crate::{Bench, bn_cpu, bn_emu};
+use densenet::Dtype;
 use densenet::backend::cuda::{Device, KernelBackend};
 use densenet::backend::prelude::*;
 use densenet::backend::{Mat, PoolWindow, StatsRef};
@@ -53,7 +54,7 @@ fn bn_apply_relu<D: Device>(device: &KernelBackend<D>) {
 
         // ReLU input with exact zeros (±0) and NaNs besides the random values: the zeros give 0,
         // the NaNs pass through (as PyTorch), and the gradient of both is dropped.
-        let x = b.fill(3 + rows * xm.ld + 2, &[xm], |rng, i| {
+        let x = b.fill(3 + rows * xm.ld + 2, &[xm], Dtype::F32, |rng, i| {
             if i % 7 == 0 { [0.0, -0.0, f32::NAN][i / 7 % 3] } else { rng.random_range(-1.0..1.0) }
         });
         let (mut r, rm) = b.storage(rows, c);

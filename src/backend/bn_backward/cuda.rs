@@ -1,7 +1,7 @@
 use super::BnBackwardOps;
 use crate::backend::cuda::device::{Device, LaunchCfg};
 use crate::backend::cuda::launch::elementwise_cfg;
-use crate::backend::cuda::{DeviceBuf, KernelBackend, kernel_params, u32_of};
+use crate::backend::cuda::{DeviceBuf, KernelBackend, kernel_params, storage_kernel, u32_of};
 use crate::backend::{BnGradTarget, BnRef, BnSums, StatsRef, View, ViewMut, validate};
 use crate::error::Result;
 use bytemuck::{Pod, Zeroable};
@@ -39,6 +39,10 @@ impl<D: Device> BnBackwardOps for KernelBackend<D> {
         sums: &DeviceBuf<D>,
     ) -> Result<()> {
         validate::bn_backward_elementwise(&g, &x, bn, sums)?;
+        self.dtypes(
+            &[("g", &*g.buf), ("x", x.buf)],
+            &[("BN statistics", bn.stats), ("BN parameters", bn.params), ("sums", sums)],
+        )?;
         let ViewMut { buf: g, mat: gm } = g;
         let View { buf: x, mat: xm } = x;
         let p = BnElementwiseParams {
@@ -53,7 +57,12 @@ impl<D: Device> BnBackwardOps for KernelBackend<D> {
             [self.addr(g, gm.offset), self.addr(x, xm.offset), mean, var, gamma, beta, self.addr(sums, 0)];
         // SAFETY: g and x cover their matrices, per-channel vectors cover cols (checked).
         unsafe {
-            self.device.launch("bn_backward_elementwise_f32", elementwise_cfg(gm.rows, gm.cols), &p, &addrs)
+            self.device.launch(
+                storage_kernel!(self, "bn_backward_elementwise"),
+                elementwise_cfg(gm.rows, gm.cols),
+                &p,
+                &addrs,
+            )
         }
     }
 
@@ -66,6 +75,16 @@ impl<D: Device> BnBackwardOps for KernelBackend<D> {
         target: BnGradTarget,
     ) -> Result<()> {
         validate::bn_grad_fold(&sums, bn, grads, corr, target)?;
+        self.dtypes(
+            &[],
+            &[
+                ("sums", sums.sums),
+                ("BN statistics", bn.stats),
+                ("BN parameters", bn.params),
+                ("grads", &*grads),
+                ("correction", &*corr),
+            ],
+        )?;
         let BnSums { sums, channels, count } = sums;
         let (alpha, beta) = target.correction.unwrap_or((0, 0));
         let p = BnFoldParams {
@@ -100,6 +119,7 @@ impl<D: Device> BnBackwardOps for KernelBackend<D> {
         beta: usize,
     ) -> Result<()> {
         validate::bn_correction(&g, &x, stats, corr, alpha, beta)?;
+        self.dtypes(&[("g", &*g.buf), ("x", x.buf)], &[("statistics", stats.stats), ("correction", corr)])?;
         let ViewMut { buf: g, mat: gm } = g;
         let View { buf: x, mat: xm } = x;
         let p = BnElementwiseParams {
@@ -118,6 +138,13 @@ impl<D: Device> BnBackwardOps for KernelBackend<D> {
             self.addr(corr, beta),
         ];
         // SAFETY: g and x cover their matrices, per-channel vectors cover cols (checked).
-        unsafe { self.device.launch("bn_correction_f32", elementwise_cfg(gm.rows, gm.cols), &p, &addrs) }
+        unsafe {
+            self.device.launch(
+                storage_kernel!(self, "bn_correction"),
+                elementwise_cfg(gm.rows, gm.cols),
+                &p,
+                &addrs,
+            )
+        }
     }
 }

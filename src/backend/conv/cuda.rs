@@ -100,6 +100,7 @@ impl<D: Device> ConvOps for KernelBackend<D> {
         y: ViewMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
         validate::conv_fwd(&x, shape, geom, w, &y)?;
+        self.dtypes(&[("x", x.buf), ("y", &*y.buf)], &[("w", w.buf)])?;
         let View { buf: x, mat: xm } = x;
         let ViewMut { buf: y, mat: ym } = y;
         let (p, out) = conv_params(shape, geom, xm.cols, ym.cols, xm.ld, ym.ld)?;
@@ -127,6 +128,7 @@ impl<D: Device> ConvOps for KernelBackend<D> {
         dw: AtMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
         validate::conv_wgrad(&x, shape, geom, &dy, &dw)?;
+        self.dtypes(&[("x", x.buf), ("dy", dy.buf)], &[("dw", &*dw.buf)])?;
         let View { buf: x, mat: xm } = x;
         let View { buf: dy, mat: dym } = dy;
         let AtMut { buf: dw, offset: dw_off } = dw;
@@ -168,6 +170,7 @@ impl<D: Device> ConvOps for KernelBackend<D> {
         dx: ViewMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
         validate::conv_dgrad(&dy, shape, geom, w, &dx)?;
+        self.dtypes(&[("dy", dy.buf), ("dx", &*dx.buf)], &[("w", w.buf)])?;
         let View { buf: dy, mat: dym } = dy;
         let ViewMut { buf: dx, mat: dxm } = dx;
         let (p, _) = conv_params(shape, geom, dxm.cols, dym.cols, dxm.ld, dym.ld)?;

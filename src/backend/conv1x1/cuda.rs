@@ -228,6 +228,10 @@ impl<D: Device> Conv1x1Ops for KernelBackend<D> {
         z: ViewMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
         validate::bn_relu_conv1x1_fwd(&x, w, &z)?;
+        self.dtypes(
+            &[("x", x.x.buf), ("z", &*z.buf)],
+            &[("w", w.buf), ("BN statistics", x.bn.stats), ("BN parameters", x.bn.params)],
+        )?;
         let BnReluView { x: View { buf: x, mat: xm }, bn } = x;
         let ViewMut { buf: z, mat: zm } = z;
         if zm.rows == 0 || zm.cols == 0 {
@@ -263,6 +267,10 @@ impl<D: Device> Conv1x1Ops for KernelBackend<D> {
         dw: AtMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
         validate::bn_relu_conv1x1_wgrad(&x, &dz, &dw)?;
+        self.dtypes(
+            &[("x", x.x.buf), ("dz", dz.buf)],
+            &[("dw", &*dw.buf), ("BN statistics", x.bn.stats), ("BN parameters", x.bn.params)],
+        )?;
         let BnReluView { x: View { buf: x, mat: xm }, bn } = x;
         let View { buf: dz, mat: dzm } = dz;
         let AtMut { buf: dw, offset: dw_off } = dw;
@@ -299,6 +307,10 @@ impl<D: Device> Conv1x1Ops for KernelBackend<D> {
         sums: &mut DeviceBuf<D>,
     ) -> Result<()> {
         validate::bn_relu_conv1x1_dgrad(&dz, w, &x, &dx, sums)?;
+        self.dtypes(
+            &[("dz", dz.buf), ("x", x.x.buf), ("dx", &*dx.buf)],
+            &[("w", w.buf), ("BN statistics", x.bn.stats), ("BN parameters", x.bn.params), ("sums", &*sums)],
+        )?;
         let View { buf: dz, mat: dzm } = dz;
         let BnReluView { x: View { buf: x, mat: xm }, bn } = x;
         let ViewMut { buf: dx, mat: dxm } = dx;

@@ -110,6 +110,10 @@ impl<D: Device> Conv3x3Ops for KernelBackend<D> {
         y: ViewMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
         validate::bn_relu_conv3x3_fwd(&z, shape, w, &y)?;
+        self.dtypes(
+            &[("z", z.x.buf), ("y", &*y.buf)],
+            &[("w", w.buf), ("BN statistics", z.bn.stats), ("BN parameters", z.bn.params)],
+        )?;
         let BnReluView { x: View { buf: z, mat: zm }, bn } = z;
         let ViewMut { buf: y, mat: ym } = y;
         let (c_in, c_out) = (zm.cols, ym.cols);
@@ -165,6 +169,10 @@ impl<D: Device> Conv3x3Ops for KernelBackend<D> {
         dw: AtMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
         validate::bn_relu_conv3x3_wgrad(&z, shape, &dy, &dw)?;
+        self.dtypes(
+            &[("z", z.x.buf), ("dy", dy.buf)],
+            &[("dw", &*dw.buf), ("BN statistics", z.bn.stats), ("BN parameters", z.bn.params)],
+        )?;
         let BnReluView { x: View { buf: z, mat: zm }, bn } = z;
         let View { buf: dy, mat: dym } = dy;
         let AtMut { buf: dw, offset: dw_off } = dw;
@@ -218,6 +226,10 @@ impl<D: Device> Conv3x3Ops for KernelBackend<D> {
         sums: &mut DeviceBuf<D>,
     ) -> Result<()> {
         validate::bn_relu_conv3x3_dgrad(&dy, shape, w, &z, &g, sums)?;
+        self.dtypes(
+            &[("dy", dy.buf), ("z", z.x.buf), ("g", &*g.buf)],
+            &[("w", w.buf), ("BN statistics", z.bn.stats), ("BN parameters", z.bn.params), ("sums", &*sums)],
+        )?;
         let View { buf: dy, mat: dym } = dy;
         let BnReluView { x: View { buf: z, mat: zm }, bn } = z;
         let ViewMut { buf: g, mat: gm } = g;

@@ -48,23 +48,27 @@ fn blocks_for(n: usize, per: u32) -> u32 {
     u32::try_from(n.div_ceil(per as usize)).unwrap_or(u32::MAX).max(1)
 }
 
-/// Memory and launches of one device.
+/// Memory and launches of one device. Memory is counted in bytes: a buffer's elements are f32
+/// or bf16 (`DeviceBuf::dtype`), which the kernel backend converts to and from on the host.
 pub trait Device: Send + Sync + 'static {
-    /// An allocation of `f32`s.
+    /// An allocation of bytes.
     type Mem: Send + Sync;
 
     fn name(&self) -> String;
     /// The compute capability the device runs kernels as.
     fn compute_capability(&self) -> Result<GpuArch>;
-    /// `len` zeroed floats.
-    fn alloc_zeroed(&self, len: usize) -> Result<Self::Mem>;
-    /// `len` floats of unspecified contents, for memory kernels write before they read (the
+    /// `bytes` zeroed bytes.
+    fn alloc_zeroed(&self, bytes: usize) -> Result<Self::Mem>;
+    /// `bytes` bytes of unspecified contents, for memory kernels write before they read (the
     /// emulator poisons it and its memory check reports reads of bytes never written).
-    fn alloc_uninit(&self, len: usize) -> Result<Self::Mem>;
-    /// Device address of element `offset` of `mem` (what a kernel's pointer argument holds).
+    fn alloc_uninit(&self, bytes: usize) -> Result<Self::Mem>;
+    /// Device address of byte `offset` of `mem` (what a kernel's pointer argument holds).
     fn address(&self, mem: &Self::Mem, offset: usize) -> u64;
-    fn upload(&self, mem: &mut Self::Mem, offset: usize, src: &[f32]) -> Result<()>;
-    fn download(&self, mem: &Self::Mem, offset: usize, len: usize) -> Result<Vec<f32>>;
+    /// Copies `src` to bytes `offset..` of `mem`.
+    fn upload(&self, mem: &mut Self::Mem, offset: usize, src: &[u8]) -> Result<()>;
+    /// Bytes `offset..offset + len` of `mem`.
+    fn download(&self, mem: &Self::Mem, offset: usize, len: usize) -> Result<Vec<u8>>;
+    /// Zeroes bytes `offset..offset + len` of `mem`.
     fn zero(&self, mem: &mut Self::Mem, offset: usize, len: usize) -> Result<()>;
     fn synchronize(&self) -> Result<()>;
     /// Bytes the device could still allocate, if it can tell.

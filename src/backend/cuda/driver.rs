@@ -17,7 +17,7 @@ use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-/// How many staging buffers (one per upload length) are kept: a training step uploads two
+/// How many staging buffers (one per upload size in bytes) are kept: a training step uploads two
 /// lengths (images, labels); more only occur in tests and at set-up.
 const STAGING_BUFFERS: usize = 4;
 
@@ -25,7 +25,7 @@ const STAGING_BUFFERS: usize = 4;
 /// recorded after the last copy out of it: the buffer is rewritten only once that event has
 /// completed, so an upload in flight never reads the next upload's data.
 struct Staging {
-    host: PinnedHostSlice<f32>,
+    host: PinnedHostSlice<u8>,
     copied: CudaEvent,
 }
 
@@ -140,7 +140,7 @@ impl CudaDevice {
 }
 
 impl Device for CudaDevice {
-    type Mem = CudaSlice<f32>;
+    type Mem = CudaSlice<u8>;
 
     fn name(&self) -> String {
         self.name.clone()
@@ -150,27 +150,27 @@ impl Device for CudaDevice {
         self.arch()
     }
 
-    fn alloc_zeroed(&self, len: usize) -> Result<CudaSlice<f32>> {
-        // A zero-length request still gets a (one-element) allocation, so every buffer has
-        // a valid address.
-        self.stream.alloc_zeros::<f32>(len.max(1)).map_err(|e| self.out_of_memory(e, len * 4))
+    fn alloc_zeroed(&self, bytes: usize) -> Result<CudaSlice<u8>> {
+        // A zero-length request still gets a (4-byte) allocation, so every buffer has a valid
+        // address.
+        self.stream.alloc_zeros::<u8>(bytes.max(4)).map_err(|e| self.out_of_memory(e, bytes))
     }
 
-    fn alloc_uninit(&self, len: usize) -> Result<CudaSlice<f32>> {
-        // SAFETY: f32 has no invalid bit patterns, and the callers' kernels write before
+    fn alloc_uninit(&self, bytes: usize) -> Result<CudaSlice<u8>> {
+        // SAFETY: bytes have no invalid bit patterns, and the callers' kernels write before
         // they read (the emulator's memory check tests exactly that).
-        unsafe { self.stream.alloc::<f32>(len.max(1)) }.map_err(|e| self.out_of_memory(e, len * 4))
+        unsafe { self.stream.alloc::<u8>(bytes.max(4)) }.map_err(|e| self.out_of_memory(e, bytes))
     }
 
-    fn address(&self, mem: &CudaSlice<f32>, offset: usize) -> u64 {
+    fn address(&self, mem: &CudaSlice<u8>, offset: usize) -> u64 {
         let (ptr, _sync) = mem.device_ptr(&self.stream);
-        ptr + (offset * size_of::<f32>()) as u64
+        ptr + offset as u64
     }
 
     /// Enqueues the copy and returns without waiting for it: `src` is first copied into a
     /// pinned staging buffer of its length (after the previous copy out of that buffer has
     /// completed), from which the DMA runs asynchronously.
-    fn upload(&self, mem: &mut CudaSlice<f32>, offset: usize, src: &[f32]) -> Result<()> {
+    fn upload(&self, mem: &mut CudaSlice<u8>, offset: usize, src: &[u8]) -> Result<()> {
         if src.is_empty() {
             return Ok(());
         }
@@ -183,7 +183,7 @@ impl Device for CudaDevice {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => {
                 // SAFETY: the memory is uninitialised, and written below before any copy reads it.
-                let host = unsafe { self.ctx.alloc_pinned::<f32>(src.len()) }.map_err(driver_error)?;
+                let host = unsafe { self.ctx.alloc_pinned::<u8>(src.len()) }.map_err(driver_error)?;
                 let copied =
                     self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DISABLE_TIMING)).map_err(driver_error)?;
                 e.insert(Staging { host, copied })
@@ -196,14 +196,14 @@ impl Device for CudaDevice {
         buf.copied.record(&self.stream).map_err(driver_error)
     }
 
-    fn download(&self, mem: &CudaSlice<f32>, offset: usize, len: usize) -> Result<Vec<f32>> {
-        let mut out = vec![0.0f32; len];
+    fn download(&self, mem: &CudaSlice<u8>, offset: usize, len: usize) -> Result<Vec<u8>> {
+        let mut out = vec![0u8; len];
         self.stream.memcpy_dtoh(&mem.slice(offset..offset + len), &mut out).map_err(driver_error)?;
         self.stream.synchronize().map_err(driver_error)?;
         Ok(out)
     }
 
-    fn zero(&self, mem: &mut CudaSlice<f32>, offset: usize, len: usize) -> Result<()> {
+    fn zero(&self, mem: &mut CudaSlice<u8>, offset: usize, len: usize) -> Result<()> {
         self.stream.memset_zeros(&mut mem.slice_mut(offset..offset + len)).map_err(driver_error)
     }
 

@@ -14,15 +14,9 @@ use std::ffi::c_void;
 #[derive(Debug, Default)]
 pub struct EmuDevice;
 
-const F32: usize = size_of::<f32>();
-
 impl EmuDevice {
-    fn out_of_memory(&self, len: usize) -> Error {
-        Error::OutOfMemory {
-            device: self.name(),
-            requested: len.saturating_mul(F32),
-            free: self.free_bytes().unwrap_or(0),
-        }
+    fn out_of_memory(&self, bytes: usize) -> Error {
+        Error::OutOfMemory { device: self.name(), requested: bytes, free: self.free_bytes().unwrap_or(0) }
     }
 }
 
@@ -39,33 +33,31 @@ impl Device for EmuDevice {
         Ok(GpuArch { major: 9, minor: 0 })
     }
 
-    fn alloc_zeroed(&self, len: usize) -> Result<Buffer> {
-        len.checked_mul(F32).and_then(Buffer::zeroed).ok_or_else(|| self.out_of_memory(len))
+    fn alloc_zeroed(&self, bytes: usize) -> Result<Buffer> {
+        Buffer::zeroed(bytes).ok_or_else(|| self.out_of_memory(bytes))
     }
 
-    fn alloc_uninit(&self, len: usize) -> Result<Buffer> {
-        len.checked_mul(F32).and_then(Buffer::uninit).ok_or_else(|| self.out_of_memory(len))
+    fn alloc_uninit(&self, bytes: usize) -> Result<Buffer> {
+        Buffer::uninit(bytes).ok_or_else(|| self.out_of_memory(bytes))
     }
 
     fn address(&self, mem: &Buffer, offset: usize) -> u64 {
-        mem.addr(offset * F32)
+        mem.addr(offset)
     }
 
-    fn upload(&self, mem: &mut Buffer, offset: usize, src: &[f32]) -> Result<()> {
-        mem.write(offset * F32, bytemuck::cast_slice(src));
+    fn upload(&self, mem: &mut Buffer, offset: usize, src: &[u8]) -> Result<()> {
+        mem.write(offset, src);
         Ok(())
     }
 
-    fn download(&self, mem: &Buffer, offset: usize, len: usize) -> Result<Vec<f32>> {
-        // Buffers are 256-byte aligned, so every float offset is a valid f32 slice.
-        Ok(bytemuck::cast_slice(&mem.bytes()[offset * F32..(offset + len) * F32]).to_vec())
+    fn download(&self, mem: &Buffer, offset: usize, len: usize) -> Result<Vec<u8>> {
+        Ok(mem.bytes()[offset..offset + len].to_vec())
     }
 
     fn zero(&self, mem: &mut Buffer, offset: usize, len: usize) -> Result<()> {
-        mem.fill(offset * F32, len * F32, 0);
+        mem.fill(offset, len, 0);
         Ok(())
     }
-
     fn synchronize(&self) -> Result<()> {
         Ok(())
     }

@@ -10,7 +10,7 @@
 
 use super::device::{Device, LaunchCfg};
 use super::{DeviceBuf, KernelBackend, kernel_params, u32_of};
-use crate::backend::BnRef;
+use crate::backend::{BnRef, validate};
 use crate::error::Result;
 use bytemuck::{Pod, Zeroable};
 
@@ -35,6 +35,9 @@ pub struct TileSumsParams {
 }
 
 kernel_params!(SplitSumParams, TileSumsParams);
+
+/// An op argument for [`KernelBackend::dtypes`]: its name and its buffer.
+pub(crate) type Arg<'a, D> = (&'static str, &'a DeviceBuf<D>);
 
 /// Rows each thread of an elementwise kernel walks through (grid-stride), so a launch has
 /// enough blocks to fill the GPU without one block per handful of rows.
@@ -136,6 +139,13 @@ impl<D: Device> KernelBackend<D> {
             // (2·width floats a tile plus the alignment float); sums covers width floats.
             unsafe { self.device.launch("tile_sums_finish_f32", cfg, &p, &[partials, sums]) }
         })
+    }
+
+    /// [`validate::dtypes`] for this backend's storage dtype, of the named buffers.
+    pub(crate) fn dtypes(&self, activations: &[Arg<'_, D>], f32_args: &[Arg<'_, D>]) -> Result<()> {
+        let dtypes =
+            |args: &[Arg<'_, D>]| args.iter().map(|&(what, buf)| (what, buf.dtype())).collect::<Vec<_>>();
+        validate::dtypes(self.precision.storage(), &dtypes(activations), &dtypes(f32_args))
     }
 
     /// Addresses of a BN's mean, var, γ, β (the argument order of every fused kernel).

@@ -26,12 +26,14 @@ pub use launch::{SplitSumParams, TileSumsParams};
 
 use super::{Buffers, Category, MemoryReport, MemoryTracker, validate};
 use crate::error::{Error, Result};
+use crate::precision::{bf16_bits, bf16_value};
 use crate::{Dtype, Precision};
 use bytemuck::Pod;
 use cudarc::driver::DeviceRepr;
 use std::sync::{Arc, Mutex};
 
-/// A device buffer of `f32` whose bytes are counted while it lives.
+/// A device buffer of `len` elements of `dtype` (f32 or bf16) whose bytes are counted while it
+/// lives.
 pub struct DeviceBuf<D: Device> {
     mem: D::Mem,
     len: usize,
@@ -50,11 +52,15 @@ impl<D: Device> DeviceBuf<D> {
     pub fn dtype(&self) -> Dtype {
         self.dtype
     }
+    /// Size in bytes.
+    fn bytes(&self) -> usize {
+        self.len * self.dtype.size()
+    }
 }
 
 impl<D: Device> Drop for DeviceBuf<D> {
     fn drop(&mut self) {
-        self.tracker.freed(self.len * 4, self.category);
+        self.tracker.freed(self.bytes(), self.category);
     }
 }
 
@@ -112,8 +118,8 @@ impl<D: Device> KernelBackend<D> {
         let tracker = Arc::new(MemoryTracker::new());
         // Split partials are written before they are read, which the emulator's memory check
         // verifies on uninitialised memory.
-        let mem = device.alloc_uninit(SCRATCH_FLOATS)?;
-        tracker.allocated(SCRATCH_FLOATS * 4, Category::Workspace);
+        let mem = device.alloc_uninit(SCRATCH_FLOATS * Dtype::F32.size())?;
+        tracker.allocated(SCRATCH_FLOATS * Dtype::F32.size(), Category::Workspace);
         let scratch = DeviceBuf {
             mem,
             len: SCRATCH_FLOATS,
@@ -129,17 +135,15 @@ impl<D: Device> KernelBackend<D> {
         })
     }
 
-    /// This backend running its convolutions in `precision` ([`Precision`]): tf32 takes the
-    /// tensor-core kernels, which need compute capability 8.0 or newer.
+    /// This backend running its convolutions in `precision` ([`Precision`]): tf32 and bf16
+    /// take the tensor-core kernels, which need compute capability 8.0 or newer; bf16 also
+    /// runs every op on bf16 activations (`precision.storage()`).
     pub fn with_precision(self, precision: Precision) -> Result<Self> {
-        if precision == Precision::Bf16 {
-            return Err(Error::Config(format!("precision bf16: not built for {} yet", self.device.name())));
-        }
-        if precision == Precision::Tf32 {
+        if precision != Precision::Fp32 {
             let arch = self.device.compute_capability()?;
             if arch.major < 8 {
                 return Err(Error::Config(format!(
-                    "precision tf32 needs tensor cores of compute capability 8.0 or newer; {} is {}.{}",
+                    "precision {precision} needs tensor cores of compute capability 8.0 or newer; {} is {}.{}",
                     self.device.name(),
                     arch.major,
                     arch.minor
@@ -163,7 +167,7 @@ impl<D: Device> KernelBackend<D> {
 
     /// Address of element `offset` of `buf`, for a kernel argument.
     pub(crate) fn addr(&self, buf: &DeviceBuf<D>, offset: usize) -> u64 {
-        self.device.address(&buf.mem, offset)
+        self.device.address(&buf.mem, offset * buf.dtype.size())
     }
 }
 
@@ -184,14 +188,13 @@ impl<D: Device> Buffers for KernelBackend<D> {
     }
 
     fn alloc_as(&self, len: usize, dtype: Dtype, category: Category) -> Result<DeviceBuf<D>> {
-        if dtype != Dtype::F32 {
-            return Err(Error::Config(format!(
-                "{dtype} buffers: the kernels of {} run in f32 only",
-                self.name()
-            )));
-        }
-        let mem = self.device.alloc_zeroed(len)?;
-        self.tracker.allocated(len * 4, category);
+        let bytes = len.checked_mul(dtype.size()).ok_or_else(|| Error::OutOfMemory {
+            device: self.name(),
+            requested: len.saturating_mul(dtype.size()),
+            free: self.available_bytes().unwrap_or(0),
+        })?;
+        let mem = self.device.alloc_zeroed(bytes)?;
+        self.tracker.allocated(bytes, category);
         Ok(DeviceBuf { mem, len, dtype, category, tracker: self.tracker.clone() })
     }
 
@@ -210,17 +213,35 @@ impl<D: Device> Buffers for KernelBackend<D> {
 
     fn upload(&self, dst: &mut DeviceBuf<D>, offset: usize, src: &[f32]) -> Result<()> {
         validate::range(dst, offset, src.len(), "upload")?;
-        self.device.upload(&mut dst.mem, offset, src)
+        let at = offset * dst.dtype.size();
+        match dst.dtype {
+            Dtype::F32 => self.device.upload(&mut dst.mem, at, bytemuck::cast_slice(src)),
+            Dtype::Bf16 => {
+                let bits: Vec<u16> = src.iter().map(|&x| bf16_bits(x)).collect();
+                self.device.upload(&mut dst.mem, at, bytemuck::cast_slice(&bits))
+            }
+        }
     }
 
     fn download(&self, src: &DeviceBuf<D>, offset: usize, len: usize) -> Result<Vec<f32>> {
         validate::range(src, offset, len, "download")?;
-        self.device.download(&src.mem, offset, len)
+        let size = src.dtype.size();
+        let bytes = self.device.download(&src.mem, offset * size, len * size)?;
+        // Element by element: the downloaded bytes need not be aligned for a cast.
+        Ok(match src.dtype {
+            Dtype::F32 => {
+                bytes.chunks_exact(4).map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]])).collect()
+            }
+            Dtype::Bf16 => {
+                bytes.chunks_exact(2).map(|b| bf16_value(u16::from_ne_bytes([b[0], b[1]]))).collect()
+            }
+        })
     }
 
     fn fill_zero(&self, buf: &mut DeviceBuf<D>, offset: usize, len: usize) -> Result<()> {
         validate::range(buf, offset, len, "fill_zero")?;
-        self.device.zero(&mut buf.mem, offset, len)
+        let size = buf.dtype.size();
+        self.device.zero(&mut buf.mem, offset * size, len * size)
     }
 
     fn synchronize(&self) -> Result<()> {
@@ -246,16 +267,29 @@ macro_rules! kernel_params {
 }
 pub(crate) use kernel_params;
 
-/// The entry point of a convolution op for the backend's precision: `<op>_f32` (SIMT f32) or
-/// `<op>_tf32` (tensor cores), as a `&'static str` for the launch.
+/// The entry point of a convolution op for the backend's precision: `<op>_f32` (SIMT f32),
+/// `<op>_tf32` or `<op>_bf16` (tensor cores; bf16 also on bf16 activations), as a
+/// `&'static str` for the launch.
 macro_rules! conv_kernel {
     ($backend:expr, $op:literal) => {
         match $backend.precision {
             $crate::Precision::Fp32 => concat!($op, "_f32"),
             $crate::Precision::Tf32 => concat!($op, "_tf32"),
-            // Refused by `with_precision` until the bf16 kernels exist.
             $crate::Precision::Bf16 => concat!($op, "_bf16"),
         }
     };
 }
 pub(crate) use conv_kernel;
+
+/// The entry point of an op whose kernels differ only in the activation element type (the
+/// statistics, batch-norm backward and pooling families): `<op>_f32` or `<op>_bf16` by the
+/// backend's storage dtype, which `KernelBackend::dtypes` has checked the activations against.
+macro_rules! storage_kernel {
+    ($backend:expr, $op:literal) => {
+        match $backend.precision.storage() {
+            $crate::Dtype::F32 => concat!($op, "_f32"),
+            $crate::Dtype::Bf16 => concat!($op, "_bf16"),
+        }
+    };
+}
+pub(crate) use storage_kernel;

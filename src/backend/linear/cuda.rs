@@ -39,6 +39,7 @@ impl<D: Device> LinearOps for KernelBackend<D> {
         y: ViewMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
         let (n, k, out_features) = validate::linear_fwd(x, w, bias, y.as_view())?;
+        self.dtypes(&[], &[("x", x.buf), ("w", w.buf), ("bias", bias.buf), ("y", &*y.buf)])?;
         let (x, y) = (x.buf, y.buf);
         if n * out_features == 0 {
             return Ok(());
@@ -61,6 +62,10 @@ impl<D: Device> LinearOps for KernelBackend<D> {
     ) -> Result<()> {
         let (n, k, out_features) =
             validate::linear_bwd(dy, x, w, grads.grads, grads.dw, grads.dbias, dx.as_view())?;
+        self.dtypes(
+            &[],
+            &[("dy", dy.buf), ("x", x.buf), ("w", w.buf), ("grads", &*grads.grads), ("dx", &*dx.buf)],
+        )?;
         let LinearGrads { grads, dw: dw_off, dbias: dbias_off } = grads;
         let (dy, x, dx) = (dy.buf, x.buf, dx.buf);
         // One thread per element of [dW | dbias] (out × (k + 1)), then one per element of dx.

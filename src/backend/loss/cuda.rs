@@ -25,6 +25,10 @@ impl<D: Device> LossOps for KernelBackend<D> {
         dlogits: ViewMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
         let (n, classes) = validate::softmax_xent(logits, labels, loss, dlogits.as_view())?;
+        self.dtypes(
+            &[],
+            &[("logits", logits.buf), ("labels", labels), ("loss", &*loss), ("dlogits", &*dlogits.buf)],
+        )?;
         let (logits, dlogits) = (logits.buf, dlogits.buf);
         let p = SoftmaxXentParams { rows: u32_of(n, "batch")?, classes: u32_of(classes, "classes")? };
         let addrs = [self.addr(logits, 0), self.addr(labels, 0), self.addr(loss, 0), self.addr(dlogits, 0)];

@@ -6,7 +6,7 @@
 use super::PoolOps;
 use crate::backend::cuda::device::{Device, LaunchCfg};
 use crate::backend::cuda::launch::{Cut, EW_COLS, EW_ROWS, SplitRule, elementwise_cfg, split};
-use crate::backend::cuda::{DeviceBuf, KernelBackend, SCRATCH_FLOATS, kernel_params, u32_of};
+use crate::backend::cuda::{DeviceBuf, KernelBackend, SCRATCH_FLOATS, kernel_params, storage_kernel, u32_of};
 use crate::backend::{BnReluView, Mat, Spatial, View, ViewMut, validate};
 use crate::config::conv_out;
 use crate::error::{Error, Result};
@@ -141,6 +141,10 @@ impl<D: Device> PoolOps for KernelBackend<D> {
         y: ViewMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
         validate::bn_relu_maxpool_fwd(&t, shape, &y)?;
+        self.dtypes(
+            &[("t", t.x.buf), ("y", &*y.buf)],
+            &[("BN statistics", t.bn.stats), ("BN parameters", t.bn.params)],
+        )?;
         let BnReluView { x: View { buf: t, mat: tm }, bn } = t;
         let ViewMut { buf: y, mat: ym } = y;
         let p = max_pool_params(tm, shape, ym.ld, 0, 0)?;
@@ -149,7 +153,12 @@ impl<D: Device> PoolOps for KernelBackend<D> {
         // SAFETY: t covers tm (shape's pixels), y covers ym (the pooled pixels), per-channel
         // vectors cover cols (checked above).
         unsafe {
-            self.device.launch("bn_relu_maxpool_fwd_f32", elementwise_cfg(ym.rows, ym.cols), &p, &addrs)
+            self.device.launch(
+                storage_kernel!(self, "bn_relu_maxpool_fwd"),
+                elementwise_cfg(ym.rows, ym.cols),
+                &p,
+                &addrs,
+            )
         }
     }
 
@@ -162,6 +171,10 @@ impl<D: Device> PoolOps for KernelBackend<D> {
         sums: &mut DeviceBuf<D>,
     ) -> Result<()> {
         validate::bn_relu_maxpool_bwd(&dy, &t, shape, &g, sums)?;
+        self.dtypes(
+            &[("dy", dy.buf), ("t", t.x.buf), ("g", &*g.buf)],
+            &[("BN statistics", t.bn.stats), ("BN parameters", t.bn.params), ("sums", &*sums)],
+        )?;
         let View { buf: dy, mat: dym } = dy;
         let BnReluView { x: View { buf: t, mat: tm }, bn } = t;
         let ViewMut { buf: g, mat: gm } = g;
@@ -174,7 +187,7 @@ impl<D: Device> PoolOps for KernelBackend<D> {
             // per-channel vectors cover cols, partials one row of 2·cols doubles per tile.
             unsafe {
                 self.device.launch(
-                    "bn_relu_maxpool_bwd_f32",
+                    storage_kernel!(self, "bn_relu_maxpool_bwd"),
                     tiles.cfg(),
                     &p,
                     &[dy, t, mean, var, gamma, beta, g, partials],
@@ -190,6 +203,10 @@ impl<D: Device> PoolOps for KernelBackend<D> {
         pooled: &mut DeviceBuf<D>,
     ) -> Result<()> {
         validate::bn_relu_global_pool_fwd(&x, shape, pooled)?;
+        self.dtypes(
+            &[("x", x.x.buf)],
+            &[("BN statistics", x.bn.stats), ("BN parameters", x.bn.params), ("pooled", &*pooled)],
+        )?;
         let BnReluView { x: View { buf: x, mat: xm }, bn } = x;
         let p = global_pool_params(xm, shape, 0, 0)?;
         let [mean, var, gamma, beta] = self.bn_addresses(bn);
@@ -199,7 +216,7 @@ impl<D: Device> PoolOps for KernelBackend<D> {
         let cfg = LaunchCfg::channel_tiles::<EW_COLS, EW_ROWS>(xm.cols, shape.n.min(MAX_GRID_Y) as u32);
         // SAFETY: x covers xm (shape's pixels), pooled n × cols floats, per-channel vectors
         // cover cols (checked above).
-        unsafe { self.device.launch("bn_relu_global_pool_fwd_f32", cfg, &p, &addrs) }
+        unsafe { self.device.launch(storage_kernel!(self, "bn_relu_global_pool_fwd"), cfg, &p, &addrs) }
     }
 
     fn bn_relu_global_pool_bwd(
@@ -211,6 +228,15 @@ impl<D: Device> PoolOps for KernelBackend<D> {
         sums: &mut DeviceBuf<D>,
     ) -> Result<()> {
         validate::bn_relu_global_pool_bwd(dpooled, &x, shape, &dx, sums)?;
+        self.dtypes(
+            &[("x", x.x.buf), ("dx", &*dx.buf)],
+            &[
+                ("dpooled", dpooled),
+                ("BN statistics", x.bn.stats),
+                ("BN parameters", x.bn.params),
+                ("sums", &*sums),
+            ],
+        )?;
         let BnReluView { x: View { buf: x, mat: xm }, bn } = x;
         let ViewMut { buf: dx, mat: dxm } = dx;
         let tiles = SumTiles::new(xm.rows, xm.cols)?;
@@ -222,7 +248,7 @@ impl<D: Device> PoolOps for KernelBackend<D> {
             // vectors cols, partials one row of 2·cols doubles per tile.
             unsafe {
                 self.device.launch(
-                    "bn_relu_global_pool_bwd_f32",
+                    storage_kernel!(self, "bn_relu_global_pool_bwd"),
                     tiles.cfg(),
                     &p,
                     &[dpooled, x, mean, var, gamma, beta, dx, partials],

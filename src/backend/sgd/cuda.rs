@@ -28,6 +28,7 @@ impl<D: Device> SgdOps for KernelBackend<D> {
         hp: SgdParams,
     ) -> Result<()> {
         validate::sgd_update(params, grads, velocity, len)?;
+        self.dtypes(&[], &[("params", &*params), ("grads", grads), ("velocity", &*velocity)])?;
         let p = SgdKernelParams {
             len: len as u64,
             lr: hp.lr,

@@ -1,7 +1,7 @@
 use super::StatsOps;
 use crate::backend::cuda::device::{Device, LaunchCfg};
 use crate::backend::cuda::launch::{Cut, SplitRule, split};
-use crate::backend::cuda::{DeviceBuf, KernelBackend, SCRATCH_FLOATS, kernel_params, u32_of};
+use crate::backend::cuda::{DeviceBuf, KernelBackend, SCRATCH_FLOATS, kernel_params, storage_kernel, u32_of};
 use crate::backend::{BN_MOMENTUM, StatsMut, StatsRef, View, validate};
 use crate::error::Result;
 use bytemuck::{Pod, Zeroable};
@@ -48,6 +48,7 @@ pub(crate) fn stats_split(rows: usize, cols: usize) -> (usize, usize) {
 impl<D: Device> StatsOps for KernelBackend<D> {
     fn channel_stats(&self, x: View<'_, DeviceBuf<D>>, out: StatsMut<'_, DeviceBuf<D>>) -> Result<()> {
         validate::channel_stats(&x, &out)?;
+        self.dtypes(&[("x", x.buf)], &[("statistics", &*out.stats)])?;
         let View { buf: x, mat: xm } = x;
         let StatsMut { stats: out, mean, var } = out;
         if xm.cols == 0 {
@@ -69,7 +70,7 @@ impl<D: Device> StatsOps for KernelBackend<D> {
             let addrs = [self.addr(x, xm.offset), mean_addr, var_addr, partials];
             // SAFETY: x covers xm, out covers both cols-long outputs (checked above); the
             // partials (2·splits·cols doubles) fit the scratch requested.
-            unsafe { self.device.launch("channel_stats_f32", cfg, &p, &addrs) }?;
+            unsafe { self.device.launch(storage_kernel!(self, "channel_stats"), cfg, &p, &addrs) }?;
             if splits > 1 {
                 let cfg = LaunchCfg::per_element::<128>(xm.cols);
                 // SAFETY: as above; the first kernel wrote every partial this one reads.
@@ -89,6 +90,7 @@ impl<D: Device> StatsOps for KernelBackend<D> {
         running: StatsMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
         validate::update_running_stats(batch, channels, &running)?;
+        self.dtypes(&[], &[("batch statistics", batch.stats), ("running statistics", &*running.stats)])?;
         let StatsMut { stats: running, mean: run_mean, var: run_var } = running;
         let p = RunningStatsParams {
             channels: u32_of(channels, "channels")?,

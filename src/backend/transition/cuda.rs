@@ -78,6 +78,10 @@ impl<D: Device> TransitionOps for KernelBackend<D> {
         y: ViewMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
         validate::bn_relu_avgpool_conv1x1_fwd(&x, shape, w, &y)?;
+        self.dtypes(
+            &[("x", x.x.buf), ("y", &*y.buf)],
+            &[("w", w.buf), ("BN statistics", x.bn.stats), ("BN parameters", x.bn.params)],
+        )?;
         let BnReluView { x: View { buf: x, mat: xm }, bn } = x;
         let ViewMut { buf: y, mat: ym } = y;
         if ym.rows == 0 || ym.cols == 0 {
@@ -114,6 +118,10 @@ impl<D: Device> TransitionOps for KernelBackend<D> {
         dw: AtMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
         validate::bn_relu_avgpool_conv1x1_wgrad(&x, shape, &dy, &dw)?;
+        self.dtypes(
+            &[("x", x.x.buf), ("dy", dy.buf)],
+            &[("dw", &*dw.buf), ("BN statistics", x.bn.stats), ("BN parameters", x.bn.params)],
+        )?;
         let BnReluView { x: View { buf: x, mat: xm }, bn } = x;
         let View { buf: dy, mat: dym } = dy;
         let AtMut { buf: dw, offset: dw_off } = dw;
@@ -150,6 +158,10 @@ impl<D: Device> TransitionOps for KernelBackend<D> {
         sums: &mut DeviceBuf<D>,
     ) -> Result<()> {
         validate::bn_relu_avgpool_conv1x1_dgrad(&dy, w, &x, shape, &dx, sums)?;
+        self.dtypes(
+            &[("dy", dy.buf), ("x", x.x.buf), ("dx", &*dx.buf)],
+            &[("w", w.buf), ("BN statistics", x.bn.stats), ("BN parameters", x.bn.params), ("sums", &*sums)],
+        )?;
         let View { buf: dy, mat: dym } = dy;
         let BnReluView { x: View { buf: x, mat: xm }, bn } = x;
         let ViewMut { buf: dx, mat: dxm } = dx;

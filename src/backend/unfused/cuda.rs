@@ -94,6 +94,7 @@ impl<D: Device> UnfusedOps for KernelBackend<D> {
         accumulate: bool,
     ) -> Result<()> {
         validate::copy_columns(&src, &dst)?;
+        self.dtypes(&[], &[("src", src.buf), ("dst", &*dst.buf)])?;
         let View { buf: src, mat: sm } = src;
         let ViewMut { buf: dst, mat: dm } = dst;
         let p = unfused_params(sm, dm, accumulate, 0)?;
@@ -109,6 +110,10 @@ impl<D: Device> UnfusedOps for KernelBackend<D> {
         y: ViewMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
         validate::bn_apply(&x, bn, &y)?;
+        self.dtypes(
+            &[],
+            &[("x", x.buf), ("BN statistics", bn.stats), ("BN parameters", bn.params), ("y", &*y.buf)],
+        )?;
         let View { buf: x, mat: xm } = x;
         let ViewMut { buf: y, mat: ym } = y;
         let p = unfused_params(xm, ym, false, 0)?;
@@ -120,6 +125,7 @@ impl<D: Device> UnfusedOps for KernelBackend<D> {
 
     fn relu_fwd(&self, x: View<'_, DeviceBuf<D>>, y: ViewMut<'_, DeviceBuf<D>>) -> Result<()> {
         validate::relu_fwd(&x, &y)?;
+        self.dtypes(&[], &[("x", x.buf), ("y", &*y.buf)])?;
         let View { buf: x, mat: xm } = x;
         let ViewMut { buf: y, mat: ym } = y;
         let p = unfused_params(xm, ym, false, 0)?;
@@ -130,6 +136,7 @@ impl<D: Device> UnfusedOps for KernelBackend<D> {
 
     fn relu_bwd(&self, g: ViewMut<'_, DeviceBuf<D>>, x: View<'_, DeviceBuf<D>>) -> Result<()> {
         validate::relu_bwd(&g, &x)?;
+        self.dtypes(&[], &[("g", &*g.buf), ("x", x.buf)])?;
         let ViewMut { buf: g, mat: gm } = g;
         let View { buf: x, mat: xm } = x;
         let p = unfused_params(xm, gm, false, 0)?;
@@ -146,6 +153,7 @@ impl<D: Device> UnfusedOps for KernelBackend<D> {
         sums: &mut DeviceBuf<D>,
     ) -> Result<()> {
         validate::bn_grad_sums(&g, &x, stats, sums)?;
+        self.dtypes(&[], &[("g", g.buf), ("x", x.buf), ("statistics", stats.stats), ("sums", &*sums)])?;
         let View { buf: g, mat: gm } = g;
         let View { buf: x, mat: xm } = x;
         let tiles = SumTiles::new(xm.rows, xm.cols)?;
@@ -172,6 +180,7 @@ impl<D: Device> UnfusedOps for KernelBackend<D> {
         y: ViewMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
         validate::avg_pool_fwd(&x, shape, window, &y)?;
+        self.dtypes(&[], &[("x", x.buf), ("y", &*y.buf)])?;
         let View { buf: x, mat: xm } = x;
         let ViewMut { buf: y, mat: ym } = y;
         let out = window.out(shape);
@@ -189,6 +198,7 @@ impl<D: Device> UnfusedOps for KernelBackend<D> {
         dx: ViewMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
         validate::avg_pool_bwd(&dy, shape, window, &dx)?;
+        self.dtypes(&[], &[("dy", dy.buf), ("dx", &*dx.buf)])?;
         let View { buf: dy, mat: dym } = dy;
         let ViewMut { buf: dx, mat: dxm } = dx;
         let out = window.out(shape);
@@ -205,6 +215,7 @@ impl<D: Device> UnfusedOps for KernelBackend<D> {
         y: ViewMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
         validate::max_pool_fwd(&x, shape, &y)?;
+        self.dtypes(&[], &[("x", x.buf), ("y", &*y.buf)])?;
         let View { buf: x, mat: xm } = x;
         let ViewMut { buf: y, mat: ym } = y;
         let out = stem_pool_out(shape);
@@ -222,6 +233,7 @@ impl<D: Device> UnfusedOps for KernelBackend<D> {
         dx: ViewMut<'_, DeviceBuf<D>>,
     ) -> Result<()> {
         validate::max_pool_bwd(&dy, &x, shape, &dx)?;
+        self.dtypes(&[], &[("dy", dy.buf), ("x", x.buf), ("dx", &*dx.buf)])?;
         let View { buf: dy, mat: dym } = dy;
         let View { buf: x, mat: xm } = x;
         let ViewMut { buf: dx, mat: dxm } = dx;
