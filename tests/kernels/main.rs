@@ -319,7 +319,7 @@ mod dtypes;
 mod elementwise;
 mod head;
 mod pool;
-mod tf32;
+mod roundoff;
 mod transition;
 mod unfused;
 
@@ -334,7 +334,7 @@ fn main() -> ExitCode {
         ("pool", pool::cases()),
         ("head", head::cases()),
         ("unfused", unfused::cases()),
-        ("tf32", tf32::cases()),
+        ("roundoff", roundoff::cases()),
         ("dtypes", dtypes::cases()),
     ];
     let require = std::env::var(REQUIRE_GPU).is_ok_and(|v| v == "1");
@@ -433,7 +433,7 @@ fn every_kernel_has_an_emulated_test() {
         pool::COVERED,
         head::COVERED,
         unfused::COVERED,
-        tf32::COVERED,
+        roundoff::COVERED,
         dtypes::COVERED,
     ]
     .concat();
