@@ -96,6 +96,7 @@ pub fn relu(v: f32) -> f32 {
 /// first NaN, which then stays: a window holding a NaN yields NaN, as PyTorch's max-pool.
 /// (PyTorch's arg-max is the window's last NaN; only a window with a NaN, whose gradient is
 /// NaN anyway, can tell the difference.)
+#[inline]
 pub fn max_pool_takes(v: f32, best: f32) -> bool {
     (v > best || v.is_nan()) && !best.is_nan()
 }

@@ -5,6 +5,7 @@ use crate::backend::cpu::elem::{Elem, with_elems};
 use crate::backend::cpu::rows::{
     CHUNK_ROWS, Store, bn_relu, chunk_bounds, masked_row, par_blocks, row, scratch, store_sums, sum_in_order,
 };
+use crate::backend::cpu::simd::multiversioned;
 use crate::backend::cpu::{Bn, CpuBackend, CpuBuf};
 use crate::backend::{BnReluView, Mat, Spatial, View, ViewMut, max_pool_takes, validate};
 use crate::config::conv_out;
@@ -101,35 +102,39 @@ pub(crate) fn pool_out(shape: Spatial) -> (usize, usize) {
     (conv_out(shape.h, 3, 2, 1), conv_out(shape.w, 3, 2, 1))
 }
 
-/// For output pixel `q` of the stem max-pool, the maximum of `act(c, t)` per channel (the
-/// fused op's `relu(a⊙t + b)`, or the plain max-pool's identity) into `best` and the input
-/// pixel holding it into `arg`. Padding never wins (−∞, as PyTorch); the first maximum in
-/// row-major window order is kept (replaced only by a strictly greater value), which is the
-/// element PyTorch's max-pool picks. Forward and backward both call this, so the backward
-/// routes the gradient to the forward's choice. `arg` starts at the window's first pixel, so
-/// it stays inside the window even where NaN inputs never compare greater.
-pub(crate) fn window_max<T: Elem>(
-    t: &[T],
-    tm: Mat,
-    shape: Spatial,
-    act: impl Fn(usize, f32) -> f32,
-    q: usize,
-    best: &mut [f32],
-    arg: &mut [usize],
-) {
-    let (oh, ow) = pool_out(shape);
-    let (n, oy, ox) = (q / (oh * ow), q / ow % oh, q % ow);
-    let (y0, x0) = ((2 * oy).saturating_sub(1), (2 * ox).saturating_sub(1));
-    best.fill(f32::NEG_INFINITY);
-    arg.fill((n * shape.h + y0) * shape.w + x0);
-    for iy in y0..(2 * oy + 2).min(shape.h) {
-        for ix in x0..(2 * ox + 2).min(shape.w) {
-            let p = (n * shape.h + iy) * shape.w + ix;
-            for (c, &v) in row(t, tm, p).iter().enumerate() {
-                let v = act(c, v.get());
-                if max_pool_takes(v, best[c]) {
-                    best[c] = v;
-                    arg[c] = p;
+multiversioned! {
+    /// For output pixel `q` of the stem max-pool, the maximum of `act(c, t)` per channel (the
+    /// fused op's `relu(a⊙t + b)`, or the plain max-pool's identity) into `best` and the input
+    /// pixel holding it into `arg`. Padding never wins (−∞, as PyTorch); the first maximum in
+    /// row-major window order is kept (replaced only by a strictly greater value), which is the
+    /// element PyTorch's max-pool picks. Forward and backward both call this, so the backward
+    /// routes the gradient to the forward's choice. `arg` starts at the window's first pixel, so
+    /// it stays inside the window even where NaN inputs never compare greater.
+    pub(crate) fn window_max<T: Elem>(
+        t: &[T],
+        tm: Mat,
+        shape: Spatial,
+        act: impl Fn(usize, f32) -> f32,
+        q: usize,
+        best: &mut [f32],
+        arg: &mut [usize],
+    ) {
+        let (oh, ow) = pool_out(shape);
+        let (n, oy, ox) = (q / (oh * ow), q / ow % oh, q % ow);
+        let (y0, x0) = ((2 * oy).saturating_sub(1), (2 * ox).saturating_sub(1));
+        best.fill(f32::NEG_INFINITY);
+        arg.fill((n * shape.h + y0) * shape.w + x0);
+        for iy in y0..(2 * oy + 2).min(shape.h) {
+            for ix in x0..(2 * ox + 2).min(shape.w) {
+                let p = (n * shape.h + iy) * shape.w + ix;
+                // Slices cut to one length: no bounds checks in the loop.
+                let (x, best, arg) = (&row(t, tm, p)[..tm.cols], &mut best[..tm.cols], &mut arg[..tm.cols]);
+                for c in 0..tm.cols {
+                    let v = act(c, x[c].get());
+                    if max_pool_takes(v, best[c]) {
+                        best[c] = v;
+                        arg[c] = p;
+                    }
                 }
             }
         }
