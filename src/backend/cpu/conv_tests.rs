@@ -549,3 +549,67 @@ fn results_are_identical_for_any_thread_count() {
     assert_eq!(bits(run_all_ops()), reference, "default pool differs from 1 thread");
     assert_eq!(bits(in_pool(3)), reference, "3 threads differ from 1 thread");
 }
+
+// ---- the GEMM itself ----
+
+/// `gemm` (the AVX-512 kernel where the CPU has it, else matrixmultiply) against an f64
+/// product: shapes around its tile sizes (8 rows, 16/32/48 columns, 256-deep k blocks, so
+/// partial row and column tiles and several k blocks), A and B row-major with a pitch or
+/// transposed, beta = 0 over a C of NaNs (never read), beta = 1 and 0.5, alpha ≠ 1, and C's
+/// pitch padding untouched. An f32 FMA chain of k ≤ 600 terms of O(1) values stays far below
+/// TOL relative to the product's norm.
+#[test]
+fn gemm_matches_f64_on_odd_shapes_strides_and_scalars() {
+    let mut r = rng(61);
+    let shapes =
+        [(1, 1, 1), (7, 5, 12), (8, 300, 33), (9, 17, 16), (130, 600, 48), (13, 257, 100), (3, 0, 5)];
+    // (k = 0: C ← beta·C.)
+    for (m, k, n) in shapes {
+        for (transposed_a, transposed_b) in [(false, false), (true, false), (false, true), (true, true)] {
+            for (alpha, beta) in [(1.0f32, 0.0f32), (-0.75, 1.0), (1.5, 0.5)] {
+                // A m×k with pitch k + 3 (or its transpose stored k×m, pitch m + 2); B likewise.
+                let (a, av) = if transposed_a {
+                    (uniform(&mut r, k * (m + 2) + 1, -1.0, 1.0), Operand { off: 1, rs: 1, cs: m + 2 })
+                } else {
+                    (uniform(&mut r, m * (k + 3) + 2, -1.0, 1.0), Operand { off: 2, rs: k + 3, cs: 1 })
+                };
+                let (b, bv) = if transposed_b {
+                    (uniform(&mut r, n * (k + 1), -1.0, 1.0), Operand { off: 0, rs: 1, cs: k + 1 })
+                } else {
+                    (uniform(&mut r, k * (n + 5), -1.0, 1.0), Operand { off: 0, rs: n + 5, cs: 1 })
+                };
+                let cm = Mat { offset: 3, rows: m, cols: n, ld: n + 4 };
+                let mut c = uniform(&mut r, 3 + m * (n + 4), -1.0, 1.0);
+                if beta == 0.0 {
+                    (0..m).for_each(|i| c[cm.at(i, 0)..][..n].fill(f32::NAN));
+                }
+                let before = c.clone();
+                let want: Vec<f64> = (0..m * n)
+                    .map(|e| {
+                        let (i, j) = (e / n, e % n);
+                        let dot: f64 = (0..k)
+                            .map(|l| {
+                                f64::from(a[av.off + i * av.rs + l * av.cs])
+                                    * f64::from(b[bv.off + l * bv.rs + j * bv.cs])
+                            })
+                            .sum();
+                        let old =
+                            if beta == 0.0 { 0.0 } else { f64::from(beta) * f64::from(before[cm.at(i, j)]) };
+                        f64::from(alpha) * dot + old
+                    })
+                    .collect();
+                let cv = Operand { off: cm.offset, rs: cm.ld, cs: 1 };
+                gemm(Precision::Fp32, m, k, n, alpha, &a, av, &b, bv, beta, &mut c, cv);
+                let what = format!("gemm {m}×{k}×{n} Aᵀ {transposed_a} Bᵀ {transposed_b} α {alpha} β {beta}");
+                if k == 0 {
+                    // No products: exactly beta·C, and exactly 0 (not NaN) for beta = 0.
+                    let got = dense(&c, cm);
+                    assert!(got.iter().zip(&want).all(|(g, w)| g == w), "{what}: {got:?} ≠ {want:?}");
+                } else {
+                    assert_close(&what, &dense(&c, cm), &want);
+                }
+                assert_outside_untouched(&before, &c, cm);
+            }
+        }
+    }
+}

@@ -374,7 +374,8 @@ fn rounded_copy<'a, T: Elem>(
     dst
 }
 
-/// `matrixmultiply::sgemm` on strided operands.
+/// `C ← alpha·A·B + beta·C` on strided operands: our AVX-512 kernel where the CPU has it
+/// (`avx512_gemm`, which does not copy A), else `matrixmultiply::sgemm`.
 ///
 /// # Safety
 /// `av`, `bv` and `cv` must fit their slices for m×k, k×n and m×n (as [`gemm`] asserts) and
@@ -393,23 +394,41 @@ unsafe fn sgemm(
     c: &mut [f32],
     cv: Operand,
 ) {
-    // SAFETY: the caller keeps every element sgemm touches inside its slice (with k == 0 it
-    // reads neither A nor B, so their offsets may point anywhere: `wrapping_add`), C's
+    // SAFETY: the caller keeps every element either GEMM touches inside its slice (with k == 0
+    // neither reads A nor B, so their offsets may point anywhere: `wrapping_add`), C's
     // elements are distinct, and C, a `&mut` borrow, aliases neither A nor B.
     unsafe {
+        let (a, b, c) =
+            (a.as_ptr().wrapping_add(av.off), b.as_ptr().wrapping_add(bv.off), c.as_mut_ptr().add(cv.off));
+        #[cfg(target_arch = "x86_64")]
+        if super::avx512_gemm::available() {
+            return super::avx512_gemm::sgemm(
+                m,
+                k,
+                n,
+                alpha,
+                a,
+                (av.rs, av.cs),
+                b,
+                (bv.rs, bv.cs),
+                beta,
+                c,
+                cv.rs,
+            );
+        }
         matrixmultiply::sgemm(
             m,
             k,
             n,
             alpha,
-            a.as_ptr().wrapping_add(av.off),
+            a,
             av.rs as isize,
             av.cs as isize,
-            b.as_ptr().wrapping_add(bv.off),
+            b,
             bv.rs as isize,
             bv.cs as isize,
             beta,
-            c.as_mut_ptr().add(cv.off),
+            c,
             cv.rs as isize,
             1,
         );

@@ -12,6 +12,8 @@
 //! (`backend::<family>::cpu`) and first checks its arguments against the contract all
 //! backends share (`backend::validate`); the slicing relies on it and cannot go out of bounds.
 
+#[cfg(target_arch = "x86_64")]
+mod avx512_gemm;
 #[cfg(test)]
 mod conv_tests;
 pub(crate) mod elem;
