@@ -3,8 +3,8 @@
 use super::ConvOps;
 use crate::Precision;
 use crate::backend::cpu::elem::{Elem, with_elems};
-use crate::backend::cpu::gemm::{CHUNK, Operand, conv_fwd_impl, conv_wgrad_impl, gemm, im2col_dgrad};
-use crate::backend::cpu::rows::{chunk_bounds, par_blocks, scratch};
+use crate::backend::cpu::gemm::{Operand, conv_fwd_impl, conv_wgrad_impl, gemm, gemm_chunks, im2col_dgrad};
+use crate::backend::cpu::rows::{par_blocks, scratch};
 use crate::backend::cpu::{CpuBackend, CpuBuf};
 use crate::backend::{At, AtMut, ConvGeom, Mat, Spatial, View, ViewMut, validate};
 use crate::error::Result;
@@ -135,7 +135,7 @@ pub(crate) fn conv_dgrad<D: Elem, X: Elem>(
     dxm: Mat,
 ) {
     let (cin, width) = (dxm.cols, dym.cols * geom.kernel * geom.kernel);
-    par_blocks(dx, dxm, &chunk_bounds(dxm.rows, CHUNK), |blk, s| {
+    par_blocks(dx, dxm, &gemm_chunks(dxm.rows), |blk, s| {
         let taps = scratch(&mut s.a, blk.rows * width);
         im2col_dgrad(dy, dym, shape, geom, blk.first, blk.rows, taps);
         let d = Operand::dense(cin);

@@ -3,10 +3,8 @@
 use super::Conv1x1Ops;
 use crate::Precision;
 use crate::backend::cpu::elem::{Elem, with_elems};
-use crate::backend::cpu::gemm::{CHUNK, Operand, bn_relu_rows, gemm, wgrad_in_segments};
-use crate::backend::cpu::rows::{
-    Store, chunk_bounds, masked_block, par_blocks, scratch, store_sums, sum_in_order,
-};
+use crate::backend::cpu::gemm::{Operand, bn_relu_rows, gemm, gemm_chunks, wgrad_in_segments};
+use crate::backend::cpu::rows::{Store, masked_block, par_blocks, scratch, store_sums, sum_in_order};
 use crate::backend::cpu::{Bn, CpuBackend, CpuBuf};
 use crate::backend::{At, AtMut, BnReluView, Mat, View, ViewMut, validate};
 use crate::error::Result;
@@ -91,7 +89,7 @@ pub(crate) fn bn_relu_conv1x1_fwd<X: Elem, Z: Elem>(
     zm: Mat,
 ) {
     let (cin, cout) = (xm.cols, zm.cols);
-    par_blocks(z, zm, &chunk_bounds(zm.rows, CHUNK), |blk, s| {
+    par_blocks(z, zm, &gemm_chunks(zm.rows), |blk, s| {
         let act = scratch(&mut s.a, blk.rows * cin);
         bn_relu_rows(x, xm, bn, blk.first, blk.rows, act);
         let wt = Operand::dense_t(cin);
@@ -121,13 +119,8 @@ pub(crate) fn bn_relu_conv1x1_wgrad<X: Elem, D: Elem>(
     dzm: Mat,
     dw: &mut [f32],
 ) {
-    let (cin, cout) = (xm.cols, dzm.cols);
-    wgrad_in_segments(dzm.rows, &mut dw[..cout * cin], |p0, rows, s, partial| {
-        let act = scratch(&mut s.a, rows * cin);
-        bn_relu_rows(x, xm, bn, p0, rows, act);
-        let dzt = Operand::rows_of_t(dzm, p0);
-        let d = Operand::dense(cin);
-        gemm(precision, cout, rows, cin, 1.0, dz, dzt, act, d, 1.0, partial, d);
+    wgrad_in_segments(precision, dz, dzm, xm.cols, dw, |p0, rows, act| {
+        bn_relu_rows(x, xm, bn, p0, rows, act)
     });
 }
 
@@ -147,7 +140,7 @@ pub(crate) fn bn_relu_conv1x1_dgrad<D: Elem, X: Elem, O: Elem>(
     let ViewMut { buf: dx, mat: dxm } = dx;
     let (cin, cout) = (xm.cols, dzm.cols);
     let store = if accumulate { Store::AddScaled } else { Store::Scaled };
-    let partials = par_blocks(dx, dxm, &chunk_bounds(dxm.rows, CHUNK), |blk, s| {
+    let partials = par_blocks(dx, dxm, &gemm_chunks(dxm.rows), |blk, s| {
         let g = scratch(&mut s.a, blk.rows * cin);
         let d = Operand::dense(cin);
         gemm(precision, blk.rows, cout, cin, 1.0, dz, Operand::rows_of(dzm, blk.first), w, d, 0.0, g, d);

@@ -3,10 +3,8 @@
 use super::Conv3x3Ops;
 use crate::Precision;
 use crate::backend::cpu::elem::{Elem, with_elems};
-use crate::backend::cpu::gemm::{CHUNK, Operand, conv_fwd_impl, conv_wgrad_impl, gemm, im2col_dgrad};
-use crate::backend::cpu::rows::{
-    Store, chunk_bounds, masked_block, par_blocks, scratch, store_sums, sum_in_order,
-};
+use crate::backend::cpu::gemm::{Operand, conv_fwd_impl, conv_wgrad_impl, gemm, gemm_chunks, im2col_dgrad};
+use crate::backend::cpu::rows::{Store, masked_block, par_blocks, scratch, store_sums, sum_in_order};
 use crate::backend::cpu::{Bn, CpuBackend, CpuBuf};
 use crate::backend::{At, AtMut, BnReluView, ConvGeom, Mat, Spatial, View, ViewMut, validate};
 use crate::error::Result;
@@ -147,7 +145,7 @@ pub(crate) fn bn_relu_conv3x3_dgrad<D: Elem, Z: Elem, G: Elem>(
     let View { buf: z, mat: zm } = z;
     let ViewMut { buf: g, mat: gm } = g;
     let (cin, width) = (zm.cols, dym.cols * 9);
-    let partials = par_blocks(g, gm, &chunk_bounds(gm.rows, CHUNK), |blk, s| {
+    let partials = par_blocks(g, gm, &gemm_chunks(gm.rows), |blk, s| {
         let taps = scratch(&mut s.a, blk.rows * width);
         im2col_dgrad(dy, dym, shape, CONV3X3, blk.first, blk.rows, taps);
         let gpre = scratch(&mut s.b, blk.rows * cin);

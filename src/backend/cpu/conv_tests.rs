@@ -16,7 +16,7 @@ const TOL: f64 = 1e-5;
 
 /// Batch 3, 7×5 images: one chunk, odd sizes.
 const SMALL: Spatial = Spatial { n: 3, h: 7, w: 5 };
-/// 3034 pixels: many chunks and two weight-gradient segments, the last ones partial.
+/// 3034 pixels: many chunks and eight weight-gradient segments, the last ones partial.
 const LARGE: Spatial = Spatial { n: 2, h: 37, w: 41 };
 
 fn rng(seed: u64) -> ChaCha8Rng {

@@ -1,17 +1,17 @@
 //! Convolution-family ops of the cpu backend (GEMM-based, chunked over pixels).
 //!
-//! Every op walks the pixel dimension in chunks of [`CHUNK`] rows. Per chunk it builds its
-//! fused input tile (BN-ReLU'd, and pooled or im2col'd where the op needs it) in a
-//! chunk-sized scratch buffer and multiplies it with `matrixmultiply::sgemm`, whose row and
+//! Every op walks the pixel dimension in chunks of at most [`CHUNK`] rows ([`gemm_chunks`]).
+//! Per chunk it builds its fused input tile (BN-ReLU'd, and pooled or im2col'd where the op
+//! needs it) in a chunk-sized scratch buffer and multiplies it with [`gemm`], whose row and
 //! column strides read and write the NHWC-with-pitch layout in place. No op ever holds more
 //! than a chunk of its fused input: the cpu counterpart of the CUDA kernels' tiles.
 //!
 //! Parallelism without losing determinism: chunks whose outputs are disjoint pixel rows
 //! (forward, data gradients) run in parallel. Reductions over pixels are split the same way
 //! whatever the thread count and combined in a fixed order: a weight gradient is accumulated
-//! per segment of [`SEGMENT_CHUNKS`] chunks and the segments are summed in order; the
-//! per-channel BN sums are accumulated in f64 per chunk and summed in chunk order. Results
-//! are therefore bit-identical for any number of threads.
+//! per segment of chunks and the segments are summed in order; the per-channel BN sums are
+//! accumulated in f64 per chunk and summed in chunk order. Chunk and segment sizes depend on
+//! the shape alone, so results are bit-identical for any number of threads.
 
 use super::Bn;
 use super::elem::Elem;
@@ -21,12 +21,39 @@ use crate::Precision;
 use crate::backend::{ConvGeom, Mat, Spatial, relu};
 use rayon::prelude::*;
 
-/// Pixels per chunk: the unit of parallel work and the height of every scratch tile.
+/// Most pixels per chunk: the unit of parallel work and the height of every scratch tile.
 pub(crate) const CHUNK: usize = 128;
 
-/// Chunks per weight-gradient segment. Each segment accumulates its own partial dW, so a
-/// wgrad holds ⌈P / (CHUNK·SEGMENT_CHUNKS)⌉ weight-sized partials (never a P-sized one).
-pub(crate) const SEGMENT_CHUNKS: usize = 16;
+/// Fewest chunks an op is cut into where the pixels allow: smaller images (densenet121's last
+/// blocks have 7×7 and 14×14 pixels per image) get smaller chunks, so that the threads share
+/// the work evenly instead of one finishing the last of three or four big chunks alone.
+const MIN_CHUNKS: usize = 16;
+
+/// Most chunks per weight-gradient segment. Each segment accumulates its own partial dW, so a
+/// wgrad holds at most ⌈P / (16·chunk)⌉ weight-sized partials (never a P-sized one)…
+const SEGMENT_CHUNKS: usize = 16;
+
+/// …and, where the pixels allow, at least this many segments, so that even a small image's
+/// weight gradient runs on every thread.
+const MIN_SEGMENTS: usize = 8;
+
+/// Pixels per chunk of an op over `rows` pixels: a multiple of 8 (the GEMM's row tile), at
+/// most [`CHUNK`], small enough for [`MIN_CHUNKS`] chunks. A function of the shape alone.
+pub(crate) fn chunk_rows(rows: usize) -> usize {
+    rows.div_ceil(MIN_CHUNKS).next_multiple_of(8).clamp(8, CHUNK)
+}
+
+/// The chunk boundaries of an op over `rows` pixels (see [`chunk_rows`]).
+pub(crate) fn gemm_chunks(rows: usize) -> Vec<usize> {
+    chunk_bounds(rows, chunk_rows(rows))
+}
+
+/// Pixels per weight-gradient segment of an op over `rows` pixels: whole chunks, at most
+/// [`SEGMENT_CHUNKS`] of them, small enough for [`MIN_SEGMENTS`] segments.
+fn segment_rows(rows: usize) -> usize {
+    let chunk = chunk_rows(rows);
+    rows.div_ceil(MIN_SEGMENTS).next_multiple_of(chunk).clamp(chunk, chunk * SEGMENT_CHUNKS)
+}
 
 // ---- shared convolution drivers -------------------------------------------------------------
 
@@ -45,7 +72,7 @@ pub(crate) fn conv_fwd_impl<X: Elem, Y: Elem>(
 ) {
     debug_assert_eq!(ym.rows, geom.out(shape).pixels());
     let width = geom.kernel * geom.kernel * xm.cols;
-    par_blocks(y, ym, &chunk_bounds(ym.rows, CHUNK), |blk, s| {
+    par_blocks(y, ym, &gemm_chunks(ym.rows), |blk, s| {
         let cols = scratch(&mut s.a, blk.rows * width);
         im2col(x, xm, shape, geom, bn, blk.first, blk.rows, cols);
         let wt = Operand::dense_t(width);
@@ -80,12 +107,9 @@ pub(crate) fn conv_wgrad_impl<X: Elem, D: Elem>(
     dw: &mut [f32],
 ) {
     debug_assert_eq!(dym.rows, geom.out(shape).pixels());
-    let (width, cout) = (geom.kernel * geom.kernel * xm.cols, dym.cols);
-    wgrad_in_segments(dym.rows, &mut dw[..cout * width], |p0, rows, s, partial| {
-        let cols = scratch(&mut s.a, rows * width);
-        im2col(x, xm, shape, geom, bn, p0, rows, cols);
-        let d = Operand::dense(width);
-        gemm(precision, cout, rows, width, 1.0, dy, Operand::rows_of_t(dym, p0), cols, d, 1.0, partial, d);
+    let width = geom.kernel * geom.kernel * xm.cols;
+    wgrad_in_segments(precision, dy, dym, width, dw, |p0, rows, cols| {
+        im2col(x, xm, shape, geom, bn, p0, rows, cols)
     });
 }
 
@@ -212,23 +236,47 @@ pub(crate) fn pixel(p: usize, s: Spatial) -> (usize, usize, usize) {
     (p / (s.h * s.w), p / s.w % s.h, p % s.w)
 }
 
-/// `dw += Σ over chunks` of what `chunk_wgrad(p0, rows, scratch, partial)` adds into its
-/// (zero-initialised, dw-sized) `partial` for the pixel rows `[p0, p0 + rows)` of `0..rows`.
-/// Segments of chunks run in parallel, each into its own partial; the partials are then
-/// summed in segment order, so the result does not depend on the thread count.
-pub(crate) fn wgrad_in_segments(
-    rows: usize,
+/// `dW += dyᵀ·act` (dW c_out × `width`, OHWI) over the pixel rows `0..dym.rows`, where
+/// `act(p0, rows, tile)` fills `tile` (rows × width, dense) with the layer input's fused rows
+/// `[p0, p0 + rows)` (BN-ReLU'd, pooled or im2col'd). Each chunk adds `actᵀ·dy` into a
+/// transposed partial (width × c_out): that way the tile, the large operand, is the GEMM's A,
+/// read in place, and dy's rows the small B. Segments of chunks run in parallel, each into its
+/// own partial; the partials are then summed in segment order, so the result does not depend
+/// on the thread count.
+pub(crate) fn wgrad_in_segments<D: Elem>(
+    precision: Precision,
+    dy: &[D],
+    dym: Mat,
+    width: usize,
     dw: &mut [f32],
-    chunk_wgrad: impl Fn(usize, usize, &mut Scratch, &mut [f32]) + Sync + Send,
+    act: impl Fn(usize, usize, &mut [f32]) + Sync + Send,
 ) {
-    let (segment, len) = (CHUNK * SEGMENT_CHUNKS, dw.len());
+    let (rows, cout) = (dym.rows, dym.cols);
+    let (chunk, segment, len) = (chunk_rows(rows), segment_rows(rows), cout * width);
     let partials: Vec<Vec<f32>> = (0..rows.div_ceil(segment))
         .into_par_iter()
         .map_init(Scratch::default, |s, seg| {
             let mut partial = vec![0.0; len];
             let end = ((seg + 1) * segment).min(rows);
-            for p0 in (seg * segment..end).step_by(CHUNK) {
-                chunk_wgrad(p0, CHUNK.min(end - p0), s, &mut partial);
+            for p0 in (seg * segment..end).step_by(chunk) {
+                let rows = chunk.min(end - p0);
+                let tile = scratch(&mut s.a, rows * width);
+                act(p0, rows, tile);
+                let (tile_t, dy_rows) = (Operand::dense_t(width), Operand::rows_of(dym, p0));
+                gemm(
+                    precision,
+                    width,
+                    rows,
+                    cout,
+                    1.0,
+                    tile,
+                    tile_t,
+                    dy,
+                    dy_rows,
+                    1.0,
+                    &mut partial,
+                    Operand::dense(cout),
+                );
             }
             partial
         })
@@ -237,7 +285,10 @@ pub(crate) fn wgrad_in_segments(
     for partial in &partials {
         total.iter_mut().zip(partial).for_each(|(t, &v)| *t += f64::from(v));
     }
-    dw.iter_mut().zip(total).for_each(|(d, t)| *d = (f64::from(*d) + t) as f32);
+    // total is dWᵀ: element (i, co) at i·cout + co.
+    for (co, dw_row) in dw[..len].chunks_exact_mut(width.max(1)).enumerate() {
+        dw_row.iter_mut().enumerate().for_each(|(i, d)| *d = (f64::from(*d) + total[i * cout + co]) as f32);
+    }
 }
 
 // ---- GEMM -----------------------------------------------------------------------------------
@@ -264,11 +315,6 @@ impl Operand {
     /// The rows of `m` from pixel p on (pixels × channels).
     pub(crate) fn rows_of(m: Mat, p: usize) -> Self {
         Operand { off: m.at(p, 0), rs: m.ld, cs: 1 }
-    }
-
-    /// The transpose of [`Operand::rows_of`] (channels × pixels).
-    pub(crate) fn rows_of_t(m: Mat, p: usize) -> Self {
-        Operand { off: m.at(p, 0), rs: 1, cs: m.ld }
     }
 
     /// Whether an r × c matrix seen through this view lies inside a slice of `len` floats.

@@ -3,9 +3,9 @@
 use super::TransitionOps;
 use crate::Precision;
 use crate::backend::cpu::elem::{Elem, with_elems};
-use crate::backend::cpu::gemm::{CHUNK, Operand, gemm, pixel, wgrad_in_segments};
+use crate::backend::cpu::gemm::{CHUNK, Operand, gemm, gemm_chunks, pixel, wgrad_in_segments};
 use crate::backend::cpu::rows::{
-    Store, bn_relu, chunk_bounds, masked_row, par_blocks, row, scratch, store_sums, sum_in_order,
+    Store, bn_relu, masked_row, par_blocks, row, scratch, store_sums, sum_in_order,
 };
 use crate::backend::cpu::simd::multiversioned;
 use crate::backend::cpu::{Bn, CpuBackend, CpuBuf};
@@ -123,7 +123,7 @@ pub(crate) fn bn_relu_avgpool_conv1x1_fwd<X: Elem, Y: Elem>(
     ym: Mat,
 ) {
     let (cin, cout) = (xm.cols, ym.cols);
-    par_blocks(y, ym, &chunk_bounds(ym.rows, CHUNK), |blk, s| {
+    par_blocks(y, ym, &gemm_chunks(ym.rows), |blk, s| {
         let act = scratch(&mut s.a, blk.rows * cin);
         pool_rows(x, xm, shape, bn, blk.first, blk.rows, act);
         let wt = Operand::dense_t(cin);
@@ -155,12 +155,8 @@ pub(crate) fn bn_relu_avgpool_conv1x1_wgrad<X: Elem, D: Elem>(
     dym: Mat,
     dw: &mut [f32],
 ) {
-    let (cin, cout) = (xm.cols, dym.cols);
-    wgrad_in_segments(dym.rows, &mut dw[..cout * cin], |p0, rows, s, partial| {
-        let act = scratch(&mut s.a, rows * cin);
-        pool_rows(x, xm, shape, bn, p0, rows, act);
-        let d = Operand::dense(cin);
-        gemm(precision, cout, rows, cin, 1.0, dy, Operand::rows_of_t(dym, p0), act, d, 1.0, partial, d);
+    wgrad_in_segments(precision, dy, dym, xm.cols, dw, |p0, rows, act| {
+        pool_rows(x, xm, shape, bn, p0, rows, act)
     });
 }
 
