@@ -29,9 +29,26 @@ const MR: usize = 8;
 /// while the kernel sweeps all of A's rows against it.
 const KC: usize = 256;
 
-/// Whether this CPU runs [`sgemm`].
+/// Whether this CPU runs [`sgemm`] (and this thread has not been told to use the portable path).
 pub(crate) fn available() -> bool {
+    #[cfg(test)]
+    if PORTABLE.get() {
+        return false;
+    }
     std::arch::is_x86_feature_detected!("avx512f")
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Set on the threads of [`portable_pool`].
+    static PORTABLE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A thread pool whose threads take the portable GEMM (matrixmultiply) even on a CPU with
+/// AVX-512: what tests run to check that path on such a CPU.
+#[cfg(test)]
+pub(crate) fn portable_pool() -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new().num_threads(2).start_handler(|_| PORTABLE.set(true)).build().unwrap()
 }
 
 thread_local! {

@@ -613,3 +613,21 @@ fn gemm_matches_f64_on_odd_shapes_strides_and_scalars() {
         }
     }
 }
+
+/// The portable GEMM (matrixmultiply, what CPUs without AVX-512 run) computes what the AVX-512
+/// kernel (checked against the f64 oracle above) does, op for op, within TOL: every op of
+/// `run_all_ops`, run on a pool whose threads are told to take the portable path.
+#[test]
+fn portable_and_avx512_gemms_agree() {
+    if !super::simd::wide() {
+        println!("this CPU lacks AVX-512: both runs take the portable path");
+    }
+    let fast = run_all_ops();
+    #[cfg(target_arch = "x86_64")]
+    let portable = super::avx512_gemm::portable_pool().install(run_all_ops);
+    #[cfg(not(target_arch = "x86_64"))]
+    let portable = run_all_ops();
+    for (i, (f, p)) in fast.iter().zip(&portable).enumerate() {
+        assert_close(&format!("output {i}"), &to_f64(f), &to_f64(p));
+    }
+}

@@ -1,10 +1,12 @@
 //! The `cpu` backend: plain Rust computing in f32 (on activations stored in f32 or bf16, see
-//! `elem`), the executable specification of every fused op and the CPU fallback. GEMMs go
-//! through `matrixmultiply` on row chunks of the pixel dimension, so no op materialises more
-//! than a chunk of its fused (BN-ReLU'd, im2col'd) input — the same working-set discipline as
-//! the CUDA kernels' shared-memory tiles.
+//! `elem`), the executable specification of every fused op and the CPU fallback. GEMMs run
+//! on row chunks of the pixel dimension — through our AVX-512 kernel (`avx512_gemm`) where the
+//! CPU has it, else `matrixmultiply` — so no op materialises more than a chunk of its fused
+//! (BN-ReLU'd, im2col'd) input: the same working-set discipline as the CUDA kernels'
+//! shared-memory tiles.
 //!
-//! Results do not depend on the number of threads: work is split into fixed chunks and
+//! Results do not depend on the number of threads (they do on whether the CPU has AVX-512:
+//! the two GEMMs round differently): work is split into fixed chunks and
 //! per-chunk partial reductions are combined in chunk order.
 //!
 //! This module holds the buffers and what the op families share: the GEMM and im2col
@@ -13,7 +15,7 @@
 //! backends share (`backend::validate`); the slicing relies on it and cannot go out of bounds.
 
 #[cfg(target_arch = "x86_64")]
-mod avx512_gemm;
+pub(crate) mod avx512_gemm;
 #[cfg(test)]
 mod conv_tests;
 pub(crate) mod elem;

@@ -1,8 +1,8 @@
 //! Run-time dispatch of the cpu backend's elementwise loops to AVX-512.
 //!
 //! The crate is built for the baseline x86-64 target (SSE2), so that one binary runs on every
-//! x86-64 CPU; `matrixmultiply` picks its AVX-512 or AVX2 GEMM kernels at run time, but the
-//! loops around them (BN-ReLU prologues, im2col, the BN-backward epilogue, statistics) would
+//! x86-64 CPU; the GEMMs pick their AVX-512 kernels at run time (`avx512_gemm`, or
+//! `matrixmultiply`'s own dispatch), but the loops around them (BN-ReLU prologues, im2col, the BN-backward epilogue, statistics) would
 //! stay 4 floats wide. [`multiversioned!`] compiles such a loop twice — for the baseline and
 //! with AVX-512 (F, BW, VL) plus AVX2 and FMA enabled — and calls the wide build where the CPU
 //! has those features. Rust never contracts `a·b + c` into an FMA on its own, and every loop
