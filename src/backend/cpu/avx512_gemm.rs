@@ -170,16 +170,16 @@ unsafe fn pack_b(kc: usize, n: usize, nr: usize, b: *const f32, rsb: usize, csb:
     for (jt, tile) in packed.chunks_exact_mut(kc * nr).take(n.div_ceil(nr)).enumerate() {
         let (j0, width) = (jt * nr, nr.min(n - jt * nr));
         for (l, dst) in tile.chunks_exact_mut(nr).enumerate() {
-            // SAFETY: row l < kc, columns j0..j0 + width < n of B.
-            let row = |j: usize| unsafe { *b.add(l * rsb + (j0 + j) * csb) };
-            if csb == 1 {
-                // SAFETY: as above; the row's columns are contiguous.
-                let src = unsafe { std::slice::from_raw_parts(b.add(l * rsb + j0), width) };
-                dst[..width].copy_from_slice(src);
-            } else {
-                dst[..width].iter_mut().enumerate().for_each(|(j, d)| *d = row(j));
+            let (dst, pad) = dst.split_at_mut(width);
+            // SAFETY: row l < kc, columns j0..j0 + width ≤ n of B.
+            unsafe {
+                if csb == 1 {
+                    dst.copy_from_slice(std::slice::from_raw_parts(b.add(l * rsb + j0), width));
+                } else {
+                    dst.iter_mut().enumerate().for_each(|(j, d)| *d = *b.add(l * rsb + (j0 + j) * csb));
+                }
             }
-            dst[width..].fill(0.0);
+            pad.fill(0.0);
         }
     }
 }

@@ -555,15 +555,14 @@ fn results_are_identical_for_any_thread_count() {
 /// `gemm` (the AVX-512 kernel where the CPU has it, else matrixmultiply) against an f64
 /// product: shapes around its tile sizes (8 rows, 16/32/48 columns, 256-deep k blocks, so
 /// partial row and column tiles and several k blocks), A and B row-major with a pitch or
-/// transposed, beta = 0 over a C of NaNs (never read), beta = 1 and 0.5, alpha ≠ 1, and C's
-/// pitch padding untouched. An f32 FMA chain of k ≤ 600 terms of O(1) values stays far below
+/// transposed, beta = 0 over a C of NaNs (never read), beta = 1 and 0.5, alpha ≠ 1, k = 0
+/// (exactly beta·C), and C's pitch padding untouched. An f32 FMA chain of k ≤ 600 terms of O(1) values stays far below
 /// TOL relative to the product's norm.
 #[test]
 fn gemm_matches_f64_on_odd_shapes_strides_and_scalars() {
     let mut r = rng(61);
     let shapes =
         [(1, 1, 1), (7, 5, 12), (8, 300, 33), (9, 17, 16), (130, 600, 48), (13, 257, 100), (3, 0, 5)];
-    // (k = 0: C ← beta·C.)
     for (m, k, n) in shapes {
         for (transposed_a, transposed_b) in [(false, false), (true, false), (false, true), (true, true)] {
             for (alpha, beta) in [(1.0f32, 0.0f32), (-0.75, 1.0), (1.5, 0.5)] {
