@@ -2,7 +2,8 @@
 // one tiled GEMM over the feature storage with the BN-ReLU fused into its loads or its epilogue
 // (fused_gemm.cuh: tiles, loaders, epilogue staging, determinism).
 //
-// bn_relu_conv1x1_fwd_<T>: z = relu(a⊙x + b)·Wᵀ, overwriting z. Grid (pixel tiles, cout tiles).
+// bn_relu_conv1x1_fwd_<T>: z = relu(a⊙x + b)·Wᵀ, overwriting z, (a, b) read from the table
+//   bn_affine_f32 (stats.cu) wrote. Grid (pixel tiles, cout tiles).
 // bn_relu_conv1x1_wgrad_<T>: dW += dzᵀ·relu(a⊙x + b). Grid (cout tiles, cin tiles, splits of the
 //   pixels); with more than one split the tiles go to the backend's scratch and
 //   split_sum_f32 (reduce.cu) adds them into dW in a fixed order.
@@ -52,16 +53,16 @@ struct Conv1x1DxEpilogue {
 };
 
 template <class Math, typename T>
-__device__ void bn_relu_conv1x1_fwd(const Conv1x1Params p, const T* x, const BnParams bn,
+__device__ void bn_relu_conv1x1_fwd(const Conv1x1Params p, const T* x, const BnTable bn,
                                     const float* w, T* z) {
-    const BnReluSource<T> src{x, p.pixels, p.cin, p.ld_x, bn};
+    const BnReluSource<T, BnTable> src{x, p.pixels, p.cin, p.ld_x, bn};
     dn_fused_gemm_fwd<Math>(src, p.pixels, p.cin, w, p.cout, z, p.ld_z);
 }
 
 template <class Math, typename T>
 __device__ void bn_relu_conv1x1_wgrad(const Conv1x1Params p, const T* x, const BnParams bn,
                                       const T* dz, float* dw, float* partials) {
-    const BnReluSource<T> src{x, p.pixels, p.cin, p.ld_x, bn};
+    const BnReluSource<T, BnParams> src{x, p.pixels, p.cin, p.ld_x, bn};
     dn_fused_gemm_wgrad<Math>(src, dz, p.pixels, p.ld_z, p.cout, p.cin, p.splits, p.run, dw, partials);
 }
 
@@ -77,9 +78,8 @@ __device__ void bn_relu_conv1x1_dgrad(const Conv1x1Params p, const T* dz, const 
 #define DN_CONV1X1_KERNELS(T, MATH, SUFFIX)                                                         \
     extern "C" __global__ void __launch_bounds__(kGemmThreads, MATH::kMinBlocks)                    \
         bn_relu_conv1x1_fwd_##SUFFIX(                                                               \
-        const Conv1x1Params p, const T* x, const float* mean, const float* var,                     \
-        const float* gamma, const float* beta, const float* w, T* z) {                              \
-        bn_relu_conv1x1_fwd<MATH, T>(p, x, BnParams{mean, var, gamma, beta}, w, z);                 \
+        const Conv1x1Params p, const T* x, const float2* ab, const float* w, T* z) {                \
+        bn_relu_conv1x1_fwd<MATH, T>(p, x, BnTable{ab}, w, z);                                      \
     }                                                                                               \
     extern "C" __global__ void __launch_bounds__(kGemmThreads, MATH::kMinBlocks)                    \
         bn_relu_conv1x1_wgrad_##SUFFIX(                                                             \

@@ -18,9 +18,11 @@
 //     loaders fetch step s + 1 from global memory into registers while step s is multiplied, then
 //     store it into the other buffer; one barrier per step.
 //   * Loaders. An operand whose global rows run along the reduction index (x and W in the
-//     forward, dOut in dgrad: K-contiguous) is read 16 consecutive elements per row — a warp reads
-//     two 64-byte row pieces — and transposed on its way into shared memory; the row pitch of 68
-//     floats keeps float4 alignment and makes that store 2-way bank-conflicted instead of 16-way.
+//     forward, dOut in dgrad: K-contiguous) is read in groups of 4 consecutive elements, one
+//     128-bit load each (64-bit for bf16) where the matrix's start and pitch are multiples of 4
+//     elements and element loads otherwise (the choice is uniform per launch), 4 threads per row
+//     — a warp reads eight 64-byte row pieces — and transposed on its way into shared memory; the
+//     row pitch of 68 floats keeps float4 alignment and makes that store 2-way bank-conflicted.
 //     An operand whose rows run along the output index (dOut and x in wgrad, W in dgrad) is read
 //     as 32 consecutive floats per warp and stored as is. What an element is — a plain value,
 //     relu(a·x + b), the mean of four of those — is the loader's Source. Rows and channels
@@ -111,6 +113,46 @@ struct PlainCol {
     bool valid;
 };
 
+// ---- Groups of four consecutive elements of a row (the TransposingLoader's unit) ----------------
+
+// Whether every row of a matrix at p with pitch ld starts on a 4-element boundary
+// (16 bytes for f32, 8 for bf16), so that a group at a column multiple of 4 is one aligned
+// vector load.
+template <typename T>
+__device__ __forceinline__ bool dn_rows_vec4(const T* p, unsigned int ld) {
+    return reinterpret_cast<size_t>(p) % (4 * sizeof(T)) == 0 && ld % 4 == 0;
+}
+
+// Elements q[0..4) widened to f32, q aligned to 4 elements: one 128-bit load for f32, one
+// 64-bit load for bf16.
+__device__ __forceinline__ void dn_load_vec4(const float* q, float v[4]) {
+    const float4 u = *reinterpret_cast<const float4*>(q);
+    v[0] = u.x;
+    v[1] = u.y;
+    v[2] = u.z;
+    v[3] = u.w;
+}
+__device__ __forceinline__ void dn_load_vec4(const dn_bf16* q, float v[4]) {
+    const uint2 u = *reinterpret_cast<const uint2*>(q);
+    v[0] = __uint_as_float(u.x << 16);
+    v[1] = __uint_as_float(u.x & 0xffff0000u);
+    v[2] = __uint_as_float(u.y << 16);
+    v[3] = __uint_as_float(u.y & 0xffff0000u);
+}
+
+// Elements c[0..4).c (consecutive, the first a multiple of 4) of the row at q, widened to f32:
+// a vector load when the rows allow it and the whole group lies inside the matrix, else one
+// load per valid element and 0 for the others.
+template <typename T, class Col>
+__device__ __forceinline__ void dn_load_group(const T* q, bool vec, const Col (&c)[4], float v[4]) {
+    if (vec && c[3].valid) {
+        dn_load_vec4(q + c[0].c, v);
+        return;
+    }
+#pragma unroll
+    for (int e = 0; e < 4; ++e) v[e] = c[e].valid ? static_cast<float>(q[c[e].c]) : 0.0f;
+}
+
 // Element (r, c) of a rows × cols matrix with pitch ld, as it is.
 template <typename T>
 struct PlainSource {
@@ -123,6 +165,14 @@ struct PlainSource {
     __device__ float load(SrcRow r, Col c) const {
         return r.valid && c.valid ? static_cast<float>(p[r.offset + c.c]) : 0.0f;
     }
+    __device__ void load_group(SrcRow r, const Col (&c)[4], float v[4]) const {
+        if (!r.valid) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) v[e] = 0.0f;
+            return;
+        }
+        dn_load_group(p + r.offset, dn_rows_vec4(p, ld), c, v);
+    }
 };
 
 // Where a BN finds its per-channel statistics and parameters (the kernels' argument order).
@@ -131,6 +181,14 @@ struct BnParams {
     const float* var;
     const float* gamma;
     const float* beta;
+};
+
+// A BN's per-channel (a, b), computed once per op by bn_affine_f32 (stats.cu). The forwards
+// read it: their TransposingLoader resolves a new channel at every reduction step, where
+// evaluating γ/√(var + ε) would cost each thread four loads, a square root and a division per
+// step. The gradients resolve their channels once per block and take BnParams.
+struct BnTable {
+    const float2* ab;
 };
 
 // A BN-ReLU'd column: channel c and its affine a, b as the host computes them.
@@ -146,35 +204,52 @@ __device__ __forceinline__ BnCol dn_bn_col(const BnParams& bn, unsigned int c, u
     return k;
 }
 
+__device__ __forceinline__ BnCol dn_bn_col(const BnTable& bn, unsigned int c, unsigned int cols) {
+    BnCol k{c, c < cols, 0.0f, 0.0f};
+    if (k.valid) {
+        const float2 ab = bn.ab[c];
+        k.a = ab.x;
+        k.b = ab.y;
+    }
+    return k;
+}
+
 // relu(a·x + b), the pre-activation rounded as on the host.
 __device__ __forceinline__ float dn_bn_relu(const BnCol& k, float x) {
     return dn_relu(dn_affine(k.a, x, k.b));
 }
 
-// Element (r, c) of relu(a⊙x + b), x a rows × cols matrix with pitch ld.
-template <typename T>
+// Element (r, c) of relu(a⊙x + b), x a rows × cols matrix with pitch ld; the BN's affine from
+// Bn (BnParams or BnTable).
+template <typename T, class Bn>
 struct BnReluSource {
     using Col = BnCol;
     const T* x;
     unsigned int rows, cols, ld;
-    BnParams bn;
+    Bn bn;
 
     __device__ SrcRow row(unsigned int r) const { return {dn_at(r, 0, ld), r < rows}; }
     __device__ Col col(unsigned int c) const { return dn_bn_col(bn, c, cols); }
     __device__ float load(SrcRow r, Col c) const {
         return r.valid && c.valid ? dn_bn_relu(c, static_cast<float>(x[r.offset + c.c])) : 0.0f;
     }
+    __device__ void load_group(SrcRow r, const Col (&c)[4], float v[4]) const {
+        float raw[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        if (r.valid) dn_load_group(x + r.offset, dn_rows_vec4(x, ld), c, raw);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) v[e] = r.valid && c[e].valid ? dn_bn_relu(c[e], raw[e]) : 0.0f;
+    }
 };
 
 // The transition's pooled input: row r is output pixel (n, oy, ox) of AvgPool2d(2) over an
 // images × h × w input, element c the mean of relu(a·x + b) over input pixels (2oy + i, 2ox + j),
 // added in the host's order (pool_rows in src/backend/transition/cpu.rs), so it is bit-identical to the host's.
-template <typename T>
+template <typename T, class Bn>
 struct PoolBnReluSource {
     using Col = BnCol;
     const T* x;
     unsigned int ld, h, w, out_h, out_w, rows, cols;
-    BnParams bn;
+    Bn bn;
 
     __device__ SrcRow row(unsigned int r) const {
         if (r >= rows) return {0, false};
@@ -194,33 +269,57 @@ struct PoolBnReluSource {
         s += dn_bn_relu(c, static_cast<float>(q[below + ld]));
         return s * 0.25f;
     }
+    // The same sums for four channels, each of the window's pixels read as one group.
+    __device__ void load_group(SrcRow r, const Col (&c)[4], float v[4]) const {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) v[e] = 0.0f;
+        if (!r.valid) return;
+        const T* q = x + r.offset;
+        const size_t below = static_cast<size_t>(w) * ld;
+        const bool vec = dn_rows_vec4(x, ld);
+        const size_t taps[4] = {0, ld, below, below + ld};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            float raw[4];
+            dn_load_group(q + taps[i], vec, c, raw);
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const float a = dn_bn_relu(c[e], raw[e]);
+                v[e] = i == 0 ? a : v[e] + a;
+            }
+        }
+#pragma unroll
+        for (int e = 0; e < 4; ++e) v[e] = c[e].valid ? v[e] * 0.25f : 0.0f;
+    }
 };
 
 // ---- Loaders: global → registers → shared, one reduction step at a time ------------------------
 
 // A tile whose source rows run along the reduction: tile element (k, i) = src(i0 + i, k0 + k).
-// Thread t reads index k0 + t mod 16 of rows i0 + t/16 + 16e; the tile is transposed into shared
-// memory. The rows are resolved once, the column (a BN affine) once per step.
+// Thread t reads the group of four indices k0 + 4·(t mod 4) .. + 3 of row i0 + t/4 — one
+// 128-bit load (64-bit for bf16) where the source's alignment and pitch allow, element loads
+// otherwise (Src::load_group) — and transposes it into shared memory. The row is resolved
+// once, the four columns (BN affines: BnTable) once per step.
 template <class Src>
 struct TransposingLoader {
+    static constexpr int kGroups = kTileK / kLoads;
+    static_assert(kLoads == 4 && kGroups * kTileM == kGemmThreads, "one group of four a thread");
     Src src;
-    SrcRow rows[kLoads];
+    SrcRow row;
     float v[kLoads];
 
-    __device__ TransposingLoader(const Src& s, unsigned int i0) : src(s) {
-#pragma unroll
-        for (int e = 0; e < kLoads; ++e)
-            rows[e] = src.row(i0 + threadIdx.x / kTileK + e * (kGemmThreads / kTileK));
-    }
+    __device__ TransposingLoader(const Src& s, unsigned int i0)
+        : src(s), row(s.row(i0 + threadIdx.x / kGroups)) {}
     __device__ void fetch(unsigned int k0) {
-        const typename Src::Col c = src.col(k0 + threadIdx.x % kTileK);
-#pragma unroll
-        for (int e = 0; e < kLoads; ++e) v[e] = src.load(rows[e], c);
+        const unsigned int k = k0 + kLoads * (threadIdx.x % kGroups);
+        const typename Src::Col c[kLoads] = {src.col(k), src.col(k + 1), src.col(k + 2), src.col(k + 3)};
+        src.load_group(row, c, v);
     }
+    // Row pitch 68: a warp's 32 stores (8 rows × 4 groups) hit each bank at most twice.
     __device__ void store(float (*s)[kSmemPitch]) const {
 #pragma unroll
         for (int e = 0; e < kLoads; ++e)
-            s[threadIdx.x % kTileK][threadIdx.x / kTileK + e * (kGemmThreads / kTileK)] = v[e];
+            s[kLoads * (threadIdx.x % kGroups) + e][threadIdx.x / kGroups] = v[e];
     }
 };
 

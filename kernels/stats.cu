@@ -15,6 +15,10 @@
 //   depends on the shape only, so results are deterministic.
 // update_running_stats_f32: running ← (1 − m)·running + m·batch, the variance unbiased by
 //   count/(count − 1), as PyTorch.
+// bn_affine_f32: a BN's per-channel (a, b) = (γ/√(var + ε), β − mean·a), evaluated once per op
+//   into the backend's scratch for the fused forwards (fused_gemm.cuh), whose loaders resolve
+//   a new channel at every reduction step: reading a precomputed pair there replaces four
+//   loads, an IEEE square root and a division per thread and step.
 //
 // CPU reference: src/backend/stats/cpu.rs (same op names).
 #include "common.cuh"
@@ -36,6 +40,12 @@ struct RunningStatsParams {
     float momentum;
 };
 static_assert(sizeof(RunningStatsParams) == 12, "size of the Rust mirror (tests/kernel_params.rs)");
+
+// Mirrors backend::stats::BnAffineParams.
+struct BnAffineParams {
+    unsigned int channels;
+};
+static_assert(sizeof(BnAffineParams) == 4, "size of the Rust mirror (tests/kernel_params.rs)");
 
 constexpr int kStatsCols = 32;
 constexpr int kStatsRowThreads = 16;
@@ -125,6 +135,18 @@ __device__ void update_running_stats(const RunningStatsParams p, const float* __
     run_var[c] = keep * run_var[c] + p.momentum * unbiased;
 }
 
+// The affine as dn_bn_affine computes it everywhere else, so a ReLU decision taken from the
+// table is bit-identical to one taken from the statistics.
+__device__ void bn_affine(const BnAffineParams p, const float* __restrict__ mean,
+                          const float* __restrict__ var, const float* __restrict__ gamma,
+                          const float* __restrict__ beta, float2* __restrict__ ab) {
+    const unsigned int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= p.channels) return;
+    float a, b;
+    dn_bn_affine(gamma[c], beta[c], mean[c], var[c], a, b);
+    ab[c] = make_float2(a, b);
+}
+
 #define DN_STATS_KERNELS(T, SUFFIX)                                                              \
     extern "C" __global__ void channel_stats_##SUFFIX(const ChannelStatsParams p, const T* x,   \
                                                       float* mean, float* var,                   \
@@ -145,4 +167,9 @@ extern "C" __global__ void update_running_stats_f32(const RunningStatsParams p, 
                                                     const float* var, float* run_mean,
                                                     float* run_var) {
     update_running_stats(p, mean, var, run_mean, run_var);
+}
+
+extern "C" __global__ void bn_affine_f32(const BnAffineParams p, const float* mean, const float* var,
+                                         const float* gamma, const float* beta, float2* ab) {
+    bn_affine(p, mean, var, gamma, beta, ab);
 }

@@ -4,8 +4,9 @@
 // staging, determinism) whose rows are the R = n·⌊h/2⌋·⌊w/2⌋ output pixels.
 //
 // bn_relu_avgpool_conv1x1_fwd_<T>: y = avgpool2(relu(a⊙x + b))·Wᵀ, overwriting y; each A element
-//   is the mean of 4 BN-ReLU'd inputs, made while loading (the host's order, so bit-identical).
-//   Grid (output-pixel tiles, cout tiles).
+//   is the mean of 4 BN-ReLU'd inputs, made while loading (the host's order, so bit-identical),
+//   (a, b) read from the table bn_affine_f32 (stats.cu) wrote. Grid (output-pixel tiles, cout
+//   tiles).
 // bn_relu_avgpool_conv1x1_wgrad_<T>: dW += dyᵀ·avgpool2(relu(a⊙x + b)). Grid (cout tiles, cin
 //   tiles, splits of the output pixels); more than one split goes through the scratch and
 //   split_sum_f32 (reduce.cu).
@@ -42,9 +43,9 @@ __device__ __forceinline__ unsigned int transition_rows(const TransitionParams& 
     return p.images * (p.h / 2) * (p.w / 2);
 }
 
-template <typename T>
-__device__ PoolBnReluSource<T> transition_source(const TransitionParams& p, const T* x,
-                                                 const BnParams& bn) {
+template <typename T, class Bn>
+__device__ PoolBnReluSource<T, Bn> transition_source(const TransitionParams& p, const T* x,
+                                                     const Bn& bn) {
     return {x, p.ld_x, p.h, p.w, p.h / 2, p.w / 2, transition_rows(p), p.cin, bn};
 }
 
@@ -82,7 +83,7 @@ struct TransitionDxEpilogue {
 
 template <class Math, typename T>
 __device__ void bn_relu_avgpool_conv1x1_fwd(const TransitionParams p, const T* x,
-                                            const BnParams bn, const float* w, T* y) {
+                                            const BnTable bn, const float* w, T* y) {
     dn_fused_gemm_fwd<Math>(transition_source(p, x, bn), transition_rows(p), p.cin, w, p.cout, y,
                       p.ld_y);
 }
@@ -107,10 +108,8 @@ __device__ void bn_relu_avgpool_conv1x1_dgrad(const TransitionParams p, const T*
 #define DN_TRANSITION_KERNELS(T, MATH, SUFFIX)                                                      \
     extern "C" __global__ void __launch_bounds__(kGemmThreads, MATH::kMinBlocks)                    \
         bn_relu_avgpool_conv1x1_fwd_##SUFFIX(const TransitionParams p, const T* x,                  \
-                                             const float* mean, const float* var,                   \
-                                             const float* gamma, const float* beta,                 \
-                                             const float* w, T* y) {                                \
-        bn_relu_avgpool_conv1x1_fwd<MATH, T>(p, x, BnParams{mean, var, gamma, beta}, w, y);         \
+                                             const float2* ab, const float* w, T* y) {              \
+        bn_relu_avgpool_conv1x1_fwd<MATH, T>(p, x, BnTable{ab}, w, y);                              \
     }                                                                                               \
     extern "C" __global__ void __launch_bounds__(kGemmThreads, MATH::kMinBlocks)                    \
         bn_relu_avgpool_conv1x1_wgrad_##SUFFIX(const TransitionParams p, const T* x,                \

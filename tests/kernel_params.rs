@@ -16,7 +16,7 @@ use densenet::backend::linear::LinearParams;
 use densenet::backend::loss::SoftmaxXentParams;
 use densenet::backend::pool::{GlobalPoolParams, MaxPoolParams};
 use densenet::backend::sgd::SgdKernelParams;
-use densenet::backend::stats::{ChannelStatsParams, RunningStatsParams};
+use densenet::backend::stats::{BnAffineParams, ChannelStatsParams, RunningStatsParams};
 use densenet::backend::transition::TransitionParams;
 use densenet::backend::unfused::{UnfusedParams, UnfusedPoolParams};
 use std::collections::BTreeSet;
@@ -75,6 +75,7 @@ fn rust_layouts() -> Vec<(&'static str, Layout)> {
         rust_layout!(SplitSumParams { len, splits, accumulate }),
         rust_layout!(ChannelStatsParams { rows, cols, ld, splits, rows_per_split }),
         rust_layout!(RunningStatsParams { channels, count, momentum }),
+        rust_layout!(BnAffineParams { channels }),
         rust_layout!(BnElementwiseParams { rows, cols, ld_g, ld_x, count }),
         rust_layout!(BnFoldParams { channels, count, correct }),
         rust_layout!(SoftmaxXentParams { rows, classes }),

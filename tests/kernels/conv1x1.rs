@@ -14,13 +14,13 @@ use densenet::backend::{At, Mat};
 use densenet::backend::{AtMut, View, ViewMut};
 
 crate::kernel_cases! {
-    conv1x1_fwd => ["bn_relu_conv1x1_fwd_f32"],
+    conv1x1_fwd => ["bn_relu_conv1x1_fwd_f32", "bn_affine_f32"],
     conv1x1_wgrad => ["bn_relu_conv1x1_wgrad_f32", "split_sum_f32"],
     conv1x1_dgrad => ["bn_relu_conv1x1_dgrad_f32", "tile_sums_finish_f32"],
-    conv1x1_fwd @ tf32 => ["bn_relu_conv1x1_fwd_tf32"],
+    conv1x1_fwd @ tf32 => ["bn_relu_conv1x1_fwd_tf32", "bn_affine_f32"],
     conv1x1_wgrad @ tf32 => ["bn_relu_conv1x1_wgrad_tf32", "split_sum_f32"],
     conv1x1_dgrad @ tf32 => ["bn_relu_conv1x1_dgrad_tf32", "tile_sums_finish_f32"],
-    conv1x1_fwd @ bf16 => ["bn_relu_conv1x1_fwd_bf16"],
+    conv1x1_fwd @ bf16 => ["bn_relu_conv1x1_fwd_bf16", "bn_affine_f32"],
     conv1x1_wgrad @ bf16 => ["bn_relu_conv1x1_wgrad_bf16", "split_sum_f32"],
     conv1x1_dgrad @ bf16 => ["bn_relu_conv1x1_dgrad_bf16", "tile_sums_finish_f32"],
 }
@@ -31,6 +31,16 @@ crate::kernel_cases! {
 /// The wgrad reduction is split (and finished through the scratch) for 4551 pixels only, the
 /// dgrad runs go through the scratch for 4551 and 315 pixels.
 const SHAPES: [(usize, usize, usize); 4] = [(105, 13, 37), (3, 5, 12), (4551, 70, 48), (315, 130, 72)];
+
+/// Shapes run with [`Bench::aligned`] layouts, whose rows the fused GEMMs read four elements at
+/// a time: input channels that are multiples of 4 (so W's rows are aligned too), one with a
+/// partial last group in a step (20 = 16 + 4) and one over three channel tiles.
+const ALIGNED_SHAPES: [(usize, usize, usize); 2] = [(105, 20, 37), (315, 132, 12)];
+
+/// `SHAPES` in the odd layouts, then `ALIGNED_SHAPES` in aligned ones.
+fn layouts() -> impl Iterator<Item = (bool, (usize, usize, usize))> {
+    SHAPES.into_iter().map(|s| (false, s)).chain(ALIGNED_SHAPES.into_iter().map(|s| (true, s)))
+}
 
 /// A second pair holding the same values as `p` (its cpu side), of the same dtype.
 pub fn copy<D: Device>(b: &mut Bench<'_, D>, p: &Pair<D>) -> Pair<D> {
@@ -47,13 +57,14 @@ pub fn assert_same_bits<D: Device>(b: &Bench<'_, D>, what: &str, first: &Pair<D>
 
 fn conv1x1_fwd<D: Device>(device: &KernelBackend<D>) {
     let mut b = Bench::new(device, 11);
-    for (rows, cin, cout) in SHAPES {
+    for (aligned, (rows, cin, cout)) in layouts() {
+        b.aligned = aligned;
         let (x, xm) = b.matrix(rows, cin, -2.0, 2.0);
         let (stats, params) = b.bn_buffers(cin);
         let w = b.weights(cout * cin);
         let (mut z, zm) = b.storage(rows, cout);
-        let w_cpu = At { buf: &w.cpu, offset: W_OFF };
-        let w_emu = At { buf: &w.emu, offset: W_OFF };
+        let w_cpu = At { buf: &w.cpu, offset: b.w_off() };
+        let w_emu = At { buf: &w.emu, offset: b.w_off() };
         b.cpu
             .bn_relu_conv1x1_fwd(
                 View::new(&x.cpu, xm).bn_relu(bn_cpu(&stats, &params, cin)),
@@ -68,7 +79,7 @@ fn conv1x1_fwd<D: Device>(device: &KernelBackend<D>) {
                 ViewMut::new(&mut z.emu, zm),
             )
             .unwrap();
-        b.check(&format!("conv1x1 fwd {rows}x{cin}->{cout}"), &z, &[zm]);
+        b.check(&format!("conv1x1 fwd {rows}x{cin}->{cout} aligned {aligned}"), &z, &[zm]);
     }
 }
 
@@ -112,7 +123,8 @@ fn conv1x1_wgrad<D: Device>(device: &KernelBackend<D>) {
 fn conv1x1_dgrad<D: Device>(device: &KernelBackend<D>) {
     let mut b = Bench::new(device, 13);
     for accumulate in [false, true] {
-        for (rows, cin, cout) in SHAPES {
+        for (aligned, (rows, cin, cout)) in layouts() {
+            b.aligned = aligned;
             let (dz, dzm) = b.matrix(rows, cout, -1.0, 1.0);
             let w = b.weights(cout * cin);
             let (x, xm) = b.matrix(rows, cin, -2.0, 2.0);
@@ -121,12 +133,12 @@ fn conv1x1_dgrad<D: Device>(device: &KernelBackend<D>) {
             let sums_m = Mat::dense(0, 1, 2 * cin);
             let mut sums = b.poisoned(2 * cin + 3, &[sums_m], -1.0, 1.0);
             let (mut dx2, mut sums2) = (copy(&mut b, &dx), copy(&mut b, &sums));
-            let w_emu = At { buf: &w.emu, offset: W_OFF };
+            let w_emu = At { buf: &w.emu, offset: b.w_off() };
             let bn = bn_emu(&stats, &params, cin);
             b.cpu
                 .bn_relu_conv1x1_dgrad(
                     View::new(&dz.cpu, dzm),
-                    At { buf: &w.cpu, offset: W_OFF },
+                    At { buf: &w.cpu, offset: b.w_off() },
                     View::new(&x.cpu, xm).bn_relu(bn_cpu(&stats, &params, cin)),
                     ViewMut::new(&mut dx.cpu, dxm),
                     accumulate,
@@ -143,7 +155,8 @@ fn conv1x1_dgrad<D: Device>(device: &KernelBackend<D>) {
                     &mut sums.emu,
                 )
                 .unwrap();
-            let what = format!("conv1x1 dgrad {rows}x{cout}->{cin} accumulate {accumulate}");
+            let what =
+                format!("conv1x1 dgrad {rows}x{cout}->{cin} accumulate {accumulate} aligned {aligned}");
             b.check(&format!("{what} dx"), &dx, &[dxm]);
             b.check(&format!("{what} sums"), &sums, &[sums_m]);
             // A rerun gives the same bits.

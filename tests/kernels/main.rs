@@ -75,6 +75,11 @@ pub struct Bench<'d, D: Device> {
     pub rng: ChaCha8Rng,
     /// The dtype of activation buffers: the precision's storage.
     pub activations: Dtype,
+    /// Whether [`matrix`](Self::matrix), [`storage`](Self::storage) and
+    /// [`weights`](Self::weights) start on 4-element boundaries with pitches that are
+    /// multiples of 4, which the fused GEMMs read with vector loads, instead of at odd offsets
+    /// with odd pitches, which they read element by element.
+    pub aligned: bool,
 }
 
 impl<'d, D: Device> Bench<'d, D> {
@@ -89,6 +94,7 @@ impl<'d, D: Device> Bench<'d, D> {
             emu: device,
             rng: ChaCha8Rng::seed_from_u64(seed),
             activations: precision.storage(),
+            aligned: false,
         }
     }
 
@@ -142,23 +148,45 @@ impl<'d, D: Device> Bench<'d, D> {
 
     /// A random rows × cols activation matrix (of the [`activations`](Self::activations)
     /// dtype) at offset 3 with pitch cols + 5, poison around it.
+    /// (At offset 4 with pitch cols + 5 rounded up to a multiple of 4 when `aligned`.)
     pub fn matrix(&mut self, rows: usize, cols: usize, lo: f32, hi: f32) -> (Pair<D>, Mat) {
-        let m = Mat { offset: 3, rows, cols, ld: cols + 5 };
-        (self.fill(3 + rows * m.ld + 2, &[m], self.activations, |rng, _| rng.random_range(lo..hi)), m)
+        let m = if self.aligned {
+            Mat { offset: 4, rows, cols, ld: (cols + 5).next_multiple_of(4) }
+        } else {
+            Mat { offset: 3, rows, cols, ld: cols + 5 }
+        };
+        (self.fill(m.offset + rows * m.ld + 2, &[m], self.activations, |rng, _| rng.random_range(lo..hi)), m)
     }
 
     /// An op's activation output (of the [`activations`](Self::activations) dtype): columns
     /// [4, 4 + cols) of a rows × (cols + 9) storage at offset 2, with 5 more elements after it
     /// (so that the buffer exists with 0 rows too). The output starts random (an op that
     /// accumulates adds to it, one that overwrites must not read it), its neighbours are poison.
+    /// (At offset 4 + 4 with pitch cols + 9 rounded up to a multiple of 4 when `aligned`.)
     pub fn storage(&mut self, rows: usize, cols: usize) -> (Pair<D>, Mat) {
-        let m = Mat { offset: 2 + 4, rows, cols, ld: cols + 9 };
-        (self.fill(2 + rows * m.ld + 5, &[m], self.activations, |rng, _| rng.random_range(-1.0..1.0)), m)
+        let m = if self.aligned {
+            Mat { offset: 4 + 4, rows, cols, ld: (cols + 9).next_multiple_of(4) }
+        } else {
+            Mat { offset: 2 + 4, rows, cols, ld: cols + 9 }
+        };
+        (
+            self.fill(m.offset - 4 + rows * m.ld + 5, &[m], self.activations, |rng, _| {
+                rng.random_range(-1.0..1.0)
+            }),
+            m,
+        )
     }
 
-    /// A random `len`-float weight at [`W_OFF`] of a slightly larger buffer, poison around it.
+    /// A random `len`-float weight at [`w_off`](Self::w_off) of a slightly larger buffer,
+    /// poison around it.
     pub fn weights(&mut self, len: usize) -> Pair<D> {
-        self.poisoned(W_OFF + len + 3, &[Mat::dense(W_OFF, 1, len)], -1.0, 1.0)
+        let off = self.w_off();
+        self.poisoned(off + len + 3, &[Mat::dense(off, 1, len)], -1.0, 1.0)
+    }
+
+    /// Where [`weights`](Self::weights) start: [`W_OFF`], or 4 when `aligned`.
+    pub fn w_off(&self) -> usize {
+        if self.aligned { 4 } else { W_OFF }
     }
 
     /// Per-channel [mean | var] and [γ | β] of a BN over `c` channels, γ of both signs.

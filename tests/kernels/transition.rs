@@ -10,13 +10,13 @@ use densenet::backend::{At, Mat, Spatial};
 use densenet::backend::{AtMut, View, ViewMut};
 
 crate::kernel_cases! {
-    transition_fwd => ["bn_relu_avgpool_conv1x1_fwd_f32"],
+    transition_fwd => ["bn_relu_avgpool_conv1x1_fwd_f32", "bn_affine_f32"],
     transition_wgrad => ["bn_relu_avgpool_conv1x1_wgrad_f32", "split_sum_f32"],
     transition_dgrad => ["bn_relu_avgpool_conv1x1_dgrad_f32", "tile_sums_finish_f32"],
-    transition_fwd @ tf32 => ["bn_relu_avgpool_conv1x1_fwd_tf32"],
+    transition_fwd @ tf32 => ["bn_relu_avgpool_conv1x1_fwd_tf32", "bn_affine_f32"],
     transition_wgrad @ tf32 => ["bn_relu_avgpool_conv1x1_wgrad_tf32", "split_sum_f32"],
     transition_dgrad @ tf32 => ["bn_relu_avgpool_conv1x1_dgrad_tf32", "tile_sums_finish_f32"],
-    transition_fwd @ bf16 => ["bn_relu_avgpool_conv1x1_fwd_bf16"],
+    transition_fwd @ bf16 => ["bn_relu_avgpool_conv1x1_fwd_bf16", "bn_affine_f32"],
     transition_wgrad @ bf16 => ["bn_relu_avgpool_conv1x1_wgrad_bf16", "split_sum_f32"],
     transition_dgrad @ bf16 => ["bn_relu_avgpool_conv1x1_dgrad_bf16", "tile_sums_finish_f32"],
 }
@@ -34,19 +34,30 @@ const SHAPES: [(Spatial, usize, usize); 6] = [
     (Spatial { n: 3, h: 37, w: 41 }, 70, 72),
 ];
 
+/// Shapes run with [`Bench::aligned`] layouts (see `conv1x1.rs`): an odd height and width with
+/// 20 channels (a partial last group in a step), and two channel tiles of 68.
+const ALIGNED_SHAPES: [(Spatial, usize, usize); 2] =
+    [(Spatial { n: 3, h: 7, w: 9 }, 20, 12), (Spatial { n: 2, h: 10, w: 13 }, 68, 36)];
+
+/// `SHAPES` in the odd layouts, then `ALIGNED_SHAPES` in aligned ones.
+fn layouts() -> impl Iterator<Item = (bool, (Spatial, usize, usize))> {
+    SHAPES.into_iter().map(|s| (false, s)).chain(ALIGNED_SHAPES.into_iter().map(|s| (true, s)))
+}
+
 fn pooled(s: Spatial) -> Spatial {
     Spatial { n: s.n, h: s.h / 2, w: s.w / 2 }
 }
 
 fn transition_fwd<D: Device>(device: &KernelBackend<D>) {
     let mut b = Bench::new(device, 21);
-    for (s, cin, cout) in SHAPES {
+    for (aligned, (s, cin, cout)) in layouts() {
+        b.aligned = aligned;
         let (x, xm) = b.matrix(s.pixels(), cin, -2.0, 2.0);
         let (stats, params) = b.bn_buffers(cin);
         let w = b.weights(cout * cin);
         let (mut y, ym) = b.storage(pooled(s).pixels(), cout);
-        let w_cpu = At { buf: &w.cpu, offset: W_OFF };
-        let w_emu = At { buf: &w.emu, offset: W_OFF };
+        let w_cpu = At { buf: &w.cpu, offset: b.w_off() };
+        let w_emu = At { buf: &w.emu, offset: b.w_off() };
         b.cpu
             .bn_relu_avgpool_conv1x1_fwd(
                 View::new(&x.cpu, xm).bn_relu(bn_cpu(&stats, &params, cin)),
@@ -63,7 +74,7 @@ fn transition_fwd<D: Device>(device: &KernelBackend<D>) {
                 ViewMut::new(&mut y.emu, ym),
             )
             .unwrap();
-        b.check(&format!("transition fwd {s:?} {cin}->{cout}"), &y, &[ym]);
+        b.check(&format!("transition fwd {s:?} {cin}->{cout} aligned {aligned}"), &y, &[ym]);
     }
 }
 
@@ -109,7 +120,8 @@ fn transition_wgrad<D: Device>(device: &KernelBackend<D>) {
 
 fn transition_dgrad<D: Device>(device: &KernelBackend<D>) {
     let mut b = Bench::new(device, 23);
-    for (s, cin, cout) in SHAPES {
+    for (aligned, (s, cin, cout)) in layouts() {
+        b.aligned = aligned;
         let (dy, dym) = b.matrix(pooled(s).pixels(), cout, -1.0, 1.0);
         let w = b.weights(cout * cin);
         let (x, xm) = b.matrix(s.pixels(), cin, -2.0, 2.0);
@@ -120,12 +132,12 @@ fn transition_dgrad<D: Device>(device: &KernelBackend<D>) {
         let sums_m = Mat::dense(0, 1, 2 * cin);
         let mut sums = b.poisoned(2 * cin + 3, &[sums_m], -1.0, 1.0);
         let (mut dx2, mut sums2) = (copy(&mut b, &dx), copy(&mut b, &sums));
-        let w_emu = At { buf: &w.emu, offset: W_OFF };
+        let w_emu = At { buf: &w.emu, offset: b.w_off() };
         let bn = bn_emu(&stats, &params, cin);
         b.cpu
             .bn_relu_avgpool_conv1x1_dgrad(
                 View::new(&dy.cpu, dym),
-                At { buf: &w.cpu, offset: W_OFF },
+                At { buf: &w.cpu, offset: b.w_off() },
                 View::new(&x.cpu, xm).bn_relu(bn_cpu(&stats, &params, cin)),
                 s,
                 ViewMut::new(&mut dx.cpu, dxm),
@@ -142,7 +154,7 @@ fn transition_dgrad<D: Device>(device: &KernelBackend<D>) {
                 &mut sums.emu,
             )
             .unwrap();
-        let what = format!("transition dgrad {s:?} {cout}->{cin}");
+        let what = format!("transition dgrad {s:?} {cout}->{cin} aligned {aligned}");
         b.check(&format!("{what} dx"), &dx, &[dxm]);
         b.check(&format!("{what} sums"), &sums, &[sums_m]);
         let got = b.emu.download(&dx.emu, 0, dx.emu.len()).unwrap();

@@ -238,26 +238,13 @@ impl<D: Device> Conv1x1Ops for KernelBackend<D> {
             return Ok(());
         }
         let p = conv1x1_params(xm, zm, 0, false, 1, 0)?;
-        let [mean, var, gamma, beta] = self.bn_addresses(bn);
-        let addrs = [
-            self.addr(x, xm.offset),
-            mean,
-            var,
-            gamma,
-            beta,
-            self.addr(w.buf, w.offset),
-            self.addr(z, zm.offset),
-        ];
-        // SAFETY: x covers xm, z covers zm (same pixels), W cout × cin floats, the per-channel
-        // vectors cin floats (checked above).
-        unsafe {
-            self.device.launch(
-                conv_kernel!(self, "bn_relu_conv1x1_fwd"),
-                fwd_cfg(zm.rows, zm.cols)?,
-                &p,
-                &addrs,
-            )
-        }
+        let (x, w, z) = (self.addr(x, xm.offset), self.addr(w.buf, w.offset), self.addr(z, zm.offset));
+        let cfg = fwd_cfg(zm.rows, zm.cols)?;
+        self.with_bn_affine(bn, xm.cols, |ab| {
+            // SAFETY: x covers xm, z covers zm (same pixels), W cout × cin floats (checked
+            // above), the affine table cin pairs.
+            unsafe { self.device.launch(conv_kernel!(self, "bn_relu_conv1x1_fwd"), cfg, &p, &[x, ab, w, z]) }
+        })
     }
 
     fn bn_relu_conv1x1_wgrad(

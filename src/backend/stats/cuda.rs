@@ -2,7 +2,7 @@ use super::StatsOps;
 use crate::backend::cuda::device::{Device, LaunchCfg};
 use crate::backend::cuda::launch::{Cut, SplitRule, split};
 use crate::backend::cuda::{DeviceBuf, KernelBackend, SCRATCH_FLOATS, kernel_params, storage_kernel, u32_of};
-use crate::backend::{BN_MOMENTUM, StatsMut, StatsRef, View, validate};
+use crate::backend::{BN_MOMENTUM, BnRef, StatsMut, StatsRef, View, validate};
 use crate::error::Result;
 use bytemuck::{Pod, Zeroable};
 
@@ -27,7 +27,14 @@ pub struct RunningStatsParams {
     pub momentum: f32,
 }
 
-kernel_params!(ChannelStatsParams, RunningStatsParams);
+/// `kernels/stats.cu`: `bn_affine_f32` over `channels` channels.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct BnAffineParams {
+    pub channels: u32,
+}
+
+kernel_params!(ChannelStatsParams, RunningStatsParams, BnAffineParams);
 
 /// Fewest rows per run of `channel_stats` (enough work to amortise a block).
 const STATS_MIN_ROWS: usize = 1024;
@@ -112,5 +119,31 @@ impl<D: Device> StatsOps for KernelBackend<D> {
                 &addrs,
             )
         }
+    }
+}
+
+impl<D: Device> KernelBackend<D> {
+    /// Runs `enqueue` with the device address of `bn`'s per-channel `(a, b)` over `channels`
+    /// channels (f32 pairs, 8-byte aligned), which `bn_affine_f32` has just written into the
+    /// scratch: the table the fused forwards (`kernels/fused_gemm.cuh`) read at every
+    /// reduction step instead of evaluating `γ/√(var + ε)` there. The caller has checked that
+    /// `bn`'s vectors cover `channels` floats.
+    pub(crate) fn with_bn_affine<R>(
+        &self,
+        bn: BnRef<'_, DeviceBuf<D>>,
+        channels: usize,
+        enqueue: impl FnOnce(u64) -> Result<R>,
+    ) -> Result<R> {
+        let p = BnAffineParams { channels: u32_of(channels, "channels")? };
+        let [mean, var, gamma, beta] = self.bn_addresses(bn);
+        self.with_scratch(2 * channels + 1, |scratch| {
+            // float2 needs 8-byte alignment; the emulator's scratch is only f32-aligned.
+            let table = scratch.next_multiple_of(8);
+            let cfg = LaunchCfg::per_element::<128>(channels);
+            // SAFETY: the four vectors cover `channels` floats (the caller's check); the table's
+            // 2·channels floats fit the scratch requested, past the alignment float.
+            unsafe { self.device.launch("bn_affine_f32", cfg, &p, &[mean, var, gamma, beta, table]) }?;
+            enqueue(table)
+        })
     }
 }

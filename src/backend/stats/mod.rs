@@ -6,7 +6,7 @@
 pub(in crate::backend) mod cpu;
 pub(in crate::backend) mod cuda;
 
-pub use cuda::{ChannelStatsParams, RunningStatsParams};
+pub use cuda::{BnAffineParams, ChannelStatsParams, RunningStatsParams};
 
 use crate::backend::{Buffers, StatsMut, StatsRef, View};
 use crate::error::Result;

@@ -88,26 +88,15 @@ impl<D: Device> TransitionOps for KernelBackend<D> {
             return Ok(());
         }
         let p = transition_params(xm, shape, ym, 0, 1, 0)?;
-        let [mean, var, gamma, beta] = self.bn_addresses(bn);
-        let addrs = [
-            self.addr(x, xm.offset),
-            mean,
-            var,
-            gamma,
-            beta,
-            self.addr(w.buf, w.offset),
-            self.addr(y, ym.offset),
-        ];
-        // SAFETY: x covers xm (shape's pixels), y covers ym (the pooled pixels), W cout × cin
-        // floats, the per-channel vectors cin floats (checked above).
-        unsafe {
-            self.device.launch(
-                conv_kernel!(self, "bn_relu_avgpool_conv1x1_fwd"),
-                fwd_cfg(ym.rows, ym.cols)?,
-                &p,
-                &addrs,
-            )
-        }
+        let (x, w, y) = (self.addr(x, xm.offset), self.addr(w.buf, w.offset), self.addr(y, ym.offset));
+        let cfg = fwd_cfg(ym.rows, ym.cols)?;
+        self.with_bn_affine(bn, xm.cols, |ab| {
+            // SAFETY: x covers xm (shape's pixels), y covers ym (the pooled pixels), W
+            // cout × cin floats (checked above), the affine table cin pairs.
+            unsafe {
+                self.device.launch(conv_kernel!(self, "bn_relu_avgpool_conv1x1_fwd"), cfg, &p, &[x, ab, w, y])
+            }
+        })
     }
 
     fn bn_relu_avgpool_conv1x1_wgrad(
