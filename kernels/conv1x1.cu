@@ -52,11 +52,22 @@ struct Conv1x1DxEpilogue {
     }
 };
 
+// Tensor cores take the cp.async pipeline where x, W and the table are aligned for it, the
+// register-staged main loop otherwise (fused_gemm.cuh); both give the same bits.
 template <class Math, typename T>
 __device__ void bn_relu_conv1x1_fwd(const Conv1x1Params p, const T* x, const BnTable bn,
                                     const float* w, T* z) {
     const BnReluSource<T, BnTable> src{x, p.pixels, p.cin, p.ld_x, bn};
-    dn_fused_gemm_fwd<Math>(src, p.pixels, p.cin, w, p.cout, z, p.ld_z);
+    if constexpr (Math::kPipelined) {
+        __shared__ PipelinedSmem<T, typename Math::Ops> s;
+        if (dn_pipelined_fwd_fits(x, p.ld_x, w, p.cin, bn.ab))
+            dn_pipelined_fwd<Math>(s, x, p.ld_x, p.pixels, p.cin, bn.ab, w, p.cout, z, p.ld_z);
+        else
+            dn_fused_gemm_fwd<Math>(s.plain, src, p.pixels, p.cin, w, p.cout, z, p.ld_z);
+    } else {
+        __shared__ GemmSmem s;
+        dn_fused_gemm_fwd<Math>(s, src, p.pixels, p.cin, w, p.cout, z, p.ld_z);
+    }
 }
 
 template <class Math, typename T>

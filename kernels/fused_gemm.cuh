@@ -16,7 +16,8 @@
 //     Reduction steps of kTileK = 16.
 //   * Shared memory holds both operand tiles k-major (a[k][m], b[k][n]), double-buffered: the
 //     loaders fetch step s + 1 from global memory into registers while step s is multiplied, then
-//     store it into the other buffer; one barrier per step.
+//     store it into the other buffer; one barrier per step. (The tensor-core 1×1 forward has a
+//     cp.async pipeline instead where its rows are aligned: "The pipelined forward" below.)
 //   * Loaders. An operand whose global rows run along the reduction index (x and W in the
 //     forward, dOut in dgrad: K-contiguous) is read in groups of 4 consecutive elements, one
 //     128-bit load each (64-bit for bf16) where the matrix's start and pitch are multiples of 4
@@ -80,6 +81,8 @@ static_assert(kMicro == 4, "micro-tile rows and columns are read as float4");
 constexpr int kSmemPitch = kTileM + 4;
 // Elements each thread loads per operand tile.
 constexpr int kLoads = kTileK * kTileM / kGemmThreads;
+// Threads sharing a row of a K-contiguous operand tile, kLoads consecutive elements each.
+constexpr int kGroupsPerRow = kTileK / kLoads;
 // Epilogue: row threads per channel column, and rows per thread.
 constexpr int kEpiRowThreads = kGemmThreads / kTileN;
 constexpr int kEpiRows = kTileM / kEpiRowThreads;
@@ -302,16 +305,15 @@ struct PoolBnReluSource {
 // once, the four columns (BN affines: BnTable) once per step.
 template <class Src>
 struct TransposingLoader {
-    static constexpr int kGroups = kTileK / kLoads;
-    static_assert(kLoads == 4 && kGroups * kTileM == kGemmThreads, "one group of four a thread");
+    static_assert(kLoads == 4 && kGroupsPerRow * kTileM == kGemmThreads, "one group of four a thread");
     Src src;
     SrcRow row;
     float v[kLoads];
 
     __device__ TransposingLoader(const Src& s, unsigned int i0)
-        : src(s), row(s.row(i0 + threadIdx.x / kGroups)) {}
+        : src(s), row(s.row(i0 + threadIdx.x / kGroupsPerRow)) {}
     __device__ void fetch(unsigned int k0) {
-        const unsigned int k = k0 + kLoads * (threadIdx.x % kGroups);
+        const unsigned int k = k0 + kLoads * (threadIdx.x % kGroupsPerRow);
         const typename Src::Col c[kLoads] = {src.col(k), src.col(k + 1), src.col(k + 2), src.col(k + 3)};
         src.load_group(row, c, v);
     }
@@ -319,7 +321,7 @@ struct TransposingLoader {
     __device__ void store(float (*s)[kSmemPitch]) const {
 #pragma unroll
         for (int e = 0; e < kLoads; ++e)
-            s[kLoads * (threadIdx.x % kGroups) + e][threadIdx.x / kGroups] = v[e];
+            s[kLoads * (threadIdx.x % kGroupsPerRow) + e][threadIdx.x / kGroupsPerRow] = v[e];
     }
 };
 
@@ -354,6 +356,8 @@ __device__ __forceinline__ int dn_micro_col() { return threadIdx.x % (kTileN / k
 
 // Exact f32: each thread's kMicro × kMicro register tile, 16 FFMA per reduction index.
 struct SimtF32 {
+    // Stages its operands through registers (dn_gemm_mainloop) in every forward.
+    static constexpr bool kPipelined = false;
     // The launch bounds' minimum of resident blocks: 0 leaves the register budget to ptxas,
     // which keeps these kernels at ≤ 65 registers without spilling.
     static constexpr int kMinBlocks = 0;
@@ -399,6 +403,9 @@ struct MmaGemm {
     static constexpr int kFragsM = kWarpM / 16, kFragsN = kWarpN / 8;
     static_assert((kTileM / kWarpM) * kWarpsN * 32 == kGemmThreads, "one warp tile per warp");
     static constexpr int kMinBlocks = MinBlocks;
+    // The 1×1 forward runs the cp.async pipeline (dn_pipelined_fwd) where alignment allows.
+    static constexpr bool kPipelined = true;
+    using Ops = Operands;
 
     struct Acc {
         float v[2 * kFragsM][2 * kFragsN];
@@ -411,6 +418,13 @@ struct MmaGemm {
     __device__ static void multiply(const float (*a)[kSmemPitch], const float (*b)[kSmemPitch],
                                     Acc& acc) {
         Operands::template tile<kFragsM, kFragsN, kTileK>(a, b, warp_row(), warp_col(), acc.v);
+    }
+
+    // acc += relu(a⊙X + b)·Wᵀ over a stage of the pipelined forward (X, W and ab as staged).
+    template <typename T, int LDX, int LDW>
+    __device__ static void multiply_rows(const T (*x)[LDX], const float2* ab, const float (*w)[LDW],
+                                         Acc& acc) {
+        Operands::template rows_tile<kFragsM, kFragsN, kTileK>(x, ab, w, warp_row(), warp_col(), acc.v);
     }
 
     __device__ static void stage(float (*c)[kSmemPitch], const Acc& acc) {
@@ -473,19 +487,12 @@ __device__ __forceinline__ int dn_epi_row(int q) {
 
 // ---- The three GEMMs ----------------------------------------------------------------------------
 
-// Forward: out[r][n] = Σ_k src(r, k)·W[n][k] (W is cout × cin), overwriting out (pitch ld_out).
-// blockIdx.x: tile of rows, blockIdx.y: tile of output channels.
-template <class Math, typename T, class Src>
-__device__ void dn_fused_gemm_fwd(const Src& src, unsigned int rows, unsigned int cin,
-                                  const float* __restrict__ w, unsigned int cout,
-                                  T* __restrict__ out, unsigned int ld_out) {
-    __shared__ GemmSmem s;
-    const unsigned int m0 = blockIdx.x * kTileM, n0 = blockIdx.y * kTileN;
-    TransposingLoader<Src> la(src, m0);
-    TransposingLoader<PlainSource<float>> lb(PlainSource<float>{w, cout, cin, cin}, n0);
-    typename Math::Acc acc = {};
-    dn_gemm_mainloop<Math>(s, la, lb, 0, dn_ceil_div(cin, kTileK), acc);
-    dn_stage_accumulators<Math>(s, acc);
+// Stores the staged forward tile s.c (rows m0.., channels n0..) into out (pitch ld_out): a warp
+// writes 32 consecutive channels of one pixel.
+template <typename T>
+__device__ __forceinline__ void dn_store_fwd_tile(const GemmSmem& s, unsigned int m0, unsigned int n0,
+                                                  unsigned int rows, unsigned int cout,
+                                                  T* __restrict__ out, unsigned int ld_out) {
     const unsigned int c = n0 + dn_epi_col();
     if (c >= cout) return;
 #pragma unroll 4
@@ -493,6 +500,140 @@ __device__ void dn_fused_gemm_fwd(const Src& src, unsigned int rows, unsigned in
         const unsigned int r = m0 + dn_epi_row(q);
         if (r < rows) out[dn_at(r, c, ld_out)] = static_cast<T>(s.c[dn_epi_row(q)][dn_epi_col()]);
     }
+}
+
+// Forward: out[r][n] = Σ_k src(r, k)·W[n][k] (W is cout × cin), overwriting out (pitch ld_out).
+// blockIdx.x: tile of rows, blockIdx.y: tile of output channels.
+template <class Math, typename T, class Src>
+__device__ void dn_fused_gemm_fwd(GemmSmem& s, const Src& src, unsigned int rows, unsigned int cin,
+                                  const float* __restrict__ w, unsigned int cout,
+                                  T* __restrict__ out, unsigned int ld_out) {
+    const unsigned int m0 = blockIdx.x * kTileM, n0 = blockIdx.y * kTileN;
+    TransposingLoader<Src> la(src, m0);
+    TransposingLoader<PlainSource<float>> lb(PlainSource<float>{w, cout, cin, cin}, n0);
+    typename Math::Acc acc = {};
+    dn_gemm_mainloop<Math>(s, la, lb, 0, dn_ceil_div(cin, kTileK), acc);
+    dn_stage_accumulators<Math>(s, acc);
+    dn_store_fwd_tile(s, m0, n0, rows, cout, out, ld_out);
+}
+
+// ---- The pipelined forward: relu(a⊙x + b)·Wᵀ on tensor cores, staged by cp.async -------------
+// The register-staged main loop above has one step in flight, and its transposing loads tie up
+// registers. Here the raw rows of x and W and the step's (a, b) go global → shared with cp.async,
+// kStages − 1 steps ahead, in the rows' own layout (x[m][k], W[n][k]: what the tensor cores'
+// row.col fragments read), and the BN-ReLU is applied between shared memory and the fragments
+// (mma_tile.cuh, dn_mma_bn_relu_rows_<type>). It needs x's and W's rows to start on 4-element
+// boundaries and (a, b) on 16 bytes (dn_pipelined_fwd_fits, uniform per launch); the kernel falls
+// back to dn_fused_gemm_fwd otherwise. Same tiles, warp tiles and staged epilogue, so its
+// output is bit for bit the fallback's.
+
+constexpr int kStages = 3;
+
+// One step of the pipeline: 64 rows × 16 channels of x and of W, and the channels' (a, b).
+// x's pitch, 20 floats (80 B) or 24 bf16 (48 B), keeps rows 16-byte aligned (cp.async,
+// ldmatrix) and makes a warp's fragment reads — 8 rows × 4 consecutive words, or ldmatrix's
+// 8 rows of 16 B — hit distinct banks. W's pitch is the Operands' (mma_tile.cuh).
+template <typename T, class Operands>
+struct __align__(16) PipelinedStage {
+    T x[kTileM][sizeof(T) == 4 ? kTileK + 4 : kTileK + 8];
+    float w[kTileN][Operands::kRowsPitchW];
+    float2 ab[kTileK];
+};
+
+// The stages, the accumulator tile the epilogue stages once they are free, and the fallback's
+// buffers, all in one place.
+template <typename T, class Operands>
+union __align__(16) PipelinedSmem {
+    PipelinedStage<T, Operands> st[kStages];
+    GemmSmem plain;
+};
+
+// Whether the pipelined forward can read x (pitch ld_x), W (cout × cin) and the BN table.
+template <typename T>
+__device__ __forceinline__ bool dn_pipelined_fwd_fits(const T* x, unsigned int ld_x, const float* w,
+                                                      unsigned int cin, const float2* ab) {
+    return dn_rows_vec4(x, ld_x) && dn_rows_vec4(w, cin) && reinterpret_cast<size_t>(ab) % 16 == 0;
+}
+
+// Four consecutive elements, global → shared, as one cp.async: 16 bytes for f32, 8 for bf16.
+__device__ __forceinline__ void dn_cp_async_vec4(float* s, const float* g) { dn_cp_async_16(s, g); }
+__device__ __forceinline__ void dn_cp_async_vec4(dn_bf16* s, const dn_bf16* g) { dn_cp_async_8(s, g); }
+
+// Elements c .. c + 3 of the row at q (valid: the row exists) into s: one cp.async when they all
+// lie inside the row's `cols`, else plain stores, 0 outside; every staged element is defined.
+template <typename T>
+__device__ __forceinline__ void dn_stage_group(T* s, const T* q, bool valid, unsigned int c,
+                                               unsigned int cols) {
+    if (valid && c + 4 <= cols) {
+        dn_cp_async_vec4(s, q + c);
+        return;
+    }
+#pragma unroll
+    for (int e = 0; e < 4; ++e) s[e] = static_cast<T>(valid && c + e < cols ? static_cast<float>(q[c + e]) : 0.0f);
+}
+
+// Issues step k0 / kTileK into stage st: thread t stages group t mod 4 of row t / 4 of x
+// (rows m0..) and of W (rows n0..); threads 0–7 a pair of (a, b) each, (0, 0) past cin, so that
+// a missing channel is relu(0·0 + 0) = 0. Rows past `rows` are staged as 0 too; their outputs
+// are never stored.
+template <typename T, class Operands>
+__device__ __forceinline__ void dn_issue_fwd_stage(PipelinedStage<T, Operands>& st, const T* x,
+                                                   unsigned int ld_x, unsigned int rows,
+                                                   const float* w, unsigned int cout,
+                                                   const float2* ab, unsigned int cin,
+                                                   unsigned int m0, unsigned int n0,
+                                                   unsigned int k0) {
+    const unsigned int r = threadIdx.x / kGroupsPerRow, g = kLoads * (threadIdx.x % kGroupsPerRow);
+    const bool x_row = m0 + r < rows, w_row = n0 + r < cout;
+    dn_stage_group(&st.x[r][g], x_row ? x + dn_at(m0 + r, 0, ld_x) : x, x_row, k0 + g, cin);
+    dn_stage_group(&st.w[r][g], w_row ? w + dn_at(n0 + r, 0, cin) : w, w_row, k0 + g, cin);
+    if (threadIdx.x < kTileK / 2) {
+        const unsigned int j = 2 * threadIdx.x, c = k0 + j;
+        if (c + 2 <= cin) {
+            dn_cp_async_16(&st.ab[j], ab + c);
+        } else {
+            st.ab[j] = c < cin ? ab[c] : make_float2(0.0f, 0.0f);
+            st.ab[j + 1] = make_float2(0.0f, 0.0f);
+        }
+    }
+}
+
+// out = relu(a⊙x + b)·Wᵀ as dn_fused_gemm_fwd computes it over BnReluSource (x rows × cin,
+// pitch ld_x; W cout × cin; ab the BN table). Step i + kStages − 1 is issued while step i is
+// multiplied; one barrier a step.
+template <class Math, typename T>
+__device__ void dn_pipelined_fwd(PipelinedSmem<T, typename Math::Ops>& s, const T* __restrict__ x,
+                                 unsigned int ld_x, unsigned int rows, unsigned int cin,
+                                 const float2* __restrict__ ab, const float* __restrict__ w,
+                                 unsigned int cout, T* __restrict__ out, unsigned int ld_out) {
+    const unsigned int m0 = blockIdx.x * kTileM, n0 = blockIdx.y * kTileN;
+    const unsigned int steps = dn_ceil_div(cin, kTileK);
+    // Every call commits a group, empty past the last step, so that the wait below counts
+    // steps.
+    auto issue = [&](unsigned int step) {
+        if (step < steps)
+            dn_issue_fwd_stage(s.st[step % kStages], x, ld_x, rows, w, cout, ab, cin, m0, n0, step * kTileK);
+        dn_cp_async_commit();
+    };
+#pragma unroll
+    for (int i = 0; i < kStages - 1; ++i) issue(i);
+    typename Math::Acc acc = {};
+    for (unsigned int i = 0; i < steps; ++i) {
+        // This thread's copies of step i have landed (at most the kStages − 2 newer groups are
+        // pending); the barrier makes every thread's visible, and ends the reads of step i − 1,
+        // whose stage the next issue refills.
+        dn_cp_async_wait<kStages - 2>();
+        __syncthreads();
+        issue(i + kStages - 1);
+        const PipelinedStage<T, typename Math::Ops>& st = s.st[i % kStages];
+        Math::multiply_rows(st.x, st.ab, st.w, acc);
+    }
+    // Only empty groups can still be pending; the barrier ends the stages' reads before s.plain.c
+    // overwrites them.
+    dn_cp_async_wait<0>();
+    __syncthreads();
+    dn_stage_accumulators<Math>(s.plain, acc);
+    dn_store_fwd_tile(s.plain, m0, n0, rows, cout, out, ld_out);
 }
 
 // Weight gradient: dw[n][c] += Σ_r dout[r][n]·src(r, c) over the rows, dw dense cout × cin.

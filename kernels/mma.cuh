@@ -59,6 +59,9 @@ __device__ __forceinline__ void dn_ldmatrix_x4_trans(unsigned r[4], const void* 
 __device__ __forceinline__ void dn_cp_async_16(void* smem, const void* gmem) {
     ::emu::cp_async(smem, gmem, 16);
 }
+__device__ __forceinline__ void dn_cp_async_8(void* smem, const void* gmem) {
+    ::emu::cp_async(smem, gmem, 8);
+}
 __device__ __forceinline__ void dn_cp_async_4(void* smem, const void* gmem) {
     ::emu::cp_async(smem, gmem, 4);
 }
@@ -153,8 +156,18 @@ __device__ __forceinline__ void dn_cp_async_16(void* smem, const void* gmem) {
 #endif
 }
 
-// 4 bytes global -> shared through L1 (.ca: .cg allows 16-byte copies only); both addresses
-// 4-byte aligned.
+// 8 bytes global -> shared through L1 (.ca: .cg allows 16-byte copies only); both addresses
+// 8-byte aligned.
+__device__ __forceinline__ void dn_cp_async_8(void* smem, const void* gmem) {
+#if DN_TENSOR_CORES
+    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(s), "l"(gmem) : "memory");
+#elif defined(__CUDA_ARCH__)
+    __trap();
+#endif
+}
+
+// 4 bytes global -> shared through L1, as dn_cp_async_8; both addresses 4-byte aligned.
 __device__ __forceinline__ void dn_cp_async_4(void* smem, const void* gmem) {
 #if DN_TENSOR_CORES
     const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));

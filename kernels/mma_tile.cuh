@@ -1,7 +1,9 @@
 // mma_tile.cuh — one warp's tensor-core (TF32 or BF16) multiply of a GEMM step staged in shared
 // memory k-major (a[k][m], b[k][n]), the layout every GEMM family (fused_gemm.cuh, conv3x3.cu,
 // conv.cu) stages its operands in for its exact f32 register tiles, so that their tf32 and bf16
-// kernels keep those loaders, masks and epilogues and change only the multiply.
+// kernels keep those loaders, masks and epilogues and change only the multiply; and the same
+// multiply on operands staged row-major along the reduction with a BN-ReLU applied to A as its
+// fragments are read (dn_mma_bn_relu_rows_<type>), for the 1×1 forward's cp.async pipeline.
 //
 // The warp's tile is 16·FM rows × 8·FN columns of mma tiles (m16n8k8 tf32, m16n8k16 bf16, whose
 // C fragments are laid out alike). A lane's accumulators are
@@ -11,6 +13,7 @@
 // independent and increase with i and j, so an epilogue written for a register tile of
 // per-thread rows × columns works unchanged on it.
 #pragma once
+#include "common.cuh"
 #include "mma.cuh"
 
 // Tile row of acc[i][·] in the warp tile starting at row m0: 16·(i / 2) + 8·(i % 2) + g.
@@ -21,6 +24,23 @@ __device__ __forceinline__ int dn_mma_tile_row(int m0, int i) {
 // Tile column of acc[·][j] in the warp tile starting at column n0: 8·(j / 2) + 2t + j % 2.
 __device__ __forceinline__ int dn_mma_tile_col(int n0, int j) {
     return n0 + 8 * (j / 2) + 2 * static_cast<int>(threadIdx.x % 4) + j % 2;
+}
+
+// Accumulator grid cells (2i .. 2i + 1, 2j .. 2j + 1) += the mma of A fragment af (mma row i)
+// and B fragment bf (mma column j): m16n8k16 on bf16 pairs (kBf16) or m16n8k8 on tf32.
+template <bool kBf16, int M, int N>
+__device__ __forceinline__ void dn_mma_acc(float (&acc)[M][N], int i, int j, const unsigned (&af)[4],
+                                           const unsigned (&bf)[2]) {
+    float c[4] = {acc[2 * i][2 * j], acc[2 * i][2 * j + 1], acc[2 * i + 1][2 * j],
+                  acc[2 * i + 1][2 * j + 1]};
+    if constexpr (kBf16)
+        dn_mma_m16n8k16_bf16(c, af, bf, c);
+    else
+        dn_mma_m16n8k8_tf32(c, af, bf, c);
+    acc[2 * i][2 * j] = c[0];
+    acc[2 * i][2 * j + 1] = c[1];
+    acc[2 * i + 1][2 * j] = c[2];
+    acc[2 * i + 1][2 * j + 1] = c[3];
 }
 
 // acc += A·B over the stage's first K reduction indices, A(m, k) = a[k][m], B(k, n) = b[k][n],
@@ -49,15 +69,7 @@ __device__ __forceinline__ void dn_mma_tile_tf32(const float (*a)[LDA], const fl
             const unsigned af[4] = {dn_cvt_tf32(a[k + t][m]), dn_cvt_tf32(a[k + t][m + 8]),
                                     dn_cvt_tf32(a[k + t + 4][m]), dn_cvt_tf32(a[k + t + 4][m + 8])};
 #pragma unroll
-            for (int j = 0; j < FN; ++j) {
-                float c[4] = {acc[2 * i][2 * j], acc[2 * i][2 * j + 1], acc[2 * i + 1][2 * j],
-                              acc[2 * i + 1][2 * j + 1]};
-                dn_mma_m16n8k8_tf32(c, af, bf[j], c);
-                acc[2 * i][2 * j] = c[0];
-                acc[2 * i][2 * j + 1] = c[1];
-                acc[2 * i + 1][2 * j] = c[2];
-                acc[2 * i + 1][2 * j + 1] = c[3];
-            }
+            for (int j = 0; j < FN; ++j) dn_mma_acc<false>(acc, i, j, af, bf[j]);
         }
     }
 }
@@ -92,15 +104,90 @@ __device__ __forceinline__ void dn_mma_tile_bf16(const float (*a)[LDA], const fl
                                     dn_pack_bf16x2(a[k0 + 8][m], a[k0 + 9][m]),
                                     dn_pack_bf16x2(a[k0 + 8][m + 8], a[k0 + 9][m + 8])};
 #pragma unroll
-            for (int j = 0; j < FN; ++j) {
-                float c[4] = {acc[2 * i][2 * j], acc[2 * i][2 * j + 1], acc[2 * i + 1][2 * j],
-                              acc[2 * i + 1][2 * j + 1]};
-                dn_mma_m16n8k16_bf16(c, af, bf[j], c);
-                acc[2 * i][2 * j] = c[0];
-                acc[2 * i][2 * j + 1] = c[1];
-                acc[2 * i + 1][2 * j] = c[2];
-                acc[2 * i + 1][2 * j + 1] = c[3];
-            }
+            for (int j = 0; j < FN; ++j) dn_mma_acc<true>(acc, i, j, af, bf[j]);
+        }
+    }
+}
+
+// ---- Operands staged along the reduction, with a BN-ReLU on A ---------------------------------
+// The layout a cp.async pipeline stages: the operands' global rows as they are, A as x[m][k]
+// (raw activations: pixel m, channel k) and B as w[n][k] (W's cout × cin rows), plus the step's
+// per-channel BN affine ab[k]. A's elements become relu(ab[k].x·x + ab[k].y) in registers,
+// between shared memory and the fragments, rounded as dn_bn_relu rounds them everywhere, so the
+// fragments are bit for bit those dn_mma_tile_<type> reads from a k-major tile of BN-ReLU'd
+// values. Every lane of the warp must call them.
+
+__device__ __forceinline__ float dn_bn_relu_ab(float2 ab, float x) {
+    return dn_relu(dn_affine(ab.x, x, ab.y));
+}
+
+// TF32 (m16n8k8): lane (g, t) reads x[m][k + t] and x[m][k + t + 4] for its A registers (rows
+// m = g, g + 8 of each mma tile) and w[n][k + t], w[n][k + t + 4] for B, two BN affines a slice.
+template <int FM, int FN, int K, int LDX, int LDW>
+__device__ __forceinline__ void dn_mma_bn_relu_rows_tf32(const float (*x)[LDX], const float2* ab,
+                                                         const float (*w)[LDW], int m0, int n0,
+                                                         float (&acc)[2 * FM][2 * FN]) {
+    static_assert(K % 8 == 0, "a stage is whole k8 slices");
+    const int g = static_cast<int>(threadIdx.x % 32 / 4), t = static_cast<int>(threadIdx.x % 4);
+#pragma unroll
+    for (int k = 0; k < K; k += 8) {
+        const int k1 = k + t, k2 = k + t + 4;
+        const float2 ab1 = ab[k1], ab2 = ab[k2];
+        unsigned bf[FN][2];
+#pragma unroll
+        for (int j = 0; j < FN; ++j) {
+            const int n = n0 + 8 * j + g;
+            bf[j][0] = dn_cvt_tf32(w[n][k1]);
+            bf[j][1] = dn_cvt_tf32(w[n][k2]);
+        }
+#pragma unroll
+        for (int i = 0; i < FM; ++i) {
+            const int m = m0 + 16 * i + g;
+            const unsigned af[4] = {dn_cvt_tf32(dn_bn_relu_ab(ab1, x[m][k1])),
+                                    dn_cvt_tf32(dn_bn_relu_ab(ab1, x[m + 8][k1])),
+                                    dn_cvt_tf32(dn_bn_relu_ab(ab2, x[m][k2])),
+                                    dn_cvt_tf32(dn_bn_relu_ab(ab2, x[m + 8][k2]))};
+#pragma unroll
+            for (int j = 0; j < FN; ++j) dn_mma_acc<false>(acc, i, j, af, bf[j]);
+        }
+    }
+}
+
+// Two bf16 of x (lo in the low half) through their channels' BN-ReLU, repacked as bf16.
+__device__ __forceinline__ unsigned dn_bn_relu_bf16x2(unsigned u, float2 lo, float2 hi) {
+    return dn_pack_bf16x2(dn_bn_relu_ab(lo, __uint_as_float(u << 16)),
+                          dn_bn_relu_ab(hi, __uint_as_float(u & 0xffff0000u)));
+}
+
+// BF16 (m16n8k16): each mma tile's A fragment is one ldmatrix.x4 of the 16 × 16 raw tile (lane
+// l: row l % 16, columns 8·(l / 16) ..; rows 16-byte aligned), whose registers hold channel
+// pairs (2t, 2t + 1) and (2t + 8, 2t + 9); B pairs w[n][2t], w[n][2t + 1] and 8 further on.
+template <int FM, int FN, int K, int LDX, int LDW>
+__device__ __forceinline__ void dn_mma_bn_relu_rows_bf16(const dn_bf16 (*x)[LDX], const float2* ab,
+                                                         const float (*w)[LDW], int m0, int n0,
+                                                         float (&acc)[2 * FM][2 * FN]) {
+    static_assert(K % 16 == 0, "a stage is whole k16 slices");
+    const int lane = static_cast<int>(threadIdx.x % 32);
+    const int g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int k = 0; k < K; k += 16) {
+        const int k0 = k + 2 * t;
+        const float2 ab0 = ab[k0], ab1 = ab[k0 + 1], ab8 = ab[k0 + 8], ab9 = ab[k0 + 9];
+        unsigned bf[FN][2];
+#pragma unroll
+        for (int j = 0; j < FN; ++j) {
+            const float* wn = w[n0 + 8 * j + g];
+            bf[j][0] = dn_pack_bf16x2(wn[k0], wn[k0 + 1]);
+            bf[j][1] = dn_pack_bf16x2(wn[k0 + 8], wn[k0 + 9]);
+        }
+#pragma unroll
+        for (int i = 0; i < FM; ++i) {
+            unsigned r[4];
+            dn_ldmatrix_x4(r, &x[m0 + 16 * i + lane % 16][k + 8 * (lane / 16)]);
+            const unsigned af[4] = {dn_bn_relu_bf16x2(r[0], ab0, ab1), dn_bn_relu_bf16x2(r[1], ab0, ab1),
+                                    dn_bn_relu_bf16x2(r[2], ab8, ab9), dn_bn_relu_bf16x2(r[3], ab8, ab9)};
+#pragma unroll
+            for (int j = 0; j < FN; ++j) dn_mma_acc<true>(acc, i, j, af, bf[j]);
         }
     }
 }
@@ -115,6 +202,13 @@ struct Tf32Operands {
                                 float (&acc)[2 * FM][2 * FN]) {
         dn_mma_tile_tf32<FM, FN, K, LDA, LDB>(a, b, m0, n0, acc);
     }
+    // Staged W rows: 20 floats, so a warp's B reads (8 rows × 4 consecutive floats) hit 32 banks.
+    static constexpr int kRowsPitchW = 20;
+    template <int FM, int FN, int K, int LDX, int LDW>
+    __device__ static void rows_tile(const float (*x)[LDX], const float2* ab, const float (*w)[LDW],
+                                     int m0, int n0, float (&acc)[2 * FM][2 * FN]) {
+        dn_mma_bn_relu_rows_tf32<FM, FN, K, LDX, LDW>(x, ab, w, m0, n0, acc);
+    }
     __device__ static float round(float x) { return __uint_as_float(dn_cvt_tf32(x)); }
 };
 
@@ -123,6 +217,13 @@ struct Bf16Operands {
     __device__ static void tile(const float (*a)[LDA], const float (*b)[LDB], int m0, int n0,
                                 float (&acc)[2 * FM][2 * FN]) {
         dn_mma_tile_bf16<FM, FN, K, LDA, LDB>(a, b, m0, n0, acc);
+    }
+    // Staged W rows: 24 floats, so each half-warp's 64-bit B reads (4 rows × 4 pairs) hit 32 banks.
+    static constexpr int kRowsPitchW = 24;
+    template <int FM, int FN, int K, int LDX, int LDW>
+    __device__ static void rows_tile(const dn_bf16 (*x)[LDX], const float2* ab, const float (*w)[LDW],
+                                     int m0, int n0, float (&acc)[2 * FM][2 * FN]) {
+        dn_mma_bn_relu_rows_bf16<FM, FN, K, LDX, LDW>(x, ab, w, m0, n0, acc);
     }
     // The bf16 value in the high half of an f32 is that value as an f32.
     __device__ static float round(float x) { return __uint_as_float(dn_pack_bf16x2(x, 0.0f) << 16); }

@@ -84,8 +84,9 @@ struct TransitionDxEpilogue {
 template <class Math, typename T>
 __device__ void bn_relu_avgpool_conv1x1_fwd(const TransitionParams p, const T* x,
                                             const BnTable bn, const float* w, T* y) {
-    dn_fused_gemm_fwd<Math>(transition_source(p, x, bn), transition_rows(p), p.cin, w, p.cout, y,
-                      p.ld_y);
+    __shared__ GemmSmem s;
+    dn_fused_gemm_fwd<Math>(s, transition_source(p, x, bn), transition_rows(p), p.cin, w, p.cout, y,
+                            p.ld_y);
 }
 
 template <class Math, typename T>

@@ -124,7 +124,7 @@ impl<D: Device> StatsOps for KernelBackend<D> {
 
 impl<D: Device> KernelBackend<D> {
     /// Runs `enqueue` with the device address of `bn`'s per-channel `(a, b)` over `channels`
-    /// channels (f32 pairs, 8-byte aligned), which `bn_affine_f32` has just written into the
+    /// channels (f32 pairs, 16-byte aligned), which `bn_affine_f32` has just written into the
     /// scratch: the table the fused forwards (`kernels/fused_gemm.cuh`) read at every
     /// reduction step instead of evaluating `γ/√(var + ε)` there. The caller has checked that
     /// `bn`'s vectors cover `channels` floats.
@@ -136,12 +136,13 @@ impl<D: Device> KernelBackend<D> {
     ) -> Result<R> {
         let p = BnAffineParams { channels: u32_of(channels, "channels")? };
         let [mean, var, gamma, beta] = self.bn_addresses(bn);
-        self.with_scratch(2 * channels + 1, |scratch| {
-            // float2 needs 8-byte alignment; the emulator's scratch is only f32-aligned.
-            let table = scratch.next_multiple_of(8);
+        self.with_scratch(2 * channels + 3, |scratch| {
+            // 16-byte aligned, past up to 3 floats (the emulator's scratch is only f32-aligned):
+            // the 1×1 forward's pipeline copies the table two channels per 16-byte cp.async.
+            let table = scratch.next_multiple_of(16);
             let cfg = LaunchCfg::per_element::<128>(channels);
             // SAFETY: the four vectors cover `channels` floats (the caller's check); the table's
-            // 2·channels floats fit the scratch requested, past the alignment float.
+            // 2·channels floats fit the scratch requested, past the alignment floats.
             unsafe { self.device.launch("bn_affine_f32", cfg, &p, &[mean, var, gamma, beta, table]) }?;
             enqueue(table)
         })
