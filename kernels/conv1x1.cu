@@ -59,8 +59,9 @@ __device__ void bn_relu_conv1x1_fwd(const Conv1x1Params p, const T* x, const BnT
                                     const float* w, T* z) {
     const BnReluSource<T, BnTable> src{x, p.pixels, p.cin, p.ld_x, bn};
     if constexpr (Math::kPipelined) {
-        __shared__ PipelinedSmem<T, typename Math::Ops> s;
-        if (dn_pipelined_fwd_fits(x, p.ld_x, w, p.cin, bn.ab))
+        __shared__ PipelinedSmem<FwdStage<T, typename Math::Ops>> s;
+        if (dn_rows_vec4(x, p.ld_x) && dn_rows_vec4(w, p.cin) &&
+            reinterpret_cast<size_t>(bn.ab) % 16 == 0)
             dn_pipelined_fwd<Math>(s, x, p.ld_x, p.pixels, p.cin, bn.ab, w, p.cout, z, p.ld_z);
         else
             dn_fused_gemm_fwd<Math>(s.plain, src, p.pixels, p.cin, w, p.cout, z, p.ld_z);

@@ -16,8 +16,9 @@
 //     Reduction steps of kTileK = 16.
 //   * Shared memory holds both operand tiles k-major (a[k][m], b[k][n]), double-buffered: the
 //     loaders fetch step s + 1 from global memory into registers while step s is multiplied, then
-//     store it into the other buffer; one barrier per step. (The tensor-core 1×1 forward has a
-//     cp.async pipeline instead where its rows are aligned: "The pipelined forward" below.)
+//     store it into the other buffer; one barrier per step. (The tensor-core forwards of the 1×1
+//     convolution and the data gradients have cp.async pipelines instead where their rows are
+//     aligned: "cp.async pipelines" below.)
 //   * Loaders. An operand whose global rows run along the reduction index (x and W in the
 //     forward, dOut in dgrad: K-contiguous) is read in groups of 4 consecutive elements, one
 //     128-bit load each (64-bit for bf16) where the matrix's start and pitch are multiples of 4
@@ -92,10 +93,12 @@ struct GemmOperands {
     float b[2][kTileK][kSmemPitch];
 };
 
-// The operand buffers, and the accumulator tile the epilogue reads once they are free.
+// The operand buffers, the accumulator tile the epilogue reads once they are free, and the data
+// gradient's per-thread channel sums, combined after its last tile.
 union __align__(16) GemmSmem {
     GemmOperands op;
     float c[kTileM][kSmemPitch];
+    double totals[2][kEpiRowThreads][kTileN];
 };
 
 __device__ __forceinline__ unsigned int dn_ceil_div(unsigned int a, unsigned int b) {
@@ -356,7 +359,7 @@ __device__ __forceinline__ int dn_micro_col() { return threadIdx.x % (kTileN / k
 
 // Exact f32: each thread's kMicro × kMicro register tile, 16 FFMA per reduction index.
 struct SimtF32 {
-    // Stages its operands through registers (dn_gemm_mainloop) in every forward.
+    // Stages its operands through registers (dn_gemm_mainloop) everywhere.
     static constexpr bool kPipelined = false;
     // The launch bounds' minimum of resident blocks: 0 leaves the register budget to ptxas,
     // which keeps these kernels at ≤ 65 registers without spilling.
@@ -403,7 +406,7 @@ struct MmaGemm {
     static constexpr int kFragsM = kWarpM / 16, kFragsN = kWarpN / 8;
     static_assert((kTileM / kWarpM) * kWarpsN * 32 == kGemmThreads, "one warp tile per warp");
     static constexpr int kMinBlocks = MinBlocks;
-    // The 1×1 forward runs the cp.async pipeline (dn_pipelined_fwd) where alignment allows.
+    // The forward and data gradient run the cp.async pipelines where alignment allows.
     static constexpr bool kPipelined = true;
     using Ops = Operands;
 
@@ -420,11 +423,13 @@ struct MmaGemm {
         Operands::template tile<kFragsM, kFragsN, kTileK>(a, b, warp_row(), warp_col(), acc.v);
     }
 
-    // acc += relu(a⊙X + b)·Wᵀ over a stage of the pipelined forward (X, W and ab as staged).
-    template <typename T, int LDX, int LDW>
-    __device__ static void multiply_rows(const T (*x)[LDX], const float2* ab, const float (*w)[LDW],
+    // acc += pro(X)·B over a stage of the cp.async pipelines (X, W as staged; B = Wᵀ when
+    // kBRowsN).
+    template <bool kBRowsN, typename T, class Pro, int LDX, int LDW>
+    __device__ static void multiply_rows(const T (*x)[LDX], const Pro& pro, const float (*w)[LDW],
                                          Acc& acc) {
-        Operands::template rows_tile<kFragsM, kFragsN, kTileK>(x, ab, w, warp_row(), warp_col(), acc.v);
+        Operands::template rows_tile<kFragsM, kFragsN, kTileK, kBRowsN>(x, pro, w, warp_row(),
+                                                                        warp_col(), acc.v);
     }
 
     __device__ static void stage(float (*c)[kSmemPitch], const Acc& acc) {
@@ -517,123 +522,163 @@ __device__ void dn_fused_gemm_fwd(GemmSmem& s, const Src& src, unsigned int rows
     dn_store_fwd_tile(s, m0, n0, rows, cout, out, ld_out);
 }
 
-// ---- The pipelined forward: relu(a⊙x + b)·Wᵀ on tensor cores, staged by cp.async -------------
+// ---- cp.async pipelines (tensor cores): the forward and the data gradient ---------------------
 // The register-staged main loop above has one step in flight, and its transposing loads tie up
-// registers. Here the raw rows of x and W and the step's (a, b) go global → shared with cp.async,
-// kStages − 1 steps ahead, in the rows' own layout (x[m][k], W[n][k]: what the tensor cores'
-// row.col fragments read), and the BN-ReLU is applied between shared memory and the fragments
-// (mma_tile.cuh, dn_mma_bn_relu_rows_<type>). It needs x's and W's rows to start on 4-element
-// boundaries and (a, b) on 16 bytes (dn_pipelined_fwd_fits, uniform per launch); the kernel falls
-// back to dn_fused_gemm_fwd otherwise. Same tiles, warp tiles and staged epilogue, so its
-// output is bit for bit the fallback's.
+// registers. The tensor-core forward and data gradient instead copy the raw rows of their
+// operands (and the forward's per-step (a, b)) global → shared with cp.async, kStages − 1 steps
+// ahead, in the rows' own layout — x or dOut as [m][k], W as [n][k] (forward) or [k][n] (data
+// gradient) — which the mma fragments read directly; the forward's BN-ReLU is applied between
+// shared memory and the fragments (mma_tile.cuh, dn_mma_rows_<type>). They need the rows to
+// start on 4-element boundaries and the forward's (a, b) on 16 bytes (uniform per launch), and
+// fall back to the register-staged loop otherwise. Same tiles, warp tiles and staged epilogues,
+// so their outputs are bit for bit the fallback's.
 
 constexpr int kStages = 3;
 
-// One step of the pipeline: 64 rows × 16 channels of x and of W, and the channels' (a, b).
-// x's pitch, 20 floats (80 B) or 24 bf16 (48 B), keeps rows 16-byte aligned (cp.async,
-// ldmatrix) and makes a warp's fragment reads — 8 rows × 4 consecutive words, or ldmatrix's
-// 8 rows of 16 B — hit distinct banks. W's pitch is the Operands' (mma_tile.cuh).
+// Padding of a staged [m][k] activation row of T: 20 floats (80 B) or 24 bf16 (48 B) keep rows
+// 16-byte aligned (cp.async, ldmatrix) and make a warp's fragment reads — 8 rows × 4
+// consecutive words, or ldmatrix's 8 rows of 16 B — hit distinct banks.
+template <typename T>
+constexpr int kRowPad = sizeof(T) == 4 ? 4 : 8;
+
+// A forward step: 64 rows × 16 channels of x and of W, and the channels' (a, b).
 template <typename T, class Operands>
-struct __align__(16) PipelinedStage {
-    T x[kTileM][sizeof(T) == 4 ? kTileK + 4 : kTileK + 8];
-    float w[kTileN][Operands::kRowsPitchW];
+struct __align__(16) FwdStage {
+    T x[kTileM][kTileK + kRowPad<T>];
+    float w[kTileN][kTileK + Operands::kRowsPadW];
     float2 ab[kTileK];
+};
+
+// A data-gradient step: 64 rows × 16 output channels of dOut, 16 rows × 64 channels of W.
+template <typename T, class Operands>
+struct __align__(16) DgradStage {
+    T x[kTileM][kTileK + kRowPad<T>];
+    float w[kTileK][kTileN + Operands::kColsPadW];
 };
 
 // The stages, the accumulator tile the epilogue stages once they are free, and the fallback's
 // buffers, all in one place.
-template <typename T, class Operands>
+template <class Stage>
 union __align__(16) PipelinedSmem {
-    PipelinedStage<T, Operands> st[kStages];
+    Stage st[kStages];
     GemmSmem plain;
 };
 
-// Whether the pipelined forward can read x (pitch ld_x), W (cout × cin) and the BN table.
-template <typename T>
-__device__ __forceinline__ bool dn_pipelined_fwd_fits(const T* x, unsigned int ld_x, const float* w,
-                                                      unsigned int cin, const float2* ab) {
-    return dn_rows_vec4(x, ld_x) && dn_rows_vec4(w, cin) && reinterpret_cast<size_t>(ab) % 16 == 0;
-}
-
-// Four consecutive elements, global → shared, as one cp.async: 16 bytes for f32, 8 for bf16.
-__device__ __forceinline__ void dn_cp_async_vec4(float* s, const float* g) { dn_cp_async_16(s, g); }
-__device__ __forceinline__ void dn_cp_async_vec4(dn_bf16* s, const dn_bf16* g) { dn_cp_async_8(s, g); }
-
-// Elements c .. c + 3 of the row at q (valid: the row exists) into s: one cp.async when they all
-// lie inside the row's `cols`, else plain stores, 0 outside; every staged element is defined.
-template <typename T>
-__device__ __forceinline__ void dn_stage_group(T* s, const T* q, bool valid, unsigned int c,
-                                               unsigned int cols) {
-    if (valid && c + 4 <= cols) {
-        dn_cp_async_vec4(s, q + c);
-        return;
-    }
-#pragma unroll
-    for (int e = 0; e < 4; ++e) s[e] = static_cast<T>(valid && c + e < cols ? static_cast<float>(q[c + e]) : 0.0f);
-}
-
-// Issues step k0 / kTileK into stage st: thread t stages group t mod 4 of row t / 4 of x
-// (rows m0..) and of W (rows n0..); threads 0–7 a pair of (a, b) each, (0, 0) past cin, so that
-// a missing channel is relu(0·0 + 0) = 0. Rows past `rows` are staged as 0 too; their outputs
-// are never stored.
-template <typename T, class Operands>
-__device__ __forceinline__ void dn_issue_fwd_stage(PipelinedStage<T, Operands>& st, const T* x,
-                                                   unsigned int ld_x, unsigned int rows,
-                                                   const float* w, unsigned int cout,
-                                                   const float2* ab, unsigned int cin,
-                                                   unsigned int m0, unsigned int n0,
-                                                   unsigned int k0) {
-    const unsigned int r = threadIdx.x / kGroupsPerRow, g = kLoads * (threadIdx.x % kGroupsPerRow);
-    const bool x_row = m0 + r < rows, w_row = n0 + r < cout;
-    dn_stage_group(&st.x[r][g], x_row ? x + dn_at(m0 + r, 0, ld_x) : x, x_row, k0 + g, cin);
-    dn_stage_group(&st.w[r][g], w_row ? w + dn_at(n0 + r, 0, cin) : w, w_row, k0 + g, cin);
-    if (threadIdx.x < kTileK / 2) {
-        const unsigned int j = 2 * threadIdx.x, c = k0 + j;
-        if (c + 2 <= cin) {
-            dn_cp_async_16(&st.ab[j], ab + c);
-        } else {
-            st.ab[j] = c < cin ? ab[c] : make_float2(0.0f, 0.0f);
-            st.ab[j + 1] = make_float2(0.0f, 0.0f);
-        }
-    }
-}
-
-// out = relu(a⊙x + b)·Wᵀ as dn_fused_gemm_fwd computes it over BnReluSource (x rows × cin,
-// pitch ld_x; W cout × cin; ab the BN table). Step i + kStages − 1 is issued while step i is
-// multiplied; one barrier a step.
-template <class Math, typename T>
-__device__ void dn_pipelined_fwd(PipelinedSmem<T, typename Math::Ops>& s, const T* __restrict__ x,
-                                 unsigned int ld_x, unsigned int rows, unsigned int cin,
-                                 const float2* __restrict__ ab, const float* __restrict__ w,
-                                 unsigned int cout, T* __restrict__ out, unsigned int ld_out) {
-    const unsigned int m0 = blockIdx.x * kTileM, n0 = blockIdx.y * kTileN;
-    const unsigned int steps = dn_ceil_div(cin, kTileK);
-    // Every call commits a group, empty past the last step, so that the wait below counts
-    // steps.
-    auto issue = [&](unsigned int step) {
-        if (step < steps)
-            dn_issue_fwd_stage(s.st[step % kStages], x, ld_x, rows, w, cout, ab, cin, m0, n0, step * kTileK);
+// Runs `steps` reduction steps through the stages: issue(stage, step) starts one step's copies,
+// multiply(stage) consumes one; step i + kStages − 1 is issued while step i is multiplied, one
+// barrier a step. Ends with a barrier after which the stages are free.
+template <class Stage, class Issue, class Multiply>
+__device__ __forceinline__ void dn_cp_async_pipeline(Stage (&st)[kStages], unsigned int steps,
+                                                     Issue issue, Multiply multiply) {
+    // Every call commits a group, empty past the last step, so that the wait counts steps.
+    auto next = [&](unsigned int step) {
+        if (step < steps) issue(st[step % kStages], step);
         dn_cp_async_commit();
     };
 #pragma unroll
-    for (int i = 0; i < kStages - 1; ++i) issue(i);
-    typename Math::Acc acc = {};
+    for (int i = 0; i < kStages - 1; ++i) next(i);
     for (unsigned int i = 0; i < steps; ++i) {
         // This thread's copies of step i have landed (at most the kStages − 2 newer groups are
         // pending); the barrier makes every thread's visible, and ends the reads of step i − 1,
         // whose stage the next issue refills.
         dn_cp_async_wait<kStages - 2>();
         __syncthreads();
-        issue(i + kStages - 1);
-        const PipelinedStage<T, typename Math::Ops>& st = s.st[i % kStages];
-        Math::multiply_rows(st.x, st.ab, st.w, acc);
+        next(i + kStages - 1);
+        multiply(st[i % kStages]);
     }
-    // Only empty groups can still be pending; the barrier ends the stages' reads before s.plain.c
-    // overwrites them.
+    // Only empty groups can still be pending.
     dn_cp_async_wait<0>();
     __syncthreads();
+}
+
+// Four consecutive elements, global → shared, as one cp.async: 16 bytes for f32, 8 for bf16.
+__device__ __forceinline__ void dn_cp_async_vec4(float* s, const float* g) { dn_cp_async_16(s, g); }
+__device__ __forceinline__ void dn_cp_async_vec4(dn_bf16* s, const dn_bf16* g) { dn_cp_async_8(s, g); }
+
+// Elements c .. c + 3 of row r of a matrix at p (pitch ld; valid: the row exists) into s: one
+// cp.async when they all lie inside the row's `cols`, else plain stores, 0 outside; every
+// staged element is defined.
+template <typename T>
+__device__ __forceinline__ void dn_stage_group(T* s, const T* p, unsigned int ld, unsigned int r,
+                                               bool valid, unsigned int c, unsigned int cols) {
+    if (valid && c + 4 <= cols) {
+        dn_cp_async_vec4(s, p + dn_at(r, c, ld));
+        return;
+    }
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+        s[e] = static_cast<T>(valid && c + e < cols ? static_cast<float>(p[dn_at(r, c + e, ld)]) : 0.0f);
+}
+
+// Rows m0.. of a rows × cols matrix at p (pitch ld), columns k0 .. k0 + 15, into x[64][·]:
+// thread t stages group t mod 4 of row t / 4. Rows past `rows` are staged as 0; their outputs
+// are never stored.
+template <typename T, int LD>
+__device__ __forceinline__ void dn_stage_rows(T (*x)[LD], const T* p, unsigned int ld,
+                                             unsigned int rows, unsigned int cols, unsigned int m0,
+                                             unsigned int k0) {
+    const unsigned int r = threadIdx.x / kGroupsPerRow, g = kLoads * (threadIdx.x % kGroupsPerRow);
+    dn_stage_group(x[r] + g, p, ld, m0 + r, m0 + r < rows, k0 + g, cols);
+}
+
+// out = relu(a⊙x + b)·Wᵀ as dn_fused_gemm_fwd computes it over BnReluSource (x rows × cin,
+// pitch ld_x; W cout × cin; ab the BN table, 16-byte aligned).
+template <class Math, typename T>
+__device__ void dn_pipelined_fwd(PipelinedSmem<FwdStage<T, typename Math::Ops>>& s,
+                                 const T* __restrict__ x, unsigned int ld_x, unsigned int rows,
+                                 unsigned int cin, const float2* __restrict__ ab,
+                                 const float* __restrict__ w, unsigned int cout,
+                                 T* __restrict__ out, unsigned int ld_out) {
+    using Stage = FwdStage<T, typename Math::Ops>;
+    const unsigned int m0 = blockIdx.x * kTileM, n0 = blockIdx.y * kTileN;
+    typename Math::Acc acc = {};
+    // Threads 0–7 stage a pair of (a, b) each, (0, 0) past cin, so that a missing channel is
+    // relu(0·0 + 0) = 0.
+    auto issue = [&](Stage& st, unsigned int step) {
+        const unsigned int k0 = step * kTileK;
+        dn_stage_rows(st.x, x, ld_x, rows, cin, m0, k0);
+        dn_stage_rows(st.w, w, cin, cout, cin, n0, k0);
+        if (threadIdx.x < kTileK / 2) {
+            const unsigned int j = 2 * threadIdx.x, c = k0 + j;
+            if (c + 2 <= cin) {
+                dn_cp_async_16(&st.ab[j], ab + c);
+            } else {
+                st.ab[j] = c < cin ? ab[c] : make_float2(0.0f, 0.0f);
+                st.ab[j + 1] = make_float2(0.0f, 0.0f);
+            }
+        }
+    };
+    auto multiply = [&](const Stage& st) {
+        Math::template multiply_rows<true>(st.x, BnReluA{st.ab}, st.w, acc);
+    };
+    dn_cp_async_pipeline(s.st, dn_ceil_div(cin, kTileK), issue, multiply);
     dn_stage_accumulators<Math>(s.plain, acc);
     dn_store_fwd_tile(s.plain, m0, n0, rows, cout, out, ld_out);
+}
+
+// acc = dOut[m0.., ·] · W[·, n0..] for one data-gradient tile, as dn_fused_gemm_dgrad's
+// register-staged loop computes it (dOut rows × cout, pitch ld_dout; W cout × cin). Thread t
+// stages dOut's group t mod 4 of row t / 4 and W's group t mod 16 of row t / 16. Ends with a
+// barrier after which s.plain is free.
+template <class Math, typename T>
+__device__ void dn_pipelined_dgrad_tile(PipelinedSmem<DgradStage<T, typename Math::Ops>>& s,
+                                        const T* __restrict__ dout, unsigned int rows,
+                                        unsigned int ld_dout, const float* __restrict__ w,
+                                        unsigned int cout, unsigned int cin, unsigned int m0,
+                                        unsigned int n0, typename Math::Acc& acc) {
+    using Stage = DgradStage<T, typename Math::Ops>;
+    constexpr unsigned int kGroupsW = kTileN / kLoads;
+    static_assert(kTileK * kGroupsW == kGemmThreads, "one group of W a thread");
+    auto issue = [&](Stage& st, unsigned int step) {
+        const unsigned int k0 = step * kTileK;
+        dn_stage_rows(st.x, dout, ld_dout, rows, cout, m0, k0);
+        const unsigned int r = threadIdx.x / kGroupsW, g = kLoads * (threadIdx.x % kGroupsW);
+        dn_stage_group(st.w[r] + g, w, cin, k0 + r, k0 + r < cout, n0 + g, cin);
+    };
+    auto multiply = [&](const Stage& st) {
+        Math::template multiply_rows<false>(st.x, RawA{}, st.w, acc);
+    };
+    dn_cp_async_pipeline(s.st, dn_ceil_div(cout, kTileK), issue, multiply);
 }
 
 // Weight gradient: dw[n][c] += Σ_r dout[r][n]·src(r, c) over the rows, dw dense cout × cin.
@@ -698,14 +743,11 @@ __device__ __forceinline__ float dn_masked_grad(const BnChannel& k, float x, flo
 // each element goes to epi.apply(k, r, c, gpre, s1, s2), which stores the input gradient of row
 // r, channel c and adds to the thread's sums. The block's [Σg | Σg·x̂] go to `sums` (one run)
 // or, as doubles, to partials[y·2·cin + c] and [y·2·cin + cin + c] for dn_tile_sums_finish.
-template <class Math, typename T, class Epi>
-__device__ void dn_fused_gemm_dgrad(const Epi& epi, const T* __restrict__ dout, unsigned int rows,
-                                    unsigned int ld_dout, const float* __restrict__ w,
-                                    unsigned int cout, unsigned int cin, unsigned int splits,
-                                    unsigned int run, float* __restrict__ sums,
-                                    double* __restrict__ partials) {
-    __shared__ GemmSmem s;
-    __shared__ double totals[2][kEpiRowThreads][kTileN];
+// mainloop(m0, n0, acc) computes a tile's gpre into acc and ends with a barrier.
+template <class Math, class Epi, class Mainloop>
+__device__ void dn_dgrad_tiles(GemmSmem& s, const Epi& epi, unsigned int rows, unsigned int cin,
+                               unsigned int splits, unsigned int run, float* __restrict__ sums,
+                               double* __restrict__ partials, Mainloop mainloop) {
     const unsigned int n0 = blockIdx.x * kTileN;
     const unsigned int c = n0 + dn_epi_col();
     const BnChannel k = epi.channel(c);
@@ -714,10 +756,8 @@ __device__ void dn_fused_gemm_dgrad(const Epi& epi, const T* __restrict__ dout, 
     double s1 = 0.0, s2 = 0.0;
     for (unsigned int tile = first; tile < last; ++tile) {
         const unsigned int m0 = tile * kTileM;
-        TransposingLoader<PlainSource<T>> la(PlainSource<T>{dout, rows, cout, ld_dout}, m0);
-        DirectLoader<PlainSource<float>> lb(PlainSource<float>{w, cout, cin, cin}, n0);
         typename Math::Acc acc = {};
-        dn_gemm_mainloop<Math>(s, la, lb, 0, dn_ceil_div(cout, kTileK), acc);
+        mainloop(m0, n0, acc);
         dn_stage_accumulators<Math>(s, acc);
         // f32 over one tile's rows (at most 16 pixels, 144 for the transition), double beyond.
         float t1 = 0.0f, t2 = 0.0f;
@@ -733,14 +773,15 @@ __device__ void dn_fused_gemm_dgrad(const Epi& epi, const T* __restrict__ dout, 
         // s.c is read before the next tile's operands overwrite it.
         __syncthreads();
     }
-    totals[0][threadIdx.x / kTileN][dn_epi_col()] = s1;
-    totals[1][threadIdx.x / kTileN][dn_epi_col()] = s2;
+    // The last tile ended with a barrier (and without tiles nothing touched s).
+    s.totals[0][threadIdx.x / kTileN][dn_epi_col()] = s1;
+    s.totals[1][threadIdx.x / kTileN][dn_epi_col()] = s2;
     __syncthreads();
     // Threads 0–63 total Σg, threads 64–127 Σg·x̂, of channel n0 + t mod 64.
     const unsigned int which = threadIdx.x / kTileN;
     if (which < 2 && c < cin) {
         double total = 0.0;
-        for (int i = 0; i < kEpiRowThreads; ++i) total += totals[which][i][dn_epi_col()];
+        for (int i = 0; i < kEpiRowThreads; ++i) total += s.totals[which][i][dn_epi_col()];
         if (splits == 1)
             sums[which * cin + c] = static_cast<float>(total);
         else
@@ -748,3 +789,43 @@ __device__ void dn_fused_gemm_dgrad(const Epi& epi, const T* __restrict__ dout, 
     }
 }
 
+// The tile loop with the register-staged main loop.
+template <class Math, typename T, class Epi>
+__device__ void dn_dgrad_tiles_staged(GemmSmem& s, const Epi& epi, const T* __restrict__ dout,
+                                      unsigned int rows, unsigned int ld_dout,
+                                      const float* __restrict__ w, unsigned int cout,
+                                      unsigned int cin, unsigned int splits, unsigned int run,
+                                      float* __restrict__ sums, double* __restrict__ partials) {
+    dn_dgrad_tiles<Math>(s, epi, rows, cin, splits, run, sums, partials,
+                         [&](unsigned int m0, unsigned int n0, typename Math::Acc& acc) {
+                             TransposingLoader<PlainSource<T>> la(PlainSource<T>{dout, rows, cout, ld_dout}, m0);
+                             DirectLoader<PlainSource<float>> lb(PlainSource<float>{w, cout, cin, cin}, n0);
+                             dn_gemm_mainloop<Math>(s, la, lb, 0, dn_ceil_div(cout, kTileK), acc);
+                         });
+}
+
+// The data gradient above: tensor cores through the cp.async pipeline where dOut's and W's rows
+// allow it, the register-staged main loop otherwise.
+template <class Math, typename T, class Epi>
+__device__ void dn_fused_gemm_dgrad(const Epi& epi, const T* __restrict__ dout, unsigned int rows,
+                                    unsigned int ld_dout, const float* __restrict__ w,
+                                    unsigned int cout, unsigned int cin, unsigned int splits,
+                                    unsigned int run, float* __restrict__ sums,
+                                    double* __restrict__ partials) {
+    if constexpr (Math::kPipelined) {
+        __shared__ PipelinedSmem<DgradStage<T, typename Math::Ops>> s;
+        if (dn_rows_vec4(dout, ld_dout) && dn_rows_vec4(w, cin))
+            dn_dgrad_tiles<Math>(s.plain, epi, rows, cin, splits, run, sums, partials,
+                                 [&](unsigned int m0, unsigned int n0, typename Math::Acc& acc) {
+                                     dn_pipelined_dgrad_tile<Math>(s, dout, rows, ld_dout, w, cout,
+                                                                   cin, m0, n0, acc);
+                                 });
+        else
+            dn_dgrad_tiles_staged<Math>(s.plain, epi, dout, rows, ld_dout, w, cout, cin, splits,
+                                        run, sums, partials);
+    } else {
+        __shared__ GemmSmem s;
+        dn_dgrad_tiles_staged<Math>(s, epi, dout, rows, ld_dout, w, cout, cin, splits, run, sums,
+                                    partials);
+    }
+}

@@ -3,7 +3,7 @@
 // conv.cu) stages its operands in for its exact f32 register tiles, so that their tf32 and bf16
 // kernels keep those loaders, masks and epilogues and change only the multiply; and the same
 // multiply on operands staged row-major along the reduction with a BN-ReLU applied to A as its
-// fragments are read (dn_mma_bn_relu_rows_<type>), for the 1×1 forward's cp.async pipeline.
+// fragments are read (dn_mma_rows_<type>), for the cp.async pipelines of fused_gemm.cuh.
 //
 // The warp's tile is 16·FM rows × 8·FN columns of mma tiles (m16n8k8 tf32, m16n8k16 bf16, whose
 // C fragments are laid out alike). A lane's accumulators are
@@ -109,85 +109,117 @@ __device__ __forceinline__ void dn_mma_tile_bf16(const float (*a)[LDA], const fl
     }
 }
 
-// ---- Operands staged along the reduction, with a BN-ReLU on A ---------------------------------
-// The layout a cp.async pipeline stages: the operands' global rows as they are, A as x[m][k]
-// (raw activations: pixel m, channel k) and B as w[n][k] (W's cout × cin rows), plus the step's
-// per-channel BN affine ab[k]. A's elements become relu(ab[k].x·x + ab[k].y) in registers,
-// between shared memory and the fragments, rounded as dn_bn_relu rounds them everywhere, so the
-// fragments are bit for bit those dn_mma_tile_<type> reads from a k-major tile of BN-ReLU'd
+// ---- Operands staged along the reduction (the cp.async pipelines' layout) --------------------
+// The layout a cp.async pipeline stages: global rows as they are. A is x[m][k] (pixel m,
+// reduction index k), B either w[n][k] (kBRowsN: W's cout × cin rows, the forward) or w[k][n]
+// (W's rows along the outputs, the data gradient). The A prologue (RawA, BnReluA) is applied in
+// registers, between shared memory and the fragments, rounded as everywhere else, so the
+// fragments are bit for bit those dn_mma_tile_<type> reads from a k-major tile of the same
 // values. Every lane of the warp must call them.
 
 __device__ __forceinline__ float dn_bn_relu_ab(float2 ab, float x) {
     return dn_relu(dn_affine(ab.x, x, ab.y));
 }
 
+// A as staged.
+struct RawA {
+    static constexpr bool kRaw = true;
+    struct Channel {};
+    __device__ Channel channel(int) const { return {}; }
+    __device__ static float apply(Channel, float v) { return v; }
+};
+
+// A through its channel's BN-ReLU; ab holds the stage's (a, b), one per reduction index.
+struct BnReluA {
+    static constexpr bool kRaw = false;
+    using Channel = float2;
+    const float2* ab;
+    __device__ Channel channel(int k) const { return ab[k]; }
+    __device__ static float apply(Channel c, float v) { return dn_bn_relu_ab(c, v); }
+};
+
+// Element B(k, n) of a staged W.
+template <bool kBRowsN, int LDW>
+__device__ __forceinline__ float dn_staged_b(const float (*w)[LDW], int k, int n) {
+    return kBRowsN ? w[n][k] : w[k][n];
+}
+
 // TF32 (m16n8k8): lane (g, t) reads x[m][k + t] and x[m][k + t + 4] for its A registers (rows
-// m = g, g + 8 of each mma tile) and w[n][k + t], w[n][k + t + 4] for B, two BN affines a slice.
-template <int FM, int FN, int K, int LDX, int LDW>
-__device__ __forceinline__ void dn_mma_bn_relu_rows_tf32(const float (*x)[LDX], const float2* ab,
-                                                         const float (*w)[LDW], int m0, int n0,
-                                                         float (&acc)[2 * FM][2 * FN]) {
+// m = g, g + 8 of each mma tile) and B(k + t, n), B(k + t + 4, n), two A channels a slice.
+template <int FM, int FN, int K, bool kBRowsN, class Pro, int LDX, int LDW>
+__device__ __forceinline__ void dn_mma_rows_tf32(const float (*x)[LDX], const Pro& pro,
+                                                 const float (*w)[LDW], int m0, int n0,
+                                                 float (&acc)[2 * FM][2 * FN]) {
     static_assert(K % 8 == 0, "a stage is whole k8 slices");
     const int g = static_cast<int>(threadIdx.x % 32 / 4), t = static_cast<int>(threadIdx.x % 4);
 #pragma unroll
     for (int k = 0; k < K; k += 8) {
         const int k1 = k + t, k2 = k + t + 4;
-        const float2 ab1 = ab[k1], ab2 = ab[k2];
+        const typename Pro::Channel c1 = pro.channel(k1), c2 = pro.channel(k2);
         unsigned bf[FN][2];
 #pragma unroll
         for (int j = 0; j < FN; ++j) {
             const int n = n0 + 8 * j + g;
-            bf[j][0] = dn_cvt_tf32(w[n][k1]);
-            bf[j][1] = dn_cvt_tf32(w[n][k2]);
+            bf[j][0] = dn_cvt_tf32(dn_staged_b<kBRowsN>(w, k1, n));
+            bf[j][1] = dn_cvt_tf32(dn_staged_b<kBRowsN>(w, k2, n));
         }
 #pragma unroll
         for (int i = 0; i < FM; ++i) {
             const int m = m0 + 16 * i + g;
-            const unsigned af[4] = {dn_cvt_tf32(dn_bn_relu_ab(ab1, x[m][k1])),
-                                    dn_cvt_tf32(dn_bn_relu_ab(ab1, x[m + 8][k1])),
-                                    dn_cvt_tf32(dn_bn_relu_ab(ab2, x[m][k2])),
-                                    dn_cvt_tf32(dn_bn_relu_ab(ab2, x[m + 8][k2]))};
+            const unsigned af[4] = {dn_cvt_tf32(Pro::apply(c1, x[m][k1])),
+                                    dn_cvt_tf32(Pro::apply(c1, x[m + 8][k1])),
+                                    dn_cvt_tf32(Pro::apply(c2, x[m][k2])),
+                                    dn_cvt_tf32(Pro::apply(c2, x[m + 8][k2]))};
 #pragma unroll
             for (int j = 0; j < FN; ++j) dn_mma_acc<false>(acc, i, j, af, bf[j]);
         }
     }
 }
 
-// Two bf16 of x (lo in the low half) through their channels' BN-ReLU, repacked as bf16.
-__device__ __forceinline__ unsigned dn_bn_relu_bf16x2(unsigned u, float2 lo, float2 hi) {
-    return dn_pack_bf16x2(dn_bn_relu_ab(lo, __uint_as_float(u << 16)),
-                          dn_bn_relu_ab(hi, __uint_as_float(u & 0xffff0000u)));
+// Two bf16 of x (lo in the low half) through their channels' prologue, repacked as bf16.
+template <class Pro>
+__device__ __forceinline__ unsigned dn_apply_bf16x2(unsigned u, typename Pro::Channel lo,
+                                                    typename Pro::Channel hi) {
+    return dn_pack_bf16x2(Pro::apply(lo, __uint_as_float(u << 16)),
+                          Pro::apply(hi, __uint_as_float(u & 0xffff0000u)));
 }
 
-// BF16 (m16n8k16): each mma tile's A fragment is one ldmatrix.x4 of the 16 × 16 raw tile (lane
-// l: row l % 16, columns 8·(l / 16) ..; rows 16-byte aligned), whose registers hold channel
-// pairs (2t, 2t + 1) and (2t + 8, 2t + 9); B pairs w[n][2t], w[n][2t + 1] and 8 further on.
-template <int FM, int FN, int K, int LDX, int LDW>
-__device__ __forceinline__ void dn_mma_bn_relu_rows_bf16(const dn_bf16 (*x)[LDX], const float2* ab,
-                                                         const float (*w)[LDW], int m0, int n0,
-                                                         float (&acc)[2 * FM][2 * FN]) {
+// BF16 (m16n8k16): each mma tile's A fragment is one ldmatrix.x4 of the 16 × 16 staged tile
+// (lane l: row l % 16, columns 8·(l / 16) ..; rows 16-byte aligned), whose registers hold
+// reduction pairs (2t, 2t + 1) and (2t + 8, 2t + 9), used as loaded for RawA; B pairs
+// B(2t, n), B(2t + 1, n) and 8 further on.
+template <int FM, int FN, int K, bool kBRowsN, class Pro, int LDX, int LDW>
+__device__ __forceinline__ void dn_mma_rows_bf16(const dn_bf16 (*x)[LDX], const Pro& pro,
+                                                 const float (*w)[LDW], int m0, int n0,
+                                                 float (&acc)[2 * FM][2 * FN]) {
     static_assert(K % 16 == 0, "a stage is whole k16 slices");
     const int lane = static_cast<int>(threadIdx.x % 32);
     const int g = lane / 4, t = lane % 4;
 #pragma unroll
     for (int k = 0; k < K; k += 16) {
         const int k0 = k + 2 * t;
-        const float2 ab0 = ab[k0], ab1 = ab[k0 + 1], ab8 = ab[k0 + 8], ab9 = ab[k0 + 9];
+        const typename Pro::Channel c0 = pro.channel(k0), c1 = pro.channel(k0 + 1);
+        const typename Pro::Channel c8 = pro.channel(k0 + 8), c9 = pro.channel(k0 + 9);
         unsigned bf[FN][2];
 #pragma unroll
         for (int j = 0; j < FN; ++j) {
-            const float* wn = w[n0 + 8 * j + g];
-            bf[j][0] = dn_pack_bf16x2(wn[k0], wn[k0 + 1]);
-            bf[j][1] = dn_pack_bf16x2(wn[k0 + 8], wn[k0 + 9]);
+            const int n = n0 + 8 * j + g;
+            bf[j][0] = dn_pack_bf16x2(dn_staged_b<kBRowsN>(w, k0, n), dn_staged_b<kBRowsN>(w, k0 + 1, n));
+            bf[j][1] = dn_pack_bf16x2(dn_staged_b<kBRowsN>(w, k0 + 8, n),
+                                      dn_staged_b<kBRowsN>(w, k0 + 9, n));
         }
 #pragma unroll
         for (int i = 0; i < FM; ++i) {
             unsigned r[4];
             dn_ldmatrix_x4(r, &x[m0 + 16 * i + lane % 16][k + 8 * (lane / 16)]);
-            const unsigned af[4] = {dn_bn_relu_bf16x2(r[0], ab0, ab1), dn_bn_relu_bf16x2(r[1], ab0, ab1),
-                                    dn_bn_relu_bf16x2(r[2], ab8, ab9), dn_bn_relu_bf16x2(r[3], ab8, ab9)};
+            if constexpr (!Pro::kRaw) {
+                r[0] = dn_apply_bf16x2<Pro>(r[0], c0, c1);
+                r[1] = dn_apply_bf16x2<Pro>(r[1], c0, c1);
+                r[2] = dn_apply_bf16x2<Pro>(r[2], c8, c9);
+                r[3] = dn_apply_bf16x2<Pro>(r[3], c8, c9);
+            }
 #pragma unroll
-            for (int j = 0; j < FN; ++j) dn_mma_acc<true>(acc, i, j, af, bf[j]);
+            for (int j = 0; j < FN; ++j) dn_mma_acc<true>(acc, i, j, r, bf[j]);
         }
     }
 }
@@ -202,12 +234,14 @@ struct Tf32Operands {
                                 float (&acc)[2 * FM][2 * FN]) {
         dn_mma_tile_tf32<FM, FN, K, LDA, LDB>(a, b, m0, n0, acc);
     }
-    // Staged W rows: 20 floats, so a warp's B reads (8 rows × 4 consecutive floats) hit 32 banks.
-    static constexpr int kRowsPitchW = 20;
-    template <int FM, int FN, int K, int LDX, int LDW>
-    __device__ static void rows_tile(const float (*x)[LDX], const float2* ab, const float (*w)[LDW],
+    // Padding of staged W rows (16 or 64 floats wide), so that a warp's B reads hit 32 banks:
+    // w[n][k] 20 floats (8 rows × 4 consecutive floats), w[k][n] 72 (4 rows × 8 consecutive).
+    static constexpr int kRowsPadW = 4;
+    static constexpr int kColsPadW = 8;
+    template <int FM, int FN, int K, bool kBRowsN, class Pro, int LDX, int LDW>
+    __device__ static void rows_tile(const float (*x)[LDX], const Pro& pro, const float (*w)[LDW],
                                      int m0, int n0, float (&acc)[2 * FM][2 * FN]) {
-        dn_mma_bn_relu_rows_tf32<FM, FN, K, LDX, LDW>(x, ab, w, m0, n0, acc);
+        dn_mma_rows_tf32<FM, FN, K, kBRowsN>(x, pro, w, m0, n0, acc);
     }
     __device__ static float round(float x) { return __uint_as_float(dn_cvt_tf32(x)); }
 };
@@ -218,12 +252,15 @@ struct Bf16Operands {
                                 float (&acc)[2 * FM][2 * FN]) {
         dn_mma_tile_bf16<FM, FN, K, LDA, LDB>(a, b, m0, n0, acc);
     }
-    // Staged W rows: 24 floats, so each half-warp's 64-bit B reads (4 rows × 4 pairs) hit 32 banks.
-    static constexpr int kRowsPitchW = 24;
-    template <int FM, int FN, int K, int LDX, int LDW>
-    __device__ static void rows_tile(const dn_bf16 (*x)[LDX], const float2* ab, const float (*w)[LDW],
+    // Padding of staged W rows (16 or 64 floats wide), so that B reads hit 32 banks: w[n][k] 24
+    // floats (each half-warp's 64-bit reads: 4 rows × 4 pairs), w[k][n] 68 (a warp reads rows
+    // 2t, t = 0..3, × 8 consecutive floats).
+    static constexpr int kRowsPadW = 8;
+    static constexpr int kColsPadW = 4;
+    template <int FM, int FN, int K, bool kBRowsN, class Pro, int LDX, int LDW>
+    __device__ static void rows_tile(const dn_bf16 (*x)[LDX], const Pro& pro, const float (*w)[LDW],
                                      int m0, int n0, float (&acc)[2 * FM][2 * FN]) {
-        dn_mma_bn_relu_rows_bf16<FM, FN, K, LDX, LDW>(x, ab, w, m0, n0, acc);
+        dn_mma_rows_bf16<FM, FN, K, kBRowsN>(x, pro, w, m0, n0, acc);
     }
     // The bf16 value in the high half of an f32 is that value as an f32.
     __device__ static float round(float x) { return __uint_as_float(dn_pack_bf16x2(x, 0.0f) << 16); }

@@ -57,6 +57,16 @@ pub fn assert_same_bits<D: Device>(b: &Bench<'_, D>, what: &str, first: &Pair<D>
     assert!(one.iter().zip(&two).all(|(a, b)| a.to_bits() == b.to_bits()), "{what}: a rerun differs");
 }
 
+/// The `len` weights of `w` (at [`Bench::w_off`]) in a new pair, one element past that offset,
+/// and their offset there: W's rows misaligned, so that the tensor-core kernels take their
+/// register-staged loops instead of the cp.async pipelines.
+fn off_by_one<D: Device>(b: &mut Bench<'_, D>, w: &Pair<D>, len: usize) -> (Pair<D>, usize) {
+    let off = b.w_off() + 1;
+    let mut shifted = vec![0.0; off];
+    shifted.extend(b.cpu.download(&w.cpu, b.w_off(), len).unwrap());
+    (b.pair(&shifted), off)
+}
+
 fn conv1x1_fwd<D: Device>(device: &KernelBackend<D>) {
     let mut b = Bench::new(device, 11);
     for (aligned, (rows, cin, cout)) in layouts() {
@@ -87,14 +97,12 @@ fn conv1x1_fwd<D: Device>(device: &KernelBackend<D>) {
             // The tensor cores' cp.async pipeline (taken above: x, W and the BN table aligned)
             // and their register-staged fallback (taken with W one element off its alignment)
             // give the same bits.
-            let mut shifted = vec![0.0; b.w_off() + 1];
-            shifted.extend(b.cpu.download(&w.cpu, b.w_off(), cout * cin).unwrap());
-            let w_off_by_one = b.pair(&shifted);
+            let (w_off_by_one, off) = off_by_one(&mut b, &w, cout * cin);
             let mut z2 = copy(&mut b, &z);
             b.emu
                 .bn_relu_conv1x1_fwd(
                     View::new(&x.emu, xm).bn_relu(bn_emu(&stats, &params, cin)),
-                    At { buf: &w_off_by_one.emu, offset: b.w_off() + 1 },
+                    At { buf: &w_off_by_one.emu, offset: off },
                     ViewMut::new(&mut z2.emu, zm),
                 )
                 .unwrap();
@@ -179,11 +187,14 @@ fn conv1x1_dgrad<D: Device>(device: &KernelBackend<D>) {
                 format!("conv1x1 dgrad {rows}x{cout}->{cin} accumulate {accumulate} aligned {aligned}");
             b.check(&format!("{what} dx"), &dx, &[dxm]);
             b.check(&format!("{what} sums"), &sums, &[sums_m]);
-            // A rerun gives the same bits.
+            // A rerun gives the same bits; in the aligned layouts the rerun's W is misaligned,
+            // so that it compares the tensor cores' cp.async pipeline with their fallback.
+            let (w_rerun, rerun_off) =
+                if aligned { off_by_one(&mut b, &w, cout * cin) } else { (copy(&mut b, &w), b.w_off()) };
             b.emu
                 .bn_relu_conv1x1_dgrad(
                     View::new(&dz.emu, dzm),
-                    w_emu,
+                    At { buf: &w_rerun.emu, offset: rerun_off },
                     View::new(&x.emu, xm).bn_relu(bn),
                     ViewMut::new(&mut dx2.emu, dxm),
                     accumulate,
