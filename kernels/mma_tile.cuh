@@ -43,38 +43,7 @@ __device__ __forceinline__ void dn_mma_acc(float (&acc)[M][N], int i, int j, con
     acc[2 * i + 1][2 * j + 1] = c[3];
 }
 
-// acc += A·B over the stage's first K reduction indices, A(m, k) = a[k][m], B(k, n) = b[k][n],
-// for the warp tile at (m0, n0). Every lane of the warp must call it (mma.sync is a warp
-// instruction). The operands are rounded with cvt.rna.tf32.f32 as the fragments are read, so
-// an mma multiplies exactly Precision::round_operand of the staged values.
-template <int FM, int FN, int K, int LDA, int LDB>
-__device__ __forceinline__ void dn_mma_tile_tf32(const float (*a)[LDA], const float (*b)[LDB], int m0,
-                                                 int n0, float (&acc)[2 * FM][2 * FN]) {
-    static_assert(K % 8 == 0, "a stage is whole k8 slices");
-    const int g = static_cast<int>(threadIdx.x % 32 / 4), t = static_cast<int>(threadIdx.x % 4);
-#pragma unroll
-    for (int k = 0; k < K; k += 8) {
-        // B's fragments for the slice, then A's one mma row at a time: 4 + 2·FN operand
-        // registers live instead of 4·FM + 2·FN.
-        unsigned bf[FN][2];
-#pragma unroll
-        for (int j = 0; j < FN; ++j) {
-            const int n = n0 + 8 * j + g;
-            bf[j][0] = dn_cvt_tf32(b[k + t][n]);
-            bf[j][1] = dn_cvt_tf32(b[k + t + 4][n]);
-        }
-#pragma unroll
-        for (int i = 0; i < FM; ++i) {
-            const int m = m0 + 16 * i + g;
-            const unsigned af[4] = {dn_cvt_tf32(a[k + t][m]), dn_cvt_tf32(a[k + t][m + 8]),
-                                    dn_cvt_tf32(a[k + t + 4][m]), dn_cvt_tf32(a[k + t + 4][m + 8])};
-#pragma unroll
-            for (int j = 0; j < FN; ++j) dn_mma_acc<false>(acc, i, j, af, bf[j]);
-        }
-    }
-}
-
-// As dn_mma_tile_tf32, with mma.m16n8k16 on BF16 operands: each fragment register packs two
+// As dn_mma_tile_tf32 (below), with mma.m16n8k16 on BF16 operands: each fragment register packs two
 // staged f32 values with cvt.rn.bf16x2.f32 (round to nearest even, as Precision::Bf16 rounds
 // the cpu backend's operands), so an mma multiplies exactly the bf16-rounded staged values.
 // Fragments (PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating point type"), lower
@@ -138,15 +107,22 @@ struct BnReluA {
     __device__ static float apply(Channel c, float v) { return dn_bn_relu_ab(c, v); }
 };
 
-// Element B(k, n) of a staged W.
+// Element B(k, n) of a staged W, and A(m, k) of a staged x: stored along the reduction
+// (w[n][k], x[m][k]) or k-major (w[k][n], x[k][m]).
 template <bool kBRowsN, int LDW>
 __device__ __forceinline__ float dn_staged_b(const float (*w)[LDW], int k, int n) {
     return kBRowsN ? w[n][k] : w[k][n];
 }
+template <bool kARowsM, int LDX>
+__device__ __forceinline__ float dn_staged_a(const float (*x)[LDX], int m, int k) {
+    return kARowsM ? x[m][k] : x[k][m];
+}
 
-// TF32 (m16n8k8): lane (g, t) reads x[m][k + t] and x[m][k + t + 4] for its A registers (rows
-// m = g, g + 8 of each mma tile) and B(k + t, n), B(k + t + 4, n), two A channels a slice.
-template <int FM, int FN, int K, bool kBRowsN, class Pro, int LDX, int LDW>
+// TF32 (m16n8k8): lane (g, t) reads A(m, k + t) and A(m, k + t + 4) for its A registers (rows
+// m = g, g + 8 of each mma tile) and B(k + t, n), B(k + t + 4, n), two A channels a slice: B's
+// fragments for the slice, then A's one mma row at a time, so 4 + 2·FN operand registers are
+// live instead of 4·FM + 2·FN. A is x[m][k] unless kARowsM is false (x[k][m]).
+template <int FM, int FN, int K, bool kBRowsN, class Pro, int LDX, int LDW, bool kARowsM = true>
 __device__ __forceinline__ void dn_mma_rows_tf32(const float (*x)[LDX], const Pro& pro,
                                                  const float (*w)[LDW], int m0, int n0,
                                                  float (&acc)[2 * FM][2 * FN]) {
@@ -166,14 +142,25 @@ __device__ __forceinline__ void dn_mma_rows_tf32(const float (*x)[LDX], const Pr
 #pragma unroll
         for (int i = 0; i < FM; ++i) {
             const int m = m0 + 16 * i + g;
-            const unsigned af[4] = {dn_cvt_tf32(Pro::apply(c1, x[m][k1])),
-                                    dn_cvt_tf32(Pro::apply(c1, x[m + 8][k1])),
-                                    dn_cvt_tf32(Pro::apply(c2, x[m][k2])),
-                                    dn_cvt_tf32(Pro::apply(c2, x[m + 8][k2]))};
+            const unsigned af[4] = {dn_cvt_tf32(Pro::apply(c1, dn_staged_a<kARowsM>(x, m, k1))),
+                                    dn_cvt_tf32(Pro::apply(c1, dn_staged_a<kARowsM>(x, m + 8, k1))),
+                                    dn_cvt_tf32(Pro::apply(c2, dn_staged_a<kARowsM>(x, m, k2))),
+                                    dn_cvt_tf32(Pro::apply(c2, dn_staged_a<kARowsM>(x, m + 8, k2)))};
 #pragma unroll
             for (int j = 0; j < FN; ++j) dn_mma_acc<false>(acc, i, j, af, bf[j]);
         }
     }
+}
+
+// acc += A·B over the stage's first K reduction indices, A(m, k) = a[k][m], B(k, n) = b[k][n],
+// for the warp tile at (m0, n0). Every lane of the warp must call it (mma.sync is a warp
+// instruction). The operands are rounded with cvt.rna.tf32.f32 as the fragments are read, so
+// an mma multiplies exactly Precision::round_operand of the staged values: dn_mma_rows_tf32
+// with both operands k-major and A as staged.
+template <int FM, int FN, int K, int LDA, int LDB>
+__device__ __forceinline__ void dn_mma_tile_tf32(const float (*a)[LDA], const float (*b)[LDB], int m0,
+                                                 int n0, float (&acc)[2 * FM][2 * FN]) {
+    dn_mma_rows_tf32<FM, FN, K, false, RawA, LDA, LDB, false>(a, RawA{}, b, m0, n0, acc);
 }
 
 // Two bf16 of x (lo in the low half) through their channels' prologue, repacked as bf16.
